@@ -1,0 +1,195 @@
+"""``studyin-analytics``: the command line of the pipeline.
+
+Every command reads its configuration from ``STUDYIN_ANALYTICS_*`` variables (see
+``studyin-analytics --help`` and README.md). Exit codes: 0 ok, 1 failure at run time,
+2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import asyncpg
+import redis
+from pydantic import ValidationError
+from rich.console import Console
+
+from ..instrumentation.settings import ConfigurationError, Settings, redact_url
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"STUDYIN_ANALYTICS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {fields}") from None
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .schema import migrate
+
+    settings = _settings()
+    migrate(settings)
+    _console.print(f"schema [bold]{settings.postgres_schema}[/] is up to date")
+    return EXIT_OK
+
+
+def cmd_aggregator(args: argparse.Namespace) -> int:
+    from .consumer import Aggregator
+
+    settings = _settings()
+    if args.consumer_name:
+        settings = settings.with_overrides(consumer_name=args.consumer_name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Aggregator(settings) as aggregator:
+            _console.print(
+                f"aggregator [bold]{settings.consumer_name}[/] consuming {', '.join(aggregator.streams)}"
+            )
+            await aggregator.run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    settings = _settings()
+    host = args.host or settings.api_host
+    port = args.port if args.port is not None else settings.api_port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = asyncio.run(run_demo(_settings(), students=args.students, console=Console()))
+    return EXIT_OK if report.matches_ground_truth else EXIT_FAILURE
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studyin-analytics",
+        description=(
+            "StudyIn analytics pipeline: app -> OpenTelemetry spans -> Redis stream bus -> "
+            "aggregator -> PostgreSQL -> query API. Configured by STUDYIN_ANALYTICS_* variables "
+            "(REDIS_URL, POSTGRES_URL, PSEUDONYM_KEYS, ...); see README.md."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the analytics schema",
+        description="Run the alembic migrations up to head. Safe to run twice and concurrently.",
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "aggregator",
+        help="consume the bus into PostgreSQL until SIGTERM",
+        description=(
+            "Join the consumer group and roll bus entries into the analytics tables with "
+            "exactly-once effect. Stops cleanly on SIGTERM/SIGINT."
+        ),
+    )
+    p.add_argument(
+        "--consumer-name", help="stable consumer name (default: STUDYIN_ANALYTICS_CONSUMER_NAME or host name)"
+    )
+    p.set_defaults(func=cmd_aggregator)
+
+    p = sub.add_parser(
+        "api",
+        help="serve the query API",
+        description="Serve the analytics query API (FastAPI/uvicorn); OpenAPI at /docs and /openapi.json.",
+    )
+    p.add_argument("--host", help="bind address (default: STUDYIN_ANALYTICS_API_HOST)")
+    p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_API_PORT)")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline once with simulated students",
+        description=(
+            "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, simulate "
+            "students using an instrumented backend, aggregate, and print the learning overview "
+            "and system metrics. Exits 1 if the rollups differ from the simulation's own count."
+        ),
+    )
+    p.add_argument("--students", type=int, default=8, help="number of simulated students (default 8)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _explain(exc: BaseException, settings_hint: Callable[[], Settings | None]) -> str:
+    """A one-line reason for ``exc``, naming what could not be reached without secrets."""
+    settings = settings_hint()
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        url = redact_url(settings.redis_url) if settings else "<unknown>"
+        return f"cannot reach Redis at {url}: {exc.__class__.__name__}"
+    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InvalidCatalogNameError):
+        url = redact_url(settings.postgres_url) if settings else "<unknown>"
+        return f"cannot reach PostgreSQL at {url}: {exc.__class__.__name__}: {exc}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def settings_hint() -> Settings | None:
+        try:
+            return Settings()
+        except ValidationError:
+            return None
+
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as exc:
+        _console.print(f"[red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        if args.verbose:
+            _console.print_exception()
+        _console.print(f"[red]error:[/] {_explain(exc, settings_hint)}", highlight=False)
+        return EXIT_FAILURE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

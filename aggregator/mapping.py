@@ -1,0 +1,120 @@
+"""From bus records to event rows: which spans and span events are StudyIn events.
+
+* every span event named ``studyin.<type>`` is one event of that type;
+* every HTTP server span (auto-instrumentation) is one ``api_request`` event.
+
+Each row gets a deterministic id derived from the trace id, span id and the event's
+position in its span, so a batch delivered twice maps to the same ids; that is what makes
+the aggregator's inserts idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from ..exporter.wire import SPAN_KIND_SERVER, STATUS_ERROR, SpanRecord
+from ..instrumentation import semconv
+from ..instrumentation.privacy import is_pseudonym
+
+API_REQUEST = "api_request"
+_SERVER_SPAN_INDEX = 0xFFFF  # position used for the span itself, after any event index
+
+_SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
+
+
+class EventRow(NamedTuple):
+    event_id: uuid.UUID
+    occurred_at: datetime
+    event_type: str
+    user_hash: str | None
+    session_id: uuid.UUID | None
+    properties: dict[str, Any]
+
+
+def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
+    """Deterministic id of the ``index``-th event of a span."""
+    digest = hashlib.blake2b(trace_id + span_id + index.to_bytes(4, "big"), digest_size=16).digest()
+    return uuid.UUID(bytes=digest)
+
+
+def _time(unix_nano: int) -> datetime:
+    return datetime.fromtimestamp(unix_nano / 1e9, tz=UTC)
+
+
+def _user(attributes: dict[str, Any], fallback: str | None) -> str | None:
+    value = attributes.get(semconv.USER_HASH, fallback)
+    return value if is_pseudonym(value) else None
+
+
+def _session(value: Any) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _first(attributes: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        value = attributes.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def rows_from_span(record: SpanRecord) -> list[EventRow]:
+    """Event rows carried by one span (possibly none)."""
+    rows: list[EventRow] = []
+    span_user = _user(record.attributes, None)
+    span_session = _session(record.attributes.get(_SESSION_ID_ATTR))
+    for index, event in enumerate(record.events):
+        event_type = semconv.event_type_of(event.name)
+        if event_type is None:
+            continue
+        properties: dict[str, Any] = {}
+        for key, value in event.attributes.items():
+            field = semconv.ATTRIBUTE_FIELDS.get(key)
+            if field is not None:
+                properties[field] = value
+        session_id = _session(properties.get("session_id")) or span_session
+        rows.append(
+            EventRow(
+                event_id(record.trace_id, record.span_id, index),
+                _time(event.time_unix_nano),
+                event_type,
+                _user(event.attributes, span_user),
+                session_id,
+                properties,
+            )
+        )
+    if record.kind == SPAN_KIND_SERVER:
+        attrs = record.attributes
+        route = _first(attrs, "http.route")
+        if route is not None:
+            status = _first(attrs, "http.response.status_code", "http.status_code")
+            error_type = attrs.get("error.type")
+            if error_type is None and record.status_code == STATUS_ERROR:
+                error_type = "_OTHER"
+            if error_type is None and isinstance(status, int) and status >= 500:
+                error_type = str(status)
+            rows.append(
+                EventRow(
+                    event_id(record.trace_id, record.span_id, _SERVER_SPAN_INDEX),
+                    _time(record.end_unix_nano),
+                    API_REQUEST,
+                    span_user,
+                    None,
+                    {
+                        "route": str(route),
+                        "method": str(_first(attrs, "http.request.method", "http.method") or "_OTHER"),
+                        "status_code": int(status) if isinstance(status, int) else 0,
+                        "duration_ms": max(record.end_unix_nano - record.start_unix_nano, 0) / 1e6,
+                        "error_type": error_type,
+                    },
+                )
+            )
+    return rows

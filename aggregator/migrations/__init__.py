@@ -1,0 +1,1 @@
+"""Alembic migrations of the analytics schema (run with ``studyin-analytics migrate``)."""

@@ -1,0 +1,47 @@
+"""Alembic environment: runs the migrations over asyncpg, in the configured schema.
+
+Safe to run concurrently: every run takes a transaction-scoped advisory lock first, so two
+``migrate`` commands serialize and the second finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+config = context.config
+SCHEMA: str = config.attributes["schema"]
+URL: str = config.attributes["sqlalchemy_url"]
+MIGRATION_LOCK_ID = 0x5374_7564_7949_6E00  # "StudyIn\0": fits a signed bigint
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=None,
+        version_table_schema=SCHEMA,
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"'))
+        connection.execute(text(f'SET LOCAL search_path TO "{SCHEMA}", public'))
+        context.run_migrations()
+
+
+async def _main() -> None:
+    engine = create_async_engine(URL)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (SQL script) mode is not supported; run `studyin-analytics migrate`")
+asyncio.run(_main())

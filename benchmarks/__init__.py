@@ -1,0 +1,1 @@
+"""Benchmarks of studyin-analytics (``studyin-analytics bench``)."""

@@ -1,0 +1,190 @@
+"""The bus wire format: how a batch of spans is laid out in one Redis stream entry.
+
+Shared by the Redis exporter (writes), the OTLP gateway (writes) and the aggregator and bus
+readers (read); nothing else knows the layout.
+
+Version 1, chosen on measurements (see docs/architecture.md): one stream entry per export
+batch, fields
+
+* ``v``: format version (``b"1"``),
+* ``n``: number of spans (so stats need not decode),
+* ``d``: msgpack of ``[resources, spans]``; ``resources`` is a list of attribute maps and
+  each span is ``[trace_id(16 B), span_id(8 B), parent_span_id(8 B)|nil, name, kind,
+  start_unix_nano, end_unix_nano, status_code, attributes, events, resource_index]`` with
+  ``events`` a list of ``[name, time_unix_nano, attributes]``.
+
+msgpack costs ~6 µs per attribute-rich span against ~37 µs for OTLP protobuf on the
+reference machine, and one ~200 KB entry per batch keeps Redis at one round trip per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from ..instrumentation.privacy import PrivacyGuard
+
+WIRE_VERSION = b"1"
+FIELD_VERSION = b"v"
+FIELD_COUNT = b"n"
+FIELD_DATA = b"d"
+
+SPAN_KIND_INTERNAL = 0
+SPAN_KIND_SERVER = 1
+SPAN_KIND_CLIENT = 2
+SPAN_KIND_PRODUCER = 3
+SPAN_KIND_CONSUMER = 4
+
+STATUS_UNSET = 0
+STATUS_OK = 1
+STATUS_ERROR = 2
+
+
+class WireFormatError(ValueError):
+    """A stream entry that is not a valid batch of this format (a poison entry)."""
+
+
+class EventRecord(NamedTuple):
+    name: str
+    time_unix_nano: int
+    attributes: dict[str, Any]
+
+
+class SpanRecord(NamedTuple):
+    """One span as it travels on the bus (already through the privacy guard)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    kind: int
+    start_unix_nano: int
+    end_unix_nano: int
+    status_code: int
+    attributes: dict[str, Any]
+    events: list[EventRecord]
+    resource: dict[str, Any]
+
+
+def _packable(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    # OTel attribute values are str/bool/int/float or homogeneous sequences of those;
+    # BoundedAttributes hands sequences back as tuples, which msgpack packs as arrays.
+    return dict(attributes)
+
+
+def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
+    """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map."""
+    resources: list[dict[str, Any]] = []
+    resource_index: dict[int, int] = {}
+    rows: list[list[Any]] = []
+    clean = guard.clean
+    clean_name = guard.clean_name
+    for span in spans:
+        resource = span.resource
+        index = resource_index.get(id(resource))
+        if index is None:
+            index = resource_index[id(resource)] = len(resources)
+            resources.append(clean(resource.attributes))
+        context = span.context
+        parent = span.parent
+        rows.append(
+            [
+                context.trace_id.to_bytes(16, "big"),
+                context.span_id.to_bytes(8, "big"),
+                parent.span_id.to_bytes(8, "big") if parent is not None else None,
+                clean_name(span.name),
+                span.kind.value,
+                span.start_time,
+                span.end_time,
+                span.status.status_code.value,
+                clean(span.attributes),
+                [[clean_name(e.name), e.timestamp, clean(e.attributes)] for e in span.events],
+                index,
+            ]
+        )
+    return msgpack.packb([resources, rows], use_bin_type=True)
+
+
+def encode_records(records: Iterable[SpanRecord], guard: PrivacyGuard | None = None) -> bytes:
+    """Encode :class:`SpanRecord` objects (the gateway path); ``guard`` cleans them on the way."""
+    resources: list[dict[str, Any]] = []
+    resource_index: dict[int, int] = {}
+    rows: list[list[Any]] = []
+
+    def clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+        return guard.clean(attributes) if guard is not None else _packable(attributes)
+
+    def name_of(name: str) -> str:
+        return guard.clean_name(name) if guard is not None else name
+
+    for record in records:
+        index = resource_index.get(id(record.resource))
+        if index is None:
+            index = resource_index[id(record.resource)] = len(resources)
+            resources.append(clean(record.resource))
+        rows.append(
+            [
+                record.trace_id,
+                record.span_id,
+                record.parent_span_id,
+                name_of(record.name),
+                record.kind,
+                record.start_unix_nano,
+                record.end_unix_nano,
+                record.status_code,
+                clean(record.attributes),
+                [[name_of(e.name), e.time_unix_nano, clean(e.attributes)] for e in record.events],
+                index,
+            ]
+        )
+    return msgpack.packb([resources, rows], use_bin_type=True)
+
+
+def entry_fields(blob: bytes, count: int) -> dict[Any, Any]:
+    """The stream entry fields for one encoded batch."""
+    return {FIELD_VERSION: WIRE_VERSION, FIELD_COUNT: str(count).encode(), FIELD_DATA: blob}
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> list[SpanRecord]:
+    """Decode one stream entry; raises :class:`WireFormatError` for anything malformed."""
+    version = fields.get(FIELD_VERSION)
+    if version != WIRE_VERSION:
+        raise WireFormatError(f"unsupported wire version {version!r}")
+    blob = fields.get(FIELD_DATA)
+    if blob is None:
+        raise WireFormatError("entry has no data field")
+    return decode_batch(blob)
+
+
+def decode_batch(blob: bytes) -> list[SpanRecord]:
+    try:
+        resources, rows = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+        records = []
+        for row in rows:
+            (trace_id, span_id, parent, name, kind, start, end, status, attrs, events, index) = row
+            if len(trace_id) != 16 or len(span_id) != 8:
+                raise WireFormatError("bad trace or span id length")
+            if not isinstance(attrs, dict) or not isinstance(name, str):
+                raise WireFormatError("bad span layout")
+            records.append(
+                SpanRecord(
+                    trace_id,
+                    span_id,
+                    parent,
+                    name,
+                    int(kind),
+                    int(start),
+                    int(end),
+                    int(status),
+                    attrs,
+                    [EventRecord(en, int(et), ea) for en, et, ea in events],
+                    resources[index],
+                )
+            )
+        return records
+    except WireFormatError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types for garbage input
+        raise WireFormatError(f"undecodable batch: {type(exc).__name__}") from None

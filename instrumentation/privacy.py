@@ -1,0 +1,228 @@
+"""Privacy rules of studyin-analytics: the one module that decides what may leave a process.
+
+* :class:`Pseudonymizer` turns a StudyIn user id into ``<key id>:<HMAC-SHA256 hex>``. The key
+  comes from settings; the key id travels with the pseudonym so keys can rotate, and a
+  pseudonym can be verified against every configured key. A bare hash of an id would be
+  enumerable; an HMAC without the key is not.
+* :class:`PrivacyGuard` cleans span attributes before any exporter sees them: identity
+  attributes are hashed or dropped, client addresses, query strings, credentials and
+  headers are dropped, e-mail-like values are scrubbed, undeclared ``studyin.*`` attributes
+  are rejected. The Redis exporter, the OTLP gateway and :class:`GuardedSpanExporter` (for
+  any other exporter) all apply it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from . import semconv
+from .settings import ConfigurationError, Settings
+
+_log = logging.getLogger(__name__)
+
+_DIGEST_HEX_CHARS = 32  # 128 bits: collision-free for any realistic user count, half the bytes
+PSEUDONYM_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,16}:[0-9a-f]{32}$")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+EMAIL_PLACEHOLDER = "[email]"
+
+
+class Pseudonymizer:
+    """Keyed, rotatable pseudonyms for user identifiers."""
+
+    def __init__(self, keys: Mapping[str, bytes], active_key_id: str) -> None:
+        if not keys:
+            raise ConfigurationError("no pseudonymization key configured")
+        if active_key_id not in keys:
+            raise ConfigurationError(f"active key id {active_key_id!r} is not configured")
+        self._keys = dict(keys)
+        self.active_key_id = active_key_id
+        # Ids repeat constantly (one user, many events): cache the HMAC per process.
+        self.pseudonymize = lru_cache(maxsize=65536)(self._pseudonymize)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pseudonymizer:
+        key_id = settings.active_key_id
+        if key_id is None:
+            raise ConfigurationError(
+                "STUDYIN_ANALYTICS_PSEUDONYM_KEYS is not set: user ids cannot be pseudonymized"
+            )
+        keys = {kid: secret.get_secret_value().encode() for kid, secret in settings.pseudonym_keys.items()}
+        return cls(keys, key_id)
+
+    def _pseudonymize(self, user_id: str | int) -> str:
+        digest = hmac.new(self._keys[self.active_key_id], str(user_id).encode(), hashlib.sha256)
+        return f"{self.active_key_id}:{digest.hexdigest()[:_DIGEST_HEX_CHARS]}"
+
+    def pseudonyms(self, user_id: str | int) -> list[str]:
+        """The pseudonyms of ``user_id`` under every configured key (active key first).
+
+        Rows written before a key rotation carry the old key id; queries look for all of these.
+        """
+        raw = str(user_id).encode()
+        ordered = [self.active_key_id, *(k for k in self._keys if k != self.active_key_id)]
+        return [
+            f"{kid}:{hmac.new(self._keys[kid], raw, hashlib.sha256).hexdigest()[:_DIGEST_HEX_CHARS]}"
+            for kid in ordered
+        ]
+
+    def verify(self, pseudonym: str, user_id: str | int) -> bool:
+        """True if ``pseudonym`` belongs to ``user_id`` under any configured key."""
+        key_id, _, digest = pseudonym.partition(":")
+        key = self._keys.get(key_id)
+        if key is None:
+            return False
+        expected = hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()[:_DIGEST_HEX_CHARS]
+        return hmac.compare_digest(expected, digest)
+
+
+def is_pseudonym(value: object) -> bool:
+    return isinstance(value, str) and PSEUDONYM_PATTERN.match(value) is not None
+
+
+# --- what the guard removes -----------------------------------------------------------------
+
+IDENTITY_ATTRIBUTES = frozenset({"user.id", "enduser.id", "enduser.pseudo.id"})
+"""Raw identifiers: hashed into ``user.hash`` when a pseudonymizer is at hand, else dropped."""
+
+DROPPED_ATTRIBUTES = frozenset(
+    {
+        "user.email",
+        "user.name",
+        "user.full_name",
+        "user.roles",
+        "enduser.role",
+        "enduser.scope",
+        "client.address",
+        "client.port",
+        "client.socket.address",
+        "source.address",
+        "network.peer.address",
+        "network.peer.port",
+        "net.peer.ip",
+        "net.peer.name",
+        "net.peer.port",
+        "net.sock.peer.addr",
+        "net.sock.peer.port",
+        "http.client_ip",
+        "http.user_agent",
+        "user_agent.original",
+        "url.query",
+        "http.request.header.authorization",
+        "http.request.header.cookie",
+        "http.request.header.x_api_key",
+        "http.response.header.set_cookie",
+        "session.id",  # an app's web session id is a bearer secret, not a learning session
+    }
+)
+"""Attributes that never leave the process."""
+
+_DROPPED_PREFIXES = ("http.request.header.", "http.response.header.", "rpc.request.metadata.")
+URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target", "url.path", "http.route"})
+"""Attributes holding a URL or path: their query string and fragment are cut off."""
+
+
+@dataclass
+class GuardStats:
+    """Counts of what the guard removed (never the values)."""
+
+    hashed: int = 0
+    dropped: int = 0
+    scrubbed: int = 0
+    rejected_undeclared: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, hashed: int, dropped: int, scrubbed: int, rejected: int) -> None:
+        with self._lock:
+            self.hashed += hashed
+            self.dropped += dropped
+            self.scrubbed += scrubbed
+            self.rejected_undeclared += rejected
+
+
+def _strip_query(value: str) -> str:
+    cut = len(value)
+    for mark in ("?", "#"):
+        pos = value.find(mark)
+        if pos != -1 and pos < cut:
+            cut = pos
+    return value[:cut]
+
+
+def _scrub(value: str) -> str:
+    return _EMAIL.sub(EMAIL_PLACEHOLDER, value) if "@" in value else value
+
+
+class PrivacyGuard:
+    """Cleans attribute mappings; see the module docstring for the rules."""
+
+    def __init__(self, pseudonymizer: Pseudonymizer | None = None) -> None:
+        self.pseudonymizer = pseudonymizer
+        self.stats = GuardStats()
+
+    def clean(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A cleaned copy of ``attributes``; the input is not changed."""
+        out: dict[str, Any] = {}
+        if not attributes:
+            return out
+        hashed = dropped = scrubbed = rejected = 0
+        for key, value in attributes.items():
+            if key in IDENTITY_ATTRIBUTES:
+                if self.pseudonymizer is not None and USER_HASH not in attributes:
+                    out[USER_HASH] = self.pseudonymizer.pseudonymize(str(value))
+                    hashed += 1
+                else:
+                    dropped += 1
+                continue
+            if key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES):
+                dropped += 1
+                continue
+            if key == USER_HASH:
+                if is_pseudonym(value):
+                    out[key] = value
+                else:  # a raw id put in the wrong place
+                    dropped += 1
+                continue
+            if key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
+                rejected += 1
+                continue
+            if isinstance(value, str):
+                if key in URL_ATTRIBUTES:
+                    value = _strip_query(value)
+                if "@" in value:
+                    cleaned = _scrub(value)
+                    if cleaned != value:
+                        scrubbed += 1
+                        value = cleaned
+            elif (
+                isinstance(value, Sequence)
+                and not isinstance(value, bytes | bytearray)
+                and any(isinstance(v, str) and "@" in v for v in value)
+            ):
+                value = [(_scrub(v) if isinstance(v, str) else v) for v in value]
+                scrubbed += 1
+            out[key] = value
+        if hashed or dropped or scrubbed or rejected:
+            self.stats.add(hashed, dropped, scrubbed, rejected)
+        return out
+
+    def clean_name(self, name: str) -> str:
+        """Span and event names may hold a raw path in badly instrumented code: cut queries, scrub."""
+        return _scrub(_strip_query(name)) if ("?" in name or "@" in name or "#" in name) else name
+
+
+USER_HASH = semconv.USER_HASH
+
+
+def check_declared(attributes: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the first undeclared ``studyin.*`` attribute (used at set time)."""
+    for key in attributes:
+        if key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
+            raise ValueError(f"attribute {key!r} is not declared in studyin_analytics semconv")

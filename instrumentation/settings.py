@@ -1,0 +1,182 @@
+"""The one place where studyin-analytics reads its configuration.
+
+Every part (instrumentation, exporter, gateway, aggregator, query API, CLI) takes a
+:class:`Settings`; nothing else reads ``STUDYIN_ANALYTICS_*`` variables. Standard
+``OTEL_*`` variables keep their OpenTelemetry meaning and are read by the SDK itself.
+
+Secrets (pseudonymization keys, JWT secret, passwords inside URLs) never appear in
+``repr``/``str`` of the settings or in error messages: use :func:`redact_url` when a URL
+has to be named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "STUDYIN_ANALYTICS_"
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+
+
+def redact_url(url: str | None) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    if not url:
+        return "<unset>"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _parse_keys(value: Any) -> Any:
+    """Accept ``{"k1": "secret"}`` (JSON or dict) or ``k2=secret2,k1=secret1``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            return json.loads(text)
+        keys: dict[str, str] = {}
+        for item in text.split(","):
+            key_id, sep, secret = item.strip().partition("=")
+            if not sep:
+                raise ValueError("expected 'key_id=secret[,key_id=secret...]'")
+            keys[key_id.strip()] = secret.strip()
+        return keys
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings, read from ``STUDYIN_ANALYTICS_*`` variables (and an optional ``.env``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    # --- connections -------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None, description="Redis URL of the event bus, e.g. redis://127.0.0.1:6379/0"
+    )
+    postgres_url: str | None = Field(
+        default=None, description="PostgreSQL URL of the analytics database, e.g. postgresql://u@h/db"
+    )
+    postgres_schema: str = Field(
+        default="studyin_analytics",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Schema that holds the analytics tables",
+    )
+
+    # --- privacy -----------------------------------------------------------------------
+    pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="HMAC keys as 'k2=secret,k1=old-secret' or JSON; the active key is pseudonym_key_id",
+    )
+    pseudonym_key_id: str | None = Field(
+        default=None, description="Id of the key used for new pseudonyms (default: the first key listed)"
+    )
+
+    # --- bus -----------------------------------------------------------------------------
+    stream_prefix: str = Field(
+        default="studyin:analytics", min_length=1, description="Prefix of every Redis key of the bus"
+    )
+    stream_shards: int = Field(default=1, ge=1, le=1024, description="Number of stream keys (by user hash)")
+    retention_days: float = Field(default=7.0, gt=0, description="Bus retention (approximate MINID trim)")
+    stream_max_len: int = Field(default=2_000_000, ge=1000, description="Hard cap on entries per stream key")
+    spool_dir: Path | None = Field(default=None, description="On-disk spool for batches Redis did not take")
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="Bound of the spool")
+    export_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one export call")
+
+    # --- aggregator ----------------------------------------------------------------------
+    consumer_group: str = Field(default="aggregator", min_length=1)
+    consumer_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, description="Stable name of this consumer"
+    )
+    batch_size: int = Field(default=2000, ge=1, le=100_000, description="Stream entries per read")
+    raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
+    max_delivery_attempts: int = Field(default=5, ge=1, description="Attempts before dead-lettering")
+
+    # --- HTTP services ---------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Query API bind address")
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    gateway_host: str = Field(default="127.0.0.1", description="OTLP/HTTP gateway bind address")
+    gateway_port: int = Field(default=4328, ge=0, le=65535)
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret for query API tokens")
+    jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM) for tokens")
+    jwt_audience: str = Field(default="studyin-analytics")
+    jwt_issuer: str = Field(default="studyin")
+    staff_role: str = Field(default="staff", description="Role claim value that grants staff views")
+
+    @field_validator("pseudonym_keys", mode="before")
+    @classmethod
+    def _keys_from_text(cls, value: Any) -> Any:
+        return _parse_keys(value)
+
+    @field_validator("pseudonym_keys")
+    @classmethod
+    def _check_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in value.items():
+            if not _KEY_ID.match(key_id):
+                raise ValueError(f"key id {key_id!r} must be 1-16 of [A-Za-z0-9_-]")
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError(f"key {key_id!r} is shorter than 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_active_key(self) -> Settings:
+        if self.pseudonym_key_id is not None and self.pseudonym_key_id not in self.pseudonym_keys:
+            raise ValueError(f"pseudonym_key_id {self.pseudonym_key_id!r} is not among pseudonym_keys")
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in {"redis_url", "postgres_url"} and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A validated copy with some fields changed (used by the CLI and tests)."""
+        data = self.model_dump()
+        data.update(changes)
+        return type(self).model_validate(data)
+
+    @property
+    def active_key_id(self) -> str | None:
+        if self.pseudonym_key_id is not None:
+            return self.pseudonym_key_id
+        return next(iter(self.pseudonym_keys), None)
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or unusable; the message names the variable."""
+
+
+def require(value: Any, field: str) -> Any:
+    """Return ``value`` or raise a :class:`ConfigurationError` naming the variable to set."""
+    if value is None or value == {}:
+        raise ConfigurationError(f"{ENV_PREFIX}{field.upper()} is not set")
+    return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process (the entry-point path)."""
+    return Settings()

@@ -1,0 +1,126 @@
+"""Test harness: real Redis and real PostgreSQL, isolated per test.
+
+Servers come from ``STUDYIN_TEST_REDIS_URL`` and ``STUDYIN_TEST_POSTGRES_URL``; when unset,
+embedded servers are started once per test session (``studyin-analytics[embedded]``).
+Every test gets its own PostgreSQL schema and its own Redis key prefix, so runs can repeat
+and overlap. A server that cannot be reached FAILS the test with the URL and the reason;
+nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis
+
+from studyin_analytics.aggregator.embedded import EmbeddedServers
+from studyin_analytics.instrumentation.settings import Settings, redact_url
+
+from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY
+
+
+class ServerUrls:
+    def __init__(self, redis_url: str, postgres_url: str) -> None:
+        self.redis_url = redis_url
+        self.postgres_url = postgres_url
+
+
+def _check_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"cannot reach Redis at {redact_url(url)} ({type(exc).__name__}: {exc}); "
+            "set STUDYIN_TEST_REDIS_URL to a running server or unset it to use the embedded one",
+            pytrace=False,
+        )
+    finally:
+        client.close()
+
+
+def _check_postgres(url: str) -> None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.fail(
+            f"cannot reach PostgreSQL at {redact_url(url)} ({type(exc).__name__}: {exc}); "
+            "set STUDYIN_TEST_POSTGRES_URL to a running server or unset it to use the embedded one",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[ServerUrls]:
+    redis_url = os.environ.get("STUDYIN_TEST_REDIS_URL")
+    postgres_url = os.environ.get("STUDYIN_TEST_POSTGRES_URL")
+    embedded: EmbeddedServers | None = None
+    if redis_url is None or postgres_url is None:
+        embedded = EmbeddedServers(redis=redis_url is None, postgres=postgres_url is None).__enter__()
+        if embedded.redis is not None:
+            redis_url = embedded.redis.url
+        if embedded.postgres is not None:
+            postgres_url = embedded.postgres.url
+    assert redis_url is not None and postgres_url is not None
+    try:
+        _check_redis(redis_url)
+        _check_postgres(postgres_url)
+        yield ServerUrls(redis_url, postgres_url)
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
+    """Settings isolated to this test: own schema, own key prefix; cleaned up afterwards."""
+    value = Settings(
+        redis_url=server_urls.redis_url,
+        postgres_url=server_urls.postgres_url,
+        postgres_schema=f"t_{test_id}",
+        stream_prefix=f"test:{test_id}",
+        pseudonym_keys={"t1": TEST_PSEUDONYM_KEY},  # type: ignore[arg-type]
+        jwt_secret=TEST_JWT_SECRET,  # type: ignore[arg-type]
+        consumer_name=f"c-{test_id}",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    yield value
+    client = redis.Redis.from_url(server_urls.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{value.stream_prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+    async def drop_schema() -> None:
+        conn = await asyncpg.connect(server_urls.postgres_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{value.postgres_schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop_schema())
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> AsyncIterator[Settings]:
+    """``settings`` with the analytics schema migrated."""
+    from studyin_analytics.aggregator.schema import migrate
+
+    await asyncio.to_thread(migrate, settings)
+    yield settings
