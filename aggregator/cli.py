@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--students", type=int, default=8, help="number of simulated students (default 8)")
     p.set_defaults(func=cmd_demo)
+
+    # Commands of the other parts live with them; each returns an exit code from args.func(args).
+    from ..benchmarks.commands import register as register_bench
+    from ..exporter.commands import register as register_exporter
+
+    register_exporter(sub)
+    register_bench(sub)
     return parser
 
 
