@@ -25,7 +25,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-_console = Console(stderr=True)
+_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
 def _settings() -> Settings:

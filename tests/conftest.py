@@ -21,13 +21,7 @@ import redis
 from studyin_analytics.aggregator.embedded import EmbeddedServers
 from studyin_analytics.instrumentation.settings import Settings, redact_url
 
-from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY
-
-
-class ServerUrls:
-    def __init__(self, redis_url: str, postgres_url: str) -> None:
-        self.redis_url = redis_url
-        self.postgres_url = postgres_url
+from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
 
 
 def _check_redis(url: str) -> None:

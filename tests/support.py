@@ -11,6 +11,14 @@ TEST_PSEUDONYM_KEY = "test-key-0123456789abcdef"
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 
 
+class ServerUrls:
+    """Where the session's Redis and PostgreSQL are (the ``server_urls`` fixture)."""
+
+    def __init__(self, redis_url: str, postgres_url: str) -> None:
+        self.redis_url = redis_url
+        self.postgres_url = postgres_url
+
+
 def redis_dump(url: str, prefix: str) -> bytes:
     """Every key and value under ``prefix`` as bytes (for privacy canaries)."""
     client = redis.Redis.from_url(url)

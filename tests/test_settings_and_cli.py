@@ -1,0 +1,125 @@
+"""Settings (one place, secrets masked) and the CLI's exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from studyin_analytics.aggregator.embedded import free_port
+from studyin_analytics.instrumentation.settings import Settings, redact_url
+
+from .support import ServerUrls
+
+CLI = [sys.executable, "-m", "studyin_analytics.aggregator.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
+    clean.update(env or {})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=clean, timeout=60, check=False)
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    settings = Settings(
+        redis_url="redis://:hunter2-redis@127.0.0.1:6379/0",
+        postgres_url="postgresql://app:hunter2-pg@127.0.0.1:5432/db",
+        pseudonym_keys="k2=hunter2-key-0123456789,k1=older-key-0123456789",  # type: ignore[arg-type]
+        jwt_secret="hunter2-jwt-0123456789",  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    text = repr(settings) + str(settings)
+    assert "hunter2" not in text
+    assert "127.0.0.1:6379" in text  # the rest of the URL stays readable
+    assert settings.active_key_id == "k2"
+    assert list(settings.pseudonym_keys) == ["k2", "k1"]
+
+
+def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDYIN_ANALYTICS_STREAM_PREFIX", "x:y")
+    monkeypatch.setenv("STUDYIN_ANALYTICS_PSEUDONYM_KEYS", '{"a1": "0123456789abcdef0"}')
+    monkeypatch.setenv("STUDYIN_ANALYTICS_RETENTION_DAYS", "3")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.stream_prefix == "x:y"
+    assert settings.retention_days == 3
+    assert settings.active_key_id == "a1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("pseudonym_keys", "k1=short", "shorter than 16"),
+        ("pseudonym_keys", "no-equals-sign", "key_id=secret"),
+        ("pseudonym_key_id", "missing", "not among pseudonym_keys"),
+        ("retention_days", "-1", "greater than 0"),
+    ],
+)
+def test_bad_settings_name_field_and_reason(field: str, value: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(
+            **{field: value, "pseudonym_keys": value if field == "pseudonym_keys" else "k1=0123456789abcdef"}
+        )  # type: ignore[arg-type]
+    message = str(info.value)
+    assert reason in message
+    assert "0123456789abcdef" not in message  # inputs are hidden
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact_url(None) == "<unset>"
+
+
+def test_every_command_has_help() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("migrate", "aggregator", "api", "demo"):
+        assert command in top.stdout
+        result = run_cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "usage: studyin-analytics" in result.stdout
+
+
+def test_missing_configuration_exits_2_naming_the_variable() -> None:
+    result = run_cli("migrate")
+    assert result.returncode == 2
+    assert "STUDYIN_ANALYTICS_POSTGRES_URL is not set" in result.stderr
+
+
+def test_unreachable_redis_exits_1_without_the_password(server_urls: ServerUrls) -> None:
+    port = free_port()  # nothing listens there
+    result = run_cli(
+        "aggregator",
+        env={
+            "STUDYIN_ANALYTICS_REDIS_URL": f"redis://:s3cret-pw@127.0.0.1:{port}/0",
+            "STUDYIN_ANALYTICS_POSTGRES_URL": server_urls.postgres_url,
+        },
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot reach Redis at redis://:***@127.0.0.1:{port}/0")
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_unreachable_postgres_exits_1_naming_it() -> None:
+    port = free_port()
+    result = run_cli(
+        "migrate", env={"STUDYIN_ANALYTICS_POSTGRES_URL": f"postgresql://u:pw9@127.0.0.1:{port}/x"}
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: cannot reach PostgreSQL at postgresql://u:***@127.0.0.1:{port}/x"
+    )
+    assert "pw9" not in result.stderr
+
+
+def test_demo_source_has_no_hand_installed_dependency() -> None:
+    """The README's two commands are make targets that install into .venv first."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "demo: $(STAMP)" in makefile and "test: $(STAMP)" in makefile
+    assert '-m pip install --quiet -e ".[dev]"' in makefile
