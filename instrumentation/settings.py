@@ -12,6 +12,7 @@ has to be named.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from functools import lru_cache
@@ -20,7 +21,13 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "STUDYIN_ANALYTICS_"
 
@@ -42,6 +49,10 @@ def redact_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+class ConfigurationError(RuntimeError):
+    """A setting is missing or unusable; the message names the variable."""
+
+
 def _parse_keys(value: Any) -> Any:
     """Accept ``{"k1": "secret"}`` (JSON or dict) or ``k2=secret2,k1=secret1``."""
     if isinstance(value, str):
@@ -58,6 +69,32 @@ def _parse_keys(value: Any) -> Any:
             keys[key_id.strip()] = secret.strip()
         return keys
     return value
+
+
+class _FileVariablesSource(PydanticBaseSettingsSource):
+    """``STUDYIN_ANALYTICS_<FIELD>_FILE=/run/secrets/x``: the value is that file's content.
+
+    Container platforms mount secrets as files; this keeps them out of the environment.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(f"{ENV_PREFIX}{field_name.upper()}_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            return Path(path).read_text(encoding="utf-8").strip(), field_name, False
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{ENV_PREFIX}{field_name.upper()}_FILE: cannot read {path}: {exc.strerror}"
+            ) from None
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
 
 
 class Settings(BaseSettings):
@@ -124,6 +161,18 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field(default="studyin")
     staff_role: str = Field(default="staff", description="Role claim value that grants staff views")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, variables, *_FILE variables, .env.
+        return (init_settings, env_settings, _FileVariablesSource(settings_cls), dotenv_settings)
+
     @field_validator("pseudonym_keys", mode="before")
     @classmethod
     def _keys_from_text(cls, value: Any) -> Any:
@@ -163,10 +212,6 @@ class Settings(BaseSettings):
         if self.pseudonym_key_id is not None:
             return self.pseudonym_key_id
         return next(iter(self.pseudonym_keys), None)
-
-
-class ConfigurationError(RuntimeError):
-    """A setting is missing or unusable; the message names the variable."""
 
 
 def require(value: Any, field: str) -> Any:

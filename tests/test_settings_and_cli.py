@@ -123,3 +123,25 @@ def test_demo_source_has_no_hand_installed_dependency() -> None:
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "demo: $(STAMP)" in makefile and "test: $(STAMP)" in makefile
     assert '-m pip install --quiet -e ".[dev]"' in makefile
+
+
+def test_secrets_can_come_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("f1=from-a-file-0123456789\n")
+    jwt_secret = tmp_path / "jwt"
+    jwt_secret.write_text("jwt-from-file-0123456789")
+    monkeypatch.setenv("STUDYIN_ANALYTICS_PSEUDONYM_KEYS_FILE", str(keys))
+    monkeypatch.setenv("STUDYIN_ANALYTICS_JWT_SECRET_FILE", str(jwt_secret))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.active_key_id == "f1"
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "jwt-from-file-0123456789"
+    # A plain variable wins over its *_FILE twin.
+    monkeypatch.setenv("STUDYIN_ANALYTICS_JWT_SECRET", "jwt-from-env-0123456789")
+    assert Settings(_env_file=None).jwt_secret.get_secret_value() == "jwt-from-env-0123456789"  # type: ignore[call-arg, union-attr]
+
+
+def test_unreadable_secret_file_is_a_configuration_error(tmp_path: Path) -> None:
+    result = run_cli("migrate", env={"STUDYIN_ANALYTICS_JWT_SECRET_FILE": str(tmp_path / "missing")})
+    assert result.returncode == 2
+    assert "STUDYIN_ANALYTICS_JWT_SECRET_FILE: cannot read" in result.stderr
