@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..instrumentation.settings import ConfigurationError, Settings, redact_url
+from .logconfig import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--consumer-name", help="stable consumer name (default: STUDYIN_ANALYTICS_CONSUMER_NAME or host name)"
     )
-    p.set_defaults(func=cmd_aggregator)
+    p.set_defaults(func=cmd_aggregator, default_log_level="INFO")
 
     p = sub.add_parser(
         "api",
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="bind address (default: STUDYIN_ANALYTICS_API_HOST)")
     p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_API_PORT)")
-    p.set_defaults(func=cmd_api)
+    p.set_defaults(func=cmd_api, default_log_level="INFO")
 
     p = sub.add_parser(
         "demo",
@@ -172,10 +173,14 @@ def _explain(exc: BaseException, settings_hint: Callable[[], Settings | None]) -
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configured = Settings()
+        log_format, log_level = configured.log_format, configured.log_level
+    except (ValidationError, ConfigurationError):
+        log_format, log_level = "text", None  # the command reports the problem itself
+    # Long-running services log at INFO by default, one-shot commands only warnings.
+    log_level = log_level or getattr(args, "default_log_level", "WARNING")
+    configure_logging(log_format, logging.DEBUG if args.verbose else getattr(logging, log_level))
 
     def settings_hint() -> Settings | None:
         try:

@@ -17,7 +17,7 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -150,16 +150,38 @@ class Settings(BaseSettings):
     raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
     max_delivery_attempts: int = Field(default=5, ge=1, description="Attempts before dead-lettering")
 
+    # --- operation ----------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Service logs: 'text' for people, 'json' lines for log pipelines"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
+        default=None, description="Log level (default: INFO for services, WARNING for one-shot commands)"
+    )
+
     # --- HTTP services ---------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Query API bind address")
     api_port: int = Field(default=8000, ge=0, le=65535)
     gateway_host: str = Field(default="127.0.0.1", description="OTLP/HTTP gateway bind address")
     gateway_port: int = Field(default=4328, ge=0, le=65535)
+    gateway_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest OTLP request the gateway takes, compressed and decompressed (413 beyond)",
+    )
+    gateway_retry_after_s: int = Field(
+        default=2, ge=1, le=300, description="Retry-After of the gateway's 503 while Redis is unreachable"
+    )
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret for query API tokens")
     jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM) for tokens")
     jwt_audience: str = Field(default="studyin-analytics")
     jwt_issuer: str = Field(default="studyin")
     staff_role: str = Field(default="staff", description="Role claim value that grants staff views")
+    api_max_body_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body the query API reads",
+    )
 
     @classmethod
     def settings_customise_sources(
