@@ -1,25 +1,41 @@
 """StudyIn instrumentation for OpenTelemetry.
 
-* :class:`StudyInTracker`: domain events (sessions, materials, gamification, AI coach) as
-  span events, validated by the models in :mod:`.events`.
-* :func:`instrument_app`: ASGI auto-instrumentation with user pseudonymization.
-* :class:`Pseudonymizer` and :class:`PrivacyGuard` (:mod:`.privacy`): what may leave a process.
+* :class:`StudyInTracker`: domain events (sessions, materials, gamification, AI coach, system
+  metrics) as span events, validated by the models in :mod:`.events`.
+* :func:`instrument_app` and :class:`StudyInInstrumentor` (entry point ``studyin``): ASGI
+  auto-instrumentation with user pseudonymization, explicit or zero-code.
+* :class:`Pseudonymizer`, :class:`PrivacyGuard` and :class:`GuardedSpanExporter`
+  (:mod:`.privacy`): what may leave a process.
 """
 
-from .asgi import instrument_app
-from .privacy import PrivacyGuard, Pseudonymizer
+from .asgi import StudyInASGIMiddleware, instrument_app
+from .instrumentor import StudyInInstrumentor
+from .privacy import GuardedSpanExporter, PrivacyGuard, Pseudonymizer
 from .settings import Settings, get_settings
-from .tracker import EventRejected, LearningSession, StudyInTracker
+from .tracker import (
+    EventRejected,
+    LearningSession,
+    SessionTicket,
+    SpanEventCarrier,
+    StudyInTracker,
+    current_session,
+)
 from .version import __version__
 
 __all__ = [
     "EventRejected",
+    "GuardedSpanExporter",
     "LearningSession",
     "PrivacyGuard",
     "Pseudonymizer",
+    "SessionTicket",
     "Settings",
+    "SpanEventCarrier",
+    "StudyInASGIMiddleware",
+    "StudyInInstrumentor",
     "StudyInTracker",
     "__version__",
+    "current_session",
     "get_settings",
     "instrument_app",
 ]

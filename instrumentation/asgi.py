@@ -1,27 +1,65 @@
 """ASGI auto-instrumentation for StudyIn apps, built on ``opentelemetry-instrumentation-asgi``.
 
-:func:`instrument_app` wraps an ASGI app in the stock ``OpenTelemetryMiddleware`` (server
-span and ``http.server.request.duration`` per request, templated ``http.route``) and adds
-StudyIn's rules: the user is attributed only as ``user.hash`` and never on authentication
-endpoints.
+:class:`StudyInASGIMiddleware` is a subclass of the stock ``OpenTelemetryMiddleware``: it keeps
+its tracer and meter set-up, its duration histograms (``http.server.request.duration`` with
+``OTEL_SEMCONV_STABILITY_OPT_IN=http``, ``http.server.duration`` otherwise), its excluded-URL
+handling and trace-context extraction, and replaces the per-request path with one that follows
+StudyIn's rules:
+
+* one server span per request (no ``send``/``receive`` child spans), named ``METHOD route``
+  with the templated ``http.route`` on the span *and* in the duration histogram (the stock
+  middleware puts the route in neither); never the raw path, which may hold ids;
+* status code, span status and ``error.type`` (the exception class, or the 5xx status);
+  exceptions are recorded as an ``exception`` event with the type only (no message, no
+  stack trace: they can hold ids or e-mails);
+* the user as ``user.hash`` through a configurable hook, pseudonymized, and never on
+  authentication endpoints; no client address, user agent, query string or headers;
+* metrics-only mode for hot paths: the latency histogram per request, no span.
+
+:func:`instrument_app` applies it to one app; :class:`~.instrumentor.StudyInInstrumentor`
+applies it to every Starlette/FastAPI app (zero-code, ``opentelemetry-instrument``).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import re
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from timeit import default_timer
+from typing import Any, cast
 
-from opentelemetry import trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.trace import TracerProvider
-from opentelemetry.util.http import get_excluded_urls
+from opentelemetry import context, trace
+from opentelemetry.instrumentation._semconv import (
+    _report_new,
+    _report_old,
+    _set_http_flavor_version,
+    _set_http_method,
+    _set_http_scheme,
+)
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_getter, asgi_setter
+from opentelemetry.instrumentation.propagators import get_global_response_propagator
+from opentelemetry.instrumentation.utils import (
+    _start_internal_or_server_span,
+    http_status_to_status_code,
+    is_http_instrumentation_enabled,
+)
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
 from . import semconv
 from .privacy import Pseudonymizer
+from .settings import ConfigurationError, Settings, get_settings
+
+_log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[..., Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 UserIdHook = Callable[[Scope], str | int | None]
 
 DEFAULT_AUTH_PATTERNS: tuple[str, ...] = (
@@ -31,19 +69,38 @@ DEFAULT_AUTH_PATTERNS: tuple[str, ...] = (
     r"/token",
     r"/register",
     r"/signup",
+    r"/sign-up",
     r"/password",
     r"/oauth",
     r"/sso",
     r"/mfa",
+    r"/2fa",
+    r"/verify-email",
 )
-"""Paths whose requests are measured but never attributed to a user (regex, searched)."""
+"""Paths whose requests are measured but never attributed to a user (regexes, searched)."""
+
+_SCOPE_MARK = "studyin_analytics.instrumented"
+"""Set in the scope by the outermost StudyIn middleware, so nested apps are not measured twice."""
+
+# Stable (new) and legacy (old) attribute names.
+_HTTP_REQUEST_METHOD = "http.request.method"
+_HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+_URL_SCHEME = "url.scheme"
+_HTTP_METHOD = "http.method"
+_HTTP_STATUS_CODE = "http.status_code"
+_HTTP_SCHEME = "http.scheme"
+_HTTP_TARGET = "http.target"
+_HTTP_FLAVOR = "http.flavor"
+_NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 
 
 def default_user_id_hook(scope: Scope) -> str | int | None:
     """The authenticated user id from ``scope["state"]["user_id"]`` or Starlette's ``scope["user"]``."""
     state = scope.get("state")
-    if isinstance(state, dict) and state.get("user_id") is not None:
-        return state["user_id"]  # type: ignore[no-any-return]
+    if isinstance(state, dict):
+        user_id = state.get("user_id")
+        if isinstance(user_id, str | int) and not isinstance(user_id, bool):
+            return user_id
     user = scope.get("user")
     if user is not None and getattr(user, "is_authenticated", False):
         identity = getattr(user, "identity", None)
@@ -51,75 +108,371 @@ def default_user_id_hook(scope: Scope) -> str | int | None:
     return None
 
 
-class _UserAttribution:
-    """Sets ``user.hash`` on the server span once the app has authenticated the request."""
+def load_user_id_hook(reference: str) -> UserIdHook:
+    """Import ``module:function`` (the ``STUDYIN_ANALYTICS_USER_ID_HOOK`` setting)."""
+    module_name, _, attribute = reference.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigurationError(f"STUDYIN_ANALYTICS_USER_ID_HOOK {reference!r} is not callable")
+    return cast(UserIdHook, target)
+
+
+def _compile(patterns: Iterable[str] | None) -> re.Pattern[str] | None:
+    items = tuple(patterns or ())
+    return re.compile("|".join(f"(?:{p})" for p in items)) if items else None
+
+
+def _route_of(scope: Scope) -> str | None:
+    path_format = getattr(scope.get("route"), "path_format", None)
+    if path_format:
+        return str(scope.get("root_path", "")) + str(path_format)
+    return None
+
+
+class StudyInASGIMiddleware(OpenTelemetryMiddleware):
+    """The stock ASGI middleware with StudyIn's per-request rules (see the module docstring).
+
+    ``metrics_only`` is ``True`` (every request), or regexes searched in the path: matching
+    requests get the duration histogram only, no span and no user.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
-        pseudonymizer: Pseudonymizer | Callable[[], Pseudonymizer],
-        user_id_hook: UserIdHook,
-        auth_patterns: Iterable[str],
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        pseudonymizer: Pseudonymizer | Callable[[], Pseudonymizer] | None = None,
+        user_id_hook: UserIdHook | None = None,
+        auth_patterns: Iterable[str] | None = None,
+        excluded_urls: str | ExcludeList | None = None,
+        metrics_only: bool | Iterable[str] = False,
     ) -> None:
-        self.app = app
-        self._pseudonymizer = pseudonymizer
-        self._hook = user_id_hook
-        self._auth = re.compile("|".join(f"(?:{p})" for p in auth_patterns)) if auth_patterns else None
+        if excluded_urls is None:
+            excluded_urls = get_excluded_urls("ASGI")
+        elif isinstance(excluded_urls, str):
+            excluded_urls = parse_excluded_urls(excluded_urls)
+        super().__init__(
+            app,
+            excluded_urls=excluded_urls,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            exclude_spans=["receive", "send"],
+        )
+        self._pseudonymizer_source = pseudonymizer
+        self._pseudonymizer: Pseudonymizer | None = (
+            pseudonymizer if isinstance(pseudonymizer, Pseudonymizer) else None
+        )
+        self._attribution_disabled = False
+        self._hook = user_id_hook or default_user_id_hook
+        self._auth = _compile(DEFAULT_AUTH_PATTERNS if auth_patterns is None else auth_patterns)
+        self._metrics_only_all = metrics_only is True
+        self._metrics_only = None if isinstance(metrics_only, bool) else _compile(metrics_only)
+        self._new = _report_new(self._sem_conv_opt_in_mode)
+        self._old = _report_old(self._sem_conv_opt_in_mode)
+        self.hook_failures = 0
 
-    def _pseudonym(self, user_id: str | int) -> str:
+    # --- user attribution ---------------------------------------------------------------------
+
+    def _pseudonym(self, user_id: str | int) -> str | None:
         pseudonymizer = self._pseudonymizer
-        if not isinstance(pseudonymizer, Pseudonymizer):
-            pseudonymizer = self._pseudonymizer = pseudonymizer()
+        if pseudonymizer is None:
+            if self._attribution_disabled:
+                return None
+            try:
+                source = self._pseudonymizer_source
+                pseudonymizer = source() if callable(source) else Pseudonymizer.from_settings(get_settings())
+            except ConfigurationError as exc:
+                self._attribution_disabled = True
+                _log.warning("user attribution disabled: %s", exc)
+                return None
+            self._pseudonymizer = pseudonymizer
         return pseudonymizer.pseudonymize(str(user_id))
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+    def _attribute_user(self, span: Span, scope: Scope) -> None:
+        try:
+            user_id = self._hook(scope)
+        except Exception as exc:  # a broken hook must not break the request, nor leak
+            self.hook_failures += 1
+            if self.hook_failures == 1:
+                _log.warning("user_id_hook failed (%s); requests stay unattributed", type(exc).__name__)
+            return
+        if user_id is None or isinstance(user_id, bool) or user_id == "":
+            return
+        pseudonym = self._pseudonym(user_id)
+        if pseudonym is not None:
+            span.set_attribute(semconv.USER_HASH, pseudonym)
+
+    # --- attributes ----------------------------------------------------------------------------
+
+    def _request_attributes(self, scope: Scope, method: str) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        mode = self._sem_conv_opt_in_mode
+        _set_http_method(attributes, method, sanitize_method(method), mode)
+        scheme = scope.get("scheme")
+        if scheme:
+            _set_http_scheme(attributes, scheme, mode)
+        flavor = scope.get("http_version")
+        if flavor:
+            _set_http_flavor_version(attributes, flavor, mode)
+        return attributes
+
+    def _metric_attributes(
+        self, method: str, scope: Scope, status: int, route: str | None, error_type: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        method = sanitize_method(method) or "_OTHER"
+        new: dict[str, Any] = {}
+        old: dict[str, Any] = {}
+        if self._new:
+            new[_HTTP_REQUEST_METHOD] = method
+            new[_URL_SCHEME] = scope.get("scheme", "http")
+            if "http_version" in scope:
+                new[_NETWORK_PROTOCOL_VERSION] = scope["http_version"]
+            if status:
+                new[_HTTP_RESPONSE_STATUS_CODE] = status
+            if route:
+                new[semconv.HTTP_ROUTE] = route
+            if error_type is None and status >= 500:
+                error_type = str(status)
+            if error_type is not None:
+                new[semconv.ERROR_TYPE] = error_type
+        if self._old:
+            old[_HTTP_METHOD] = method
+            old[_HTTP_SCHEME] = scope.get("scheme", "http")
+            if "http_version" in scope:
+                old[_HTTP_FLAVOR] = scope["http_version"]
+            if status:
+                old[_HTTP_STATUS_CODE] = status
+            if route:
+                old[_HTTP_TARGET] = route  # where the stock middleware puts the template
+                old[semconv.HTTP_ROUTE] = route
+        return new, old
+
+    def _record_duration(
+        self,
+        start: float,
+        method: str,
+        scope: Scope,
+        status: int,
+        error_type: str | None,
+        ctx: context.Context | None,
+    ) -> None:
+        duration_s = max(default_timer() - start, 0.0)
+        new, old = self._metric_attributes(method, scope, status, _route_of(scope), error_type)
+        if self.duration_histogram_new is not None:
+            self.duration_histogram_new.record(duration_s, new, context=ctx)
+        if self.duration_histogram_old is not None:
+            self.duration_histogram_old.record(max(round(duration_s * 1000), 0), old, context=ctx)
+
+    # --- the request -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _SCOPE_MARK in scope or not is_http_instrumentation_enabled():
             await self.app(scope, receive, send)
             return
-        span = trace.get_current_span()
-        anonymous = self._auth is not None and self._auth.search(scope.get("path", "")) is not None
+        start = default_timer()
+        if self.excluded_urls is not None and self.excluded_urls.url_disabled(
+            f"{scope.get('scheme', 'http')}://{_host(scope)}{scope.get('path', '')}"
+        ):
+            await self.app(scope, receive, send)
+            return
+        scope[_SCOPE_MARK] = True
+        method: str = scope.get("method", "")
+        path: str = scope.get("path", "")
+        if self._metrics_only_all or (self._metrics_only is not None and self._metrics_only.search(path)):
+            await self._metrics_only_request(start, method, scope, receive, send)
+        else:
+            await self._traced_request(start, method, path, scope, receive, send)
 
-        async def attributing_send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start" and span.is_recording():
-                # The stock middleware never sets http.route on the span; the router has
-                # matched by now, so the template is known.
-                path_format = getattr(scope.get("route"), "path_format", None)
-                if path_format:
-                    route = scope.get("root_path", "") + path_format
-                    span.set_attribute("http.route", route)
-                    span.update_name(f"{scope.get('method', 'HTTP')} {route}")
-                user_id = None if anonymous else self._hook(scope)
-                if user_id is not None:
-                    span.set_attribute(semconv.USER_HASH, self._pseudonym(user_id))
+    async def _metrics_only_request(
+        self, start: float, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        status = 0
+        error_type: str | None = None
+
+        async def measuring_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, attributing_send)
+        try:
+            await self.app(scope, receive, measuring_send)
+        except BaseException as exc:
+            error_type = type(exc).__qualname__
+            raise
+        finally:
+            self._record_duration(start, method, scope, status, error_type, None)
+
+    async def _traced_request(
+        self, start: float, method: str, path: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        attributes = self._request_attributes(scope, method)
+        span_method = sanitize_method(method)
+        if span_method == "_OTHER":
+            span_method = "HTTP"
+        # The route template is not known before routing; the raw path is never used (ids).
+        span, token = _start_internal_or_server_span(  # type: ignore[no-untyped-call]
+            tracer=self.tracer,
+            span_name=span_method or "HTTP",
+            start_time=None,
+            context_carrier=scope,
+            context_getter=asgi_getter,
+            attributes=attributes,
+        )
+        anonymous = self._auth is not None and self._auth.search(path) is not None
+        status = 0
+        error_type: str | None = None
+        # The span ends when the app returns (so an exception raised after the response, as
+        # Starlette's ServerErrorMiddleware does, still lands on it) but is timed to the last
+        # body message, like the stock middleware (background tasks are not request latency).
+        response_end_ns: int | None = None
+
+        async def traced_send(message: Message) -> None:
+            nonlocal status, response_end_ns
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                if span.is_recording():
+                    route = _route_of(scope)
+                    if route:
+                        span.set_attribute(semconv.HTTP_ROUTE, route)
+                        span.update_name(f"{span_method} {route}")
+                    self._set_status(span, status)
+                    if not anonymous:
+                        self._attribute_user(span, scope)
+                propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]
+                if propagator:
+                    propagator.inject(
+                        message,
+                        context=trace.set_span_in_context(span, context.Context()),
+                        setter=asgi_setter,
+                    )
+                await send(message)
+                return
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                response_end_ns = time.time_ns()
+
+        try:
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                await self.app(scope, receive, traced_send)
+        except BaseException as exc:
+            error_type = type(exc).__qualname__
+            if span.is_recording():
+                if status == 0 and span.kind == SpanKind.SERVER:
+                    # no response went out: the client sees a 500 from the server
+                    self._set_status(span, 500)
+                span.set_attribute(semconv.ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
+                # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
+                span.add_event(
+                    semconv.EXCEPTION_EVENT,
+                    {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True},
+                )
+            raise
+        finally:
+            try:
+                self._record_duration(
+                    start, method, scope, status, error_type, trace.set_span_in_context(span)
+                )
+            finally:
+                if token is not None:
+                    context.detach(token)
+                span.end(end_time=response_end_ns)
+
+    def _set_status(self, span: Span, status: int) -> None:
+        if self._old:
+            span.set_attribute(_HTTP_STATUS_CODE, status)
+        if self._new:
+            span.set_attribute(_HTTP_RESPONSE_STATUS_CODE, status)
+        code = http_status_to_status_code(status, server_span=True)
+        if code is StatusCode.ERROR:
+            span.set_attribute(semconv.ERROR_TYPE, str(status))
+            span.set_status(Status(StatusCode.ERROR))
+
+
+def _host(scope: Scope) -> str:
+    for key, value in scope.get("headers") or ():
+        if key == b"host":
+            return str(value.decode("latin-1"))
+    server = scope.get("server") or ("0.0.0.0", 80)
+    return f"{server[0]}:{server[1]}" if server[1] not in (80, None) else str(server[0])
+
+
+def middleware_options(settings: Settings | None = None, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of :class:`StudyInASGIMiddleware`: settings first, explicit overrides win."""
+    options: dict[str, Any] = {}
+    if settings is not None:
+        if settings.auth_paths is not None:
+            options["auth_patterns"] = settings.auth_paths
+        if settings.metrics_only_paths:
+            options["metrics_only"] = settings.metrics_only_paths
+        if settings.user_id_hook:
+            options["user_id_hook"] = load_user_id_hook(settings.user_id_hook)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
 
 
 def instrument_app(
-    app: ASGIApp,
+    app: Any,
     *,
     tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
     pseudonymizer: Pseudonymizer | None = None,
-    user_id_hook: UserIdHook = default_user_id_hook,
-    auth_patterns: Iterable[str] = DEFAULT_AUTH_PATTERNS,
+    user_id_hook: UserIdHook | None = None,
+    auth_patterns: Iterable[str] | None = None,
     excluded_urls: str | None = None,
-) -> ASGIApp:
-    """Return ``app`` wrapped for StudyIn telemetry.
+    metrics_only: bool | Iterable[str] | None = None,
+    settings: Settings | None = None,
+) -> Any:
+    """Instrument ``app`` for StudyIn telemetry and return it.
 
-    Excluded URLs default to ``OTEL_PYTHON_ASGI_EXCLUDED_URLS`` (then ``OTEL_PYTHON_EXCLUDED_URLS``).
+    A Starlette/FastAPI app is instrumented in place (its middleware stack is wrapped when
+    built, like ``FastAPIInstrumentor.instrument_app``) and returned, so it stays a FastAPI
+    object; any other ASGI callable is returned wrapped. Unset options come from ``settings``
+    (default: the environment): ``STUDYIN_ANALYTICS_AUTH_PATHS``, ``_METRICS_ONLY_PATHS``,
+    ``_USER_ID_HOOK``. Excluded URLs default to ``OTEL_PYTHON_ASGI_EXCLUDED_URLS`` (then
+    ``OTEL_PYTHON_EXCLUDED_URLS``).
     """
-    from .settings import get_settings
-
-    inner = _UserAttribution(
-        app,
-        pseudonymizer or (lambda: Pseudonymizer.from_settings(get_settings())),
-        user_id_hook,
-        tuple(auth_patterns),
-    )
-    return OpenTelemetryMiddleware(
-        inner,
-        excluded_urls=excluded_urls if excluded_urls is not None else get_excluded_urls("ASGI"),
+    options = middleware_options(
+        settings if settings is not None else _env_settings(),
         tracer_provider=tracer_provider,
-        exclude_spans=["receive", "send"],
+        meter_provider=meter_provider,
+        pseudonymizer=pseudonymizer,
+        user_id_hook=user_id_hook,
+        auth_patterns=tuple(auth_patterns) if auth_patterns is not None else None,
+        excluded_urls=excluded_urls,
+        metrics_only=metrics_only,
     )
+    if settings is not None and "pseudonymizer" not in options:
+        options["pseudonymizer"] = lambda: Pseudonymizer.from_settings(settings)
+    try:
+        from starlette.applications import Starlette
+    except ImportError:  # pragma: no cover - starlette is a dependency
+        Starlette = None  # type: ignore[assignment,misc]
+    if Starlette is not None and isinstance(app, Starlette):
+        if getattr(app, "_studyin_instrumented", False):
+            return app
+        original_build = app.build_middleware_stack
+
+        def build_middleware_stack() -> ASGIApp:
+            return StudyInASGIMiddleware(original_build(), **options)
+
+        app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+        app.middleware_stack = None
+        app._studyin_instrumented = True  # type: ignore[attr-defined]
+        return app
+    return StudyInASGIMiddleware(app, **options)
+
+
+def _env_settings() -> Settings | None:
+    try:
+        return get_settings()
+    except Exception as exc:  # unusable environment: fall back to defaults, say why (no values)
+        _log.warning("STUDYIN_ANALYTICS_* settings unusable (%s); using defaults", type(exc).__name__)
+        return None

@@ -13,14 +13,23 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from . import semconv
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-"""A short machine identifier (material id, achievement id, model name...): no free text."""
+"""A short machine identifier (material id, achievement id, reason...): no free text."""
 
-Count = Annotated[int, Field(ge=0, le=10_000_000)]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,79}$")]
+"""An AI model name such as ``gpt-4o-mini`` or ``llama3:8b``: no spaces, so no prose."""
+
+ErrorType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")]
+"""An error class or status code (``TimeoutError``, ``500``): never an error message."""
+
+Count = Annotated[int, Strict(), Field(ge=0, le=10_000_000)]
+Seconds = Annotated[float, Strict(), Field(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
+"""A duration in seconds, at most a week (a session left open longer is a bug, not a session)."""
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class MaterialType(StrEnum):
@@ -41,7 +50,11 @@ class SessionEndReason(StrEnum):
 
 
 class DomainEvent(BaseModel):
-    """Base of every event. Subclasses set ``event_type`` and ``version``."""
+    """Base of every event. Subclasses set ``event_type`` and ``version``.
+
+    ``version`` is bumped when a field changes meaning or type (added optional fields do not
+    need a bump); it travels as ``studyin.event.version`` so readers can tell old rows apart.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
 
@@ -86,15 +99,23 @@ EVENT_TYPES: Final[dict[str, type[DomainEvent]]] = {}
 
 
 class SessionStart(DomainEvent):
+    """A learning session began (its span starts here)."""
+
     event_type: ClassVar[str] = "session_start"
     session_id: UUID
     material_id: Slug | None = None
 
 
 class SessionEnd(DomainEvent):
+    """A learning session ended: completed, abandoned (left early) or timed out (idle).
+
+    ``duration_s`` is computed by the tracker: start to end, or start to the last activity
+    for a timeout (the idle tail is not study time).
+    """
+
     event_type: ClassVar[str] = "session_end"
     session_id: UUID
-    duration_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)]
+    duration_s: Seconds
     xp_earned: Count = 0
     materials_touched: Annotated[tuple[Slug, ...], Field(max_length=200)] = ()
     end_reason: SessionEndReason = SessionEndReason.COMPLETED
@@ -114,7 +135,7 @@ class MaterialProgress(DomainEvent):
     event_type: ClassVar[str] = "material_progress"
     material_id: Slug
     material_type: MaterialType
-    progress: Annotated[float, Field(ge=0, le=1)]
+    progress: Fraction
     session_id: UUID | None = None
 
 
@@ -122,8 +143,8 @@ class MaterialComplete(DomainEvent):
     event_type: ClassVar[str] = "material_complete"
     material_id: Slug
     material_type: MaterialType
-    time_spent_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] | None = None
-    score: Annotated[float, Field(ge=0, le=1)] | None = None
+    time_spent_s: Seconds | None = None
+    score: Fraction | None = None
     session_id: UUID | None = None
 
 
@@ -132,15 +153,15 @@ class MaterialComplete(DomainEvent):
 
 class XpAwarded(DomainEvent):
     event_type: ClassVar[str] = "xp_awarded"
-    xp_amount: Annotated[int, Field(ge=1, le=100_000)]
+    xp_amount: Annotated[int, Strict(), Field(ge=1, le=100_000)]
     xp_reason: Slug
     session_id: UUID | None = None
 
 
 class LevelUp(DomainEvent):
     event_type: ClassVar[str] = "level_up"
-    level: Annotated[int, Field(ge=1, le=10_000)]
-    total_xp: Annotated[int, Field(ge=0, le=1_000_000_000)]
+    level: Annotated[int, Strict(), Field(ge=1, le=10_000)]
+    total_xp: Annotated[int, Strict(), Field(ge=0, le=1_000_000_000)]
 
 
 class AchievementUnlocked(DomainEvent):
@@ -150,45 +171,61 @@ class AchievementUnlocked(DomainEvent):
 
 class StreakUpdated(DomainEvent):
     event_type: ClassVar[str] = "streak_updated"
-    streak_days: Annotated[int, Field(ge=0, le=100_000)]
+    streak_days: Annotated[int, Strict(), Field(ge=1, le=100_000)]
 
 
 class StreakBroken(DomainEvent):
     event_type: ClassVar[str] = "streak_broken"
-    previous_streak_days: Annotated[int, Field(ge=0, le=100_000)]
+    previous_streak_days: Annotated[int, Strict(), Field(ge=1, le=100_000)]
 
 
 # --- AI coach (never the message text) -------------------------------------------------------
 
 
 class AiCoachInteraction(DomainEvent):
+    """One question to the AI coach and its answer: measured, never recorded.
+
+    There is deliberately no field that could hold the prompt or the answer.
+    """
+
     event_type: ClassVar[str] = "ai_coach_interaction"
     interaction_id: UUID
-    latency_ms: Annotated[float, Field(ge=0, le=600_000)]
+    latency_ms: Annotated[float, Strict(), Field(ge=0, le=600_000, allow_inf_nan=False)]
     tokens_in: Count
     tokens_out: Count
-    model: Slug
+    model: ModelName
     topic_category: Slug
+    session_id: UUID | None = None
 
 
 class AiCoachFeedback(DomainEvent):
     event_type: ClassVar[str] = "ai_coach_feedback"
     interaction_id: UUID
-    rating: Annotated[int, Field(ge=1, le=5)]
+    rating: Annotated[int, Strict(), Field(ge=1, le=5)]
 
 
 # --- system metrics --------------------------------------------------------------------------
 
 
 class ApiRequest(DomainEvent):
-    """One API request, derived from an HTTP server span (auto-instrumentation)."""
+    """One API request. Normally derived from an HTTP server span (auto-instrumentation);
+    the tracker's ``api_request`` is for servers the ASGI instrumentation does not cover."""
 
     event_type: ClassVar[str] = "api_request"
-    route: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    route: Annotated[str, StringConstraints(pattern=r"^/[^\s?#@]{0,255}$")]
     method: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3,10}$|^_OTHER$")]
-    status_code: Annotated[int, Field(ge=0, le=599)]
-    duration_ms: Annotated[float, Field(ge=0)]
-    error_type: Annotated[str, StringConstraints(max_length=128)] | None = None
+    status_code: Annotated[int, Strict(), Field(ge=0, le=599)]  # 0: no response was sent
+    duration_ms: Annotated[float, Strict(), Field(ge=0, le=3_600_000, allow_inf_nan=False)]
+    error_type: ErrorType | None = None
+
+
+class SystemMetric(DomainEvent):
+    """A measured system value (queue depth, cache hit ratio, job duration...), user optional."""
+
+    event_type: ClassVar[str] = "system_metric"
+    metric_name: Slug
+    metric_value: Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
+    metric_unit: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_{}/%.-]{1,16}$")] = "1"
 
 
 def parse_event(event_type: str, data: dict[str, Any]) -> DomainEvent:

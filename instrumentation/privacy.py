@@ -7,8 +7,10 @@
 * :class:`PrivacyGuard` cleans span attributes before any exporter sees them: identity
   attributes are hashed or dropped, client addresses, query strings, credentials and
   headers are dropped, e-mail-like values are scrubbed, undeclared ``studyin.*`` attributes
-  are rejected. The Redis exporter, the OTLP gateway and :class:`GuardedSpanExporter` (for
-  any other exporter) all apply it.
+  are rejected; exceptions keep ``exception.type`` only (``exception.message``,
+  ``exception.stacktrace`` and the message part of a status description are dropped, being
+  free text that can quote ids or e-mails). The Redis exporter, the OTLP gateway and
+  :class:`GuardedSpanExporter` (for any other exporter) all apply it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Status
+
 from . import semconv
 from .settings import ConfigurationError, Settings
 
@@ -32,6 +39,7 @@ _DIGEST_HEX_CHARS = 32  # 128 bits: collision-free for any realistic user count,
 PSEUDONYM_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,16}:[0-9a-f]{32}$")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 EMAIL_PLACEHOLDER = "[email]"
+_STATUS_TYPE = re.compile(r"^([A-Za-z_][\w.]{0,127})(?::|$)")
 
 
 class Pseudonymizer:
@@ -120,6 +128,10 @@ DROPPED_ATTRIBUTES = frozenset(
         "http.request.header.x_api_key",
         "http.response.header.set_cookie",
         "session.id",  # an app's web session id is a bearer secret, not a learning session
+        # Exceptions keep their type only: messages and stack traces are free text that can
+        # quote ids, e-mails or request data (``str(exc)``, locals in frames, chained causes).
+        "exception.message",
+        "exception.stacktrace",
     }
 )
 """Attributes that never leave the process."""
@@ -217,6 +229,17 @@ class PrivacyGuard:
         """Span and event names may hold a raw path in badly instrumented code: cut queries, scrub."""
         return _scrub(_strip_query(name)) if ("?" in name or "@" in name or "#" in name) else name
 
+    def clean_status_description(self, description: str | None) -> str | None:
+        """Keep only a leading error type (``ValueError: <message>`` -> ``ValueError``).
+
+        ``use_span``/``start_as_current_span`` set the description to ``"Type: message"``; the
+        message is free text, so it goes, like ``exception.message``.
+        """
+        if not description:
+            return None
+        match = _STATUS_TYPE.match(description)
+        return match.group(1) if match else None
+
 
 USER_HASH = semconv.USER_HASH
 
@@ -226,3 +249,65 @@ def check_declared(attributes: Iterable[str]) -> None:
     for key in attributes:
         if key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
             raise ValueError(f"attribute {key!r} is not declared in studyin_analytics semconv")
+
+
+# --- a guard for any exporter -----------------------------------------------------------------
+
+
+class GuardedSpanExporter(SpanExporter):
+    """Wraps any ``SpanExporter`` (OTLP, console...) so it only ever sees cleaned spans.
+
+    Since SDK 1.43 a finished span's attributes are frozen before ``on_end``, so the guard
+    cannot edit spans in a processor; this exporter builds new ``ReadableSpan`` objects with
+    cleaned name, attributes, events, links, resource and status description, and hands
+    those to ``inner``. The Redis exporter applies the same :class:`PrivacyGuard` itself.
+    """
+
+    def __init__(self, inner: SpanExporter, guard: PrivacyGuard | None = None) -> None:
+        self.inner = inner
+        self.guard = guard or PrivacyGuard()
+        self._resources: dict[int, tuple[Resource, Resource]] = {}
+
+    def _resource(self, resource: Resource) -> Resource:
+        cached = self._resources.get(id(resource))
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        cleaned = Resource(self.guard.clean(resource.attributes), resource.schema_url)
+        if len(self._resources) > 64:
+            self._resources.clear()
+        self._resources[id(resource)] = (resource, cleaned)
+        return cleaned
+
+    def guard_span(self, span: ReadableSpan) -> ReadableSpan:
+        guard = self.guard
+        clean = guard.clean
+        status = span.status
+        description = guard.clean_status_description(status.description)
+        if description != status.description:
+            status = Status(status.status_code, description)
+        return ReadableSpan(
+            name=guard.clean_name(span.name),
+            context=span.context,
+            parent=span.parent,
+            resource=self._resource(span.resource),
+            attributes=clean(span.attributes),
+            events=[
+                Event(guard.clean_name(event.name), clean(event.attributes), event.timestamp)
+                for event in span.events
+            ],
+            links=[Link(link.context, clean(link.attributes)) for link in span.links],
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([self.guard_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)

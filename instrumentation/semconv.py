@@ -59,6 +59,9 @@ FIELD_ATTRIBUTES: Final[dict[str, str]] = {
     "model": "studyin.ai.model",
     "topic_category": "studyin.ai.topic_category",
     "rating": "studyin.ai.rating",
+    "metric_name": "studyin.system.metric.name",
+    "metric_value": "studyin.system.metric.value",
+    "metric_unit": "studyin.system.metric.unit",
     # System metrics (api_request) are read from HTTP semantic-convention attributes of
     # server spans; these carry what the conventions lack.
     "route": "studyin.api.route",
@@ -72,6 +75,15 @@ ATTRIBUTE_FIELDS: Final[dict[str, str]] = {attr: field for field, attr in FIELD_
 
 DECLARED_ATTRIBUTES: Final[frozenset[str]] = frozenset({*FIELD_ATTRIBUTES.values(), EVENT_VERSION})
 """Every ``studyin.*`` attribute that may leave the process."""
+
+# HTTP server spans (auto-instrumentation). The aggregator reads these standard names.
+HTTP_ROUTE: Final = "http.route"
+ERROR_TYPE: Final = "error.type"
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+EXCEPTION_ESCAPED: Final = "exception.escaped"
 
 
 def event_name(event_type: str) -> str:

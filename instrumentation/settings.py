@@ -130,6 +130,23 @@ class Settings(BaseSettings):
         default=None, description="Id of the key used for new pseudonyms (default: the first key listed)"
     )
 
+    # --- ASGI instrumentation (zero-code and instrument_app defaults) ---------------------
+    auth_paths: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated regexes of authentication paths: measured, never attributed "
+        "to a user (default: login, logout, token, register, signup, password, oauth, sso, mfa, /auth/)",
+    )
+    metrics_only_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated regexes of hot paths that get only the latency histogram, no span",
+    )
+    user_id_hook: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="'module:function' taking the ASGI scope and returning the authenticated user id "
+        "(default: scope['state']['user_id'] or Starlette's scope['user'].identity)",
+    )
+
     # --- bus -----------------------------------------------------------------------------
     stream_prefix: str = Field(
         default="studyin:analytics", min_length=1, description="Prefix of every Redis key of the bus"
@@ -149,6 +166,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Stream entries per read")
     raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
     max_delivery_attempts: int = Field(default=5, ge=1, description="Attempts before dead-lettering")
+    claim_idle_ms: int = Field(
+        default=30_000,
+        ge=100,
+        description="Idle time after which another consumer's pending entries are claimed",
+    )
+    aggregator_health_host: str = Field(default="127.0.0.1", description="Aggregator health endpoint address")
+    aggregator_health_port: int = Field(
+        default=8002, ge=0, le=65535, description="Aggregator health endpoint port (0: disabled)"
+    )
 
     # --- operation ----------------------------------------------------------------------------
     log_format: Literal["text", "json"] = Field(
@@ -194,6 +220,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Precedence: explicit arguments, variables, *_FILE variables, .env.
         return (init_settings, env_settings, _FileVariablesSource(settings_cls), dotenv_settings)
+
+    @field_validator("auth_paths", "metrics_only_paths", mode="before")
+    @classmethod
+    def _patterns_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("auth_paths", "metrics_only_paths")
+    @classmethod
+    def _check_patterns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression ({exc.msg})") from None
+        return value
 
     @field_validator("pseudonym_keys", mode="before")
     @classmethod

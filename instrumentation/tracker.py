@@ -1,23 +1,46 @@
 """The tracker API: how app code reports StudyIn domain events.
 
-Events are validated by their pydantic model, then carried as OpenTelemetry span events:
-on the learning-session span when one is given, else on the current recording span, else
-on a short span of their own. The user id is pseudonymized here, before anything is
-recorded. Nothing in this module does I/O; exporting happens later, off the hot path, in
-the span processor's worker.
+Events are validated by their pydantic model (:mod:`.events`), then handed to a carrier. The
+carrier of today, :class:`SpanEventCarrier`, records them as OpenTelemetry span events: on the
+learning-session span when there is one, else on the current recording span (typically the
+HTTP server span), else on a short ``studyin.event`` span of their own. The event model knows
+nothing of spans, so a log-record carrier can replace this one when OpenTelemetry deprecates
+span events.
+
+The user id is pseudonymized here, before anything is recorded. Nothing in this module does
+I/O: exporting happens later, off the hot path, in the span processor's worker. Every method is
+a plain, non-blocking call, so sync and async code use the same API (sessions are also async
+context managers).
+
+Two ways to run a learning session:
+
+* in one process: ``with tracker.session(user_id) as s:`` or ``s = tracker.start_session(...)``
+  then ``s.end()``; the session is one span, its duration the session's;
+* stateless (multi-worker web apps, where start and end arrive in different requests or
+  processes): ``ticket = tracker.begin_session(user_id)`` records ``session_start`` and returns a
+  :class:`SessionTicket` (session id + start time) for the app to keep, and
+  ``tracker.end_session(user_id, ticket.session_id, started_at=ticket.started_at)`` later records
+  the session span from the known start time to now, with ``session_end``. No state is held
+  between the two calls.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, TracerProvider
+from opentelemetry.trace import Link, Span, TracerProvider
 from pydantic import ValidationError
 
 from . import events, semconv
@@ -27,78 +50,216 @@ from .version import __version__
 
 _log = logging.getLogger(__name__)
 
+UserId = str | int
+_LOGGED_DROPS_PER_TYPE = 10  # then one log line per 1000 drops of that type
+
 
 class EventRejected(ValueError):
-    """An event failed validation; the message names each field and the reason (not values)."""
+    """An event failed validation; the message names each field and the reason (never values)."""
 
     def __init__(self, event_type: str, error: ValidationError | str) -> None:
         if isinstance(error, ValidationError):
             reasons = "; ".join(
                 f"{'.'.join(str(p) for p in item['loc']) or '<event>'}: {item['msg']}"
-                for item in error.errors(include_input=False, include_url=False)
+                for item in error.errors(include_input=False, include_url=False, include_context=False)
             )
         else:
             reasons = error
         super().__init__(f"invalid {event_type} event: {reasons}")
         self.event_type = event_type
+        self.reasons = reasons
+
+
+# --- carriers ------------------------------------------------------------------------------
+
+
+class EventCarrier(Protocol):
+    """How validated events travel. Attributes are already flat ``studyin.*`` + ``user.hash``."""
+
+    def record(self, name: str, attributes: dict[str, Any], session: LearningSession | None) -> None: ...
+
+    def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span: ...
+
+
+class SpanEventCarrier:
+    """Domain events as OpenTelemetry span events (see the module docstring for which span)."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def record(self, name: str, attributes: dict[str, Any], session: LearningSession | None) -> None:
+        if session is not None and session.span.is_recording():
+            session.span.add_event(name, attributes)
+            return
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.add_event(name, attributes)
+            return
+        span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN)
+        span.add_event(name, attributes)
+        span.end()
+
+    def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span:
+        # A session outlives the request that starts it: it is the root of its own trace,
+        # linked to that request's span.
+        current = trace.get_current_span().get_span_context()
+        links = [Link(current)] if current.is_valid else None
+        return self._tracer.start_span(
+            semconv.LEARNING_SESSION_SPAN,
+            context=otel_context.Context(),
+            attributes=attributes,
+            links=links,
+            start_time=start_time_ns,
+        )
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+_current_session: ContextVar[LearningSession | None] = ContextVar("studyin_learning_session", default=None)
+
+
+@dataclass(frozen=True)
+class SessionTicket:
+    """What a stateless app keeps between ``begin_session`` and ``end_session`` (no user data)."""
+
+    session_id: uuid.UUID
+    started_at: datetime
 
 
 class LearningSession:
-    """A running learning session; ends once, through :meth:`end` or leaving its ``with`` block."""
+    """A running learning session (one span); ends once, through :meth:`end` or its ``with`` block.
 
-    __slots__ = ("_ended", "_started", "_tracker", "session_id", "span", "user_hash")
+    Inside ``with tracker.session(...)`` (or ``async with``) the session is current: events
+    emitted without ``session=`` in that context attach to it. Material and XP events emitted
+    on the session are tallied, so :meth:`end` knows the XP earned and materials touched.
+    """
 
-    def __init__(self, tracker: StudyInTracker, span: Span, session_id: uuid.UUID, user_hash: str | None):
+    __slots__ = (
+        "_ctx_token",
+        "_cv_token",
+        "_ended",
+        "_last_activity",
+        "_lock",
+        "_materials",
+        "_started",
+        "_tracker",
+        "_xp",
+        "session_id",
+        "span",
+        "started_at",
+        "user_hash",
+    )
+
+    def __init__(self, tracker: StudyInTracker, span: Span, session_id: uuid.UUID, user_hash: str):
         self._tracker = tracker
         self.span = span
         self.session_id = session_id
         self.user_hash = user_hash
-        self._started = time.monotonic()
+        self.started_at = datetime.now(UTC)
+        self._started = self._last_activity = time.monotonic()
         self._ended = False
+        self._xp = 0
+        self._materials: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self._ctx_token: object | None = None
+        self._cv_token: Token[LearningSession | None] | None = None
 
     @property
     def ended(self) -> bool:
         return self._ended
 
+    @property
+    def ticket(self) -> SessionTicket:
+        return SessionTicket(self.session_id, self.started_at)
+
+    @property
+    def xp_earned(self) -> int:
+        return self._xp
+
+    @property
+    def materials_touched(self) -> tuple[str, ...]:
+        return tuple(self._materials)
+
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started
+
+    def idle_s(self) -> float:
+        """Seconds since the last event of this session."""
+        return time.monotonic() - self._last_activity
+
+    def _tally(self, event: events.DomainEvent) -> None:
+        with self._lock:
+            self._last_activity = time.monotonic()
+            material_id = getattr(event, "material_id", None)
+            if material_id is not None and len(self._materials) < 200:
+                self._materials[material_id] = None
+            if isinstance(event, events.XpAwarded):
+                self._xp += event.xp_amount
 
     def end(
         self,
         *,
-        xp_earned: int = 0,
-        materials_touched: Iterable[str] = (),
+        xp_earned: int | None = None,
+        materials_touched: Iterable[str] | None = None,
         end_reason: events.SessionEndReason | str = events.SessionEndReason.COMPLETED,
-    ) -> None:
-        """End the session: records ``session_end`` with its computed duration and ends the span."""
-        if self._ended:
-            return
-        self._ended = True
+    ) -> events.DomainEvent | None:
+        """Record ``session_end`` and end the span (later calls do nothing).
+
+        ``xp_earned`` and ``materials_touched`` default to what was emitted on this session. For
+        ``end_reason="timeout"`` the duration runs to the last activity, not to now.
+        """
+        with self._lock:
+            if self._ended:
+                return None
+            self._ended = True
+        reason = events.SessionEndReason(end_reason) if isinstance(end_reason, str) else end_reason
+        until = self._last_activity if reason is events.SessionEndReason.TIMEOUT else time.monotonic()
         try:
-            self._tracker.emit(
+            return self._tracker.emit(
                 events.SessionEnd,
                 session=self,
                 session_id=self.session_id,
-                duration_s=self.elapsed_s(),
-                xp_earned=xp_earned,
-                materials_touched=tuple(materials_touched),
-                end_reason=end_reason,
+                duration_s=max(until - self._started, 0.0),
+                xp_earned=self._xp if xp_earned is None else xp_earned,
+                materials_touched=tuple(self._materials if materials_touched is None else materials_touched),
+                end_reason=reason,
             )
         finally:
             self.span.end()
 
+    def abandon(self) -> events.DomainEvent | None:
+        """The student left before finishing (e.g. closed the material)."""
+        return self.end(end_reason=events.SessionEndReason.ABANDONED)
+
+    def timeout(self) -> events.DomainEvent | None:
+        """The session went idle; its duration runs to the last activity."""
+        return self.end(end_reason=events.SessionEndReason.TIMEOUT)
+
     def __enter__(self) -> LearningSession:
+        self._cv_token = _current_session.set(self)
+        self._ctx_token = otel_context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self._ended:
-            reason = events.SessionEndReason.ABANDONED if exc_type else events.SessionEndReason.COMPLETED
-            self.end(end_reason=reason)
+        try:
+            if not self._ended:
+                self.end(
+                    end_reason=events.SessionEndReason.ABANDONED
+                    if exc_type
+                    else events.SessionEndReason.COMPLETED
+                )
+        finally:
+            if self._ctx_token is not None:
+                otel_context.detach(self._ctx_token)  # type: ignore[arg-type]
+                self._ctx_token = None
+            if self._cv_token is not None:
+                _current_session.reset(self._cv_token)
+                self._cv_token = None
 
     async def __aenter__(self) -> LearningSession:
-        return self
+        return self.__enter__()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -106,11 +267,21 @@ class LearningSession:
         self.__exit__(exc_type, exc, tb)
 
 
-class StudyInTracker:
-    """Emits StudyIn domain events as OpenTelemetry span events.
+def current_session() -> LearningSession | None:
+    """The session of the enclosing ``with tracker.session(...)`` block, if any."""
+    session = _current_session.get()
+    return None if session is None or session.ended else session
 
-    ``lenient=True`` is for production: an invalid event is counted in
-    :attr:`dropped_events` and logged (type and field names, never values) instead of raising.
+
+# --- the tracker ---------------------------------------------------------------------------
+
+
+class StudyInTracker:
+    """Emits StudyIn domain events.
+
+    ``lenient=True`` is for production: an invalid event is counted in :attr:`dropped_events`
+    (and per type in :attr:`dropped_by_type`) and logged with its type, field names and reasons,
+    never its values, instead of raising :class:`EventRejected`.
     """
 
     def __init__(
@@ -119,11 +290,18 @@ class StudyInTracker:
         tracer_provider: TracerProvider | None = None,
         pseudonymizer: Pseudonymizer | None = None,
         lenient: bool = False,
+        carrier: EventCarrier | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(semconv.SCOPE_NAME, __version__, tracer_provider=tracer_provider)
+        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer)
         self._pseudonymizer = pseudonymizer
         self.lenient = lenient
-        self.dropped_events = 0
+        self.dropped_by_type: Counter[str] = Counter()
+        self._drop_lock = threading.Lock()
+
+    @property
+    def dropped_events(self) -> int:
+        return sum(self.dropped_by_type.values())
 
     @property
     def pseudonymizer(self) -> Pseudonymizer:
@@ -131,70 +309,168 @@ class StudyInTracker:
             self._pseudonymizer = Pseudonymizer.from_settings(get_settings())
         return self._pseudonymizer
 
-    def user_hash(self, user_id: str | int | None) -> str | None:
-        return None if user_id is None else self.pseudonymizer.pseudonymize(str(user_id))
+    def user_hash(self, user_id: UserId | None) -> str | None:
+        if user_id is None:
+            return None
+        if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
+            raise TypeError("user_id must be a non-empty str or an int")
+        return self.pseudonymizer.pseudonymize(str(user_id))
+
+    # --- the one validation + recording path ------------------------------------------------
+
+    def _reject(self, rejected: EventRejected) -> None:
+        if not self.lenient:
+            raise rejected
+        with self._drop_lock:
+            self.dropped_by_type[rejected.event_type] += 1
+            count = self.dropped_by_type[rejected.event_type]
+        if count <= _LOGGED_DROPS_PER_TYPE or count % 1000 == 0:
+            _log.warning("dropped %s (%d %s events dropped so far)", rejected, count, rejected.event_type)
+
+    def emit(
+        self,
+        model: type[events.DomainEvent],
+        /,
+        *,
+        user_id: UserId | None = None,
+        session: LearningSession | None = None,
+        require_user: bool = True,
+        **fields: Any,
+    ) -> events.DomainEvent | None:
+        """Validate and record one event; returns it, or ``None`` when dropped in lenient mode."""
+        if session is None:
+            session = current_session()
+        if session is not None and "session_id" in model.model_fields and fields.get("session_id") is None:
+            fields["session_id"] = session.session_id
+        try:
+            user_hash = self.user_hash(user_id) if user_id is not None else None
+        except TypeError as exc:
+            self._reject(EventRejected(model.event_type, f"user_id: {exc}"))
+            return None
+        if user_hash is None and session is not None:
+            user_hash = session.user_hash
+        if user_hash is None and require_user:
+            self._reject(EventRejected(model.event_type, "user_id: required for this event"))
+            return None
+        try:
+            event = model(**fields)
+        except ValidationError as exc:
+            self._reject(EventRejected(model.event_type, exc))
+            return None
+        except TypeError as exc:  # unexpected keyword: a caller bug, name it without values
+            self._reject(EventRejected(model.event_type, f"<call>: {type(exc).__name__}"))
+            return None
+        attributes = event.attributes()
+        if user_hash is not None:
+            attributes[semconv.USER_HASH] = user_hash
+        if session is not None:
+            session._tally(event)
+        self.carrier.record(semconv.event_name(model.event_type), attributes, session)
+        return event
 
     # --- sessions ---------------------------------------------------------------------------
 
     def start_session(
         self,
-        user_id: str | int,
+        user_id: UserId,
         *,
         material_id: str | None = None,
         session_id: uuid.UUID | None = None,
     ) -> LearningSession:
-        """Start a learning session; use the result as a context manager or call ``end()``."""
+        """Start a learning session (a span); use the result as a context manager or call ``end()``.
+
+        In lenient mode an invalid start still returns a session (so app code need not branch);
+        its ``session_start`` is dropped and counted.
+        """
         session_id = session_id or uuid.uuid4()
-        user_hash = self.user_hash(user_id)
+        try:
+            user_hash = self.user_hash(user_id)
+        except TypeError as exc:
+            self._reject(EventRejected(events.SessionStart.event_type, f"user_id: {exc}"))
+            user_hash = None
         attributes: dict[str, Any] = {semconv.FIELD_ATTRIBUTES["session_id"]: str(session_id)}
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
-        span = self._tracer.start_span(semconv.LEARNING_SESSION_SPAN, attributes=attributes)
-        session = LearningSession(self, span, session_id, user_hash)
-        self.emit(events.SessionStart, session=session, session_id=session_id, material_id=material_id)
+        span = self.carrier.start_session_span(attributes)
+        session = LearningSession(self, span, session_id, user_hash or "")
+        if user_hash is not None:
+            self.emit(events.SessionStart, session=session, session_id=session_id, material_id=material_id)
         return session
 
     session = start_session  # ``with tracker.session(user_id) as s:`` reads better
 
-    # --- everything else ----------------------------------------------------------------------
-
-    def emit(
+    def begin_session(
         self,
-        model: type[events.DomainEvent],
+        user_id: UserId,
         *,
-        user_id: str | int | None = None,
-        session: LearningSession | None = None,
-        **fields: Any,
+        material_id: str | None = None,
+        session_id: uuid.UUID | None = None,
+    ) -> SessionTicket:
+        """Stateless start: record ``session_start`` now, keep nothing; see :meth:`end_session`."""
+        ticket = SessionTicket(session_id or uuid.uuid4(), datetime.now(UTC))
+        self.emit(
+            events.SessionStart,
+            user_id=user_id,
+            session_id=ticket.session_id,
+            material_id=material_id,
+        )
+        return ticket
+
+    def end_session(
+        self,
+        user_id: UserId,
+        session_id: uuid.UUID | str,
+        *,
+        started_at: datetime,
+        xp_earned: int = 0,
+        materials_touched: Iterable[str] = (),
+        end_reason: events.SessionEndReason | str = events.SessionEndReason.COMPLETED,
+        last_activity_at: datetime | None = None,
     ) -> events.DomainEvent | None:
-        """Validate and record one event; returns it, or ``None`` when dropped in lenient mode."""
+        """Stateless end, from any request or process that knows the session id and start time.
+
+        Records a ``studyin.learning_session`` span from ``started_at`` to now carrying
+        ``session_end``; the duration runs to ``last_activity_at`` when given (timeouts).
+        """
+        now = datetime.now(UTC)
+        if started_at.tzinfo is None:
+            self._reject(EventRejected(events.SessionEnd.event_type, "started_at: must be timezone-aware"))
+            return None
+        until = last_activity_at or now
+        duration = (until - started_at).total_seconds()
         try:
-            event = model(**fields)
+            user_hash = self.user_hash(user_id)
+            sid = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+        except (TypeError, ValueError) as exc:
+            field = "user_id" if isinstance(exc, TypeError) else "session_id"
+            self._reject(EventRejected(events.SessionEnd.event_type, f"{field}: {type(exc).__name__}"))
+            return None
+        try:
+            event = events.SessionEnd(
+                session_id=sid,
+                duration_s=duration,
+                xp_earned=xp_earned,
+                materials_touched=tuple(materials_touched),
+                end_reason=end_reason,  # type: ignore[arg-type]  # validated: str -> enum
+            )
         except ValidationError as exc:
-            rejected = EventRejected(model.event_type, exc)
-            if not self.lenient:
-                raise rejected from None
-            self.dropped_events += 1
-            _log.warning("dropped %s", rejected)
+            self._reject(EventRejected(events.SessionEnd.event_type, exc))
             return None
         attributes = event.attributes()
-        user_hash = session.user_hash if session is not None else self.user_hash(user_id)
-        if user_hash is not None:
-            attributes[semconv.USER_HASH] = user_hash
-        name = semconv.event_name(model.event_type)
-        if session is not None and session.span.is_recording():
-            session.span.add_event(name, attributes)
-            return event
-        current = trace.get_current_span()
-        if current.is_recording():
-            current.add_event(name, attributes)
-        else:
-            with self._tracer.start_as_current_span(semconv.STANDALONE_EVENT_SPAN) as span:
-                span.add_event(name, attributes)
+        assert user_hash is not None
+        attributes[semconv.USER_HASH] = user_hash
+        span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
+        start_ns = int(started_at.timestamp() * 1e9)
+        span = self.carrier.start_session_span(span_attributes, start_time_ns=start_ns)
+        span.add_event(semconv.event_name(events.SessionEnd.event_type), attributes)
+        span.end()
         return event
+
+    # --- materials --------------------------------------------------------------------------
 
     def material_view(
         self,
-        user_id: str | int,
+        user_id: UserId | None,
         material_id: str,
         material_type: str,
         *,
@@ -209,9 +485,29 @@ class StudyInTracker:
             session_id=session.session_id if session else None,
         )
 
+    def material_progress(
+        self,
+        user_id: UserId | None,
+        material_id: str,
+        material_type: str,
+        progress: float,
+        *,
+        session: LearningSession | None = None,
+    ) -> events.DomainEvent | None:
+        """``progress`` is a fraction in [0, 1]."""
+        return self.emit(
+            events.MaterialProgress,
+            user_id=user_id,
+            session=session,
+            material_id=material_id,
+            material_type=material_type,
+            progress=progress,
+            session_id=session.session_id if session else None,
+        )
+
     def material_complete(
         self,
-        user_id: str | int,
+        user_id: UserId | None,
         material_id: str,
         material_type: str,
         *,
@@ -230,8 +526,10 @@ class StudyInTracker:
             session_id=session.session_id if session else None,
         )
 
+    # --- gamification -----------------------------------------------------------------------
+
     def xp_awarded(
-        self, user_id: str | int, amount: int, reason: str, *, session: LearningSession | None = None
+        self, user_id: UserId | None, amount: int, reason: str, *, session: LearningSession | None = None
     ) -> events.DomainEvent | None:
         return self.emit(
             events.XpAwarded,
@@ -240,4 +538,93 @@ class StudyInTracker:
             xp_amount=amount,
             xp_reason=reason,
             session_id=session.session_id if session else None,
+        )
+
+    def level_up(self, user_id: UserId, level: int, total_xp: int) -> events.DomainEvent | None:
+        return self.emit(events.LevelUp, user_id=user_id, level=level, total_xp=total_xp)
+
+    def achievement_unlocked(self, user_id: UserId, achievement_id: str) -> events.DomainEvent | None:
+        return self.emit(events.AchievementUnlocked, user_id=user_id, achievement_id=achievement_id)
+
+    def streak_updated(self, user_id: UserId, streak_days: int) -> events.DomainEvent | None:
+        return self.emit(events.StreakUpdated, user_id=user_id, streak_days=streak_days)
+
+    def streak_broken(self, user_id: UserId, previous_streak_days: int) -> events.DomainEvent | None:
+        return self.emit(events.StreakBroken, user_id=user_id, previous_streak_days=previous_streak_days)
+
+    # --- AI coach ---------------------------------------------------------------------------
+
+    def ai_coach_interaction(
+        self,
+        user_id: UserId | None,
+        *,
+        latency_ms: float,
+        tokens_in: int,
+        tokens_out: int,
+        model: str,
+        topic_category: str,
+        interaction_id: uuid.UUID | None = None,
+        session: LearningSession | None = None,
+    ) -> events.DomainEvent | None:
+        """One AI-coach exchange, measured; there is no parameter for the message text.
+
+        Returns the event; its ``interaction_id`` is what :meth:`ai_coach_feedback` refers to.
+        """
+        return self.emit(
+            events.AiCoachInteraction,
+            user_id=user_id,
+            session=session,
+            interaction_id=interaction_id or uuid.uuid4(),
+            latency_ms=latency_ms,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            model=model,
+            topic_category=topic_category,
+            session_id=session.session_id if session else None,
+        )
+
+    def ai_coach_feedback(
+        self, user_id: UserId, interaction_id: uuid.UUID | str, rating: int
+    ) -> events.DomainEvent | None:
+        """The student's 1-5 rating of an AI-coach answer."""
+        return self.emit(
+            events.AiCoachFeedback, user_id=user_id, interaction_id=interaction_id, rating=rating
+        )
+
+    # --- system metrics ---------------------------------------------------------------------
+
+    def system_metric(
+        self, name: str, value: float, unit: str = "1", *, user_id: UserId | None = None
+    ) -> events.DomainEvent | None:
+        """A system measurement; the user is optional (pseudonymized when given)."""
+        return self.emit(
+            events.SystemMetric,
+            user_id=user_id,
+            require_user=False,
+            metric_name=name,
+            metric_value=value,
+            metric_unit=unit,
+        )
+
+    def api_request(
+        self,
+        route: str,
+        method: str,
+        status_code: int,
+        duration_ms: float,
+        *,
+        error_type: str | None = None,
+        user_id: UserId | None = None,
+    ) -> events.DomainEvent | None:
+        """An API request of a server that :func:`instrument_app` does not cover (never both:
+        the aggregator already derives one ``api_request`` from every HTTP server span)."""
+        return self.emit(
+            events.ApiRequest,
+            user_id=user_id,
+            require_user=False,
+            route=route,
+            method=method,
+            status_code=status_code,
+            duration_ms=duration_ms,
+            error_type=error_type,
         )
