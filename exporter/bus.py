@@ -2,12 +2,38 @@
 
 Writers are :class:`~.redis_exporter.RedisStreamSpanExporter` and the OTLP gateway; the
 aggregator reads through a consumer group. Stream ids are the timeline: an id's first part
-is the Redis server time in milliseconds when the batch was added.
+is the Redis server time in milliseconds when the batch was added (its arrival on the bus,
+which for a batch replayed from a spool is later than the events it carries).
+
+Keys, under ``settings.stream_prefix``:
+
+* ``:events`` (one shard) or ``:events:<i>`` for ``i < stream_shards``: the streams;
+* ``:dead-letter``: entries the aggregator gave up on;
+* ``:stats:<role>:<host>:<pid>``: counters of each live writer (see :mod:`.stats`).
+
+The reads here are async (``redis.asyncio``) and bounded: each scans at most a given
+number of entries, so a rare event type on a week-long stream costs a bounded amount.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ..instrumentation import semconv
 from ..instrumentation.settings import Settings
+from . import wire
+from .stats import stats_pattern, summarize
+
+API_REQUEST = "api_request"
+"""Pseudo event type of HTTP server spans (what the aggregator rolls up as system metrics)."""
+
+_PAGE = 200
 
 
 def stream_keys(settings: Settings) -> list[str]:
@@ -20,3 +46,298 @@ def stream_keys(settings: Settings) -> list[str]:
 def dead_letter_key(settings: Settings) -> str:
     """Stream of entries the aggregator gave up on, each with its error."""
     return f"{settings.stream_prefix}:dead-letter"
+
+
+def shard_index(key: str | bytes, shards: int) -> int:
+    """The shard of a user pseudonym (or, for spans without a user, a trace id): CRC-32 mod N.
+
+    Stable across processes and Python versions (unlike ``hash``), so every writer puts one
+    user's spans on the same stream.
+    """
+    if shards <= 1:
+        return 0
+    data = key if isinstance(key, bytes) else str(key).encode()
+    return zlib.crc32(data) % shards
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """One domain event (or HTTP server span) as found on the bus."""
+
+    stream: str
+    entry_id: str
+    event_type: str
+    time: datetime
+    user_hash: str | None
+    attributes: dict[str, Any]
+
+    @property
+    def entry_time(self) -> datetime:
+        """When the entry reached the bus (the first part of its id)."""
+        return id_time(self.entry_id)
+
+
+def id_time(entry_id: str | bytes) -> datetime:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return datetime.fromtimestamp(int(text.split("-", 1)[0]) / 1000, tz=UTC)
+
+
+def time_id(moment: datetime, *, end: bool = False) -> str:
+    """The stream id bounding ``moment`` (inclusive): ``<ms>-0`` or ``<ms>-<max>``."""
+    ms = int(moment.timestamp() * 1000)
+    return f"{ms}-18446744073709551615" if end else f"{ms}-0"
+
+
+def events_of_entry(
+    stream: str, entry_id: str, fields: dict[bytes, bytes], event_type: str | None = None
+) -> list[BusEvent]:
+    """Domain events (and ``api_request`` server spans) in one entry, in span order.
+
+    Undecodable entries yield nothing (the aggregator dead-letters them).
+    """
+    try:
+        records = wire.decode_entry(fields)
+    except wire.WireFormatError:
+        return []
+    out: list[BusEvent] = []
+    for record in records:
+        span_user = record.attributes.get(semconv.USER_HASH)
+        for event in record.events:
+            kind = semconv.event_type_of(event.name)
+            if kind is None or (event_type is not None and kind != event_type):
+                continue
+            out.append(
+                BusEvent(
+                    stream,
+                    entry_id,
+                    kind,
+                    datetime.fromtimestamp(event.time_unix_nano / 1e9, tz=UTC),
+                    event.attributes.get(semconv.USER_HASH, span_user),
+                    {k: v for k, v in event.attributes.items() if k != semconv.USER_HASH},
+                )
+            )
+        if (
+            record.kind == wire.SPAN_KIND_SERVER
+            and "http.route" in record.attributes
+            and event_type in (None, API_REQUEST)
+        ):
+            attrs = record.attributes
+            out.append(
+                BusEvent(
+                    stream,
+                    entry_id,
+                    API_REQUEST,
+                    datetime.fromtimestamp(record.end_unix_nano / 1e9, tz=UTC),
+                    span_user,
+                    {
+                        "http.route": attrs.get("http.route"),
+                        "http.request.method": attrs.get("http.request.method", attrs.get("http.method")),
+                        "http.response.status_code": attrs.get(
+                            "http.response.status_code", attrs.get("http.status_code")
+                        ),
+                        "duration_ms": (record.end_unix_nano - record.start_unix_nano) / 1e6,
+                    },
+                )
+            )
+    return out
+
+
+async def recent(
+    client: aioredis.Redis,
+    settings: Settings,
+    event_type: str | None,
+    n: int,
+    *,
+    max_entries: int = 10_000,
+) -> list[BusEvent]:
+    """The ``n`` newest events of ``event_type`` (all types if ``None``), newest first.
+
+    Scans back from the newest entry of each shard, at most ``max_entries`` entries per shard.
+    """
+    found: list[BusEvent] = []
+    for stream in stream_keys(settings):
+        mine: list[BusEvent] = []
+        upper = "+"
+        scanned = 0
+        while len(mine) < n and scanned < max_entries:
+            page: Any = await client.xrevrange(
+                stream, max=upper, min="-", count=min(_PAGE, max_entries - scanned)
+            )
+            if not page:
+                break
+            for raw_id, fields in page:
+                entry_id = raw_id.decode()
+                events = events_of_entry(stream, entry_id, fields, event_type)
+                events.sort(key=lambda e: e.time, reverse=True)
+                mine.extend(events)
+            scanned += len(page)
+            upper = f"({page[-1][0].decode()}"
+        found.extend(mine[:n])
+    found.sort(key=lambda e: (e.time, e.entry_id), reverse=True)
+    return found[:n]
+
+
+async def between(
+    client: aioredis.Redis,
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    *,
+    event_type: str | None = None,
+    limit: int = 10_000,
+) -> list[BusEvent]:
+    """Events of entries that reached the bus in ``[start, end]``, oldest first, at most ``limit``."""
+    found: list[BusEvent] = []
+    for stream in stream_keys(settings):
+        lower = time_id(start)
+        upper = time_id(end, end=True)
+        count = 0
+        while count < limit:
+            page: Any = await client.xrange(stream, min=lower, max=upper, count=_PAGE)
+            if not page:
+                break
+            for raw_id, fields in page:
+                events = events_of_entry(stream, raw_id.decode(), fields, event_type)
+                found.extend(events)
+                count += len(events)
+            lower = f"({page[-1][0].decode()}"
+    found.sort(key=lambda e: (e.entry_id, e.time))
+    return found[:limit]
+
+
+async def tail(
+    client: aioredis.Redis,
+    settings: Settings,
+    *,
+    event_type: str | None = None,
+    block_ms: int = 1000,
+    from_id: str | None = None,
+) -> AsyncIterator[BusEvent]:
+    """Events as they arrive (a live tail); runs until the caller stops iterating.
+
+    Starts after the newest entry present when called (or after ``from_id``).
+    """
+    cursors: dict[str, str] = {}
+    for stream in stream_keys(settings):
+        if from_id is not None:
+            cursors[stream] = from_id
+            continue
+        newest: Any = await client.xrevrange(stream, count=1)
+        cursors[stream] = newest[0][0].decode() if newest else "0-0"
+    while True:
+        response: Any = await client.xread(cursors, count=_PAGE, block=block_ms)  # type: ignore[arg-type]
+        for raw_stream, entries in response or []:
+            stream = raw_stream.decode()
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                cursors[stream] = entry_id
+                for event in events_of_entry(stream, entry_id, fields, event_type):
+                    yield event
+
+
+# --- stats ---------------------------------------------------------------------------------------
+
+_COUNT_AFTER = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+return #entries
+"""
+LAG_COUNT_LIMIT = 100_000
+"""On Redis < 7 the lag is counted server side, up to this many entries."""
+
+
+@dataclass
+class GroupStats:
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: str
+    lag: int | None
+    lag_exact: bool
+
+
+@dataclass
+class StreamStats:
+    key: str
+    length: int
+    first_id: str | None
+    last_id: str | None
+    groups: list[GroupStats] = field(default_factory=list)
+
+    @property
+    def oldest(self) -> datetime | None:
+        return id_time(self.first_id) if self.first_id else None
+
+    @property
+    def newest(self) -> datetime | None:
+        return id_time(self.last_id) if self.last_id else None
+
+
+@dataclass
+class BusStats:
+    redis_version: str
+    streams: list[StreamStats]
+    dead_letter_length: int
+    writers: dict[str, dict[str, str]]
+    totals: dict[str, float]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def stream_stats(client: aioredis.Redis, stream: str, redis_major: int) -> StreamStats:
+    try:
+        info = await client.xinfo_stream(stream)
+    except aioredis.ResponseError:  # no such key
+        return StreamStats(stream, 0, None, None)
+    first = info.get("first-entry")
+    last = info.get("last-entry")
+    result = StreamStats(
+        stream,
+        int(info["length"]),
+        _text(first[0]) if first else None,
+        _text(last[0]) if last else None,
+    )
+    for group in await client.xinfo_groups(stream):
+        last_delivered = _text(group["last-delivered-id"])
+        lag = group.get("lag")
+        exact = lag is not None
+        if lag is None and redis_major < 7:
+            counted = await client.eval(_COUNT_AFTER, 1, stream, f"({last_delivered}", LAG_COUNT_LIMIT)
+            lag = int(counted)
+            exact = lag < LAG_COUNT_LIMIT
+        result.groups.append(
+            GroupStats(
+                _text(group["name"]),
+                int(group["consumers"]),
+                int(group["pending"]),
+                last_delivered,
+                None if lag is None else int(lag),
+                exact,
+            )
+        )
+    return result
+
+
+async def writer_stats(client: aioredis.Redis, settings: Settings) -> dict[str, dict[str, str]]:
+    """Counters of every live writer, by key suffix ``<role>:<host>:<pid>``."""
+    out: dict[str, dict[str, str]] = {}
+    prefix = f"{settings.stream_prefix}:stats:"
+    async for key in client.scan_iter(match=stats_pattern(settings), count=1000):
+        values = await client.hgetall(key)
+        out[_text(key)[len(prefix) :]] = {_text(k): _text(v) for k, v in values.items()}
+    return out
+
+
+async def stats(client: aioredis.Redis, settings: Settings) -> BusStats:
+    """Length, oldest/newest entry, consumer-group lag and pending per stream, plus writer counters."""
+    info = await client.info("server")
+    version = str(info.get("redis_version", "0"))
+    major = int(version.split(".", 1)[0] or 0)
+    streams = [await stream_stats(client, key, major) for key in stream_keys(settings)]
+    dead = int(await client.xlen(dead_letter_key(settings)))
+    writers = await writer_stats(client, settings)
+    return BusStats(version, streams, dead, writers, summarize(list(writers.values())))

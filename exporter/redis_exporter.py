@@ -1,26 +1,86 @@
-"""``RedisStreamSpanExporter``: a SpanExporter that appends each batch to the Redis stream bus."""
+"""``RedisStreamSpanExporter``: a SpanExporter that appends each batch to the Redis stream bus.
+
+One export call is one round trip: a pipeline with one ``XADD`` per shard that the batch
+touches (one with a single shard), the periodic ``XTRIM MAXLEN ~`` hard cap, and the
+``HSET``/``EXPIRE`` of this process's counters. Every ``XADD`` trims by ``MINID ~`` to the
+retention.
+
+Delivery: a Redis error is retried with exponential backoff until the export deadline
+(``export_timeout_s``); then the batch goes to a bounded on-disk :class:`~.spool.Spool`
+and the exporter stops trying Redis for a second at a time (so a dead Redis costs the
+batch processor's worker one failed connect per second, not one per batch). While the
+spool holds anything, new batches queue behind it; each export first replays the spool
+(oldest first). Only a batch that would cross ``spool_max_bytes`` is dropped, counted in
+``spans_dropped`` and logged with its span count (never values).
+
+The bus is at-least-once (a round trip that fails after Redis applied it is retried); the
+aggregator's deterministic event ids make the effect exactly-once.
+
+Fork-safe: after ``fork()`` (gunicorn/uvicorn workers) the child opens its own connection
+and its own spool directory; the parent's connection and spool files are never touched.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from ..instrumentation.privacy import PrivacyGuard
+from ..instrumentation import semconv
+from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, get_settings, redact_url, require
 from . import wire
-from .bus import stream_keys
+from .bus import shard_index, stream_keys
+from .spool import Spool, default_base
+from .stats import STATS_TTL_S, WriterStats, stats_key
 
 _log = logging.getLogger(__name__)
 
+Batch = tuple[str, int, bytes]  # (stream key, span count, encoded blob)
+
+TRIM_INTERVAL_S = 10.0
+"""How often the hard length cap (``XTRIM MAXLEN ~``) rides along with a write."""
+PROBE_INTERVAL_S = 1.0
+"""After giving up on Redis, batches go straight to the spool for this long."""
+REPLAY_CHUNK = 64
+"""Spooled batches per round trip while replaying."""
+_INITIAL_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 1.0
+
+
+def default_guard(settings: Settings) -> PrivacyGuard:
+    """The privacy guard of a writer: raw user ids are hashed when keys are configured."""
+    if settings.active_key_id is None:
+        return PrivacyGuard()
+    return PrivacyGuard(Pseudonymizer.from_settings(settings))
+
+
+def _user_key(span: ReadableSpan) -> Any:
+    """What a span is sharded by: its user pseudonym, else its trace id."""
+    attributes = span.attributes or {}
+    value = attributes.get(semconv.USER_HASH)
+    if value is None:
+        for event in span.events:
+            value = (event.attributes or {}).get(semconv.USER_HASH)
+            if value is not None:
+                break
+    if value is None:
+        return span.context.trace_id.to_bytes(16, "big")
+    return value
+
 
 class RedisStreamSpanExporter(SpanExporter):
-    """Writes one stream entry per export batch (one round trip), trimmed to the retention.
+    """Writes one stream entry per export batch and shard (one round trip), trimmed to the retention.
 
     Constructible with no arguments (``OTEL_TRACES_EXPORTER=studyin_redis``): settings then
     come from ``STUDYIN_ANALYTICS_*`` variables.
@@ -34,43 +94,231 @@ class RedisStreamSpanExporter(SpanExporter):
         client: redis.Redis | None = None,
     ) -> None:
         self._settings = settings or get_settings()
-        url = require(self._settings.redis_url, "redis_url")
-        self._url_for_logs = redact_url(url)
-        self._client = client or redis.Redis.from_url(url, socket_timeout=self._settings.export_timeout_s)
-        self._stream = stream_keys(self._settings)[0]
-        self._guard = guard or PrivacyGuard()
+        self._url = require(self._settings.redis_url, "redis_url")
+        self._url_for_logs = redact_url(self._url)
+        self._streams = stream_keys(self._settings)
+        self._guard = guard or default_guard(self._settings)
         self._retention_ms = int(self._settings.retention_days * 86_400_000)
+        self._deadline_s = self._settings.export_timeout_s
+        self._spool_base = default_base(self._url, self._settings.stream_prefix, self._settings.spool_dir)
+        self._given_client = client
         self._lock = threading.Lock()
         self._shutdown = False
-        self.spans_exported = 0
-        self.batches_exported = 0
-        self.spans_dropped = 0
+        self.stats = WriterStats()
+        self._open_process_resources()
+        ref = weakref.ref(self)
+
+        def after_fork_in_child() -> None:
+            exporter = ref()
+            if exporter is not None:
+                exporter._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
+
+    # --- per-process resources ---------------------------------------------------------------------
+
+    def _open_process_resources(self) -> None:
+        self._pid = os.getpid()
+        if self._given_client is not None:
+            self._client = self._given_client
+        else:
+            self._client = redis.Redis.from_url(
+                self._url,
+                socket_timeout=min(self._deadline_s, 5.0),
+                socket_connect_timeout=min(self._deadline_s, 1.0),
+                retry=Retry(NoBackoff(), 0),  # this class does its own retrying, within the deadline
+            )
+        self._spool = Spool(self._spool_base, self._settings.spool_max_bytes)
+        self._stats_key = stats_key(self._settings, "exporter", self._pid)
+        self._down_until = 0.0
+        self._next_trim = 0.0
+
+    def _after_fork(self) -> None:
+        """In a forked child: new lock, connection, spool and counters; leave the parent's alone."""
+        self._lock = threading.Lock()
+        self._spool.abandon_after_fork()
+        self._given_client = None  # a client handed in belongs to the parent
+        self.stats.reset()
+        self._open_process_resources()
+
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:  # fork without the at-fork hook (e.g. os.fork from C)
+            self._after_fork()
+
+    # --- counters (kept for callers of the foundation API) ----------------------------------------
+
+    @property
+    def spans_exported(self) -> int:
+        return self.stats.spans_exported
+
+    @property
+    def batches_exported(self) -> int:
+        return self.stats.batches_exported
+
+    @property
+    def spans_dropped(self) -> int:
+        return self.stats.spans_dropped
+
+    @property
+    def spooled_batches(self) -> int:
+        """Batches waiting in this process's spool."""
+        return len(self._spool)
+
+    # --- SpanExporter -------------------------------------------------------------------------------
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
-        blob = wire.encode_readable_spans(spans, self._guard)
-        min_id = f"{int(time.time() * 1000) - self._retention_ms}-0"
-        try:
-            with self._lock:
-                self._client.xadd(
-                    self._stream, wire.entry_fields(blob, len(spans)), minid=min_id, approximate=True
-                )
-        except redis.RedisError as exc:
-            self.spans_dropped += len(spans)
-            _log.warning(
-                "could not export %d spans to %s: %s", len(spans), self._url_for_logs, type(exc).__name__
-            )
-            return SpanExportResult.FAILURE
-        self.spans_exported += len(spans)
-        self.batches_exported += 1
-        return SpanExportResult.SUCCESS
+        self._check_pid()
+        started = time.monotonic()
+        batches = self._encode(spans)
+        with self._lock:
+            return self._deliver(batches, started + self._deadline_s, started)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+        """Replay the spool if Redis is reachable; ``True`` when nothing is left spooled."""
+        if self._shutdown:
+            return True
+        self._check_pid()
+        deadline = time.monotonic() + timeout_millis / 1000.0
+        with self._lock:
+            return self._drain(deadline)
 
     def shutdown(self) -> None:
-        self._shutdown = True
-        self._client.close()
+        if self._shutdown:
+            return
+        self._check_pid()
+        with self._lock:
+            self._drain(time.monotonic() + self._deadline_s)
+            self._shutdown = True
+            if len(self._spool):
+                _log.warning(
+                    "%d batches stay spooled (Redis %s unreachable); the next exporter on this bus "
+                    "replays them",
+                    len(self._spool),
+                    self._url_for_logs,
+                )
+            self._spool.close()
+            if self._given_client is None:
+                self._client.close()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _encode(self, spans: Sequence[ReadableSpan]) -> list[Batch]:
+        if len(self._streams) == 1:
+            return [(self._streams[0], len(spans), wire.encode_readable_spans(spans, self._guard))]
+        groups: dict[int, list[ReadableSpan]] = {}
+        for span in spans:
+            groups.setdefault(shard_index(_user_key(span), len(self._streams)), []).append(span)
+        return [
+            (self._streams[shard], len(group), wire.encode_readable_spans(group, self._guard))
+            for shard, group in sorted(groups.items())
+        ]
+
+    def _write(self, batches: list[Batch], *, replayed: bool) -> None:
+        """One round trip: the batches, the periodic hard cap and the counters."""
+        spans = sum(count for _, count, _ in batches)
+        stats = self.stats
+        # The counters written are the ones after this write succeeds; undone if it fails.
+        if replayed:
+            stats.spans_replayed += spans
+        stats.spans_exported += spans
+        stats.batches_exported += len(batches)
+        stats.spool_batches = len(self._spool)
+        stats.spool_bytes = self._spool.bytes
+        now = time.monotonic()
+        min_id = f"{int(time.time() * 1000) - self._retention_ms}-0"
+        pipe = self._client.pipeline(transaction=False)
+        for stream, count, blob in batches:
+            pipe.xadd(stream, wire.entry_fields(blob, count), minid=min_id, approximate=True)
+        trim = now >= self._next_trim
+        if trim:
+            for stream in self._streams:
+                pipe.xtrim(stream, maxlen=self._settings.stream_max_len, approximate=True)
+        pipe.hset(self._stats_key, mapping=stats.as_mapping())  # type: ignore[arg-type]
+        pipe.expire(self._stats_key, STATS_TTL_S)
+        try:
+            pipe.execute()
+        except BaseException:
+            if replayed:
+                stats.spans_replayed -= spans
+            stats.spans_exported -= spans
+            stats.batches_exported -= len(batches)
+            raise
+        if trim:
+            self._next_trim = now + TRIM_INTERVAL_S
+
+    def _replay(self, deadline: float) -> bool:
+        """Write spooled batches oldest first; ``True`` once the spool is empty. Raises RedisError."""
+        while len(self._spool):
+            chunk = list(self._spool.peek(REPLAY_CHUNK))
+            if not chunk:
+                break
+            self._write([(b.stream, b.spans, b.blob) for b in chunk], replayed=True)
+            for batch in chunk:
+                self._spool.remove(batch)
+            if time.monotonic() >= deadline and len(self._spool):
+                return False
+        return True
+
+    def _drain(self, deadline: float) -> bool:
+        if not len(self._spool):
+            return True
+        try:
+            done = self._replay(deadline)
+        except redis.RedisError as exc:
+            _log.warning(
+                "spool not drained, Redis %s unreachable: %s", self._url_for_logs, type(exc).__name__
+            )
+            return False
+        self._down_until = 0.0
+        return done
+
+    def _deliver(self, batches: list[Batch], deadline: float, started: float) -> SpanExportResult:
+        delay = _INITIAL_BACKOFF_S
+        while time.monotonic() >= self._down_until:
+            try:
+                if self._replay(deadline):
+                    self._write(batches, replayed=False)
+                    self._down_until = 0.0
+                    self.stats.observe_latency(time.monotonic() - started)
+                    return SpanExportResult.SUCCESS
+                break  # replay used the deadline up: queue this batch behind the spool
+            except redis.RedisError as exc:
+                now = time.monotonic()
+                if now + delay >= deadline:
+                    self.stats.export_failures += 1
+                    self._down_until = now + PROBE_INTERVAL_S
+                    _log.warning(
+                        "Redis %s unreachable (%s): spooling to disk", self._url_for_logs, type(exc).__name__
+                    )
+                    break
+                self.stats.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+        return self._spool_batches(batches)
+
+    def _spool_batches(self, batches: list[Batch]) -> SpanExportResult:
+        result = SpanExportResult.SUCCESS
+        for stream, count, blob in batches:
+            try:
+                spooled = self._spool.append(stream, count, blob)
+            except OSError as exc:
+                _log.warning("cannot write the spool: %s", type(exc).__name__)
+                spooled = False
+            if spooled:
+                self.stats.spans_spooled += count
+                self.stats.batches_spooled += 1
+            else:
+                self.stats.spans_dropped += count
+                result = SpanExportResult.FAILURE
+                _log.warning(
+                    "dropped %d spans: Redis unreachable and the spool is full (%d bytes)",
+                    count,
+                    self._spool.bytes,
+                )
+        self.stats.spool_batches = len(self._spool)
+        self.stats.spool_bytes = self._spool.bytes
+        return result

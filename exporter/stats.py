@@ -1,0 +1,85 @@
+"""Self-telemetry of the bus writers (exporter and gateway): counters kept in process and
+mirrored to a small Redis hash with a TTL, written in the same round trip as the batch.
+
+Key: ``{prefix}:stats:{role}:{host}:{pid}`` (``role`` is ``exporter`` or ``gateway``).
+Values are cumulative since the process started; ``bus stats`` sums them over all live
+writers. A hash disappears ``STATS_TTL_S`` after its writer's last successful write.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, fields
+
+from ..instrumentation.settings import Settings
+
+STATS_TTL_S = 3600
+
+
+def stats_key(settings: Settings, role: str, pid: int | None = None) -> str:
+    return f"{settings.stream_prefix}:stats:{role}:{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def stats_pattern(settings: Settings) -> str:
+    return f"{settings.stream_prefix}:stats:*"
+
+
+@dataclass
+class WriterStats:
+    """Counters of one writer process (never values, only counts and timings)."""
+
+    spans_exported: int = 0
+    batches_exported: int = 0
+    retries: int = 0
+    spans_spooled: int = 0
+    batches_spooled: int = 0
+    spans_replayed: int = 0
+    spans_dropped: int = 0
+    export_failures: int = 0
+    export_latency_ms_sum: float = 0.0
+    export_latency_ms_max: float = 0.0
+    export_latency_ms_last: float = 0.0
+    spool_batches: int = 0
+    spool_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def observe_latency(self, seconds: float) -> None:
+        ms = seconds * 1000.0
+        self.export_latency_ms_last = ms
+        self.export_latency_ms_sum += ms
+        self.export_latency_ms_max = max(self.export_latency_ms_max, ms)
+
+    def as_mapping(self) -> dict[str, str]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        out["updated_at"] = time.time()
+        return {k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in out.items()}
+
+    def reset(self) -> None:
+        for f in fields(self):
+            if not f.name.startswith("_"):
+                setattr(self, f.name, type(getattr(self, f.name))())
+        self._lock = threading.Lock()
+
+
+def summarize(hashes: list[dict[str, str]]) -> dict[str, float]:
+    """Sum counters over writers; latency maximum is the maximum, mean is derived."""
+    total: dict[str, float] = {}
+    for mapping in hashes:
+        for key, value in mapping.items():
+            if key == "updated_at":
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if key.endswith("_max") or key.endswith("_last"):
+                total[key] = max(total.get(key, 0.0), number)
+            else:
+                total[key] = total.get(key, 0.0) + number
+    batches = total.get("batches_exported", 0.0)
+    if batches:
+        total["export_latency_ms_mean"] = total.get("export_latency_ms_sum", 0.0) / batches
+    return total
