@@ -1,66 +1,434 @@
-"""The query API over the analytics tables (FastAPI)."""
+"""The query API over the analytics rollups (FastAPI).
+
+Every ``/api/analytics`` endpoint needs a bearer JWT (:mod:`.auth`); GETs read rollup tables
+only, never raw events, and every read of user data is written to the access audit log
+(:mod:`.audit`) before the data leaves. Errors are ``application/problem+json`` (RFC 9457)
+with a machine-readable ``code``; validation errors carry the field path. Events posted by
+the frontend go through the same tracker, privacy guard and Redis exporter as the backend's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+import logging
+import time
+import zoneinfo
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated
+from functools import lru_cache
+from http import HTTPStatus
+from typing import Annotated, Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..instrumentation.privacy import Pseudonymizer
+from ..exporter import RedisStreamSpanExporter
+from ..exporter.bus import stream_keys
+from ..instrumentation import events, semconv
+from ..instrumentation.privacy import PSEUDONYM_PATTERN, Pseudonymizer
 from ..instrumentation.settings import Settings, require
-from .auth import Principal, TokenVerifier
+from ..instrumentation.tracker import StudyInTracker
+from . import audit
+from .api_models import (
+    WINDOW_MINUTES,
+    CohortDay,
+    CohortOverview,
+    DailyActivity,
+    FieldError,
+    GamificationProgress,
+    Health,
+    Heatmap,
+    HeatmapDay,
+    LearningOverview,
+    MetricsWindow,
+    PipelineLag,
+    Problem,
+    Readiness,
+    RouteMetrics,
+    Streaks,
+    SystemMetrics,
+    TrackItemResult,
+    TrackRequest,
+    TrackResponse,
+    XpPoint,
+)
+from .auth import ApiProblem, Principal, TokenVerifier, forbidden, require_staff, resolve_subject
 from .db import create_pool
 
+_log = logging.getLogger(__name__)
 
-class DailyActivity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    day: date
-    sessions: int
-    study_minutes: float
-    materials_viewed: int
-    materials_completed: int
-    xp: int
+PREFIX = "/api/analytics"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+MAX_HEATMAP_DAYS = 366
+POOL_SIZE = 8
 
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "session_start",
+        "session_end",
+        "material_view",
+        "material_progress",
+        "material_complete",
+        "ai_coach_feedback",
+    }
+)
+"""Event types the frontend may report. XP, levels, achievements, streaks, AI-coach usage and
+API requests are recorded by the backend, which is their authority; a client cannot mint them."""
 
-class LearningOverview(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    days: int
-    sessions: int
-    study_minutes: float
-    materials_viewed: int
-    materials_completed: int
-    xp: int
-    daily: list[DailyActivity]
+# --- SQL (rollup tables only) ------------------------------------------------------------------
 
-
-OVERVIEW_SQL = """
-SELECT day, sum(sessions)::int AS sessions, sum(study_seconds) AS study_seconds,
+DAILY_SQL = """
+SELECT day, sum(sessions)::int AS sessions, sum(study_seconds)::float8 AS study_seconds,
        sum(materials_viewed)::int AS materials_viewed,
        sum(materials_completed)::int AS materials_completed, sum(xp)::bigint AS xp
 FROM daily_activity_summary
-WHERE user_hash = ANY($1::text[]) AND day >= $2
+WHERE user_hash = ANY($1::text[]) AND day >= $2 AND day <= $3
 GROUP BY day ORDER BY day
 """
 
+GAMIFICATION_SQL = """
+SELECT coalesce(sum(xp_total), 0)::bigint AS xp_total, coalesce(max(level), 1) AS level,
+       ARRAY(SELECT DISTINCT a FROM gamification_stats g2, unnest(g2.achievements) a
+             WHERE g2.user_hash = ANY($1::text[]) ORDER BY a) AS achievements,
+       (array_agg(current_streak ORDER BY streak_as_of DESC NULLS LAST))[1] AS current_streak,
+       coalesce(max(longest_streak), 0) AS longest_streak,
+       max(streak_as_of) AS streak_as_of, max(last_activity_at) AS last_activity_at
+FROM gamification_stats
+WHERE user_hash = ANY($1::text[])
+"""
 
-def _caller(request: Request) -> Principal:
+HEATMAP_SQL = """
+SELECT (hour AT TIME ZONE $2)::date AS day, sum(study_seconds)::float8 AS study_seconds,
+       sum(sessions)::int AS sessions, sum(events)::int AS events
+FROM user_activity_hourly
+WHERE user_hash = ANY($1::text[]) AND hour >= $3 AND hour < $4
+GROUP BY 1
+"""
+
+SYSTEM_SQL = """
+WITH w AS (
+    SELECT * FROM system_metrics WHERE minute >= $1 AND minute < $2
+), totals AS (
+    SELECT route, method, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+           sum(client_errors)::bigint AS client_errors, max(latency_max_ms) AS max_ms
+    FROM w GROUP BY route, method
+    ORDER BY requests DESC, route, method
+    LIMIT $3
+), hist AS (
+    SELECT route, method, jsonb_object_agg(k, c) AS h
+    FROM (SELECT w.route, w.method, b.key AS k, sum(b.value::bigint) AS c
+          FROM w JOIN totals USING (route, method), jsonb_each_text(w.latency_hist) b
+          GROUP BY 1, 2, 3) s
+    GROUP BY route, method
+), errs AS (
+    SELECT route, method, jsonb_object_agg(k, c) AS e
+    FROM (SELECT w.route, w.method, b.key AS k, sum(b.value::bigint) AS c
+          FROM w JOIN totals USING (route, method), jsonb_each_text(w.errors_by_type) b
+          GROUP BY 1, 2, 3) s
+    GROUP BY route, method
+)
+SELECT t.route, t.method, t.requests, t.errors, t.client_errors, t.max_ms,
+       coalesce(errs.e, '{}'::jsonb) AS errors_by_type,
+       hist_quantile(hist.h, 0.5) AS p50, hist_quantile(hist.h, 0.95) AS p95,
+       hist_quantile(hist.h, 0.99) AS p99
+FROM totals t LEFT JOIN hist USING (route, method) LEFT JOIN errs USING (route, method)
+ORDER BY t.requests DESC, t.route, t.method
+"""
+
+ACTIVE_USERS_SQL = """
+SELECT count(DISTINCT user_hash)::int FROM user_activity_hourly WHERE hour >= $1 AND hour < $2
+"""
+
+COHORT_SQL = """
+SELECT (hour AT TIME ZONE 'UTC')::date AS day, max(active_users)::int AS peak,
+       sum(sessions)::int AS sessions, sum(study_seconds)::float8 AS study_seconds,
+       sum(materials_viewed)::int AS materials_viewed,
+       sum(materials_completed)::int AS materials_completed, sum(xp)::bigint AS xp,
+       sum(ai_interactions)::int AS ai_interactions
+FROM hourly_analytics_summary
+WHERE hour >= $1 AND hour < $2
+GROUP BY 1 ORDER BY 1
+"""
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _utc_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@lru_cache(maxsize=1)
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def intensity_level(minutes: float) -> int:
+    """Heatmap intensity: 0 none, 1 under 15 min, 2 under 30, 3 under 60, 4 an hour or more."""
+    if minutes <= 0:
+        return 0
+    if minutes < 15:
+        return 1
+    if minutes < 30:
+        return 2
+    if minutes < 60:
+        return 3
+    return 4
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[FieldError] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        code=code,
+        instance=instance,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def bad_request(code: str, detail: str, loc: list[str | int]) -> ApiProblem:
+    error = FieldError(loc=loc, msg=detail, type=code)
+    return ApiProblem(422, code, detail, extra={"errors": [error]})
+
+
+def _field_errors(errors: Any) -> list[FieldError]:
+    out = []
+    for item in errors:
+        loc = [p if isinstance(p, int) else str(p) for p in item.get("loc", ())]
+        out.append(FieldError(loc=loc, msg=str(item.get("msg", "invalid")), type=str(item.get("type", ""))))
+    return out
+
+
+def cached_json(request: Request, model: BaseModel, *, max_age: int) -> Response:
+    """The model as JSON with a strong ETag; ``304`` when the client already has it.
+
+    Responses are per caller, so caches may keep them only privately (``Vary: Authorization``).
+    """
+    body = model.model_dump_json().encode()
+    etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"private, max-age={max_age}",
+        "Vary": "Authorization",
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and (
+        if_none_match.strip() == "*"
+        or etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    ):
+        return Response(status_code=304, headers=headers)
+    return Response(content=body, media_type="application/json", headers=headers)
+
+
+# --- request-body limit -------------------------------------------------------------------------
+
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """Reads at most ``max_bytes`` of a request body; larger bodies get ``413`` problem+json.
+
+    The body is buffered (it is at most ``max_bytes``) and replayed to the app, so the limit
+    holds whether or not the client sent ``Content-Length``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        response = problem_response(
+            413,
+            "body_too_large",
+            f"request body exceeds {self.max_bytes} bytes",
+            instance=scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # type: ignore[no-any-return]
+
+        await self.app(scope, replay, send)
+
+
+# --- query-parameter models (unknown parameters are rejected) ----------------------------------
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OverviewParams(_Params):
+    days: int = Field(default=30, ge=1, le=365, description="Window length in days, ending today (UTC)")
+    subject: str | None = Field(
+        default=None,
+        pattern=PSEUDONYM_PATTERN.pattern,
+        description="Pseudonym (user.hash) to read; default the caller. Learners may give only their own.",
+    )
+
+
+class HeatmapParams(_Params):
+    tz: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
+    )
+    start: date | None = Field(default=None, description="First day (default: 364 days before end)")
+    end: date | None = Field(default=None, description="Last day (default: today in tz)")
+    subject: str | None = Field(
+        default=None, pattern=PSEUDONYM_PATTERN.pattern, description="As for overview"
+    )
+
+
+class SystemParams(_Params):
+    window: MetricsWindow = Field(default=MetricsWindow.H1, description="Time window ending now")
+    limit: int = Field(default=100, ge=1, le=500, description="Most routes returned (busiest first)")
+
+
+class CohortParams(_Params):
+    days: int = Field(default=30, ge=1, le=365, description="Window length in days, ending today (UTC)")
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="JWT (HS256 or RS256) with sub, aud, iss, exp")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No usable bearer token (code says why)"},
+    403: {"model": Problem, "description": "Valid token without the right (code says why)"},
+    422: {"model": Problem, "description": "Invalid parameters; errors[].loc is the field path"},
+}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+}
+
+
+def _caller(request: Request, _credentials: Annotated[Any, Depends(_bearer)]) -> Principal:
     verifier: TokenVerifier = request.app.state.verifier
     return verifier(request)
 
 
-def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.pool
-
-
 Caller = Annotated[Principal, Depends(_caller)]
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
 Db = Annotated[asyncpg.Pool, Depends(_pool)]
+
+
+async def _subject(
+    db: asyncpg.Pool, caller: Principal, endpoint: str, subject: str | None
+) -> tuple[str, ...]:
+    """The pseudonyms to read; a refused attempt is audited before the 403 goes out."""
+    try:
+        return resolve_subject(caller, subject)
+    except ApiProblem:
+        await audit.record(db, caller, endpoint, subject=subject, outcome="denied")
+        raise
+
+
+async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLag:
+    """Bus entries the aggregator group has not acknowledged yet, and the oldest one's age."""
+    behind = pending = 0
+    oldest_ms: int | None = None
+    now_ms = int(time.time() * 1000)
+    for stream in stream_keys(settings):
+        try:
+            groups = await client.xinfo_groups(stream)
+        except aioredis.ResponseError:  # no stream yet
+            continue
+        for group in groups:
+            name = group["name"]
+            if (name.decode() if isinstance(name, bytes) else name) != settings.consumer_group:
+                continue
+            group_pending = int(group.get("pending") or 0)
+            lag = group.get("lag")
+            last = group["last-delivered-id"]
+            last_id = last.decode() if isinstance(last, bytes) else str(last)
+            undelivered = await client.xrange(stream, min=f"({last_id}", count=1)
+            if lag is None:  # Redis < 7 (or lag unknown): count what follows, bounded
+                lag = len(await client.xrange(stream, min=f"({last_id}", count=100_000) or [])
+            behind += int(lag) + group_pending
+            pending += group_pending
+            candidates = []
+            if group_pending:
+                summary = await client.xpending(stream, settings.consumer_group)
+                if summary.get("min"):
+                    candidates.append(summary["min"])
+            if undelivered:
+                candidates.append(undelivered[0][0])
+            for entry_id in candidates:
+                raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                ms = int(raw.split("-")[0])
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+    age = None if oldest_ms is None else max(now_ms - oldest_ms, 0) / 1000
+    return PipelineLag(entries_behind=behind, pending=pending, oldest_unprocessed_age_s=age)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -70,71 +438,415 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings, min_size=1, max_size=8)
-        app.state.redis = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
+        app.state.pool = await create_pool(settings, min_size=1, max_size=POOL_SIZE)
+        app.state.redis = aioredis.Redis.from_url(
+            require(settings.redis_url, "redis_url"), socket_timeout=2, socket_connect_timeout=2
+        )
+        # Events posted by the frontend take the backend's path: tracker -> span events ->
+        # privacy guard -> Redis exporter (in the batch processor's thread, off the request).
+        provider = TracerProvider(resource=Resource.create({"service.name": "studyin-analytics-api"}))
+        processor = BatchSpanProcessor(RedisStreamSpanExporter(settings), schedule_delay_millis=200)
+        provider.add_span_processor(processor)
+        app.state.tracer_provider = provider
+        app.state.tracer = provider.get_tracer(semconv.SCOPE_NAME)
+        app.state.tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
         try:
             yield
         finally:
+            provider.shutdown()
             await app.state.pool.close()
             await app.state.redis.aclose()
 
     app = FastAPI(
         title="StudyIn analytics query API",
         version="1",
+        description=(
+            "Learning and system analytics of StudyIn. Every /api/analytics endpoint needs a bearer "
+            "JWT; errors are application/problem+json. See docs/api.md."
+        ),
         lifespan=lifespan,
     )
-
     app.state.verifier = verifier
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
-    @app.get("/api/analytics/learning/overview", response_model=LearningOverview)
+    # --- errors as problem+json -------------------------------------------------------------
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        extra = getattr(exc, "extra", {})
+        return problem_response(
+            exc.status_code,
+            code,
+            str(exc.detail),
+            instance=request.url.path,
+            headers=dict(exc.headers) if exc.headers else None,
+            errors=extra.get("errors"),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(
+            422,
+            "validation_error",
+            "the request does not match the API's schema; see errors",
+            instance=request.url.path,
+            errors=_field_errors(exc.errors()),
+        )
+
+    @app.exception_handler(Exception)
+    async def server_problem(request: Request, exc: Exception) -> JSONResponse:
+        _log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        return problem_response(500, "internal_error", "internal error", instance=request.url.path)
+
+    # --- learning ---------------------------------------------------------------------------
+
+    overview_path = f"{PREFIX}/learning/overview"
+
+    @app.get(overview_path, response_model=LearningOverview, responses=READ_RESPONSES, tags=["learning"])
     async def learning_overview(
-        caller: Caller,
-        db: Db,
-        days: Annotated[
-            int, Query(ge=1, le=365, description="Window length in days, ending today (UTC)")
-        ] = 30,
-    ) -> LearningOverview:
-        since = datetime.now(UTC).date() - timedelta(days=days - 1)
-        records = await db.fetch(OVERVIEW_SQL, list(caller.user_hashes), since)
+        request: Request, caller: Caller, db: Db, params: Annotated[OverviewParams, Query()]
+    ) -> Response:
+        """Sessions, study minutes, materials viewed/completed, XP, current streak, daily series."""
+        hashes = await _subject(db, caller, overview_path, params.subject)
+        until = _today()
+        since = until - timedelta(days=params.days - 1)
+        async with db.acquire() as conn:
+            records = await conn.fetch(DAILY_SQL, list(hashes), since, until)
+            stats = await conn.fetchrow(GAMIFICATION_SQL, list(hashes))
+            await audit.record(conn, caller, overview_path, subject=hashes[0])
         daily = [
             DailyActivity(
                 day=r["day"],
                 sessions=r["sessions"],
-                study_minutes=r["study_seconds"] / 60,
+                study_minutes=round(r["study_seconds"] / 60, 3),
                 materials_viewed=r["materials_viewed"],
                 materials_completed=r["materials_completed"],
                 xp=r["xp"],
             )
             for r in records
         ]
-        return LearningOverview(
-            days=days,
+        overview = LearningOverview(
+            subject=hashes[0],
+            days=params.days,
+            since=since,
+            until=until,
             sessions=sum(d.sessions for d in daily),
-            study_minutes=sum(d.study_minutes for d in daily),
+            study_minutes=round(sum(d.study_minutes for d in daily), 3),
             materials_viewed=sum(d.materials_viewed for d in daily),
             materials_completed=sum(d.materials_completed for d in daily),
             xp=sum(d.xp for d in daily),
+            current_streak=int(stats["current_streak"] or 0) if stats else 0,
             daily=daily,
         )
+        return cached_json(request, overview, max_age=60)
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    heatmap_path = f"{PREFIX}/learning/heatmap"
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get(heatmap_path, response_model=Heatmap, responses=READ_RESPONSES, tags=["learning"])
+    async def learning_heatmap(
+        request: Request, caller: Caller, db: Db, params: Annotated[HeatmapParams, Query()]
+    ) -> Response:
+        """Study minutes and an intensity level per calendar day in the caller's time zone."""
+        if params.tz not in _time_zones():
+            raise bad_request("unknown_time_zone", "tz must be an IANA time zone name", ["query", "tz"])
+        zone = zoneinfo.ZoneInfo(params.tz)
+        end = params.end or datetime.now(zone).date()
+        start = params.start or end - timedelta(days=MAX_HEATMAP_DAYS - 2)
+        if start > end:
+            raise bad_request("invalid_range", "start must not be after end", ["query", "start"])
+        if (end - start).days + 1 > MAX_HEATMAP_DAYS:
+            raise bad_request(
+                "range_too_long", f"the range may span at most {MAX_HEATMAP_DAYS} days", ["query", "start"]
+            )
+        if start < date(1970, 1, 2) or end > date(9999, 12, 30):
+            raise bad_request("invalid_range", "dates must lie between 1970 and 9999", ["query", "start"])
+        hashes = await _subject(db, caller, heatmap_path, params.subject)
+        lower = datetime(start.year, start.month, start.day, tzinfo=zone).astimezone(UTC)
+        upper_day = end + timedelta(days=1)
+        upper = datetime(upper_day.year, upper_day.month, upper_day.day, tzinfo=zone).astimezone(UTC)
+        async with db.acquire() as conn:
+            try:
+                records = await conn.fetch(HEATMAP_SQL, list(hashes), params.tz, lower, upper)
+            except asyncpg.InvalidParameterValueError:  # a zone Python knows and PostgreSQL does not
+                raise bad_request(
+                    "unknown_time_zone", "this time zone is not supported by the database", ["query", "tz"]
+                ) from None
+            await audit.record(conn, caller, heatmap_path, subject=hashes[0])
+        by_day = {r["day"]: r for r in records}
+        days = []
+        for offset in range((end - start).days + 1):
+            day = start + timedelta(days=offset)
+            r = by_day.get(day)
+            minutes = round(r["study_seconds"] / 60, 3) if r else 0.0
+            days.append(
+                HeatmapDay(
+                    day=day,
+                    minutes=minutes,
+                    sessions=r["sessions"] if r else 0,
+                    events=r["events"] if r else 0,
+                    level=intensity_level(minutes),
+                )
+            )
+        heatmap = Heatmap(
+            subject=hashes[0],
+            tz=params.tz,
+            start=start,
+            end=end,
+            total_minutes=round(sum(d.minutes for d in days), 3),
+            active_days=sum(1 for d in days if d.events > 0),
+            days=days,
+        )
+        return cached_json(request, heatmap, max_age=300)
+
+    # --- gamification ---------------------------------------------------------------------------
+
+    gamification_path = f"{PREFIX}/gamification/progress"
+
+    @app.get(
+        gamification_path,
+        response_model=GamificationProgress,
+        responses=READ_RESPONSES,
+        tags=["gamification"],
+    )
+    async def gamification_progress(
+        request: Request, caller: Caller, db: Db, params: Annotated[OverviewParams, Query()]
+    ) -> Response:
+        """XP trend over the window, level, achievements, current and longest streak."""
+        hashes = await _subject(db, caller, gamification_path, params.subject)
+        until = _today()
+        since = until - timedelta(days=params.days - 1)
+        async with db.acquire() as conn:
+            stats = await conn.fetchrow(GAMIFICATION_SQL, list(hashes))
+            records = await conn.fetch(DAILY_SQL, list(hashes), since, until)
+            await audit.record(conn, caller, gamification_path, subject=hashes[0])
+        trend = []
+        cumulative = 0
+        for r in records:
+            if r["xp"]:
+                cumulative += r["xp"]
+                trend.append(XpPoint(day=r["day"], xp=r["xp"], cumulative_xp=cumulative))
+        assert stats is not None  # an aggregate query always returns one row
+        progress = GamificationProgress(
+            subject=hashes[0],
+            days=params.days,
+            xp_total=stats["xp_total"],
+            xp_in_window=cumulative,
+            level=stats["level"],
+            achievements=list(stats["achievements"]),
+            streaks=Streaks(
+                current=stats["current_streak"] or 0,
+                longest=stats["longest_streak"],
+                as_of=stats["streak_as_of"],
+            ),
+            last_activity_at=stats["last_activity_at"],
+            xp_trend=trend,
+        )
+        return cached_json(request, progress, max_age=60)
+
+    # --- staff views -------------------------------------------------------------------------------
+
+    system_path = f"{PREFIX}/system/metrics"
+
+    @app.get(system_path, response_model=SystemMetrics, responses=READ_RESPONSES, tags=["staff"])
+    async def system_metrics(
+        request: Request, caller: Caller, db: Db, params: Annotated[SystemParams, Query()]
+    ) -> Response:
+        """Per route: requests, error rate by type, p50/p95/p99; active users; pipeline lag. Staff only."""
+        if not caller.is_staff:
+            await audit.record(db, caller, system_path, subject=None, scope="system", outcome="denied")
+            require_staff(caller)
+        now = datetime.now(UTC)
+        since = now - timedelta(minutes=WINDOW_MINUTES[params.window])
+        async with db.acquire() as conn:
+            records = await conn.fetch(SYSTEM_SQL, since, now, params.limit)
+            hour = since.replace(minute=0, second=0, microsecond=0)
+            active = await conn.fetchval(ACTIVE_USERS_SQL, hour, now)
+            await audit.record(conn, caller, system_path, subject=None, scope="system")
+        try:
+            lag = await pipeline_lag(request.app.state.redis, settings)
+        except (aioredis.RedisError, OSError) as exc:
+            _log.warning("pipeline lag unavailable: %s", type(exc).__name__)
+            lag = PipelineLag(entries_behind=-1, pending=-1, oldest_unprocessed_age_s=None)
+        routes = [
+            RouteMetrics(
+                route=r["route"],
+                method=r["method"],
+                requests=r["requests"],
+                errors=r["errors"],
+                client_errors=r["client_errors"],
+                error_rate=round(r["errors"] / r["requests"], 6) if r["requests"] else 0.0,
+                errors_by_type={k: int(v) for k, v in r["errors_by_type"].items()},
+                p50_ms=r["p50"],
+                p95_ms=r["p95"],
+                p99_ms=r["p99"],
+                max_ms=r["max_ms"],
+            )
+            for r in records
+        ]
+        metrics = SystemMetrics(
+            window=params.window, since=since, until=now, routes=routes, active_users=active, pipeline=lag
+        )
+        return cached_json(request, metrics, max_age=10)
+
+    cohort_path = f"{PREFIX}/cohort/overview"
+
+    @app.get(cohort_path, response_model=CohortOverview, responses=READ_RESPONSES, tags=["staff"])
+    async def cohort_overview(
+        request: Request, caller: Caller, db: Db, params: Annotated[CohortParams, Query()]
+    ) -> Response:
+        """Cohort-level learning totals per UTC day (no individual data). Staff only."""
+        if not caller.is_staff:
+            await audit.record(db, caller, cohort_path, subject=None, scope="cohort", outcome="denied")
+            require_staff(caller)
+        until = _today()
+        since = until - timedelta(days=params.days - 1)
+        async with db.acquire() as conn:
+            records = await conn.fetch(
+                COHORT_SQL, _utc_midnight(since), _utc_midnight(until + timedelta(days=1))
+            )
+            await audit.record(conn, caller, cohort_path, subject=None, scope="cohort")
+        daily = [
+            CohortDay(
+                day=r["day"],
+                peak_hourly_active_users=r["peak"],
+                sessions=r["sessions"],
+                study_minutes=round(r["study_seconds"] / 60, 3),
+                materials_viewed=r["materials_viewed"],
+                materials_completed=r["materials_completed"],
+                xp=r["xp"],
+                ai_interactions=r["ai_interactions"],
+            )
+            for r in records
+        ]
+        cohort = CohortOverview(
+            days=params.days,
+            since=since,
+            until=until,
+            sessions=sum(d.sessions for d in daily),
+            study_minutes=round(sum(d.study_minutes for d in daily), 3),
+            materials_viewed=sum(d.materials_viewed for d in daily),
+            materials_completed=sum(d.materials_completed for d in daily),
+            xp=sum(d.xp for d in daily),
+            ai_interactions=sum(d.ai_interactions for d in daily),
+            daily=daily,
+        )
+        return cached_json(request, cohort, max_age=60)
+
+    # --- event tracking ------------------------------------------------------------------------
+
+    track_path = f"{PREFIX}/events/track"
+
+    @app.post(
+        track_path,
+        response_model=TrackResponse,
+        status_code=202,
+        responses={**ERROR_RESPONSES, 413: {"model": Problem, "description": "Body too large"}},
+        tags=["events"],
+    )
+    async def track_events(request: Request, caller: Caller, body: TrackRequest) -> TrackResponse:
+        """Record frontend events for the caller; each item is validated on its own.
+
+        Accepted items are emitted through the tracker (attributed to the caller's pseudonym)
+        and reach the bus through the privacy guard and the Redis exporter.
+        """
+        tracker: StudyInTracker = request.app.state.tracker
+        results: list[TrackItemResult] = []
+        valid: list[tuple[type[events.DomainEvent], dict[str, Any]]] = []
+        for index, item in enumerate(body.events):
+            loc: list[str | int] = ["body", "events", index]
+            model = events.EVENT_TYPES.get(item.type)
+            if model is None or item.type not in CLIENT_EVENT_TYPES:
+                reason = "unknown event type" if model is None else "clients may not report this event type"
+                results.append(
+                    TrackItemResult(
+                        index=index,
+                        type=item.type,
+                        status="rejected",
+                        errors=[FieldError(loc=[*loc, "type"], msg=reason, type="event_type")],
+                    )
+                )
+                continue
+            try:
+                model.model_validate(item.data)
+            except ValidationError as exc:
+                errors = [
+                    FieldError(
+                        loc=[*loc, "data", *[p if isinstance(p, int) else str(p) for p in e["loc"]]],
+                        msg=e["msg"],
+                        type=e["type"],
+                    )
+                    for e in exc.errors(include_input=False, include_url=False)
+                ]
+                results.append(TrackItemResult(index=index, type=item.type, status="rejected", errors=errors))
+                continue
+            valid.append((model, item.data))
+            results.append(TrackItemResult(index=index, type=item.type, status="accepted"))
+        if valid:
+            tracer = request.app.state.tracer
+            # One short span per request carries the batch, attributed to the caller's pseudonym.
+            with tracer.start_as_current_span(
+                semconv.STANDALONE_EVENT_SPAN, attributes={semconv.USER_HASH: caller.user_hash}
+            ):
+                for model, data in valid:
+                    tracker.emit(model, user_id=caller.user_id, **data)
+        accepted = len(valid)
+        return TrackResponse(accepted=accepted, rejected=len(results) - accepted, results=results)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A dependency is unreachable"}},
+        tags=["health"],
+    )
     async def readyz(request: Request) -> JSONResponse:
+        """Redis and PostgreSQL are reachable."""
         checks: dict[str, str] = {}
         try:
-            await request.app.state.pool.fetchval("SELECT 1")
+            await request.app.state.pool.fetchval("SELECT 1", timeout=2)
             checks["postgres"] = "ok"
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
             checks["postgres"] = type(exc).__name__
         try:
             await request.app.state.redis.ping()
             checks["redis"] = "ok"
-        except Exception as exc:  # any connection failure means not ready
+        except (aioredis.RedisError, OSError) as exc:
             checks["redis"] = type(exc).__name__
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        body = Readiness(ready=ready, checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
+    # --- OpenAPI: error responses are problem+json --------------------------------------------
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content")
+                    problem = status.isdigit() and int(status) >= 400 and status != "503"
+                    if problem and content and "application/json" in content:
+                        response["content"] = {PROBLEM_MEDIA_TYPE: content["application/json"]}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+__all__ = ["CLIENT_EVENT_TYPES", "create_app", "forbidden", "intensity_level", "pipeline_lag"]

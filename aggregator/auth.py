@@ -1,98 +1,200 @@
-"""Bearer-token authentication of the query API.
+"""Bearer-token authentication and authorization of the query API.
 
-Tokens are JWTs (HS256 with a shared secret, or RS256 with a public key, from settings)
-checked for signature, expiry, audience and issuer. ``sub`` is the StudyIn user id; it is
-pseudonymized at once and only the pseudonyms are used afterwards.
+Tokens are JWTs signed with HS256 (shared secret) or RS256 (public key), both from settings;
+each key is used only with its own algorithm, so an RS256 public key can never be replayed
+as an HS256 secret. A token is checked for signature, expiry (``exp``, required), not-before,
+audience and issuer. ``sub`` is the StudyIn user id; it is pseudonymized at once under every
+configured key (key rotation) and only the pseudonyms are used afterwards.
+
+Failures are precise: a missing or unusable credential is ``401`` with a ``code`` naming what
+was wrong (``missing_token``, ``token_expired``, ``invalid_audience``...); a valid token that
+lacks the right is ``403`` (``staff_role_required``, ``subject_forbidden``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from fastapi import HTTPException, Request, status
 
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings
+from ..instrumentation.settings import ConfigurationError, Settings
+
+JWT_LEEWAY_S = 30
+"""Clock skew tolerated on ``exp``/``nbf``/``iat`` between the token issuer and this API."""
+
+REALM = "studyin-analytics"
+
+
+class ApiProblem(HTTPException):
+    """An HTTP error rendered as ``application/problem+json`` with a machine-readable ``code``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.code = code
+        self.extra = extra or {}
+
+
+def unauthorized(code: str, detail: str) -> ApiProblem:
+    """``401``: no usable credential. ``WWW-Authenticate`` follows RFC 6750."""
+    if code == "missing_token":
+        challenge = f'Bearer realm="{REALM}"'
+    else:
+        challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{detail}"'
+    return ApiProblem(status.HTTP_401_UNAUTHORIZED, code, detail, headers={"WWW-Authenticate": challenge})
+
+
+def forbidden(code: str, detail: str) -> ApiProblem:
+    """``403``: the token is valid but does not grant this."""
+    return ApiProblem(
+        status.HTTP_403_FORBIDDEN,
+        code,
+        detail,
+        headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
+    )
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: pseudonyms under every configured key (active first) and roles."""
+    """The caller: pseudonyms under every configured key (active first) and roles.
+
+    ``user_id`` is the raw ``sub``; it stays inside this process (the event tracker
+    pseudonymizes it) and is never logged, stored or returned.
+    """
 
     user_hashes: tuple[str, ...]
     roles: frozenset[str]
     is_staff: bool
+    user_id: str = ""
 
     @property
     def user_hash(self) -> str:
         return self.user_hashes[0]
 
+    def __repr__(self) -> str:  # never show the raw id
+        return f"Principal(user_hash={self.user_hash!r}, roles={sorted(self.roles)!r})"
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=detail,
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )
+
+def _roles(claims: dict[str, Any]) -> frozenset[str]:
+    value = claims.get("roles", [])
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(r for r in value if isinstance(r, str))
+    return frozenset()
 
 
 class TokenVerifier:
+    """Verifies bearer tokens against the keys, audience and issuer in settings."""
+
     def __init__(self, settings: Settings, pseudonymizer: Pseudonymizer) -> None:
+        self._keys: dict[str, Any] = {}
+        if settings.jwt_secret is not None:
+            self._keys["HS256"] = settings.jwt_secret.get_secret_value()
         if settings.jwt_public_key:
-            self._key: str = settings.jwt_public_key
-            self._algorithms = ["RS256"]
-        elif settings.jwt_secret is not None:
-            self._key = settings.jwt_secret.get_secret_value()
-            self._algorithms = ["HS256"]
-        else:
-            raise ValueError("set STUDYIN_ANALYTICS_JWT_SECRET or STUDYIN_ANALYTICS_JWT_PUBLIC_KEY")
+            try:
+                self._keys["RS256"] = jwt.algorithms.RSAAlgorithm(
+                    jwt.algorithms.RSAAlgorithm.SHA256
+                ).prepare_key(settings.jwt_public_key)
+            except (ValueError, TypeError, jwt.InvalidKeyError) as exc:
+                raise ConfigurationError(
+                    f"STUDYIN_ANALYTICS_JWT_PUBLIC_KEY is not an RSA public key: {type(exc).__name__}"
+                ) from None
+        if not self._keys:
+            raise ConfigurationError("set STUDYIN_ANALYTICS_JWT_SECRET or STUDYIN_ANALYTICS_JWT_PUBLIC_KEY")
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._staff_role = settings.staff_role
         self._pseudonymizer = pseudonymizer
 
+    @property
+    def algorithms(self) -> list[str]:
+        return sorted(self._keys)
+
     def verify(self, token: str) -> Principal:
         try:
-            claims = jwt.decode(
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise unauthorized("malformed_token", "token is not a well-formed JWT") from None
+        algorithm = header.get("alg")
+        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+        if key is None or not isinstance(algorithm, str):
+            raise unauthorized(
+                "unsupported_algorithm",
+                f"token algorithm is not accepted (accepted: {', '.join(self.algorithms)})",
+            )
+        try:
+            claims: dict[str, Any] = jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
+                leeway=JWT_LEEWAY_S,
                 options={"require": ["exp", "sub", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("token expired") from None
+            raise unauthorized("token_expired", "token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise unauthorized("token_not_yet_valid", "token is not valid yet (nbf/iat)") from None
         except jwt.InvalidAudienceError:
-            raise _unauthorized("token audience is not accepted") from None
+            raise unauthorized("invalid_audience", "token audience is not accepted") from None
         except jwt.InvalidIssuerError:
-            raise _unauthorized("token issuer is not accepted") from None
+            raise unauthorized("invalid_issuer", "token issuer is not accepted") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise _unauthorized(f"token lacks the {exc.claim!r} claim") from None
+            raise unauthorized("missing_claim", f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise unauthorized("invalid_signature", "token signature does not verify") from None
         except jwt.InvalidTokenError:
-            raise _unauthorized("token is invalid") from None
-        roles_claim = claims.get("roles", [])
-        roles = (
-            frozenset(r for r in roles_claim if isinstance(r, str))
-            if isinstance(roles_claim, list)
-            else frozenset()
-        )
+            raise unauthorized("invalid_token", "token is invalid") from None
+        sub = claims["sub"]
+        if not isinstance(sub, str | int) or isinstance(sub, bool) or not str(sub).strip():
+            raise unauthorized("invalid_subject", "token 'sub' must be a non-empty user id")
+        roles = _roles(claims)
         return Principal(
-            user_hashes=tuple(self._pseudonymizer.pseudonyms(str(claims["sub"]))),
+            user_hashes=tuple(self._pseudonymizer.pseudonyms(str(sub))),
             roles=roles,
             is_staff=self._staff_role in roles,
+            user_id=str(sub),
         )
 
     def __call__(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
         if not header:
-            raise HTTPException(
-                status_code=status.HTTP_401_UNAUTHORIZED,
-                detail="missing bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise unauthorized("missing_token", "an 'Authorization: Bearer <token>' header is required")
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise _unauthorized("authorization header must be 'Bearer <token>'")
-        return self.verify(token.strip())
+            raise unauthorized(
+                "invalid_authorization_header", "authorization header must be 'Bearer <token>'"
+            )
+        return self.verify(token)
+
+
+def require_staff(principal: Principal) -> None:
+    """Raise ``403`` unless ``principal`` has the staff role."""
+    if not principal.is_staff:
+        raise forbidden("staff_role_required", "this endpoint needs the staff role")
+
+
+def resolve_subject(principal: Principal, subject: str | None) -> tuple[str, ...]:
+    """The pseudonyms whose rows the caller may read for ``subject`` (``None``: the caller).
+
+    Learners may read only their own data; staff may read any learner's (every such read is
+    audited by the endpoint).
+    """
+    if subject is None or subject in principal.user_hashes:
+        return principal.user_hashes
+    if principal.is_staff:
+        return (subject,)
+    raise forbidden("subject_forbidden", "learners may read only their own data")
