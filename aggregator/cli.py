@@ -53,25 +53,55 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
+    import json
+
     from .consumer import Aggregator
+    from .health import HealthServer
 
     settings = _settings()
     if args.consumer_name:
         settings = settings.with_overrides(consumer_name=args.consumer_name)
+    if args.health_port is not None:
+        settings = settings.with_overrides(aggregator_health_port=args.health_port)
 
-    async def main() -> None:
+    async def status() -> int:
+        async with Aggregator(settings) as aggregator:
+            info = await aggregator.status()
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK if info["healthy"] else EXIT_FAILURE
+
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with Aggregator(settings) as aggregator:
-            _console.print(
-                f"aggregator [bold]{settings.consumer_name}[/] consuming {', '.join(aggregator.streams)}"
-            )
-            await aggregator.run(stop)
+            health: HealthServer | None = None
+            if settings.aggregator_health_port:
+                health = HealthServer(
+                    aggregator.status, settings.aggregator_health_host, settings.aggregator_health_port
+                )
+                try:
+                    await health.start()
+                except OSError as exc:
+                    logging.getLogger(__name__).warning(
+                        "health endpoint not started on %s:%d: %s",
+                        settings.aggregator_health_host,
+                        settings.aggregator_health_port,
+                        exc,
+                    )
+                    health = None
+            where = f"; health on http://{health.host}:{health.port}/status" if health else ""
+            streams = ", ".join(aggregator.streams)
+            _console.print(f"aggregator [bold]{settings.consumer_name}[/] consuming {streams}{where}")
+            try:
+                await aggregator.run(stop)
+            finally:
+                if health is not None:
+                    await health.stop()
+        return EXIT_OK
 
-    asyncio.run(main())
-    return EXIT_OK
+    return asyncio.run(status() if args.status else main())
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -120,11 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume the bus into PostgreSQL until SIGTERM",
         description=(
             "Join the consumer group and roll bus entries into the analytics tables with "
-            "exactly-once effect. Stops cleanly on SIGTERM/SIGINT."
+            "exactly-once effect. Reclaims entries of dead consumers, dead-letters poison entries, "
+            "reconnects after Redis/PostgreSQL restarts, keeps daily partitions ahead and drops "
+            "those past STUDYIN_ANALYTICS_RAW_RETENTION_DAYS. Stops cleanly on SIGTERM/SIGINT."
         ),
     )
     p.add_argument(
         "--consumer-name", help="stable consumer name (default: STUDYIN_ANALYTICS_CONSUMER_NAME or host name)"
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        help="port of the HTTP health endpoint (/healthz, /readyz, /status); 0 disables it "
+        "(default: STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print health and lag of the group as JSON and exit (1 if Redis or PostgreSQL is unreachable)",
     )
     p.set_defaults(func=cmd_aggregator, default_log_level="INFO")
 

@@ -6,19 +6,41 @@ the commit. A crash before the commit leaves the entries pending (they are re-re
 crash after the commit but before the acknowledgement re-reads entries whose events are
 already in the table, and the idempotent insert turns them into no-ops. Hence exactly-once
 effect on every rollup.
+
+Failure handling:
+
+* Own pending entries (a previous life of this stable consumer name) are read first;
+  entries pending on another consumer for longer than ``claim_idle_ms`` are claimed with
+  XAUTOCLAIM (the cursor is followed to ``0-0``).
+* An undecodable entry goes to the dead-letter stream at once. An entry whose batch fails
+  with a data error is retried alone; an entry delivered more than
+  ``max_delivery_attempts`` times (XPENDING counts deliveries, so crashes count too) is
+  dead-lettered with its last error. The group never waits behind it.
+* Redis or PostgreSQL going away: the batch in hand is kept and retried with exponential
+  backoff (it does not count as a delivery), connections are re-established; ``NOGROUP``
+  (a Redis that lost the group) recreates the group at ``0``, and the idempotent insert
+  absorbs the replay.
+* SIGTERM (``stop``): the batch in flight is finished (committed and acknowledged), or
+  abandoned if its database is unreachable; its entries stay pending for the next life.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
-from datetime import date
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exporter import wire
 from ..exporter.bus import dead_letter_key, stream_keys
@@ -26,12 +48,40 @@ from ..instrumentation.settings import Settings, require
 from . import rollups
 from .db import create_pool
 from .mapping import EventRow, rows_from_span
-from .schema import ensure_partitions
+from .schema import (
+    drop_expired_partitions,
+    ensure_partitions,
+    partition_days_ahead,
+    retention_cutoff,
+)
 
 _log = logging.getLogger(__name__)
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+Entry = tuple[bytes, dict[bytes, bytes] | None]
 ReadResponse = Any  # [[stream, [Entry, ...]], ...] as redis-py returns it for RESP2
+
+MAINTENANCE_INTERVAL_S = 3600.0
+CLAIM_INTERVAL_S = 5.0
+DEAD_LETTER_MAX_LEN = 100_000
+BACKOFF_INITIAL_S = 0.05
+BACKOFF_MAX_S = 5.0
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock / serialization: retry the batch
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+"""Errors that say "try again later", never "this entry is bad"."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 @dataclass
@@ -39,7 +89,41 @@ class BatchResult:
     entries: int = 0
     events_seen: int = 0
     events_inserted: int = 0
+    events_expired: int = 0
     dead_lettered: int = 0
+    claimed: int = 0
+
+
+@dataclass
+class _Prepared:
+    """One stream's entries of a batch, decoded and mapped."""
+
+    stream: str
+    ids: list[bytes] = field(default_factory=list)
+    rows: list[EventRow] = field(default_factory=list)
+    by_entry: dict[bytes, list[EventRow]] = field(default_factory=dict)
+    fields: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
+
+
+class Backoff:
+    """Exponential backoff with jitter, interruptible by ``stop``."""
+
+    def __init__(self, initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.delay_s = initial_s
+
+    def reset(self) -> None:
+        self.delay_s = self.initial_s
+
+    async def sleep(self, stop: asyncio.Event | None) -> None:
+        delay = self.delay_s * (0.5 + random.random() / 2)
+        self.delay_s = min(self.delay_s * 2, self.max_s)
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
 class Aggregator:
@@ -54,79 +138,296 @@ class Aggregator:
         self.pool: asyncpg.Pool | None = None
         self._partitions: set[date] = set()
         self.totals = BatchResult()
+        self.started_at = time.time()
+        self.last_batch_at: float | None = None
+        self.last_error: str | None = None
+        self.redis_ok = False
+        self.postgres_ok = False
+        self._next_claim = 0.0
+        self._next_maintenance = 0.0
+        self._stop: asyncio.Event | None = None
+
+    # --- connections -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Aggregator:
-        self.redis = aioredis.Redis.from_url(require(self.settings.redis_url, "redis_url"))
-        self.pool = await create_pool(self.settings, min_size=1, max_size=2)
-        await self.ensure_groups()
+        self.redis = aioredis.Redis.from_url(
+            require(self.settings.redis_url, "redis_url"),
+            socket_timeout=15,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        try:
+            await self.connect()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Servers not up yet: ``run`` keeps reconnecting with backoff.
+            self.last_error = _describe(exc)
+            _log.warning("starting without connections (%s); will retry", self.last_error)
+            await self._drop_pool()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """(Re-)establish PostgreSQL and the consumer group; raises transient errors."""
+        assert self.redis is not None
+        if self.pool is None:
+            self.pool = await create_pool(self.settings, min_size=1, max_size=2)
+            self.postgres_ok = True
+        await self.ensure_groups()
+        self.redis_ok = True
+
+    async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
+            pool, self.pool = self.pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except Exception:
+                pool.terminate()
         if self.redis is not None:
             await self.redis.aclose()
+            self.redis = None
+
+    async def _drop_pool(self) -> None:
+        self.postgres_ok = False
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.terminate()
 
     async def ensure_groups(self) -> None:
         assert self.redis is not None
         for stream in self.streams:
             try:
+                # From 0: after a Redis that lost the group, the whole bus is replayed and the
+                # idempotent insert turns what was already counted into no-ops.
                 await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def process_batch(self, block_ms: int | None = 1000) -> BatchResult:
-        """Read, roll up and acknowledge one batch (pending entries of this consumer first)."""
-        assert self.redis is not None and self.pool is not None
-        result = BatchResult()
-        # Own pending entries (from a previous life of this consumer) come before new ones.
-        response: ReadResponse = await self.redis.xreadgroup(
-            self.group, self.consumer, dict.fromkeys(self.streams, "0"), count=self.settings.batch_size
-        )
-        if not any(entries for _, entries in response):
-            response = await self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                dict.fromkeys(self.streams, ">"),
-                count=self.settings.batch_size,
-                block=block_ms,
+    # --- reading ----------------------------------------------------------------------------
+
+    async def _read(self, ids: str, count: int, block_ms: int | None) -> ReadResponse:
+        assert self.redis is not None
+        try:
+            return await self.redis.xreadgroup(
+                self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
             )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            _log.warning("consumer group %s is missing (Redis restarted?): recreating it", self.group)
+            await self.ensure_groups()
+            return await self.redis.xreadgroup(
+                self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
+            )
+
+    async def _delivery_counts(self, stream: str, ids: Sequence[bytes]) -> dict[bytes, int]:
+        assert self.redis is not None
+        if not ids:
+            return {}
+        pending = await self.redis.xpending_range(
+            stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 16, consumername=self.consumer
+        )
+        out: dict[bytes, int] = {}
+        for item in pending:
+            message_id: Any = item["message_id"]
+            out[message_id] = int(item["times_delivered"])
+        return out
+
+    async def claim_stale(self) -> int:
+        """XAUTOCLAIM entries idle on other (dead) consumers into this one; returns the count."""
+        assert self.redis is not None
+        claimed = 0
+        for stream in self.streams:
+            cursor: bytes | str = "0-0"
+            for _ in range(10_000):  # bounded: each round moves the cursor forward
+                try:
+                    response = await self.redis.xautoclaim(
+                        stream,
+                        self.group,
+                        self.consumer,
+                        min_idle_time=self.settings.claim_idle_ms,
+                        start_id=cursor,
+                        count=self.settings.batch_size,
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self.ensure_groups()
+                    break
+                cursor, entries = response[0], response[1]
+                deleted = response[2] if len(response) > 2 else []
+                if deleted:  # trimmed from the stream while pending: nothing left to count
+                    await self.redis.xack(stream, self.group, *deleted)
+                claimed += len(entries)
+                if cursor in (b"0-0", "0-0"):
+                    break
+        if claimed:
+            _log.info("claimed %d entries pending on dead consumers", claimed)
+        return claimed
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def process_batch(
+        self, block_ms: int | None = 1000, stop: asyncio.Event | None = None
+    ) -> BatchResult:
+        """Read, roll up and acknowledge one batch (pending entries of this consumer first)."""
+        result = BatchResult()
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + CLAIM_INTERVAL_S
+            result.claimed = await self.claim_stale()
+        # Own pending entries (earlier life, claimed, or retried) come before new ones.
+        response = await self._read("0", self.settings.batch_size, None)
+        redelivered = any(entries for _, entries in response)
+        if not redelivered:
+            response = await self._read(">", self.settings.batch_size, block_ms)
         for stream, entries in response:
             if entries:
-                await self._process_entries(stream.decode(), entries, result)
+                await self._process_entries(stream.decode(), entries, result, redelivered, stop)
         self._add_totals(result)
+        if result.entries:
+            self.last_batch_at = time.time()
         return result
 
-    async def _process_entries(self, stream: str, entries: list[Entry], result: BatchResult) -> None:
-        assert self.redis is not None and self.pool is not None
-        rows: list[EventRow] = []
-        good_ids: list[bytes] = []
+    async def _process_entries(
+        self,
+        stream: str,
+        entries: list[Entry],
+        result: BatchResult,
+        redelivered: bool,
+        stop: asyncio.Event | None,
+    ) -> None:
+        assert self.redis is not None
+        result.entries += len(entries)
+        counts: dict[bytes, int] = {}
+        if redelivered:
+            counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in entries])
+        prepared = _Prepared(stream)
+        gone: list[bytes] = []
+        cutoff = retention_cutoff(self.settings.raw_retention_days)
         for entry_id, fields in entries:
-            try:
-                records = wire.decode_entry(fields)
-            except wire.WireFormatError as exc:
-                await self._dead_letter(stream, entry_id, fields, str(exc))
+            if not fields:  # trimmed from the stream while it was pending
+                gone.append(entry_id)
+                continue
+            attempts = counts.get(entry_id, 1)
+            if attempts > self.settings.max_delivery_attempts:
+                await self._dead_letter(
+                    stream, entry_id, fields, f"not processed after {attempts - 1} deliveries", attempts
+                )
                 result.dead_lettered += 1
                 continue
-            good_ids.append(entry_id)
-            for record in records:
-                rows.extend(rows_from_span(record))
-        result.entries += len(entries)
-        result.events_seen += len(rows)
+            try:
+                rows = [row for record in wire.decode_entry(fields) for row in rows_from_span(record)]
+            except Exception as exc:  # undecodable or unmappable: retrying cannot help
+                await self._dead_letter(stream, entry_id, fields, _describe(exc), attempts)
+                result.dead_lettered += 1
+                continue
+            result.events_seen += len(rows)
+            kept = [r for r in rows if r.occurred_at.date() >= cutoff]
+            result.events_expired += len(rows) - len(kept)
+            prepared.ids.append(entry_id)
+            prepared.rows.extend(kept)
+            prepared.by_entry[entry_id] = kept
+            prepared.fields[entry_id] = fields
+        if gone:
+            await self.redis.xack(stream, self.group, *gone)
+        if not prepared.ids:
+            return
+        try:
+            result.events_inserted += await self._commit_with_retry(prepared.rows, stop)
+        except Exception as exc:  # a data error somewhere in the batch: find the entry
+            if is_transient(exc):
+                raise
+            _log.warning("batch of %d entries failed (%s): retrying entries alone", len(prepared.ids), exc)
+            await self._isolate(prepared, result, counts, stop)
+            return
+        await self._ack(stream, prepared.ids, stop)
+
+    async def _isolate(
+        self, prepared: _Prepared, result: BatchResult, counts: dict[bytes, int], stop: asyncio.Event | None
+    ) -> None:
+        """Commit entries one by one; an entry that fails is retried later, then dead-lettered."""
+        good: list[bytes] = []
+        for entry_id in prepared.ids:
+            try:
+                result.events_inserted += await self._commit_with_retry(prepared.by_entry[entry_id], stop)
+                good.append(entry_id)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                attempts = counts.get(entry_id, 1)
+                if attempts >= self.settings.max_delivery_attempts:
+                    await self._dead_letter(
+                        prepared.stream, entry_id, prepared.fields[entry_id], _describe(exc), attempts
+                    )
+                    result.dead_lettered += 1
+                else:
+                    _log.warning(
+                        "entry %s failed (attempt %d of %d): %s",
+                        entry_id.decode(),
+                        attempts,
+                        self.settings.max_delivery_attempts,
+                        _describe(exc),
+                    )
+        if good:
+            await self._ack(prepared.stream, good, stop)
+
+    async def _commit_with_retry(self, rows: list[EventRow], stop: asyncio.Event | None) -> int:
+        """Insert + roll up ``rows`` in one transaction; waits out PostgreSQL outages."""
         rows = rollups.unique_events(rows)
-        if rows:
-            async with self.pool.acquire() as conn:
-                await ensure_partitions(conn, {r.occurred_at.date() for r in rows}, self._partitions)
-                async with conn.transaction():
-                    new_rows = await rollups.insert_events(conn, rows)
-                    await rollups.apply(conn, new_rows)
-            result.events_inserted += len(new_rows)
-        if good_ids:
-            await self.redis.xack(stream, self.group, *good_ids)
+        if not rows:
+            return 0
+        backoff = Backoff()
+        while True:
+            try:
+                if self.pool is None:
+                    self.pool = await create_pool(self.settings, min_size=1, max_size=2)
+                return await self._commit(rows)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.last_error = _describe(exc)
+                _log.warning("PostgreSQL unavailable (%s); retrying the batch", self.last_error)
+                await self._drop_pool()
+                if stop is not None and stop.is_set():
+                    raise
+                await backoff.sleep(stop)
+
+    async def _commit(self, rows: list[EventRow]) -> int:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await ensure_partitions(conn, {r.occurred_at.date() for r in rows}, self._partitions)
+            async with conn.transaction():
+                new_rows = await rollups.insert_events(conn, rows)
+                await rollups.apply(conn, new_rows)
+        self.postgres_ok = True
+        return len(new_rows)
+
+    async def _ack(self, stream: str, ids: list[bytes], stop: asyncio.Event | None) -> None:
+        """XACK after the commit; if Redis is gone, retry a while (re-reading would be a no-op)."""
+        assert self.redis is not None
+        backoff = Backoff()
+        for _ in range(50):
+            try:
+                await self.redis.xack(stream, self.group, *ids)
+                return
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the group was lost: entries will be replayed as no-ops
+                    return
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.redis_ok = False
+                self.last_error = _describe(exc)
+                if stop is not None and stop.is_set():
+                    return
+                await backoff.sleep(stop)
 
     async def _dead_letter(
-        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], error: str
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], error: str, attempts: int = 1
     ) -> None:
         assert self.redis is not None
         _log.warning("dead-lettering entry %s of %s: %s", entry_id.decode(), stream, error)
@@ -135,17 +436,31 @@ class Aggregator:
             b"error": error.encode(),
             b"source_stream": stream.encode(),
             b"source_id": entry_id,
+            b"attempts": str(attempts).encode(),
+            b"consumer": self.consumer.encode(),
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead_letter_key(self.settings), dead)
+            pipe.xadd(dead_letter_key(self.settings), dead, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
             pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
 
     def _add_totals(self, result: BatchResult) -> None:
-        self.totals.entries += result.entries
-        self.totals.events_seen += result.events_seen
-        self.totals.events_inserted += result.events_inserted
-        self.totals.dead_lettered += result.dead_lettered
+        for name, value in asdict(result).items():
+            setattr(self.totals, name, getattr(self.totals, name) + value)
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    async def maintain(self) -> list[str]:
+        """Create daily partitions ahead and drop those past raw retention."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await ensure_partitions(conn, partition_days_ahead(datetime.now(UTC).date()), self._partitions)
+            dropped = await drop_expired_partitions(conn, self.settings.raw_retention_days, self._partitions)
+        if dropped:
+            _log.info("dropped raw partitions past retention: %s", ", ".join(dropped))
+        return dropped
+
+    # --- health -----------------------------------------------------------------------------
 
     async def lag(self) -> int:
         """Entries not yet acknowledged by the group (unread plus pending), over all streams."""
@@ -158,12 +473,45 @@ class Aggregator:
             for group in groups:
                 if group["name"].decode() == self.group:
                     lag = group.get("lag")
-                    if lag is None:  # Redis < 7: count what lies after the last delivered id
+                    if lag is None:  # Redis < 7 or unknown: count what lies after the last delivered id
                         last = group["last-delivered-id"]
                         after = await self.redis.xrange(stream, min=f"({last.decode()}", count=100_000)
                         lag = len(after or [])
                     total += int(lag)
         return total
+
+    async def status(self) -> dict[str, Any]:
+        """Health and lag of this member and its group (what the CLI and HTTP endpoint show)."""
+        info: dict[str, Any] = {
+            "consumer": self.consumer,
+            "group": self.group,
+            "streams": self.streams,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "last_batch_at": self.last_batch_at,
+            "last_error": self.last_error,
+            "totals": asdict(self.totals),
+        }
+        try:
+            assert self.redis is not None
+            info["lag"] = await self.lag()
+            info["pending"] = sum(
+                [int((await self.redis.xpending(s, self.group))["pending"]) for s in self.streams]
+            )
+            info["dead_letter_length"] = int(await self.redis.xlen(dead_letter_key(self.settings)))
+            info["redis"] = "ok"
+        except Exception as exc:  # report, never raise, from a health probe
+            info["redis"] = _describe(exc)
+        try:
+            if self.pool is None:
+                raise ConnectionError("no pool")
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=2)
+            info["postgres"] = "ok"
+        except Exception as exc:
+            info["postgres"] = _describe(exc)
+        info["healthy"] = info["redis"] == "ok" and info["postgres"] == "ok"
+        return info
+
+    # --- loops ------------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float = 30.0) -> BatchResult:
         """Process until nothing is left to read (for the demo and tests)."""
@@ -176,6 +524,33 @@ class Aggregator:
         raise TimeoutError(f"bus not drained after {timeout_s}s")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set."""
+        """Process batches until ``stop`` is set; survives Redis and PostgreSQL restarts."""
+        self._stop = stop
+        backoff = Backoff()
         while not stop.is_set():
-            await self.process_batch(block_ms=500)
+            try:
+                if self.pool is None or not self.redis_ok:
+                    await self.connect()
+                now = time.monotonic()
+                if now >= self._next_maintenance:
+                    await self.maintain()
+                    self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+                await self.process_batch(block_ms=500, stop=stop)
+                self.redis_ok = True
+                backoff.reset()
+            except Exception as exc:
+                self.last_error = _describe(exc)
+                if is_transient(exc):
+                    _log.warning("connection problem (%s); reconnecting", self.last_error)
+                    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                        self.redis_ok = False
+                    else:
+                        await self._drop_pool()
+                else:
+                    _log.exception("unexpected error in the aggregator loop")
+                await backoff.sleep(stop)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:500]

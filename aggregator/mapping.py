@@ -11,6 +11,7 @@ the aggregator's inserts idempotent.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -32,6 +33,11 @@ class EventRow(NamedTuple):
     user_hash: str | None
     session_id: uuid.UUID | None
     properties: dict[str, Any]
+
+
+def dumps_json(value: Any) -> str:
+    """Compact JSON for JSONB parameters (one place, so a faster encoder can be swapped in)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:

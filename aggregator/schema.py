@@ -18,6 +18,8 @@ from ..instrumentation.settings import Settings, require
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 EVENTS_TABLE = "analytics_events"
 PARTITION_LOCK_ID = 0x5374_7564_7949_6E01
+PARTITIONS_AHEAD = 3
+"""Daily partitions kept created ahead of today by the aggregator's maintenance."""
 
 
 def sqlalchemy_url(postgres_url: str) -> str:
@@ -61,3 +63,50 @@ async def ensure_partitions(conn: asyncpg.Connection, days: set[date], known: se
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
             )
     known.update(missing)
+
+
+def partition_days_ahead(today: date, days_ahead: int = PARTITIONS_AHEAD) -> set[date]:
+    """Yesterday, today and ``days_ahead`` days after (what maintenance keeps created)."""
+    return {today + timedelta(days=offset) for offset in range(-1, days_ahead + 1)}
+
+
+async def existing_partitions(conn: asyncpg.Connection) -> dict[date, str]:
+    """Daily partitions of the raw events table, by day."""
+    records = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = $1::regclass",
+        EVENTS_TABLE,
+    )
+    out: dict[date, str] = {}
+    prefix = f"{EVENTS_TABLE}_p"
+    for record in records:
+        name: str = record["relname"]
+        if name.startswith(prefix):
+            try:
+                out[datetime.strptime(name[len(prefix) :], "%Y%m%d").date()] = name
+            except ValueError:
+                continue
+    return out
+
+
+async def drop_expired_partitions(
+    conn: asyncpg.Connection, retention_days: int, known: set[date], today: date | None = None
+) -> list[str]:
+    """Drop daily partitions entirely older than ``retention_days`` (raw retention, no DELETE)."""
+    today = today or datetime.now(UTC).date()
+    cutoff = today - timedelta(days=retention_days)
+    dropped: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
+        await conn.execute("SET LOCAL lock_timeout = '5s'")
+        for day, name in sorted((await existing_partitions(conn)).items()):
+            if day < cutoff:
+                await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                dropped.append(name)
+                known.discard(day)
+    return dropped
+
+
+def retention_cutoff(retention_days: int, today: date | None = None) -> date:
+    """Events on days before this are outside raw retention (not stored, not counted)."""
+    return (today or datetime.now(UTC).date()) - timedelta(days=retention_days)
