@@ -1,0 +1,227 @@
+"""Rollups against independently computed ground truth (in process), histograms, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from studyin_analytics.aggregator import Aggregator, histogram
+from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.health import HealthServer
+from studyin_analytics.aggregator.schema import (
+    ensure_partitions,
+    existing_partitions,
+    partition_days_ahead,
+)
+from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
+from studyin_analytics.instrumentation.privacy import Pseudonymizer
+from studyin_analytics.instrumentation.settings import Settings
+
+from .workload import build, mismatches, push, truth_of
+
+
+async def test_rollups_equal_ground_truth_with_duplicates(migrated: Settings) -> None:
+    settings = migrated.with_overrides(batch_size=7)
+    wl = build(Pseudonymizer.from_settings(settings), users=60, seed=3)
+    stream = stream_keys(settings)[0]
+    # Every entry twice (retried exports), the second copy later: each event counts once.
+    push(settings.redis_url or "", stream, wl.entries + wl.entries[::3])
+    async with Aggregator(settings) as aggregator:
+        totals = await aggregator.drain(timeout_s=60)
+    assert totals.events_inserted == wl.event_count
+    assert totals.events_seen > wl.event_count
+    conn = await connect(settings)
+    try:
+        assert await mismatches(conn, truth_of(wl)) == []
+    finally:
+        await conn.close()
+
+
+def _exact(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[math.floor(q * (len(ordered) - 1))]
+
+
+def test_histogram_relative_error_bound() -> None:
+    rng = random.Random(5)
+    values = [rng.lognormvariate(3, 1.5) for _ in range(20_000)] + [rng.uniform(0.001, 5) for _ in range(500)]
+    parts: list[dict[str, int]] = [{}, {}, {}]
+    for i, value in enumerate(values):
+        histogram.add(parts[i % 3], value)
+    merged = histogram.merge(parts)  # per-minute histograms sum to any window
+    assert sum(merged.values()) == len(values)
+    for q in (0.0, 0.01, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        estimate = histogram.quantile(merged, q)
+        exact = _exact(values, q)
+        assert estimate is not None
+        assert abs(estimate - exact) <= histogram.ALPHA * exact * (1 + 1e-9), (q, estimate, exact)
+    assert histogram.quantile({}, 0.5) is None
+
+
+async def test_system_metrics_percentiles_over_a_window_match_raw_durations(migrated: Settings) -> None:
+    settings = migrated
+    wl = build(Pseudonymizer.from_settings(settings), users=120, seed=11)
+    push(settings.redis_url or "", stream_keys(settings)[0], wl.entries)
+    async with Aggregator(settings) as aggregator:
+        await aggregator.drain(timeout_s=60)
+    truth = truth_of(wl)
+    conn = await connect(settings)
+    try:
+        checked = 0
+        for (route, method), durations in truth.api_durations.items():
+            for q in (0.5, 0.95, 0.99):
+                # Summing per-minute histograms over the whole window, in SQL.
+                estimate = await conn.fetchval(
+                    "SELECT hist_quantile(count_map_sum(latency_hist), $3) FROM system_metrics "
+                    "WHERE route = $1 AND method = $2",
+                    route,
+                    method,
+                    q,
+                )
+                hist = await conn.fetchval(
+                    "SELECT count_map_sum(latency_hist) FROM system_metrics WHERE route = $1 AND method = $2",
+                    route,
+                    method,
+                )
+                exact = _exact(durations, q)
+                assert abs(estimate - exact) <= histogram.ALPHA * exact * (1 + 1e-9), (
+                    route,
+                    q,
+                    estimate,
+                    exact,
+                )
+                assert estimate == pytest.approx(histogram.quantile(hist, q), rel=1e-12)  # SQL == Python
+                checked += 1
+        assert checked >= 12
+    finally:
+        await conn.close()
+
+
+def test_migrate_twice_and_concurrently(settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
+        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
+    }
+    command = [sys.executable, "-m", "studyin_analytics.aggregator.cli", "migrate"]
+    procs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    again = subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr.decode()
+
+    async def check() -> None:
+        conn = await connect(settings)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM alembic_version") == 1
+            tables = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = $1", settings.postgres_schema
+                )
+            }
+            assert {
+                "analytics_events",
+                "gamification_stats",
+                "user_activity_hourly",
+                "ai_coach_metrics",
+                "system_metrics",
+                "hourly_analytics_summary",
+            } <= tables
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
+
+
+async def test_partitions_created_ahead_and_dropped_after_retention(migrated: Settings) -> None:
+    settings = migrated.with_overrides(raw_retention_days=10)
+    today = datetime.now(UTC).date()
+    conn = await connect(settings)
+    try:
+        known: set = set()
+        await ensure_partitions(conn, {today - timedelta(days=30)}, known)
+    finally:
+        await conn.close()
+    async with Aggregator(settings) as aggregator:
+        dropped = await aggregator.maintain()
+        assert dropped == [f"analytics_events_p{today - timedelta(days=30):%Y%m%d}"]
+        conn = await connect(settings)
+        try:
+            days = set(await existing_partitions(conn))
+        finally:
+            await conn.close()
+    assert partition_days_ahead(today) <= days
+    assert max(days) >= today + timedelta(days=3)
+    assert min(days) >= today - timedelta(days=10)
+
+
+async def test_nogroup_recreates_group_and_health_reports_lag(migrated: Settings) -> None:
+    settings = migrated
+    wl = build(Pseudonymizer.from_settings(settings), users=10, seed=4)
+    stream = stream_keys(settings)[0]
+    push(settings.redis_url or "", stream, wl.entries[:2])
+    async with Aggregator(settings) as aggregator:
+        server = HealthServer(aggregator.status, "127.0.0.1", 0)
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = (await reader.read()).decode()
+            writer.close()
+            assert body.startswith("HTTP/1.1 200")
+            assert '"lag": 2' in body
+        finally:
+            await server.stop()
+        await aggregator.drain(timeout_s=30)
+        client = redis.Redis.from_url(settings.redis_url or "")
+        try:
+            client.xgroup_destroy(stream, settings.consumer_group)  # what a Redis restart may do
+        finally:
+            client.close()
+        push(settings.redis_url or "", stream, wl.entries[2:])
+        totals = await aggregator.drain(timeout_s=30)
+        status = await aggregator.status()
+    assert totals.events_inserted == wl.event_count  # replay from 0 counted nothing twice
+    assert status["healthy"] and status["lag"] == 0
+
+
+async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Settings) -> None:
+    settings = migrated.with_overrides(max_delivery_attempts=2)
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    wl = build(pseudonymizer, users=20, seed=8)
+    poison = build(pseudonymizer, users=1, seed=9)
+    # Decodes, but PostgreSQL refuses it (NUL in a JSON string): fails on every attempt.
+    bad_blob = poison.entries[0][b"d"].replace(b"cardio-101", b"cardio\x00101")
+    assert bad_blob != poison.entries[0][b"d"]
+    stream = stream_keys(settings)[0]
+    entries = [*wl.entries[:3], {b"v": b"1", b"n": b"1", b"d": b"\xc1garbage"}, *wl.entries[3:]]
+    entries.insert(5, {**poison.entries[0], b"d": bad_blob})
+    push(settings.redis_url or "", stream, entries)
+    async with Aggregator(settings) as aggregator:
+        totals = await aggregator.drain(timeout_s=60)
+    assert totals.dead_lettered == 2
+    assert totals.events_inserted == wl.event_count
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        dead = client.xrange(dead_letter_key(settings))
+    finally:
+        client.close()
+    errors = sorted(fields[b"error"].decode() for _, fields in dead)
+    assert len(errors) == 2
+    assert any("undecodable" in e for e in errors)
+    assert any("Unicode" in e or "character" in e.lower() for e in errors), errors
+    conn = await connect(settings)
+    try:
+        assert await mismatches(conn, truth_of(wl)) == []
+    finally:
+        await conn.close()
