@@ -3,7 +3,112 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``bench`` subcommand to the ``studyin-analytics`` parser."""
+    p = subparsers.add_parser(
+        "bench",
+        help="measure the pipeline against same-run baselines",
+        description=(
+            "Run the registered benchmarks against the configured Redis/PostgreSQL "
+            "(STUDYIN_ANALYTICS_REDIS_URL / _POSTGRES_URL) or embedded ones when unset. Each benchmark "
+            "uses its own schema and key prefix and removes them afterwards. Prints a table (value, "
+            "same-run baseline, ratio, target), writes the results with the environment as JSON and "
+            "a PNG chart of the headline figures. A failing benchmark becomes an error row and makes "
+            "the exit code 1; the others still run. See docs/benchmarks.md."
+        ),
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes and one repeat (CI smoke run, under a minute)"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="run only these benchmarks (see --list)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results.json"),
+        help="JSON results file (default: bench-results.json)",
+    )
+    p.add_argument(
+        "--chart", type=Path, default=Path("bench-results.png"), help="PNG chart (default: bench-results.png)"
+    )
+    p.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="time limit per benchmark in seconds (default: 120 with --quick, else 600)",
+    )
+    p.add_argument("--list", action="store_true", help="list the benchmark names and exit")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..aggregator.cli import _settings
+    from ..aggregator.embedded import EmbeddedServers
+    from . import runner
+    from .framework import REGISTRY
+
+    err = Console(stderr=True)
+    out = Console()
+    import_errors = runner.load_modules()
+    if args.list:
+        for name in REGISTRY:
+            out.print(name, highlight=False)
+        for module, error in import_errors.items():
+            err.print(f"[red]module {module} failed to import:[/] {error}", highlight=False)
+        return EXIT_FAILURE if import_errors else EXIT_OK
+    try:
+        runner.select(args.only)
+    except runner.UsageError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+
+    settings = _settings()
+    with contextlib.ExitStack() as stack:
+        need_redis = settings.redis_url is None
+        need_postgres = settings.postgres_url is None
+        if need_redis or need_postgres:
+            with err.status("starting embedded Redis/PostgreSQL"):
+                servers = stack.enter_context(EmbeddedServers(redis=need_redis, postgres=need_postgres))
+            changes: dict[str, object] = {}
+            if servers.redis is not None:
+                changes["redis_url"] = servers.redis.url
+            if servers.postgres is not None:
+                changes["postgres_url"] = servers.postgres.url
+            settings = settings.with_overrides(**changes)
+        report = asyncio.run(
+            runner.run(
+                settings,
+                quick=args.quick,
+                only=args.only,
+                console=err,
+                timeout_s=args.timeout,
+                import_errors=import_errors,
+            )
+        )
+        report.environment["embedded_servers"] = {"redis": need_redis, "postgres": need_postgres}
+
+    from .report import table
+
+    out.print(table(report))
+    for row in report.rows:
+        if row.error:
+            err.print(f"[red]{row.name}:[/] {row.error}", highlight=False)
+    chart_ok = runner.write_outputs(report, args.out, None if args.no_chart else args.chart, err)
+    err.print(f"bench finished in {report.seconds:.1f}s", highlight=False)
+    return EXIT_FAILURE if report.failed or not chart_ok else EXIT_OK

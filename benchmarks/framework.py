@@ -4,27 +4,53 @@ A benchmark module in this package registers one or more async functions with
 :func:`bench`; each takes a :class:`BenchContext` and returns :class:`Measurement` rows.
 Every figure that matters is reported as a ratio against a baseline measured in the
 same run (this machine is shared and noisy), as the median over repeats.
+
+What the runner guarantees to a benchmark:
+
+* ``ctx.settings`` points at a reachable Redis and PostgreSQL (configured or embedded), with
+  a pseudonymization key and a JWT secret set (throw-away ones unless configured);
+* every :meth:`BenchContext.isolated_settings` gets its own schema and key prefix, and the
+  runner drops that schema and deletes those keys after the benchmark returns (or fails);
+* an exception is reported as an error row for that benchmark; the others still run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
 import statistics
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from ..instrumentation.settings import Settings
 
 BENCH_MODULES: tuple[str, ...] = ("instrumentation", "exporter", "aggregator", "end_to_end", "api")
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 
+_SAFE = re.compile(r"[^a-z0-9_]")
+
+THROUGHPUT_UNITS = ("/s",)
+"""A unit ending like this is a throughput (charted with the throughputs)."""
+LATENCY_UNITS = ("ns", "µs", "us", "ms", "s")
+"""Units of latencies (charted with the latency percentiles)."""
+
 
 @dataclass
 class Measurement:
-    """One row of the bench table."""
+    """One row of the bench table.
+
+    ``value`` and ``baseline`` are medians over repeats (``samples`` holds the repeats of
+    ``value``); ``ratio`` is ``value / baseline``. ``target`` is a human-readable goal
+    (e.g. ``">= 30000 events/s"``) and ``met`` whether ``value`` reaches it. ``error`` is set
+    on the row the runner writes for a benchmark that raised. ``headline=False`` keeps a row
+    out of the chart.
+    """
 
     name: str
     value: float
@@ -35,16 +61,31 @@ class Measurement:
     met: bool | None = None
     notes: str = ""
     samples: list[float] = field(default_factory=list)
+    error: str | None = None
+    headline: bool = True
+    bench: str | None = None
+    """Name of the registered benchmark that produced the row (filled in by the runner)."""
 
     @property
     def ratio(self) -> float | None:
-        if not self.baseline:
+        if not self.baseline or math.isnan(self.value):
             return None
         return self.value / self.baseline
+
+    @property
+    def kind(self) -> str:
+        """``throughput``, ``latency`` or ``other`` (from the unit), for the chart."""
+        if self.unit.endswith(THROUGHPUT_UNITS):
+            return "throughput"
+        if self.unit in LATENCY_UNITS:
+            return "latency"
+        return "other"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ratio"] = self.ratio
+        if isinstance(self.value, float) and math.isnan(self.value):
+            data["value"] = None  # JSON has no NaN
         return data
 
 
@@ -56,15 +97,51 @@ class BenchContext:
     quick: bool
     progress: Progress
     repeats: int = 5
+    isolated: list[Settings] = field(default_factory=list)
+    """Every settings object handed out by :meth:`isolated_settings` (the runner cleans them up)."""
 
     def isolated_settings(self, name: str) -> Settings:
-        """Settings with a fresh schema and key prefix, so benchmarks never see each other's data."""
-        suffix = f"{name}_{uuid.uuid4().hex[:8]}"
-        return self.settings.with_overrides(
+        """Settings with a fresh schema and key prefix, so benchmarks never see each other's data.
+
+        The runner drops the schema and deletes the keys when the benchmark is over.
+        """
+        suffix = f"{_SAFE.sub('_', name.lower())[:40]}_{uuid.uuid4().hex[:8]}"
+        settings = self.settings.with_overrides(
             postgres_schema=f"bench_{suffix}",
             stream_prefix=f"bench:{suffix}",
             consumer_name=f"bench-{suffix}",
         )
+        self.isolated.append(settings)
+        return settings
+
+    async def migrated_settings(self, name: str) -> Settings:
+        """:meth:`isolated_settings` with the analytics schema migrated."""
+        from ..aggregator.schema import migrate
+
+        settings = self.isolated_settings(name)
+        await asyncio.to_thread(migrate, settings)
+        return settings
+
+    def scale(self, full: int, quick: int) -> int:
+        """``quick`` in quick mode, else ``full`` (sizes of data sets, run lengths...)."""
+        return quick if self.quick else full
+
+    @property
+    def repeat_count(self) -> int:
+        """Repeats to take a median over: 1 in quick mode, else :attr:`repeats`."""
+        return 1 if self.quick else self.repeats
+
+    @asynccontextmanager
+    async def task(self, description: str, total: float | None = None) -> AsyncIterator[TaskID]:
+        """A progress bar line for the duration of the block (removed afterwards)."""
+        task_id = self.progress.add_task(description, total=total)
+        try:
+            yield task_id
+        finally:
+            self.progress.remove_task(task_id)
+
+    def advance(self, task_id: TaskID, amount: float = 1.0) -> None:
+        self.progress.advance(task_id, amount)
 
 
 BenchFunction = Callable[[BenchContext], Awaitable[list[Measurement]]]
@@ -85,3 +162,13 @@ def bench(name: str) -> Callable[[BenchFunction], BenchFunction]:
 
 def median(samples: Sequence[float]) -> float:
     return float(statistics.median(samples))
+
+
+def at_least(value: float, target: float, unit: str) -> tuple[str, bool]:
+    """``(target text, met)`` for a higher-is-better target."""
+    return f">= {target:g} {unit}", value >= target
+
+
+def at_most(value: float, target: float, unit: str) -> tuple[str, bool]:
+    """``(target text, met)`` for a lower-is-better target."""
+    return f"<= {target:g} {unit}", value <= target

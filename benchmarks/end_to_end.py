@@ -1,0 +1,463 @@
+"""End to end: simulated StudyIn traffic through exporter, Redis, aggregator and PostgreSQL.
+
+Thousands of simulated students (:mod:`..aggregator.simulation`) use the instrumented
+simulated StudyIn backend at once, called directly as an ASGI app in this process; their
+tracker calls and HTTP server spans go through a ``BatchSpanProcessor`` into the real
+:class:`~..exporter.RedisStreamSpanExporter`, and separate ``studyin-analytics aggregator``
+processes roll the bus into PostgreSQL (so the app side and the aggregator use different
+cores). The clock runs from the first request until the consumer group has acknowledged the
+last entry; afterwards the rows are counted against the simulation's ledger, by event type
+and per student, and any difference fails the measure.
+
+Baseline: the same traffic (same students, same seed) with a no-op exporter, i.e. the app
+side alone; the ratio is the share of the app's own event rate that survives the whole
+pipeline on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis.asyncio as aioredis
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from ..aggregator.db import connect
+from ..aggregator.simulation import Ledger, build_backend, new_user_ids, simulate_students
+from ..exporter import RedisStreamSpanExporter
+from ..exporter.bus import stream_keys
+from ..instrumentation import StudyInTracker
+from ..instrumentation.privacy import Pseudonymizer
+from ..instrumentation.settings import Settings, require
+from .framework import BenchContext, Measurement, at_least, bench, median
+
+TARGET_EVENTS_PER_S = 30_000.0
+AGGREGATOR_PROCESSES = 1
+"""``studyin-analytics aggregator`` processes (one per free core besides the app's)."""
+FLASHCARDS_PER_SYNC = 20
+"""Flashcard reviews per synced batch (a request with one progress event per card)."""
+QUEUE_SIZE = 1 << 20
+"""Span queue of the batch processor: large enough that a burst never drops spans."""
+SCHEDULE_DELAY_MS = 200
+AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator")
+"""``studyin-analytics aggregator``, run by this interpreter (whatever the PATH holds)."""
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Run:
+    """One timed pass of the traffic."""
+
+    seconds: float
+    app_seconds: float
+    ledger: Ledger
+    drain_seconds: float = 0.0
+    spans_dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds over the run: ``app`` (this process), ``aggregators``, ``servers`` (Redis and
+    PostgreSQL processes), ``machine`` (everything busy, other users included)."""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.ledger.total_events / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ledger.requests / self.seconds
+
+    @property
+    def app_events_per_s(self) -> float:
+        return self.ledger.total_events / self.app_seconds
+
+
+class NoOpSpanExporter(SpanExporter):
+    """Takes every batch and does nothing (the app-side-alone baseline)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _app(settings: Settings, exporter: SpanExporter) -> tuple[Any, TracerProvider]:
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    provider = TracerProvider(resource=Resource.create({"service.name": "studyin-backend-sim"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=SCHEDULE_DELAY_MS)
+    )
+    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
+    return build_backend(tracker, pseudonymizer, tracer_provider=provider), provider
+
+
+async def _traffic(
+    settings: Settings,
+    exporter: SpanExporter,
+    user_ids: list[str],
+    sessions: int,
+    on_step: Callable[[], None],
+) -> tuple[Ledger, float]:
+    """Run the students against a fresh app; returns the ledger and the seconds until flushed."""
+    backend, provider = _app(settings, exporter)
+    started = time.perf_counter()
+    try:
+        ledger = await simulate_students(
+            backend,
+            user_ids,
+            sessions_per_student=sessions,
+            driver="asgi",
+            flashcards=FLASHCARDS_PER_SYNC,
+            coach=hasattr(StudyInTracker, "ai_coach_interaction"),
+            on_step=on_step,
+        )
+        await asyncio.to_thread(provider.force_flush, 120_000)
+        return ledger, time.perf_counter() - started
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+
+
+def aggregator_env(settings: Settings) -> dict[str, str]:
+    """Environment for a ``studyin-analytics aggregator`` child that shares ``settings``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "STUDYIN_ANALYTICS_REDIS_URL": require(settings.redis_url, "redis_url"),
+            "STUDYIN_ANALYTICS_POSTGRES_URL": require(settings.postgres_url, "postgres_url"),
+            "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
+            "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
+            "STUDYIN_ANALYTICS_STREAM_SHARDS": str(settings.stream_shards),
+            "STUDYIN_ANALYTICS_CONSUMER_GROUP": settings.consumer_group,
+        }
+    )
+    if settings.pseudonym_keys:
+        env["STUDYIN_ANALYTICS_PSEUDONYM_KEYS"] = ",".join(
+            f"{key_id}={secret.get_secret_value()}" for key_id, secret in settings.pseudonym_keys.items()
+        )
+        env["STUDYIN_ANALYTICS_PSEUDONYM_KEY_ID"] = settings.active_key_id or ""
+    return env
+
+
+class AggregatorProcesses:
+    """``studyin-analytics aggregator`` children, stopped with SIGTERM (then SIGKILL) on exit."""
+
+    def __init__(self, settings: Settings, count: int, log_dir: Path) -> None:
+        self.settings = settings
+        self.names = [f"{settings.consumer_name}-{i}" for i in range(count)]
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        env = aggregator_env(self.settings)
+        for name in self.names:
+            with open(self.log_dir / f"{name}.log", "wb") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        [*AGGREGATOR_COMMAND, "--consumer-name", name],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
+    def check(self) -> None:
+        for name, process in zip(self.names, self.processes, strict=True):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"aggregator {name} exited with code {process.returncode}: {self.log_tail(name)}"
+                )
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the running aggregators."""
+        total = 0.0
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(process.pid).cpu_times()
+                total += times.user + times.system
+        return total
+
+    def log_tail(self, name: str) -> str:
+        with contextlib.suppress(OSError):
+            lines = (self.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
+            return " | ".join(lines[-3:])
+        return ""
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.1))
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await asyncio.to_thread(process.wait, 10)
+
+
+class CpuMeter:
+    """CPU seconds since creation: this process, the aggregators, and the whole machine (busy)."""
+
+    def __init__(self, aggregators: AggregatorProcesses | None = None) -> None:
+        self.aggregators = aggregators
+        self.app = time.process_time()
+        self.children = aggregators.cpu_seconds() if aggregators else 0.0
+        self.machine = self._busy()
+        self.servers = self._servers()
+
+    @staticmethod
+    def _servers() -> float:
+        """CPU seconds of every Redis and PostgreSQL process on the machine (shared servers!)."""
+        total = 0.0
+        for process in psutil.process_iter(["name", "cpu_times"]):
+            name = process.info["name"] or ""
+            times = process.info["cpu_times"]
+            if times is not None and (name.startswith(("postgres", "redis-server"))):
+                total += times.user + times.system
+        return total
+
+    @staticmethod
+    def _busy() -> float:
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def read(self) -> dict[str, float]:
+        return {
+            "app": time.process_time() - self.app,
+            "aggregators": (self.aggregators.cpu_seconds() if self.aggregators else 0.0) - self.children,
+            "servers": self._servers() - self.servers,
+            "machine": self._busy() - self.machine,
+        }
+
+
+async def _group_state(client: aioredis.Redis, stream: str, group: str) -> dict[str, Any] | None:
+    with contextlib.suppress(aioredis.ResponseError):
+        for entry in await client.xinfo_groups(stream):
+            name = entry["name"]
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                return dict(entry)
+    return None
+
+
+async def wait_ready(client: aioredis.Redis, settings: Settings, aggregators: AggregatorProcesses) -> None:
+    """Until every aggregator has joined the group (it shows up as a consumer once it reads)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    stream = stream_keys(settings)[0]
+    wanted = set(aggregators.names)
+    while time.monotonic() < deadline:
+        aggregators.check()
+        if await _group_state(client, stream, settings.consumer_group) is not None:
+            consumers = await client.xinfo_consumers(stream, settings.consumer_group)
+            names = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in consumers}
+            if wanted <= names:
+                return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"aggregators not consuming after {READY_TIMEOUT_S:.0f}s")
+
+
+async def drained(client: aioredis.Redis, settings: Settings) -> bool:
+    """True when the group has read and acknowledged every entry of every stream."""
+    for stream in stream_keys(settings):
+        if not await client.exists(stream):
+            continue
+        info = await client.xinfo_stream(stream)
+        state = await _group_state(client, stream, settings.consumer_group)
+        if state is None:
+            return False
+        if state["last-delivered-id"] != info["last-generated-id"] or int(state["pending"]) != 0:
+            return False
+    return True
+
+
+async def check_totals(settings: Settings, ledger: Ledger) -> list[str]:
+    """Differences between PostgreSQL and the ledger (empty when every total matches)."""
+    problems: list[str] = []
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    conn = await connect(settings)
+    try:
+        rows = await conn.fetch("SELECT event_type, count(*) AS n FROM analytics_events GROUP BY 1")
+        got = {r["event_type"]: int(r["n"]) for r in rows}
+        for event_type in sorted(set(got) | set(ledger.events)):
+            want = ledger.events.get(event_type, 0)
+            if got.get(event_type, 0) != want:
+                problems.append(f"{event_type}: {got.get(event_type, 0)} rows, ledger {want}")
+        daily = await conn.fetch(
+            "SELECT user_hash, sum(sessions) AS sessions, sum(materials_viewed) AS viewed, "
+            "sum(materials_completed) AS completed, sum(xp) AS xp "
+            "FROM daily_activity_summary GROUP BY user_hash"
+        )
+    finally:
+        await conn.close()
+    by_user = {
+        r["user_hash"]: (int(r["sessions"]), int(r["viewed"]), int(r["completed"]), int(r["xp"]))
+        for r in daily
+    }
+    users = set(ledger.sessions) | set(ledger.materials_viewed) | set(ledger.xp)
+    wrong = 0
+    for user in users:
+        expected = (
+            ledger.sessions.get(user, 0),
+            ledger.materials_viewed.get(user, 0),
+            ledger.materials_completed.get(user, 0),
+            ledger.xp.get(user, 0),
+        )
+        if by_user.pop(pseudonymizer.pseudonymize(user), (0, 0, 0, 0)) != expected:
+            wrong += 1
+    if wrong:
+        problems.append(
+            f"daily_activity_summary differs from the ledger for {wrong} of {len(users)} students"
+        )
+    if by_user:
+        problems.append(f"daily_activity_summary has {len(by_user)} users the simulation does not know")
+    return problems
+
+
+async def _pipeline(
+    ctx: BenchContext, user_ids: list[str], sessions: int, on_step: Callable[[], None]
+) -> Run:
+    settings = await ctx.migrated_settings("e2e")
+    client = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
+    with tempfile.TemporaryDirectory(prefix="studyin-bench-") as log_dir:
+        aggregators = AggregatorProcesses(settings, AGGREGATOR_PROCESSES, Path(log_dir))
+        try:
+            aggregators.start()
+            await wait_ready(client, settings, aggregators)
+            exporter = RedisStreamSpanExporter(settings)
+            meter = CpuMeter(aggregators)
+            started = time.perf_counter()
+            ledger, app_seconds = await _traffic(settings, exporter, user_ids, sessions, on_step)
+            flushed = time.perf_counter()
+            deadline = flushed + ctx.scale(300, 60)
+            while not await drained(client, settings):
+                aggregators.check()
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("the aggregators did not catch up with the bus in time")
+                await asyncio.sleep(0.02)
+            finished = time.perf_counter()
+            cpu = meter.read()
+        finally:
+            await aggregators.stop()
+            await client.aclose()
+    run = Run(
+        seconds=finished - started,
+        app_seconds=app_seconds,
+        ledger=ledger,
+        drain_seconds=finished - flushed,
+        spans_dropped=exporter.spans_dropped,
+        cpu=cpu,
+    )
+    if run.spans_dropped:
+        run.errors.append(f"the exporter dropped {run.spans_dropped} spans")
+    run.errors.extend(await check_totals(settings, ledger))
+    return run
+
+
+async def _app_alone(
+    ctx: BenchContext, user_ids: list[str], sessions: int, on_step: Callable[[], None]
+) -> Run:
+    exporter = NoOpSpanExporter()
+    meter = CpuMeter()
+    ledger, seconds = await _traffic(ctx.settings, exporter, user_ids, sessions, on_step)
+    return Run(seconds=seconds, app_seconds=seconds, ledger=ledger, cpu=meter.read())
+
+
+@bench("end_to_end")
+async def end_to_end(ctx: BenchContext) -> list[Measurement]:
+    students = ctx.scale(2000, 300)
+    sessions = ctx.scale(3, 2)
+    repeats = ctx.scale(3, 1)
+    user_ids = new_user_ids(students)
+    baselines: list[Run] = []
+    pipelines: list[Run] = []
+    requests: float | None = None
+    for repeat in range(repeats):
+        for kind in ("app alone", "pipeline"):
+            label = f"end_to_end {repeat + 1}/{repeats}: {students} students, {kind}"
+            async with ctx.task(label, total=requests) as task:
+
+                def step(task: Any = task) -> None:
+                    ctx.advance(task)
+
+                if kind == "app alone":
+                    run = await _app_alone(ctx, user_ids, sessions, step)
+                    baselines.append(run)
+                    requests = float(run.ledger.requests)
+                else:
+                    pipelines.append(await _pipeline(ctx, user_ids, sessions, step))
+
+    last = pipelines[-1].ledger
+    cores = psutil.cpu_count() or 1
+
+    def usage(run: Run) -> str:
+        return ", ".join(f"{k} {v / run.seconds:.2f}" for k, v in run.cpu.items())
+
+    errors = sorted({e for run in pipelines for e in run.errors})
+    error = "; ".join(errors) if errors else None
+    value = median([r.events_per_s for r in pipelines])
+    target, met = at_least(value, TARGET_EVENTS_PER_S, "events/s")
+    shape = (
+        f"{students} concurrent students x {sessions} sessions; {last.requests} requests and "
+        f"{last.total_events} events per run ({last.total_events / last.requests:.1f} events/request); "
+        f"{AGGREGATOR_PROCESSES} aggregator process(es); exact totals checked "
+        f"({'MISMATCH' if error else 'all equal'}); cores busy (of {cores}) in the last pipeline run: "
+        f"{usage(pipelines[-1])}; app alone: {usage(baselines[-1])}"
+    )
+    return [
+        Measurement(
+            name="end_to_end throughput",
+            value=value,
+            unit="events/s",
+            baseline=median([r.events_per_s for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            target=target,
+            met=met and error is None,
+            notes=shape,
+            samples=[r.events_per_s for r in pipelines],
+            error=error,
+        ),
+        Measurement(
+            name="end_to_end requests",
+            value=median([r.requests_per_s for r in pipelines]),
+            unit="req/s",
+            baseline=median([r.requests_per_s for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            notes="instrumented API requests per second over the same runs",
+            samples=[r.requests_per_s for r in pipelines],
+            headline=False,
+        ),
+        Measurement(
+            name="end_to_end app side with exporter",
+            value=median([r.app_events_per_s for r in pipelines]),
+            unit="events/s",
+            baseline=median([r.events_per_s for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            notes="events/s the app produced while the pipeline ran (until its spans were flushed)",
+            samples=[r.app_events_per_s for r in pipelines],
+            headline=False,
+        ),
+        Measurement(
+            name="end_to_end drain tail",
+            value=median([r.drain_seconds for r in pipelines]),
+            unit="s",
+            notes="from the app's last flushed span until the group acknowledged the last entry",
+            samples=[r.drain_seconds for r in pipelines],
+            headline=False,
+        ),
+    ]

@@ -1,0 +1,281 @@
+"""What a bench run leaves behind: the table, the JSON file (with the environment) and the chart."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from .framework import Measurement
+
+REPORT_FORMAT = 1
+"""Version of the JSON layout (bump when a field changes meaning)."""
+
+PACKAGES: tuple[str, ...] = (
+    "studyin-analytics",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-asgi",
+    "redis",
+    "hiredis",
+    "asyncpg",
+    "msgpack",
+    "protobuf",
+    "pydantic",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "matplotlib",
+)
+"""Distributions whose versions go into the environment record."""
+
+_TO_MICROSECONDS = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+@dataclass
+class BenchRun:
+    """How one registered benchmark went (one per benchmark, besides its rows)."""
+
+    name: str
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    quick: bool
+    started_at: str
+    seconds: float = 0.0
+    rows: list[Measurement] = field(default_factory=list)
+    runs: list[BenchRun] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(r.error for r in self.rows) or any(r.error for r in self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "quick": self.quick,
+            "started_at": self.started_at,
+            "seconds": round(self.seconds, 3),
+            "ok": not self.failed,
+            "environment": self.environment,
+            "benchmarks": [
+                {"name": r.name, "seconds": round(r.seconds, 3), "error": r.error} for r in self.runs
+            ],
+            "results": [_json_safe(r.as_dict()) for r in self.rows],
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _protobuf_backend() -> str | None:
+    try:
+        from google.protobuf.internal import api_implementation
+    except ImportError:
+        return None
+    return str(api_implementation.Type())
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what the figures were measured (for comparing runs later)."""
+    import psutil
+
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    try:
+        usable_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cpus = os.cpu_count() or 0
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "packages": _versions(),
+        "protobuf_backend": _protobuf_backend(),
+        "cpu_count": os.cpu_count(),
+        "cpu_count_usable": usable_cpus,
+        "cpu_model": _cpu_model(),
+        "memory_total_mb": round(psutil.virtual_memory().total / 2**20),
+        "load_average": list(os.getloadavg()),
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+    }
+
+
+# --- table ------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def table(report: RunReport) -> Table:
+    mode = "quick" if report.quick else "full"
+    result = Table(title=f"studyin-analytics bench ({mode}, {report.started_at})")
+    for column in ("measure", "value", "unit", "baseline", "ratio", "target", "met?"):
+        result.add_column(column, justify="left" if column in {"measure", "unit", "target"} else "right")
+    for row in report.rows:
+        if row.error and math.isnan(row.value):
+            result.add_row(row.name, Text("error", style="bold red"), "", "", "", row.target or "", "✗")
+            continue
+        ratio = row.ratio
+        baseline = fmt(row.baseline)
+        if row.baseline_name and row.baseline is not None:
+            baseline = f"{baseline} ({row.baseline_name})"
+        met = "–" if row.met is None else ("✓" if row.met else "✗")
+        met_style = "" if row.met is None else ("green" if row.met else "red")
+        if row.error:
+            met, met_style = "✗ error", "bold red"
+        result.add_row(
+            row.name,
+            fmt(row.value),
+            row.unit,
+            baseline,
+            "–" if ratio is None else f"{ratio:.2f}x",
+            row.target or "",
+            Text(met, style=met_style),
+        )
+    return result
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+def write_json(report: RunReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _panel(axis: Any, rows: list[Measurement], scale: Callable[[Measurement], float], color: str) -> None:
+    """Horizontal bars on a log axis: each row, then its same-run baseline in gray."""
+    labels: list[str] = []
+    values: list[float] = []
+    texts: list[str] = []
+    colors: list[str] = []
+    for row in rows:
+        factor = scale(row)
+        ratio = f" ({row.ratio:.2f}x)" if row.ratio is not None else ""
+        labels.append(row.name)
+        values.append(row.value * factor)
+        texts.append(f"{fmt(row.value)} {row.unit}{ratio}")
+        colors.append("tab:red" if row.met is False else color)
+        if row.baseline:
+            labels.append(f"baseline: {row.baseline_name or 'same run'}")
+            values.append(row.baseline * factor)
+            texts.append(f"{fmt(row.baseline)} {row.unit}")
+            colors.append("tab:gray")
+    from matplotlib.ticker import NullFormatter
+
+    positions = list(range(len(labels)))
+    axis.barh(positions, values, color=colors)
+    axis.set_yticks(positions, labels=labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xlim(min(values) / 4, max(values) * 8)
+    for position, value, text in zip(positions, values, texts, strict=True):
+        axis.text(value, position, f" {text}", va="center", fontsize=7)
+
+
+def write_chart(report: RunReport, path: Path) -> None:
+    """A PNG of the headline figures: throughputs and latencies, each beside its baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows if r.headline and not math.isnan(r.value) and r.value > 0]
+    throughput = [r for r in rows if r.kind == "throughput"]
+    latency = [r for r in rows if r.kind == "latency" and r.unit in _TO_MICROSECONDS]
+    panels = [p for p in (throughput, latency) if p] or [[]]
+    bars = max(sum(2 if r.baseline else 1 for r in p) for p in panels)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(8 * len(panels), max(2.5, 0.35 * bars + 1.2)), constrained_layout=True
+    )
+    axes_list = list(axes) if len(panels) > 1 else [axes]
+    for axis, panel in zip(axes_list, panels, strict=True):
+        if not panel:
+            axis.text(0.5, 0.5, "no headline figures", ha="center", va="center")
+            axis.set_axis_off()
+        elif panel is throughput:
+            _panel(axis, panel, lambda r: 1.0, "tab:blue")
+            axis.set_title("Throughput (log scale; gray: same-run baseline; red: target missed)", fontsize=9)
+        else:
+            _panel(axis, panel, lambda r: _TO_MICROSECONDS[r.unit], "tab:orange")
+            axis.set_xlabel("µs (log scale)", fontsize=8)
+            axis.set_title("Latency and cost (gray: same-run baseline; red: target missed)", fontsize=9)
+
+    env = report.environment
+    mode = " --quick" if report.quick else ""
+    figure.suptitle(
+        f"studyin-analytics bench{mode} · {env.get('date', report.started_at)} · "
+        f"{env.get('cpu_model', '?')}, {env.get('cpu_count', '?')} CPUs · "
+        f"commit {str(env.get('git_commit') or '?')[:10]}",
+        fontsize=9,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
