@@ -22,6 +22,7 @@ applies it to every Starlette/FastAPI app (zero-code, ``opentelemetry-instrument
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import re
@@ -45,7 +46,7 @@ from opentelemetry.instrumentation.utils import (
     http_status_to_status_code,
     is_http_instrumentation_enabled,
 )
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
@@ -81,6 +82,20 @@ DEFAULT_AUTH_PATTERNS: tuple[str, ...] = (
 
 _SCOPE_MARK = "studyin_analytics.instrumented"
 """Set in the scope by the outermost StudyIn middleware, so nested apps are not measured twice."""
+_SHUTDOWN_FLUSH_MILLIS = 5000
+_FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
+
+
+def disable_fastapi_native_telemetry(app: Any) -> None:
+    """Turn off the built-in OpenTelemetry of recent FastAPI versions for ``app``.
+
+    It records ``url.path`` and ``url.query`` raw (ids, e-mails) and logs exception messages;
+    StudyIn's middleware replaces it. A no-op for versions without it.
+    """
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict):
+        config.update(tracing=False, metrics=False, logs=False)
+
 
 # Stable (new) and legacy (old) attribute names.
 _HTTP_REQUEST_METHOD = "http.request.method"
@@ -173,6 +188,8 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         self._new = _report_new(self._sem_conv_opt_in_mode)
         self._old = _report_old(self._sem_conv_opt_in_mode)
         self.hook_failures = 0
+        self._tracer_provider_for_flush = tracer_provider or trace.get_tracer_provider()
+        self._meter_provider_for_flush = meter_provider or get_meter_provider()
 
     # --- user attribution ---------------------------------------------------------------------
 
@@ -270,9 +287,16 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _SCOPE_MARK in scope or not is_http_instrumentation_enabled():
+            if scope["type"] == "lifespan" and _SCOPE_MARK not in scope:
+                scope[_SCOPE_MARK] = True
+                await self.app(scope, receive, self._flushing_send(send))
+                return
             await self.app(scope, receive, send)
             return
         start = default_timer()
+        # FastAPI's own telemetry would add a second server span carrying the raw path and
+        # query; this key is how FastAPI tells a mounted app that the request is handled.
+        scope.setdefault(_FASTAPI_TELEMETRY_KEY, None)
         if self.excluded_urls is not None and self.excluded_urls.url_disabled(
             f"{scope.get('scheme', 'http')}://{_host(scope)}{scope.get('path', '')}"
         ):
@@ -285,6 +309,29 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             await self._metrics_only_request(start, method, scope, receive, send)
         else:
             await self._traced_request(start, method, path, scope, receive, send)
+
+    def _flushing_send(self, send: Send) -> Send:
+        """Flush spans and metrics when the server shuts the app down.
+
+        Servers such as uvicorn re-raise SIGTERM after a graceful shutdown, so the SDK's
+        ``atexit`` flush never runs; the lifespan shutdown is the last reliable moment.
+        """
+
+        async def flushing_send(message: Message) -> None:
+            if message.get("type") == "lifespan.shutdown.complete":
+                await asyncio.to_thread(self._flush_providers)
+            await send(message)
+
+        return flushing_send
+
+    def _flush_providers(self) -> None:
+        for provider in (self._tracer_provider_for_flush, self._meter_provider_for_flush):
+            flush = getattr(provider, "force_flush", None)
+            if flush is not None:
+                try:
+                    flush(_SHUTDOWN_FLUSH_MILLIS)
+                except Exception as exc:  # never block the shutdown
+                    _log.warning("flush at shutdown failed: %s", type(exc).__name__)
 
     async def _metrics_only_request(
         self, start: float, method: str, scope: Scope, receive: Receive, send: Send
@@ -463,6 +510,7 @@ def instrument_app(
         def build_middleware_stack() -> ASGIApp:
             return StudyInASGIMiddleware(original_build(), **options)
 
+        disable_fastapi_native_telemetry(app)
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
         app.middleware_stack = None
         app._studyin_instrumented = True  # type: ignore[attr-defined]

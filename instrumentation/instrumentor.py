@@ -4,9 +4,10 @@ Registered under the ``opentelemetry_instrumentor`` entry point as ``studyin``, 
 ``opentelemetry-instrument uvicorn app:app`` (with this package installed) instruments an
 unmodified app; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=studyin`` turns it off.
 
-It patches ``Starlette.__call__`` (FastAPI calls it too): the first request of each app
-builds one :class:`~.asgi.StudyInASGIMiddleware` around the app, so apps created before
-``instrument()`` are covered as well. Settings come from ``STUDYIN_ANALYTICS_*`` variables
+It patches ``Starlette.__call__`` and ``FastAPI.__call__`` (outside FastAPI's built-in
+telemetry, which it turns off: that one records raw paths and queries): the first request of
+each app builds one :class:`~.asgi.StudyInASGIMiddleware` around the app, so apps created
+before ``instrument()`` are covered as well. Settings come from ``STUDYIN_ANALYTICS_*`` variables
 (auth paths, metrics-only paths, user-id hook, pseudonym keys); ``instrument(**kwargs)`` accepts
 the keyword arguments of :func:`~.asgi.instrument_app` to override them.
 """
@@ -14,19 +15,27 @@ the keyword arguments of :func:`~.asgi.instrument_app` to override them.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from .asgi import ASGIApp, Receive, Scope, Send, StudyInASGIMiddleware, _env_settings, middleware_options
-
-_MIDDLEWARE_ATTRIBUTE = "_studyin_middleware"
+from .asgi import (
+    _SCOPE_MARK,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    StudyInASGIMiddleware,
+    _env_settings,
+    disable_fastapi_native_telemetry,
+    middleware_options,
+)
 
 
 class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Instruments Starlette and FastAPI apps with StudyIn's ASGI rules (see the module docstring)."""
 
-    _original_call: Any = None
+    _originals: ClassVar[dict[type, Any]] = {}
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("starlette >= 0.27",)
@@ -34,37 +43,26 @@ class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         from starlette.applications import Starlette
 
-        if StudyInInstrumentor._original_call is not None:
+        if StudyInInstrumentor._originals:
             return
         options = middleware_options(_env_settings(), **kwargs)
-        original_call = Starlette.__call__
-        StudyInInstrumentor._original_call = original_call
+        classes: list[type] = [Starlette]
+        try:
+            # FastAPI overrides __call__ (its built-in telemetry runs there): wrap it outside that.
+            from fastapi import FastAPI
 
-        async def instrumented_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
-            if getattr(self, "_studyin_instrumented", False):  # instrument_app() did it already
-                await original_call(self, scope, receive, send)
-                return
-            middleware = self.__dict__.get(_MIDDLEWARE_ATTRIBUTE)
-            if middleware is None:
-                app = self
-
-                async def inner(scope: Scope, receive: Receive, send: Send) -> None:
-                    await original_call(app, scope, receive, send)
-
-                inner_app: ASGIApp = inner
-                middleware = StudyInASGIMiddleware(inner_app, **options)
-                self.__dict__[_MIDDLEWARE_ATTRIBUTE] = middleware
-            await middleware(scope, receive, send)
-
-        Starlette.__call__ = instrumented_call  # type: ignore[method-assign]
+            classes.append(FastAPI)
+        except ImportError:  # pragma: no cover - fastapi is a dependency
+            pass
+        for cls in classes:
+            original = cls.__dict__["__call__"]
+            StudyInInstrumentor._originals[cls] = original
+            cls.__call__ = _instrumented_call(cls, original, options)  # type: ignore[method-assign]
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from starlette.applications import Starlette
-
-        original = StudyInInstrumentor._original_call
-        if original is not None:
-            Starlette.__call__ = original  # type: ignore[method-assign]
-            StudyInInstrumentor._original_call = None
+        for cls, original in StudyInInstrumentor._originals.items():
+            cls.__call__ = original  # type: ignore[method-assign]
+        StudyInInstrumentor._originals.clear()
 
     @staticmethod
     def instrument_app(app: Any, **kwargs: Any) -> Any:
@@ -72,3 +70,27 @@ class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         from .asgi import instrument_app
 
         return instrument_app(app, **kwargs)
+
+
+def _instrumented_call(cls: type, original_call: Any, options: dict[str, Any]) -> Any:
+    attribute = f"_studyin_middleware_{cls.__name__}"
+
+    async def instrumented_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        if _SCOPE_MARK in scope or getattr(self, "_studyin_instrumented", False):
+            # already measured further out, or instrument_app() did it explicitly
+            await original_call(self, scope, receive, send)
+            return
+        middleware = self.__dict__.get(attribute)
+        if middleware is None:
+            app = self
+            disable_fastapi_native_telemetry(app)
+
+            async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+                await original_call(app, scope, receive, send)
+
+            inner_app: ASGIApp = inner
+            middleware = StudyInASGIMiddleware(inner_app, **options)
+            self.__dict__[attribute] = middleware
+        await middleware(scope, receive, send)
+
+    return instrumented_call

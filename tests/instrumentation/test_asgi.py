@@ -286,3 +286,18 @@ async def test_settings_supply_defaults(pipeline: Pipeline, settings: Any) -> No
     await call(app, "GET", "/health")
     (span,) = pipeline.spans()
     assert semconv.USER_HASH not in (span.attributes or {})
+
+
+async def test_fastapi_builtin_telemetry_is_replaced(pipeline: Pipeline) -> None:
+    """Recent FastAPI versions trace by themselves (raw path and query): one server span, ours."""
+    app = FastAPI(telemetry={"tracer_provider": pipeline.tracer_provider})  # type: ignore[call-arg]
+
+    @app.get("/materials/{material_id}")
+    async def material(material_id: str) -> dict[str, str]:
+        return {"id": material_id}
+
+    instrument_app(app, tracer_provider=pipeline.tracer_provider, pseudonymizer=PSEUDONYMIZER)
+    await call(app, "GET", f"/materials/{USER}?email={EMAIL}")
+    spans = pipeline.spans()
+    assert [s.name for s in spans] == ["GET /materials/{material_id}"]
+    assert USER not in spans[0].to_json() and EMAIL not in spans[0].to_json()
