@@ -96,6 +96,11 @@ def build_backend(tracker: StudyInTracker, provider: TracerProvider, pseudonymiz
 
     @app.get("/broken")
     async def broken(request: Request) -> None:
+        try:  # app code whose own span records an exception (SDK: message + stack trace)
+            with tracer.start_as_current_span("load-record"):
+                raise KeyError(f"{request.state.user_id} / {EMAIL}")
+        except KeyError:
+            pass
         raise LookupError(f"no record for {request.state.user_id} <{EMAIL}>")
 
     return instrument_app(app, tracer_provider=provider, pseudonymizer=pseudonymizer)
