@@ -38,7 +38,7 @@ from ..exporter.bus import stream_keys
 from ..instrumentation import events, semconv
 from ..instrumentation.privacy import PSEUDONYM_PATTERN, Pseudonymizer
 from ..instrumentation.settings import Settings, require
-from ..instrumentation.tracker import StudyInTracker
+from ..instrumentation.tracker import EventRejected, StudyInTracker
 from . import audit
 from .api_models import (
     WINDOW_MINUTES,
@@ -742,7 +742,11 @@ def create_app(settings: Settings) -> FastAPI:
         track_path,
         response_model=TrackResponse,
         status_code=202,
-        responses={**ERROR_RESPONSES, 413: {"model": Problem, "description": "Body too large"}},
+        responses={
+            **ERROR_RESPONSES,
+            400: {"model": Problem, "description": "Body is not decodable (e.g. not UTF-8)"},
+            413: {"model": Problem, "description": "Body larger than the configured limit"},
+        },
         tags=["events"],
     )
     async def track_events(request: Request, caller: Caller, body: TrackRequest) -> TrackResponse:
@@ -753,7 +757,7 @@ def create_app(settings: Settings) -> FastAPI:
         """
         tracker: StudyInTracker = request.app.state.tracker
         results: list[TrackItemResult] = []
-        valid: list[tuple[type[events.DomainEvent], dict[str, Any]]] = []
+        valid: list[tuple[int, type[events.DomainEvent], dict[str, Any]]] = []
         for index, item in enumerate(body.events):
             loc: list[str | int] = ["body", "events", index]
             model = events.EVENT_TYPES.get(item.type)
@@ -781,7 +785,7 @@ def create_app(settings: Settings) -> FastAPI:
                 ]
                 results.append(TrackItemResult(index=index, type=item.type, status="rejected", errors=errors))
                 continue
-            valid.append((model, item.data))
+            valid.append((index, model, item.data))
             results.append(TrackItemResult(index=index, type=item.type, status="accepted"))
         if valid:
             tracer = request.app.state.tracer
@@ -789,9 +793,17 @@ def create_app(settings: Settings) -> FastAPI:
             with tracer.start_as_current_span(
                 semconv.STANDALONE_EVENT_SPAN, attributes={semconv.USER_HASH: caller.user_hash}
             ):
-                for model, data in valid:
-                    tracker.emit(model, user_id=caller.user_id, **data)
-        accepted = len(valid)
+                for index, model, data in valid:
+                    try:
+                        tracker.emit(model, user_id=caller.user_id, **data)
+                    except EventRejected as exc:  # the tracker's own checks (beyond the model)
+                        results[index] = TrackItemResult(
+                            index=index,
+                            type=model.event_type,
+                            status="rejected",
+                            errors=[FieldError(loc=["body", "events", index], msg=str(exc), type="rejected")],
+                        )
+        accepted = sum(1 for r in results if r.status == "accepted")
         return TrackResponse(accepted=accepted, rejected=len(results) - accepted, results=results)
 
     # --- health ---------------------------------------------------------------------------------
