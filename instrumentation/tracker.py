@@ -76,24 +76,44 @@ class EventRejected(ValueError):
 class EventCarrier(Protocol):
     """How validated events travel. Attributes are already flat ``studyin.*`` + ``user.hash``."""
 
-    def record(self, name: str, attributes: dict[str, Any], session: LearningSession | None) -> None: ...
+    def record(
+        self, name: str, attributes: dict[str, Any], session: LearningSession | None, *, lifecycle: bool
+    ) -> None: ...
 
     def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span: ...
 
 
+SESSION_SPAN_EVENT_CAP = 100
+"""Events put on one session span at most (the SDK drops events beyond 128 per span)."""
+
+
 class SpanEventCarrier:
-    """Domain events as OpenTelemetry span events (see the module docstring for which span)."""
+    """Domain events as OpenTelemetry span events.
+
+    * ``session_start`` and ``session_end`` go on the session's span (``lifecycle``);
+    * any other event goes on the current recording span (the HTTP request being served), so
+      it is exported with that request rather than held until the session ends;
+    * with no recording span, on the session's span (up to :data:`SESSION_SPAN_EVENT_CAP`);
+    * else on a short ``studyin.event`` span of its own.
+
+    Events carry their ``studyin.session.id`` wherever they travel.
+    """
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
 
-    def record(self, name: str, attributes: dict[str, Any], session: LearningSession | None) -> None:
-        if session is not None and session.span.is_recording():
+    def record(
+        self, name: str, attributes: dict[str, Any], session: LearningSession | None, *, lifecycle: bool
+    ) -> None:
+        if session is not None and lifecycle and session.span.is_recording():
             session.span.add_event(name, attributes)
             return
         current = trace.get_current_span()
         if current.is_recording():
             current.add_event(name, attributes)
+            return
+        if session is not None and session.span.is_recording() and session._claim_event_slot():
+            session.span.add_event(name, attributes)
             return
         span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN)
         span.add_event(name, attributes)
@@ -135,9 +155,9 @@ class LearningSession:
     """
 
     __slots__ = (
-        "_ctx_token",
         "_cv_token",
         "_ended",
+        "_events_on_span",
         "_last_activity",
         "_lock",
         "_materials",
@@ -161,7 +181,7 @@ class LearningSession:
         self._xp = 0
         self._materials: dict[str, None] = {}
         self._lock = threading.Lock()
-        self._ctx_token: object | None = None
+        self._events_on_span = 2  # room kept for session_start and session_end
         self._cv_token: Token[LearningSession | None] | None = None
 
     @property
@@ -186,6 +206,13 @@ class LearningSession:
     def idle_s(self) -> float:
         """Seconds since the last event of this session."""
         return time.monotonic() - self._last_activity
+
+    def _claim_event_slot(self) -> bool:
+        with self._lock:
+            if self._events_on_span >= SESSION_SPAN_EVENT_CAP:
+                return False
+            self._events_on_span += 1
+            return True
 
     def _tally(self, event: events.DomainEvent) -> None:
         with self._lock:
@@ -236,8 +263,9 @@ class LearningSession:
         return self.end(end_reason=events.SessionEndReason.TIMEOUT)
 
     def __enter__(self) -> LearningSession:
+        # Only the *session* becomes current (events pick it up); the OTel context is left
+        # alone, so spans created inside keep their request as parent.
         self._cv_token = _current_session.set(self)
-        self._ctx_token = otel_context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(
@@ -251,9 +279,6 @@ class LearningSession:
                     else events.SessionEndReason.COMPLETED
                 )
         finally:
-            if self._ctx_token is not None:
-                otel_context.detach(self._ctx_token)  # type: ignore[arg-type]
-                self._ctx_token = None
             if self._cv_token is not None:
                 _current_session.reset(self._cv_token)
                 self._cv_token = None
@@ -365,7 +390,8 @@ class StudyInTracker:
             attributes[semconv.USER_HASH] = user_hash
         if session is not None:
             session._tally(event)
-        self.carrier.record(semconv.event_name(model.event_type), attributes, session)
+        lifecycle = model is events.SessionStart or model is events.SessionEnd
+        self.carrier.record(semconv.event_name(model.event_type), attributes, session, lifecycle=lifecycle)
         return event
 
     # --- sessions ---------------------------------------------------------------------------

@@ -159,6 +159,41 @@ def test_stateless_end_rejects_naive_start(tracker: StudyInTracker) -> None:
         tracker.end_session(USER, uuid.uuid4(), started_at=datetime.now())
 
 
+def test_session_events_leave_with_the_request(pipeline: Pipeline, tracker: StudyInTracker) -> None:
+    """A session kept across requests: its events travel on each request's span, tagged with
+    the session id, not held on the long session span; start and end stay on the session span."""
+    tracer = pipeline.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("POST /sessions"):
+        session = tracker.start_session(USER)
+    with tracer.start_as_current_span("POST /view") as request:
+        tracker.material_view(USER, "cardio-101", "video", session=session)
+        with tracer.start_as_current_span("db") as db:
+            pass
+    with tracer.start_as_current_span("POST /end"):
+        session.end()
+    view = pipeline.span("POST /view")
+    assert [(n, a[SESSION_ID_ATTR]) for n, a in events_of(view)] == [
+        ("studyin.material_view", str(session.session_id))
+    ]
+    session_span = pipeline.span(semconv.LEARNING_SESSION_SPAN)
+    assert [n for n, _ in events_of(session_span)] == ["studyin.session_start", "studyin.session_end"]
+    assert session_span.parent is None  # its own trace, linked to the request that started it
+    assert session_span.links[0].context.span_id == pipeline.span("POST /sessions").context.span_id
+    assert db.parent is not None and db.parent.span_id == request.get_span_context().span_id
+    assert events_of(session_span)[-1][1]["studyin.session.materials_touched"] == ("cardio-101",)
+
+
+def test_session_span_event_cap_spills_to_own_spans(pipeline: Pipeline, tracker: StudyInTracker) -> None:
+    with tracker.session(USER):
+        for _ in range(150):
+            tracker.xp_awarded(USER, 1, "quiz")
+    session_span = pipeline.span(semconv.LEARNING_SESSION_SPAN)
+    on_session = len(session_span.events)
+    spilled = [s for s in pipeline.spans() if s.name == semconv.STANDALONE_EVENT_SPAN]
+    assert on_session <= 100 and on_session + len(spilled) == 152  # + start and end
+    assert events_of(session_span)[-1][1]["studyin.session.xp_earned"] == 150
+
+
 def test_events_go_on_current_span_or_their_own(pipeline: Pipeline, tracker: StudyInTracker) -> None:
     tracer = pipeline.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("GET /quiz"):
