@@ -74,11 +74,18 @@ def _packable(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return dict(attributes)
 
 
+def _plain(attributes: Any) -> Any:
+    """The dict behind the SDK's ``BoundedAttributes`` (its ``items()`` locks, copies and
+    looks every key up in Python); any other mapping as it is."""
+    return getattr(attributes, "_dict", attributes)
+
+
 def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
     """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map."""
     resources: list[dict[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows: list[list[Any]] = []
+    append = rows.append
     clean = guard.clean
     clean_name = guard.clean_name
     for span in spans:
@@ -86,10 +93,11 @@ def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
         index = resource_index.get(id(resource))
         if index is None:
             index = resource_index[id(resource)] = len(resources)
-            resources.append(clean(resource.attributes))
+            resources.append(clean(_plain(resource.attributes)))
         context = span.context
         parent = span.parent
-        rows.append(
+        events = span.events
+        append(
             [
                 context.trace_id.to_bytes(16, "big"),
                 context.span_id.to_bytes(8, "big"),
@@ -99,8 +107,10 @@ def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
                 span.start_time,
                 span.end_time,
                 span.status.status_code.value,
-                clean(span.attributes),
-                [[clean_name(e.name), e.timestamp, clean(e.attributes)] for e in span.events],
+                clean(_plain(span.attributes)),
+                [[clean_name(e.name), e.timestamp, clean(_plain(e.attributes))] for e in events]
+                if events
+                else [],
                 index,
             ]
         )

@@ -1,0 +1,333 @@
+"""Exporter: what the Redis stream exporter costs the app per span, against the stock OTLP/HTTP path.
+
+Same run, same spans (512-span batches of attribute-rich spans: 6 attributes and one event
+with 5 attributes, like a StudyIn domain event):
+
+* **encode**: the bus wire format (msgpack, privacy guard included) against OTLP protobuf
+  (``encode_spans(...).SerializeToString()``), µs per span: the numbers behind wire.py;
+* **export call**: wall time of ``RedisStreamSpanExporter.export(batch)`` (encode + one
+  ``XADD`` round trip) against the stock ``OTLPSpanExporter.export(batch)`` sending to the
+  ``studyin-analytics gateway`` (a separate process, so another core), which answers after
+  its own ``XADD``; µs per span and spans/s into Redis. Both block the batch processor's
+  worker for that long. The CPU time of the calling thread is reported too.
+
+Targets (issue 4): at most 10 µs per span for the exporter, at least 3x cheaper than OTLP/HTTP.
+
+Runnable on its own: ``python -m studyin_analytics.benchmarks.exporter [--quick]`` (Redis from
+``STUDYIN_ANALYTICS_REDIS_URL``, else an embedded one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import redis
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.util.types import AttributeValue
+
+from ..exporter import RedisStreamSpanExporter, wire
+from ..exporter.bus import stream_keys
+from ..exporter.redis_exporter import default_guard
+from ..instrumentation import semconv
+from ..instrumentation.settings import Settings, require
+from .framework import BenchContext, Measurement, at_least, at_most, bench, median
+
+BATCH = 512
+TARGET_US_PER_SPAN = 10.0
+TARGET_RATIO = 3.0
+GATEWAY_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "gateway")
+
+
+class _Capture(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def rich_spans(n: int) -> list[ReadableSpan]:
+    """``n`` spans with 6 attributes and one domain event with 5 attributes each."""
+    capture = _Capture()
+    provider = TracerProvider()
+    provider.add_span_processor(capture)
+    tracer = provider.get_tracer(semconv.SCOPE_NAME)
+    a = semconv.FIELD_ATTRIBUTES
+    for i in range(n):
+        user = f"k1:{i % 97:032x}"
+        attributes: dict[str, AttributeValue] = {
+            semconv.USER_HASH: user,
+            a["session_id"]: "0b0e7c1e-8a63-4d0e-9d7e-3f1b2c3d4e5f",
+            "http.route": "/api/materials/{material_id}",
+            "http.request.method": "GET",
+            "http.response.status_code": 200,
+            "service.version": "1.4.2",
+        }
+        with tracer.start_as_current_span("studyin.learning_session", attributes=attributes) as span:
+            span.add_event(
+                semconv.event_name("material_view"),
+                {
+                    semconv.USER_HASH: user,
+                    a["material_id"]: f"cardio-{i % 50}",
+                    a["material_type"]: "video",
+                    a["progress"]: 0.5,
+                    a["time_spent_s"]: 42.0,
+                },
+            )
+    provider.shutdown()
+    return capture.spans
+
+
+def _per_span(function: Callable[[], object], batches: int) -> tuple[float, float]:
+    """(wall µs per span, thread-CPU µs per span) of ``batches`` calls of ``function``."""
+    wall = time.perf_counter()
+    cpu = time.thread_time()
+    for _ in range(batches):
+        function()
+    cpu = time.thread_time() - cpu
+    wall = time.perf_counter() - wall
+    spans = batches * BATCH
+    return wall / spans * 1e6, cpu / spans * 1e6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway not listening on {port} after {timeout_s}s")
+
+
+@contextlib.contextmanager
+def gateway_process(settings: Settings) -> Iterator[int]:
+    """``studyin-analytics gateway`` in a child process; yields its port."""
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        STUDYIN_ANALYTICS_REDIS_URL=require(settings.redis_url, "redis_url"),
+        STUDYIN_ANALYTICS_STREAM_PREFIX=settings.stream_prefix,
+        STUDYIN_ANALYTICS_PSEUDONYM_KEYS=",".join(
+            f"{k}={v.get_secret_value()}" for k, v in settings.pseudonym_keys.items()
+        ),
+        STUDYIN_ANALYTICS_GATEWAY_PORT=str(port),
+    )
+    process = subprocess.Popen(
+        [*GATEWAY_COMMAND, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _measure(settings: Settings, quick: bool, repeats: int) -> dict[str, list[float]]:
+    """Every sample, by name (runs in a thread: the exporters are synchronous)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    batches = 3 if quick else 40
+    spans = rich_spans(BATCH)
+    guard = default_guard(settings)
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("enc_msgpack", "enc_otlp", "redis_wall", "redis_cpu", "otlp_wall", "otlp_cpu")
+    }
+    client = redis.Redis.from_url(require(settings.redis_url, "redis_url"))
+    spool = Path(tempfile.mkdtemp(prefix="bench-spool-"))
+    redis_exporter = RedisStreamSpanExporter(settings.with_overrides(spool_dir=spool))
+    try:
+        with gateway_process(settings) as port:
+            otlp: SpanExporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=30)
+            for exporter in (redis_exporter, otlp):  # warm up connections and caches
+                assert exporter.export(spans) is SpanExportResult.SUCCESS
+            for _ in range(repeats):
+                samples["enc_msgpack"].append(
+                    _per_span(lambda: wire.encode_readable_spans(spans, guard), batches)[0]
+                )
+                samples["enc_otlp"].append(
+                    _per_span(lambda: encode_spans(spans).SerializeToString(), batches)[0]
+                )
+                wall, cpu = _per_span(lambda: redis_exporter.export(spans), batches)
+                samples["redis_wall"].append(wall)
+                samples["redis_cpu"].append(cpu)
+                wall, cpu = _per_span(lambda: otlp.export(spans), batches)
+                samples["otlp_wall"].append(wall)
+                samples["otlp_cpu"].append(cpu)
+                for key in stream_keys(settings):  # keep Redis memory flat between repeats
+                    client.delete(key)
+            otlp.shutdown()
+        if redis_exporter.stats.spans_spooled or redis_exporter.stats.spans_dropped:
+            raise RuntimeError("the exporter spooled or dropped spans during the benchmark")
+    finally:
+        redis_exporter.shutdown()
+        client.close()
+        with contextlib.suppress(OSError):
+            spool.rmdir()
+    return samples
+
+
+def measurements(samples: dict[str, list[float]]) -> list[Measurement]:
+    def m(key: str) -> float:
+        return median(samples[key])
+
+    rows: list[Measurement] = []
+    enc, enc_base = m("enc_msgpack"), m("enc_otlp")
+    rows.append(
+        Measurement(
+            "encode, bus wire format (msgpack + privacy guard)",
+            enc,
+            "µs",
+            baseline=enc_base,
+            baseline_name="OTLP protobuf encode_spans().SerializeToString()",
+            notes="per attribute-rich span, 512-span batches",
+            samples=samples["enc_msgpack"],
+        )
+    )
+    wall, base = m("redis_wall"), m("otlp_wall")
+    target, met = at_most(wall, TARGET_US_PER_SPAN, "µs")
+    rows.append(
+        Measurement(
+            "export call per span, RedisStreamSpanExporter (encode + XADD round trip)",
+            wall,
+            "µs",
+            baseline=base,
+            baseline_name="stock OTLPSpanExporter -> studyin-analytics gateway -> Redis",
+            target=target,
+            met=met,
+            notes=f"wall time; OTLP/HTTP path is {base / wall:.1f}x dearer (target >= {TARGET_RATIO:g}x)",
+            samples=samples["redis_wall"],
+        )
+    )
+    ratio = base / wall if wall else 0.0
+    target, met = at_least(ratio, TARGET_RATIO, "x")
+    rows.append(
+        Measurement(
+            "OTLP/HTTP export cost over Redis exporter cost",
+            ratio,
+            "x",
+            target=target,
+            met=met,
+            headline=False,
+            notes="same spans, same run",
+        )
+    )
+    rows.append(
+        Measurement(
+            "export call CPU per span, RedisStreamSpanExporter",
+            m("redis_cpu"),
+            "µs",
+            baseline=m("otlp_cpu"),
+            baseline_name="stock OTLPSpanExporter (CPU of the calling thread)",
+            headline=False,
+            samples=samples["redis_cpu"],
+        )
+    )
+    rows.append(
+        Measurement(
+            "spans/s into Redis, one exporter thread",
+            1e6 / wall,
+            "spans/s",
+            baseline=1e6 / base,
+            baseline_name="stock OTLP/HTTP exporter through the gateway",
+            samples=[1e6 / s for s in samples["redis_wall"]],
+        )
+    )
+    return rows
+
+
+@bench("exporter")
+async def exporter_cost(ctx: BenchContext) -> list[Measurement]:
+    settings = ctx.isolated_settings("exporter")
+    async with ctx.task("exporter: Redis stream exporter vs OTLP/HTTP"):
+        samples = await asyncio.to_thread(_measure, settings, ctx.quick, ctx.repeat_count)
+    return measurements(samples)
+
+
+# --- standalone ---------------------------------------------------------------------------------
+
+
+def _print(rows: Sequence[Measurement]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="exporter benchmark")
+    for column in ("measure", "value", "baseline", "ratio", "target", "met"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            f"{row.value:,.2f} {row.unit}",
+            f"{row.baseline:,.2f} ({row.baseline_name})" if row.baseline else "-",
+            f"{row.ratio:.3f}" if row.ratio is not None else "-",
+            row.target or "-",
+            {True: "yes", False: "NO", None: "-"}[row.met],
+        )
+    Console().print(table)
+
+
+async def _standalone(quick: bool) -> int:
+    from rich.progress import Progress
+
+    settings = Settings()
+    embedded = None
+    if settings.redis_url is None:
+        from ..aggregator.embedded import EmbeddedServers
+
+        embedded = EmbeddedServers(redis=True, postgres=False).__enter__()
+        assert embedded.redis is not None
+        settings = settings.with_overrides(redis_url=embedded.redis.url)
+    if settings.active_key_id is None:
+        settings = settings.with_overrides(pseudonym_keys={"bench": "bench-only-key-0123456789"})
+    progress = Progress(transient=True)
+    ctx = BenchContext(settings=settings, quick=quick, progress=progress)
+    try:
+        with progress:
+            rows = await exporter_cost(ctx)
+        _print(rows)
+    finally:
+        client = redis.Redis.from_url(require(settings.redis_url, "redis_url"))
+        for isolated in ctx.isolated:
+            for key in client.scan_iter(match=f"{isolated.stream_prefix}*"):
+                client.delete(key)
+        client.close()
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="one short repeat (a smoke test)")
+    args = parser.parse_args(argv)
+    return asyncio.run(_standalone(args.quick))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
