@@ -10,8 +10,10 @@ Delivery: a Redis error is retried with exponential backoff until the export dea
 and the exporter stops trying Redis for a second at a time (so a dead Redis costs the
 batch processor's worker one failed connect per second, not one per batch). While the
 spool holds anything, new batches queue behind it; each export first replays the spool
-(oldest first). Only a batch that would cross ``spool_max_bytes`` is dropped, counted in
-``spans_dropped`` and logged with its span count (never values).
+(oldest first), and so does a background thread once a second while the spool is not
+empty (an idle app does not keep spooled spans waiting). Only a batch that would cross
+``spool_max_bytes`` is dropped, counted in ``spans_dropped`` and logged with its span
+count (never values).
 
 The bus is at-least-once (a round trip that fails after Redis applied it is retried); the
 aggregator's deterministic event ids make the effect exactly-once.
@@ -132,6 +134,7 @@ class RedisStreamSpanExporter(SpanExporter):
         self._stats_key = stats_key(self._settings, "exporter", self._pid)
         self._down_until = 0.0
         self._next_trim = 0.0
+        self._replayer: threading.Thread | None = None
 
     def _after_fork(self) -> None:
         """In a forked child: new lock, connection, spool and counters; leave the parent's alone."""
@@ -263,13 +266,13 @@ class RedisStreamSpanExporter(SpanExporter):
                 return False
         return True
 
-    def _drain(self, deadline: float) -> bool:
+    def _drain(self, deadline: float, *, quiet: bool = False) -> bool:
         if not len(self._spool):
             return True
         try:
             done = self._replay(deadline)
         except redis.RedisError as exc:
-            _log.warning(
+            (_log.debug if quiet else _log.warning)(
                 "spool not drained, Redis %s unreachable: %s", self._url_for_logs, type(exc).__name__
             )
             return False
@@ -321,4 +324,31 @@ class RedisStreamSpanExporter(SpanExporter):
                 )
         self.stats.spool_batches = len(self._spool)
         self.stats.spool_bytes = self._spool.bytes
+        if len(self._spool):
+            self._start_replayer()
         return result
+
+    def _start_replayer(self) -> None:
+        """A daemon thread that replays the spool once Redis is back, even if no span comes."""
+        if self._replayer is not None and self._replayer.is_alive():
+            return
+        ref = weakref.ref(self)
+        pid = self._pid
+
+        def run() -> None:
+            while True:
+                time.sleep(PROBE_INTERVAL_S)
+                exporter = ref()
+                if exporter is None or exporter._shutdown or exporter._pid != pid or os.getpid() != pid:
+                    return
+                with exporter._lock:
+                    if not len(exporter._spool):
+                        return
+                    if time.monotonic() >= exporter._down_until and not exporter._drain(
+                        time.monotonic() + exporter._deadline_s, quiet=True
+                    ):
+                        exporter._down_until = time.monotonic() + PROBE_INTERVAL_S
+                del exporter
+
+        self._replayer = threading.Thread(target=run, name="studyin-spool-replay", daemon=True)
+        self._replayer.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -270,3 +271,21 @@ def test_raw_user_ids_are_hashed_before_redis(settings: Settings, tmp_path: Path
     (record,) = wire.decode_entry(fields)
     assert record.attributes == {"user.hash": Pseudonymizer.from_settings(settings).pseudonymize(RAW_ID)}
     assert RAW_ID.encode() not in fields[b"d"]
+
+
+def test_spool_is_replayed_in_the_background_when_no_span_comes(settings: Settings, tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis") as server:
+        settings = settings.with_overrides(
+            redis_url=server.url, spool_dir=tmp_path / "spool", export_timeout_s=0.2
+        )
+        exporter = RedisStreamSpanExporter(settings)
+        server.kill()
+        exporter.export(make_spans(2, prefix="idle"))
+        assert exporter.spooled_batches == 1
+        server.start()
+        deadline = time.monotonic() + 15
+        while exporter.spooled_batches and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exporter.spooled_batches == 0
+        assert stream_span_names(_client(server.url), stream_keys(settings)[0]) == ["idle-0", "idle-1"]
+        exporter.shutdown()
