@@ -1,0 +1,399 @@
+"""Instrumentation: what StudyIn telemetry costs the app, per tracker event and per request.
+
+Everything runs in-process on the SDK a service would use: a ``TracerProvider`` with a
+``BatchSpanProcessor`` and a discarding exporter (exporting is measured in the exporter
+benchmark), and a ``MeterProvider`` aggregating in memory. No server is needed.
+
+* **tracker, µs per event**: ``tracker.material_view`` / ``xp_awarded`` /
+  ``ai_coach_interaction`` (validation, pseudonym, span event on the current request span),
+  and a whole ``with tracker.session()`` (span + start and end events) - against the bare
+  OpenTelemetry calls carrying the same attributes (``span.add_event``; start/end of a span).
+* **ASGI, µs per request**: the ASGI callable driven directly (minimal scope, receive and
+  send; many requests; median over repeats, variants interleaved) for a bare Starlette app
+  (baseline), the stock ``OpenTelemetryMiddleware`` (default, and with its send/receive spans
+  excluded), StudyIn's middleware with spans (route, status, user attribution), and
+  StudyIn's metrics-only mode.
+
+Targets (issue 3): with spans, no more per request than the stock middleware; metrics-only at
+most 25 µs of overhead per request.
+
+Runnable on its own: ``python -m studyin_analytics.benchmarks.instrumentation [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from ..instrumentation import Pseudonymizer, StudyInASGIMiddleware, StudyInTracker, semconv
+from ..instrumentation.settings import Settings
+from .framework import BenchContext, Measurement, at_most, bench, median
+
+TARGET_METRICS_ONLY_OVERHEAD_US = 25.0
+_EVENTS_PER_SPAN = 100  # stay under the SDK's 128 events per span
+_USER = "bench-student-0001"
+
+Scope = dict[str, Any]
+ASGI = Callable[..., Awaitable[None]]
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _providers() -> tuple[TracerProvider, MeterProvider]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return tracer_provider, meter_provider
+
+
+def _pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer({"b1": b"bench-only-key-0123456789"}, "b1")
+
+
+# --- tracker ---------------------------------------------------------------------------------
+
+
+def _time_per_call(call: Callable[[], object], n: int, tracer_provider: TracerProvider) -> float:
+    """µs per ``call()``, made while a request span is current (rotated every 100 calls)."""
+    tracer = tracer_provider.get_tracer("bench.request")
+    spans = max(n // _EVENTS_PER_SPAN, 1)
+    gc.collect()
+    elapsed = 0.0
+    for _ in range(spans):
+        with tracer.start_as_current_span("GET /bench"):
+            started = time.perf_counter()
+            for _ in range(_EVENTS_PER_SPAN):
+                call()
+            elapsed += time.perf_counter() - started
+    return elapsed / (spans * _EVENTS_PER_SPAN) * 1e6
+
+
+def _tracker_rows(ctx: BenchContext) -> list[Measurement]:
+    tracer_provider, _ = _providers()
+    tracker = StudyInTracker(tracer_provider=tracer_provider, pseudonymizer=_pseudonymizer())
+    tracer = tracer_provider.get_tracer("bench.raw")
+    n = ctx.scale(20_000, 2_000)
+    session_id = str(uuid.uuid4())
+    user_hash = tracker.user_hash(_USER) or ""
+    a = semconv.FIELD_ATTRIBUTES
+    view_attributes: dict[str, Any] = {
+        semconv.EVENT_VERSION: 1,
+        a["material_id"]: "cardio-101",
+        a["material_type"]: "video",
+        a["session_id"]: session_id,
+        semconv.USER_HASH: user_hash,
+    }
+    ai_attributes: dict[str, Any] = {
+        semconv.EVENT_VERSION: 1,
+        a["interaction_id"]: session_id,
+        a["latency_ms"]: 812.0,
+        a["tokens_in"]: 120,
+        a["tokens_out"]: 340,
+        a["model"]: "gpt-4o-mini",
+        a["topic_category"]: "cardiology",
+        semconv.USER_HASH: user_hash,
+    }
+
+    def raw_event(attributes: dict[str, Any]) -> Callable[[], object]:
+        name = semconv.event_name("material_view")
+
+        def call() -> object:
+            from opentelemetry import trace
+
+            trace.get_current_span().add_event(name, dict(attributes))
+            return None
+
+        return call
+
+    def raw_session() -> object:
+        span = tracer.start_span(semconv.LEARNING_SESSION_SPAN, attributes={a["session_id"]: session_id})
+        span.add_event("studyin.session_start", dict(view_attributes))
+        span.add_event("studyin.session_end", dict(view_attributes))
+        span.end()
+        return None
+
+    def tracked_session() -> object:
+        with tracker.session(_USER):
+            pass
+        return None
+
+    cases: list[tuple[str, Callable[[], object], str, Callable[[], object]]] = [
+        (
+            "tracker.material_view",
+            lambda: tracker.material_view(_USER, "cardio-101", "video"),
+            "span.add_event, same attributes",
+            raw_event(view_attributes),
+        ),
+        (
+            "tracker.xp_awarded",
+            lambda: tracker.xp_awarded(_USER, 10, "material_complete"),
+            "span.add_event, same attributes",
+            raw_event(view_attributes),
+        ),
+        (
+            "tracker.ai_coach_interaction",
+            lambda: tracker.ai_coach_interaction(
+                _USER,
+                latency_ms=812.0,
+                tokens_in=120,
+                tokens_out=340,
+                model="gpt-4o-mini",
+                topic_category="cardiology",
+            ),
+            "span.add_event, same attributes",
+            raw_event(ai_attributes),
+        ),
+        (
+            "tracker.session (start + end)",
+            tracked_session,
+            "bare span with two events",
+            raw_session,
+        ),
+    ]
+    rows: list[Measurement] = []
+    for name, call, baseline_name, baseline_call in cases:
+        values: list[float] = []
+        baselines: list[float] = []
+        for _ in range(ctx.repeat_count):
+            baselines.append(_time_per_call(baseline_call, n, tracer_provider))
+            values.append(_time_per_call(call, n, tracer_provider))
+        rows.append(
+            Measurement(
+                name=name,
+                value=median(values),
+                unit="µs",
+                baseline=median(baselines),
+                baseline_name=baseline_name,
+                notes=f"per event, {n} events x {ctx.repeat_count}, on a current request span",
+                samples=values,
+            )
+        )
+    tracer_provider.shutdown()
+    return rows
+
+
+# --- ASGI ------------------------------------------------------------------------------------
+
+
+def _starlette_app() -> ASGI:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def material(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["material_id"])
+
+    return Starlette(routes=[Route("/materials/{material_id}", material)])
+
+
+_SCOPE: Scope = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/materials/cardio-101",
+    "raw_path": b"/materials/cardio-101",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"studyin.test"), (b"user-agent", b"bench")],
+    "client": ("127.0.0.1", 40000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: Any) -> None:
+    return None
+
+
+async def _drive(app: ASGI, n: int) -> float:
+    """µs per request of ``app`` over ``n`` requests (fresh scope each, as a server would)."""
+    gc.collect()
+    scope = _SCOPE
+    started = time.perf_counter()
+    for _ in range(n):
+        request_scope = dict(scope)
+        request_scope["state"] = {"user_id": _USER}
+        await app(request_scope, _receive, _send)
+    return (time.perf_counter() - started) / n * 1e6
+
+
+async def _asgi_rows(ctx: BenchContext) -> list[Measurement]:
+    tracer_provider, meter_provider = _providers()
+    pseudonymizer = _pseudonymizer()
+    variants: dict[str, ASGI] = {
+        "bare": _starlette_app(),
+        "stock": OpenTelemetryMiddleware(
+            _starlette_app(), tracer_provider=tracer_provider, meter_provider=meter_provider
+        ),
+        "stock_excluded": OpenTelemetryMiddleware(
+            _starlette_app(),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            exclude_spans=["receive", "send"],
+        ),
+        "ours": StudyInASGIMiddleware(
+            _starlette_app(),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            pseudonymizer=pseudonymizer,
+            excluded_urls="",
+        ),
+        "metrics_only": StudyInASGIMiddleware(
+            _starlette_app(),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            pseudonymizer=pseudonymizer,
+            excluded_urls="",
+            metrics_only=True,
+        ),
+    }
+    n = ctx.scale(5_000, 300)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    async with ctx.task("instrumentation: ASGI per-request cost", total=ctx.repeat_count) as task:
+        for app in variants.values():  # warm up (imports, caches, first-request paths)
+            await _drive(app, 100)
+        for _ in range(ctx.repeat_count):
+            for name, app in variants.items():  # interleaved: drift hits every variant alike
+                samples[name].append(await _drive(app, n))
+                await asyncio.sleep(0)
+            ctx.advance(task)
+    tracer_provider.shutdown()
+
+    m = {name: median(values) for name, values in samples.items()}
+    overhead = {
+        name: median([v - b for v, b in zip(values, samples["bare"], strict=True)])
+        for name, values in samples.items()
+    }
+    note = (
+        f"{n} requests x {ctx.repeat_count} repeats, in-process ASGI, Starlette route with a path parameter"
+    )
+    spans_target, spans_met = at_most(m["ours"], m["stock"], "µs (stock middleware)")
+    metrics_target, metrics_met = at_most(overhead["metrics_only"], TARGET_METRICS_ONLY_OVERHEAD_US, "µs")
+    return [
+        Measurement("ASGI bare Starlette app", m["bare"], "µs", notes=note, samples=samples["bare"]),
+        Measurement(
+            "ASGI stock OpenTelemetryMiddleware",
+            m["stock"],
+            "µs",
+            baseline=m["bare"],
+            baseline_name="bare app",
+            notes="3 spans per request (server, send x2)",
+            samples=samples["stock"],
+        ),
+        Measurement(
+            "ASGI stock middleware, send/receive spans excluded",
+            m["stock_excluded"],
+            "µs",
+            baseline=m["bare"],
+            baseline_name="bare app",
+            samples=samples["stock_excluded"],
+        ),
+        Measurement(
+            "ASGI StudyIn middleware, spans",
+            m["ours"],
+            "µs",
+            baseline=m["stock"],
+            baseline_name="stock OpenTelemetryMiddleware",
+            target=spans_target,
+            met=spans_met,
+            notes=f"route on span and histogram, user.hash; vs send/receive-excluded stock: "
+            f"{m['ours'] / m['stock_excluded']:.2f}x",
+            samples=samples["ours"],
+        ),
+        Measurement(
+            "ASGI StudyIn metrics-only",
+            m["metrics_only"],
+            "µs",
+            baseline=m["bare"],
+            baseline_name="bare app",
+            samples=samples["metrics_only"],
+        ),
+        Measurement(
+            "ASGI overhead: StudyIn with spans",
+            overhead["ours"],
+            "µs",
+            baseline=overhead["stock"],
+            baseline_name="stock middleware overhead",
+            notes="per request, minus the bare app (paired per repeat)",
+            headline=False,
+        ),
+        Measurement(
+            "ASGI overhead: StudyIn metrics-only",
+            overhead["metrics_only"],
+            "µs",
+            baseline=overhead["stock"],
+            baseline_name="stock middleware overhead",
+            target=metrics_target,
+            met=metrics_met,
+            notes="per request, minus the bare app (paired per repeat); latency histogram, no span",
+        ),
+    ]
+
+
+@bench("instrumentation")
+async def instrumentation(ctx: BenchContext) -> list[Measurement]:
+    async with ctx.task("instrumentation: tracker per-event cost"):
+        rows = await asyncio.to_thread(_tracker_rows, ctx)
+    rows += await _asgi_rows(ctx)
+    return rows
+
+
+# --- on its own --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    args = parser.parse_args(argv)
+    console = Console()
+    with Progress(console=console, transient=True) as progress:
+        ctx = BenchContext(settings=Settings(), quick=args.quick, progress=progress)
+
+        async def run() -> list[Measurement]:
+            return await instrumentation(ctx)
+
+        rows = asyncio.run(run())
+    table = Table(title="instrumentation")
+    for column in ("measurement", "value", "baseline", "ratio", "target", "met"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            f"{row.value:.2f} {row.unit}",
+            f"{row.baseline:.2f} ({row.baseline_name})" if row.baseline is not None else "",
+            f"{row.ratio:.2f}x" if row.ratio is not None else "",
+            row.target or "",
+            "" if row.met is None else ("yes" if row.met else "NO"),
+        )
+    console.print(table)
+    return 0 if all(row.met is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
