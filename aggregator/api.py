@@ -72,6 +72,9 @@ PREFIX = "/api/analytics"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 MAX_HEATMAP_DAYS = 366
 POOL_SIZE = 8
+SYSTEM_METRICS_TTL_S = 10
+"""System metrics are shared by all staff and change by the minute: computed at most once per
+window and page size in this many seconds (the same figure as their ``Cache-Control`` max-age)."""
 
 CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
     {
@@ -431,6 +434,41 @@ async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLa
     return PipelineLag(entries_behind=behind, pending=pending, oldest_unprocessed_age_s=age)
 
 
+async def _system_metrics(
+    conn: asyncpg.Connection, client: aioredis.Redis, settings: Settings, params: SystemParams
+) -> SystemMetrics:
+    """Per-route figures over the window from the per-minute rollup; active users; bus lag."""
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=WINDOW_MINUTES[params.window])
+    records = await conn.fetch(SYSTEM_SQL, since, now, params.limit)
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    active = await conn.fetchval(ACTIVE_USERS_SQL, hour, now)
+    try:
+        lag = await pipeline_lag(client, settings)
+    except (aioredis.RedisError, OSError) as exc:
+        _log.warning("pipeline lag unavailable: %s", type(exc).__name__)
+        lag = PipelineLag(entries_behind=-1, pending=-1, oldest_unprocessed_age_s=None)
+    routes = [
+        RouteMetrics(
+            route=r["route"],
+            method=r["method"],
+            requests=r["requests"],
+            errors=r["errors"],
+            client_errors=r["client_errors"],
+            error_rate=round(r["errors"] / r["requests"], 6) if r["requests"] else 0.0,
+            errors_by_type={k: int(v) for k, v in r["errors_by_type"].items()},
+            p50_ms=r["p50"],
+            p95_ms=r["p95"],
+            p99_ms=r["p99"],
+            max_ms=r["max_ms"],
+        )
+        for r in records
+    ]
+    return SystemMetrics(
+        window=params.window, since=since, until=now, routes=routes, active_users=active, pipeline=lag
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The query API application for ``settings``."""
     pseudonymizer = Pseudonymizer.from_settings(settings)
@@ -468,6 +506,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.verifier = verifier
     app.state.settings = settings
+    app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S
+    app.state.system_cache = {}
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     # --- errors as problem+json -------------------------------------------------------------
@@ -657,38 +697,19 @@ def create_app(settings: Settings) -> FastAPI:
         if not caller.is_staff:
             await audit.record(db, caller, system_path, subject=None, scope="system", outcome="denied")
             require_staff(caller)
-        now = datetime.now(UTC)
-        since = now - timedelta(minutes=WINDOW_MINUTES[params.window])
+        key = (params.window, params.limit)
+        cache: dict[tuple[MetricsWindow, int], tuple[float, SystemMetrics]] = request.app.state.system_cache
+        hit = cache.get(key)
         async with db.acquire() as conn:
-            records = await conn.fetch(SYSTEM_SQL, since, now, params.limit)
-            hour = since.replace(minute=0, second=0, microsecond=0)
-            active = await conn.fetchval(ACTIVE_USERS_SQL, hour, now)
+            if hit is not None and hit[0] > time.monotonic():
+                metrics = hit[1]
+            else:
+                metrics = await _system_metrics(conn, request.app.state.redis, settings, params)
+                ttl = request.app.state.system_metrics_ttl_s
+                if ttl > 0:
+                    cache[key] = (time.monotonic() + ttl, metrics)
             await audit.record(conn, caller, system_path, subject=None, scope="system")
-        try:
-            lag = await pipeline_lag(request.app.state.redis, settings)
-        except (aioredis.RedisError, OSError) as exc:
-            _log.warning("pipeline lag unavailable: %s", type(exc).__name__)
-            lag = PipelineLag(entries_behind=-1, pending=-1, oldest_unprocessed_age_s=None)
-        routes = [
-            RouteMetrics(
-                route=r["route"],
-                method=r["method"],
-                requests=r["requests"],
-                errors=r["errors"],
-                client_errors=r["client_errors"],
-                error_rate=round(r["errors"] / r["requests"], 6) if r["requests"] else 0.0,
-                errors_by_type={k: int(v) for k, v in r["errors_by_type"].items()},
-                p50_ms=r["p50"],
-                p95_ms=r["p95"],
-                p99_ms=r["p99"],
-                max_ms=r["max_ms"],
-            )
-            for r in records
-        ]
-        metrics = SystemMetrics(
-            window=params.window, since=since, until=now, routes=routes, active_users=active, pipeline=lag
-        )
-        return cached_json(request, metrics, max_age=10)
+        return cached_json(request, metrics, max_age=SYSTEM_METRICS_TTL_S)
 
     cohort_path = f"{PREFIX}/cohort/overview"
 
