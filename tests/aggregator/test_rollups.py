@@ -40,7 +40,24 @@ async def test_rollups_equal_ground_truth_with_duplicates(migrated: Settings) ->
     assert totals.events_seen > wl.event_count
     conn = await connect(settings)
     try:
-        assert await mismatches(conn, truth_of(wl)) == []
+        truth = truth_of(wl)
+        assert await mismatches(conn, truth) == []
+        # The comparison has teeth: one changed number in any rollup is reported.
+        for table, column in (
+            ("gamification_stats", "xp_total"),
+            ("user_activity_hourly", "events"),
+            ("system_metrics", "requests"),
+            ("hourly_analytics_summary", "active_users"),
+            ("ai_coach_metrics", "tokens_in"),
+        ):
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute(
+                f"UPDATE {table} SET {column} = {column} + 1 WHERE ctid = (SELECT min(ctid) FROM {table})"
+            )
+            assert await mismatches(conn, truth) != [], table
+            await tx.rollback()
+        assert await mismatches(conn, truth) == []
     finally:
         await conn.close()
 
