@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -46,7 +48,9 @@ from .framework import BenchContext, Measurement, at_least, bench, median
 
 TARGET_EVENTS_PER_S = 30_000.0
 AGGREGATOR_PROCESSES = 1
-"""``studyin-analytics aggregator`` processes (one per free core besides the app's)."""
+"""``studyin-analytics aggregator`` processes."""
+APP_PROCESSES = 2
+"""App processes (like uvicorn workers), each with its share of the students."""
 FLASHCARDS_PER_SYNC = 20
 """Flashcard reviews per synced batch (a request with one progress event per card)."""
 QUEUE_SIZE = 1 << 20
@@ -69,8 +73,9 @@ class Run:
     spans_dropped: int = 0
     errors: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
-    """CPU seconds over the run: ``app`` (this process), ``aggregators``, ``servers`` (Redis and
-    PostgreSQL processes), ``machine`` (everything busy, other users included)."""
+    """CPU seconds over the run: ``app`` (the app processes), ``aggregators``, ``servers`` (Redis and
+    PostgreSQL processes), ``bench`` (the coordinating process), ``machine`` (everything busy,
+    other users included)."""
 
     @property
     def events_per_s(self) -> float:
@@ -106,30 +111,171 @@ def _app(settings: Settings, exporter: SpanExporter) -> tuple[Any, TracerProvide
     return build_backend(tracker, pseudonymizer, tracer_provider=provider), provider
 
 
-async def _traffic(
+@dataclass
+class WorkerResult:
+    """What one app process reports back."""
+
+    ledger: Ledger
+    seconds: float
+    """From the start signal until its spans were flushed."""
+    cpu: float
+    spans_dropped: int = 0
+    error: str | None = None
+
+
+def app_worker(
     settings: Settings,
-    exporter: SpanExporter,
     user_ids: list[str],
     sessions: int,
-    on_step: Callable[[], None],
-) -> tuple[Ledger, float]:
-    """Run the students against a fresh app; returns the ledger and the seconds until flushed."""
-    backend, provider = _app(settings, exporter)
+    real_exporter: bool,
+    go: Any,
+    ready: Any,
+    results: Any,
+    steps: Any,
+) -> None:
+    """One app process (like one uvicorn worker): its share of the students, its own provider."""
+    try:
+        exporter: SpanExporter = RedisStreamSpanExporter(settings) if real_exporter else NoOpSpanExporter()
+        backend, provider = _app(settings, exporter)
+    except Exception as exc:
+        ready.put(f"{type(exc).__name__}: {exc}")
+        return
+    ready.put(None)
+    if not go.wait(READY_TIMEOUT_S):
+        return
+    pending = 0
+
+    def step() -> None:
+        nonlocal pending
+        pending += 1
+        if pending >= 50:
+            with steps.get_lock():
+                steps.value += pending
+            pending = 0
+
+    cpu = time.process_time()
     started = time.perf_counter()
     try:
-        ledger = await simulate_students(
-            backend,
-            user_ids,
-            sessions_per_student=sessions,
-            driver="asgi",
-            flashcards=FLASHCARDS_PER_SYNC,
-            coach=hasattr(StudyInTracker, "ai_coach_interaction"),
-            on_step=on_step,
+        ledger = asyncio.run(
+            simulate_students(
+                backend,
+                user_ids,
+                sessions_per_student=sessions,
+                driver="asgi",
+                flashcards=FLASHCARDS_PER_SYNC,
+                coach=hasattr(StudyInTracker, "ai_coach_interaction"),
+                on_step=step,
+            )
         )
-        await asyncio.to_thread(provider.force_flush, 120_000)
-        return ledger, time.perf_counter() - started
+        provider.force_flush(120_000)
+        seconds = time.perf_counter() - started
+        dropped = int(getattr(exporter, "spans_dropped", 0))
+        provider.shutdown()
+        results.put(WorkerResult(ledger, seconds, time.process_time() - cpu, dropped))
+    except Exception as exc:
+        results.put(WorkerResult(Ledger(), 0.0, 0.0, error=f"{type(exc).__name__}: {exc}"))
+
+
+class AppProcesses:
+    """The app side as ``count`` processes sharing the students (spawned, so no state is inherited)."""
+
+    def __init__(
+        self, settings: Settings, user_ids: list[str], sessions: int, *, real_exporter: bool, count: int
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.go = context.Event()
+        self.ready = context.Queue()
+        self.results = context.Queue()
+        self.steps = context.Value("q", 0)
+        self.processes = [
+            context.Process(
+                target=app_worker,
+                args=(
+                    settings,
+                    user_ids[i::count],
+                    sessions,
+                    real_exporter,
+                    self.go,
+                    self.ready,
+                    self.results,
+                    self.steps,
+                ),
+                name=f"studyin-bench-app-{i}",
+                daemon=True,
+            )
+            for i in range(count)
+        ]
+
+    async def start(self) -> None:
+        """Start the processes and wait until each has built its app (imports are not timed)."""
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            try:
+                error = await asyncio.to_thread(self.ready.get, True, READY_TIMEOUT_S)
+            except queue.Empty:
+                raise TimeoutError(f"app processes not ready after {READY_TIMEOUT_S:.0f}s") from None
+            if error is not None:
+                raise RuntimeError(f"an app process could not start: {error}")
+
+    async def run(self, on_progress: Callable[[int], None]) -> list[WorkerResult]:
+        """Let them go; returns every process's result (raises if one failed)."""
+        self.go.set()
+        results: list[WorkerResult] = []
+        while len(results) < len(self.processes):
+            try:
+                results.append(self.results.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            on_progress(int(self.steps.value))
+            if all(p.exitcode is not None for p in self.processes) and self.results.empty():
+                raise RuntimeError("an app process died without reporting (see its output)")
+            await asyncio.sleep(0.05)
+        on_progress(int(self.steps.value))
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"app process failed: {failed[0]}")
+        return results
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                await asyncio.to_thread(process.join, 10)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+
+
+async def _traffic(
+    settings: Settings,
+    user_ids: list[str],
+    sessions: int,
+    on_progress: Callable[[int], None],
+    *,
+    real_exporter: bool,
+    before_go: Callable[[], None] | None = None,
+) -> tuple[list[WorkerResult], float]:
+    """Run the students in the app processes; returns their results and the seconds since the start."""
+    apps = AppProcesses(
+        settings, user_ids, sessions, real_exporter=real_exporter, count=min(APP_PROCESSES, len(user_ids))
+    )
+    try:
+        await apps.start()
+        if before_go is not None:
+            before_go()
+        started = time.perf_counter()
+        results = await apps.run(on_progress)
+        return results, started
     finally:
-        await asyncio.to_thread(provider.shutdown)
+        await apps.stop()
+
+
+def _merged(results: list[WorkerResult]) -> Ledger:
+    ledger = Ledger()
+    for result in results:
+        ledger.merge(result.ledger)
+    return ledger
 
 
 def aggregator_env(settings: Settings) -> dict[str, str]:
@@ -213,7 +359,8 @@ class AggregatorProcesses:
 
 
 class CpuMeter:
-    """CPU seconds since creation: this process, the aggregators, and the whole machine (busy)."""
+    """CPU seconds since creation: this (coordinating) process, the aggregators, the servers and
+    the whole machine (busy); the app processes report their own."""
 
     def __init__(self, aggregators: AggregatorProcesses | None = None) -> None:
         self.aggregators = aggregators
@@ -223,15 +370,20 @@ class CpuMeter:
         self.servers = self._servers()
 
     @staticmethod
-    def _servers() -> float:
-        """CPU seconds of every Redis and PostgreSQL process on the machine (shared servers!)."""
-        total = 0.0
+    def _servers() -> dict[int, float]:
+        """CPU seconds of each Redis and PostgreSQL process on the machine, by pid."""
+        out: dict[int, float] = {}
         for process in psutil.process_iter(["name", "cpu_times"]):
             name = process.info["name"] or ""
             times = process.info["cpu_times"]
-            if times is not None and (name.startswith(("postgres", "redis-server"))):
-                total += times.user + times.system
-        return total
+            if times is not None and name.startswith(("postgres", "redis-server")):
+                out[process.pid] = times.user + times.system
+        return out
+
+    def _servers_since(self) -> float:
+        """Server CPU since creation (processes that ended meanwhile are not counted)."""
+        now = self._servers()
+        return sum(max(cpu - self.servers.get(pid, 0.0), 0.0) for pid, cpu in now.items())
 
     @staticmethod
     def _busy() -> float:
@@ -240,9 +392,9 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         return {
-            "app": time.process_time() - self.app,
+            "bench": time.process_time() - self.app,
             "aggregators": (self.aggregators.cpu_seconds() if self.aggregators else 0.0) - self.children,
-            "servers": self._servers() - self.servers,
+            "servers": self._servers_since(),
             "machine": self._busy() - self.machine,
         }
 
@@ -330,19 +482,24 @@ async def check_totals(settings: Settings, ledger: Ledger) -> list[str]:
 
 
 async def _pipeline(
-    ctx: BenchContext, user_ids: list[str], sessions: int, on_step: Callable[[], None]
+    ctx: BenchContext, user_ids: list[str], sessions: int, on_progress: Callable[[int], None]
 ) -> Run:
     settings = await ctx.migrated_settings("e2e")
     client = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
+    meters: list[CpuMeter] = []
     with tempfile.TemporaryDirectory(prefix="studyin-bench-") as log_dir:
         aggregators = AggregatorProcesses(settings, AGGREGATOR_PROCESSES, Path(log_dir))
         try:
             aggregators.start()
             await wait_ready(client, settings, aggregators)
-            exporter = RedisStreamSpanExporter(settings)
-            meter = CpuMeter(aggregators)
-            started = time.perf_counter()
-            ledger, app_seconds = await _traffic(settings, exporter, user_ids, sessions, on_step)
+            results, started = await _traffic(
+                settings,
+                user_ids,
+                sessions,
+                on_progress,
+                real_exporter=True,
+                before_go=lambda: meters.append(CpuMeter(aggregators)),
+            )
             flushed = time.perf_counter()
             deadline = flushed + ctx.scale(300, 60)
             while not await drained(client, settings):
@@ -351,16 +508,18 @@ async def _pipeline(
                     raise TimeoutError("the aggregators did not catch up with the bus in time")
                 await asyncio.sleep(0.02)
             finished = time.perf_counter()
-            cpu = meter.read()
+            cpu = meters[0].read()
         finally:
             await aggregators.stop()
             await client.aclose()
+    ledger = _merged(results)
+    cpu["app"] = sum(r.cpu for r in results)
     run = Run(
         seconds=finished - started,
-        app_seconds=app_seconds,
+        app_seconds=flushed - started,
         ledger=ledger,
         drain_seconds=finished - flushed,
-        spans_dropped=exporter.spans_dropped,
+        spans_dropped=sum(r.spans_dropped for r in results),
         cpu=cpu,
     )
     if run.spans_dropped:
@@ -370,17 +529,26 @@ async def _pipeline(
 
 
 async def _app_alone(
-    ctx: BenchContext, user_ids: list[str], sessions: int, on_step: Callable[[], None]
+    ctx: BenchContext, user_ids: list[str], sessions: int, on_progress: Callable[[int], None]
 ) -> Run:
-    exporter = NoOpSpanExporter()
-    meter = CpuMeter()
-    ledger, seconds = await _traffic(ctx.settings, exporter, user_ids, sessions, on_step)
-    return Run(seconds=seconds, app_seconds=seconds, ledger=ledger, cpu=meter.read())
+    meters: list[CpuMeter] = []
+    results, started = await _traffic(
+        ctx.settings,
+        user_ids,
+        sessions,
+        on_progress,
+        real_exporter=False,
+        before_go=lambda: meters.append(CpuMeter()),
+    )
+    seconds = time.perf_counter() - started
+    cpu = meters[0].read()
+    cpu["app"] = sum(r.cpu for r in results)
+    return Run(seconds=seconds, app_seconds=seconds, ledger=_merged(results), cpu=cpu)
 
 
 @bench("end_to_end")
 async def end_to_end(ctx: BenchContext) -> list[Measurement]:
-    students = ctx.scale(2000, 300)
+    students = ctx.scale(2000, 200)
     sessions = ctx.scale(3, 2)
     repeats = ctx.scale(3, 1)
     user_ids = new_user_ids(students)
@@ -392,8 +560,8 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
             label = f"end_to_end {repeat + 1}/{repeats}: {students} students, {kind}"
             async with ctx.task(label, total=requests) as task:
 
-                def step(task: Any = task) -> None:
-                    ctx.advance(task)
+                def step(done: int, task: Any = task) -> None:
+                    ctx.progress.update(task, completed=done)
 
                 if kind == "app alone":
                     run = await _app_alone(ctx, user_ids, sessions, step)
@@ -415,7 +583,7 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
     shape = (
         f"{students} concurrent students x {sessions} sessions; {last.requests} requests and "
         f"{last.total_events} events per run ({last.total_events / last.requests:.1f} events/request); "
-        f"{AGGREGATOR_PROCESSES} aggregator process(es); exact totals checked "
+        f"{APP_PROCESSES} app and {AGGREGATOR_PROCESSES} aggregator process(es); exact totals checked "
         f"({'MISMATCH' if error else 'all equal'}); cores busy (of {cores}) in the last pipeline run: "
         f"{usage(pipelines[-1])}; app alone: {usage(baselines[-1])}"
     )

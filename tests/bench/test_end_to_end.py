@@ -36,7 +36,7 @@ async def test_quick_run_returns_rows_with_exact_totals(settings: Settings) -> N
 async def test_a_totals_mismatch_is_reported(settings: Settings) -> None:
     ctx = _context(settings)
     try:
-        run = await end_to_end._pipeline(ctx, new_user_ids(20), 1, lambda: None)
+        run = await end_to_end._pipeline(ctx, new_user_ids(20), 1, lambda done: None)
         assert run.errors == []
         assert run.ledger.events["api_request"] == run.ledger.requests
         tampered = Ledger()
