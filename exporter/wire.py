@@ -26,6 +26,8 @@ import msgpack
 
 from ..instrumentation.privacy import PrivacyGuard
 
+_MISSING: Any = object()
+
 WIRE_VERSION = b"1"
 FIELD_VERSION = b"v"
 FIELD_COUNT = b"n"
@@ -80,6 +82,24 @@ def _plain(attributes: Any) -> Any:
     return getattr(attributes, "_dict", attributes)
 
 
+def _span_attributes(span: Any) -> Any:
+    # ``ReadableSpan.attributes`` wraps the span's BoundedAttributes in a MappingProxyType on
+    # every access; the SDK span keeps them in ``_attributes`` (read-only once ended).
+    raw = getattr(span, "_attributes", _MISSING)
+    if raw is _MISSING:
+        return span.attributes
+    return _plain(raw) if raw is not None else None
+
+
+def _span_events(span: Any) -> Any:
+    # ``ReadableSpan.events`` copies the SDK's BoundedList into a tuple under its lock; the
+    # deque behind it is final once the span has ended.
+    raw = getattr(span, "_events", _MISSING)
+    if raw is _MISSING:
+        return span.events
+    return getattr(raw, "_dq", raw) or ()
+
+
 def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
     """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map."""
     resources: list[dict[str, Any]] = []
@@ -96,7 +116,7 @@ def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
             resources.append(clean(_plain(resource.attributes)))
         context = span.context
         parent = span.parent
-        events = span.events
+        events = _span_events(span)
         append(
             [
                 context.trace_id.to_bytes(16, "big"),
@@ -107,7 +127,7 @@ def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
                 span.start_time,
                 span.end_time,
                 span.status.status_code.value,
-                clean(_plain(span.attributes)),
+                clean(_span_attributes(span)),
                 [[clean_name(e.name), e.timestamp, clean(_plain(e.attributes))] for e in events]
                 if events
                 else [],
