@@ -235,3 +235,62 @@ def parse_event(event_type: str, data: dict[str, Any]) -> DomainEvent:
     except KeyError:
         raise KeyError(f"unknown event type {event_type!r}") from None
     return model.model_validate(data)
+
+
+# --- the catalogue (docs/instrumentation.md is generated from this) ----------------------------
+
+_PATTERN_NAMES = {
+    r"^[a-z0-9][a-z0-9_.-]{0,63}$": "slug",
+}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:g}"
+
+
+def _describe(schema: dict[str, Any], defs: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        return " \\| ".join(f"`{v}`" for v in target["enum"])
+    if "anyOf" in schema:
+        parts = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        return _describe(parts[0], defs) + " (optional)"
+    kind = schema.get("type", "any")
+    if schema.get("format") == "uuid":
+        return "UUID"
+    if kind == "array":
+        return f"list of {_describe(schema['items'], defs)}, ≤ {schema.get('maxItems', '∞')} items"
+    if kind == "string":
+        pattern = schema.get("pattern")
+        if pattern in _PATTERN_NAMES:
+            return _PATTERN_NAMES[pattern]
+        return f"text matching `{pattern}`".replace("|", "\\|") if pattern else "text"
+    low, high = schema.get("minimum"), schema.get("maximum")
+    bounds = f" {_num(low)}…{_num(high)}" if low is not None and high is not None else ""
+    if low is not None and high is None:
+        bounds = f" ≥ {_num(low)}"
+    return f"{'int' if kind == 'integer' else 'number'}{bounds}"
+
+
+def catalogue_markdown() -> str:
+    """The event catalogue as Markdown: one table per event type (fields, attributes, limits)."""
+    lines: list[str] = [
+        "A slug is `^[a-z0-9][a-z0-9_.-]{0,63}$` (lower-case id, no spaces). Every event also carries",
+        f"`{semconv.EVENT_VERSION}` and, when it concerns a user, `{semconv.USER_HASH}`.",
+        "",
+    ]
+    for event_type, model in EVENT_TYPES.items():
+        schema = model.model_json_schema()
+        defs = schema.get("$defs", {})
+        required = set(schema.get("required", ()))
+        doc = " ".join((model.__doc__ or "").split("\n\n")[0].split())
+        lines += [f"### `{semconv.event_name(event_type)}` (v{model.version})", ""]
+        if doc and not doc.startswith("Base of every event"):
+            lines += [doc, ""]
+        lines += ["| field | attribute | type and limits | required |", "|---|---|---|---|"]
+        for name, prop in schema["properties"].items():
+            attribute = semconv.FIELD_ATTRIBUTES[name]
+            needed = "yes" if name in required else f"no (default `{prop.get('default')}`)"
+            lines.append(f"| `{name}` | `{attribute}` | {_describe(prop, defs)} | {needed} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

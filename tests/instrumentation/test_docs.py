@@ -1,0 +1,20 @@
+"""docs/instrumentation.md carries the event catalogue generated from events.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studyin_analytics.instrumentation import events
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "instrumentation.md"
+
+
+def test_catalogue_in_docs_is_current() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+    section = text[text.index(start) + len(start) : text.index(end)]
+    assert section == events.catalogue_markdown(), (
+        "regenerate the catalogue section from events.catalogue_markdown()"
+    )
+    for event_type in events.EVENT_TYPES:
+        assert f"`studyin.{event_type}`" in section
