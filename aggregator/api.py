@@ -181,6 +181,17 @@ def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
+def current_streak(reported: int | None, as_of: datetime | None, today: date) -> int:
+    """The streak the app last reported, or 0 if it was not extended yesterday or today (UTC).
+
+    ``gamification_stats`` keeps the last reported value; a learner who stopped studying a
+    week ago has no current streak, whatever was reported then.
+    """
+    if not reported or as_of is None:
+        return 0
+    return reported if as_of.astimezone(UTC).date() >= today - timedelta(days=1) else 0
+
+
 def intensity_level(minutes: float) -> int:
     """Heatmap intensity: 0 none, 1 under 15 min, 2 under 30, 3 under 60, 4 an hour or more."""
     if minutes <= 0:
@@ -577,7 +588,9 @@ def create_app(settings: Settings) -> FastAPI:
             materials_viewed=sum(d.materials_viewed for d in daily),
             materials_completed=sum(d.materials_completed for d in daily),
             xp=sum(d.xp for d in daily),
-            current_streak=int(stats["current_streak"] or 0) if stats else 0,
+            current_streak=current_streak(stats["current_streak"], stats["streak_as_of"], until)
+            if stats
+            else 0,
             daily=daily,
         )
         return cached_json(request, overview, max_age=60)
@@ -676,7 +689,7 @@ def create_app(settings: Settings) -> FastAPI:
             level=stats["level"],
             achievements=list(stats["achievements"]),
             streaks=Streaks(
-                current=stats["current_streak"] or 0,
+                current=current_streak(stats["current_streak"], stats["streak_as_of"], until),
                 longest=stats["longest_streak"],
                 as_of=stats["streak_as_of"],
             ),

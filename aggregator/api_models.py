@@ -63,7 +63,9 @@ class LearningOverview(_Model):
     materials_viewed: int
     materials_completed: int
     xp: int
-    current_streak: int = Field(description="Consecutive days of activity as last reported by the app")
+    current_streak: int = Field(
+        description="Streak in days as last reported by the app; 0 if not extended yesterday or today (UTC)"
+    )
     daily: list[DailyActivity] = Field(description="Days with activity, oldest first")
 
 
@@ -95,7 +97,7 @@ class XpPoint(_Model):
 
 
 class Streaks(_Model):
-    current: int
+    current: int = Field(description="As in the overview: 0 once the streak was not extended for a day")
     longest: int
     as_of: datetime | None = Field(description="When the app last reported the streak")
 

@@ -209,3 +209,16 @@ async def test_read_endpoints_serve_pipeline_rollups_and_audit_each_read(migrate
     tables = await postgres_dump(settings)
     for raw in (LEARNER_A, LEARNER_B, STAFF):
         assert raw not in tables
+
+
+def test_a_streak_not_extended_since_before_yesterday_is_over() -> None:
+    from datetime import date
+
+    from studyin_analytics.aggregator.api import current_streak
+
+    today = date(2026, 11, 25)
+    at = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)
+    assert current_streak(5, at, today) == 5
+    assert current_streak(5, at - timedelta(days=1), today) == 0
+    assert current_streak(None, at, today) == 0
+    assert current_streak(3, None, today) == 0
