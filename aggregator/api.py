@@ -341,7 +341,7 @@ class OverviewParams(_Params):
     subject: str | None = Field(
         default=None,
         pattern=PSEUDONYM_PATTERN.pattern,
-        description="Pseudonym (user.hash) to read; default the caller. Learners may give only their own.",
+        description="Pseudonym (user.hash) to read; default and only allowed value: the caller's own.",
     )
 
 

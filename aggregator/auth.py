@@ -190,11 +190,10 @@ def require_staff(principal: Principal) -> None:
 def resolve_subject(principal: Principal, subject: str | None) -> tuple[str, ...]:
     """The pseudonyms whose rows the caller may read for ``subject`` (``None``: the caller).
 
-    Learners may read only their own data; staff may read any learner's (every such read is
-    audited by the endpoint).
+    Everyone reads only their own individual data: the staff role grants system metrics and
+    cohort-level aggregates, not other learners' rows (minimum necessary). A refused attempt
+    is audited by the endpoint.
     """
     if subject is None or subject in principal.user_hashes:
         return principal.user_hashes
-    if principal.is_staff:
-        return (subject,)
-    raise forbidden("subject_forbidden", "learners may read only their own data")
+    raise forbidden("subject_forbidden", "individual data can be read only by its own learner")
