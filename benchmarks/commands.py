@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--chart", type=Path, default=Path("bench-results.png"), help="PNG chart (default: bench-results.png)"
     )
     p.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    p.add_argument("--markdown", type=Path, help="also write the table as Markdown (for the README)")
     p.add_argument(
         "--timeout",
         type=float,
@@ -108,12 +109,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         report.environment["embedded_servers"] = {"redis": need_redis, "postgres": need_postgres}
 
-    from .report import table
+    from .report import baselines, table
 
     out.print(table(report))
+    lines = baselines(report)
+    if lines:
+        out.print("[bold]Baselines[/] (same run):", highlight=False)
+        for line in lines:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
     for row in report.rows:
         if row.error:
             err.print(f"[red]{row.name}:[/] {row.error}", highlight=False)
-    chart_ok = runner.write_outputs(report, args.out, None if args.no_chart else args.chart, err)
+    chart_ok = runner.write_outputs(
+        report, args.out, None if args.no_chart else args.chart, err, markdown_path=args.markdown
+    )
     err.print(f"bench finished in {report.seconds:.1f}s", highlight=False)
     return EXIT_FAILURE if report.failed or not chart_ok else EXIT_OK

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,7 @@ async def _traffic(
     on_progress: Callable[[int], None],
     *,
     real_exporter: bool,
-    before_go: Callable[[], None] | None = None,
+    before_go: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[list[WorkerResult], float]:
     """Run the students in the app processes; returns their results and the seconds since the start."""
     apps = AppProcesses(
@@ -263,7 +263,7 @@ async def _traffic(
     try:
         await apps.start()
         if before_go is not None:
-            before_go()
+            await before_go()
         started = time.perf_counter()
         results = await apps.run(on_progress)
         return results, started
@@ -491,14 +491,13 @@ async def _pipeline(
         aggregators = AggregatorProcesses(settings, AGGREGATOR_PROCESSES, Path(log_dir))
         try:
             aggregators.start()
-            await wait_ready(client, settings, aggregators)
+
+            async def before_go() -> None:  # the aggregators boot while the app processes do
+                await wait_ready(client, settings, aggregators)
+                meters.append(CpuMeter(aggregators))
+
             results, started = await _traffic(
-                settings,
-                user_ids,
-                sessions,
-                on_progress,
-                real_exporter=True,
-                before_go=lambda: meters.append(CpuMeter(aggregators)),
+                settings, user_ids, sessions, on_progress, real_exporter=True, before_go=before_go
             )
             flushed = time.perf_counter()
             deadline = flushed + ctx.scale(300, 60)
@@ -532,13 +531,12 @@ async def _app_alone(
     ctx: BenchContext, user_ids: list[str], sessions: int, on_progress: Callable[[int], None]
 ) -> Run:
     meters: list[CpuMeter] = []
+
+    async def before_go() -> None:
+        meters.append(CpuMeter())
+
     results, started = await _traffic(
-        ctx.settings,
-        user_ids,
-        sessions,
-        on_progress,
-        real_exporter=False,
-        before_go=lambda: meters.append(CpuMeter()),
+        ctx.settings, user_ids, sessions, on_progress, real_exporter=False, before_go=before_go
     )
     seconds = time.perf_counter() - started
     cpu = meters[0].read()

@@ -172,6 +172,11 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def baselines(report: RunReport) -> list[str]:
+    """``measure: baseline`` lines (the table has no room for the baselines' descriptions)."""
+    return [f"{r.name}: {r.baseline_name}" for r in report.rows if r.baseline_name and r.baseline is not None]
+
+
 def table(report: RunReport) -> Table:
     mode = "quick" if report.quick else "full"
     result = Table(title=f"studyin-analytics bench ({mode}, {report.started_at})")
@@ -183,8 +188,6 @@ def table(report: RunReport) -> Table:
             continue
         ratio = row.ratio
         baseline = fmt(row.baseline)
-        if row.baseline_name and row.baseline is not None:
-            baseline = f"{baseline} ({row.baseline_name})"
         met = "–" if row.met is None else ("✓" if row.met else "✗")
         met_style = "" if row.met is None else ("green" if row.met else "red")
         if row.error:
@@ -199,6 +202,48 @@ def table(report: RunReport) -> Table:
             Text(met, style=met_style),
         )
     return result
+
+
+def markdown(report: RunReport) -> str:
+    """The table as Markdown (for the README), with each baseline named and the environment."""
+    env = report.environment
+    lines = [
+        "| measure | value | baseline | ratio | target | met? |",
+        "|---|---:|---|---:|---|:-:|",
+    ]
+    for row in report.rows:
+        if row.error and math.isnan(row.value):
+            lines.append(f"| {row.name} | error: {row.error} | | | {row.target or ''} | ✗ |")
+            continue
+        baseline = ""
+        if row.baseline is not None:
+            baseline = f"{fmt(row.baseline)} {row.unit}"
+            if row.baseline_name:
+                baseline += f" ({row.baseline_name})"
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
+        met = "" if row.met is None else ("✓" if row.met else "✗")
+        if row.error:
+            met = f"✗ ({row.error})"
+        value = f"{fmt(row.value)} {row.unit}"
+        lines.append(f"| {row.name} | {value} | {baseline} | {ratio} | {row.target or ''} | {met} |")
+    packages = env.get("packages", {})
+    servers = env.get("servers", {})
+    lines += [
+        "",
+        f"{'Quick' if report.quick else 'Full'} run of {env.get('date', report.started_at)}, "
+        f"{report.seconds:.0f} s: {env.get('cpu_model', '?')}, {env.get('cpu_count', '?')} CPUs, "
+        f"{env.get('memory_total_mb', '?')} MB, load average {_load(env.get('load_average'))}; "
+        f"Python {env.get('python', '?')}, opentelemetry-sdk {packages.get('opentelemetry-sdk', '?')}, "
+        f"Redis {servers.get('redis', '?')}, PostgreSQL {servers.get('postgres', '?')}; "
+        f"commit {str(env.get('git_commit') or '?')[:10]}{' (dirty)' if env.get('git_dirty') else ''}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _load(values: Any) -> str:
+    if not isinstance(values, list):
+        return "?"
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 # --- files ------------------------------------------------------------------------------------------

@@ -226,11 +226,21 @@ def _loadavg() -> tuple[float, float, float]:
     return (math.nan, math.nan, math.nan)
 
 
-def write_outputs(report: RunReport, out: Path | None, chart: Path | None, console: Console) -> bool:
-    """Write the JSON and the chart; returns False if the chart could not be drawn."""
-    from .report import write_chart, write_json
+def write_outputs(
+    report: RunReport,
+    out: Path | None,
+    chart: Path | None,
+    console: Console,
+    markdown_path: Path | None = None,
+) -> bool:
+    """Write the JSON, the chart and the Markdown table; returns False if the chart could not be drawn."""
+    from .report import markdown, write_chart, write_json
 
     ok = True
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown(report), encoding="utf-8")
+        console.print(f"Markdown table written to [bold]{markdown_path}[/]", highlight=False)
     if out is not None:
         write_json(report, out)
         console.print(f"results written to [bold]{out}[/]", highlight=False)
