@@ -99,8 +99,11 @@ async def test_rows_error_row_cleanup_and_files(
         client.close()
     assert not await _schema_exists(settings, isolated.postgres_schema)
 
-    out, chart = tmp_path / "r.json", tmp_path / "r.png"
-    assert runner.write_outputs(report, out, chart, console)
+    out, chart, md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
+    assert runner.write_outputs(report, out, chart, console, markdown_path=md)
+    table = md.read_text()
+    assert "| fake throughput |" in table and "(twice)" in table
+    assert "| fake_fail | error: RuntimeError: deliberate failure |" in table
     data = json.loads(out.read_text())
     assert data["ok"] is False and data["quick"] is True
     env = data["environment"]
