@@ -84,6 +84,7 @@ _SCOPE_MARK = "studyin_analytics.instrumented"
 """Set in the scope by the outermost StudyIn middleware, so nested apps are not measured twice."""
 _SHUTDOWN_FLUSH_MILLIS = 5000
 _FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
+_ATTRIBUTE_CACHE_SIZE = 4096
 
 
 def disable_fastapi_native_telemetry(app: Any) -> None:
@@ -188,6 +189,10 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         self._new = _report_new(self._sem_conv_opt_in_mode)
         self._old = _report_old(self._sem_conv_opt_in_mode)
         self.hook_failures = 0
+        self._has_exclusions = self.excluded_urls is not None and bool(
+            getattr(self.excluded_urls, "_excluded_urls", True)
+        )
+        self._attribute_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
         self._tracer_provider_for_flush = tracer_provider or trace.get_tracer_provider()
         self._meter_provider_for_flush = meter_provider or get_meter_provider()
 
@@ -239,14 +244,20 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
     def _metric_attributes(
         self, method: str, scope: Scope, status: int, route: str | None, error_type: str | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        scheme = scope.get("scheme", "http")
+        flavor = scope.get("http_version")
+        key = (method, scheme, flavor, status, route, error_type)
+        cached = self._attribute_cache.get(key)
+        if cached is not None:
+            return cached
         method = sanitize_method(method) or "_OTHER"
         new: dict[str, Any] = {}
         old: dict[str, Any] = {}
         if self._new:
             new[_HTTP_REQUEST_METHOD] = method
-            new[_URL_SCHEME] = scope.get("scheme", "http")
-            if "http_version" in scope:
-                new[_NETWORK_PROTOCOL_VERSION] = scope["http_version"]
+            new[_URL_SCHEME] = scheme
+            if flavor:
+                new[_NETWORK_PROTOCOL_VERSION] = flavor
             if status:
                 new[_HTTP_RESPONSE_STATUS_CODE] = status
             if route:
@@ -257,14 +268,16 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
                 new[semconv.ERROR_TYPE] = error_type
         if self._old:
             old[_HTTP_METHOD] = method
-            old[_HTTP_SCHEME] = scope.get("scheme", "http")
-            if "http_version" in scope:
-                old[_HTTP_FLAVOR] = scope["http_version"]
+            old[_HTTP_SCHEME] = scheme
+            if flavor:
+                old[_HTTP_FLAVOR] = flavor
             if status:
                 old[_HTTP_STATUS_CODE] = status
             if route:
                 old[_HTTP_TARGET] = route  # where the stock middleware puts the template
-                old[semconv.HTTP_ROUTE] = route
+        if len(self._attribute_cache) >= _ATTRIBUTE_CACHE_SIZE:  # bounded: routes x statuses
+            self._attribute_cache.clear()
+        self._attribute_cache[key] = (new, old)
         return new, old
 
     def _record_duration(
@@ -297,7 +310,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         # FastAPI's own telemetry would add a second server span carrying the raw path and
         # query; this key is how FastAPI tells a mounted app that the request is handled.
         scope.setdefault(_FASTAPI_TELEMETRY_KEY, None)
-        if self.excluded_urls is not None and self.excluded_urls.url_disabled(
+        if self._has_exclusions and self.excluded_urls.url_disabled(  # type: ignore[union-attr]
             f"{scope.get('scheme', 'http')}://{_host(scope)}{scope.get('path', '')}"
         ):
             await self.app(scope, receive, send)

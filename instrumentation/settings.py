@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(default=None, description="On-disk spool for batches Redis did not take")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="Bound of the spool")
     export_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one export call")
+    export_retry_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Time one export spends retrying Redis before spooling (within export_timeout_s)",
+    )
 
     # --- aggregator ----------------------------------------------------------------------
     consumer_group: str = Field(default="aggregator", min_length=1)
