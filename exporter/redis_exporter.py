@@ -5,8 +5,9 @@ touches (one with a single shard), the periodic ``XTRIM MAXLEN ~`` hard cap, and
 ``HSET``/``EXPIRE`` of this process's counters. Every ``XADD`` trims by ``MINID ~`` to the
 retention.
 
-Delivery: a Redis error is retried with exponential backoff until the export deadline
-(``export_timeout_s``); then the batch goes to a bounded on-disk :class:`~.spool.Spool`
+Delivery: a Redis error is retried with exponential backoff for ``export_retry_s`` (2 s;
+never beyond the export deadline ``export_timeout_s``: the batch processor's single worker
+waits meanwhile, and its queue fills); then the batch goes to a bounded on-disk :class:`~.spool.Spool`
 and the exporter stops trying Redis for a second at a time (so a dead Redis costs the
 batch processor's worker one failed connect per second, not one per batch). While the
 spool holds anything, new batches queue behind it; each export first replays the spool
@@ -102,6 +103,7 @@ class RedisStreamSpanExporter(SpanExporter):
         self._guard = guard or default_guard(self._settings)
         self._retention_ms = int(self._settings.retention_days * 86_400_000)
         self._deadline_s = self._settings.export_timeout_s
+        self._retry_s = min(self._settings.export_retry_s, self._deadline_s)
         self._spool_base = default_base(self._url, self._settings.stream_prefix, self._settings.spool_dir)
         self._given_client = client
         self._lock = threading.Lock()
@@ -178,7 +180,7 @@ class RedisStreamSpanExporter(SpanExporter):
         started = time.monotonic()
         batches = self._encode(spans)
         with self._lock:
-            return self._deliver(batches, started + self._deadline_s, started)
+            return self._deliver(batches, started + self._retry_s, started + self._deadline_s, started)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Replay the spool if Redis is reachable; ``True`` when nothing is left spooled."""
@@ -279,7 +281,9 @@ class RedisStreamSpanExporter(SpanExporter):
         self._down_until = 0.0
         return done
 
-    def _deliver(self, batches: list[Batch], deadline: float, started: float) -> SpanExportResult:
+    def _deliver(
+        self, batches: list[Batch], retry_until: float, deadline: float, started: float
+    ) -> SpanExportResult:
         delay = _INITIAL_BACKOFF_S
         while time.monotonic() >= self._down_until:
             try:
@@ -291,7 +295,7 @@ class RedisStreamSpanExporter(SpanExporter):
                 break  # replay used the deadline up: queue this batch behind the spool
             except redis.RedisError as exc:
                 now = time.monotonic()
-                if now + delay >= deadline:
+                if now + delay >= retry_until:
                     self.stats.export_failures += 1
                     self._down_until = now + PROBE_INTERVAL_S
                     _log.warning(
