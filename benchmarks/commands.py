@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -65,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .framework import REGISTRY
 
     err = Console(stderr=True)
-    out = Console()
+    out = Console() if sys.stdout.isatty() else Console(width=160)  # a file or CI log: no need to squeeze
     import_errors = runner.load_modules()
     if args.list:
         for name in REGISTRY:

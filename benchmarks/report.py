@@ -181,7 +181,12 @@ def table(report: RunReport) -> Table:
     mode = "quick" if report.quick else "full"
     result = Table(title=f"studyin-analytics bench ({mode}, {report.started_at})")
     for column in ("measure", "value", "unit", "baseline", "ratio", "target", "met?"):
-        result.add_column(column, justify="left" if column in {"measure", "unit", "target"} else "right")
+        result.add_column(
+            column,
+            justify="left" if column in {"measure", "unit", "target"} else "right",
+            overflow="fold",
+            ratio=3 if column == "measure" else None,
+        )
     for row in report.rows:
         if row.error and math.isnan(row.value):
             result.add_row(row.name, Text("error", style="bold red"), "", "", "", row.target or "", "✗")
