@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -162,4 +163,12 @@ def test_cli_stats_recent_tail(
     out = capsys.readouterr().out
     assert "3 most recent material_view" in out and "mat-1-1" in out
     assert main(["bus", "tail", "--seconds", "0.5"]) == 0  # nothing new arrives: ends on time
-    assert main(["bus", "tail", "--count", "1", "--seconds", "0.3"]) == 0
+    assert "material_view" not in capsys.readouterr().out
+    later = threading.Timer(0.5, emit_sessions, args=(settings, 1, 1))
+    later.start()
+    try:
+        assert main(["bus", "tail", "material_view", "--count", "1", "--seconds", "15"]) == 0
+    finally:
+        later.join()
+    out = capsys.readouterr().out
+    assert "material_view" in out and "mat-0-0" in out
