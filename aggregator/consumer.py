@@ -31,7 +31,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -146,6 +146,8 @@ class Aggregator:
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         self._stop: asyncio.Event | None = None
+        self.on_committed: Callable[[str, list[bytes]], None] | None = None
+        """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
 
     # --- connections -------------------------------------------------------------------------
 
@@ -345,6 +347,8 @@ class Aggregator:
             _log.warning("batch of %d entries failed (%s): retrying entries alone", len(prepared.ids), exc)
             await self._isolate(prepared, result, counts, stop)
             return
+        if self.on_committed is not None:
+            self.on_committed(stream, prepared.ids)
         await self._ack(stream, prepared.ids, stop)
 
     async def _isolate(

@@ -35,9 +35,19 @@ class EventRow(NamedTuple):
     properties: dict[str, Any]
 
 
-def dumps_json(value: Any) -> str:
-    """Compact JSON for JSONB parameters (one place, so a faster encoder can be swapped in)."""
+def _dumps_stdlib(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+try:  # orjson is ~5x faster on the aggregator's hot path; the stdlib is the fallback
+    import orjson
+
+    def dumps_json(value: Any) -> str:
+        """Compact JSON text for JSONB parameters."""
+        return orjson.dumps(value).decode()
+
+except ImportError:  # pragma: no cover - depends on the installation
+    dumps_json = _dumps_stdlib
 
 
 def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
@@ -77,22 +87,31 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     rows: list[EventRow] = []
     span_user = _user(record.attributes, None)
     span_session = _session(record.attributes.get(_SESSION_ID_ATTR))
+    span_session_text = record.attributes.get(_SESSION_ID_ATTR)
+    fields = semconv.ATTRIBUTE_FIELDS
+    trace_id, span_id = record.trace_id, record.span_id
     for index, event in enumerate(record.events):
         event_type = semconv.event_type_of(event.name)
         if event_type is None:
             continue
+        attributes = event.attributes
         properties: dict[str, Any] = {}
-        for key, value in event.attributes.items():
-            field = semconv.ATTRIBUTE_FIELDS.get(key)
+        for key, value in attributes.items():
+            field = fields.get(key)
             if field is not None:
                 properties[field] = value
-        session_id = _session(properties.get("session_id")) or span_session
+        session_text = properties.get("session_id")
+        if session_text is None or session_text == span_session_text:
+            session_id = span_session
+        else:
+            session_id = _session(session_text) or span_session
+        user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
         rows.append(
             EventRow(
-                event_id(record.trace_id, record.span_id, index),
+                event_id(trace_id, span_id, index),
                 _time(event.time_unix_nano),
                 event_type,
-                _user(event.attributes, span_user),
+                user,
                 session_id,
                 properties,
             )

@@ -214,7 +214,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> l
 
 def unique_events(rows: Sequence[EventRow]) -> list[EventRow]:
     """``rows`` without repeated event ids, sorted by event id (a stable lock order)."""
-    by_id = {row.event_id: row for row in rows}
+    by_id = {row.event_id.int: row for row in rows}
     return [by_id[k] for k in sorted(by_id)]
 
 
