@@ -1,13 +1,14 @@
 """End to end: simulated StudyIn traffic through exporter, Redis, aggregator and PostgreSQL.
 
 Thousands of simulated students (:mod:`..aggregator.simulation`) use the instrumented
-simulated StudyIn backend at once, called directly as an ASGI app in this process; their
-tracker calls and HTTP server spans go through a ``BatchSpanProcessor`` into the real
-:class:`~..exporter.RedisStreamSpanExporter`, and separate ``studyin-analytics aggregator``
-processes roll the bus into PostgreSQL (so the app side and the aggregator use different
-cores). The clock runs from the first request until the consumer group has acknowledged the
-last entry; afterwards the rows are counted against the simulation's ledger, by event type
-and per student, and any difference fails the measure.
+simulated StudyIn backend at once; the app side runs as :data:`APP_PROCESSES` spawned
+processes (like uvicorn workers, each with its share of the students, calling the ASGI app
+directly). Their tracker calls and HTTP server spans go through a ``BatchSpanProcessor`` into
+the real :class:`~..exporter.RedisStreamSpanExporter`, and separate ``studyin-analytics
+aggregator`` processes roll the bus into PostgreSQL, so every part can use every core.
+The clock runs from the first request until the consumer group has acknowledged the last
+entry; afterwards the rows are counted against the simulation's ledger, by event type and
+per student, and any difference fails the measure.
 
 Baseline: the same traffic (same students, same seed) with a no-op exporter, i.e. the app
 side alone; the ratio is the share of the app's own event rate that survives the whole
