@@ -313,7 +313,7 @@ async def freshness(ctx: BenchContext) -> list[Measurement]:
                     end_ns = time.time_ns()
                     spans = make_spans(rng, users, EVENTS_PER_FRESH_ENTRY, end_ns=end_ns)
                     fields = wire.entry_fields(wire.encode_records(spans), len(spans))
-                    entry_id = await client.xadd(stream, fields)
+                    entry_id: Any = await client.xadd(stream, fields)
                     span_end[entry_id] = end_ns
                     sent += 1
                     next_at = started + sent * interval
