@@ -211,13 +211,20 @@ class AppProcesses:
         """Start the processes and wait until each has built its app (imports are not timed)."""
         for process in self.processes:
             process.start()
-        for _ in self.processes:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = len(self.processes)
+        while waiting:
             try:
-                error = await asyncio.to_thread(self.ready.get, True, READY_TIMEOUT_S)
+                error = await asyncio.to_thread(self.ready.get, True, 0.2)
             except queue.Empty:
-                raise TimeoutError(f"app processes not ready after {READY_TIMEOUT_S:.0f}s") from None
+                if any(p.exitcode is not None for p in self.processes):
+                    raise RuntimeError("an app process exited while starting (see its output)") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"app processes not ready after {READY_TIMEOUT_S:.0f}s") from None
+                continue
             if error is not None:
                 raise RuntimeError(f"an app process could not start: {error}")
+            waiting -= 1
 
     async def run(self, on_progress: Callable[[int], None]) -> list[WorkerResult]:
         """Let them go; returns every process's result (raises if one failed)."""
