@@ -55,6 +55,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         help="time limit per benchmark in seconds (default: 120 with --quick, else 600)",
     )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "write cProfile stats (.prof) and top-function summaries (.txt) of each benchmark and of the "
+            "processes it starts into DIR; profiled figures are slower than normal ones"
+        ),
+    )
     p.add_argument("--list", action="store_true", help="list the benchmark names and exit")
     p.set_defaults(func=cmd_bench)
 
@@ -106,6 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 console=err,
                 timeout_s=args.timeout,
                 import_errors=import_errors,
+                profile_dir=args.profile,
             )
         )
         report.environment["embedded_servers"] = {"redis": need_redis, "postgres": need_postgres}

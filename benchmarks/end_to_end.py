@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import multiprocessing
 import os
 import queue
@@ -102,6 +103,37 @@ class NoOpSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class ProfiledExporter(SpanExporter):
+    """Profiles the batch processor's thread while it exports (``bench --profile``)."""
+
+    def __init__(self, inner: SpanExporter, path: str) -> None:
+        self.inner = inner
+        self.path = path
+        self.profiler: cProfile.Profile | None = cProfile.Profile()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        profiler = self.profiler
+        if profiler is None:
+            return self.inner.export(spans)
+        try:
+            profiler.enable()
+        except ValueError:  # another profiler owns this interpreter (Python >= 3.12)
+            self.profiler = None
+            return self.inner.export(spans)
+        try:
+            return self.inner.export(spans)
+        finally:
+            profiler.disable()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+        if self.profiler is not None:
+            self.profiler.dump_stats(self.path)
+
+
 def _app(settings: Settings, exporter: SpanExporter) -> tuple[Any, TracerProvider]:
     pseudonymizer = Pseudonymizer.from_settings(settings)
     provider = TracerProvider(resource=Resource.create({"service.name": "studyin-backend-sim"}))
@@ -133,10 +165,16 @@ def app_worker(
     ready: Any,
     results: Any,
     steps: Any,
+    profile: str | None = None,
 ) -> None:
-    """One app process (like one uvicorn worker): its share of the students, its own provider."""
+    """One app process (like one uvicorn worker): its share of the students, its own provider.
+
+    With ``profile`` (a path prefix), the event loop thread and the exporting thread are
+    profiled into ``<profile>.prof`` and ``<profile>-exporter-thread.prof``.
+    """
     try:
-        exporter: SpanExporter = RedisStreamSpanExporter(settings) if real_exporter else NoOpSpanExporter()
+        real: SpanExporter = RedisStreamSpanExporter(settings) if real_exporter else NoOpSpanExporter()
+        exporter = real if profile is None else ProfiledExporter(real, f"{profile}-exporter-thread.prof")
         backend, provider = _app(settings, exporter)
     except Exception as exc:
         ready.put(f"{type(exc).__name__}: {exc}")
@@ -156,7 +194,10 @@ def app_worker(
 
     cpu = time.process_time()
     started = time.perf_counter()
+    profiler = cProfile.Profile() if profile is not None else None
     try:
+        if profiler is not None:
+            profiler.enable()
         ledger = asyncio.run(
             simulate_students(
                 backend,
@@ -170,7 +211,10 @@ def app_worker(
         )
         provider.force_flush(120_000)
         seconds = time.perf_counter() - started
-        dropped = int(getattr(exporter, "spans_dropped", 0))
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.prof")
+        dropped = int(getattr(real, "spans_dropped", 0))
         provider.shutdown()
         results.put(WorkerResult(ledger, seconds, time.process_time() - cpu, dropped))
     except Exception as exc:
@@ -181,7 +225,14 @@ class AppProcesses:
     """The app side as ``count`` processes sharing the students (spawned, so no state is inherited)."""
 
     def __init__(
-        self, settings: Settings, user_ids: list[str], sessions: int, *, real_exporter: bool, count: int
+        self,
+        settings: Settings,
+        user_ids: list[str],
+        sessions: int,
+        *,
+        real_exporter: bool,
+        count: int,
+        profile: Path | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.go = context.Event()
@@ -200,6 +251,7 @@ class AppProcesses:
                     self.ready,
                     self.results,
                     self.steps,
+                    None if profile is None else str(profile.with_name(f"{profile.stem}-{i}")),
                 ),
                 name=f"studyin-bench-app-{i}",
                 daemon=True,
@@ -263,10 +315,16 @@ async def _traffic(
     *,
     real_exporter: bool,
     before_go: Callable[[], Awaitable[None]] | None = None,
+    profile: Path | None = None,
 ) -> tuple[list[WorkerResult], float]:
     """Run the students in the app processes; returns their results and the seconds since the start."""
     apps = AppProcesses(
-        settings, user_ids, sessions, real_exporter=real_exporter, count=min(APP_PROCESSES, len(user_ids))
+        settings,
+        user_ids,
+        sessions,
+        real_exporter=real_exporter,
+        count=min(APP_PROCESSES, len(user_ids)),
+        profile=profile,
     )
     try:
         await apps.start()
@@ -310,19 +368,24 @@ def aggregator_env(settings: Settings) -> dict[str, str]:
 class AggregatorProcesses:
     """``studyin-analytics aggregator`` children, stopped with SIGTERM (then SIGKILL) on exit."""
 
-    def __init__(self, settings: Settings, count: int, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, count: int, log_dir: Path, profile: Path | None = None) -> None:
         self.settings = settings
+        self.profile = profile
         self.names = [f"{settings.consumer_name}-{i}" for i in range(count)]
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         env = aggregator_env(self.settings)
-        for name in self.names:
+        for index, name in enumerate(self.names):
+            command = [*AGGREGATOR_COMMAND, "--consumer-name", name]
+            if self.profile is not None:  # cProfile writes its file when SIGTERM ends the run cleanly
+                path = self.profile.with_name(f"{self.profile.stem}-{index}.prof")
+                command[1:1] = ["-m", "cProfile", "-o", str(path)]  # python -m cProfile -o F -m ...
             with open(self.log_dir / f"{name}.log", "wb") as log:
                 self.processes.append(
                     subprocess.Popen(
-                        [*AGGREGATOR_COMMAND, "--consumer-name", name],
+                        command,
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -490,13 +553,20 @@ async def check_totals(settings: Settings, ledger: Ledger) -> list[str]:
 
 
 async def _pipeline(
-    ctx: BenchContext, user_ids: list[str], sessions: int, on_progress: Callable[[int], None]
+    ctx: BenchContext,
+    user_ids: list[str],
+    sessions: int,
+    on_progress: Callable[[int], None],
+    *,
+    profile: bool = False,
 ) -> Run:
     settings = await ctx.migrated_settings("e2e")
     client = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
     meters: list[CpuMeter] = []
+    app_profile = ctx.profile_path("end_to_end-app") if profile else None
+    aggregator_profile = ctx.profile_path("end_to_end-aggregator") if profile else None
     with tempfile.TemporaryDirectory(prefix="studyin-bench-") as log_dir:
-        aggregators = AggregatorProcesses(settings, AGGREGATOR_PROCESSES, Path(log_dir))
+        aggregators = AggregatorProcesses(settings, AGGREGATOR_PROCESSES, Path(log_dir), aggregator_profile)
         try:
             aggregators.start()
 
@@ -505,7 +575,13 @@ async def _pipeline(
                 meters.append(CpuMeter(aggregators))
 
             results, started = await _traffic(
-                settings, user_ids, sessions, on_progress, real_exporter=True, before_go=before_go
+                settings,
+                user_ids,
+                sessions,
+                on_progress,
+                real_exporter=True,
+                before_go=before_go,
+                profile=app_profile,
             )
             flushed = time.perf_counter()
             deadline = flushed + ctx.scale(300, 60)
@@ -574,7 +650,9 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
                     baselines.append(run)
                     requests = float(run.ledger.requests)
                 else:
-                    pipelines.append(await _pipeline(ctx, user_ids, sessions, step))
+                    # With --profile, the first pipeline run is profiled (and slower).
+                    run = await _pipeline(ctx, user_ids, sessions, step, profile=repeat == 0)
+                    pipelines.append(run)
 
     last = pipelines[-1].ledger
     cores = psutil.cpu_count() or 1

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress, TaskID
@@ -34,6 +35,7 @@ BENCH_MODULES: tuple[str, ...] = ("instrumentation", "exporter", "aggregator", "
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 
 _SAFE = re.compile(r"[^a-z0-9_]")
+_SAFE_FILE = re.compile(r"[^a-z0-9_.-]")
 
 THROUGHPUT_UNITS = ("/s",)
 """A unit ending like this is a throughput (charted with the throughputs)."""
@@ -99,6 +101,16 @@ class BenchContext:
     repeats: int = 5
     isolated: list[Settings] = field(default_factory=list)
     """Every settings object handed out by :meth:`isolated_settings` (the runner cleans them up)."""
+    profile_dir: Path | None = None
+    """Set by ``bench --profile DIR``: the runner profiles each benchmark's own thread, and a
+    benchmark that starts processes or threads should profile them into :meth:`profile_path`."""
+
+    def profile_path(self, name: str) -> Path | None:
+        """Where to write the cProfile stats called ``name`` (``None`` when not profiling)."""
+        if self.profile_dir is None:
+            return None
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        return self.profile_dir / f"{_SAFE_FILE.sub('_', name.lower())}.prof"
 
     def isolated_settings(self, name: str) -> Settings:
         """Settings with a fresh schema and key prefix, so benchmarks never see each other's data.
@@ -172,3 +184,20 @@ def at_least(value: float, target: float, unit: str) -> tuple[str, bool]:
 def at_most(value: float, target: float, unit: str) -> tuple[str, bool]:
     """``(target text, met)`` for a lower-is-better target."""
     return f"<= {target:g} {unit}", value <= target
+
+
+def summarize_profile(path: Path, limit: int = 30) -> Path:
+    """Write ``<path>.txt``: the top functions of a cProfile file by own time and by cumulative time."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.strip_dirs()
+    out.write(f"== {path.name}: top {limit} by own time ==\n")
+    stats.sort_stats("tottime").print_stats(limit)
+    out.write(f"== {path.name}: top {limit} by cumulative time ==\n")
+    stats.sort_stats("cumulative").print_stats(limit)
+    summary = path.with_suffix(".txt")
+    summary.write_text(out.getvalue(), encoding="utf-8")
+    return summary

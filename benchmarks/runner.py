@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import importlib
 import importlib.util
 import logging
@@ -33,7 +34,7 @@ from rich.text import Text
 
 from ..instrumentation.settings import Settings, require
 from . import framework
-from .framework import REGISTRY, BenchContext, Measurement
+from .framework import REGISTRY, BenchContext, Measurement, summarize_profile
 from .report import BenchRun, RunReport, environment
 
 _log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ async def run(
     console: Console | None = None,
     timeout_s: float | None = None,
     import_errors: dict[str, str] | None = None,
+    profile_dir: Path | None = None,
 ) -> RunReport:
     """Run the selected registered benchmarks (modules must already be loaded) and collect rows.
 
@@ -177,12 +179,19 @@ async def run(
         for name in names:
             progress.update(overall, description=f"benchmark [bold]{name}[/]")
             error: str | None
-            ctx = BenchContext(settings=settings, quick=quick, progress=progress)
+            ctx = BenchContext(settings=settings, quick=quick, progress=progress, profile_dir=profile_dir)
             bench_started = time.monotonic()
             error = None
             rows: list[Measurement] = []
+            profiler = cProfile.Profile() if profile_dir is not None else None
             try:
-                result = await asyncio.wait_for(REGISTRY[name](ctx), timeout)
+                if profiler is not None:
+                    profiler.enable()
+                try:
+                    result = await asyncio.wait_for(REGISTRY[name](ctx), timeout)
+                finally:
+                    if profiler is not None:
+                        profiler.disable()
                 if not isinstance(result, list) or not all(isinstance(r, Measurement) for r in result):
                     raise TypeError("a benchmark must return a list of Measurement rows")
                 rows = result
@@ -197,6 +206,8 @@ async def run(
                 except Exception as exc:  # a failed cleanup is worth a row, not a crash
                     error = error or f"cleanup failed: {type(exc).__name__}: {exc}"
             seconds = time.monotonic() - bench_started
+            if profiler is not None and profile_dir is not None:
+                _write_profiles(profiler, profile_dir, name, progress.console)
             for row in rows:
                 row.bench = row.bench or name
             report.rows.extend(rows)
@@ -216,6 +227,21 @@ async def run(
     report.environment = env
     report.seconds = time.monotonic() - started
     return report
+
+
+def _write_profiles(profiler: cProfile.Profile, directory: Path, name: str, console: Console) -> None:
+    """Dump the benchmark thread's profile and summarize every new ``.prof`` file of ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(directory / f"{name}.runner.prof"))
+    for path in sorted(directory.glob("*.prof")):
+        if path.with_suffix(".txt").exists():
+            continue
+        try:
+            summary = summarize_profile(path)
+        except Exception as exc:  # an empty or truncated file from a killed process
+            console.print(f"[yellow]warning:[/] cannot read profile {path}: {exc}", highlight=False)
+        else:
+            console.print(f"profile: {summary}", highlight=False)
 
 
 def _loadavg() -> tuple[float, float, float]:

@@ -153,3 +153,14 @@ def test_select_keeps_registration_order_and_rejects_duplicates(fake_benches: li
         runner.select(["nope"])
     with pytest.raises(ValueError, match="registered twice"):
         bench("fake_ok")(framework.REGISTRY["fake_ok"])
+
+
+async def test_profile_writes_stats_and_summaries(
+    settings: Settings, fake_benches: list[str], tmp_path: Path
+) -> None:
+    console = Console(file=io.StringIO(), width=120)
+    report = await runner.run(settings, quick=True, only=["fake_ok"], console=console, profile_dir=tmp_path)
+    assert not report.failed
+    assert (tmp_path / "fake_ok.runner.prof").stat().st_size > 0
+    summary = (tmp_path / "fake_ok.runner.txt").read_text()
+    assert "by own time" in summary and "fake_ok" in summary
