@@ -172,3 +172,30 @@ def test_cli_stats_recent_tail(
         later.join()
     out = capsys.readouterr().out
     assert "material_view" in out and "mat-0-0" in out
+
+
+async def test_recent_api_requests_come_from_server_spans(settings: Settings, tmp_path: Path) -> None:
+    from opentelemetry.trace import SpanKind
+
+    settings = settings.with_overrides(spool_dir=tmp_path)
+    provider = TracerProvider()
+    exporter = RedisStreamSpanExporter(settings)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("asgi")
+    for status in (200, 404, 500):
+        attributes = {"http.route": "/api/materials/{id}", "http.request.method": "GET"}
+        attributes["http.response.status_code"] = status
+        with tracer.start_as_current_span(
+            "GET /api/materials/{id}", kind=SpanKind.SERVER, attributes=attributes
+        ):
+            pass
+    with tracer.start_as_current_span("internal work"):
+        pass
+    provider.shutdown()
+    client = aioredis.Redis.from_url(settings.redis_url or "")
+    try:
+        requests = await bus.recent(client, settings, "api_request", 10)
+    finally:
+        await client.aclose()
+    assert [r.attributes["http.response.status_code"] for r in requests] == [500, 404, 200]
+    assert all(r.attributes["http.route"] == "/api/materials/{id}" for r in requests)
