@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import redis
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.util.types import AttributeValue
@@ -152,6 +151,8 @@ def gateway_process(settings: Settings) -> Iterator[int]:
 
 def _measure(settings: Settings, quick: bool, repeats: int) -> dict[str, list[float]]:
     """Every sample, by name (runs in a thread: the exporters are synchronous)."""
+    # The baseline needs the stock OTLP/HTTP exporter (the dev extra), imported only here.
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     batches = 3 if quick else 40
