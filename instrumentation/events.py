@@ -56,7 +56,11 @@ class DomainEvent(BaseModel):
     need a bump); it travels as ``studyin.event.version`` so readers can tell old rows apart.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    # hide_input_in_errors: a ValidationError printed anywhere (a traceback, a chained cause)
+    # must not quote the rejected value.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=False, validate_default=True, hide_input_in_errors=True
+    )
 
     event_type: ClassVar[str]
     version: ClassVar[int] = 1

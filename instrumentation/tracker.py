@@ -350,7 +350,9 @@ class StudyInTracker:
             self.dropped_by_type[rejected.event_type] += 1
             count = self.dropped_by_type[rejected.event_type]
         if count <= _LOGGED_DROPS_PER_TYPE or count % 1000 == 0:
-            _log.warning("dropped %s (%d %s events dropped so far)", rejected, count, rejected.event_type)
+            _log.warning(
+                "dropped %s (%d %s events dropped so far)", str(rejected), count, rejected.event_type
+            )
 
     def emit(
         self,
@@ -367,23 +369,28 @@ class StudyInTracker:
             session = current_session()
         if session is not None and "session_id" in model.model_fields and fields.get("session_id") is None:
             fields["session_id"] = session.session_id
+        # Rejections are raised or logged *after* the except blocks, so no exception context
+        # (whose message may quote the value) is chained to them or printed by a failing handler.
+        rejected: EventRejected | None = None
+        user_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id) if user_id is not None else None
         except TypeError as exc:
-            self._reject(EventRejected(model.event_type, f"user_id: {exc}"))
-            return None
-        if user_hash is None and session is not None:
-            user_hash = session.user_hash
-        if user_hash is None and require_user:
-            self._reject(EventRejected(model.event_type, "user_id: required for this event"))
-            return None
-        try:
-            event = model(**fields)
-        except ValidationError as exc:
-            self._reject(EventRejected(model.event_type, exc))
-            return None
-        except TypeError as exc:  # unexpected keyword: a caller bug, name it without values
-            self._reject(EventRejected(model.event_type, f"<call>: {type(exc).__name__}"))
+            rejected = EventRejected(model.event_type, f"user_id: {exc}")
+        if rejected is None and user_hash is None and session is not None:
+            user_hash = session.user_hash or None
+        if rejected is None and user_hash is None and require_user:
+            rejected = EventRejected(model.event_type, "user_id: required for this event")
+        event: events.DomainEvent | None = None
+        if rejected is None:
+            try:
+                event = model(**fields)
+            except ValidationError as exc:
+                rejected = EventRejected(model.event_type, exc)
+            except TypeError as exc:  # unexpected keyword: a caller bug, name it without values
+                rejected = EventRejected(model.event_type, f"<call>: {type(exc).__name__}")
+        if rejected is not None or event is None:
+            self._reject(rejected or EventRejected(model.event_type, "<event>: invalid"))
             return None
         attributes = event.attributes()
         if user_hash is not None:
@@ -409,11 +416,14 @@ class StudyInTracker:
         its ``session_start`` is dropped and counted.
         """
         session_id = session_id or uuid.uuid4()
+        rejected: EventRejected | None = None
+        user_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
         except TypeError as exc:
-            self._reject(EventRejected(events.SessionStart.event_type, f"user_id: {exc}"))
-            user_hash = None
+            rejected = EventRejected(events.SessionStart.event_type, f"user_id: {exc}")
+        if rejected is not None:
+            self._reject(rejected)
         attributes: dict[str, Any] = {semconv.FIELD_ATTRIBUTES["session_id"]: str(session_id)}
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
@@ -464,26 +474,28 @@ class StudyInTracker:
             return None
         until = last_activity_at or now
         duration = (until - started_at).total_seconds()
+        rejected: EventRejected | None = None
+        event: events.DomainEvent | None = None
+        user_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
             sid = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
-        except (TypeError, ValueError) as exc:
-            field = "user_id" if isinstance(exc, TypeError) else "session_id"
-            self._reject(EventRejected(events.SessionEnd.event_type, f"{field}: {type(exc).__name__}"))
-            return None
-        try:
             event = events.SessionEnd(
                 session_id=sid,
-                duration_s=duration,
+                duration_s=max(duration, 0.0),  # clocks of two workers may disagree slightly
                 xp_earned=xp_earned,
                 materials_touched=tuple(materials_touched),
                 end_reason=end_reason,  # type: ignore[arg-type]  # validated: str -> enum
             )
         except ValidationError as exc:
-            self._reject(EventRejected(events.SessionEnd.event_type, exc))
+            rejected = EventRejected(events.SessionEnd.event_type, exc)
+        except (TypeError, ValueError) as exc:
+            field = "user_id" if isinstance(exc, TypeError) else "session_id"
+            rejected = EventRejected(events.SessionEnd.event_type, f"{field}: {type(exc).__name__}")
+        if rejected is not None or event is None or user_hash is None:
+            self._reject(rejected or EventRejected(events.SessionEnd.event_type, "user_id: required"))
             return None
         attributes = event.attributes()
-        assert user_hash is not None
         attributes[semconv.USER_HASH] = user_hash
         span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
         start_ns = int(started_at.timestamp() * 1e9)

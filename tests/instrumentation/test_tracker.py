@@ -325,3 +325,39 @@ def test_ticket_is_serializable() -> None:
     ticket = tracker.begin_session(USER)
     assert ticket.started_at.tzinfo is UTC
     assert uuid.UUID(str(ticket.session_id)) == ticket.session_id
+
+
+def test_rejection_carries_no_chained_value(tracker: StudyInTracker) -> None:
+    import traceback
+
+    secret = "Jane Roe jane.roe@example.com"
+    with pytest.raises(EventRejected) as caught:
+        tracker.material_view(USER, secret, "video")
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert secret not in "".join(traceback.format_exception(caught.value))
+
+
+def test_failing_log_handler_prints_no_value(pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    """logging prints a traceback when a handler fails: it must not chain the rejected value."""
+
+    class ClosedStream:
+        def write(self, text: str) -> int:
+            raise ValueError("I/O operation on closed file")  # a stale handler of a closed stderr
+
+        def flush(self) -> None:
+            pass
+
+    logger = logging.getLogger("studyin_analytics.instrumentation.tracker")
+    handler = logging.StreamHandler(ClosedStream())  # type: ignore[arg-type]
+    logger.addHandler(handler)
+    try:
+        tracker = StudyInTracker(
+            tracer_provider=pipeline.tracer_provider, pseudonymizer=PSEUDONYMIZER, lenient=True
+        )
+        secret = "jane.roe@example.com"
+        assert tracker.material_view(USER, secret, "video") is None
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Logging error" in err  # the handler did fail, and logging reported it
+    assert secret not in err
