@@ -23,6 +23,7 @@ import cProfile
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ from ..instrumentation.settings import Settings, require
 from .framework import BenchContext, Measurement, at_least, bench, median
 
 TARGET_EVENTS_PER_S = 30_000.0
+PIPELINE_PARTS = ("app", "aggregators", "servers")
+"""Where the CPU of an end-to-end run goes (see :class:`CpuMeter`)."""
 AGGREGATOR_PROCESSES = 1
 """``studyin-analytics aggregator`` processes."""
 APP_PROCESSES = 2
@@ -90,6 +93,10 @@ class Run:
     @property
     def app_events_per_s(self) -> float:
         return self.ledger.total_events / self.app_seconds
+
+    def cpu_per_event_us(self, *parts: str) -> float:
+        """CPU microseconds per event spent by ``parts`` (keys of :attr:`cpu`)."""
+        return sum(self.cpu.get(part, 0.0) for part in parts) * 1e6 / max(self.ledger.total_events, 1)
 
 
 class NoOpSpanExporter(SpanExporter):
@@ -409,6 +416,16 @@ class AggregatorProcesses:
                 total += times.user + times.system
         return total
 
+    def client_ports(self) -> set[int]:
+        """Local TCP ports of the aggregators' connections (to find their PostgreSQL backends)."""
+        ports: set[int] = set()
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                for connection in psutil.Process(process.pid).net_connections(kind="tcp"):
+                    if connection.laddr:
+                        ports.add(int(connection.laddr.port))
+        return ports
+
     def log_tail(self, name: str) -> str:
         with contextlib.suppress(OSError):
             lines = (self.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
@@ -429,26 +446,39 @@ class AggregatorProcesses:
                 await asyncio.to_thread(process.wait, 10)
 
 
+_CLIENT_PORT = re.compile(r"\((\d+)\)")
+
+
 class CpuMeter:
     """CPU seconds since creation: this (coordinating) process, the aggregators, the servers and
-    the whole machine (busy); the app processes report their own."""
+    the whole machine (busy); the app processes report their own.
+
+    ``servers`` counts the Redis processes, PostgreSQL's own background processes, and only
+    those PostgreSQL backends that serve the aggregators' connections, so other clients of a
+    shared PostgreSQL are left out (other clients of a shared Redis are not).
+    """
 
     def __init__(self, aggregators: AggregatorProcesses | None = None) -> None:
         self.aggregators = aggregators
         self.app = time.process_time()
         self.children = aggregators.cpu_seconds() if aggregators else 0.0
         self.machine = self._busy()
+        self.ports = aggregators.client_ports() if aggregators else set()
         self.servers = self._servers()
 
-    @staticmethod
-    def _servers() -> dict[int, float]:
-        """CPU seconds of each Redis and PostgreSQL process on the machine, by pid."""
+    def _servers(self) -> dict[int, float]:
+        """CPU seconds of each server process that works for this run, by pid."""
         out: dict[int, float] = {}
-        for process in psutil.process_iter(["name", "cpu_times"]):
+        for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
             name = process.info["name"] or ""
             times = process.info["cpu_times"]
-            if times is not None and name.startswith(("postgres", "redis-server")):
-                out[process.pid] = times.user + times.system
+            if times is None or not name.startswith(("postgres", "redis-server")):
+                continue
+            if name.startswith("postgres"):
+                client = _CLIENT_PORT.search(" ".join(process.info["cmdline"] or ()))
+                if client is not None and int(client.group(1)) not in self.ports:
+                    continue  # a backend serving somebody else
+            out[process.pid] = times.user + times.system
         return out
 
     def _servers_since(self) -> float:
@@ -660,6 +690,10 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
     def usage(run: Run) -> str:
         return ", ".join(f"{k} {v / run.seconds:.2f}" for k, v in run.cpu.items())
 
+    def cost(run: Run) -> str:
+        return ", ".join(f"{part} {run.cpu_per_event_us(part):.1f} µs" for part in PIPELINE_PARTS)
+
+    ceiling = cores * 1e6 / max(pipelines[-1].cpu_per_event_us(*PIPELINE_PARTS), 1e-9)
     errors = sorted({e for run in pipelines for e in run.errors})
     error = "; ".join(errors) if errors else None
     value = median([r.events_per_s for r in pipelines])
@@ -702,6 +736,20 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
             baseline_name="app alone, no-op exporter",
             notes="events/s the app produced while the pipeline ran (until its spans were flushed)",
             samples=[r.app_events_per_s for r in pipelines],
+            headline=False,
+        ),
+        Measurement(
+            name="end_to_end CPU per event",
+            value=median([r.cpu_per_event_us(*PIPELINE_PARTS) for r in pipelines]),
+            unit="µs",
+            baseline=median([r.cpu_per_event_us("app") for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            notes=(
+                "CPU of app processes + aggregators + Redis/PostgreSQL processes per event; "
+                f"{cost(pipelines[-1])}; {cores} cores / this cost = {ceiling:,.0f} events/s, the ceiling "
+                "of the whole pipeline on this machine"
+            ),
+            samples=[r.cpu_per_event_us(*PIPELINE_PARTS) for r in pipelines],
             headline=False,
         ),
         Measurement(
