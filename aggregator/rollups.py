@@ -189,23 +189,55 @@ ON CONFLICT (hour) DO UPDATE SET
 """
 
 
+STAGING_TABLE = "aggregator_staging_events"
+CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    event_id uuid, occurred_at timestamptz, event_type text, user_hash text, session_id uuid, properties text
+) ON COMMIT DELETE ROWS
+"""
+STAGING_COLUMNS = ["event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties"]
+INSERT_FROM_STAGING = f"""
+INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
+SELECT event_id, occurred_at, event_type, user_hash, session_id, properties::jsonb FROM {STAGING_TABLE}
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+COPY_THRESHOLD = 200
+"""From this many rows on, raw rows travel by binary COPY into a temporary staging table."""
+
+
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> list[EventRow]:
     """Insert raw events idempotently; returns the rows that were new.
 
     ``rows`` must not repeat an event id (see :func:`unique_events`) and should be sorted by
     event id, so that two aggregators racing on the same events lock them in the same order.
+    Large batches are copied (binary COPY, the cheapest way in) into a per-session temporary
+    table that empties itself at commit, then moved with one ``INSERT ... ON CONFLICT DO
+    NOTHING``; small ones go as arrays through ``unnest``.
     """
     if not rows:
         return []
-    inserted = await conn.fetch(
-        INSERT_EVENTS,
-        [r.event_id for r in rows],
-        [r.occurred_at for r in rows],
-        [r.event_type for r in rows],
-        [r.user_hash for r in rows],
-        [r.session_id for r in rows],
-        [dumps_json(r.properties) for r in rows],
-    )
+    if len(rows) >= COPY_THRESHOLD:
+        await conn.execute(CREATE_STAGING)
+        await conn.copy_records_to_table(
+            STAGING_TABLE,
+            records=[
+                (r.event_id, r.occurred_at, r.event_type, r.user_hash, r.session_id, dumps_json(r.properties))
+                for r in rows
+            ],
+            columns=STAGING_COLUMNS,
+        )
+        inserted = await conn.fetch(INSERT_FROM_STAGING)
+    else:
+        inserted = await conn.fetch(
+            INSERT_EVENTS,
+            [r.event_id for r in rows],
+            [r.occurred_at for r in rows],
+            [r.event_type for r in rows],
+            [r.user_hash for r in rows],
+            [r.session_id for r in rows],
+            [dumps_json(r.properties) for r in rows],
+        )
     if len(inserted) == len(rows):
         return list(rows)
     new_ids = {record[0] for record in inserted}
