@@ -661,7 +661,7 @@ async def _app_alone(
 @bench("end_to_end")
 async def end_to_end(ctx: BenchContext) -> list[Measurement]:
     students = ctx.scale(2000, 200)
-    sessions = ctx.scale(2, 2)
+    sessions = 2
     repeats = ctx.scale(3, 1)
     user_ids = new_user_ids(students)
     baselines: list[Run] = []
