@@ -259,64 +259,94 @@ def write_json(report: RunReport, path: Path) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _panel(axis: Any, rows: list[Measurement], scale: Callable[[Measurement], float], color: str) -> None:
-    """Horizontal bars on a log axis: each row, then its same-run baseline in gray."""
-    labels: list[str] = []
-    values: list[float] = []
-    texts: list[str] = []
-    colors: list[str] = []
+def _bars(rows: list[Measurement], scale: Callable[[Measurement], float], color: str) -> list[_Bar]:
+    """Each row, then its same-run baseline in gray (a baseline shared by several rows shows once)."""
+    bars: list[_Bar] = []
+    shown: set[tuple[str | None, float]] = set()
     for row in rows:
         factor = scale(row)
         ratio = f" ({row.ratio:.2f}x)" if row.ratio is not None else ""
-        labels.append(row.name)
-        values.append(row.value * factor)
-        texts.append(f"{fmt(row.value)} {row.unit}{ratio}")
-        colors.append("tab:red" if row.met is False else color)
-        if row.baseline:
-            labels.append(f"baseline: {row.baseline_name or 'same run'}")
-            values.append(row.baseline * factor)
-            texts.append(f"{fmt(row.baseline)} {row.unit}")
-            colors.append("tab:gray")
+        bars.append(
+            _Bar(row.name, row.value * factor, f"{fmt(row.value)} {row.unit}{ratio}", _colour(row, color))
+        )
+        key = (row.baseline_name, row.baseline or 0.0)
+        if row.baseline and key not in shown:
+            shown.add(key)
+            bars.append(
+                _Bar(
+                    f"baseline: {row.baseline_name or 'same run'}",
+                    row.baseline * factor,
+                    f"{fmt(row.baseline)} {row.unit}",
+                    "tab:gray",
+                )
+            )
+    return bars
+
+
+def _colour(row: Measurement, color: str) -> str:
+    return "tab:red" if row.met is False else color
+
+
+@dataclass
+class _Bar:
+    label: str
+    value: float
+    text: str
+    color: str
+
+
+def _panel(axis: Any, bars: list[_Bar]) -> None:
+    """Horizontal bars on a log axis, labelled with their values."""
     from matplotlib.ticker import NullFormatter
 
-    positions = list(range(len(labels)))
-    axis.barh(positions, values, color=colors)
-    axis.set_yticks(positions, labels=labels, fontsize=8)
+    positions = list(range(len(bars)))
+    values = [b.value for b in bars]
+    axis.barh(positions, values, color=[b.color for b in bars], height=0.7)
+    axis.set_yticks(positions, labels=[b.label for b in bars], fontsize=8)
     axis.invert_yaxis()
     axis.set_xscale("log")
     axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlim(min(values) / 4, max(values) * 8)
-    for position, value, text in zip(positions, values, texts, strict=True):
-        axis.text(value, position, f" {text}", va="center", fontsize=7)
+    for position, bar in zip(positions, bars, strict=True):
+        axis.text(bar.value, position, f" {bar.text}", va="center", fontsize=7)
 
 
 def write_chart(report: RunReport, path: Path) -> None:
-    """A PNG of the headline figures: throughputs and latencies, each beside its baseline."""
+    """A PNG of the headline figures: throughputs above, latencies and costs below, with baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in report.rows if r.headline and not math.isnan(r.value) and r.value > 0]
-    throughput = [r for r in rows if r.kind == "throughput"]
-    latency = [r for r in rows if r.kind == "latency" and r.unit in _TO_MICROSECONDS]
-    panels = [p for p in (throughput, latency) if p] or [[]]
-    bars = max(sum(2 if r.baseline else 1 for r in p) for p in panels)
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(8 * len(panels), max(2.5, 0.35 * bars + 1.2)), constrained_layout=True
+    panels: list[tuple[str, list[_Bar], str | None]] = []
+    throughput = _bars([r for r in rows if r.kind == "throughput"], lambda r: 1.0, "tab:blue")
+    if throughput:
+        panels.append(("Throughput (gray: same-run baseline; red: target missed)", throughput, None))
+    latency = _bars(
+        [r for r in rows if r.kind == "latency" and r.unit in _TO_MICROSECONDS],
+        lambda r: _TO_MICROSECONDS[r.unit],
+        "tab:orange",
     )
-    axes_list = list(axes) if len(panels) > 1 else [axes]
-    for axis, panel in zip(axes_list, panels, strict=True):
-        if not panel:
-            axis.text(0.5, 0.5, "no headline figures", ha="center", va="center")
-            axis.set_axis_off()
-        elif panel is throughput:
-            _panel(axis, panel, lambda r: 1.0, "tab:blue")
-            axis.set_title("Throughput (log scale; gray: same-run baseline; red: target missed)", fontsize=9)
-        else:
-            _panel(axis, panel, lambda r: _TO_MICROSECONDS[r.unit], "tab:orange")
-            axis.set_xlabel("µs (log scale)", fontsize=8)
-            axis.set_title("Latency and cost (gray: same-run baseline; red: target missed)", fontsize=9)
+    if latency:
+        panels.append(("Latency and cost (gray: same-run baseline; red: target missed)", latency, "µs"))
+    heights = [len(bars) for _, bars, _ in panels] or [1]
+    figure, axes = plt.subplots(
+        len(heights),
+        1,
+        figsize=(11, 1.2 + 0.28 * sum(heights) + 0.6 * len(heights)),
+        gridspec_kw={"height_ratios": heights},
+        constrained_layout=True,
+        squeeze=False,
+    )
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no headline figures", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    for (title, bars, unit), row_axes in zip(panels, axes, strict=True):
+        axis = row_axes[0]
+        _panel(axis, bars)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel(f"{unit + ', ' if unit else ''}log scale", fontsize=8)
 
     env = report.environment
     mode = " --quick" if report.quick else ""
