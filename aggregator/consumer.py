@@ -61,6 +61,9 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 ReadResponse = Any  # [[stream, [Entry, ...]], ...] as redis-py returns it for RESP2
 
 MAINTENANCE_INTERVAL_S = 3600.0
+TARGET_EVENTS_PER_BATCH = 10_000
+"""Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
+never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
 CLAIM_INTERVAL_S = 5.0
 DEAD_LETTER_MAX_LEN = 100_000
 BACKOFF_INITIAL_S = 0.05
@@ -146,6 +149,7 @@ class Aggregator:
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         self._stop: asyncio.Event | None = None
+        self._events_per_entry = 50.0  # running estimate, sizes the reads
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
 
@@ -283,10 +287,11 @@ class Aggregator:
             self._next_claim = now + CLAIM_INTERVAL_S
             result.claimed = await self.claim_stale()
         # Own pending entries (earlier life, claimed, or retried) come before new ones.
-        response = await self._read("0", self.settings.batch_size, None)
+        count = self.read_count()
+        response = await self._read("0", count, None)
         redelivered = any(entries for _, entries in response)
         if not redelivered:
-            response = await self._read(">", self.settings.batch_size, block_ms)
+            response = await self._read(">", count, block_ms)
         for stream, entries in response:
             if entries:
                 await self._process_entries(stream.decode(), entries, result, redelivered, stop)
@@ -294,6 +299,10 @@ class Aggregator:
         if result.entries:
             self.last_batch_at = time.time()
         return result
+
+    def read_count(self) -> int:
+        """Entries per read: about TARGET_EVENTS_PER_BATCH events, at most ``batch_size``."""
+        return max(1, min(self.settings.batch_size, int(TARGET_EVENTS_PER_BATCH / self._events_per_entry)))
 
     async def _process_entries(
         self,
@@ -329,6 +338,7 @@ class Aggregator:
                 result.dead_lettered += 1
                 continue
             result.events_seen += len(rows)
+            self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
             kept = [r for r in rows if r.occurred_at.date() >= cutoff]
             result.events_expired += len(rows) - len(kept)
             prepared.ids.append(entry_id)

@@ -16,6 +16,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from asyncpg.pgproto.pgproto import UUID as _FastUUID
+
 from ..exporter.wire import SPAN_KIND_SERVER, STATUS_ERROR, SpanRecord
 from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
@@ -53,7 +55,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
     """Deterministic id of the ``index``-th event of a span."""
     digest = hashlib.blake2b(trace_id + span_id + index.to_bytes(4, "big"), digest_size=16).digest()
-    return uuid.UUID(bytes=digest)
+    # asyncpg's C UUID: a uuid.UUID subclass (equal, same hash), ~10x cheaper to build.
+    return _FastUUID(digest)  # type: ignore[no-any-return]
 
 
 def _time(unix_nano: int) -> datetime:
