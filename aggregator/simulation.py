@@ -38,6 +38,7 @@ MATERIALS: list[tuple[str, str]] = [
 COACH_TOPICS = ("cardiology", "pharmacology", "nephrology", "neurology")
 FLASHCARD_XP = 2
 """XP for each correctly answered flashcard."""
+FLASHCARD_DECK = "pharm-cards"
 
 API_REQUEST = "api_request"
 
@@ -338,6 +339,7 @@ async def _student(
     sessions: int,
     flashcards: int,
     coach: bool,
+    bulk_syncs: int,
     on_step: Callable[[], None] | None,
 ) -> None:
     async def call(method: str, path: str, token: str | None = None, body: Any = None) -> Any:
@@ -351,8 +353,16 @@ async def _student(
             raise RuntimeError(f"simulated backend answered {status} to {method} {path}")
         return data
 
+    async def sync_reviews(session_id: str, deck_id: str) -> None:
+        results = [rng.random() < 0.7 for _ in range(flashcards)]
+        path = f"/sessions/{session_id}/flashcards/{deck_id}/reviews"
+        await call("POST", path, token, {"results": results})
+        correct = sum(results)
+        ledger.count("material_progress", len(results))
+        ledger.count("xp_awarded", correct)
+        ledger.add(ledger.xp, user_id, FLASHCARD_XP * correct)
+
     token = (await call("POST", "/auth/login", body={"email": f"{user_id}@studyin.example"}))["token"]
-    xp = 0
     for number in range(sessions):
         session_id = (await call("POST", "/sessions", token))["session_id"]
         ledger.add(ledger.sessions, user_id)
@@ -363,14 +373,7 @@ async def _student(
             ledger.add(ledger.materials_viewed, user_id)
             ledger.count("material_view")
             if material_type == "flashcards" and flashcards:
-                results = [rng.random() < 0.7 for _ in range(flashcards)]
-                path = f"/sessions/{session_id}/flashcards/{material_id}/reviews"
-                await call("POST", path, token, {"results": results})
-                correct = sum(results)
-                ledger.count("material_progress", len(results))
-                ledger.count("xp_awarded", correct)
-                ledger.add(ledger.xp, user_id, FLASHCARD_XP * correct)
-                xp += FLASHCARD_XP * correct
+                await sync_reviews(session_id, material_id)
             elif rng.random() < 0.5:
                 checkpoints = [0.25, 0.5, 0.75][: rng.randint(1, 3)]
                 await call("POST", f"{base}/progress", token, {"checkpoints": checkpoints})
@@ -381,8 +384,10 @@ async def _student(
                 ledger.add(ledger.xp, user_id, 10)
                 ledger.count("material_complete")
                 ledger.count("xp_awarded")
-                xp += 10
             await call("GET", f"/materials/{material_id}", token)
+        if flashcards:
+            for _ in range(bulk_syncs):  # an offline review session, synced in batches
+                await sync_reviews(session_id, FLASHCARD_DECK)
         if coach and rng.random() < 0.3:
             body = {
                 "topic": rng.choice(COACH_TOPICS),
@@ -419,13 +424,15 @@ async def simulate_students(
     driver: Literal["httpx", "asgi"] = "httpx",
     flashcards: int = 10,
     coach: bool = False,
+    bulk_syncs: int = 0,
 ) -> Ledger:
     """Drive ``backend`` in-process as the given students, all at once; returns the ground truth.
 
     Each student's choices come from its own seeded generator, so the same ``user_ids`` and
     ``seed`` give the same traffic whatever the driver and the interleaving.
     ``flashcards`` is the size of a synced batch of flashcard reviews (0: none); ``coach`` adds
-    AI-coach questions and ratings.
+    AI-coach questions and ratings; ``bulk_syncs`` adds that many flashcard syncs to every session
+    (students reviewing offline, event-dense traffic).
     """
     ledger = Ledger()
 
@@ -439,6 +446,7 @@ async def simulate_students(
                 sessions=sessions_per_student,
                 flashcards=flashcards,
                 coach=coach,
+                bulk_syncs=bulk_syncs,
                 on_step=on_step,
             )
             for user_id in user_ids
