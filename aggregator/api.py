@@ -63,6 +63,7 @@ from .api_models import (
     TrackResponse,
     XpPoint,
 )
+from .api_system import HourCache
 from .auth import ApiProblem, Principal, TokenVerifier, forbidden, require_staff, resolve_subject
 from .db import create_pool
 
@@ -119,39 +120,11 @@ WHERE user_hash = ANY($1::text[]) AND hour >= $3 AND hour < $4
 GROUP BY 1
 """
 
-SYSTEM_SQL = """
-WITH w AS (
-    SELECT * FROM system_metrics WHERE minute >= $1 AND minute < $2
-), totals AS (
-    SELECT route, method, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
-           sum(client_errors)::bigint AS client_errors, max(latency_max_ms) AS max_ms
-    FROM w GROUP BY route, method
-    ORDER BY requests DESC, route, method
-    LIMIT $3
-), hist AS (
-    SELECT route, method, jsonb_object_agg(k, c) AS h
-    FROM (SELECT w.route, w.method, b.key AS k, sum(b.value::bigint) AS c
-          FROM w JOIN totals USING (route, method), jsonb_each_text(w.latency_hist) b
-          GROUP BY 1, 2, 3) s
-    GROUP BY route, method
-), errs AS (
-    SELECT route, method, jsonb_object_agg(k, c) AS e
-    FROM (SELECT w.route, w.method, b.key AS k, sum(b.value::bigint) AS c
-          FROM w JOIN totals USING (route, method), jsonb_each_text(w.errors_by_type) b
-          GROUP BY 1, 2, 3) s
-    GROUP BY route, method
-)
-SELECT t.route, t.method, t.requests, t.errors, t.client_errors, t.max_ms,
-       coalesce(errs.e, '{}'::jsonb) AS errors_by_type,
-       hist_quantile(hist.h, 0.5) AS p50, hist_quantile(hist.h, 0.95) AS p95,
-       hist_quantile(hist.h, 0.99) AS p99
-FROM totals t LEFT JOIN hist USING (route, method) LEFT JOIN errs USING (route, method)
-ORDER BY t.requests DESC, t.route, t.method
-"""
-
 ACTIVE_USERS_SQL = """
-SELECT count(DISTINCT user_hash)::int FROM user_activity_hourly WHERE hour >= $1 AND hour < $2
+SELECT count(*)::int FROM gamification_stats WHERE last_activity_at >= $1 AND last_activity_at <= $2
 """
+"""A learner was active in the window exactly when their last activity falls in it (the rollup
+keeps the latest event time of every learner)."""
 
 COHORT_SQL = """
 SELECT (hour AT TIME ZONE 'UTC')::date AS day, max(active_users)::int AS peak,
@@ -446,34 +419,38 @@ async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLa
 
 
 async def _system_metrics(
-    conn: asyncpg.Connection, client: aioredis.Redis, settings: Settings, params: SystemParams
+    conn: asyncpg.Connection,
+    client: aioredis.Redis,
+    settings: Settings,
+    params: SystemParams,
+    hours: HourCache,
 ) -> SystemMetrics:
     """Per-route figures over the window from the per-minute rollup; active users; bus lag."""
     now = datetime.now(UTC)
     since = now - timedelta(minutes=WINDOW_MINUTES[params.window])
-    records = await conn.fetch(SYSTEM_SQL, since, now, params.limit)
-    hour = since.replace(minute=0, second=0, microsecond=0)
-    active = await conn.fetchval(ACTIVE_USERS_SQL, hour, now)
+    totals = await hours.window(conn, since, now)
+    active = await conn.fetchval(ACTIVE_USERS_SQL, since, now)
     try:
         lag = await pipeline_lag(client, settings)
     except (aioredis.RedisError, OSError) as exc:
         _log.warning("pipeline lag unavailable: %s", type(exc).__name__)
         lag = PipelineLag(entries_behind=-1, pending=-1, oldest_unprocessed_age_s=None)
+    busiest = sorted(totals.items(), key=lambda item: (-item[1].requests, item[0]))[: params.limit]
     routes = [
         RouteMetrics(
-            route=r["route"],
-            method=r["method"],
-            requests=r["requests"],
-            errors=r["errors"],
-            client_errors=r["client_errors"],
-            error_rate=round(r["errors"] / r["requests"], 6) if r["requests"] else 0.0,
-            errors_by_type={k: int(v) for k, v in r["errors_by_type"].items()},
-            p50_ms=r["p50"],
-            p95_ms=r["p95"],
-            p99_ms=r["p99"],
-            max_ms=r["max_ms"],
+            route=route,
+            method=method,
+            requests=t.requests,
+            errors=t.errors,
+            client_errors=t.client_errors,
+            error_rate=round(t.errors / t.requests, 6) if t.requests else 0.0,
+            errors_by_type=dict(sorted(t.errors_by_type.items())),
+            p50_ms=t.quantile(0.5),
+            p95_ms=t.quantile(0.95),
+            p99_ms=t.quantile(0.99),
+            max_ms=t.max_ms,
         )
-        for r in records
+        for (route, method), t in busiest
     ]
     return SystemMetrics(
         window=params.window, since=since, until=now, routes=routes, active_users=active, pipeline=lag
@@ -519,6 +496,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S
     app.state.system_cache = {}
+    app.state.hour_cache = HourCache()
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     # --- errors as problem+json -------------------------------------------------------------
@@ -717,7 +695,9 @@ def create_app(settings: Settings) -> FastAPI:
             if hit is not None and hit[0] > time.monotonic():
                 metrics = hit[1]
             else:
-                metrics = await _system_metrics(conn, request.app.state.redis, settings, params)
+                metrics = await _system_metrics(
+                    conn, request.app.state.redis, settings, params, request.app.state.hour_cache
+                )
                 ttl = request.app.state.system_metrics_ttl_s
                 if ttl > 0:
                     cache[key] = (time.monotonic() + ttl, metrics)

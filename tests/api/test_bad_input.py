@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -98,7 +99,12 @@ def test_generated_requests_never_get_a_server_error(migrated: Settings) -> None
     app = create_app(migrated)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     headers = {"authorization": f"Bearer {token(migrated, STAFF, roles=['staff'])}"}
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # Event streams never end on their own: generated calls would only wait for a timeout.
+    operations = [
+        op
+        for op in (result.ok() for result in schema.get_all_operations())
+        if "text/event-stream" not in json.dumps(op.definition.raw.get("responses", {}))
+    ]
     assert len(operations) >= 8
     # negative_data_rejection is left out: the token added here repairs the "missing
     # Authorization header" that negative cases often consist of.
