@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     with Progress(console=console, transient=True) as progress:
         ctx = BenchContext(settings=Settings(), quick=args.quick, progress=progress)
 

@@ -90,9 +90,11 @@ SESSION_SPAN_EVENT_CAP = 100
 class SpanEventCarrier:
     """Domain events as OpenTelemetry span events.
 
-    * ``session_start`` and ``session_end`` go on the session's span (``lifecycle``);
-    * any other event goes on the current recording span (the HTTP request being served), so
-      it is exported with that request rather than held until the session ends;
+    * ``session_end`` goes on the session's span (``lifecycle``): the span then ends and is
+      exported with it;
+    * any other event, ``session_start`` included, goes on the current recording span (the
+      HTTP request being served), so it is exported with that request rather than held until
+      the session ends (a session whose process dies is still counted as started);
     * with no recording span, on the session's span (up to :data:`SESSION_SPAN_EVENT_CAP`);
     * else on a short ``studyin.event`` span of its own.
 
@@ -397,7 +399,7 @@ class StudyInTracker:
             attributes[semconv.USER_HASH] = user_hash
         if session is not None:
             session._tally(event)
-        lifecycle = model is events.SessionStart or model is events.SessionEnd
+        lifecycle = model is events.SessionEnd
         self.carrier.record(semconv.event_name(model.event_type), attributes, session, lifecycle=lifecycle)
         return event
 

@@ -160,8 +160,8 @@ def test_stateless_end_rejects_naive_start(tracker: StudyInTracker) -> None:
 
 
 def test_session_events_leave_with_the_request(pipeline: Pipeline, tracker: StudyInTracker) -> None:
-    """A session kept across requests: its events travel on each request's span, tagged with
-    the session id, not held on the long session span; start and end stay on the session span."""
+    """A session kept across requests: its events (start included) travel on each request's
+    span, tagged with the session id, not held on the long session span; the end is on it."""
     tracer = pipeline.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("POST /sessions"):
         session = tracker.start_session(USER)
@@ -175,8 +175,12 @@ def test_session_events_leave_with_the_request(pipeline: Pipeline, tracker: Stud
     assert [(n, a[SESSION_ID_ATTR]) for n, a in events_of(view)] == [
         ("studyin.material_view", str(session.session_id))
     ]
+    start = pipeline.span("POST /sessions")  # the start leaves with its request, at once
+    assert [(n, a[SESSION_ID_ATTR]) for n, a in events_of(start)] == [
+        ("studyin.session_start", str(session.session_id))
+    ]
     session_span = pipeline.span(semconv.LEARNING_SESSION_SPAN)
-    assert [n for n, _ in events_of(session_span)] == ["studyin.session_start", "studyin.session_end"]
+    assert [n for n, _ in events_of(session_span)] == ["studyin.session_end"]
     assert session_span.parent is None  # its own trace, linked to the request that started it
     assert session_span.links[0].context.span_id == pipeline.span("POST /sessions").context.span_id
     assert db.parent is not None and db.parent.span_id == request.get_span_context().span_id
