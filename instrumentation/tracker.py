@@ -255,6 +255,7 @@ class LearningSession:
             )
         finally:
             self.span.end()
+            self._tracker._closed(self)
 
     def abandon(self) -> events.DomainEvent | None:
         """The student left before finishing (e.g. closed the material)."""
@@ -325,6 +326,8 @@ class StudyInTracker:
         self.lenient = lenient
         self.dropped_by_type: Counter[str] = Counter()
         self._drop_lock = threading.Lock()
+        self._open: dict[uuid.UUID, LearningSession] = {}
+        self._open_lock = threading.Lock()
 
     @property
     def dropped_events(self) -> int:
@@ -431,11 +434,43 @@ class StudyInTracker:
             attributes[semconv.USER_HASH] = user_hash
         span = self.carrier.start_session_span(attributes)
         session = LearningSession(self, span, session_id, user_hash or "")
+        with self._open_lock:
+            self._open[session_id] = session
         if user_hash is not None:
             self.emit(events.SessionStart, session=session, session_id=session_id, material_id=material_id)
         return session
 
     session = start_session  # ``with tracker.session(user_id) as s:`` reads better
+
+    def _closed(self, session: LearningSession) -> None:
+        with self._open_lock:
+            self._open.pop(session.session_id, None)
+
+    def open_session(self, session_id: uuid.UUID | str) -> LearningSession | None:
+        """The running in-process session with this id (started by this tracker), if any."""
+        try:
+            key = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+        except ValueError:
+            return None
+        with self._open_lock:
+            return self._open.get(key)
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    def expire_idle_sessions(self, max_idle_s: float) -> int:
+        """End (as ``timeout``) every in-process session idle for more than ``max_idle_s``.
+
+        Call it periodically (e.g. from a background task every minute) when sessions are kept
+        in memory across requests: a student who closes the tab never ends the session, and the
+        timeout's duration runs to the last activity. Returns how many sessions were ended.
+        """
+        with self._open_lock:
+            idle = [s for s in self._open.values() if s.idle_s() > max_idle_s]
+        for session in idle:
+            session.timeout()
+        return len(idle)
 
     def begin_session(
         self,

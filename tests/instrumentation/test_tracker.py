@@ -87,15 +87,22 @@ def test_exception_in_session_block_ends_it_abandoned(pipeline: Pipeline, tracke
     assert end["studyin.session.end_reason"] == "abandoned"
 
 
-def test_timeout_duration_runs_to_last_activity(pipeline: Pipeline, tracker: StudyInTracker) -> None:
+def test_timeout_duration_runs_to_last_activity(
+    pipeline: Pipeline, tracker: StudyInTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from studyin_analytics.instrumentation import tracker as tracker_module
+
+    clock = [50.0]
+    monkeypatch.setattr(tracker_module.time, "monotonic", lambda: clock[0])
     session = tracker.start_session(USER)
+    clock[0] += 120
     tracker.material_view(USER, "cardio-101", "video", session=session)
-    time.sleep(0.2)
-    assert session.idle_s() >= 0.2
+    clock[0] += 1800
+    assert session.idle_s() == 1800
     session.timeout()
     end = events_of(pipeline.span(semconv.LEARNING_SESSION_SPAN))[-1][1]
     assert end["studyin.session.end_reason"] == "timeout"
-    assert end["studyin.session.duration_s"] < 0.2  # the idle tail is not study time
+    assert end["studyin.session.duration_s"] == 120  # the idle tail is not study time
 
 
 def test_abandon(pipeline: Pipeline, tracker: StudyInTracker) -> None:
@@ -365,3 +372,31 @@ def test_failing_log_handler_prints_no_value(pipeline: Pipeline, capsys: pytest.
     err = capsys.readouterr().err
     assert "Logging error" in err  # the handler did fail, and logging reported it
     assert secret not in err
+
+
+def test_idle_sessions_expire_as_timeouts(
+    pipeline: Pipeline, tracker: StudyInTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from studyin_analytics.instrumentation import tracker as tracker_module
+
+    clock = [1000.0]  # a fake monotonic clock: no dependence on real timing
+    monkeypatch.setattr(tracker_module.time, "monotonic", lambda: clock[0])
+    idle = tracker.start_session(USER)
+    busy = tracker.start_session("student-busy")
+    assert tracker.open_sessions == 2 and tracker.open_session(str(idle.session_id)) is idle
+    clock[0] += 600
+    tracker.material_view("student-busy", "cardio-101", "video", session=busy)
+    clock[0] += 60
+    assert tracker.expire_idle_sessions(max_idle_s=300) == 1
+    assert idle.ended and not busy.ended
+    assert tracker.open_session(idle.session_id) is None and tracker.open_sessions == 1
+    busy.end()
+    assert tracker.open_sessions == 0
+    ends = [
+        a
+        for s in pipeline.spans()
+        for n, a in events_of(s)
+        if n == "studyin.session_end" and a[SESSION_ID_ATTR] == str(idle.session_id)
+    ]
+    assert ends[0]["studyin.session.end_reason"] == "timeout"
+    assert ends[0]["studyin.session.duration_s"] == 0.0  # no activity after the start
