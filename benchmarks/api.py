@@ -112,11 +112,13 @@ ROLLUP_SQL: tuple[tuple[str, str], ...] = (
         INSERT INTO gamification_stats
             (user_hash, xp_total, level, achievements, current_streak, longest_streak, streak_as_of,
              last_activity_at)
-        SELECT user_hash, sum(xp), 1 + sum(xp)::int / 1000,
-               ARRAY['first-steps', 'level-' || (1 + sum(xp)::int / 1000)],
-               (count(*) % 30)::int, (count(*) % 60)::int, max(last_at), max(last_at)
-        FROM (SELECT user_hash, day, xp, events, day::timestamptz AS last_at FROM daily_activity_summary) d
-        GROUP BY user_hash
+        SELECT d.user_hash, d.xp, 1 + d.xp::int / 1000,
+               ARRAY['first-steps', 'level-' || (1 + d.xp::int / 1000)],
+               (d.days % 30)::int, (d.days % 60)::int, d.last_day::timestamptz,
+               (SELECT max(h.hour) + interval '59 minutes' FROM user_activity_hourly h
+                WHERE h.user_hash = d.user_hash)
+        FROM (SELECT user_hash, sum(xp) AS xp, count(*) AS days, max(day) AS last_day
+              FROM daily_activity_summary GROUP BY user_hash) d
         """,
     ),
     ("system_metrics", ""),  # built by _system_metrics_sql()
@@ -321,8 +323,12 @@ class Probe:
     path: str
     params: dict[str, str]
     staff: bool = False
-    cold: bool = True
-    """False: the app's short result cache may answer (system metrics only)."""
+    result_cache: bool = False
+    """True: the app's 10 s result cache may answer (system metrics only)."""
+    hour_cache: bool = True
+    """False: the per-hour cache of system metrics is emptied before every request (fully cold)."""
+    requests: int | None = None
+    """Requests per repeat when not the default (slow cold probes)."""
 
 
 def probes(today: date) -> list[Probe]:
@@ -336,14 +342,22 @@ def probes(today: date) -> list[Probe]:
             {"tz": "Europe/Berlin", "end": str(today), "start": str(today - timedelta(days=364))},
         ),
         Probe("GET gamification/progress days=90", f"{prefix}/gamification/progress", {"days": "90"}),
-        Probe("GET system/metrics window=1h, uncached", f"{prefix}/system/metrics", {"window": "1h"}, True),
-        Probe("GET system/metrics window=24h, uncached", f"{prefix}/system/metrics", {"window": "24h"}, True),
+        Probe("GET system/metrics window=1h", f"{prefix}/system/metrics", {"window": "1h"}, True),
+        Probe("GET system/metrics window=24h", f"{prefix}/system/metrics", {"window": "24h"}, True),
+        Probe(
+            "GET system/metrics window=24h, cold (no caches)",
+            f"{prefix}/system/metrics",
+            {"window": "24h"},
+            staff=True,
+            hour_cache=False,
+            requests=20,
+        ),
         Probe(
             f"GET system/metrics window=24h, {SYSTEM_METRICS_TTL_S}s result cache",
             f"{prefix}/system/metrics",
             {"window": "24h"},
             staff=True,
-            cold=False,
+            result_cache=True,
         ),
         Probe("GET cohort/overview days=30", f"{prefix}/cohort/overview", {"days": "30"}, staff=True),
     ]
@@ -390,16 +404,21 @@ async def measure(ctx: BenchContext, data: Dataset) -> list[Measurement]:
                     # Baseline and probes interleave per repeat, so drift hits both alike.
                     for probe in [None, *all_probes]:
                         app.state.system_cache.clear()
-                        cold = probe is None or probe.cold
-                        app.state.system_metrics_ttl_s = 0 if cold else SYSTEM_METRICS_TTL_S
+                        cached = probe is not None and probe.result_cache
+                        app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S if cached else 0
+                        cold = probe is not None and not probe.hour_cache
                         path = "/healthz" if probe is None else probe.path
                         params = {} if probe is None else probe.params
-                        for _ in range(WARMUP_REQUESTS):
+                        count = requests if probe is None or probe.requests is None else probe.requests
+                        count = min(count, requests)
+                        for _ in range(WARMUP_REQUESTS if not cold else 1):
                             await _timed(client, path, params, headers_for(probe))
                         ctx.advance(task, WARMUP_REQUESTS)
-                        samples = [
-                            await _timed(client, path, params, headers_for(probe)) for _ in range(requests)
-                        ]
+                        samples = []
+                        for _ in range(count):
+                            if cold:
+                                app.state.hour_cache.clear()
+                            samples.append(await _timed(client, path, params, headers_for(probe)))
                         ctx.advance(task, requests)
                         (baseline_p95 if probe is None else results[probe.name]).append(p95(samples))
     baseline = median(baseline_p95)
