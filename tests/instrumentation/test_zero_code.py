@@ -18,8 +18,6 @@ from studyin_analytics.exporter.wire import SPAN_KIND_SERVER, SpanRecord, decode
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 
-from ..support import TEST_PSEUDONYM_KEY
-
 ROOT = Path(__file__).resolve().parents[2]
 USER = "zero-code-user-31337"
 
@@ -73,7 +71,9 @@ def test_unmodified_fastapi_app_under_opentelemetry_instrument(settings: Setting
         "OTEL_PYTHON_ASGI_EXCLUDED_URLS": "healthz",
         "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
         "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
-        "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": f"t1={TEST_PSEUDONYM_KEY}",
+        "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": ",".join(
+            f"{key_id}={secret.get_secret_value()}" for key_id, secret in settings.pseudonym_keys.items()
+        ),
     }
     command = [
         str(Path(sys.executable).with_name("opentelemetry-instrument")),
