@@ -82,7 +82,7 @@ def mixed_traffic(quick: bool) -> Traffic:
 
 def bulk_traffic(quick: bool) -> Traffic:
     """Students syncing offline flashcard reviews in batches of 50 (~28 events/request)."""
-    return Traffic("bulk sync", students=100 if quick else 1000, sessions=1, flashcards=50, bulk_syncs=4)
+    return Traffic("bulk sync", students=100 if quick else 500, sessions=1, flashcards=50, bulk_syncs=4)
 
 
 QUEUE_SIZE = 1 << 20
