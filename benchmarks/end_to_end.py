@@ -726,7 +726,7 @@ def _rows(traffic: Traffic, baselines: list[Run], pipelines: list[Run], *, main:
     last = pipelines[-1].ledger
     cores = psutil.cpu_count() or 1
     suffix = "" if main else f", {traffic.name} traffic"
-    alone = "app alone, no-op exporter"
+    alone = "app alone, no-op exporter" + ("" if main else f", {traffic.name} traffic")
 
     def usage(run: Run) -> str:
         return ", ".join(f"{k} {v / run.seconds:.2f}" for k, v in run.cpu.items())
