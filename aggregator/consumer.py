@@ -163,14 +163,12 @@ class Aggregator:
             health_check_interval=15,
         )
         try:
+            # Unreachable at start-up: fail at once with the reason (the CLI exits 1 naming the
+            # server; a supervisor restarts it). Once running, outages are waited out instead.
             await self.connect()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            # Servers not up yet: ``run`` keeps reconnecting with backoff.
-            self.last_error = _describe(exc)
-            _log.warning("starting without connections (%s); will retry", self.last_error)
-            await self._drop_pool()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
