@@ -31,15 +31,24 @@ async def test_quick_run_returns_rows_with_exact_totals(settings: Settings) -> N
     assert main.value > 0 and main.baseline is not None and main.baseline > 0
     assert main.unit == "events/s" and main.target is not None and main.met is not None
     assert by_name["end_to_end requests"].value > 0
-    bulk = by_name["end_to_end throughput, bulk sync traffic"]
-    assert bulk.error is None and "all equal" in bulk.notes
-    assert bulk.value > 0 and bulk.met is None
+    assert not any("bulk sync" in name for name in by_name)  # the full run only
+
+
+async def test_bulk_sync_traffic_totals(settings: Settings) -> None:
+    ctx = _context(settings)
+    traffic = end_to_end.bulk_traffic(True)
+    try:
+        run = await end_to_end._pipeline(ctx, new_user_ids(30), traffic, lambda done: None)
+    finally:
+        await runner.cleanup(ctx.settings, ctx.isolated)
+    assert run.errors == []
+    assert run.ledger.total_events / run.ledger.requests > 10  # event-dense requests
 
 
 async def test_a_totals_mismatch_is_reported(settings: Settings) -> None:
     ctx = _context(settings)
     try:
-        traffic = end_to_end.Traffic("test", students=20, sessions=1, flashcards=10, bulk_syncs=1)
+        traffic = end_to_end.Traffic("test", students=20, sessions=1, flashcards=10)
         run = await end_to_end._pipeline(ctx, new_user_ids(traffic.students), traffic, lambda done: None)
         assert run.errors == []
         assert run.ledger.events["api_request"] == run.ledger.requests
