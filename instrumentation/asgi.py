@@ -14,7 +14,8 @@ StudyIn's rules:
   stack trace: they can hold ids or e-mails);
 * the user as ``user.hash`` through a configurable hook, pseudonymized, and never on
   authentication endpoints; no client address, user agent, query string or headers;
-* metrics-only mode for hot paths: the latency histogram per request, no span.
+* metrics-only mode for hot paths: the latency histogram per request, no span; the
+  histogram recording itself is deferred to collection time (:class:`DeferredDurations`).
 
 :func:`instrument_app` applies it to one app; :class:`~.instrumentor.StudyInInstrumentor`
 applies it to every Starlette/FastAPI app (zero-code, ``opentelemetry-instrument``).
@@ -26,7 +27,9 @@ import asyncio
 import importlib
 import logging
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from timeit import default_timer
 from typing import Any, cast
@@ -46,7 +49,7 @@ from opentelemetry.instrumentation.utils import (
     http_status_to_status_code,
     is_http_instrumentation_enabled,
 )
-from opentelemetry.metrics import MeterProvider, get_meter_provider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
@@ -193,6 +196,8 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             getattr(self.excluded_urls, "_excluded_urls", True)
         )
         self._attribute_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._deferred = DeferredDurations.for_meter(self.meter)
+        self._histograms = (self.duration_histogram_new, self.duration_histogram_old)
         self._tracer_provider_for_flush = tracer_provider or trace.get_tracer_provider()
         self._meter_provider_for_flush = meter_provider or get_meter_provider()
 
@@ -338,6 +343,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         return flushing_send
 
     def _flush_providers(self) -> None:
+        self._deferred.flush()
         for provider in (self._tracer_provider_for_flush, self._meter_provider_for_flush):
             flush = getattr(provider, "force_flush", None)
             if flush is not None:
@@ -364,7 +370,9 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             error_type = type(exc).__qualname__
             raise
         finally:
-            self._record_duration(start, method, scope, status, error_type, None)
+            duration_s = max(default_timer() - start, 0.0)
+            new, old = self._metric_attributes(method, scope, status, _route_of(scope), error_type)
+            self._deferred.add(self._histograms, duration_s, new, old)
 
     async def _traced_request(
         self, start: float, method: str, path: str, scope: Scope, receive: Receive, send: Send
@@ -454,6 +462,73 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         if code is StatusCode.ERROR:
             span.set_attribute(semconv.ERROR_TYPE, str(status))
             span.set_status(Status(StatusCode.ERROR))
+
+
+class DeferredDurations:
+    """Metrics-only requests hand their duration here; it reaches the histogram at collection.
+
+    A request appends its duration and attribute set to a deque (well under a microsecond);
+    the values are recorded into the stock duration histograms, every one of them (exact counts
+    and sums, no sampling), by the callback of an observable gauge, which the SDK runs at each
+    collection just before it reads the histograms, and at shutdown. The SDK's per-measurement
+    cost (attribute hashing and aggregation, most of a metrics-only request's overhead) thus
+    runs in the metric reader's thread instead of the request. The gauge reports how many
+    durations each collection recorded. Bounded: past ``max_pending`` values, the request that
+    overflows records them itself. One per meter (the SDK registers a gauge name once per
+    meter), shared by every middleware using that meter.
+    """
+
+    GAUGE = "studyin.http.server.deferred_durations"
+
+    def __init__(self, meter: Any, max_pending: int = 100_000) -> None:
+        self._pending: deque[tuple[Any, Any, float, dict[str, Any], dict[str, Any]]] = deque()
+        self.max_pending = max_pending
+        meter.create_observable_gauge(
+            self.GAUGE,
+            callbacks=[self._on_collect],
+            unit="{request}",
+            description="Metrics-only request durations recorded at this collection",
+        )
+
+    @classmethod
+    def for_meter(cls, meter: Any) -> DeferredDurations:
+        with _DEFERRED_LOCK:
+            entry = _DEFERRED.get(id(meter))
+            if entry is None or entry[0] is not meter:
+                entry = _DEFERRED[id(meter)] = (meter, cls(meter))
+            return entry[1]
+
+    def add(
+        self, histograms: tuple[Any, Any], duration_s: float, new: dict[str, Any], old: dict[str, Any]
+    ) -> None:
+        self._pending.append((histograms[0], histograms[1], duration_s, new, old))
+        if len(self._pending) > self.max_pending:
+            self.flush()
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Record every pending duration (safe from any thread, concurrent with ``add``)."""
+        pending = self._pending
+        count = 0
+        while True:
+            try:
+                histogram_new, histogram_old, duration_s, new, old = pending.popleft()
+            except IndexError:
+                return count
+            if histogram_new is not None:
+                histogram_new.record(duration_s, new)
+            if histogram_old is not None:
+                histogram_old.record(max(round(duration_s * 1000), 0), old)
+            count += 1
+
+    def _on_collect(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.flush())]
+
+
+_DEFERRED: dict[int, tuple[Any, DeferredDurations]] = {}
+_DEFERRED_LOCK = threading.Lock()
 
 
 def _host(scope: Scope) -> str:

@@ -20,6 +20,7 @@ from studyin_analytics.instrumentation import (
     instrument_app,
     semconv,
 )
+from studyin_analytics.instrumentation.asgi import DeferredDurations
 
 from .helpers import PSEUDONYMIZER, Pipeline
 
@@ -301,3 +302,46 @@ async def test_fastapi_builtin_telemetry_is_replaced(pipeline: Pipeline) -> None
     spans = pipeline.spans()
     assert [s.name for s in spans] == ["GET /materials/{material_id}"]
     assert USER not in spans[0].to_json() and EMAIL not in spans[0].to_json()
+
+
+async def test_metrics_only_durations_are_exact_across_apps_and_overflow(
+    pipeline: Pipeline, stable_semconv: None
+) -> None:
+    """Deferred recording: every request counted at collection, for every app on the meter."""
+    first = instrumented(pipeline, metrics_only=True)
+    second = instrumented(pipeline, metrics_only=[r"^/hot/"])
+    for _ in range(4):
+        await call(first, "GET", "/materials/m-1")
+    for _ in range(3):
+        await call(second, "GET", "/hot/k")
+    deferred = DeferredDurations.for_meter(first.middleware_stack.meter)  # built on first call
+    assert deferred is DeferredDurations.for_meter(second.middleware_stack.meter)
+    assert deferred.pending() == 7
+    deferred.max_pending = 2  # the request that overflows records the backlog itself
+    await call(first, "GET", "/materials/m-2")
+    assert deferred.pending() == 0
+    counts = {a["http.route"]: n for a, n in pipeline.histogram_points("http.server.request.duration")}
+    assert counts == {"/materials/{material_id}": 5, "/hot/{key}": 3}
+    await call(second, "GET", "/hot/k")
+    counts = {a["http.route"]: n for a, n in pipeline.histogram_points("http.server.request.duration")}
+    assert counts == {"/materials/{material_id}": 5, "/hot/{key}": 4}  # collection recorded it
+    assert deferred.pending() == 0
+
+
+async def test_lifespan_shutdown_records_pending_durations(pipeline: Pipeline) -> None:
+    app = instrumented(pipeline, metrics_only=True)
+    await call(app, "GET", "/materials/m-1")
+    deferred = DeferredDurations.for_meter(app.middleware_stack.meter)
+    assert deferred.pending() == 1
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert deferred.pending() == 0
