@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench bench-quick install clean
+.PHONY: demo test lint typecheck bench bench-quick install system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/studyin-analytics demo
 
-test: $(STAMP)
+# System packages some tests need: libpython3.11 (the rotel collector binary links it) and Chromium (dashboard
+# tests). Installed with apt-get when missing and allowed (root); otherwise those tests fail and say what to install.
+SYSTEM_DEPS_CHECK = { ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1' || echo libpython3.11; \
+	command -v chromium >/dev/null 2>&1 || echo chromium; }
+system-deps:
+	@missing="$$($(SYSTEM_DEPS_CHECK))"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages: $$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  else echo "warning: missing system packages ($$missing); some tests will fail until they are installed"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -872,6 +872,10 @@ def create_app(settings: Settings) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    from .dashboard import mount_dashboard  # the live feed authenticates with _caller, defined above
+
+    mount_dashboard(app, settings, _caller)
     return app
 
 

@@ -222,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, ConfigurationError):
         log_format, log_level = "text", None  # the command reports the problem itself
     # Long-running services log at INFO by default, one-shot commands only warnings.
-    log_level = log_level or getattr(args, "default_log_level", "WARNING")
-    configure_logging(log_format, logging.DEBUG if args.verbose else getattr(logging, log_level))
+    level_name = str(log_level or getattr(args, "default_log_level", "WARNING"))
+    configure_logging(log_format, logging.DEBUG if args.verbose else getattr(logging, level_name))
 
     def settings_hint() -> Settings | None:
         try:
