@@ -119,11 +119,8 @@ def upgrade() -> None:
         )
         """
     )
-    # Active learners over a time window (staff dashboard: count(DISTINCT user_hash) by hour
-    # range): an index-only scan instead of reading every learner's rows.
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS user_activity_hourly_hour_user ON user_activity_hourly (hour, user_hash)"
-    )
+    # No index by hour alone: "active learners in a window" reads
+    # gamification_stats.last_activity_at (indexed by revision 0003), not this table.
 
     # --- AI coach, per user per UTC day --------------------------------------------------------
     op.execute(
