@@ -1,6 +1,6 @@
-"""The aggregator's health endpoint: a tiny HTTP/1.1 server on asyncio (no framework needed).
+"""The aggregator's health endpoint (Starlette on uvicorn, inside the aggregator's event loop).
 
-* ``GET /healthz``: 200 while the consume loop is alive (liveness);
+* ``GET /healthz``: 200 while the process serves (liveness);
 * ``GET /readyz``: 200 when Redis and PostgreSQL answer, else 503 (readiness);
 * ``GET /status``: JSON with lag, pending entries, dead-letter length and totals.
 """
@@ -9,75 +9,84 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-_log = logging.getLogger(__name__)
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 StatusFunction = Callable[[], Awaitable[dict[str, Any]]]
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: SIGTERM belongs to the aggregator, which stops us."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def health_app(status: StatusFunction) -> Starlette:
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        current = await status()
+        ready = bool(current.get("healthy"))
+        body = {"ready": ready, "redis": current.get("redis"), "postgres": current.get("postgres")}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def full_status(request: Request) -> JSONResponse:
+        return JSONResponse(jsonable(await status()))
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/status", full_status, methods=["GET"]),
+        ]
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """``status()`` may hold datetimes and the like: make it JSON."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 class HealthServer:
     """Serves ``status()`` over HTTP on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, status: StatusFunction, host: str, port: int) -> None:
-        self._status = status
         self.host = host
         self.port = port
-        self._server: asyncio.Server | None = None
+        config = uvicorn.Config(
+            health_app(status), host=host, port=port, lifespan="off", log_level="warning", access_log=False
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # a bind failure surfaces here
+                raise OSError(f"health endpoint on {self.host}:{self.port} did not start")
+            await asyncio.sleep(0.01)
+        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while True:  # skip headers
-                line = await asyncio.wait_for(reader.readline(), timeout=5)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            parts = request_line.decode("latin-1").split()
-            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
-            code, body = await self._route(method, path)
-            payload = json.dumps(body, default=str).encode()
-            writer.write(
-                f"HTTP/1.1 {code} {_REASONS.get(code, 'OK')}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _route(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
-        if method != "GET":
-            return 405, {"error": "only GET"}
-        if path == "/healthz":
-            return 200, {"status": "ok"}
-        if path in ("/readyz", "/status"):
-            status = await self._status()
-            if path == "/readyz":
-                ready = bool(status.get("healthy"))
-                return (200 if ready else 503), {
-                    "ready": ready,
-                    "redis": status.get("redis"),
-                    "postgres": status.get("postgres"),
-                }
-            return 200, status
-        return 404, {"error": "not found"}
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, timeout=5)
+        self._task = None

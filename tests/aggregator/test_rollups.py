@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import redis
 
@@ -191,12 +192,12 @@ async def test_nogroup_recreates_group_and_health_reports_lag(migrated: Settings
         server = HealthServer(aggregator.status, "127.0.0.1", 0)
         await server.start()
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-            body = (await reader.read()).decode()
-            writer.close()
-            assert body.startswith("HTTP/1.1 200")
-            assert '"lag": 2' in body
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+                response = await http.get("/status")
+                assert (await http.get("/healthz")).status_code == 200
+                assert (await http.get("/readyz")).status_code == 200
+            assert response.status_code == 200
+            assert response.json()["lag"] == 2
         finally:
             await server.stop()
         await aggregator.drain(timeout_s=30)
