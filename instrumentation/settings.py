@@ -164,7 +164,9 @@ class Settings(BaseSettings):
     )
 
     # --- aggregator ----------------------------------------------------------------------
-    consumer_group: str = Field(default="aggregator", min_length=1)
+    consumer_group: str = Field(
+        default="aggregator", min_length=1, description="Consumer group of the aggregators"
+    )
     consumer_name: str = Field(
         default_factory=socket.gethostname, min_length=1, description="Stable name of this consumer"
     )
@@ -191,9 +193,11 @@ class Settings(BaseSettings):
 
     # --- HTTP services ---------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Query API bind address")
-    api_port: int = Field(default=8000, ge=0, le=65535)
+    api_port: int = Field(default=8000, ge=0, le=65535, description="Query API port")
     gateway_host: str = Field(default="127.0.0.1", description="OTLP/HTTP gateway bind address")
-    gateway_port: int = Field(default=4328, ge=0, le=65535)
+    gateway_port: int = Field(
+        default=4328, ge=0, le=65535, description="OTLP/HTTP gateway port (not 4317/4318: the collector's)"
+    )
     gateway_max_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,
@@ -204,8 +208,8 @@ class Settings(BaseSettings):
     )
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret for query API tokens")
     jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM) for tokens")
-    jwt_audience: str = Field(default="studyin-analytics")
-    jwt_issuer: str = Field(default="studyin")
+    jwt_audience: str = Field(default="studyin-analytics", description="Required `aud` of API tokens")
+    jwt_issuer: str = Field(default="studyin", description="Required `iss` of API tokens")
     staff_role: str = Field(default="staff", description="Role claim value that grants staff views")
     api_max_body_bytes: int = Field(
         default=512 * 1024,
