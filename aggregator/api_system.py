@@ -99,14 +99,25 @@ def _floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def _merge(pieces: list[dict[RouteKey, RouteTotals]]) -> dict[RouteKey, RouteTotals]:
+    """A new map with every piece added (the pieces are not changed)."""
+    merged: dict[RouteKey, RouteTotals] = {}
+    for piece in pieces:
+        for key, totals in piece.items():
+            merged.setdefault(key, RouteTotals()).add(totals)
+    return merged
+
+
 class HourCache:
     """Merged per-route totals of settled whole hours (see the module docstring)."""
 
     def __init__(self) -> None:
         self._hours: dict[datetime, tuple[float, dict[RouteKey, RouteTotals]]] = {}
+        self._spans: dict[tuple[datetime, datetime], tuple[float, dict[RouteKey, RouteTotals]]] = {}
 
     def clear(self) -> None:
         self._hours.clear()
+        self._spans.clear()
 
     async def window(
         self, conn: asyncpg.Connection, since: datetime, until: datetime
@@ -122,11 +133,21 @@ class HourCache:
         else:
             pieces.extend((await read_buckets(conn, since, first_full, hourly=False)).values())
             pieces.extend((await read_buckets(conn, last_full_end, until, hourly=False)).values())
-            pieces.extend(await self._whole_hours(conn, first_full, last_full_end, until))
-        merged: dict[RouteKey, RouteTotals] = {}
-        for piece in pieces:
-            for key, totals in piece.items():
-                merged.setdefault(key, RouteTotals()).add(totals)
+            pieces.append(await self._span(conn, first_full, last_full_end, until))
+        return _merge(pieces)
+
+    async def _span(
+        self, conn: asyncpg.Connection, start: datetime, end: datetime, now: datetime
+    ) -> dict[RouteKey, RouteTotals]:
+        """Whole hours ``[start, end)`` merged; kept while every hour in it is cached and settled."""
+        mono = time.monotonic()
+        cached = self._spans.get((start, end))
+        if cached is not None and cached[0] > mono:
+            return cached[1]
+        hours = await self._whole_hours(conn, start, end, now)
+        merged = _merge(hours)
+        expiry = min(self._hours[h][0] for h in self._hours if start <= h < end)
+        self._spans = {(start, end): (expiry, merged)} if expiry > mono else {}
         return merged
 
     async def _whole_hours(
