@@ -19,7 +19,7 @@ import redis
 from pydantic import ValidationError
 from rich.console import Console
 
-from ..instrumentation.settings import ConfigurationError, Settings, redact_url
+from ..instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
 from .logconfig import configure_logging
 
 EXIT_OK = 0
@@ -29,15 +29,7 @@ EXIT_USAGE = 2
 _console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"STUDYIN_ANALYTICS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise ConfigurationError(f"invalid settings: {fields}") from None
+_settings = load_settings
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..aggregator.cli import _settings
+    from ..instrumentation.settings import load_settings as _settings
     from ..aggregator.embedded import EmbeddedServers
     from . import runner
     from .framework import REGISTRY

@@ -20,20 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..instrumentation.settings import ConfigurationError, Settings, require
+from ..instrumentation.settings import Settings, load_settings, require
 
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"STUDYIN_ANALYTICS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise ConfigurationError(f"invalid settings: {fields}") from None
+_settings = load_settings
 
 
 def _time(moment: datetime | None) -> str:

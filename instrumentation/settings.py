@@ -295,6 +295,22 @@ def require(value: Any, field: str) -> Any:
     return value
 
 
+def load_settings() -> Settings:
+    """Settings from the environment; invalid values raise :class:`ConfigurationError` naming each variable.
+
+    The commands' entry point: the message lists ``STUDYIN_ANALYTICS_<FIELD>: reason`` and never the value.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {fields}") from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings from the environment, read once per process (the entry-point path)."""
