@@ -69,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..instrumentation.settings import load_settings as _settings
     from ..aggregator.embedded import EmbeddedServers
+    from ..instrumentation.settings import load_settings as _settings
     from . import runner
     from .framework import REGISTRY
 
