@@ -29,7 +29,7 @@ from ..instrumentation.settings import Settings
 from .api import create_app
 from .consumer import Aggregator
 from .db import connect
-from .embedded import EmbeddedServers
+from .embedded import servers_for
 from .schema import migrate
 from .simulation import Ledger, new_user_ids, simulate_students
 
@@ -54,12 +54,8 @@ class DemoReport:
     seconds: float
 
 
-def _demo_settings(settings: Settings, servers: EmbeddedServers | None) -> Settings:
+def _demo_settings(settings: Settings) -> Settings:
     changes: dict[str, object] = {}
-    if servers is not None and servers.redis is not None:
-        changes["redis_url"] = servers.redis.url
-    if servers is not None and servers.postgres is not None:
-        changes["postgres_url"] = servers.postgres.url
     if not settings.pseudonym_keys:
         # A throw-away key: demo pseudonyms cannot be linked to anything after the run.
         changes["pseudonym_keys"] = {"demo": secrets.token_urlsafe(32)}
@@ -88,11 +84,9 @@ async def run_demo(settings: Settings, *, students: int = 8, console: Console | 
     need_redis = settings.redis_url is None
     need_postgres = settings.postgres_url is None
     with contextlib.ExitStack() as stack:
-        servers = None
         if need_redis or need_postgres:
-            with console.status("starting embedded Redis/PostgreSQL"):
-                servers = stack.enter_context(EmbeddedServers(redis=need_redis, postgres=need_postgres))
-        settings = _demo_settings(settings, servers)
+            console.print("[dim]no Redis/PostgreSQL URL configured: using embedded servers[/]")
+        settings = _demo_settings(stack.enter_context(servers_for(settings)))
         with console.status("migrating the analytics schema"):
             await asyncio.to_thread(migrate, settings)
 

@@ -19,8 +19,11 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+
+from ..instrumentation.settings import Settings
 
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 
@@ -298,3 +301,23 @@ class EmbeddedServers:
             if server is not None:
                 server.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def servers_for(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with an embedded server standing in for each URL that is not configured.
+
+    The servers live until the block ends; with both URLs configured nothing is started.
+    """
+    need_redis = settings.redis_url is None
+    need_postgres = settings.postgres_url is None
+    if not (need_redis or need_postgres):
+        yield settings
+        return
+    with EmbeddedServers(redis=need_redis, postgres=need_postgres) as servers:
+        changes: dict[str, object] = {}
+        if servers.redis is not None:
+            changes["redis_url"] = servers.redis.url
+        if servers.postgres is not None:
+            changes["postgres_url"] = servers.postgres.url
+        yield settings.with_overrides(**changes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..aggregator.embedded import EmbeddedServers
+    from ..aggregator.embedded import servers_for
     from ..instrumentation.settings import load_settings as _settings
     from . import runner
     from .framework import REGISTRY
@@ -95,18 +94,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import_errors = {}
 
     settings = _settings()
-    with contextlib.ExitStack() as stack:
-        need_redis = settings.redis_url is None
-        need_postgres = settings.postgres_url is None
-        if need_redis or need_postgres:
-            with err.status("starting embedded Redis/PostgreSQL"):
-                servers = stack.enter_context(EmbeddedServers(redis=need_redis, postgres=need_postgres))
-            changes: dict[str, object] = {}
-            if servers.redis is not None:
-                changes["redis_url"] = servers.redis.url
-            if servers.postgres is not None:
-                changes["postgres_url"] = servers.postgres.url
-            settings = settings.with_overrides(**changes)
+    need_redis = settings.redis_url is None
+    need_postgres = settings.postgres_url is None
+    with servers_for(settings) as settings:
         report = asyncio.run(
             runner.run(
                 settings,
