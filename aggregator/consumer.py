@@ -47,7 +47,8 @@ from ..exporter.bus import dead_letter_key, stream_keys
 from ..instrumentation.settings import Settings, require
 from . import rollups
 from .db import create_pool
-from .mapping import EventRow, rows_from_span
+from .mapping import rows_from_span, staging_record
+from .rollups import StagingRecord
 from .schema import (
     drop_expired_partitions,
     ensure_partitions,
@@ -103,8 +104,8 @@ class _Prepared:
 
     stream: str
     ids: list[bytes] = field(default_factory=list)
-    rows: list[EventRow] = field(default_factory=list)
-    by_entry: dict[bytes, list[EventRow]] = field(default_factory=dict)
+    rows: list[StagingRecord] = field(default_factory=list)
+    by_entry: dict[bytes, list[StagingRecord]] = field(default_factory=dict)
     fields: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
 
 
@@ -178,10 +179,16 @@ class Aggregator:
         """(Re-)establish PostgreSQL and the consumer group; raises transient errors."""
         assert self.redis is not None
         if self.pool is None:
-            self.pool = await create_pool(self.settings, min_size=1, max_size=2)
+            self.pool = await self._create_pool()
             self.postgres_ok = True
         await self.ensure_groups()
         self.redis_ok = True
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        # Every connection gets its staging tables once (temporary, emptied at each commit).
+        return await create_pool(
+            self.settings, min_size=1, max_size=2, setup_session=rollups.create_temp_tables
+        )
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -317,7 +324,8 @@ class Aggregator:
             counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in entries])
         prepared = _Prepared(stream)
         gone: list[bytes] = []
-        cutoff = retention_cutoff(self.settings.raw_retention_days)
+        cutoff_day = retention_cutoff(self.settings.raw_retention_days)
+        cutoff = datetime(cutoff_day.year, cutoff_day.month, cutoff_day.day, tzinfo=UTC)
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while it was pending
                 gone.append(entry_id)
@@ -337,7 +345,7 @@ class Aggregator:
                 continue
             result.events_seen += len(rows)
             self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
-            kept = [r for r in rows if r.occurred_at.date() >= cutoff]
+            kept = [staging_record(r) for r in rows if r.occurred_at >= cutoff]
             result.events_expired += len(rows) - len(kept)
             prepared.ids.append(entry_id)
             prepared.rows.extend(kept)
@@ -388,16 +396,15 @@ class Aggregator:
         if good:
             await self._ack(prepared.stream, good, stop)
 
-    async def _commit_with_retry(self, rows: list[EventRow], stop: asyncio.Event | None) -> int:
+    async def _commit_with_retry(self, rows: list[StagingRecord], stop: asyncio.Event | None) -> int:
         """Insert + roll up ``rows`` in one transaction; waits out PostgreSQL outages."""
-        rows = rollups.unique_events(rows)
         if not rows:
             return 0
         backoff = Backoff()
         while True:
             try:
                 if self.pool is None:
-                    self.pool = await create_pool(self.settings, min_size=1, max_size=2)
+                    self.pool = await self._create_pool()
                 return await self._commit(rows)
             except Exception as exc:
                 if not is_transient(exc):
@@ -409,15 +416,15 @@ class Aggregator:
                     raise
                 await backoff.sleep(stop)
 
-    async def _commit(self, rows: list[EventRow]) -> int:
+    async def _commit(self, rows: list[StagingRecord]) -> int:
         assert self.pool is not None
+        days: set[date] = {r[1].date() for r in rows}
         async with self.pool.acquire() as conn:
-            await ensure_partitions(conn, {r.occurred_at.date() for r in rows}, self._partitions)
+            await ensure_partitions(conn, days, self._partitions)
             async with conn.transaction():
-                new_rows = await rollups.insert_events(conn, rows)
-                await rollups.apply(conn, new_rows)
+                inserted = await rollups.insert_and_roll_up(conn, rows)
         self.postgres_ok = True
-        return len(new_rows)
+        return inserted
 
     async def _ack(self, stream: str, ids: list[bytes], stop: asyncio.Event | None) -> None:
         """XACK after the commit; if Redis is gone, retry a while (re-reading would be a no-op)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -22,10 +23,38 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
-    """A pool whose connections see the analytics schema first on their search path."""
+ConnectionHook = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (a round trip that would also be paid per batch)."""
+
+
+async def create_pool(
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    setup_session: ConnectionHook | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections see the analytics schema first on their search path.
+
+    ``setup_session`` runs once on every new connection (e.g. creating its temporary tables);
+    with it, released connections keep their session state (no ``RESET ALL`` on release), so
+    whatever it set up stays for the connection's lifetime.
+    """
     kwargs = connect_kwargs(settings)
-    return await asyncpg.create_pool(min_size=min_size, max_size=max_size, **kwargs)
+    if setup_session is None:
+        return await asyncpg.create_pool(min_size=min_size, max_size=max_size, **kwargs)
+    base_init = kwargs.pop("init")
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await base_init(conn)
+        await setup_session(conn)
+
+    return await asyncpg.create_pool(
+        min_size=min_size, max_size=max_size, init=init, reset=_keep_session, **kwargs
+    )
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 
 ALPHA = 0.01
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
-_LOG_GAMMA = math.log(GAMMA)
+LOG_GAMMA = math.log(GAMMA)
+"""``ln(GAMMA)``; the SQL twin in ``rollups.py`` divides by this very float."""
 MIN_VALUE = 1e-6
 """Values at or below this (ms) are counted in :data:`MIN_KEY` and read back as 0."""
 MIN_KEY = -1_000_000
@@ -30,7 +31,7 @@ def bucket(value: float) -> int:
     """Bucket key of ``value``."""
     if value <= MIN_VALUE:
         return MIN_KEY
-    return math.ceil(math.log(value) / _LOG_GAMMA)
+    return math.ceil(math.log(value) / LOG_GAMMA)
 
 
 def bucket_value(key: int) -> float:

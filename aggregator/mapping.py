@@ -10,6 +10,7 @@ the aggregator's inserts idempotent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -59,20 +60,38 @@ def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
     return _FastUUID(digest)  # type: ignore[no-any-return]
 
 
+def staging_record(row: EventRow) -> tuple[Any, ...]:
+    """``row`` as the aggregator copies it into its staging table (properties as JSON text)."""
+    return (
+        row.event_id,
+        row.occurred_at,
+        row.event_type,
+        row.user_hash,
+        row.session_id,
+        dumps_json(row.properties),
+    )
+
+
 def _time(unix_nano: int) -> datetime:
     return datetime.fromtimestamp(unix_nano / 1e9, tz=UTC)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _valid_pseudonym(value: str) -> bool:
+    return is_pseudonym(value)
+
+
 def _user(attributes: dict[str, Any], fallback: str | None) -> str | None:
     value = attributes.get(semconv.USER_HASH, fallback)
-    return value if is_pseudonym(value) else None
+    # One regex match per distinct learner, not per span (bounded cache).
+    return value if isinstance(value, str) and _valid_pseudonym(value) else None
 
 
 def _session(value: Any) -> uuid.UUID | None:
     if value is None:
         return None
     try:
-        return uuid.UUID(str(value))
+        return _FastUUID(str(value))  # type: ignore[no-any-return]
     except ValueError:
         return None
 

@@ -1,51 +1,127 @@
-"""Rollups: how newly inserted events change the analytics tables.
+"""Rollups: how newly inserted events change the analytics tables, computed in PostgreSQL.
 
-:func:`apply` runs inside the aggregator's batch transaction and sees only the events that
-this transaction inserted (duplicates were filtered by the raw insert), so every rollup
-moves exactly once per event, whatever the bus redelivers.
+One batch travels by binary ``COPY`` into a per-connection temporary staging table. One
+statement moves it into ``analytics_events`` (``ON CONFLICT DO NOTHING``) and keeps the rows
+that were actually inserted, ``RETURNING`` them into a second temporary table; every rollup
+is then one set-based ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` over those
+new rows only. Python never aggregates per event, and duplicates (redelivered entries,
+re-exported spans) are filtered by the raw insert, so every rollup moves exactly once per
+event, whatever the bus redelivers. Both temporary tables empty themselves at commit.
 
 Every update commutes (sums, maxima, set unions, last-writer-wins on ``(time, event_id)``),
 so batches may be applied in any order by any number of aggregators. To keep concurrent
-aggregators free of deadlocks, every statement touches its keys in sorted order and the
-tables are always updated in the same order; the one-row-per-hour dashboard summary, the
-hottest row, comes last so its lock is held only until the commit.
+aggregators free of deadlocks, every statement touches its keys in sorted order (``ORDER BY``
+the conflict key) and the tables are always updated in the same order, one statement after
+the other; the one-row-per-hour dashboard summary, the hottest row, comes last so its lock is
+held only until the commit.
+
+Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
+counts per user need a ``user_hash``; a session's study time (``duration_s`` of its
+``session_end``) is split over the UTC days and hours it covered; latency histograms use the
+buckets of :mod:`.histogram` (same libm ``log`` on both sides, constants passed from Python).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from . import histogram
-from .mapping import API_REQUEST, EventRow, dumps_json
 
-INSERT_EVENTS = """
-INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
-SELECT e.event_id, e.occurred_at, e.event_type, e.user_hash, e.session_id, e.properties::jsonb
-FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[])
-     AS e(event_id, occurred_at, event_type, user_hash, session_id, properties)
-ON CONFLICT DO NOTHING
-RETURNING event_id
+STAGING_TABLE = "aggregator_staging_events"
+NEW_TABLE = "aggregator_new_events"
+STAGING_COLUMNS = ("event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties")
+
+CREATE_TEMP_TABLES = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    event_id uuid, occurred_at timestamptz, event_type text, user_hash text, session_id uuid,
+    properties text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {NEW_TABLE} (
+    event_id uuid, occurred_at timestamptz, event_type text, user_hash text, session_id uuid,
+    properties jsonb, hour timestamptz, day date
+) ON COMMIT DELETE ROWS;
 """
+"""Run once per connection (the aggregator pool's ``init``); temporary tables live as long as it."""
 
-UPSERT_SESSION_STARTS = """
+MOVE_NEW_EVENTS = f"""
+WITH inserted AS (
+    INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
+    SELECT event_id, occurred_at, event_type, user_hash, session_id, properties::jsonb
+    FROM {STAGING_TABLE}
+    ORDER BY event_id
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, occurred_at, event_type, user_hash, session_id, properties
+), moved AS (
+    INSERT INTO {NEW_TABLE}
+    SELECT i.*, date_trunc('hour', i.occurred_at, 'UTC'), (i.occurred_at AT TIME ZONE 'UTC')::date
+    FROM inserted AS i
+    RETURNING 1
+)
+SELECT count(*) FROM moved
+"""
+"""Raw rows in, idempotently (in-batch duplicates are conflicts too); the new ones kept."""
+
+
+def _int(key: str, default: int = 0) -> str:
+    """SQL for Python's ``int(properties.get(key, default))`` (truncates like ``int``)."""
+    return f"coalesce(trunc((properties->>'{key}')::numeric), {default})"
+
+
+def _float(key: str) -> str:
+    """SQL for Python's ``float(properties.get(key, 0.0))``."""
+    return f"coalesce((properties->>'{key}')::float8, 0)"
+
+
+def _bucket(value: str) -> str:
+    """SQL twin of :func:`histogram.bucket` (``ceil(ln x / ln gamma)``, same constants)."""
+    return (
+        f"CASE WHEN {value} <= {histogram.MIN_VALUE!r}::float8 THEN {histogram.MIN_KEY} "
+        f"ELSE ceil(ln({value}) / {histogram.LOG_GAMMA!r}::float8)::int END"
+    )
+
+
+_USER = "user_hash IS NOT NULL"
+_IS_START = "event_type = 'session_start' AND session_id IS NOT NULL"
+_IS_END = "event_type = 'session_end' AND session_id IS NOT NULL"
+
+
+def _study(period: str, unit: str, key_expr: str) -> str:
+    """Rows (user_hash, key, secs): study time of new session ends split over UTC periods."""
+    return f"""
+    SELECT user_hash, {key_expr} AS key,
+           extract(epoch FROM least(p + interval '{period}', end_at) - greatest(start_at, p))::float8 AS secs
+    FROM (
+        SELECT user_hash, occurred_at AS end_at, occurred_at - make_interval(secs => s) AS start_at
+        FROM (SELECT user_hash, occurred_at, {_float("duration_s")} AS s
+              FROM {NEW_TABLE} WHERE {_USER} AND {_IS_END}) AS e
+        WHERE s > 0
+    ) AS st,
+    generate_series(date_trunc('{unit}', start_at, 'UTC'), end_at - interval '1 microsecond',
+                    interval '{period}') AS p
+    """
+
+
+UPSERT_SESSION_STARTS = f"""
 INSERT INTO learning_sessions (session_id, user_hash, started_at)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])
+SELECT DISTINCT ON (session_id) session_id, user_hash, occurred_at
+FROM {NEW_TABLE} WHERE {_USER} AND {_IS_START}
+ORDER BY session_id, occurred_at DESC, event_id DESC
 ON CONFLICT (session_id) DO UPDATE SET started_at = EXCLUDED.started_at
 """
 
-UPSERT_SESSION_ENDS = """
+UPSERT_SESSION_ENDS = f"""
 INSERT INTO learning_sessions
     (session_id, user_hash, ended_at, duration_s, xp_earned, materials_touched, end_reason)
-SELECT s.session_id, s.user_hash, s.ended_at, s.duration_s, s.xp_earned,
-       ARRAY(SELECT jsonb_array_elements_text(s.materials::jsonb)), s.end_reason
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[], $7::text[])
-     AS s(session_id, user_hash, ended_at, duration_s, xp_earned, materials, end_reason)
+SELECT DISTINCT ON (session_id) session_id, user_hash, occurred_at, {_float("duration_s")},
+       {_int("xp_earned")},
+       CASE WHEN jsonb_typeof(properties->'materials_touched') = 'array'
+            THEN ARRAY(SELECT jsonb_array_elements_text(properties->'materials_touched'))
+            ELSE '{{}}'::text[] END,
+       coalesce(properties->>'end_reason', 'completed')
+FROM {NEW_TABLE} WHERE {_USER} AND {_IS_END}
+ORDER BY session_id, occurred_at DESC, event_id DESC
 ON CONFLICT (session_id) DO UPDATE SET
     ended_at = EXCLUDED.ended_at,
     duration_s = EXCLUDED.duration_s,
@@ -54,12 +130,23 @@ ON CONFLICT (session_id) DO UPDATE SET
     end_reason = EXCLUDED.end_reason
 """
 
-UPSERT_DAILY = """
+UPSERT_DAILY = f"""
 INSERT INTO daily_activity_summary AS d
     (user_hash, day, sessions, study_seconds, materials_viewed, materials_completed, xp, events)
-SELECT * FROM unnest(
-    $1::text[], $2::date[], $3::int[], $4::float8[], $5::int[], $6::int[], $7::bigint[], $8::int[]
-)
+SELECT user_hash, key, sum(sessions), sum(secs), sum(viewed), sum(completed), sum(xp), sum(events)
+FROM (
+    SELECT user_hash, day AS key, ({_IS_START})::int AS sessions, 0::float8 AS secs,
+           (event_type = 'material_view')::int AS viewed,
+           (event_type = 'material_complete')::int AS completed,
+           CASE WHEN event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
+           1 AS events
+    FROM {NEW_TABLE} WHERE {_USER}
+    UNION ALL
+    SELECT user_hash, key, 0, secs, 0, 0, 0, 0
+    FROM ({_study("24 hours", "day", "(p AT TIME ZONE 'UTC')::date")}) AS s
+) AS u
+GROUP BY user_hash, key
+ORDER BY user_hash, key
 ON CONFLICT (user_hash, day) DO UPDATE SET
     sessions = d.sessions + EXCLUDED.sessions,
     study_seconds = d.study_seconds + EXCLUDED.study_seconds,
@@ -69,34 +156,28 @@ ON CONFLICT (user_hash, day) DO UPDATE SET
     events = d.events + EXCLUDED.events
 """
 
-UPSERT_HOURLY_USER = """
-INSERT INTO user_activity_hourly AS h
-    (user_hash, hour, events, sessions, study_seconds, materials_viewed, materials_completed, xp,
-     ai_interactions)
-SELECT * FROM unnest(
-    $1::text[], $2::timestamptz[], $3::int[], $4::int[], $5::float8[], $6::int[], $7::int[],
-    $8::bigint[], $9::int[]
-)
-ON CONFLICT (user_hash, hour) DO UPDATE SET
-    events = h.events + EXCLUDED.events,
-    sessions = h.sessions + EXCLUDED.sessions,
-    study_seconds = h.study_seconds + EXCLUDED.study_seconds,
-    materials_viewed = h.materials_viewed + EXCLUDED.materials_viewed,
-    materials_completed = h.materials_completed + EXCLUDED.materials_completed,
-    xp = h.xp + EXCLUDED.xp,
-    ai_interactions = h.ai_interactions + EXCLUDED.ai_interactions
-RETURNING hour, (xmax = 0) AS inserted
-"""
+_STREAK = "event_type IN ('streak_updated', 'streak_broken')"
+_STREAK_ORDER = "ORDER BY occurred_at DESC, event_id DESC"
 
-UPSERT_GAMIFICATION = """
+UPSERT_GAMIFICATION = f"""
 INSERT INTO gamification_stats AS g
     (user_hash, xp_total, level, achievements, current_streak, longest_streak, streak_as_of,
      streak_event_id, last_activity_at)
-SELECT u.user_hash, u.xp, u.level, ARRAY(SELECT jsonb_array_elements_text(u.achievements::jsonb)),
-       coalesce(u.streak, 0), coalesce(u.longest, 0), u.streak_as_of, u.streak_event_id, u.last_at
-FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
-            $8::uuid[], $9::timestamptz[])
-     AS u(user_hash, xp, level, achievements, streak, longest, streak_as_of, streak_event_id, last_at)
+SELECT user_hash,
+       coalesce(sum({_int("xp_amount")}) FILTER (WHERE event_type = 'xp_awarded'), 0),
+       greatest(1, max({_int("level", 1)}) FILTER (WHERE event_type = 'level_up')),
+       coalesce(array_agg(DISTINCT coalesce(properties->>'achievement_id', 'None'))
+                FILTER (WHERE event_type = 'achievement_unlocked'), '{{}}'),
+       coalesce((array_agg(CASE WHEN event_type = 'streak_updated' THEN {_int("streak_days")} ELSE 0 END
+                           {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1], 0),
+       greatest(0, max(CASE WHEN event_type = 'streak_updated' THEN {_int("streak_days")}
+                            ELSE {_int("previous_streak_days")} END) FILTER (WHERE {_STREAK})),
+       (array_agg(occurred_at {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1],
+       (array_agg(event_id {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1],
+       max(occurred_at)
+FROM {NEW_TABLE} WHERE {_USER}
+GROUP BY user_hash
+ORDER BY user_hash
 ON CONFLICT (user_hash) DO UPDATE SET
     xp_total = g.xp_total + EXCLUDED.xp_total,
     level = greatest(g.level, EXCLUDED.level),
@@ -119,17 +200,50 @@ ON CONFLICT (user_hash) DO UPDATE SET
     last_activity_at = greatest(g.last_activity_at, EXCLUDED.last_activity_at)
 """
 
-UPSERT_AI = """
+UPSERT_AI = f"""
+WITH ai AS (
+    SELECT user_hash, day, event_type = 'ai_coach_interaction' AS asked,
+           {_float("latency_ms")} AS latency, {_int("tokens_in")} AS tokens_in,
+           {_int("tokens_out")} AS tokens_out,
+           coalesce(properties->>'model', 'None') AS model,
+           coalesce(properties->>'topic_category', 'None') AS topic,
+           {_int("rating")} AS rating
+    FROM {NEW_TABLE}
+    WHERE {_USER} AND event_type IN ('ai_coach_interaction', 'ai_coach_feedback')
+), maps AS (
+    SELECT user_hash, day,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 'h') AS hist,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 'm') AS models,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 't') AS topics,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 'r') AS ratings
+    FROM (
+        SELECT user_hash, day, 'h' AS m, ({_bucket("latency")})::text AS k, count(*) AS n
+        FROM ai WHERE asked GROUP BY 1, 2, 4
+        UNION ALL
+        SELECT user_hash, day, 'm', model, count(*) FROM ai WHERE asked GROUP BY 1, 2, 4
+        UNION ALL
+        SELECT user_hash, day, 't', topic, count(*) FROM ai WHERE asked GROUP BY 1, 2, 4
+        UNION ALL
+        SELECT user_hash, day, 'r', rating::text, count(*) FROM ai WHERE NOT asked GROUP BY 1, 2, 4
+    ) AS c
+    GROUP BY user_hash, day
+)
 INSERT INTO ai_coach_metrics AS a
     (user_hash, day, interactions, tokens_in, tokens_out, latency_ms_sum, latency_hist, models, topics,
      feedback_count, rating_sum, ratings)
-SELECT u.user_hash, u.day, u.interactions, u.tokens_in, u.tokens_out, u.latency_ms_sum,
-       u.latency_hist::jsonb, u.models::jsonb, u.topics::jsonb, u.feedback_count, u.rating_sum,
-       u.ratings::jsonb
-FROM unnest($1::text[], $2::date[], $3::int[], $4::bigint[], $5::bigint[], $6::float8[], $7::text[],
-            $8::text[], $9::text[], $10::int[], $11::int[], $12::text[])
-     AS u(user_hash, day, interactions, tokens_in, tokens_out, latency_ms_sum, latency_hist, models,
-          topics, feedback_count, rating_sum, ratings)
+SELECT s.user_hash, s.day, s.interactions, s.tokens_in, s.tokens_out, s.latency_ms_sum,
+       coalesce(m.hist, '{{}}'), coalesce(m.models, '{{}}'), coalesce(m.topics, '{{}}'),
+       s.feedback_count, s.rating_sum, coalesce(m.ratings, '{{}}')
+FROM (
+    SELECT user_hash, day, count(*) FILTER (WHERE asked) AS interactions,
+           coalesce(sum(tokens_in) FILTER (WHERE asked), 0) AS tokens_in,
+           coalesce(sum(tokens_out) FILTER (WHERE asked), 0) AS tokens_out,
+           coalesce(sum(latency) FILTER (WHERE asked), 0) AS latency_ms_sum,
+           count(*) FILTER (WHERE NOT asked) AS feedback_count,
+           coalesce(sum(rating) FILTER (WHERE NOT asked), 0) AS rating_sum
+    FROM ai GROUP BY user_hash, day
+) AS s JOIN maps AS m USING (user_hash, day)
+ORDER BY s.user_hash, s.day
 ON CONFLICT (user_hash, day) DO UPDATE SET
     interactions = a.interactions + EXCLUDED.interactions,
     tokens_in = a.tokens_in + EXCLUDED.tokens_in,
@@ -143,16 +257,42 @@ ON CONFLICT (user_hash, day) DO UPDATE SET
     ratings = count_map_add(a.ratings, EXCLUDED.ratings)
 """
 
-UPSERT_SYSTEM = """
+UPSERT_SYSTEM = f"""
+WITH api AS (
+    SELECT date_trunc('minute', occurred_at, 'UTC') AS minute,
+           coalesce(properties->>'route', 'None') AS route,
+           coalesce(properties->>'method', '_OTHER') AS method,
+           {_float("duration_ms")} AS duration,
+           {_int("status_code")} AS status,
+           properties->>'error_type' AS error_type
+    FROM {NEW_TABLE} WHERE event_type = 'api_request'
+), maps AS (
+    SELECT minute, route, method,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 'h') AS hist,
+           jsonb_object_agg(k, n) FILTER (WHERE m = 'e') AS errors
+    FROM (
+        SELECT minute, route, method, 'h' AS m, ({_bucket("duration")})::text AS k, count(*) AS n
+        FROM api GROUP BY 1, 2, 3, 5
+        UNION ALL
+        SELECT minute, route, method, 'e', error_type, count(*)
+        FROM api WHERE error_type IS NOT NULL GROUP BY 1, 2, 3, 5
+    ) AS c
+    GROUP BY minute, route, method
+)
 INSERT INTO system_metrics AS m
     (minute, route, method, requests, errors, client_errors, errors_by_type, latency_sum_ms,
      latency_min_ms, latency_max_ms, latency_hist)
-SELECT u.minute, u.route, u.method, u.requests, u.errors, u.client_errors, u.errors_by_type::jsonb,
-       u.latency_sum_ms, u.latency_min_ms, u.latency_max_ms, u.latency_hist::jsonb
-FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-            $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[])
-     AS u(minute, route, method, requests, errors, client_errors, errors_by_type, latency_sum_ms,
-          latency_min_ms, latency_max_ms, latency_hist)
+SELECT s.minute, s.route, s.method, s.requests, s.errors, s.client_errors, coalesce(m.errors, '{{}}'),
+       s.latency_sum_ms, s.latency_min_ms, s.latency_max_ms, coalesce(m.hist, '{{}}')
+FROM (
+    SELECT minute, route, method, count(*) AS requests,
+           count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
+           count(*) FILTER (WHERE error_type IS NULL AND status >= 400 AND status < 500) AS client_errors,
+           sum(duration) AS latency_sum_ms, min(duration) AS latency_min_ms,
+           greatest(0, max(duration)) AS latency_max_ms
+    FROM api GROUP BY minute, route, method
+) AS s JOIN maps AS m USING (minute, route, method)
+ORDER BY s.minute, s.route, s.method
 ON CONFLICT (minute, route, method) DO UPDATE SET
     requests = m.requests + EXCLUDED.requests,
     errors = m.errors + EXCLUDED.errors,
@@ -164,16 +304,67 @@ ON CONFLICT (minute, route, method) DO UPDATE SET
     latency_hist = count_map_add(m.latency_hist, EXCLUDED.latency_hist)
 """
 
-UPSERT_SUMMARY = """
+UPSERT_HOURLY_AND_SUMMARY = f"""
+WITH hourly AS (
+    INSERT INTO user_activity_hourly AS h
+        (user_hash, hour, events, sessions, study_seconds, materials_viewed, materials_completed, xp,
+         ai_interactions)
+    SELECT user_hash, key, sum(events), sum(sessions), sum(secs), sum(viewed), sum(completed), sum(xp),
+           sum(ai)
+    FROM (
+        SELECT user_hash, hour AS key, 1 AS events, ({_IS_START})::int AS sessions, 0::float8 AS secs,
+               (event_type = 'material_view')::int AS viewed,
+               (event_type = 'material_complete')::int AS completed,
+               CASE WHEN event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
+               (event_type = 'ai_coach_interaction')::int AS ai
+        FROM {NEW_TABLE} WHERE {_USER}
+        UNION ALL
+        SELECT user_hash, key, 0, 0, secs, 0, 0, 0, 0 FROM ({_study("1 hour", "hour", "p")}) AS s
+    ) AS u
+    GROUP BY user_hash, key
+    ORDER BY user_hash, key
+    ON CONFLICT (user_hash, hour) DO UPDATE SET
+        events = h.events + EXCLUDED.events,
+        sessions = h.sessions + EXCLUDED.sessions,
+        study_seconds = h.study_seconds + EXCLUDED.study_seconds,
+        materials_viewed = h.materials_viewed + EXCLUDED.materials_viewed,
+        materials_completed = h.materials_completed + EXCLUDED.materials_completed,
+        xp = h.xp + EXCLUDED.xp,
+        ai_interactions = h.ai_interactions + EXCLUDED.ai_interactions
+    RETURNING hour, (xmax = 0) AS created
+), active AS (
+    -- (user, hour) rows this batch created are exactly the learners new in that hour.
+    SELECT hour, count(*) FILTER (WHERE created) AS users FROM hourly GROUP BY hour
+), types AS (
+    SELECT hour, jsonb_object_agg(event_type, n) AS by_type
+    FROM (SELECT hour, event_type, count(*) AS n FROM {NEW_TABLE} GROUP BY 1, 2) AS t
+    GROUP BY hour
+), totals AS (
+    SELECT key AS hour, sum(events) AS events, sum(sessions) AS sessions, sum(secs) AS secs,
+           sum(viewed) AS viewed, sum(completed) AS completed, sum(xp) AS xp, sum(ai) AS ai,
+           sum(api) AS api, sum(api_errors) AS api_errors
+    FROM (
+        SELECT hour AS key, 1 AS events,
+               ({_USER} AND {_IS_START})::int AS sessions, 0::float8 AS secs,
+               ({_USER} AND event_type = 'material_view')::int AS viewed,
+               ({_USER} AND event_type = 'material_complete')::int AS completed,
+               CASE WHEN {_USER} AND event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
+               ({_USER} AND event_type = 'ai_coach_interaction')::int AS ai,
+               (event_type = 'api_request')::int AS api,
+               (event_type = 'api_request' AND properties->>'error_type' IS NOT NULL)::int AS api_errors
+        FROM {NEW_TABLE}
+        UNION ALL
+        SELECT key, 0, 0, secs, 0, 0, 0, 0, 0, 0 FROM ({_study("1 hour", "hour", "p")}) AS s
+    ) AS u
+    GROUP BY key
+)
 INSERT INTO hourly_analytics_summary AS s
     (hour, events, events_by_type, active_users, sessions, study_seconds, materials_viewed,
      materials_completed, xp, ai_interactions, api_requests, api_errors)
-SELECT u.hour, u.events, u.events_by_type::jsonb, u.active_users, u.sessions, u.study_seconds,
-       u.materials_viewed, u.materials_completed, u.xp, u.ai_interactions, u.api_requests, u.api_errors
-FROM unnest($1::timestamptz[], $2::bigint[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[],
-            $8::int[], $9::bigint[], $10::int[], $11::bigint[], $12::bigint[])
-     AS u(hour, events, events_by_type, active_users, sessions, study_seconds, materials_viewed,
-          materials_completed, xp, ai_interactions, api_requests, api_errors)
+SELECT t.hour, t.events, coalesce(y.by_type, '{{}}'), coalesce(a.users, 0), t.sessions, t.secs, t.viewed,
+       t.completed, t.xp, t.ai, t.api, t.api_errors
+FROM totals AS t LEFT JOIN types AS y USING (hour) LEFT JOIN active AS a USING (hour)
+ORDER BY t.hour
 ON CONFLICT (hour) DO UPDATE SET
     events = s.events + EXCLUDED.events,
     events_by_type = count_map_add(s.events_by_type, EXCLUDED.events_by_type),
@@ -187,392 +378,41 @@ ON CONFLICT (hour) DO UPDATE SET
     api_requests = s.api_requests + EXCLUDED.api_requests,
     api_errors = s.api_errors + EXCLUDED.api_errors
 """
+# Every hour with a (user, hour) row of this batch also has events or study time of this batch,
+# so ``totals`` holds every hour of ``active``: the LEFT JOIN loses nothing.
+
+ROLLUP_STATEMENTS = (
+    UPSERT_SESSION_STARTS,
+    UPSERT_SESSION_ENDS,
+    UPSERT_DAILY,
+    UPSERT_GAMIFICATION,
+    UPSERT_AI,
+    UPSERT_SYSTEM,
+    UPSERT_HOURLY_AND_SUMMARY,  # the hottest row last
+)
+"""In this order, always: a fixed table order keeps concurrent aggregators free of deadlocks."""
+
+StagingRecord = tuple[Any, ...]
+"""``(event_id, occurred_at, event_type, user_hash, session_id, properties JSON text)``."""
 
 
-STAGING_TABLE = "aggregator_staging_events"
-CREATE_STAGING = f"""
-CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
-    event_id uuid, occurred_at timestamptz, event_type text, user_hash text, session_id uuid, properties text
-) ON COMMIT DELETE ROWS
-"""
-STAGING_COLUMNS = ["event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties"]
-INSERT_FROM_STAGING = f"""
-INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
-SELECT event_id, occurred_at, event_type, user_hash, session_id, properties::jsonb FROM {STAGING_TABLE}
-ON CONFLICT DO NOTHING
-RETURNING event_id
-"""
-COPY_THRESHOLD = 200
-"""From this many rows on, raw rows travel by binary COPY into a temporary staging table."""
+async def create_temp_tables(conn: asyncpg.Connection) -> None:
+    """Create this connection's staging tables (idempotent; call once per connection)."""
+    await conn.execute(CREATE_TEMP_TABLES)
 
 
-async def insert_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> list[EventRow]:
-    """Insert raw events idempotently; returns the rows that were new.
+async def insert_and_roll_up(conn: asyncpg.Connection, records: list[StagingRecord]) -> int:
+    """Inside the batch transaction: insert raw events idempotently, roll up the new ones.
 
-    ``rows`` must not repeat an event id (see :func:`unique_events`) and should be sorted by
-    event id, so that two aggregators racing on the same events lock them in the same order.
-    Large batches are copied (binary COPY, the cheapest way in) into a per-session temporary
-    table that empties itself at commit, then moved with one ``INSERT ... ON CONFLICT DO
-    NOTHING``; small ones go as arrays through ``unnest``.
+    Returns the number of events that were new. ``records`` may repeat events (they are
+    conflicts like any redelivery); ``conn`` must have the temporary tables
+    (:func:`create_temp_tables`).
     """
-    if not rows:
-        return []
-    if len(rows) >= COPY_THRESHOLD:
-        await conn.execute(CREATE_STAGING)
-        await conn.copy_records_to_table(
-            STAGING_TABLE,
-            records=[
-                (r.event_id, r.occurred_at, r.event_type, r.user_hash, r.session_id, dumps_json(r.properties))
-                for r in rows
-            ],
-            columns=STAGING_COLUMNS,
-        )
-        inserted = await conn.fetch(INSERT_FROM_STAGING)
-    else:
-        inserted = await conn.fetch(
-            INSERT_EVENTS,
-            [r.event_id for r in rows],
-            [r.occurred_at for r in rows],
-            [r.event_type for r in rows],
-            [r.user_hash for r in rows],
-            [r.session_id for r in rows],
-            [dumps_json(r.properties) for r in rows],
-        )
-    if len(inserted) == len(rows):
-        return list(rows)
-    new_ids = {record[0] for record in inserted}
-    return [r for r in rows if r.event_id in new_ids]
-
-
-def unique_events(rows: Sequence[EventRow]) -> list[EventRow]:
-    """``rows`` without repeated event ids, sorted by event id (a stable lock order)."""
-    by_id = {row.event_id.int: row for row in rows}
-    return [by_id[k] for k in sorted(by_id)]
-
-
-# --- pure aggregation (no I/O), testable on its own -----------------------------------------------
-
-
-def _hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
-
-
-def split_interval(end: datetime, seconds: float, step: timedelta) -> Iterator[tuple[datetime, float]]:
-    """Split the ``seconds`` ending at ``end`` over UTC periods of length ``step`` (hour or day).
-
-    Yields ``(period start, seconds in that period)``; the parts add up to ``seconds``.
-    """
-    if seconds <= 0:
-        return
-    start = end - timedelta(seconds=seconds)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    period = epoch + ((start - epoch) // step) * step
-    remaining = seconds
-    while remaining > 0:
-        period_end = period + step
-        part = min((period_end - max(start, period)).total_seconds(), remaining)
-        if period_end >= end:
-            part = remaining  # the last part takes the rounding rest: parts sum exactly
-        yield period, part
-        remaining -= part
-        period = period_end
-
-
-@dataclass
-class _Gamification:
-    xp: int = 0
-    level: int = 1
-    achievements: set[str] = field(default_factory=set)
-    streak: int | None = None
-    longest: int = 0
-    streak_key: tuple[datetime, Any] | None = None
-    last_at: datetime | None = None
-
-
-@dataclass
-class _Ai:
-    interactions: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_ms_sum: float = 0.0
-    latency_hist: dict[str, int] = field(default_factory=dict)
-    models: dict[str, int] = field(default_factory=dict)
-    topics: dict[str, int] = field(default_factory=dict)
-    feedback_count: int = 0
-    rating_sum: int = 0
-    ratings: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _System:
-    requests: int = 0
-    errors: int = 0
-    client_errors: int = 0
-    errors_by_type: dict[str, int] = field(default_factory=dict)
-    latency_sum_ms: float = 0.0
-    latency_min_ms: float = float("inf")
-    latency_max_ms: float = 0.0
-    latency_hist: dict[str, int] = field(default_factory=dict)
-
-
-_DAILY = ("sessions", "study_seconds", "viewed", "completed", "xp", "events")
-_HOURLY = ("events", "sessions", "study_seconds", "viewed", "completed", "xp", "ai")
-_SUMMARY = ("events", "sessions", "study_seconds", "viewed", "completed", "xp", "ai", "api", "api_errors")
-
-
-def _count(table: dict[str, int], key: str, amount: int = 1) -> None:
-    table[key] = table.get(key, 0) + amount
-
-
-@dataclass
-class Deltas:
-    """What one batch of new events adds to each rollup (computed without I/O)."""
-
-    starts: list[EventRow] = field(default_factory=list)
-    ends: list[EventRow] = field(default_factory=list)
-    daily: dict[tuple[str, date], dict[str, float]] = field(default_factory=dict)
-    hourly: dict[tuple[str, datetime], dict[str, float]] = field(default_factory=dict)
-    gamification: dict[str, _Gamification] = field(default_factory=dict)
-    ai: dict[tuple[str, date], _Ai] = field(default_factory=dict)
-    system: dict[tuple[datetime, str, str], _System] = field(default_factory=dict)
-    summary: dict[datetime, dict[str, float]] = field(default_factory=dict)
-    summary_types: dict[datetime, dict[str, int]] = field(default_factory=dict)
-
-    def _acc(self, table: dict[Any, dict[str, float]], key: Any, names: tuple[str, ...]) -> dict[str, float]:
-        acc = table.get(key)
-        if acc is None:
-            acc = table[key] = dict.fromkeys(names, 0)
-        return acc
-
-
-def compute(rows: Sequence[EventRow]) -> Deltas:
-    """Aggregate newly inserted events into per-rollup deltas."""
-    d = Deltas()
-    for row in rows:
-        kind = row.event_type
-        props = row.properties
-        at = row.occurred_at
-        hour = _hour(at)
-        summary = d._acc(d.summary, hour, _SUMMARY)
-        summary["events"] += 1
-        _count(d.summary_types.setdefault(hour, {}), kind)
-        if kind == API_REQUEST:
-            key = (_minute(at), str(props.get("route")), str(props.get("method", "_OTHER")))
-            sysm = d.system.get(key)
-            if sysm is None:
-                sysm = d.system[key] = _System()
-            duration = float(props.get("duration_ms", 0.0))
-            sysm.requests += 1
-            sysm.latency_sum_ms += duration
-            sysm.latency_min_ms = min(sysm.latency_min_ms, duration)
-            sysm.latency_max_ms = max(sysm.latency_max_ms, duration)
-            histogram.add(sysm.latency_hist, duration)
-            status = int(props.get("status_code", 0) or 0)
-            error_type = props.get("error_type")
-            summary["api"] += 1
-            if error_type is not None:
-                sysm.errors += 1
-                summary["api_errors"] += 1
-                _count(sysm.errors_by_type, str(error_type))
-            elif 400 <= status < 500:
-                sysm.client_errors += 1
-        user = row.user_hash
-        if user is None:
-            continue
-        day = at.date()
-        daily = d._acc(d.daily, (user, day), _DAILY)
-        hourly = d._acc(d.hourly, (user, hour), _HOURLY)
-        daily["events"] += 1
-        hourly["events"] += 1
-        game = d.gamification.get(user)
-        if game is None:
-            game = d.gamification[user] = _Gamification()
-        if game.last_at is None or at > game.last_at:
-            game.last_at = at
-        if kind == "session_start" and row.session_id is not None:
-            d.starts.append(row)
-            daily["sessions"] += 1
-            hourly["sessions"] += 1
-            summary["sessions"] += 1
-        elif kind == "session_end" and row.session_id is not None:
-            d.ends.append(row)
-            seconds = float(props.get("duration_s", 0.0))
-            for period, part in split_interval(at, seconds, timedelta(days=1)):
-                d._acc(d.daily, (user, period.date()), _DAILY)["study_seconds"] += part
-            for period, part in split_interval(at, seconds, timedelta(hours=1)):
-                d._acc(d.hourly, (user, period), _HOURLY)["study_seconds"] += part
-                d._acc(d.summary, period, _SUMMARY)["study_seconds"] += part
-        elif kind == "material_view":
-            daily["viewed"] += 1
-            hourly["viewed"] += 1
-            summary["viewed"] += 1
-        elif kind == "material_complete":
-            daily["completed"] += 1
-            hourly["completed"] += 1
-            summary["completed"] += 1
-        elif kind == "xp_awarded":
-            amount = int(props.get("xp_amount", 0))
-            daily["xp"] += amount
-            hourly["xp"] += amount
-            summary["xp"] += amount
-            game.xp += amount
-        elif kind == "level_up":
-            game.level = max(game.level, int(props.get("level", 1)))
-        elif kind == "achievement_unlocked":
-            game.achievements.add(str(props.get("achievement_id")))
-        elif kind in ("streak_updated", "streak_broken"):
-            if kind == "streak_updated":
-                value = int(props.get("streak_days", 0))
-                game.longest = max(game.longest, value)
-            else:
-                value = 0
-                game.longest = max(game.longest, int(props.get("previous_streak_days", 0)))
-            streak_key = (at, row.event_id)
-            if game.streak_key is None or streak_key > game.streak_key:
-                game.streak_key = streak_key
-                game.streak = value
-        elif kind == "ai_coach_interaction":
-            ai = d.ai.get((user, day))
-            if ai is None:
-                ai = d.ai[(user, day)] = _Ai()
-            latency = float(props.get("latency_ms", 0.0))
-            ai.interactions += 1
-            ai.tokens_in += int(props.get("tokens_in", 0))
-            ai.tokens_out += int(props.get("tokens_out", 0))
-            ai.latency_ms_sum += latency
-            histogram.add(ai.latency_hist, latency)
-            _count(ai.models, str(props.get("model")))
-            _count(ai.topics, str(props.get("topic_category")))
-            hourly["ai"] += 1
-            summary["ai"] += 1
-        elif kind == "ai_coach_feedback":
-            ai = d.ai.get((user, day))
-            if ai is None:
-                ai = d.ai[(user, day)] = _Ai()
-            rating = int(props.get("rating", 0))
-            ai.feedback_count += 1
-            ai.rating_sum += rating
-            _count(ai.ratings, str(rating))
-    return d
-
-
-async def apply(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> None:
-    """Update every rollup from newly inserted events (inside the batch transaction)."""
-    if rows:
-        await apply_deltas(conn, compute(rows))
-
-
-async def apply_deltas(conn: asyncpg.Connection, d: Deltas) -> None:
-    if d.starts:
-        starts = sorted(d.starts, key=lambda r: r.session_id or 0)
-        await conn.execute(
-            UPSERT_SESSION_STARTS,
-            [r.session_id for r in starts],
-            [r.user_hash for r in starts],
-            [r.occurred_at for r in starts],
-        )
-    if d.ends:
-        ends = sorted(d.ends, key=lambda r: r.session_id or 0)
-        await conn.execute(
-            UPSERT_SESSION_ENDS,
-            [r.session_id for r in ends],
-            [r.user_hash for r in ends],
-            [r.occurred_at for r in ends],
-            [float(r.properties.get("duration_s", 0.0)) for r in ends],
-            [int(r.properties.get("xp_earned", 0)) for r in ends],
-            [dumps_json(list(r.properties.get("materials_touched", []))) for r in ends],
-            [str(r.properties.get("end_reason", "completed")) for r in ends],
-        )
-    if d.daily:
-        keys = sorted(d.daily)
-        await conn.execute(
-            UPSERT_DAILY,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            *([d.daily[k][name] for k in keys] for name in _DAILY),
-        )
-    if d.gamification:
-        users = sorted(d.gamification)
-        games = [d.gamification[u] for u in users]
-        await conn.execute(
-            UPSERT_GAMIFICATION,
-            users,
-            [g.xp for g in games],
-            [g.level for g in games],
-            [dumps_json(sorted(g.achievements)) for g in games],
-            [g.streak for g in games],
-            [g.longest for g in games],
-            [g.streak_key[0] if g.streak_key else None for g in games],
-            [g.streak_key[1] if g.streak_key else None for g in games],
-            [g.last_at for g in games],
-        )
-    if d.ai:
-        ai_keys = sorted(d.ai)
-        ais = [d.ai[k] for k in ai_keys]
-        await conn.execute(
-            UPSERT_AI,
-            [k[0] for k in ai_keys],
-            [k[1] for k in ai_keys],
-            [a.interactions for a in ais],
-            [a.tokens_in for a in ais],
-            [a.tokens_out for a in ais],
-            [a.latency_ms_sum for a in ais],
-            [dumps_json(a.latency_hist) for a in ais],
-            [dumps_json(a.models) for a in ais],
-            [dumps_json(a.topics) for a in ais],
-            [a.feedback_count for a in ais],
-            [a.rating_sum for a in ais],
-            [dumps_json(a.ratings) for a in ais],
-        )
-    if d.system:
-        sys_keys = sorted(d.system)
-        systems = [d.system[k] for k in sys_keys]
-        await conn.execute(
-            UPSERT_SYSTEM,
-            [k[0] for k in sys_keys],
-            [k[1] for k in sys_keys],
-            [k[2] for k in sys_keys],
-            [s.requests for s in systems],
-            [s.errors for s in systems],
-            [s.client_errors for s in systems],
-            [dumps_json(s.errors_by_type) for s in systems],
-            [s.latency_sum_ms for s in systems],
-            [s.latency_min_ms for s in systems],
-            [s.latency_max_ms for s in systems],
-            [dumps_json(s.latency_hist) for s in systems],
-        )
-    new_user_hours: dict[datetime, int] = defaultdict(int)
-    if d.hourly:
-        hour_keys = sorted(d.hourly)
-        records = await conn.fetch(
-            UPSERT_HOURLY_USER,
-            [k[0] for k in hour_keys],
-            [k[1] for k in hour_keys],
-            *([d.hourly[k][name] for k in hour_keys] for name in _HOURLY),
-        )
-        for record in records:
-            if record["inserted"]:
-                new_user_hours[record["hour"]] += 1
-    hours = sorted(set(d.summary) | set(new_user_hours))
-    if hours:
-        empty: dict[str, float] = dict.fromkeys(_SUMMARY, 0)
-        sums = [d.summary.get(h, empty) for h in hours]
-        await conn.execute(
-            UPSERT_SUMMARY,
-            hours,
-            [s["events"] for s in sums],
-            [dumps_json(d.summary_types.get(h, {})) for h in hours],
-            [new_user_hours.get(h, 0) for h in hours],
-            [s["sessions"] for s in sums],
-            [s["study_seconds"] for s in sums],
-            [s["viewed"] for s in sums],
-            [s["completed"] for s in sums],
-            [s["xp"] for s in sums],
-            [s["ai"] for s in sums],
-            [s["api"] for s in sums],
-            [s["api_errors"] for s in sums],
-        )
+    if not records:
+        return 0
+    await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=STAGING_COLUMNS)
+    inserted: int = await conn.fetchval(MOVE_NEW_EVENTS)
+    if inserted:
+        for statement in ROLLUP_STATEMENTS:
+            await conn.execute(statement)
+    return inserted
