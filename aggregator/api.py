@@ -63,7 +63,7 @@ from .api_models import (
     TrackResponse,
     XpPoint,
 )
-from .api_system import HourCache
+from .api_system import BlockCache
 from .auth import ApiProblem, Principal, TokenVerifier, forbidden, require_staff, resolve_subject
 from .db import create_pool
 
@@ -423,7 +423,7 @@ async def _system_metrics(
     client: aioredis.Redis,
     settings: Settings,
     params: SystemParams,
-    hours: HourCache,
+    hours: BlockCache,
 ) -> SystemMetrics:
     """Per-route figures over the window from the per-minute rollup; active users; bus lag."""
     now = datetime.now(UTC)
@@ -496,7 +496,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S
     app.state.system_cache = {}
-    app.state.hour_cache = HourCache()
+    app.state.block_cache = BlockCache()
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     # --- errors as problem+json -------------------------------------------------------------
@@ -696,7 +696,7 @@ def create_app(settings: Settings) -> FastAPI:
                 metrics = hit[1]
             else:
                 metrics = await _system_metrics(
-                    conn, request.app.state.redis, settings, params, request.app.state.hour_cache
+                    conn, request.app.state.redis, settings, params, request.app.state.block_cache
                 )
                 ttl = request.app.state.system_metrics_ttl_s
                 if ttl > 0:

@@ -325,7 +325,7 @@ class Probe:
     staff: bool = False
     result_cache: bool = False
     """True: the app's 10 s result cache may answer (system metrics only)."""
-    hour_cache: bool = True
+    block_cache: bool = True
     """False: the per-hour cache of system metrics is emptied before every request (fully cold)."""
     requests: int | None = None
     """Requests per repeat when not the default (slow cold probes)."""
@@ -349,7 +349,7 @@ def probes(today: date) -> list[Probe]:
             f"{prefix}/system/metrics",
             {"window": "24h"},
             staff=True,
-            hour_cache=False,
+            block_cache=False,
             requests=20,
         ),
         Probe(
@@ -406,7 +406,7 @@ async def measure(ctx: BenchContext, data: Dataset) -> list[Measurement]:
                         app.state.system_cache.clear()
                         cached = probe is not None and probe.result_cache
                         app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S if cached else 0
-                        cold = probe is not None and not probe.hour_cache
+                        cold = probe is not None and not probe.block_cache
                         path = "/healthz" if probe is None else probe.path
                         params = {} if probe is None else probe.params
                         count = requests if probe is None or probe.requests is None else probe.requests
@@ -417,7 +417,7 @@ async def measure(ctx: BenchContext, data: Dataset) -> list[Measurement]:
                         samples = []
                         for _ in range(count):
                             if cold:
-                                app.state.hour_cache.clear()
+                                app.state.block_cache.clear()
                             samples.append(await _timed(client, path, params, headers_for(probe)))
                         ctx.advance(task, requests)
                         (baseline_p95 if probe is None else results[probe.name]).append(p95(samples))

@@ -7,14 +7,14 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from studyin_analytics.aggregator import histogram
-from studyin_analytics.aggregator.api_system import HourCache, read_buckets
+from studyin_analytics.aggregator.api_system import BlockCache, read_buckets
 from studyin_analytics.aggregator.db import connect
 from studyin_analytics.instrumentation.settings import Settings
 
 ROUTES = [("/a/{id}", "GET"), ("/b", "POST"), ("/c", "GET")]
 
 
-async def test_hour_cache_window_equals_a_read_of_every_minute(migrated: Settings) -> None:
+async def test_block_cache_window_equals_a_read_of_every_minute(migrated: Settings) -> None:
     rng = random.Random(7)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     rows = []
@@ -42,13 +42,13 @@ async def test_hour_cache_window_equals_a_read_of_every_minute(migrated: Setting
             """,
             rows,
         )
-        cache = HourCache()
+        cache = BlockCache()
         until = now + timedelta(seconds=30)
         for window in (timedelta(minutes=5), timedelta(hours=1), timedelta(hours=6), timedelta(hours=24)):
             since = until - window
             for attempt in range(2):  # the second read takes whole hours from the cache
                 got = await cache.window(conn, since, until)
-                expected = (await read_buckets(conn, since, until, hourly=False)).get(since, {})
+                expected = (await read_buckets(conn, since, until, blocks=False)).get(since, {})
                 assert set(got) == set(expected), (window, attempt)
                 for key, totals in expected.items():
                     mine = got[key]
