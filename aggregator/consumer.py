@@ -107,6 +107,17 @@ class _Prepared:
     rows: list[StagingRecord] = field(default_factory=list)
     by_entry: dict[bytes, list[StagingRecord]] = field(default_factory=dict)
     fields: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
+    counts: dict[bytes, int] = field(default_factory=dict)
+    """Delivery counts of redelivered entries (empty for new ones: first delivery)."""
+
+
+@dataclass
+class _Batch:
+    """One read, prepared: per stream, the entries to commit."""
+
+    result: BatchResult = field(default_factory=BatchResult)
+    streams: list[_Prepared] = field(default_factory=list)
+    redelivered: bool = False
 
 
 class Backoff:
@@ -151,6 +162,8 @@ class Aggregator:
         self._next_maintenance = 0.0
         self._stop: asyncio.Event | None = None
         self._events_per_entry = 50.0  # running estimate, sizes the reads
+        self._pending_dirty = True
+        """Own pending entries may exist that no batch in hand holds (start, claims, failures)."""
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
 
@@ -281,48 +294,79 @@ class Aggregator:
         return claimed
 
     # --- one batch ---------------------------------------------------------------------------
+    #
+    # A batch has two phases: ``_prepare`` (read, decode, map: Python CPU work) and
+    # ``_commit_batch`` (one transaction per stream, then XACK: mostly waiting on PostgreSQL).
+    # ``run`` and ``drain`` keep one batch committing while they prepare the next, so the
+    # decoding of batch N+1 overlaps the database work of batch N. At most one transaction is
+    # in flight; a prepared batch is committed only after the previous one finished, and
+    # entries are acknowledged only after their own commit, so nothing about exactly-once
+    # changes: an abandoned prepared batch simply stays pending.
 
     async def process_batch(
         self, block_ms: int | None = 1000, stop: asyncio.Event | None = None
     ) -> BatchResult:
         """Read, roll up and acknowledge one batch (pending entries of this consumer first)."""
-        result = BatchResult()
+        self._pending_dirty = True
+        batch = await self._prepare(block_ms, read_pending=True)
+        await self._commit_batch(batch, stop)
+        return batch.result
+
+    async def _prepare(self, block_ms: int | None, read_pending: bool) -> _Batch:
+        """Claim, read and map one batch (dead-letters undecodable entries on the way).
+
+        Own pending entries (earlier life, claimed, left for a retry) come before new ones; they
+        are looked for only when ``read_pending`` (no batch of this member is in flight, whose
+        entries would show up as pending too) and something may have left them.
+        """
+        batch = _Batch()
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + CLAIM_INTERVAL_S
-            result.claimed = await self.claim_stale()
-        # Own pending entries (earlier life, claimed, or retried) come before new ones.
+            batch.result.claimed = await self.claim_stale()
+            if batch.result.claimed:
+                self._pending_dirty = True
         count = self.read_count()
-        response = await self._read("0", count, None)
-        redelivered = any(entries for _, entries in response)
-        if not redelivered:
+        response: ReadResponse = []
+        if read_pending and self._pending_dirty:
+            response = await self._read("0", count, None)
+            batch.redelivered = any(entries for _, entries in response)
+            if not batch.redelivered:
+                self._pending_dirty = False
+        if not batch.redelivered:
             response = await self._read(">", count, block_ms)
         for stream, entries in response:
             if entries:
-                await self._process_entries(stream.decode(), entries, result, redelivered, stop)
-        self._add_totals(result)
-        if result.entries:
+                prepared = await self._prepare_entries(stream.decode(), entries, batch)
+                if prepared is not None:
+                    batch.streams.append(prepared)
+        return batch
+
+    async def _commit_batch(self, batch: _Batch, stop: asyncio.Event | None) -> None:
+        """Commit and acknowledge a prepared batch, then count it in the totals."""
+        try:
+            for prepared in batch.streams:
+                await self._commit_entries(prepared, batch.result, stop)
+        except BaseException:
+            self._pending_dirty = True  # whatever was not acknowledged is re-read from "0"
+            raise
+        finally:
+            self._add_totals(batch.result)
+        if batch.result.entries:
             self.last_batch_at = time.time()
-        return result
 
     def read_count(self) -> int:
         """Entries per read: about TARGET_EVENTS_PER_BATCH events, at most ``batch_size``."""
         return max(1, min(self.settings.batch_size, int(TARGET_EVENTS_PER_BATCH / self._events_per_entry)))
 
-    async def _process_entries(
-        self,
-        stream: str,
-        entries: list[Entry],
-        result: BatchResult,
-        redelivered: bool,
-        stop: asyncio.Event | None,
-    ) -> None:
+    async def _prepare_entries(self, stream: str, entries: list[Entry], batch: _Batch) -> _Prepared | None:
         assert self.redis is not None
+        result = batch.result
         result.entries += len(entries)
         counts: dict[bytes, int] = {}
-        if redelivered:
+        if batch.redelivered:
             counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in entries])
-        prepared = _Prepared(stream)
+        prepared = _Prepared(stream, counts=counts)
         gone: list[bytes] = []
         cutoff_day = retention_cutoff(self.settings.raw_retention_days)
         cutoff = datetime(cutoff_day.year, cutoff_day.month, cutoff_day.day, tzinfo=UTC)
@@ -353,19 +397,22 @@ class Aggregator:
             prepared.fields[entry_id] = fields
         if gone:
             await self.redis.xack(stream, self.group, *gone)
-        if not prepared.ids:
-            return
+        return prepared if prepared.ids else None
+
+    async def _commit_entries(
+        self, prepared: _Prepared, result: BatchResult, stop: asyncio.Event | None
+    ) -> None:
         try:
             result.events_inserted += await self._commit_with_retry(prepared.rows, stop)
         except Exception as exc:  # a data error somewhere in the batch: find the entry
             if is_transient(exc):
                 raise
             _log.warning("batch of %d entries failed (%s): retrying entries alone", len(prepared.ids), exc)
-            await self._isolate(prepared, result, counts, stop)
+            await self._isolate(prepared, result, prepared.counts, stop)
             return
         if self.on_committed is not None:
-            self.on_committed(stream, prepared.ids)
-        await self._ack(stream, prepared.ids, stop)
+            self.on_committed(prepared.stream, prepared.ids)
+        await self._ack(prepared.stream, prepared.ids, stop)
 
     async def _isolate(
         self, prepared: _Prepared, result: BatchResult, counts: dict[bytes, int], stop: asyncio.Event | None
@@ -386,6 +433,7 @@ class Aggregator:
                     )
                     result.dead_lettered += 1
                 else:
+                    self._pending_dirty = True  # left pending: retried from "0"
                     _log.warning(
                         "entry %s failed (attempt %d of %d): %s",
                         entry_id.decode(),
@@ -533,41 +581,84 @@ class Aggregator:
     # --- loops ------------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float = 30.0) -> BatchResult:
-        """Process until nothing is left to read (for the demo and tests)."""
+        """Process until nothing is left to read (for the demo, tests and benchmarks)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            result = await self.process_batch(block_ms=50)
-            if result.entries == 0 and await self.lag() == 0:
-                return self.totals
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while loop.time() < deadline:
+                batch = await self._prepare(block_ms=50, read_pending=inflight is None)
+                if inflight is not None:
+                    task, inflight = inflight, None
+                    await task
+                if batch.streams:
+                    inflight = asyncio.create_task(self._commit_batch(batch, None))
+                    continue
+                await self._commit_batch(batch, None)  # nothing to write: just the totals
+                if batch.result.entries == 0 and await self.lag() == 0:
+                    return self.totals
+        finally:
+            await self._finish_inflight(inflight)
         raise TimeoutError(f"bus not drained after {timeout_s}s")
 
+    async def _finish_inflight(self, inflight: asyncio.Task[None] | None) -> None:
+        """Let the batch in flight commit (or give up on its own terms) before leaving."""
+        if inflight is None:
+            return
+        try:
+            await inflight
+        except Exception as exc:  # its entries stay pending; reported, never raised from here
+            self.last_error = _describe(exc)
+            _log.warning("batch in flight not committed: %s", self.last_error)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set; survives Redis and PostgreSQL restarts."""
+        """Process batches until ``stop`` is set; survives Redis and PostgreSQL restarts.
+
+        One batch commits while the next is read and mapped (see ``_prepare``); on ``stop``
+        the batch in flight is finished and a batch only prepared is left pending.
+        """
         self._stop = stop
         backoff = Backoff()
-        while not stop.is_set():
-            try:
-                if self.pool is None or not self.redis_ok:
-                    await self.connect()
-                now = time.monotonic()
-                if now >= self._next_maintenance:
-                    await self.maintain()
-                    self._next_maintenance = now + MAINTENANCE_INTERVAL_S
-                await self.process_batch(block_ms=500, stop=stop)
-                self.redis_ok = True
-                backoff.reset()
-            except Exception as exc:
-                self.last_error = _describe(exc)
-                if is_transient(exc):
-                    _log.warning("connection problem (%s); reconnecting", self.last_error)
-                    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-                        self.redis_ok = False
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    # With a batch in flight, its retry loop owns the pool (it rebuilds it).
+                    if inflight is None and (self.pool is None or not self.redis_ok):
+                        await self.connect()
+                    now = time.monotonic()
+                    if inflight is None and now >= self._next_maintenance:
+                        await self.maintain()
+                        self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+                    batch = await self._prepare(block_ms=500, read_pending=inflight is None)
+                    if inflight is not None:
+                        task, inflight = inflight, None
+                        await task
+                    if stop.is_set() and batch.streams:
+                        self._pending_dirty = True  # prepared, never written: stays pending
+                        break
+                    if batch.streams:
+                        inflight = asyncio.create_task(self._commit_batch(batch, stop))
                     else:
-                        await self._drop_pool()
-                else:
-                    _log.exception("unexpected error in the aggregator loop")
-                await backoff.sleep(stop)
+                        await self._commit_batch(batch, stop)
+                    self.redis_ok = True
+                    backoff.reset()
+                except Exception as exc:
+                    unfinished, inflight = inflight, None
+                    await self._finish_inflight(unfinished)
+                    self._pending_dirty = True
+                    self.last_error = _describe(exc)
+                    if is_transient(exc):
+                        _log.warning("connection problem (%s); reconnecting", self.last_error)
+                        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                            self.redis_ok = False
+                        else:
+                            await self._drop_pool()
+                    else:
+                        _log.exception("unexpected error in the aggregator loop")
+                    await backoff.sleep(stop)
+        finally:
+            await self._finish_inflight(inflight)
 
 
 def _describe(exc: BaseException) -> str:
