@@ -62,7 +62,7 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 ReadResponse = Any  # [[stream, [Entry, ...]], ...] as redis-py returns it for RESP2
 
 MAINTENANCE_INTERVAL_S = 3600.0
-TARGET_EVENTS_PER_BATCH = 10_000
+TARGET_EVENTS_PER_BATCH = 25_000
 """Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
 never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
 CLAIM_INTERVAL_S = 5.0

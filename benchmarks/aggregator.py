@@ -247,7 +247,7 @@ async def _copy_rate(settings: Settings, rows: Sequence[EventRow]) -> float:
 async def throughput(ctx: BenchContext) -> list[Measurement]:
     events = ctx.scale(200_000, 20_000)
     rng = random.Random(20261125)
-    base = ctx.settings.with_overrides(batch_size=50)
+    base = ctx.settings
     users = users_of(base, ctx.scale(5_000, 500))
     spans = make_spans(rng, users, events)
     entries = entries_of(spans)
@@ -258,7 +258,8 @@ async def throughput(ctx: BenchContext) -> list[Measurement]:
         for _ in range(ctx.repeat_count):
             copy_settings = await ctx.migrated_settings("agg copy")
             copy_samples.append(await _copy_rate(copy_settings, rows))
-            agg_settings = (await ctx.migrated_settings("agg throughput")).with_overrides(batch_size=50)
+            # Default settings, as deployed: reads sized by TARGET_EVENTS_PER_BATCH.
+            agg_settings = await ctx.migrated_settings("agg throughput")
             agg_samples.append(await _aggregate_rate(agg_settings, entries, len(rows)))
             ctx.advance(task)
     value, baseline = median(agg_samples), median(copy_samples)
