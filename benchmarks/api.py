@@ -254,12 +254,17 @@ async def load_dataset(ctx: BenchContext, settings: Settings, events: int, users
         seconds_copy = time.perf_counter() - t0
         t0 = time.perf_counter()
         async with ctx.task("deriving rollups from raw events", total=len(ROLLUP_SQL) + 1) as task:
+            # Statistics first, and no nested loops: the CTEs below join millions of rows, and
+            # an estimate made before ANALYZE once picked a plan that ran for many minutes.
+            await conn.execute("ANALYZE analytics_events")
+            await conn.execute("SET enable_nestloop = off")
             for table, sql in ROLLUP_SQL:
                 await conn.execute(sql or _system_metrics_sql())
                 ctx.advance(task)
                 del table
             # Settle the freshly loaded tables (visibility map, statistics) so autovacuum does
             # not start in the middle of the measurement.
+            await conn.execute("RESET enable_nestloop")
             await conn.execute("VACUUM (ANALYZE)")
             ctx.advance(task)
         seconds_rollups = time.perf_counter() - t0
