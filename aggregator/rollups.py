@@ -397,6 +397,16 @@ ROLLUP_STATEMENTS = (
 )
 """In this order, always: a fixed table order keeps concurrent aggregators free of deadlocks."""
 
+PREPARED_MAX_ROWS = 2_000
+"""Batches up to this size run the rollups as prepared statements (planned once per connection,
+on a small batch); larger ones as one script planned for the batch at hand."""
+
+ROLLUP_SCRIPT = ";\n".join(ROLLUP_STATEMENTS)
+"""All rollups in one round trip (simple query protocol, executed in order, inside the batch
+transaction). Small batches (the freshness case) are dominated by per-statement round trips,
+large ones by execution: planning each statement anew also lets the planner see the batch's
+real size, where a cached generic plan would keep the estimates of the first batch."""
+
 StagingRecord = tuple[Any, ...]
 """``(event_id, occurred_at, event_type, user_hash, session_id, properties JSON text)``."""
 
@@ -417,7 +427,11 @@ async def insert_and_roll_up(conn: asyncpg.Connection, records: list[StagingReco
         return 0
     await conn.copy_records_to_table(STAGING_TABLE, records=records, columns=STAGING_COLUMNS)
     inserted: int = await conn.fetchval(MOVE_NEW_EVENTS)
-    if inserted:
+    if not inserted:
+        return 0
+    if len(records) <= PREPARED_MAX_ROWS:
         for statement in ROLLUP_STATEMENTS:
-            await conn.execute(statement)
+            await conn.fetch(statement)  # prepared once per connection: no planning per batch
+    else:
+        await conn.execute(ROLLUP_SCRIPT)
     return inserted
