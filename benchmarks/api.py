@@ -14,23 +14,19 @@ the median over repeats. Baseline: ``GET /healthz`` measured the same way in the
 
 Target: p95 <= 25 ms for each GET.
 
-Run alone: ``python -m studyin_analytics.benchmarks.api [--quick]`` (servers from
-``STUDYIN_ANALYTICS_*``; embedded ones when unset).
+Run alone: ``studyin-analytics bench --only api [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import asyncpg
 import httpx
 import jwt
 
@@ -465,82 +461,3 @@ async def api_latency(ctx: BenchContext) -> list[Measurement]:
     users = ctx.scale(FULL_USERS, QUICK_USERS)
     data = await load_dataset(ctx, settings, events, users)
     return await measure(ctx, data)
-
-
-# --- standalone ------------------------------------------------------------------------------------
-
-
-async def _standalone(quick: bool, repeats: int) -> int:
-    import secrets
-
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
-
-    from ..aggregator.embedded import EmbeddedServers
-
-    settings = Settings()
-    embedded = None
-    if settings.redis_url is None or settings.postgres_url is None:
-        embedded = EmbeddedServers(
-            redis=settings.redis_url is None, postgres=settings.postgres_url is None
-        ).__enter__()
-        changes: dict[str, object] = {}
-        if embedded.redis is not None:
-            changes["redis_url"] = embedded.redis.url
-        if embedded.postgres is not None:
-            changes["postgres_url"] = embedded.postgres.url
-        settings = settings.with_overrides(**changes)
-    if settings.active_key_id is None:
-        settings = settings.with_overrides(pseudonym_keys={"bench": secrets.token_urlsafe(32)})
-    if settings.jwt_secret is None:
-        settings = settings.with_overrides(jwt_secret=secrets.token_urlsafe(32), jwt_public_key=None)
-    progress = Progress(transient=True)
-    ctx = BenchContext(settings=settings, quick=quick, progress=progress, repeats=repeats)
-    try:
-        with progress:
-            rows = await api_latency(ctx)
-        table = Table(title="query API latency")
-        for column in ("measure", "value", "baseline", "ratio", "target", "met"):
-            table.add_column(column)
-        for row in rows:
-            table.add_row(
-                row.name,
-                f"{row.value:,.2f} {row.unit}",
-                f"{row.baseline:,.3f} ms" if row.baseline else "-",
-                f"{row.ratio:.1f}" if row.ratio is not None else "-",
-                row.target or "-",
-                {True: "yes", False: "NO", None: "-"}[row.met],
-            )
-        Console().print(table)
-    finally:
-        await _drop(ctx)
-        if embedded is not None:
-            embedded.close()
-    return 0
-
-
-async def _drop(ctx: BenchContext) -> None:
-    for isolated in ctx.isolated:
-        try:
-            conn = await asyncpg.connect(isolated.postgres_url)
-        except (OSError, asyncpg.PostgresError):
-            return
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{isolated.postgres_schema}" CASCADE')
-        finally:
-            await conn.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="100k events, 500 learners, one repeat")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats to take the median over (default 5)")
-    args = parser.parse_args(argv)
-    return asyncio.run(_standalone(args.quick, args.repeats))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

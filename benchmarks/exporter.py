@@ -16,13 +16,11 @@ with 5 attributes, like a StudyIn domain event):
 Targets (issue 4): at most 10 µs per span for the exporter, at least 3x cheaper than OTLP/HTTP
 (both on CPU per span).
 
-Runnable on its own: ``python -m studyin_analytics.benchmarks.exporter [--quick]`` (Redis from
-``STUDYIN_ANALYTICS_REDIS_URL``, else an embedded one).
+Run alone: ``studyin-analytics bench --only exporter [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -31,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -271,68 +269,3 @@ async def exporter_cost(ctx: BenchContext) -> list[Measurement]:
     async with ctx.task("exporter: Redis stream exporter vs OTLP/HTTP"):
         samples = await asyncio.to_thread(_measure, settings, ctx.quick, ctx.repeat_count)
     return measurements(samples)
-
-
-# --- standalone ---------------------------------------------------------------------------------
-
-
-def _print(rows: Sequence[Measurement]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="exporter benchmark")
-    for column in ("measure", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.name,
-            f"{row.value:,.2f} {row.unit}",
-            f"{row.baseline:,.2f} ({row.baseline_name})" if row.baseline else "-",
-            f"{row.ratio:.3f}" if row.ratio is not None else "-",
-            row.target or "-",
-            {True: "yes", False: "NO", None: "-"}[row.met],
-        )
-    Console().print(table)
-
-
-async def _standalone(quick: bool) -> int:
-    from rich.progress import Progress
-
-    settings = Settings()
-    embedded = None
-    if settings.redis_url is None:
-        from ..aggregator.embedded import EmbeddedServers
-
-        embedded = EmbeddedServers(redis=True, postgres=False).__enter__()
-        assert embedded.redis is not None
-        settings = settings.with_overrides(redis_url=embedded.redis.url)
-    if settings.active_key_id is None:
-        settings = settings.with_overrides(pseudonym_keys={"bench": "bench-only-key-0123456789"})
-    progress = Progress(transient=True)
-    ctx = BenchContext(settings=settings, quick=quick, progress=progress)
-    try:
-        with progress:
-            rows = await exporter_cost(ctx)
-        _print(rows)
-    finally:
-        client = redis.Redis.from_url(require(settings.redis_url, "redis_url"))
-        for isolated in ctx.isolated:
-            for key in client.scan_iter(match=f"{isolated.stream_prefix}*"):
-                client.delete(key)
-        client.close()
-        if embedded is not None:
-            embedded.close()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one short repeat (a smoke test)")
-    args = parser.parse_args(argv)
-    return asyncio.run(_standalone(args.quick))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

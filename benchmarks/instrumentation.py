@@ -20,15 +20,13 @@ server is needed.
 Targets (issue 3): with spans, no more per request than the stock middleware; metrics-only at
 most 25 µs of overhead per request.
 
-Runnable on its own: ``python -m studyin_analytics.benchmarks.instrumentation [--quick]``.
+Run alone: ``studyin-analytics bench --only instrumentation [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,13 +37,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
 from ..instrumentation import Pseudonymizer, StudyInASGIMiddleware, StudyInTracker, semconv
 from ..instrumentation.asgi import DeferredDurations
-from ..instrumentation.settings import Settings
 from .framework import BenchContext, Measurement, at_most, bench, median
 
 TARGET_METRICS_ONLY_OVERHEAD_US = 25.0
@@ -383,38 +377,3 @@ async def instrumentation(ctx: BenchContext) -> list[Measurement]:
         rows = await asyncio.to_thread(_tracker_rows, ctx)
     rows += await _asgi_rows(ctx)
     return rows
-
-
-# --- on its own --------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
-    args = parser.parse_args(argv)
-    console = Console(width=max(Console().width, 150))
-    with Progress(console=console, transient=True) as progress:
-        ctx = BenchContext(settings=Settings(), quick=args.quick, progress=progress)
-
-        async def run() -> list[Measurement]:
-            return await instrumentation(ctx)
-
-        rows = asyncio.run(run())
-    table = Table(title="instrumentation")
-    for column in ("measurement", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.name,
-            f"{row.value:.2f} {row.unit}",
-            f"{row.baseline:.2f} ({row.baseline_name})" if row.baseline is not None else "",
-            f"{row.ratio:.2f}x" if row.ratio is not None else "",
-            row.target or "",
-            "" if row.met is None else ("yes" if row.met else "NO"),
-        )
-    console.print(table)
-    return 0 if all(row.met is not False for row in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
