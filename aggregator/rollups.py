@@ -87,6 +87,11 @@ def _bucket(value: str) -> str:
     )
 
 
+def _merge(stored: str, added: str) -> str:
+    """``count_map_add`` of two count maps, skipped (a function call per row) when nothing is added."""
+    return f"CASE WHEN {added} = '{{}}'::jsonb THEN {stored} ELSE count_map_add({stored}, {added}) END"
+
+
 _USER = "user_hash IS NOT NULL"
 _IS_START = "event_type = 'session_start' AND session_id IS NOT NULL"
 _IS_END = "event_type = 'session_end' AND session_id IS NOT NULL"
@@ -254,12 +259,12 @@ ON CONFLICT (user_hash, day) DO UPDATE SET
     tokens_in = a.tokens_in + EXCLUDED.tokens_in,
     tokens_out = a.tokens_out + EXCLUDED.tokens_out,
     latency_ms_sum = a.latency_ms_sum + EXCLUDED.latency_ms_sum,
-    latency_hist = count_map_add(a.latency_hist, EXCLUDED.latency_hist),
-    models = count_map_add(a.models, EXCLUDED.models),
-    topics = count_map_add(a.topics, EXCLUDED.topics),
+    latency_hist = {_merge("a.latency_hist", "EXCLUDED.latency_hist")},
+    models = {_merge("a.models", "EXCLUDED.models")},
+    topics = {_merge("a.topics", "EXCLUDED.topics")},
     feedback_count = a.feedback_count + EXCLUDED.feedback_count,
     rating_sum = a.rating_sum + EXCLUDED.rating_sum,
-    ratings = count_map_add(a.ratings, EXCLUDED.ratings)
+    ratings = {_merge("a.ratings", "EXCLUDED.ratings")}
 """
 
 UPSERT_SYSTEM = f"""
@@ -302,11 +307,11 @@ ON CONFLICT (minute, route, method) DO UPDATE SET
     requests = m.requests + EXCLUDED.requests,
     errors = m.errors + EXCLUDED.errors,
     client_errors = m.client_errors + EXCLUDED.client_errors,
-    errors_by_type = count_map_add(m.errors_by_type, EXCLUDED.errors_by_type),
+    errors_by_type = {_merge("m.errors_by_type", "EXCLUDED.errors_by_type")},
     latency_sum_ms = m.latency_sum_ms + EXCLUDED.latency_sum_ms,
     latency_min_ms = least(m.latency_min_ms, EXCLUDED.latency_min_ms),
     latency_max_ms = greatest(m.latency_max_ms, EXCLUDED.latency_max_ms),
-    latency_hist = count_map_add(m.latency_hist, EXCLUDED.latency_hist)
+    latency_hist = {_merge("m.latency_hist", "EXCLUDED.latency_hist")}
 """
 
 UPSERT_HOURLY_AND_SUMMARY = f"""
