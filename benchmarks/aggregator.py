@@ -14,15 +14,13 @@
   RSS sampled every 0.5 s. Value: the peak RSS; baseline: the RSS right after start-up;
   target < 200 MB and flat (the notes give the growth between the first and last quarter).
 
-Run alone: ``python -m studyin_analytics.benchmarks.aggregator [--quick]`` (servers from
+Run alone: ``studyin-analytics bench --only aggregator [--quick] [--repeats N]`` (servers from
 ``STUDYIN_ANALYTICS_*``; embedded ones when unset).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -433,68 +431,3 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
 async def aggregator_bench(ctx: BenchContext) -> list[Measurement]:
     """Throughput vs bare COPY, freshness at 5k events/s, RSS under load."""
     return [*await throughput(ctx), *await freshness(ctx), *await memory(ctx)]
-
-
-# --- standalone ------------------------------------------------------------------------------------
-
-
-async def _standalone(quick: bool, repeats: int) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
-
-    from ..aggregator.embedded import EmbeddedServers
-    from .runner import bench_settings, cleanup
-
-    settings = Settings()
-    embedded = None
-    if settings.redis_url is None or settings.postgres_url is None:
-        embedded = EmbeddedServers(
-            redis=settings.redis_url is None, postgres=settings.postgres_url is None
-        ).__enter__()
-        changes: dict[str, object] = {}
-        if embedded.redis is not None:
-            changes["redis_url"] = embedded.redis.url
-        if embedded.postgres is not None:
-            changes["postgres_url"] = embedded.postgres.url
-        settings = settings.with_overrides(**changes)
-    settings = bench_settings(settings)
-    progress = Progress(transient=True)
-    ctx = BenchContext(settings=settings, quick=quick, progress=progress, repeats=repeats)
-    try:
-        with progress:
-            rows = await aggregator_bench(ctx)
-        table = Table(title="aggregator benchmark")
-        for column in ("measure", "value", "baseline", "ratio", "target", "met", "notes"):
-            table.add_column(column)
-        for row in rows:
-            table.add_row(
-                row.name,
-                f"{row.value:,.1f} {row.unit}",
-                f"{row.baseline:,.1f} ({row.baseline_name})" if row.baseline else "-",
-                f"{row.ratio:.3f}" if row.ratio is not None else "-",
-                row.target or "-",
-                {True: "yes", False: "NO", None: "-"}[row.met],
-                row.notes,
-            )
-        Console(width=200).print(table)
-    finally:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
-            await cleanup(settings, ctx.isolated)
-        if embedded is not None:
-            embedded.close()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="small data, short runs, one repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the throughput run (default 3)")
-    args = parser.parse_args(argv)
-    return asyncio.run(_standalone(args.quick, args.repeats))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

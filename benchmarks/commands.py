@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "processes it starts into DIR; profiled figures are slower than normal ones"
         ),
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="repeats each median is taken over (default 5; 1 with --quick)",
+    )
     p.add_argument("--list", action="store_true", help="list the benchmark names and exit")
     p.set_defaults(func=cmd_bench)
 
@@ -106,6 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout,
                 import_errors=import_errors,
                 profile_dir=args.profile,
+                repeats=args.repeats,
             )
         )
         report.environment["embedded_servers"] = {"redis": need_redis, "postgres": need_postgres}

@@ -148,6 +148,7 @@ async def run(
     timeout_s: float | None = None,
     import_errors: dict[str, str] | None = None,
     profile_dir: Path | None = None,
+    repeats: int | None = None,
 ) -> RunReport:
     """Run the selected registered benchmarks (modules must already be loaded) and collect rows.
 
@@ -180,6 +181,8 @@ async def run(
             progress.update(overall, description=f"benchmark [bold]{name}[/]")
             error: str | None
             ctx = BenchContext(settings=settings, quick=quick, progress=progress, profile_dir=profile_dir)
+            if repeats is not None:
+                ctx.repeats = repeats
             bench_started = time.monotonic()
             error = None
             rows: list[Measurement] = []
