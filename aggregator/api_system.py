@@ -3,8 +3,9 @@
 A window is read as: the minutes of its partial first and last 10-minute blocks straight from
 ``system_metrics``, and its whole blocks from an in-process cache of per-block merged rows
 (counts, errors by type, DDSketch latency histograms), kept merged per span. A block is cached
-only once it ended :data:`SETTLE` ago (time for the aggregator to roll in late batches) and is
-re-read after :data:`BLOCK_TTL_S` (so even later data shows up). Any window therefore reads at
+only once it ended :data:`SETTLE` ago (time for the aggregator to roll in late batches); blocks
+newer than that are read as minutes, so the merged span of whole blocks stays cached for a
+block's time. Blocks are re-read after :data:`BLOCK_TTL_S` (so even later data shows up). Any window therefore reads at
 most ~:data:`BLOCK` + :data:`SETTLE` + :data:`BLOCK` of minute rows per request, instead of up to
 1,440 minutes of every route. Percentiles come from the merged histograms (:mod:`.histogram`,
 relative error <= 1 %).
@@ -132,7 +133,9 @@ class BlockCache:
         first_full = _floor_block(since)
         if first_full < since:
             first_full += BLOCK
-        last_full_end = _floor_block(until)
+        # Only settled blocks come from the cache: the newest ones are still read as minutes, so
+        # the merged span of whole blocks stays valid (and cached) for a whole block's time.
+        last_full_end = min(_floor_block(until - SETTLE), _floor_block(until))
         pieces: list[dict[RouteKey, RouteTotals]] = []
         if first_full >= last_full_end:  # no whole block inside: minutes only
             pieces.extend((await read_buckets(conn, since, until, blocks=False)).values())
