@@ -5,8 +5,9 @@ A window is read as: the minutes of its partial first and last 10-minute blocks 
 (counts, errors by type, DDSketch latency histograms), kept merged per span. A block is cached
 only once it ended :data:`SETTLE` ago (time for the aggregator to roll in late batches); blocks
 newer than that are read as minutes, so the merged span of whole blocks stays cached for a
-block's time. Blocks are re-read after :data:`BLOCK_TTL_S` (so even later data shows up). Any window therefore reads at
-most ~:data:`BLOCK` + :data:`SETTLE` + :data:`BLOCK` of minute rows per request, instead of up to
+block's time. Blocks are re-read after :data:`BLOCK_TTL_S` (so even later data shows up). Any
+window therefore reads at most ~:data:`BLOCK` + :data:`SETTLE` + :data:`BLOCK` of minute rows per
+request, instead of up to
 1,440 minutes of every route. Percentiles come from the merged histograms (:mod:`.histogram`,
 relative error <= 1 %).
 """
