@@ -1,7 +1,4 @@
-"""From bus records to event rows: which spans and span events are StudyIn events.
-
-* every span event named ``studyin.<type>`` is one event of that type;
-* every HTTP server span (auto-instrumentation) is one ``api_request`` event.
+"""From bus records to event rows (which spans are StudyIn events is ``exporter.events``' rule).
 
 Each row gets a deterministic id derived from the trace id, span id and the event's
 position in its span, so a batch delivered twice maps to the same ids; that is what makes
@@ -19,11 +16,11 @@ from typing import Any, NamedTuple
 
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
-from ..exporter.wire import SPAN_KIND_SERVER, STATUS_ERROR, SpanRecord
+from ..exporter.events import API_REQUEST, api_request_fields, domain_event_type
+from ..exporter.wire import SpanRecord
 from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
 
-API_REQUEST = "api_request"
 _SERVER_SPAN_INDEX = 0xFFFF  # position used for the span itself, after any event index
 
 _SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
@@ -96,14 +93,6 @@ def _session(value: Any) -> uuid.UUID | None:
         return None
 
 
-def _first(attributes: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        value = attributes.get(name)
-        if value is not None:
-            return value
-    return None
-
-
 def rows_from_span(record: SpanRecord) -> list[EventRow]:
     """Event rows carried by one span (possibly none)."""
     rows: list[EventRow] = []
@@ -113,7 +102,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     fields = semconv.ATTRIBUTE_FIELDS
     trace_id, span_id = record.trace_id, record.span_id
     for index, event in enumerate(record.events):
-        event_type = semconv.event_type_of(event.name)
+        event_type = domain_event_type(event.name)
         if event_type is None:
             continue
         attributes = event.attributes
@@ -138,30 +127,16 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
                 properties,
             )
         )
-    if record.kind == SPAN_KIND_SERVER:
-        attrs = record.attributes
-        route = _first(attrs, "http.route")
-        if route is not None:
-            status = _first(attrs, "http.response.status_code", "http.status_code")
-            error_type = attrs.get("error.type")
-            if error_type is None and record.status_code == STATUS_ERROR:
-                error_type = "_OTHER"
-            if error_type is None and isinstance(status, int) and status >= 500:
-                error_type = str(status)
-            rows.append(
-                EventRow(
-                    event_id(record.trace_id, record.span_id, _SERVER_SPAN_INDEX),
-                    _time(record.end_unix_nano),
-                    API_REQUEST,
-                    span_user,
-                    None,
-                    {
-                        "route": str(route),
-                        "method": str(_first(attrs, "http.request.method", "http.method") or "_OTHER"),
-                        "status_code": int(status) if isinstance(status, int) else 0,
-                        "duration_ms": max(record.end_unix_nano - record.start_unix_nano, 0) / 1e6,
-                        "error_type": error_type,
-                    },
-                )
+    request = api_request_fields(record)
+    if request is not None:
+        rows.append(
+            EventRow(
+                event_id(trace_id, span_id, _SERVER_SPAN_INDEX),
+                _time(record.end_unix_nano),
+                API_REQUEST,
+                span_user,
+                None,
+                request,
             )
+        )
     return rows

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 
+from ..exporter.events import API_REQUEST
 from ..instrumentation import LearningSession, StudyInTracker, events, instrument_app
 from ..instrumentation.privacy import Pseudonymizer
 
@@ -39,8 +40,6 @@ COACH_TOPICS = ("cardiology", "pharmacology", "nephrology", "neurology")
 FLASHCARD_XP = 2
 """XP for each correctly answered flashcard."""
 FLASHCARD_DECK = "pharm-cards"
-
-API_REQUEST = "api_request"
 
 
 @dataclass

@@ -28,9 +28,9 @@ import redis.asyncio as aioredis
 from ..instrumentation import semconv
 from ..instrumentation.settings import Settings
 from . import wire
+from .events import API_REQUEST, api_request_fields, domain_event_type
 from .stats import stats_pattern, summarize
 
-API_REQUEST = "api_request"
 """Pseudo event type of HTTP server spans (what the aggregator rolls up as system metrics)."""
 
 _PAGE = 200
@@ -106,7 +106,7 @@ def events_of_entry(
     for record in records:
         span_user = record.attributes.get(semconv.USER_HASH)
         for event in record.events:
-            kind = semconv.event_type_of(event.name)
+            kind = domain_event_type(event.name)
             if kind is None or (event_type is not None and kind != event_type):
                 continue
             out.append(
@@ -119,12 +119,8 @@ def events_of_entry(
                     {k: v for k, v in event.attributes.items() if k != semconv.USER_HASH},
                 )
             )
-        if (
-            record.kind == wire.SPAN_KIND_SERVER
-            and "http.route" in record.attributes
-            and event_type in (None, API_REQUEST)
-        ):
-            attrs = record.attributes
+        request = api_request_fields(record) if event_type in (None, API_REQUEST) else None
+        if request is not None:
             out.append(
                 BusEvent(
                     stream,
@@ -132,14 +128,8 @@ def events_of_entry(
                     API_REQUEST,
                     datetime.fromtimestamp(record.end_unix_nano / 1e9, tz=UTC),
                     span_user,
-                    {
-                        "http.route": attrs.get("http.route"),
-                        "http.request.method": attrs.get("http.request.method", attrs.get("http.method")),
-                        "http.response.status_code": attrs.get(
-                            "http.response.status_code", attrs.get("http.status_code")
-                        ),
-                        "duration_ms": (record.end_unix_nano - record.start_unix_nano) / 1e6,
-                    },
+                    # Under the same studyin.* attribute names as every other event's fields.
+                    {semconv.FIELD_ATTRIBUTES[k]: v for k, v in request.items() if v is not None},
                 )
             )
     return out

@@ -197,5 +197,6 @@ async def test_recent_api_requests_come_from_server_spans(settings: Settings, tm
         requests = await bus.recent(client, settings, "api_request", 10)
     finally:
         await client.aclose()
-    assert [r.attributes["http.response.status_code"] for r in requests] == [500, 404, 200]
-    assert all(r.attributes["http.route"] == "/api/materials/{id}" for r in requests)
+    assert [r.attributes["studyin.api.status_code"] for r in requests] == [500, 404, 200]
+    assert all(r.attributes["studyin.api.route"] == "/api/materials/{id}" for r in requests)
+    assert [r.attributes.get("studyin.api.error_type") for r in requests] == ["500", None, None]
