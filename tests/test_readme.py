@@ -26,3 +26,12 @@ def test_the_two_fresh_machine_commands() -> None:
     assert "make demo" in README and "make test" in README
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "make test" in ci  # CI runs the README's test command
+
+
+def test_every_file_the_readme_points_to_exists() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    paths = set(re.findall(r"(?:tests|docs|deploy)/[\w./-]+\.(?:py|md|png|json|yaml)", README))
+    missing = sorted(p for p in paths if not (root / p).exists())
+    assert paths and not missing, f"README.md points to missing files: {missing}"
