@@ -15,6 +15,7 @@ import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from http import HTTPStatus
@@ -380,6 +381,30 @@ async def _subject(
         raise
 
 
+@dataclass(frozen=True)
+class _LearnerWindow:
+    hashes: tuple[str, ...]
+    since: date
+    until: date
+    daily: list[asyncpg.Record]
+    stats: asyncpg.Record
+
+
+async def _learner_window(
+    db: asyncpg.Pool, caller: Principal, endpoint: str, params: OverviewParams
+) -> _LearnerWindow:
+    """A learner's daily rollup over ``params.days`` and gamification state, the read audited."""
+    hashes = await _subject(db, caller, endpoint, params.subject)
+    until = _today()
+    since = until - timedelta(days=params.days - 1)
+    async with db.acquire() as conn:
+        daily = await conn.fetch(DAILY_SQL, list(hashes), since, until)
+        stats = await conn.fetchrow(GAMIFICATION_SQL, list(hashes))
+        await audit.record(conn, caller, endpoint, subject=hashes[0])
+    assert stats is not None  # an aggregate query always returns one row
+    return _LearnerWindow(hashes, since, until, daily, stats)
+
+
 async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLag:
     """Bus entries the aggregator group has not acknowledged yet, and the oldest one's age."""
     behind = pending = 0
@@ -538,13 +563,14 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, caller: Caller, db: Db, params: Annotated[OverviewParams, Query()]
     ) -> Response:
         """Sessions, study minutes, materials viewed/completed, XP, current streak, daily series."""
-        hashes = await _subject(db, caller, overview_path, params.subject)
-        until = _today()
-        since = until - timedelta(days=params.days - 1)
-        async with db.acquire() as conn:
-            records = await conn.fetch(DAILY_SQL, list(hashes), since, until)
-            stats = await conn.fetchrow(GAMIFICATION_SQL, list(hashes))
-            await audit.record(conn, caller, overview_path, subject=hashes[0])
+        window = await _learner_window(db, caller, overview_path, params)
+        hashes, since, until, records, stats = (
+            window.hashes,
+            window.since,
+            window.until,
+            window.daily,
+            window.stats,
+        )
         daily = [
             DailyActivity(
                 day=r["day"],
@@ -645,20 +671,14 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, caller: Caller, db: Db, params: Annotated[OverviewParams, Query()]
     ) -> Response:
         """XP trend over the window, level, achievements, current and longest streak."""
-        hashes = await _subject(db, caller, gamification_path, params.subject)
-        until = _today()
-        since = until - timedelta(days=params.days - 1)
-        async with db.acquire() as conn:
-            stats = await conn.fetchrow(GAMIFICATION_SQL, list(hashes))
-            records = await conn.fetch(DAILY_SQL, list(hashes), since, until)
-            await audit.record(conn, caller, gamification_path, subject=hashes[0])
+        window = await _learner_window(db, caller, gamification_path, params)
+        hashes, until, records, stats = window.hashes, window.until, window.daily, window.stats
         trend = []
         cumulative = 0
         for r in records:
             if r["xp"]:
                 cumulative += r["xp"]
                 trend.append(XpPoint(day=r["day"], xp=r["xp"], cumulative_xp=cumulative))
-        assert stats is not None  # an aggregate query always returns one row
         progress = GamificationProgress(
             subject=hashes[0],
             days=params.days,
