@@ -31,6 +31,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "STUDYIN_ANALYTICS_"
 
+_URL_FIELDS = frozenset({"redis_url", "postgres_url", "aggregator_postgres_url", "api_postgres_url"})
+"""Settings that may carry a password: shown only through :func:`redact_url`."""
+
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
 
@@ -114,6 +117,27 @@ class Settings(BaseSettings):
     )
     postgres_url: str | None = Field(
         default=None, description="PostgreSQL URL of the analytics database, e.g. postgresql://u@h/db"
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="redis_url names a node of a Redis Cluster: the bus uses cluster clients and one "
+        "hash-tagged stream per shard (set stream_shards to a few per primary)",
+    )
+    aggregator_postgres_url: str | None = Field(
+        default=None, description="PostgreSQL URL the aggregator connects with (default: postgres_url)"
+    )
+    api_postgres_url: str | None = Field(
+        default=None, description="PostgreSQL URL the query API connects with (default: postgres_url)"
+    )
+    postgres_aggregator_role: str = Field(
+        default="studyin_aggregator",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Role the migration grants the aggregator's rights to (write); the aggregator SETs it",
+    )
+    postgres_api_role: str = Field(
+        default="studyin_api",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Role the migration grants the API's rights to (read + audit insert); the API SETs it",
     )
     postgres_schema: str = Field(
         default="studyin_analytics",
@@ -270,7 +294,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            if name in {"redis_url", "postgres_url"} and isinstance(value, str):
+            if name in _URL_FIELDS and isinstance(value, str):
                 yield name, redact_url(value)
             else:
                 yield name, value
