@@ -489,7 +489,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings, min_size=1, max_size=POOL_SIZE)
+        app.state.pool = await create_pool(settings, "api", min_size=1, max_size=POOL_SIZE)
         app.state.redis = aioredis.Redis.from_url(
             require(settings.redis_url, "redis_url"), socket_timeout=2, socket_connect_timeout=2
         )

@@ -200,7 +200,7 @@ class Aggregator:
     async def _create_pool(self) -> asyncpg.Pool:
         # Every connection gets its staging tables once (temporary, emptied at each commit).
         return await create_pool(
-            self.settings, min_size=1, max_size=2, setup_session=rollups.create_temp_tables
+            self.settings, "aggregator", min_size=1, max_size=2, setup_session=rollups.create_temp_tables
         )
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -15,9 +15,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
+Service = Literal["aggregator", "api", "admin"]
+"""Who connects: each service has its own URL setting (falling back to ``postgres_url``)."""
+
+
+def service_url(settings: Settings, service: Service) -> str:
+    """The PostgreSQL URL ``service`` connects with (``admin``: migrations, tools, tests)."""
+    if service == "aggregator" and settings.aggregator_postgres_url:
+        return settings.aggregator_postgres_url
+    if service == "api" and settings.api_postgres_url:
+        return settings.api_postgres_url
+    return str(require(settings.postgres_url, "postgres_url"))
+
+
+def connect_kwargs(settings: Settings, service: Service = "admin") -> dict[str, Any]:
     return {
-        "dsn": require(settings.postgres_url, "postgres_url"),
+        "dsn": service_url(settings, service),
         "server_settings": {"search_path": f"{settings.postgres_schema},public"},
         "init": _init_connection,
     }
@@ -32,6 +45,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 async def create_pool(
     settings: Settings,
+    service: Service,
     *,
     min_size: int = 1,
     max_size: int = 4,
@@ -43,7 +57,7 @@ async def create_pool(
     with it, released connections keep their session state (no ``RESET ALL`` on release), so
     whatever it set up stays for the connection's lifetime.
     """
-    kwargs = connect_kwargs(settings)
+    kwargs = connect_kwargs(settings, service)
     if setup_session is None:
         return await asyncpg.create_pool(min_size=min_size, max_size=max_size, **kwargs)
     base_init = kwargs.pop("init")
@@ -57,8 +71,8 @@ async def create_pool(
     )
 
 
-async def connect(settings: Settings) -> asyncpg.Connection:
-    kwargs = connect_kwargs(settings)
+async def connect(settings: Settings, service: Service = "admin") -> asyncpg.Connection:
+    kwargs = connect_kwargs(settings, service)
     init = kwargs.pop("init")
     conn = await asyncpg.connect(**kwargs)
     await init(conn)
