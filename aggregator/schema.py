@@ -34,6 +34,8 @@ def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["schema"] = settings.postgres_schema
+    config.attributes["aggregator_role"] = settings.postgres_aggregator_role
+    config.attributes["api_role"] = settings.postgres_api_role
     config.attributes["sqlalchemy_url"] = sqlalchemy_url(require(settings.postgres_url, "postgres_url"))
     return config
 
@@ -48,20 +50,18 @@ def partition_name(day: date) -> str:
 
 
 async def ensure_partitions(conn: asyncpg.Connection, days: set[date], known: set[date]) -> None:
-    """Create the daily partitions in ``days`` that are not in ``known`` (a per-process cache)."""
+    """Create the daily partitions in ``days`` that are not in ``known`` (a per-process cache).
+
+    Through ``create_events_partition`` (revision 0004): creating a partition needs ownership of
+    the table, which the aggregator's role does not have; the function (SECURITY DEFINER) does.
+    """
     missing = sorted(days - known)
     if not missing:
         return
     async with conn.transaction():
         # Concurrent aggregators: serialize creation so CREATE ... IF NOT EXISTS cannot race.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
-        for day in missing:
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            end = start + timedelta(days=1)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF {EVENTS_TABLE} "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-            )
+        await conn.execute("SELECT create_events_partition(d) FROM unnest($1::date[]) AS d", missing)
     known.update(missing)
 
 
@@ -92,7 +92,10 @@ async def existing_partitions(conn: asyncpg.Connection) -> dict[date, str]:
 async def drop_expired_partitions(
     conn: asyncpg.Connection, retention_days: int, known: set[date], today: date | None = None
 ) -> list[str]:
-    """Drop daily partitions entirely older than ``retention_days`` (raw retention, no DELETE)."""
+    """Drop daily partitions entirely older than ``retention_days`` (raw retention, no DELETE).
+
+    Through ``drop_events_partition`` (revision 0004), which refuses the last two UTC days.
+    """
     today = today or datetime.now(UTC).date()
     cutoff = today - timedelta(days=retention_days)
     dropped: list[str] = []
@@ -101,8 +104,8 @@ async def drop_expired_partitions(
         await conn.execute("SET LOCAL lock_timeout = '5s'")
         for day, name in sorted((await existing_partitions(conn)).items()):
             if day < cutoff:
-                await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
-                dropped.append(name)
+                if await conn.fetchval("SELECT drop_events_partition($1)", day):
+                    dropped.append(name)
                 known.discard(day)
     return dropped
 
