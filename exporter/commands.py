@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..instrumentation.settings import Settings, load_settings, require
+from ..instrumentation.settings import Settings, load_settings
 
 _settings = load_settings
 
@@ -30,18 +30,16 @@ def _time(moment: datetime | None) -> str:
 
 
 def _client(settings: Settings) -> Any:
-    import redis.asyncio as aioredis
+    from .connection import async_client
 
-    return aioredis.Redis.from_url(
-        require(settings.redis_url, "redis_url"), socket_connect_timeout=3, socket_timeout=10
-    )
+    return async_client(settings, socket_connect_timeout=3, socket_timeout=10)
 
 
 # --- bus stats ---------------------------------------------------------------------------------
 
 
 async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
-    from .bus import dead_letter_key, stats
+    from .bus import dead_letter_keys, stats
 
     client = _client(settings)
     try:
@@ -88,7 +86,9 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
                 lag,
             )
     console.print(table)
-    console.print(f"dead-letter entries ({dead_letter_key(settings)}): {result.dead_letter_length}")
+    dead_letters = dead_letter_keys(settings)
+    where = dead_letters[0] if len(dead_letters) == 1 else f"{len(dead_letters)} per-shard streams"
+    console.print(f"dead-letter entries ({where}): {result.dead_letter_length}")
     writers = Table(title="writers (live processes; counters since each started)")
     for column in (
         "writer",

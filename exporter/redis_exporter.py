@@ -33,17 +33,15 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, get_settings, redact_url, require
 from . import wire
 from .bus import shard_index, stream_keys
+from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client
 from .spool import Spool, default_base
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -94,7 +92,7 @@ class RedisStreamSpanExporter(SpanExporter):
         settings: Settings | None = None,
         *,
         guard: PrivacyGuard | None = None,
-        client: redis.Redis | None = None,
+        client: SyncClient | None = None,
     ) -> None:
         self._settings = settings or get_settings()
         self._url = require(self._settings.redis_url, "redis_url")
@@ -123,20 +121,24 @@ class RedisStreamSpanExporter(SpanExporter):
 
     def _open_process_resources(self) -> None:
         self._pid = os.getpid()
-        if self._given_client is not None:
-            self._client = self._given_client
-        else:
-            self._client = redis.Redis.from_url(
-                self._url,
-                socket_timeout=min(self._deadline_s, 5.0),
-                socket_connect_timeout=min(self._deadline_s, 1.0),
-                retry=Retry(NoBackoff(), 0),  # this class does its own retrying, within the deadline
-            )
+        # Built on first use: a cluster client connects when built, and a Redis that is down
+        # at start-up must cost a spooled batch, not the app's start.
+        self._client: SyncClient | None = self._given_client
         self._spool = Spool(self._spool_base, self._settings.spool_max_bytes)
         self._stats_key = stats_key(self._settings, "exporter", self._pid)
         self._down_until = 0.0
         self._next_trim = 0.0
         self._replayer: threading.Thread | None = None
+
+    def _connection(self) -> SyncClient:
+        if self._client is None:
+            self._client = sync_client(
+                self._settings,
+                socket_timeout=min(self._deadline_s, 5.0),
+                socket_connect_timeout=min(self._deadline_s, 1.0),
+                retries=0,  # this class does its own retrying, within the deadline
+            )
+        return self._client
 
     def _after_fork(self) -> None:
         """In a forked child: new lock, connection, spool and counters; leave the parent's alone."""
@@ -206,7 +208,7 @@ class RedisStreamSpanExporter(SpanExporter):
                     self._url_for_logs,
                 )
             self._spool.close()
-            if self._given_client is None:
+            if self._given_client is None and self._client is not None:
                 self._client.close()
 
     # --- internals ----------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ class RedisStreamSpanExporter(SpanExporter):
         stats.spool_bytes = self._spool.bytes
         now = time.monotonic()
         min_id = f"{int(time.time() * 1000) - self._retention_ms}-0"
-        pipe = self._client.pipeline(transaction=False)
+        # On a cluster the pipeline is split by node: one round trip to each node the batch touches.
+        pipe = self._connection().pipeline(transaction=False)
         for stream, count, blob in batches:
             pipe.xadd(stream, wire.entry_fields(blob, count), minid=min_id, approximate=True)
         trim = now >= self._next_trim
@@ -256,7 +259,7 @@ class RedisStreamSpanExporter(SpanExporter):
             self._next_trim = now + TRIM_INTERVAL_S
 
     def _replay(self, deadline: float) -> bool:
-        """Write spooled batches oldest first; ``True`` once the spool is empty. Raises RedisError."""
+        """Write spooled batches oldest first; ``True`` once the spool is empty; Redis errors propagate."""
         while len(self._spool):
             chunk = list(self._spool.peek(REPLAY_CHUNK))
             if not chunk:
@@ -273,7 +276,7 @@ class RedisStreamSpanExporter(SpanExporter):
             return True
         try:
             done = self._replay(deadline)
-        except redis.RedisError as exc:
+        except UNAVAILABLE_ERRORS as exc:
             (_log.debug if quiet else _log.warning)(
                 "spool not drained, Redis %s unreachable: %s", self._url_for_logs, type(exc).__name__
             )
@@ -293,7 +296,7 @@ class RedisStreamSpanExporter(SpanExporter):
                     self.stats.observe_latency(time.monotonic() - started)
                     return SpanExportResult.SUCCESS
                 break  # replay used the deadline up: queue this batch behind the spool
-            except redis.RedisError as exc:
+            except UNAVAILABLE_ERRORS as exc:
                 now = time.monotonic()
                 if now + delay >= retry_until:
                     self.stats.export_failures += 1

@@ -1,0 +1,106 @@
+"""The one place that builds Redis clients of the bus from settings.
+
+``settings.redis_cluster`` picks the client class: a plain ``redis.Redis`` for one server
+(with or without replicas behind a proxy), a ``RedisCluster`` when ``redis_url`` names a
+node of a Redis Cluster (the client discovers the others with ``CLUSTER SLOTS`` and follows
+``MOVED`` after a failover). The URL carries TLS (``rediss://``) and the ACL user and
+password (``rediss://user:password@host:port``) in both modes; cluster mode needs database 0.
+
+Callers pass the timeouts they need; everything else about the connection is decided here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.retry import Retry
+
+from ..instrumentation.settings import Settings, require
+
+SyncClient: TypeAlias = redis.Redis | RedisCluster
+"""What :func:`sync_client` returns (the exporter's client)."""
+AsyncClient: TypeAlias = aioredis.Redis | AsyncRedisCluster
+"""What :func:`async_client` returns (gateway, bus reads, aggregator, API)."""
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    # Not a RedisError: a cluster client that cannot build its slot table (no node
+    # reachable, slots not covered while a primary fails over) raises this.
+    RedisClusterException,
+)
+"""Everything a bus write can raise while Redis (or part of a cluster) is unavailable."""
+
+CLUSTER_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: a primary failed and its replica is not promoted yet
+    TryAgainError,  # a slot is migrating
+    RedisClusterException,
+)
+"""Cluster answers that mean "retry after the failover", never "this entry is bad"."""
+
+
+def sync_client(
+    settings: Settings,
+    *,
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    retries: int | None = None,
+) -> SyncClient:
+    """A blocking client of the bus; ``retries=0`` leaves retrying to the caller.
+
+    A cluster client connects to discover the slots when built (unlike ``redis.Redis``,
+    which connects on first use), so this raises one of :data:`UNAVAILABLE_ERRORS` when no
+    node answers.
+    """
+    url = require(settings.redis_url, "redis_url")
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            **({} if retries is None else {"retry": Retry(NoBackoff(), retries)}),
+        )
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        **({} if retries is None else {"retry": Retry(NoBackoff(), retries)}),
+    )
+
+
+def async_client(
+    settings: Settings,
+    *,
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    health_check_interval: float = 0,
+    retries: int | None = None,
+) -> AsyncClient:
+    """An asyncio client of the bus (connects lazily, in both modes)."""
+    url = require(settings.redis_url, "redis_url")
+    retry: dict[str, Any] = {} if retries is None else {"retry": AsyncRetry(NoBackoff(), retries)}
+    if settings.redis_cluster:
+        return AsyncRedisCluster.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            health_check_interval=health_check_interval,
+            **retry,
+        )
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        health_check_interval=health_check_interval,
+        **retry,
+    )
