@@ -19,10 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/studyin-analytics demo
 
-# System packages some tests need: libpython3.11 (the rotel collector binary links it) and Chromium (dashboard
-# tests). Installed with apt-get when missing and allowed (root); otherwise those tests fail and say what to install.
+# System packages some tests need: libpython3.11 (the rotel collector binary links it), Chromium (dashboard
+# tests), redis-server and postgresql (TLS tests and the Redis Cluster: the PyPI builds have no TLS). Installed with apt-get when missing and allowed (root); otherwise those tests fail and say what to install.
 SYSTEM_DEPS_CHECK = { ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1' || echo libpython3.11; \
-	command -v chromium >/dev/null 2>&1 || echo chromium; }
+	command -v chromium >/dev/null 2>&1 || echo chromium; \
+	command -v redis-server >/dev/null 2>&1 || echo redis-server; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || echo postgresql; }
 system-deps:
 	@missing="$$($(SYSTEM_DEPS_CHECK))"; \
 	if [ -n "$$missing" ]; then \

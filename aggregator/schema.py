@@ -22,21 +22,15 @@ PARTITIONS_AHEAD = 3
 """Daily partitions kept created ahead of today by the aggregator's maintenance."""
 
 
-def sqlalchemy_url(postgres_url: str) -> str:
-    """The asyncpg SQLAlchemy URL for a plain ``postgresql://`` URL."""
-    _scheme, sep, rest = postgres_url.partition("://")
-    if not sep:
-        raise ValueError("postgres URL must look like postgresql://user@host/db")
-    return f"postgresql+asyncpg://{rest}"
-
-
 def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["schema"] = settings.postgres_schema
     config.attributes["aggregator_role"] = settings.postgres_aggregator_role
     config.attributes["api_role"] = settings.postgres_api_role
-    config.attributes["sqlalchemy_url"] = sqlalchemy_url(require(settings.postgres_url, "postgres_url"))
+    # The libpq-style URL as given (sslmode, sslrootcert...): env.py hands it to asyncpg itself,
+    # since SQLAlchemy's asyncpg dialect would pass such parameters on as unknown arguments.
+    config.attributes["postgres_url"] = require(settings.postgres_url, "postgres_url")
     return config
 
 

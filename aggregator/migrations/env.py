@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from alembic import context
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 config = context.config
 SCHEMA: str = config.attributes["schema"]
-URL: str = config.attributes["sqlalchemy_url"]
+POSTGRES_URL: str = config.attributes["postgres_url"]
 MIGRATION_LOCK_ID = 0x5374_7564_7949_6E00  # "StudyIn\0": fits a signed bigint
 
 
@@ -33,7 +35,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(URL)
+    # asyncpg parses the URL (TLS parameters included); SQLAlchemy only wraps the connection.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(POSTGRES_URL), poolclass=NullPool
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
