@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..exporter import RedisStreamSpanExporter
 from ..exporter.bus import stream_keys
+from ..exporter.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
 from ..instrumentation import events, semconv
 from ..instrumentation.privacy import PSEUDONYM_PATTERN, Pseudonymizer
 from ..instrumentation.settings import Settings, require
@@ -486,6 +487,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The query API application for ``settings``."""
     pseudonymizer = Pseudonymizer.from_settings(settings)
     verifier = TokenVerifier(settings, pseudonymizer)
+    telemetry = ApiTelemetry()  # GET /metrics, OTEL_METRICS_EXPORTER
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -507,6 +509,7 @@ def create_app(settings: Settings) -> FastAPI:
             provider.shutdown()
             await app.state.pool.close()
             await app.state.redis.aclose()
+            telemetry.telemetry.shutdown()
 
     app = FastAPI(
         title="StudyIn analytics query API",
@@ -523,6 +526,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.system_cache = {}
     app.state.block_cache = BlockCache()
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(HTTPServerMetrics, **telemetry.middleware_options())  # outermost: sees 413s too
+    app.state.telemetry = telemetry
+    app.add_route(
+        METRICS_PATH, telemetry.telemetry.metrics_endpoint, methods=["GET"], include_in_schema=False
+    )
 
     # --- errors as problem+json -------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 import asyncpg
 
+from ..exporter.selftelemetry import count_audit_write
 from .auth import Principal
 
 Scope = Literal["user", "cohort", "system"]
@@ -54,6 +55,7 @@ async def record(
         scope,
         outcome,
     )
+    count_audit_write(endpoint, scope, outcome)  # self-telemetry of the API serving this request
 
 
 async def entries(

@@ -47,6 +47,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_aggregator(args: argparse.Namespace) -> int:
     import json
 
+    from ..exporter.selftelemetry import AggregatorTelemetry
     from .consumer import Aggregator
     from .health import HealthServer
 
@@ -68,10 +69,15 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with Aggregator(settings) as aggregator:
+            telemetry = AggregatorTelemetry(aggregator)  # /metrics on the health port, OTEL_METRICS_EXPORTER
+            await telemetry.start()
             health: HealthServer | None = None
             if settings.aggregator_health_port:
                 health = HealthServer(
-                    aggregator.status, settings.aggregator_health_host, settings.aggregator_health_port
+                    aggregator.status,
+                    settings.aggregator_health_host,
+                    settings.aggregator_health_port,
+                    metrics=telemetry,
                 )
                 try:
                     await health.start()
@@ -91,6 +97,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
             finally:
                 if health is not None:
                     await health.stop()
+                await telemetry.close()
         return EXIT_OK
 
     return asyncio.run(status() if args.status else main())

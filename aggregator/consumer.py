@@ -166,6 +166,8 @@ class Aggregator:
         """Own pending entries may exist that no batch in hand holds (start, claims, failures)."""
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
+        self.on_transaction: Callable[[int, int, float], None] | None = None
+        """Called with (rows, rows inserted, seconds) after each committed transaction (self-telemetry)."""
 
     # --- connections -------------------------------------------------------------------------
 
@@ -466,12 +468,15 @@ class Aggregator:
 
     async def _commit(self, rows: list[StagingRecord]) -> int:
         assert self.pool is not None
+        started = time.monotonic()
         days: set[date] = {r[1].date() for r in rows}
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, days, self._partitions)
             async with conn.transaction():
                 inserted = await rollups.insert_and_roll_up(conn, rows)
         self.postgres_ok = True
+        if self.on_transaction is not None:
+            self.on_transaction(len(rows), inserted, time.monotonic() - started)
         return inserted
 
     async def _ack(self, stream: str, ids: list[bytes], stop: asyncio.Event | None) -> None:

@@ -2,7 +2,10 @@
 
 * ``GET /healthz``: 200 while the process serves (liveness);
 * ``GET /readyz``: 200 when Redis and PostgreSQL answer, else 503 (readiness);
-* ``GET /status``: JSON with lag, pending entries, dead-letter length and totals.
+* ``GET /status``: JSON with lag, pending entries, dead-letter length and totals;
+* ``GET /metrics``: the self-telemetry in Prometheus text format (when given an
+  :class:`~studyin_analytics.exporter.selftelemetry.AggregatorTelemetry`), its gauges
+  refreshed from one ``status()`` per scrape.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from ..exporter.selftelemetry import AggregatorTelemetry
 
 StatusFunction = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -29,12 +35,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def health_app(status: StatusFunction) -> Starlette:
+def health_app(status: StatusFunction, metrics: AggregatorTelemetry | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
         current = await status()
+        if metrics is not None:  # the probes keep the gauges fresh between scrapes too
+            metrics.observe_status(current)
         ready = bool(current.get("healthy"))
         body = {"ready": ready, "redis": current.get("redis"), "postgres": current.get("postgres")}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -42,13 +50,20 @@ def health_app(status: StatusFunction) -> Starlette:
     async def full_status(request: Request) -> JSONResponse:
         return JSONResponse(jsonable(await status()))
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/status", full_status, methods=["GET"]),
-        ]
-    )
+    async def prometheus(request: Request) -> Response:
+        assert metrics is not None
+        metrics.observe_status(await status())
+        body, content_type = metrics.telemetry.render(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/status", full_status, methods=["GET"]),
+    ]
+    if metrics is not None:
+        routes.append(Route("/metrics", prometheus, methods=["GET"]))
+    return Starlette(routes=routes)
 
 
 def jsonable(value: Any) -> Any:
@@ -63,13 +78,20 @@ def jsonable(value: Any) -> Any:
 
 
 class HealthServer:
-    """Serves ``status()`` over HTTP on ``host:port`` (port 0 picks a free one)."""
+    """Serves ``status()`` (and ``metrics`` if given) on ``host:port`` (port 0 picks a free one)."""
 
-    def __init__(self, status: StatusFunction, host: str, port: int) -> None:
+    def __init__(
+        self, status: StatusFunction, host: str, port: int, metrics: AggregatorTelemetry | None = None
+    ) -> None:
         self.host = host
         self.port = port
         config = uvicorn.Config(
-            health_app(status), host=host, port=port, lifespan="off", log_level="warning", access_log=False
+            health_app(status, metrics),
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

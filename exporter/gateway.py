@@ -20,6 +20,7 @@ process's counters (``{prefix}:stats:gateway:<host>:<pid>``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -40,6 +41,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -49,6 +51,7 @@ from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
 from . import wire
 from .bus import shard_index, stream_keys
+from .selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
 _log = logging.getLogger(__name__)
@@ -349,8 +352,9 @@ class Gateway:
 
 
 def create_gateway(settings: Settings, *, guard: PrivacyGuard | None = None) -> Starlette:
-    """The gateway ASGI app; ``app.state.gateway`` is its :class:`Gateway`."""
+    """The gateway ASGI app; ``app.state.gateway`` is its :class:`Gateway`, ``GET /metrics`` its metrics."""
     gateway = Gateway(settings, guard=guard)
+    telemetry = GatewayTelemetry(gateway)
 
     async def health(request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
@@ -362,13 +366,17 @@ def create_gateway(settings: Settings, *, guard: PrivacyGuard | None = None) -> 
             yield
         finally:
             await gateway.close()
+            await asyncio.to_thread(telemetry.telemetry.shutdown)
 
     app = Starlette(
         routes=[
             Route(TRACES_PATH, gateway.traces, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route(METRICS_PATH, telemetry.telemetry.metrics_endpoint, methods=["GET"]),
         ],
+        middleware=[Middleware(HTTPServerMetrics, **telemetry.middleware_options())],
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.telemetry = telemetry
     return app
