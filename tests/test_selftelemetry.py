@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -46,7 +49,7 @@ from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, sem
 from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
 
 from .api.conftest import LEARNER_A, Api, open_api
-from .exporter.helpers import free_port, make_spans
+from .exporter.helpers import free_port, make_spans, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations-metrics.md"
@@ -166,6 +169,71 @@ async def test_aggregator_without_telemetry_still_works_and_health_has_no_metric
                 assert (await client.get("/healthz")).status_code == 200
         finally:
             await health.stop()
+
+
+def test_aggregator_command_serves_and_pushes_its_metrics(
+    migrated: Settings, otlp_receiver: tuple[int, list[tuple[str, bytes]]], tmp_path: Path
+) -> None:
+    """The real ``studyin-analytics aggregator``: /metrics on the health port, pushes, last push at exit."""
+    receiver_port, bodies = otlp_receiver
+    workload = 7
+    export_xp_events(migrated, [f"cli-learner-{i}" for i in range(workload)])
+    health_port = free_port()
+    env = {
+        **os.environ,
+        "STUDYIN_ANALYTICS_REDIS_URL": migrated.redis_url or "",
+        "STUDYIN_ANALYTICS_POSTGRES_URL": migrated.postgres_url or "",
+        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": migrated.postgres_schema,
+        "STUDYIN_ANALYTICS_STREAM_PREFIX": migrated.stream_prefix,
+        "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": str(health_port),
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{receiver_port}/v1/metrics",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+    }
+    log = tmp_path / "aggregator.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "studyin_analytics.aggregator.cli",
+                "aggregator",
+                "--consumer-name",
+                "cli-0",
+            ],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(health_port, 60, process)
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            text = httpx.get(f"http://127.0.0.1:{health_port}/metrics").text
+            settled = (
+                "studyin_aggregator_lag{" in text and "studyin_aggregator_events_committed_total{" in text
+            )
+            # The gauges are one health check old: wait until both show the drained bus.
+            committed = settled and value(text, "studyin_aggregator_events_committed_total") == workload
+            if committed and value(text, "studyin_aggregator_lag") == 0:
+                break
+            time.sleep(0.1)
+        assert value(text, "studyin_aggregator_events_committed_total") == workload, log.read_text()
+        assert value(text, "studyin_aggregator_lag") == 0
+        assert 'service_instance_id="cli-0"' in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert bodies, "nothing was pushed"
+    last = ExportMetricsServiceRequest.FromString(bodies[-1][1])
+    pushed = {m.name: m for rm in last.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert pushed["studyin.aggregator.events.committed"].sum.data_points[0].as_int == workload
+    assert pushed["studyin.aggregator.lag"].gauge.data_points[0].as_int == 0  # gauges are pushed too
 
 
 # --- gateway ----------------------------------------------------------------------------------------
