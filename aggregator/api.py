@@ -32,14 +32,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisClusterException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..exporter import RedisStreamSpanExporter
 from ..exporter.bus import stream_keys
+from ..exporter.connection import AsyncClient, async_client
 from ..exporter.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
 from ..instrumentation import events, semconv
 from ..instrumentation.privacy import PSEUDONYM_PATTERN, Pseudonymizer
-from ..instrumentation.settings import Settings, require
+from ..instrumentation.settings import Settings
 from ..instrumentation.tracker import EventRejected, StudyInTracker
 from . import audit
 from .api_models import (
@@ -406,7 +408,7 @@ async def _learner_window(
     return _LearnerWindow(hashes, since, until, daily, stats)
 
 
-async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLag:
+async def pipeline_lag(client: AsyncClient, settings: Settings) -> PipelineLag:
     """Bus entries the aggregator group has not acknowledged yet, and the oldest one's age."""
     behind = pending = 0
     oldest_ms: int | None = None
@@ -446,7 +448,7 @@ async def pipeline_lag(client: aioredis.Redis, settings: Settings) -> PipelineLa
 
 async def _system_metrics(
     conn: asyncpg.Connection,
-    client: aioredis.Redis,
+    client: AsyncClient,
     settings: Settings,
     params: SystemParams,
     hours: BlockCache,
@@ -458,7 +460,7 @@ async def _system_metrics(
     active = await conn.fetchval(ACTIVE_USERS_SQL, since, now)
     try:
         lag = await pipeline_lag(client, settings)
-    except (aioredis.RedisError, OSError) as exc:
+    except (aioredis.RedisError, RedisClusterException, OSError) as exc:
         _log.warning("pipeline lag unavailable: %s", type(exc).__name__)
         lag = PipelineLag(entries_behind=-1, pending=-1, oldest_unprocessed_age_s=None)
     busiest = sorted(totals.items(), key=lambda item: (-item[1].requests, item[0]))[: params.limit]
@@ -492,9 +494,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, "api", min_size=1, max_size=POOL_SIZE)
-        app.state.redis = aioredis.Redis.from_url(
-            require(settings.redis_url, "redis_url"), socket_timeout=2, socket_connect_timeout=2
-        )
+        app.state.redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
         # Events posted by the frontend take the backend's path: tracker -> span events ->
         # privacy guard -> Redis exporter (in the batch processor's thread, off the request).
         provider = TracerProvider(resource=Resource.create({"service.name": "studyin-analytics-api"}))
@@ -872,7 +872,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await request.app.state.redis.ping()
             checks["redis"] = "ok"
-        except (aioredis.RedisError, OSError) as exc:
+        except (aioredis.RedisError, RedisClusterException, OSError) as exc:
             checks["redis"] = type(exc).__name__
         ready = all(v == "ok" for v in checks.values())
         body = Readiness(ready=ready, checks=checks)

@@ -37,14 +37,14 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exporter import wire
-from ..exporter.bus import dead_letter_key, stream_keys
-from ..instrumentation.settings import Settings, require
+from ..exporter.bus import dead_letter_key, dead_letter_keys, stream_keys
+from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
+from ..instrumentation.settings import Settings
 from . import rollups
 from .db import create_pool
 from .mapping import rows_from_span, staging_record
@@ -80,6 +80,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # deadlock / serialization: retry the batch
     RedisConnectionError,
     RedisTimeoutError,
+    *CLUSTER_TRANSIENT_ERRORS,  # a primary failing over
 )
 """Errors that say "try again later", never "this entry is bad"."""
 
@@ -149,7 +150,7 @@ class Aggregator:
         self.streams = stream_keys(settings)
         self.group = settings.consumer_group
         self.consumer = settings.consumer_name
-        self.redis: aioredis.Redis | None = None
+        self.redis: AsyncClient | None = None
         self.pool: asyncpg.Pool | None = None
         self._partitions: set[date] = set()
         self.totals = BatchResult()
@@ -172,11 +173,8 @@ class Aggregator:
     # --- connections -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Aggregator:
-        self.redis = aioredis.Redis.from_url(
-            require(self.settings.redis_url, "redis_url"),
-            socket_timeout=15,
-            socket_connect_timeout=5,
-            health_check_interval=15,
+        self.redis = async_client(
+            self.settings, socket_timeout=15, socket_connect_timeout=5, health_check_interval=15
         )
         try:
             # Unreachable at start-up: fail at once with the reason (the CLI exits 1 naming the
@@ -237,6 +235,14 @@ class Aggregator:
 
     async def _read(self, ids: str, count: int, block_ms: int | None) -> ReadResponse:
         assert self.redis is not None
+        if self.settings.redis_cluster:
+            # One XREADGROUP per stream (several keys in one call would be cross-slot), all at
+            # once; block only when no stream has anything, so a busy shard never waits on an
+            # idle one.
+            response = await self._read_each(ids, count, None)
+            if block_ms is not None and not any(entries for _, entries in response):
+                response = await self._read_each(ids, count, block_ms)
+            return response
         try:
             return await self.redis.xreadgroup(
                 self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
@@ -249,6 +255,29 @@ class Aggregator:
             return await self.redis.xreadgroup(
                 self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
             )
+
+    async def _read_each(self, ids: str, count: int, block_ms: int | None) -> ReadResponse:
+        assert self.redis is not None
+        redis = self.redis
+
+        async def one(stream: str) -> ReadResponse:
+            try:
+                return await redis.xreadgroup(
+                    self.group, self.consumer, {stream: ids}, count=count, block=block_ms
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                _log.warning(
+                    "consumer group %s is missing on a stream (failover?): recreating it", self.group
+                )
+                await self.ensure_groups()
+                return await redis.xreadgroup(
+                    self.group, self.consumer, {stream: ids}, count=count, block=block_ms
+                )
+
+        replies = await asyncio.gather(*(one(stream) for stream in self.streams))
+        return [item for reply in replies for item in reply or []]
 
     async def _delivery_counts(self, stream: str, ids: Sequence[bytes]) -> dict[bytes, int]:
         assert self.redis is not None
@@ -511,8 +540,11 @@ class Aggregator:
             b"attempts": str(attempts).encode(),
             b"consumer": self.consumer.encode(),
         }
+        # One MULTI: on a cluster the shard's dead-letter stream shares its stream's hash tag.
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead_letter_key(self.settings), dead, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
+            pipe.xadd(
+                dead_letter_key(self.settings, stream), dead, maxlen=DEAD_LETTER_MAX_LEN, approximate=True
+            )
             pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
 
@@ -569,7 +601,9 @@ class Aggregator:
             info["pending"] = sum(
                 [int((await self.redis.xpending(s, self.group))["pending"]) for s in self.streams]
             )
-            info["dead_letter_length"] = int(await self.redis.xlen(dead_letter_key(self.settings)))
+            info["dead_letter_length"] = sum(
+                [int(await self.redis.xlen(key)) for key in dead_letter_keys(self.settings)]
+            )
             info["redis"] = "ok"
         except Exception as exc:  # report, never raise, from a health probe
             info["redis"] = _describe(exc)
@@ -655,7 +689,9 @@ class Aggregator:
                     self.last_error = _describe(exc)
                     if is_transient(exc):
                         _log.warning("connection problem (%s); reconnecting", self.last_error)
-                        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                        if isinstance(
+                            exc, (RedisConnectionError, RedisTimeoutError, *CLUSTER_TRANSIENT_ERRORS)
+                        ):
                             self.redis_ok = False
                         else:
                             await self._drop_pool()

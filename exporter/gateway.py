@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -38,8 +37,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -51,6 +48,7 @@ from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
 from . import wire
 from .bus import shard_index, stream_keys
+from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
 from .selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -231,13 +229,13 @@ class Gateway:
         self.requests = 0
         self.spans_rejected = 0
         self.unavailable = 0
-        self.client: aioredis.Redis | None = None
+        self.client: AsyncClient | None = None
         self._next_trim = 0.0
 
     async def open(self) -> None:
-        self.client = aioredis.Redis.from_url(
-            self.url, socket_timeout=5.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)
-        )
+        # No retries in the client: a 503 makes the collector retry (on a cluster, the next
+        # request finds the promoted replica).
+        self.client = async_client(self.settings, socket_timeout=5.0, socket_connect_timeout=1.0, retries=0)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -322,7 +320,7 @@ class Gateway:
         if records:
             try:
                 await self.write(records)
-            except aioredis.RedisError as exc:
+            except UNAVAILABLE_ERRORS as exc:
                 self.unavailable += 1
                 self.stats.export_failures += 1
                 _log.warning(
