@@ -339,6 +339,14 @@ class EmbeddedRedisCluster:
             time.sleep(0.1)
         raise EmbeddedServerError(f"{replica} was not promoted within {timeout_s:.0f}s")
 
+    def restart_node(self, address: str, timeout_s: float = 30.0) -> None:
+        """Start a killed node again: it rejoins (its nodes.conf survives) as a replica and resyncs."""
+        self.node(address).start(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.topology().get(address, ("", None))[0] != "replica" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.wait_healthy(max(deadline - time.monotonic(), 1.0))
+
     def close(self) -> None:
         for node in self.nodes:
             node.kill()
