@@ -267,6 +267,9 @@ def test_postgres_restart_mid_run(settings: Settings, tmp_path: Path) -> None:
         per_tick = -(-len(wl.entries) // ticks)
         with aggregators(settings, tmp_path) as group:
             group.start("agg-1")
+            # Unreachable at start-up is a configuration error (exit 1): crash PostgreSQL only
+            # once the aggregator is consuming, which is what this test is about.
+            group.wait_ready()
             for step, _ in enumerate(pusher(settings.redis_url or "", stream, wl.entries, per_tick, 0.15)):
                 if step == 8:
                     postgres.kill()  # a crash mid-run, then recovery
