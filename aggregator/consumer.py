@@ -65,6 +65,9 @@ MAINTENANCE_INTERVAL_S = 3600.0
 TARGET_EVENTS_PER_BATCH = 25_000
 """Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
 never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
+CLUSTER_BLOCK_MS = 50
+"""On a cluster each shard stream is read with its own blocking XREADGROUP and the batch waits
+for all of them: an entry arriving on one shard waits at most this long for the others' reads."""
 CLAIM_INTERVAL_S = 5.0
 DEAD_LETTER_MAX_LEN = 100_000
 BACKOFF_INITIAL_S = 0.05
@@ -241,7 +244,7 @@ class Aggregator:
             # idle one.
             response = await self._read_each(ids, count, None)
             if block_ms is not None and not any(entries for _, entries in response):
-                response = await self._read_each(ids, count, block_ms)
+                response = await self._read_each(ids, count, min(block_ms, CLUSTER_BLOCK_MS))
             return response
         try:
             return await self.redis.xreadgroup(
