@@ -90,7 +90,9 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
                     )
                     health = None
             where = f"; health on http://{health.host}:{health.port}/status" if health else ""
-            streams = ", ".join(aggregator.streams)
+            streams = ", ".join(aggregator.own_streams)
+            if len(aggregator.own_streams) < len(aggregator.streams):
+                streams += f" (of {len(aggregator.streams)} shards; others only if nobody reads them)"
             _console.print(f"aggregator [bold]{settings.consumer_name}[/] consuming {streams}{where}")
             try:
                 await aggregator.run(stop)

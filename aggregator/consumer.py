@@ -151,6 +151,10 @@ class Aggregator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.streams = stream_keys(settings)
+        self.own_streams = [self.streams[shard] for shard in settings.preferred_shards]
+        """Shards read for new entries every batch (``consumer_shards``; all by default)."""
+        self._adopted: set[str] = set()
+        """Other shards read too, for now, because their entries found no reader (see ``adopt_orphans``)."""
         self.group = settings.consumer_group
         self.consumer = settings.consumer_name
         self.redis: AsyncClient | None = None
@@ -236,19 +240,26 @@ class Aggregator:
 
     # --- reading ----------------------------------------------------------------------------
 
+    def reading_streams(self) -> list[str]:
+        """Streams this member reads new entries from: its own shards and any adopted ones."""
+        return [s for s in self.streams if s in self._adopted or s in self.own_streams]
+
     async def _read(self, ids: str, count: int, block_ms: int | None) -> ReadResponse:
         assert self.redis is not None
+        # Own pending entries ("0") may sit on any stream (claimed ones); new ones (">") are
+        # read from this member's shards only.
+        streams = self.streams if ids == "0" else self.reading_streams()
         if self.settings.redis_cluster:
             # One XREADGROUP per stream (several keys in one call would be cross-slot), all at
             # once; block only when no stream has anything, so a busy shard never waits on an
             # idle one.
-            response = await self._read_each(ids, count, None)
+            response = await self._read_each(streams, ids, count, None)
             if block_ms is not None and not any(entries for _, entries in response):
-                response = await self._read_each(ids, count, min(block_ms, CLUSTER_BLOCK_MS))
+                response = await self._read_each(streams, ids, count, min(block_ms, CLUSTER_BLOCK_MS))
             return response
         try:
             return await self.redis.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
+                self.group, self.consumer, dict.fromkeys(streams, ids), count=count, block=block_ms
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -256,10 +267,12 @@ class Aggregator:
             _log.warning("consumer group %s is missing (Redis restarted?): recreating it", self.group)
             await self.ensure_groups()
             return await self.redis.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(self.streams, ids), count=count, block=block_ms
+                self.group, self.consumer, dict.fromkeys(streams, ids), count=count, block=block_ms
             )
 
-    async def _read_each(self, ids: str, count: int, block_ms: int | None) -> ReadResponse:
+    async def _read_each(
+        self, streams: list[str], ids: str, count: int, block_ms: int | None
+    ) -> ReadResponse:
         assert self.redis is not None
         redis = self.redis
 
@@ -279,7 +292,7 @@ class Aggregator:
                     self.group, self.consumer, {stream: ids}, count=count, block=block_ms
                 )
 
-        replies = await asyncio.gather(*(one(stream) for stream in self.streams))
+        replies = await asyncio.gather(*(one(stream) for stream in streams))
         return [item for reply in replies for item in reply or []]
 
     async def _delivery_counts(self, stream: str, ids: Sequence[bytes]) -> dict[bytes, int]:
@@ -327,6 +340,52 @@ class Aggregator:
             _log.info("claimed %d entries pending on dead consumers", claimed)
         return claimed
 
+    async def adopt_orphans(self) -> list[str]:
+        """Read other members' shards too while their oldest unread entry is older than ``claim_idle_ms``.
+
+        With ``consumer_shards`` each member reads new entries from its own shards only, so
+        members aggregate disjoint learners and never wait on each other's rollup rows. A shard
+        whose member is gone would stall; this is the failover: any member adopts such a shard
+        (and gives it back once nothing waits on it), within ``claim_idle_ms`` plus the check
+        interval. Returns the streams adopted now. (Local clock against entry ids: hosts are
+        expected within seconds of Redis, far below ``claim_idle_ms``.)
+        """
+        assert self.redis is not None
+        if len(self.own_streams) == len(self.streams):
+            return []
+        now_ms = time.time() * 1000
+        adopted: list[str] = []
+        for stream in self.streams:
+            if stream in self.own_streams:
+                continue
+            oldest = await self._oldest_unread(stream)
+            if oldest is not None and now_ms - oldest >= self.settings.claim_idle_ms:
+                if stream not in self._adopted:
+                    _log.warning(
+                        "no member read %s for %.0f s: reading it too", stream, (now_ms - oldest) / 1000
+                    )
+                    self._adopted.add(stream)
+                    adopted.append(stream)
+            elif oldest is None and stream in self._adopted:
+                _log.info("nothing waits on %s any more: leaving it to its members", stream)
+                self._adopted.discard(stream)
+        return adopted
+
+    async def _oldest_unread(self, stream: str) -> int | None:
+        """Milliseconds time of the oldest entry the group has not delivered yet (``None``: none)."""
+        assert self.redis is not None
+        last: Any = b"0-0"
+        try:
+            for group in await self.redis.xinfo_groups(stream):
+                if group["name"].decode() == self.group:
+                    last = group["last-delivered-id"]
+        except ResponseError:  # no stream yet: nothing waits
+            return None
+        after: Any = await self.redis.xrange(stream, min=f"({last.decode()}", count=1)
+        if not after:
+            return None
+        return int(after[0][0].decode().split("-", 1)[0])
+
     # --- one batch ---------------------------------------------------------------------------
     #
     # A batch has two phases: ``_prepare`` (read, decode, map: Python CPU work) and
@@ -360,6 +419,7 @@ class Aggregator:
             batch.result.claimed = await self.claim_stale()
             if batch.result.claimed:
                 self._pending_dirty = True
+            await self.adopt_orphans()
         count = self.read_count()
         response: ReadResponse = []
         if read_pending and self._pending_dirty:
@@ -569,11 +629,11 @@ class Aggregator:
 
     # --- health -----------------------------------------------------------------------------
 
-    async def lag(self) -> int:
-        """Entries not yet acknowledged by the group (unread plus pending), over all streams."""
+    async def lag(self, streams: Sequence[str] | None = None) -> int:
+        """Entries not yet acknowledged by the group (unread plus pending), over ``streams`` (all)."""
         assert self.redis is not None
         total = 0
-        for stream in self.streams:
+        for stream in self.streams if streams is None else streams:
             pending = await self.redis.xpending(stream, self.group)
             total += int(pending["pending"])
             groups = await self.redis.xinfo_groups(stream)
@@ -593,6 +653,8 @@ class Aggregator:
             "consumer": self.consumer,
             "group": self.group,
             "streams": self.streams,
+            "own_streams": self.own_streams,
+            "adopted_streams": sorted(self._adopted),
             "uptime_s": round(time.time() - self.started_at, 3),
             "last_batch_at": self.last_batch_at,
             "last_error": self.last_error,
@@ -637,7 +699,7 @@ class Aggregator:
                     inflight = asyncio.create_task(self._commit_batch(batch, None))
                     continue
                 await self._commit_batch(batch, None)  # nothing to write: just the totals
-                if batch.result.entries == 0 and await self.lag() == 0:
+                if batch.result.entries == 0 and await self.lag(self.reading_streams()) == 0:
                     return self.totals
         finally:
             await self._finish_inflight(inflight)

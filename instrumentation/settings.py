@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     consumer_name: str = Field(
         default_factory=socket.gethostname, min_length=1, description="Stable name of this consumer"
     )
+    consumer_shards: str | None = Field(
+        default=None,
+        pattern=r"^\s*(\d+\s*/\s*\d+|\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*)\s*$",
+        description="Shards this aggregator reads first, as 'i/n' (every shard s with s % n == i) or "
+        "'0,2-3'; other shards only once their entries wait longer than claim_idle_ms (default: all)",
+    )
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Stream entries per read")
     raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
     max_delivery_attempts: int = Field(default=5, ge=1, description="Attempts before dead-lettering")
@@ -287,6 +293,43 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_consumer_shards(self) -> Settings:
+        if self.consumer_shards is not None:
+            self.preferred_shards  # noqa: B018  (raises ValueError naming the problem)
+        return self
+
+    @property
+    def preferred_shards(self) -> tuple[int, ...]:
+        """Indexes of the shards this aggregator reads first (``consumer_shards``; all by default).
+
+        Members with disjoint preferred shards aggregate disjoint learners, so their
+        transactions never wait on each other's rollup rows (see docs/aggregator.md).
+        """
+        everything = tuple(range(self.stream_shards))
+        text = (self.consumer_shards or "").replace(" ", "")
+        if not text:
+            return everything
+        if "/" in text:
+            index, count = (int(part) for part in text.split("/"))
+            if count < 1 or index >= count:
+                raise ValueError(f"consumer_shards '{text}': expected i/n with 0 <= i < n")
+            chosen = tuple(shard for shard in everything if shard % count == index)
+        else:
+            picked: set[int] = set()
+            for item in text.split(","):
+                low, _, high = item.partition("-")
+                picked.update(range(int(low), int(high or low) + 1))
+            chosen = tuple(sorted(picked))
+            if chosen and chosen[-1] >= self.stream_shards:
+                raise ValueError(
+                    f"consumer_shards '{text}' names shard {chosen[-1]}, "
+                    f"but stream_shards is {self.stream_shards}"
+                )
+        if not chosen:
+            raise ValueError(f"consumer_shards '{text}' selects none of the {self.stream_shards} shards")
+        return chosen
+
+    @model_validator(mode="after")
     def _check_active_key(self) -> Settings:
         if self.pseudonym_key_id is not None and self.pseudonym_key_id not in self.pseudonym_keys:
             raise ValueError(f"pseudonym_key_id {self.pseudonym_key_id!r} is not among pseudonym_keys")
@@ -330,7 +373,11 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         fields = "; ".join(
-            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            # A check across fields (loc empty) names its fields in the message itself.
+            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {fields}") from None
 

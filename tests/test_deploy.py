@@ -115,6 +115,9 @@ def test_kubernetes_manifest() -> None:
             assert command in cli_commands()
             seen_commands.add(command)
             for env in container.get("env", []):
+                if not env["name"].startswith(ENV_PREFIX):  # only as $(NAME) inside a setting's value
+                    assert any(f"$({env['name']})" in str(e.get("value", "")) for e in container["env"])
+                    continue
                 name = setting_of(env["name"])
                 if name in SECRET_FIELDS:
                     assert env["name"].endswith("_FILE") and env["value"].startswith("/run/secrets/")
@@ -136,6 +139,17 @@ def test_kubernetes_manifest() -> None:
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
     } in env
     assert not re.search("PSEUDONYM|JWT", yaml.safe_dump(aggregator)), "the aggregator needs no secrets"
+    # Member i of N reads shards s % N == i: N is the replica count and together they cover every shard.
+    (shards_env,) = [e for e in env if e["name"] == "STUDYIN_ANALYTICS_CONSUMER_SHARDS"]
+    index_variable, members = shards_env["value"].removeprefix("$(").split(")/")
+    assert int(members) == aggregator["spec"]["replicas"]
+    assert any(e["name"] == index_variable and "pod-index" in str(e["valueFrom"]) for e in env)
+    shard_count = int(config["data"]["STUDYIN_ANALYTICS_STREAM_SHARDS"])
+    covered = [
+        Settings(stream_shards=shard_count, consumer_shards=f"{i}/{members}", _env_file=None).preferred_shards  # type: ignore[call-arg]
+        for i in range(int(members))
+    ]
+    assert sorted(s for shards in covered for s in shards) == list(range(shard_count))
 
 
 async def test_probe_paths_exist_in_the_services() -> None:
