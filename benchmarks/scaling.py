@@ -9,6 +9,11 @@ of the streams, and once every member has joined it is moved back to the start
 group has delivered and acknowledged every entry. Value: events/s for N workers; baseline:
 the one-worker rate of the same run, so the ratio is the speed-up.
 
+Two ways to share: every member reading every shard (the default), and each member reading
+its own shards (``STUDYIN_ANALYTICS_CONSUMER_SHARDS=i/N``). Members of the first kind
+aggregate the same learners at the same time, so their transactions queue on each other's
+rollup rows; members of the second kind touch disjoint learners.
+
 On the 2-core machine of the notes, the aggregator process and its PostgreSQL backend already
 keep both cores busy with one worker, so the curve is expected to flatten early: the figure
 shows how much the second core and row-lock contention between members leave.
@@ -110,14 +115,17 @@ async def _drained(client: aioredis.Redis, settings: Settings) -> bool:
 
 
 async def _rate(
-    settings: Settings, workers: int, entries: dict[str, list[dict[Any, Any]]], events: int
+    settings: Settings, workers: int, entries: dict[str, list[dict[Any, Any]]], events: int, own_shards: bool
 ) -> float:
     client = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
     procs: list[asyncio.subprocess.Process] = []
     try:
         await _fill(client, settings, entries)
         names = [f"bench-scale-{workers}-{i}" for i in range(workers)]
-        for name in names:
+        for index, name in enumerate(names):
+            env = _worker_env(settings)
+            if own_shards:
+                env["STUDYIN_ANALYTICS_CONSUMER_SHARDS"] = f"{index}/{workers}"
             procs.append(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -126,7 +134,7 @@ async def _rate(
                     "aggregator",
                     "--consumer-name",
                     name,
-                    env=_worker_env(settings),
+                    env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -178,27 +186,38 @@ async def scaling(ctx: BenchContext) -> list[Measurement]:
     users = users_of(ctx.settings, ctx.scale(5_000, 500))
     spans = make_spans(rng, users, events)
     rows = sum(len(rows_from_span(span)) for span in spans)
-    rates: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
-    async with ctx.task("aggregator scaling (1, 2, 4 workers)", total=ctx.repeat_count * 3) as task:
+    # (workers, each member on its own shards): one worker reads every shard either way.
+    configs = [(1, False)] + [(n, own) for n in WORKER_COUNTS if n > 1 for own in (False, True)]
+    rates: dict[tuple[int, bool], list[float]] = {config: [] for config in configs}
+    async with ctx.task(
+        "aggregator scaling (1, 2, 4 workers)", total=ctx.repeat_count * len(configs)
+    ) as task:
         for _ in range(ctx.repeat_count):
-            for workers in WORKER_COUNTS:
+            for workers, own in configs:
                 settings = (await ctx.migrated_settings(f"agg scaling {workers}")).with_overrides(
                     stream_shards=SHARDS
                 )
                 entries = _entries_by_stream(settings, spans)
-                rates[workers].append(await _rate(settings, workers, entries, rows))
+                rates[workers, own].append(await _rate(settings, workers, entries, rows, own))
                 ctx.advance(task)
-    medians = {n: sorted(r)[len(r) // 2] for n, r in rates.items()}
+    medians = {config: sorted(r)[len(r) // 2] for config, r in rates.items()}
     cores = os.cpu_count() or 1
+
+    def label(workers: int, own: bool) -> str:
+        if workers == 1:
+            return "aggregator scaling: 1 worker process"
+        how = "each on its own shards (consumer_shards i/N)" if own else "all reading every shard"
+        return f"aggregator scaling: {workers} worker processes, {how}"
+
     return [
         Measurement(
-            f"aggregator scaling: {workers} worker process{'es' if workers > 1 else ''}",
-            medians[workers],
+            label(workers, own),
+            medians[workers, own],
             "events/s",
-            baseline=medians[1],
+            baseline=medians[1, False],
             baseline_name="1 worker, same run",
             notes=f"{rows:,} events on {SHARDS} shards, {cores} CPU cores; ratio = speed-up",
-            samples=rates[workers],
+            samples=rates[workers, own],
         )
-        for workers in WORKER_COUNTS
+        for workers, own in configs
     ]
