@@ -172,6 +172,31 @@ def _scrub(value: str) -> str:
     return _EMAIL.sub(EMAIL_PLACEHOLDER, value) if "@" in value else value
 
 
+_KEEP, _KEEP_URL, _IDENTITY, _USER_HASH, _DROP, _REJECT = range(6)
+_KEY_ACTIONS: dict[str, int] = {}
+"""What the rules say about each attribute key seen so far (they depend on the key alone): one dict
+lookup per attribute on the export path instead of several set lookups and prefix tests."""
+_KEY_ACTIONS_MAX = 4096
+_SCALARS = frozenset({bool, int, float})
+"""Attribute value types that cannot hold text (skips the costly ``Sequence`` ABC check)."""
+
+
+def _classify_key(key: str) -> int:
+    if key in IDENTITY_ATTRIBUTES:
+        action = _IDENTITY
+    elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES):
+        action = _DROP
+    elif key == semconv.USER_HASH:
+        action = _USER_HASH
+    elif key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
+        action = _REJECT
+    else:
+        action = _KEEP_URL if key in URL_ATTRIBUTES else _KEEP
+    if len(_KEY_ACTIONS) < _KEY_ACTIONS_MAX:  # bounded: keys are code, but a misuse must not grow it
+        _KEY_ACTIONS[key] = action
+    return action
+
+
 class PrivacyGuard:
     """Cleans attribute mappings; see the module docstring for the rules."""
 
@@ -186,41 +211,42 @@ class PrivacyGuard:
             return out
         hashed = dropped = scrubbed = rejected = 0
         for key, value in attributes.items():
-            if key in IDENTITY_ATTRIBUTES:
+            action = _KEY_ACTIONS.get(key)
+            if action is None:
+                action = _classify_key(key)
+            if action <= _KEEP_URL:  # _KEEP or _KEEP_URL: the common case first
+                if isinstance(value, str):
+                    if action == _KEEP_URL:
+                        value = _strip_query(value)
+                    if "@" in value:
+                        cleaned = _scrub(value)
+                        if cleaned != value:
+                            scrubbed += 1
+                            value = cleaned
+                elif (
+                    type(value) not in _SCALARS
+                    and isinstance(value, Sequence)
+                    and not isinstance(value, bytes | bytearray)
+                    and any(isinstance(v, str) and "@" in v for v in value)
+                ):
+                    value = [(_scrub(v) if isinstance(v, str) else v) for v in value]
+                    scrubbed += 1
+                out[key] = value
+            elif action == _IDENTITY:
                 if self.pseudonymizer is not None and USER_HASH not in attributes:
                     out[USER_HASH] = self.pseudonymizer.pseudonymize(str(value))
                     hashed += 1
                 else:
                     dropped += 1
-                continue
-            if key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES):
-                dropped += 1
-                continue
-            if key == USER_HASH:
+            elif action == _USER_HASH:
                 if is_pseudonym(value):
                     out[key] = value
                 else:  # a raw id put in the wrong place
                     dropped += 1
-                continue
-            if key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
+            elif action == _DROP:
+                dropped += 1
+            else:
                 rejected += 1
-                continue
-            if isinstance(value, str):
-                if key in URL_ATTRIBUTES:
-                    value = _strip_query(value)
-                if "@" in value:
-                    cleaned = _scrub(value)
-                    if cleaned != value:
-                        scrubbed += 1
-                        value = cleaned
-            elif (
-                isinstance(value, Sequence)
-                and not isinstance(value, bytes | bytearray)
-                and any(isinstance(v, str) and "@" in v for v in value)
-            ):
-                value = [(_scrub(v) if isinstance(v, str) else v) for v in value]
-                scrubbed += 1
-            out[key] = value
         if hashed or dropped or scrubbed or rejected:
             self.stats.add(hashed, dropped, scrubbed, rejected)
         return out

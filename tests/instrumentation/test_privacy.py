@@ -60,6 +60,36 @@ def test_guard_rules() -> None:
     assert guard.stats.hashed == 1
 
 
+def test_rules_hold_when_keys_are_already_known() -> None:
+    """The guard remembers what the rules say about each key: the second pass must agree."""
+    guard = PrivacyGuard(Pseudonymizer({"k1": b"a" * 20}, "k1"))
+
+    class Text(str):
+        pass
+
+    attributes = {
+        "user.id": RAW_ID,
+        "client.address": "203.0.113.9",
+        "url.full": f"https://studyin.test/x?user={RAW_ID}",
+        "studyin.free_text": "anything",
+        "db.note": Text(f"written by {EMAIL}"),  # a str subclass is text, not a sequence of characters
+        "tags": (EMAIL, 3),
+        "count": 3,
+    }
+    first, second = guard.clean(attributes), guard.clean(attributes)
+    assert (
+        first
+        == second
+        == {
+            "user.hash": guard.pseudonymizer.pseudonymize(RAW_ID),  # type: ignore[union-attr]
+            "url.full": "https://studyin.test/x",
+            "db.note": f"written by {EMAIL_PLACEHOLDER}",
+            "tags": [EMAIL_PLACEHOLDER, 3],
+            "count": 3,
+        }
+    )
+
+
 def test_raw_id_in_user_hash_slot_is_dropped() -> None:
     assert PrivacyGuard().clean({semconv.USER_HASH: RAW_ID}) == {}
 
