@@ -564,8 +564,14 @@ class Aggregator:
         days: set[date] = {r[1].date() for r in rows}
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, days, self._partitions)
-            async with conn.transaction():
-                inserted = await rollups.insert_and_roll_up(conn, rows)
+            try:
+                async with conn.transaction():
+                    inserted = await rollups.insert_and_roll_up(conn, rows)
+            except asyncpg.UniqueViolationError:
+                # Another member inserted some of these events meanwhile (see rollups): again,
+                # keeping only what this transaction inserts.
+                async with conn.transaction():
+                    inserted = await rollups.insert_and_roll_up(conn, rows, racing=True)
         self.postgres_ok = True
         if self.on_transaction is not None:
             self.on_transaction(len(rows), inserted, time.monotonic() - started)

@@ -213,7 +213,7 @@ AGG_COMMIT_DURATION = MetricSpec(
     "s",
     (),
     (SERVICE_AGGREGATOR,),
-    "Duration of one committed transaction: partitions, staging COPY, insert, rollups, commit",
+    "Duration of one committed transaction: partitions, COPY, insert, rollups, commit",
     COMMIT_BUCKETS,
 )
 AGG_LAG = MetricSpec(
