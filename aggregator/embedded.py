@@ -125,25 +125,25 @@ class EmbeddedRedis(_Server):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [
+        return _redis_command(
             self.executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
+            self.port,
+            self.directory,
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
             self.appendfsync,
-            "--dir",
-            str(self.directory),
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
+        )
+
+
+def _redis_command(executable: str, port: int, directory: Path, *options: str) -> list[str]:
+    """A foreground ``redis-server`` on loopback, no RDB snapshots, its files in ``directory``."""
+    return [
+        executable,
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)),
+        *("--daemonize", "no", "--protected-mode", "no"),
+        *options,
+    ]
 
 
 def _redis_binaries() -> tuple[str, str]:
@@ -187,31 +187,15 @@ class _ClusterNode(_Server):
         return f"127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
-        return [
+        return _redis_command(
             self.executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            str(self.directory / "nodes.conf"),
-            "--cluster-node-timeout",
-            str(self.node_timeout_ms),
-            "--repl-diskless-sync-delay",  # replicas sync at once (default: wait 5 s for more)
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
+            self.port,
+            self.directory,
+            *("--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf")),
+            *("--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "no"),
+            # Replicas sync at once (default: wait 5 s for more of them).
+            *("--repl-diskless-sync-delay", "0"),
+        )
 
 
 class EmbeddedRedisCluster:
