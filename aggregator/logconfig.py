@@ -4,11 +4,17 @@
 correlation id (the batch or request being handled, from :data:`correlation_id`). Records
 carry messages written by this code base, which never logs user values; as a second line
 of defence, e-mail-like strings are scrubbed from every message.
+
+Setting the id (defined in :mod:`studyin_analytics.exporter.correlation`, which the gateway
+shares; re-exported here):
+
+* around a unit of work, ``with correlated(cid):`` (or ``with correlated() as cid:`` for a new
+  one from :func:`new_correlation_id`), e.g. ``correlated(f"batch-{first_entry_id}")``;
+* around each HTTP request, ``correlation.install(app)`` (the gateway and the query API do).
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -16,8 +22,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
-"""Set this around a unit of work (a batch, a request) to tag its log records."""
+from ..exporter.correlation import correlated, correlation_id, new_correlation_id
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
@@ -67,3 +72,13 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: int = loggin
     # httpx logs every request URL (with its query string) at INFO: never useful here, never safe.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "correlated",
+    "correlation_id",
+    "new_correlation_id",
+]
