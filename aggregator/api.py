@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisClusterException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..exporter import RedisStreamSpanExporter
+from ..exporter import RedisStreamSpanExporter, correlation
 from ..exporter.bus import stream_keys
 from ..exporter.connection import AsyncClient, async_client
 from ..exporter.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
@@ -258,6 +258,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        _log.info("refused request: 413 body_too_large (limit %d bytes)", self.max_bytes)
         response = problem_response(
             413,
             "body_too_large",
@@ -304,6 +305,23 @@ class BodySizeLimit:
             return await receive()  # type: ignore[no-any-return]
 
         await self.app(scope, replay, send)
+
+
+def _route(request: Request) -> str | None:
+    """The matched route's template, for log records: never the raw path, which can hold anything."""
+    template = getattr(request.scope.get("route"), "path_format", None)
+    return str(template) if template else None
+
+
+def _log_refusal(request: Request, status: int, code: str, detail: str = "") -> None:
+    """One record per refused request, at INFO (DEBUG off any route: scanners), without values.
+
+    ``code`` is one of this code base's problem codes; the route is the template. The request's
+    correlation id (echoed in ``X-Request-ID``) ties the record to the response.
+    """
+    route = _route(request)
+    level = logging.INFO if route is not None else logging.DEBUG
+    _log.log(level, "refused %s: %d %s%s", route or "unrouted request", status, code, detail)
 
 
 # --- query-parameter models (unknown parameters are rejected) ----------------------------------
@@ -538,6 +556,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         extra = getattr(exc, "extra", {})
+        _log_refusal(request, exc.status_code, code)
         return problem_response(
             exc.status_code,
             code,
@@ -549,17 +568,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc.errors())
+        # The count only: field paths name what the client sent (unknown parameters too).
+        _log_refusal(request, 422, "validation_error", f" ({len(errors)} field errors)")
         return problem_response(
             422,
             "validation_error",
             "the request does not match the API's schema; see errors",
             instance=request.url.path,
-            errors=_field_errors(exc.errors()),
+            errors=errors,
         )
 
     @app.exception_handler(Exception)
     async def server_problem(request: Request, exc: Exception) -> JSONResponse:
-        _log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        route = _route(request) or "unrouted request"
+        _log.error("unhandled %s on %s", type(exc).__name__, route, exc_info=exc)
         return problem_response(500, "internal_error", "internal error", instance=request.url.path)
 
     # --- learning ---------------------------------------------------------------------------
@@ -846,6 +869,9 @@ def create_app(settings: Settings) -> FastAPI:
                             errors=[FieldError(loc=["body", "events", index], msg=str(exc), type="rejected")],
                         )
         accepted = sum(1 for r in results if r.status == "accepted")
+        if accepted < len(results):
+            # Counts only: the items' types and fields are what the client sent.
+            _log.info("events/track rejected %d of %d items", len(results) - accepted, len(results))
         return TrackResponse(accepted=accepted, rejected=len(results) - accepted, results=results)
 
     # --- health ---------------------------------------------------------------------------------
@@ -904,6 +930,7 @@ def create_app(settings: Settings) -> FastAPI:
     from .dashboard import mount_dashboard  # the live feed authenticates with _caller, defined above
 
     mount_dashboard(app, settings, _caller)
+    correlation.install(app)  # request ids in log records and X-Request-ID, 500s included
     return app
 
 

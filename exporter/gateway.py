@@ -46,7 +46,7 @@ from starlette.routing import Route
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
-from . import wire
+from . import correlation, wire
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
 from .selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
@@ -65,11 +65,15 @@ _UNAVAILABLE = 14
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
+    """A refused request. ``reason`` names the problem and is logged; it never holds request
+    data: what the client sent (``quoted``) is echoed in the response only."""
+
+    def __init__(self, status: int, code: int, reason: str, *, quoted: str | None = None) -> None:
+        super().__init__(reason)
         self.status = status
         self.code = code
-        self.message = message
+        self.reason = reason
+        self.message = reason if quoted is None else f"{reason} {quoted!r}"
 
 
 # --- OTLP -> bus records ----------------------------------------------------------------------
@@ -254,7 +258,7 @@ class Gateway:
         if encoding in ("", "identity"):
             return bytes(chunks)
         if encoding != "gzip":
-            raise _Reject(415, _INVALID_ARGUMENT, f"unsupported content-encoding {encoding!r}")
+            raise _Reject(415, _INVALID_ARGUMENT, "unsupported content-encoding", quoted=encoding)
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             body = inflater.decompress(bytes(chunks), self.max_body + 1)
@@ -312,10 +316,12 @@ class Gateway:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         try:
             if media not in (PROTOBUF, JSON):
-                raise _Reject(415, _INVALID_ARGUMENT, f"unsupported content-type {media!r}")
+                raise _Reject(415, _INVALID_ARGUMENT, "unsupported content-type", quoted=media)
             body = await self.read_body(request)
             records, rejected, reason = records_of(parse_request(body, media))
         except _Reject as exc:
+            # The only client is a collector: a refusal means a misconfiguration or a bug there.
+            _log.warning("refused OTLP request: %d %s", exc.status, exc.reason)
             return self._error(exc, PROTOBUF if media != JSON else JSON)
         if records:
             try:
@@ -333,6 +339,7 @@ class Gateway:
                 )
         response = ExportTraceServiceResponse()
         if rejected:
+            _log.warning("rejected %d of %d spans: %s", rejected, rejected + len(records), reason)
             self.spans_rejected += rejected
             response.partial_success.rejected_spans = rejected
             response.partial_success.error_message = f"{rejected} spans rejected: {reason}"
@@ -375,6 +382,7 @@ def create_gateway(settings: Settings, *, guard: PrivacyGuard | None = None) -> 
         middleware=[Middleware(HTTPServerMetrics, **telemetry.middleware_options())],
         lifespan=lifespan,
     )
+    correlation.install(app)  # request ids in log records and X-Request-ID
     app.state.gateway = gateway
     app.state.telemetry = telemetry
     return app
