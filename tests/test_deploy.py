@@ -479,6 +479,13 @@ def collector_in_kubernetes() -> tuple[dict[str, Any], dict[str, Any], dict[str,
         assert source.startswith("yaml:"), source
         override, paths = expand_paths(yaml.safe_load(source.removeprefix("yaml:")))
         assert all(path[-1] == "endpoint" for path in paths), f"{source}: only addresses may differ"
+        for path in paths:  # replaces a value of the file, never adds a component of its own
+            node: Any = effective
+            for part in path:
+                assert isinstance(node, dict) and part in node, (
+                    f"{source}: {part} is not in {COLLECTOR_CONFIG.name}"
+                )
+                node = node[part]
         effective = merge(effective, override)
     return collector, container, effective
 

@@ -85,3 +85,25 @@ def test_redaction_step_deletes_every_raw_identifier() -> None:
     deleted = {a["key"] for a in actions if a.get("action") == "delete" and "key" in a}
     missing = (IDENTITY_ATTRIBUTES | DROPPED_ATTRIBUTES) - deleted
     assert not missing, f"not deleted by the collector: {sorted(missing)}"
+
+
+def test_every_listener_and_target_is_loopback_and_the_queue_directory_is_absolute() -> None:
+    """As shipped, nothing listens or sends beyond loopback; a deployment moves the endpoints itself.
+
+    deploy/kubernetes overrides exactly these endpoints (tests/test_deploy.py merges the overrides
+    over this file and checks probes, volume and gateway Service against the result).
+    """
+    config = load()
+    listeners = {
+        f"receivers.otlp.{name}": protocol["endpoint"]
+        for name, protocol in config["receivers"]["otlp"]["protocols"].items()
+    }
+    listeners["extensions.health_check"] = config["extensions"]["health_check"]["endpoint"]
+    for where, endpoint in listeners.items():
+        host, _, port = endpoint.rpartition(":")
+        assert host == "127.0.0.1" and port.isdigit(), f"{where} listens on {endpoint}"
+    (exporter_name,) = next(iter(config["service"]["pipelines"].values()))["exporters"]
+    assert urlsplit(config["exporters"][exporter_name]["endpoint"]).hostname == "127.0.0.1"
+    storage = config["extensions"][config["exporters"][exporter_name]["sending_queue"]["storage"]]
+    assert Path(storage["directory"]).is_absolute()
+    assert storage["compaction"]["directory"] == storage["directory"]
