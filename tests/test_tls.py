@@ -2,10 +2,12 @@
 
 Real servers that accept nothing else: a ``redis-server`` with TLS only and ACL users (the
 default user disabled), and a PostgreSQL whose ``pg_hba.conf`` rejects every connection
-without TLS. The pipeline's own parts (exporter, bus reads, migrations, aggregator) must work
-through ``rediss://user:password@...?ssl_ca_certs=...`` and ``postgresql://...?sslmode=verify-full``,
-and the ACL recipe of docs/production.md must be enough for them while keeping the app user
-inside its key prefix and away from dangerous commands.
+without TLS and checks every password (``scram-sha-256``). The pipeline's own parts (exporter,
+gateway, bus reads, migrations, aggregator, query API) must work through
+``rediss://user:password@...?ssl_ca_certs=...`` and ``postgresql://...?sslmode=verify-full``,
+the aggregator and the API each with its own PostgreSQL login as the example deployments set
+them up, and the ACL recipe of docs/production.md must be enough for them while keeping the
+app user inside its key prefix and away from dangerous commands.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,28 +27,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.api import create_app
 from studyin_analytics.aggregator.embedded import EmbeddedPostgres
 from studyin_analytics.aggregator.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter
+from studyin_analytics.exporter.gateway import create_gateway
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.instrumentation.settings import Settings, redact_url
 
-from .support import TEST_PSEUDONYM_KEY
+from .api.conftest import bearer, token
+from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY
 
 APP_USER = "studyin"
 APP_PASSWORD = "app-password-0123456789"
 ADMIN_PASSWORD = "admin-password-0123456789"
 PREFIX = "tls:analytics"
+PG_OWNER_PASSWORD = "pg-owner-password-0123456789"
+"""Of ``postgres``, the owner login: migrations and the test's own checks."""
+PG_LOGINS = {
+    "aggregator_login": ("studyin_aggregator", "pg-aggregator-password-0123456789"),
+    "api_login": ("studyin_api", "pg-api-password-0123456789"),
+}
+"""The services' own logins, as docs/aggregator.md ("Roles") sets them up: name -> (role, password)."""
 APP_ACL = (
     f"user {APP_USER} on >{APP_PASSWORD} ~{PREFIX}:* resetchannels "
     "-@all +@read +@write +@stream +@connection +@scripting -@dangerous +info"
@@ -176,7 +193,11 @@ def _system_postgres_bin() -> Path:
 
 
 class _TlsOnlyPostgres(EmbeddedPostgres):
-    """A throw-away PostgreSQL with ``ssl=on`` and a pg_hba that rejects connections without TLS."""
+    """A throw-away PostgreSQL with ``ssl=on``; over TCP only TLS with a SCRAM password gets in.
+
+    The Unix socket (in the server's own temporary directory) trusts, so the fixture can set
+    the first password.
+    """
 
     def _initdb(self) -> None:
         self.bin = _system_postgres_bin()
@@ -190,7 +211,9 @@ class _TlsOnlyPostgres(EmbeddedPostgres):
             target.chmod(0o600)
             self._chown(target)
         (self.data / "pg_hba.conf").write_text(
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n"
+            "local all all trust\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostnossl all all 127.0.0.1/32 reject\n"
         )
 
     def _command(self) -> list[str]:
@@ -207,14 +230,34 @@ class _TlsOnlyPostgres(EmbeddedPostgres):
 
 @pytest.fixture(scope="module")
 def tls_postgres(certificates: Certificates) -> Iterator[str]:
-    """URL (without TLS parameters) of a PostgreSQL that only accepts TLS connections."""
+    """Owner URL (with its password, without TLS parameters) of a PostgreSQL that only accepts TLS."""
     with tempfile.TemporaryDirectory(prefix="studyin-tls-pg-") as directory:
         server = _TlsOnlyPostgres(Path(directory), certificates)
         server.start()
         try:
-            yield server.url
+
+            async def set_password() -> None:
+                conn = await asyncpg.connect(
+                    host=str(server.directory), port=server.port, user="postgres", database="postgres"
+                )
+                try:
+                    await conn.execute(f"ALTER ROLE postgres PASSWORD '{PG_OWNER_PASSWORD}'")
+                finally:
+                    await conn.close()
+
+            asyncio.run(set_password())
+            yield _with_login(server.url, "postgres", PG_OWNER_PASSWORD)
         finally:
             server.stop()
+
+
+def _with_login(url: str, user: str, password: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest.split('@', 1)[1]}"
+
+
+def _tls(url: str, certificates: Certificates) -> str:
+    return f"{url}?sslmode=verify-full&sslrootcert={certificates.ca}"
 
 
 def _redis_url(
@@ -258,52 +301,193 @@ def test_postgres_refuses_connections_without_tls(tls_postgres: str) -> None:
         asyncio.run(plain())
 
 
+async def _create_logins(owner_url: str) -> None:
+    """The services' logins, exactly as docs/aggregator.md writes them (after the first migration)."""
+    admin = await asyncpg.connect(owner_url)
+    try:
+        for login, (role, password) in PG_LOGINS.items():
+            if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", login):
+                await admin.execute(f"CREATE ROLE {login} LOGIN PASSWORD '{password}' IN ROLE {role}")
+    finally:
+        await admin.close()
+
+
+async def _client_backends(owner_url: str) -> list[asyncpg.Record]:
+    """Login and TLS of every client connection, seen from an owner (superuser) session."""
+    admin = await asyncpg.connect(owner_url)
+    try:
+        return await admin.fetch(
+            "SELECT a.usename AS login, s.ssl FROM pg_stat_ssl s "
+            "JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend'"
+        )
+    finally:
+        await admin.close()
+
+
 def test_pipeline_over_tls_with_an_acl_user(
     tls_redis: int, tls_postgres: str, certificates: Certificates, tmp_path: Path
 ) -> None:
-    """Exporter -> bus -> aggregator -> PostgreSQL, every hop encrypted and authenticated."""
-    postgres_url = f"{tls_postgres}?sslmode=verify-full&sslrootcert={certificates.ca}"
+    """App exporter and OTLP gateway -> bus -> aggregator -> PostgreSQL -> query API: every hop
+    encrypted and authenticated, Redis as the ACL user, the aggregator and the API with their own
+    PostgreSQL logins (the owner's only for the migration)."""
+    owner_url = _tls(tls_postgres, certificates)
+    login_urls = {
+        login: _tls(_with_login(tls_postgres, login, pw), certificates)
+        for login, (_, pw) in PG_LOGINS.items()
+    }
     settings = Settings(
         redis_url=_redis_url(tls_redis, certificates),
-        postgres_url=postgres_url,
+        postgres_url=owner_url,
+        aggregator_postgres_url=login_urls["aggregator_login"],
+        api_postgres_url=login_urls["api_login"],
         postgres_schema="tls_test",
         stream_prefix=PREFIX,
         pseudonym_keys={"t1": TEST_PSEUDONYM_KEY},  # type: ignore[arg-type]
+        jwt_secret=TEST_JWT_SECRET,  # type: ignore[arg-type]
         consumer_name="tls-consumer",
         spool_dir=tmp_path / "spool",
         _env_file=None,  # type: ignore[call-arg]
     )
     migrate(settings)  # the migrations' own connection (SQLAlchemy + asyncpg) also goes over TLS
+    asyncio.run(_create_logins(owner_url))
+    pseudonymizer = Pseudonymizer.from_settings(settings)
 
+    # An app exporting straight to the bus.
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(RedisStreamSpanExporter(settings)))
-    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=Pseudonymizer.from_settings(settings))
+    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
     with tracker.session("tls-learner") as session:
         tracker.xp_awarded("tls-learner", 15, "quiz", session=session)
     provider.shutdown()
     assert not any((tmp_path / "spool").glob("*")), "the exporter spooled: Redis over TLS refused it"
 
-    async def aggregate() -> tuple[int, bool]:
+    # An app behind a collector: its spans reach the bus through the gateway.
+    captured = InMemorySpanExporter()
+    collector_side = TracerProvider()
+    collector_side.add_span_processor(SimpleSpanProcessor(captured))
+    other = StudyInTracker(tracer_provider=collector_side, pseudonymizer=pseudonymizer)
+    with other.session("tls-learner") as session:
+        other.xp_awarded("tls-learner", 20, "quiz", session=session)
+    collector_side.shutdown()
+    otlp = encode_spans(captured.get_finished_spans()).SerializeToString()
+
+    async def run() -> None:
+        gateway = create_gateway(settings)
+        async with gateway.router.lifespan_context(gateway):
+            transport = httpx.ASGITransport(app=gateway)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                response = await client.post(
+                    "/v1/traces", content=otlp, headers={"content-type": "application/x-protobuf"}
+                )
+                assert response.status_code == 200, response.text
+
         async with Aggregator(settings) as aggregator:
             totals = await aggregator.drain(timeout_s=20)
+            assert totals.events_inserted == 6  # two sessions: start, xp, end each
             assert aggregator.pool is not None
+            who = await aggregator.pool.fetchrow("SELECT session_user AS login, current_user AS role")
+            assert (who["login"], who["role"]) == ("aggregator_login", "studyin_aggregator")
             async with aggregator.pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")  # the pool's connection is open while we look
-                # Seen from a superuser session: every client backend, the aggregator's included.
-                admin = await asyncpg.connect(postgres_url)
-                try:
-                    row = await admin.fetchrow(
-                        "SELECT count(*) AS backends, bool_and(s.ssl) AS encrypted FROM pg_stat_ssl s "
-                        "JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend'"
-                    )
-                finally:
-                    await admin.close()
-        assert row["backends"] >= 2, row
-        return totals.events_inserted, bool(row["encrypted"])
+                backends = await _client_backends(owner_url)
+        assert {"aggregator_login", "postgres"} <= {b["login"] for b in backends}, backends
+        assert all(b["ssl"] for b in backends), backends
 
-    inserted, encrypted = asyncio.run(aggregate())
-    assert inserted == 3  # session start, xp, session end
-    assert encrypted
+        api = create_app(settings)
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                overview = await client.get(
+                    "/api/analytics/learning/overview", headers=bearer(token(settings, "tls-learner"))
+                )
+                assert overview.status_code == 200, overview.text  # a rollup read and an audit insert
+                assert overview.json()["xp"] == 35
+                backends = await _client_backends(owner_url)
+        assert "api_login" in {b["login"] for b in backends}, backends
+        assert all(b["ssl"] for b in backends), backends
+
+    asyncio.run(run())
 
     admin = redis.Redis.from_url(_redis_url(tls_redis, certificates, "admin", ADMIN_PASSWORD))
     assert all(key.decode().startswith(f"{PREFIX}:") for key in admin.scan_iter(count=1000))
+
+
+WRONG_PASSWORD = "not-the-password-0123456789"
+CLI_CASES = [  # command, the URL setting it connects with
+    ("migrate", "STUDYIN_ANALYTICS_POSTGRES_URL"),
+    ("aggregator", "STUDYIN_ANALYTICS_AGGREGATOR_POSTGRES_URL"),
+    ("api", "STUDYIN_ANALYTICS_API_POSTGRES_URL"),
+]
+
+
+def _cli_with_wrong_password(
+    command: str, variable: str, tls_redis: int, tls_postgres: str, certificates: Certificates
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``studyin-analytics COMMAND`` whose PostgreSQL URL has a wrong password; and that URL."""
+    user = {"migrate": "postgres", "aggregator": "aggregator_login", "api": "api_login"}[command]
+    url = _tls(_with_login(tls_postgres, user, WRONG_PASSWORD), certificates)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
+    env.update(
+        {
+            variable: url,
+            "STUDYIN_ANALYTICS_REDIS_URL": _redis_url(tls_redis, certificates),
+            "STUDYIN_ANALYTICS_STREAM_PREFIX": PREFIX,
+            "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": "tls_wrong_password",
+            "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": f"t1={TEST_PSEUDONYM_KEY}",
+            "STUDYIN_ANALYTICS_JWT_SECRET": TEST_JWT_SECRET,
+            "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
+            "STUDYIN_ANALYTICS_API_PORT": str(_free_port()),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "studyin_analytics.aggregator.cli", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, url
+
+
+@pytest.mark.parametrize(("command", "variable"), CLI_CASES, ids=[c for c, _ in CLI_CASES])
+def test_a_wrong_postgres_password_is_refused_without_printing_it(
+    command: str, variable: str, tls_redis: int, tls_postgres: str, certificates: Certificates
+) -> None:
+    """SCRAM checks the password (pg_hba does not trust): a wrong one is refused, and never printed."""
+    url = _tls(_with_login(tls_postgres, "postgres", WRONG_PASSWORD), certificates)
+
+    async def connect() -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        await conn.close()
+
+    with pytest.raises(
+        asyncpg.InvalidPasswordError, match='password authentication failed for user "postgres"'
+    ):
+        asyncio.run(connect())
+
+    result, _ = _cli_with_wrong_password(command, variable, tls_redis, tls_postgres, certificates)
+    assert result.returncode != 0, result.stdout
+    assert "password authentication failed" in result.stderr, result.stderr
+    assert WRONG_PASSWORD not in result.stdout + result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the CLI does not yet name the URL setting on an authentication failure: aggregator/cli.py "
+    "`_explain` handles only OSError/PostgresConnectionError (and names postgres_url, not the service's "
+    "setting); migrate prints a two-line SQLAlchemy DBAPIError; api exits 3 with a uvicorn traceback",
+)
+@pytest.mark.parametrize(("command", "variable"), CLI_CASES, ids=[c for c, _ in CLI_CASES])
+def test_a_wrong_postgres_password_error_names_the_url_setting_with_the_password_masked(
+    command: str, variable: str, tls_redis: int, tls_postgres: str, certificates: Certificates
+) -> None:
+    result, url = _cli_with_wrong_password(command, variable, tls_redis, tls_postgres, certificates)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert variable in lines[0] and redact_url(url) in lines[0], lines[0]
+    assert "password authentication failed" in lines[0]
+    assert WRONG_PASSWORD not in result.stdout + result.stderr
