@@ -316,10 +316,11 @@ async def _client_backends(owner_url: str) -> list[asyncpg.Record]:
     """Login and TLS of every client connection, seen from an owner (superuser) session."""
     admin = await asyncpg.connect(owner_url)
     try:
-        return await admin.fetch(
+        rows: list[asyncpg.Record] = await admin.fetch(
             "SELECT a.usename AS login, s.ssl FROM pg_stat_ssl s "
             "JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend'"
         )
+        return rows
     finally:
         await admin.close()
 
