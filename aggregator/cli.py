@@ -48,7 +48,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     import json
 
     from ..exporter.selftelemetry import AggregatorTelemetry
-    from .consumer import Aggregator
+    from .consumer import Aggregator, tuned_gc
     from .health import HealthServer
 
     settings = _settings()
@@ -95,7 +95,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
                 streams += f" (of {len(aggregator.streams)} shards; others only if nobody reads them)"
             _console.print(f"aggregator [bold]{settings.consumer_name}[/] consuming {streams}{where}")
             try:
-                await aggregator.run(stop)
+                with tuned_gc():
+                    await aggregator.run(stop)
             finally:
                 if health is not None:
                     await health.stop()

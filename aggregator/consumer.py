@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -44,11 +45,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..exporter import wire
 from ..exporter.bus import dead_letter_key, dead_letter_keys, stream_keys
 from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
-from ..instrumentation.settings import Settings
+from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
 from .db import create_pool
-from .mapping import rows_from_span, staging_record
-from .rollups import StagingRecord
+from .mapping import RAW_COLUMNS, RawRecord, raw_record, rows_from_span
+from .rollups import Rollup, RollupInputError
 from .schema import (
     drop_expired_partitions,
     ensure_partitions,
@@ -65,6 +66,13 @@ MAINTENANCE_INTERVAL_S = 3600.0
 TARGET_EVENTS_PER_BATCH = 25_000
 """Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
 never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
+ROUND_MAX_EVENTS = 100_000
+ROUND_MAX_S = 1.0
+"""A round (one transaction over consecutive batches) commits at about this many events or
+after this long, whichever comes first; with nothing more waiting on the bus it commits at once,
+so the bound matters only under a backlog."""
+RACE_ATTEMPTS = 5
+"""Transactions of one batch that may meet events another member is inserting at that moment."""
 CLUSTER_BLOCK_MS = 50
 """On a cluster each shard stream is read with its own blocking XREADGROUP and the batch waits
 for all of them: an entry arriving on one shard waits at most this long for the others' reads."""
@@ -88,6 +96,31 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 """Errors that say "try again later", never "this entry is bad"."""
 
 
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """The garbage-collector settings of an aggregator process, for the duration of the block.
+
+    A batch allocates hundreds of thousands of short-lived tuples and dicts, which reference
+    counting frees; with CPython's default threshold (a young collection every 700 net
+    allocations) the collector still walks them dozens of times per batch, and the process's
+    long-lived objects at every older collection: ~20 % of the aggregator's CPU, measured. Here
+    what is alive at start-up is frozen out of collection and the young generation is collected
+    every 10,000 allocations. The aggregator command runs inside it, and so does the benchmark
+    that measures it; library users of :class:`Aggregator` keep their process's settings.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
@@ -104,15 +137,18 @@ class BatchResult:
 
 @dataclass
 class _Prepared:
-    """One stream's entries of a batch, decoded and mapped."""
+    """One stream's entries of a batch, decoded, mapped and rolled up (in Python, not yet stored)."""
 
     stream: str
     ids: list[bytes] = field(default_factory=list)
-    rows: list[StagingRecord] = field(default_factory=list)
-    by_entry: dict[bytes, list[StagingRecord]] = field(default_factory=dict)
+    rows: list[RawRecord] = field(default_factory=list)
+    """The raw events, unique by event id."""
+    by_entry: dict[bytes, list[RawRecord]] = field(default_factory=dict)
     fields: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     counts: dict[bytes, int] = field(default_factory=dict)
     """Delivery counts of redelivered entries (empty for new ones: first delivery)."""
+    careful: bool = False
+    """Entries delivered before: look for stored events before inserting."""
 
 
 @dataclass
@@ -122,6 +158,31 @@ class _Batch:
     result: BatchResult = field(default_factory=BatchResult)
     streams: list[_Prepared] = field(default_factory=list)
     redelivered: bool = False
+    rollup: Rollup | None = None
+    """Where the batch's events were counted as they were mapped (the open round's rollup), if
+    they all turn out new; ``None`` for redelivered entries, and after a :class:`RollupInputError`
+    (which may have left a part of an entry counted)."""
+
+
+@dataclass
+class _Round:
+    """One transaction over consecutive batches of new entries.
+
+    Each batch's raw events are copied into ``analytics_events`` as soon as it is mapped (while
+    the next one is read and mapped); their rollup, counted in one :class:`Rollup`, is merged
+    once, when the round commits. A batch keys about as many rollup rows as a round of several
+    batches, so the upserts per event fall with the round's size. Entries are acknowledged after
+    the commit; a round that fails is rolled back and its entries, still pending, are read again
+    the careful way.
+    """
+
+    conn: Any  # asyncpg.pool.PoolConnectionProxy
+    transaction: Any  # asyncpg.transaction.Transaction
+    rollup: Rollup
+    started: float = field(default_factory=time.monotonic)
+    events: int = 0
+    batches: list[_Batch] = field(default_factory=list)
+    copying: asyncio.Task[None] | None = None
 
 
 class Backoff:
@@ -174,6 +235,8 @@ class Aggregator:
         """Own pending entries may exist that no batch in hand holds (start, claims, failures)."""
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
+        self._round: _Round | None = None
+        """The transaction open over consecutive batches of new entries (see ``_step``)."""
         self.on_transaction: Callable[[int, int, float], None] | None = None
         """Called with (rows, rows inserted, seconds) after each committed transaction (self-telemetry)."""
 
@@ -196,19 +259,26 @@ class Aggregator:
         await self.close()
 
     async def connect(self) -> None:
-        """(Re-)establish PostgreSQL and the consumer group; raises transient errors."""
+        """(Re-)establish the consumer group and PostgreSQL; raises transient errors."""
         assert self.redis is not None
+        await self.ensure_groups()
+        self.redis_ok = True
         if self.pool is None:
             self.pool = await self._create_pool()
             self.postgres_ok = True
-        await self.ensure_groups()
-        self.redis_ok = True
 
     async def _create_pool(self) -> asyncpg.Pool:
-        # Every connection gets its staging tables once (temporary, emptied at each commit).
-        return await create_pool(
-            self.settings, "aggregator", min_size=1, max_size=2, setup_session=rollups.create_temp_tables
-        )
+        # Every connection gets its delta tables (see rollups.setup_connection); one holds the
+        # open round, one creates partitions meanwhile, one answers status probes.
+        try:
+            return await create_pool(
+                self.settings, "aggregator", min_size=1, max_size=3, setup_session=rollups.setup_connection
+            )
+        except asyncpg.UndefinedTableError as exc:
+            raise ConfigurationError(
+                f"schema {self.settings.postgres_schema!r} has no analytics tables ({exc}): "
+                "run `studyin-analytics migrate` first"
+            ) from exc
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -386,31 +456,25 @@ class Aggregator:
             return None
         return int(after[0][0].decode().split("-", 1)[0])
 
-    # --- one batch ---------------------------------------------------------------------------
+    # --- batches and rounds --------------------------------------------------------------------
     #
-    # A batch has two phases: ``_prepare`` (read, decode, map: Python CPU work) and
-    # ``_commit_batch`` (one transaction per stream, then XACK: mostly waiting on PostgreSQL).
-    # ``run`` and ``drain`` keep one batch committing while they prepare the next, so the
-    # decoding of batch N+1 overlaps the database work of batch N. At most one transaction is
-    # in flight; a prepared batch is committed only after the previous one finished, and
-    # entries are acknowledged only after their own commit, so nothing about exactly-once
-    # changes: an abandoned prepared batch simply stays pending.
+    # ``_prepare`` reads one batch and maps it (Python CPU work), counting its events in the
+    # open round's rollup as it goes. A batch of new entries joins the open round: its raw events
+    # are copied while the next batch is read and mapped, so decoding overlaps the database work.
+    # The round commits (rollup merged once, then XACK) when nothing more is waiting, when it is
+    # large or old enough, or on stop. Redelivered entries (an earlier life, claims, a failed
+    # round) never join a round: they are committed batch by batch, the careful way (stored
+    # events probed first, a failing entry isolated). Entries are acknowledged only after their
+    # own commit, so a crash at any point leaves them pending, and an abandoned round or batch
+    # changes nothing.
 
-    async def process_batch(
-        self, block_ms: int | None = 1000, stop: asyncio.Event | None = None
-    ) -> BatchResult:
-        """Read, roll up and acknowledge one batch (pending entries of this consumer first)."""
-        self._pending_dirty = True
-        batch = await self._prepare(block_ms, read_pending=True)
-        await self._commit_batch(batch, stop)
-        return batch.result
-
-    async def _prepare(self, block_ms: int | None, read_pending: bool) -> _Batch:
+    async def _prepare(self, block_ms: int | None, read_pending: bool, rollup: Rollup) -> _Batch:
         """Claim, read and map one batch (dead-letters undecodable entries on the way).
 
         Own pending entries (earlier life, claimed, left for a retry) come before new ones; they
-        are looked for only when ``read_pending`` (no batch of this member is in flight, whose
-        entries would show up as pending too) and something may have left them.
+        are looked for only when ``read_pending`` (no round or batch of this member is in
+        flight, whose entries would show up as pending too) and something may have left them.
+        New entries are counted into ``rollup`` as they are mapped.
         """
         batch = _Batch()
         now = time.monotonic()
@@ -428,6 +492,7 @@ class Aggregator:
             if not batch.redelivered:
                 self._pending_dirty = False
         if not batch.redelivered:
+            batch.rollup = rollup
             response = await self._read(">", count, block_ms)
         for stream, entries in response:
             if entries:
@@ -437,7 +502,7 @@ class Aggregator:
         return batch
 
     async def _commit_batch(self, batch: _Batch, stop: asyncio.Event | None) -> None:
-        """Commit and acknowledge a prepared batch, then count it in the totals."""
+        """Commit and acknowledge a prepared batch on its own, then count it in the totals."""
         try:
             for prepared in batch.streams:
                 await self._commit_entries(prepared, batch.result, stop)
@@ -448,6 +513,111 @@ class Aggregator:
             self._add_totals(batch.result)
         if batch.result.entries:
             self.last_batch_at = time.time()
+
+    async def _join_round(self, batch: _Batch) -> None:
+        """Start copying ``batch`` (mapped into the open round's rollup) in the round; open one if none is."""
+        assert self.pool is not None and batch.rollup is not None
+        round_ = self._round
+        if round_ is None:
+            conn = await self.pool.acquire()
+            try:
+                transaction = conn.transaction()
+                await transaction.start()
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            round_ = self._round = _Round(conn, transaction, batch.rollup)
+        await self._settle_copy(round_)
+        round_.batches.append(batch)
+        round_.copying = asyncio.create_task(self._copy_batch(round_, batch))
+
+    async def _settle_copy(self, round_: _Round) -> None:
+        """Wait for the batch being copied into ``round_`` (its error is the round's)."""
+        if round_.copying is not None:
+            task, round_.copying = round_.copying, None
+            await task
+
+    async def _copy_batch(self, round_: _Round, batch: _Batch) -> None:
+        days = {r[1].date() for prepared in batch.streams for r in prepared.rows}
+        if not days <= self._partitions:
+            assert self.pool is not None
+            async with self.pool.acquire() as conn:  # DDL outside the round's transaction
+                await ensure_partitions(conn, days, self._partitions)
+        for prepared in batch.streams:
+            await round_.conn.copy_records_to_table(
+                "analytics_events", records=prepared.rows, columns=RAW_COLUMNS
+            )
+            round_.events += len(prepared.rows)
+            batch.result.events_inserted += len(prepared.rows)  # counted in the totals at the commit
+            # Only the ids stay for the acknowledgement: the round holds no event once copied.
+            prepared.rows, prepared.by_entry, prepared.fields = [], {}, {}
+
+    def _round_is_due(self, round_: _Round) -> bool:
+        return round_.events >= ROUND_MAX_EVENTS or time.monotonic() - round_.started >= ROUND_MAX_S
+
+    async def _close_round(self, stop: asyncio.Event | None) -> None:
+        """Commit the open round (its rollup merged once) and acknowledge its entries.
+
+        A round that fails is rolled back, its entries stay pending and are re-read carefully;
+        errors that say "try again later" are raised (after the rollback), others only logged.
+        """
+        round_ = self._round
+        if round_ is None:
+            return
+        self._round = None
+        try:
+            await self._settle_copy(round_)
+            await round_.rollup.apply(round_.conn)
+            await round_.transaction.commit()
+        except Exception as exc:
+            await self._discard_round(round_, exc)
+            if is_transient(exc):
+                raise
+            return
+        await self._release(round_)
+        self.postgres_ok = True
+        if self.on_transaction is not None:
+            self.on_transaction(round_.events, round_.events, time.monotonic() - round_.started)
+        for batch in round_.batches:
+            for prepared in batch.streams:
+                if self.on_committed is not None:
+                    self.on_committed(prepared.stream, prepared.ids)
+                await self._ack(prepared.stream, prepared.ids, stop)
+            self._add_totals(batch.result)
+            self.last_batch_at = time.time()
+
+    async def _discard_round(self, round_: _Round, exc: BaseException | None) -> None:
+        """Roll the round back; its entries stay pending and are read again, carefully."""
+        self._pending_dirty = True
+        if exc is not None:
+            self.last_error = _describe(exc)
+            if isinstance(exc, asyncpg.UniqueViolationError):
+                _log.info("a round met stored events (redelivered or racing entries): re-reading them")
+            else:
+                _log.warning(
+                    "round of %d events rolled back (%s): re-reading its entries",
+                    round_.events,
+                    self.last_error,
+                )
+        if round_.copying is not None:
+            round_.copying.cancel()
+            with contextlib.suppress(BaseException):
+                await round_.copying
+            round_.copying = None
+        try:
+            await round_.transaction.rollback()
+        except Exception:  # the connection is gone (PostgreSQL restarted): drop it
+            with contextlib.suppress(Exception):
+                round_.conn.terminate()
+        await self._release(round_)
+        for batch in round_.batches:
+            batch.result.events_inserted = 0
+            self._add_totals(batch.result)
+
+    async def _release(self, round_: _Round) -> None:
+        if self.pool is not None:
+            with contextlib.suppress(Exception):  # a pool dropped meanwhile closes it itself
+                await self.pool.release(round_.conn)
 
     def read_count(self) -> int:
         """Entries per read: about TARGET_EVENTS_PER_BATCH events, at most ``batch_size``."""
@@ -460,10 +630,12 @@ class Aggregator:
         counts: dict[bytes, int] = {}
         if batch.redelivered:
             counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in entries])
-        prepared = _Prepared(stream, counts=counts)
+        prepared = _Prepared(stream, counts=counts, careful=batch.redelivered)
         gone: list[bytes] = []
         cutoff_day = retention_cutoff(self.settings.raw_retention_days)
         cutoff = datetime(cutoff_day.year, cutoff_day.month, cutoff_day.day, tzinfo=UTC)
+        cutoff_us = int(cutoff.timestamp()) * 1_000_000
+        seen: set[Any] = set()
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while it was pending
                 gone.append(entry_id)
@@ -483,11 +655,24 @@ class Aggregator:
                 continue
             result.events_seen += len(rows)
             self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
-            kept = [staging_record(r) for r in rows if r.occurred_at >= cutoff]
+            kept = [r for r in rows if r.time_us >= cutoff_us]
             result.events_expired += len(rows) - len(kept)
+            # One row per event id: an entry may repeat spans of an earlier entry of the read.
+            new = list({r.event_id: r for r in kept if r.event_id not in seen}.values())
+            try:
+                # Counted where the batch's events go if they all turn out new; a redelivered
+                # entry is only checked here (its rollup is computed once the stored events are known).
+                (batch.rollup or Rollup()).add(new)
+            except RollupInputError as exc:  # a field no retry can mend
+                batch.rollup = None  # it may have counted a part of this entry
+                await self._dead_letter(stream, entry_id, fields, _describe(exc), attempts)
+                result.dead_lettered += 1
+                continue
+            seen.update(r.event_id for r in new)
+            records = [raw_record(r) for r in new]
             prepared.ids.append(entry_id)
-            prepared.rows.extend(kept)
-            prepared.by_entry[entry_id] = kept
+            prepared.rows.extend(records)
+            prepared.by_entry[entry_id] = records
             prepared.fields[entry_id] = fields
         if gone:
             await self.redis.xack(stream, self.group, *gone)
@@ -497,7 +682,9 @@ class Aggregator:
         self, prepared: _Prepared, result: BatchResult, stop: asyncio.Event | None
     ) -> None:
         try:
-            result.events_inserted += await self._commit_with_retry(prepared.rows, stop)
+            result.events_inserted += await self._commit_with_retry(
+                prepared.rows, None, prepared.careful, stop
+            )
         except Exception as exc:  # a data error somewhere in the batch: find the entry
             if is_transient(exc):
                 raise
@@ -515,7 +702,9 @@ class Aggregator:
         good: list[bytes] = []
         for entry_id in prepared.ids:
             try:
-                result.events_inserted += await self._commit_with_retry(prepared.by_entry[entry_id], stop)
+                result.events_inserted += await self._commit_with_retry(
+                    prepared.by_entry[entry_id], None, True, stop
+                )
                 good.append(entry_id)
             except Exception as exc:
                 if is_transient(exc):
@@ -538,7 +727,9 @@ class Aggregator:
         if good:
             await self._ack(prepared.stream, good, stop)
 
-    async def _commit_with_retry(self, rows: list[StagingRecord], stop: asyncio.Event | None) -> int:
+    async def _commit_with_retry(
+        self, rows: list[RawRecord], rollup: Rollup | None, careful: bool, stop: asyncio.Event | None
+    ) -> int:
         """Insert + roll up ``rows`` in one transaction; waits out PostgreSQL outages."""
         if not rows:
             return 0
@@ -547,7 +738,7 @@ class Aggregator:
             try:
                 if self.pool is None:
                     self.pool = await self._create_pool()
-                return await self._commit(rows)
+                return await self._commit(rows, rollup, careful)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -558,20 +749,25 @@ class Aggregator:
                     raise
                 await backoff.sleep(stop)
 
-    async def _commit(self, rows: list[StagingRecord]) -> int:
+    async def _commit(self, rows: list[RawRecord], rollup: Rollup | None, careful: bool) -> int:
+        """One transaction: the raw events, then the rollup of those that were new."""
         assert self.pool is not None
         started = time.monotonic()
         days: set[date] = {r[1].date() for r in rows}
+        inserted = 0
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, days, self._partitions)
-            try:
-                async with conn.transaction():
-                    inserted = await rollups.insert_and_roll_up(conn, rows)
-            except asyncpg.UniqueViolationError:
-                # Another member inserted some of these events meanwhile (see rollups): again,
-                # keeping only what this transaction inserts.
-                async with conn.transaction():
-                    inserted = await rollups.insert_and_roll_up(conn, rows, racing=True)
+            for attempt in range(RACE_ATTEMPTS):
+                try:
+                    async with conn.transaction():
+                        inserted = await rollups.insert_events(conn, rows, rollup, careful=careful)
+                    break
+                except asyncpg.UniqueViolationError:
+                    # Stored already (redelivered) or inserted by another member meanwhile (see
+                    # rollups): again, leaving out what is stored by then.
+                    if attempt == RACE_ATTEMPTS - 1:
+                        raise
+                    careful = True
         self.postgres_ok = True
         if self.on_transaction is not None:
             self.on_transaction(len(rows), inserted, time.monotonic() - started)
@@ -690,72 +886,88 @@ class Aggregator:
 
     # --- loops ------------------------------------------------------------------------------
 
+    async def _step(self, block_ms: int, stop: asyncio.Event | None) -> _Batch:
+        """Prepare one batch (while the previous one is copied into the open round) and place it:
+        into the open round, into a new round, or committed on its own the careful way.
+        """
+        round_ = self._round
+        if round_ is not None and self._round_is_due(round_):
+            await self._close_round(stop)
+            round_ = None
+        try:
+            # With a round open nothing is waited for: the round commits once no entry is ready.
+            batch = await self._prepare(
+                None if round_ is not None else block_ms,
+                read_pending=round_ is None,
+                rollup=round_.rollup if round_ is not None else Rollup(),
+            )
+        except BaseException:
+            if round_ is not None:  # the read may have counted a part of its batch in the round
+                self._round = None
+                await self._discard_round(round_, None)
+            raise
+        if round_ is not None and batch.rollup is not round_.rollup:
+            # A RollupInputError left a part of an entry counted in the round: roll it back.
+            self._round = None
+            await self._discard_round(round_, None)
+            self._add_totals(batch.result)  # its entries are read again, carefully
+            return batch
+        if batch.streams and batch.rollup is not None:
+            await self._join_round(batch)
+            return batch
+        await self._close_round(stop)
+        if batch.streams:  # redelivered entries, or new ones whose rollup must be recomputed
+            await self._commit_batch(batch, stop)
+        else:
+            self._add_totals(batch.result)
+        return batch
+
+    async def _finish(self, stop: asyncio.Event | None) -> None:
+        """Commit the open round (if its database is unreachable, leave its entries pending)."""
+        try:
+            await self._close_round(stop)
+        except Exception as exc:  # its entries stay pending; reported, never raised from here
+            self.last_error = _describe(exc)
+            _log.warning("round in flight not committed: %s", self.last_error)
+
     async def drain(self, timeout_s: float = 30.0) -> BatchResult:
         """Process until nothing is left to read (for the demo, tests and benchmarks)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        inflight: asyncio.Task[None] | None = None
         try:
             while loop.time() < deadline:
-                batch = await self._prepare(block_ms=50, read_pending=inflight is None)
-                if inflight is not None:
-                    task, inflight = inflight, None
-                    await task
-                if batch.streams:
-                    inflight = asyncio.create_task(self._commit_batch(batch, None))
-                    continue
-                await self._commit_batch(batch, None)  # nothing to write: just the totals
-                if batch.result.entries == 0 and await self.lag(self.reading_streams()) == 0:
+                batch = await self._step(50, None)
+                idle = self._round is None and batch.result.entries == 0
+                if idle and await self.lag(self.reading_streams()) == 0:
                     return self.totals
         finally:
-            await self._finish_inflight(inflight)
+            await self._finish(None)
         raise TimeoutError(f"bus not drained after {timeout_s}s")
-
-    async def _finish_inflight(self, inflight: asyncio.Task[None] | None) -> None:
-        """Let the batch in flight commit (or give up on its own terms) before leaving."""
-        if inflight is None:
-            return
-        try:
-            await inflight
-        except Exception as exc:  # its entries stay pending; reported, never raised from here
-            self.last_error = _describe(exc)
-            _log.warning("batch in flight not committed: %s", self.last_error)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process batches until ``stop`` is set; survives Redis and PostgreSQL restarts.
 
-        One batch commits while the next is read and mapped (see ``_prepare``); on ``stop``
-        the batch in flight is finished and a batch only prepared is left pending.
+        On ``stop`` the open round is committed (its batches are all copied already) and
+        acknowledged; if PostgreSQL is unreachable it is abandoned, its entries pending.
         """
         self._stop = stop
         backoff = Backoff()
-        inflight: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 try:
-                    # With a batch in flight, its retry loop owns the pool (it rebuilds it).
-                    if inflight is None and (self.pool is None or not self.redis_ok):
+                    if self._round is None and (self.pool is None or not self.redis_ok):
                         await self.connect()
                     now = time.monotonic()
-                    if inflight is None and now >= self._next_maintenance:
+                    if self._round is None and now >= self._next_maintenance:
                         await self.maintain()
                         self._next_maintenance = now + MAINTENANCE_INTERVAL_S
-                    batch = await self._prepare(block_ms=500, read_pending=inflight is None)
-                    if inflight is not None:
-                        task, inflight = inflight, None
-                        await task
-                    if stop.is_set() and batch.streams:
-                        self._pending_dirty = True  # prepared, never written: stays pending
-                        break
-                    if batch.streams:
-                        inflight = asyncio.create_task(self._commit_batch(batch, stop))
-                    else:
-                        await self._commit_batch(batch, stop)
+                    await self._step(500, stop)
                     self.redis_ok = True
                     backoff.reset()
                 except Exception as exc:
-                    unfinished, inflight = inflight, None
-                    await self._finish_inflight(unfinished)
+                    if self._round is not None:
+                        round_, self._round = self._round, None
+                        await self._discard_round(round_, exc)
                     self._pending_dirty = True
                     self.last_error = _describe(exc)
                     if is_transient(exc):
@@ -770,7 +982,7 @@ class Aggregator:
                         _log.exception("unexpected error in the aggregator loop")
                     await backoff.sleep(stop)
         finally:
-            await self._finish_inflight(inflight)
+            await self._finish(stop)
 
 
 def _describe(exc: BaseException) -> str:

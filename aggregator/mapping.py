@@ -3,6 +3,10 @@
 Each row gets a deterministic id derived from the trace id, span id and the event's
 position in its span, so a batch delivered twice maps to the same ids; that is what makes
 the aggregator's inserts idempotent.
+
+Times are kept to the microsecond, truncated (``time_unix_nano // 1000``), which is what
+PostgreSQL stores: the raw row and every rollup key (day, hour, minute) derive from the same
+integer, so an event a few nanoseconds before midnight is counted on the day it is stored on.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import functools
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
@@ -22,7 +27,10 @@ from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
 
 _SERVER_SPAN_INDEX = 0xFFFF  # position used for the span itself, after any event index
+_INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
 
 
@@ -33,6 +41,14 @@ class EventRow(NamedTuple):
     user_hash: str | None
     session_id: uuid.UUID | None
     properties: dict[str, Any]
+    time_us: int
+    """``occurred_at`` as integer microseconds since the epoch (rollup keys derive from it)."""
+
+
+RawRecord = tuple[uuid.UUID, datetime, str, str | None, uuid.UUID | None, str]
+"""An event as it is copied into ``analytics_events``: :data:`RAW_COLUMNS`, properties as JSON text."""
+
+RAW_COLUMNS = ("event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties")
 
 
 def _dumps_stdlib(value: Any) -> str:
@@ -46,19 +62,23 @@ try:  # orjson is ~5x faster on the aggregator's hot path; the stdlib is the fal
         """Compact JSON text for JSONB parameters."""
         return orjson.dumps(value).decode()
 
+    loads_json: Callable[[str], Any] = orjson.loads
+
 except ImportError:  # pragma: no cover - depends on the installation
     dumps_json = _dumps_stdlib
+    loads_json = json.loads
 
 
 def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
     """Deterministic id of the ``index``-th event of a span."""
-    digest = hashlib.blake2b(trace_id + span_id + index.to_bytes(4, "big"), digest_size=16).digest()
+    position = _INDEX_BYTES[index] if index < 256 else index.to_bytes(4, "big")
+    digest = hashlib.blake2b(trace_id + span_id + position, digest_size=16).digest()
     # asyncpg's C UUID: a uuid.UUID subclass (equal, same hash), ~10x cheaper to build.
     return _FastUUID(digest)  # type: ignore[no-any-return]
 
 
-def staging_record(row: EventRow) -> tuple[Any, ...]:
-    """``row`` as the aggregator copies it into its staging table (properties as JSON text)."""
+def raw_record(row: EventRow) -> RawRecord:
+    """``row`` as the aggregator copies it into ``analytics_events`` (properties as JSON text)."""
     return (
         row.event_id,
         row.occurred_at,
@@ -69,8 +89,17 @@ def staging_record(row: EventRow) -> tuple[Any, ...]:
     )
 
 
-def _time(unix_nano: int) -> datetime:
-    return datetime.fromtimestamp(unix_nano / 1e9, tz=UTC)
+def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:
+    """Event rows back from raw records (the inverse of :func:`raw_record`; parses the JSON again)."""
+    return [
+        EventRow(r[0], r[1], r[2], r[3], r[4], loads_json(r[5]), (r[1] - _EPOCH) // _MICROSECOND)
+        for r in records
+    ]
+
+
+def time_of(time_us: int) -> datetime:
+    """The UTC datetime of integer microseconds (exact: the float is within 0.25 µs)."""
+    return datetime.fromtimestamp(time_us / 1e6, tz=UTC)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -93,16 +122,22 @@ def _session(value: Any) -> uuid.UUID | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _event_type(name: str) -> str | None:
+    return domain_event_type(name)
+
+
 def rows_from_span(record: SpanRecord) -> list[EventRow]:
     """Event rows carried by one span (possibly none)."""
     rows: list[EventRow] = []
-    span_user = _user(record.attributes, None)
-    span_session = _session(record.attributes.get(_SESSION_ID_ATTR))
-    span_session_text = record.attributes.get(_SESSION_ID_ATTR)
+    span_attributes = record.attributes
+    span_user = _user(span_attributes, None)
+    span_session_text = span_attributes.get(_SESSION_ID_ATTR)
+    span_session = _session(span_session_text)
     fields = semconv.ATTRIBUTE_FIELDS
     trace_id, span_id = record.trace_id, record.span_id
     for index, event in enumerate(record.events):
-        event_type = domain_event_type(event.name)
+        event_type = _event_type(event.name)
         if event_type is None:
             continue
         attributes = event.attributes
@@ -117,26 +152,30 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
         else:
             session_id = _session(session_text) or span_session
         user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
+        time_us = event.time_unix_nano // 1000
         rows.append(
             EventRow(
                 event_id(trace_id, span_id, index),
-                _time(event.time_unix_nano),
+                time_of(time_us),
                 event_type,
                 user,
                 session_id,
                 properties,
+                time_us,
             )
         )
     request = api_request_fields(record)
     if request is not None:
+        time_us = record.end_unix_nano // 1000
         rows.append(
             EventRow(
                 event_id(trace_id, span_id, _SERVER_SPAN_INDEX),
-                _time(record.end_unix_nano),
+                time_of(time_us),
                 API_REQUEST,
                 span_user,
                 None,
                 request,
+                time_us,
             )
         )
     return rows

@@ -1,104 +1,622 @@
-"""Rollups: how newly inserted events change the analytics tables, computed in PostgreSQL.
+"""Rollups: how newly inserted events change the analytics tables.
 
-One batch (its duplicates removed in Python) travels by binary ``COPY`` into a per-connection
-temporary table of new events. Events already stored (redelivered entries, re-exported spans)
-are deleted from it by primary-key probes, and what is left goes into ``analytics_events`` with
-a plain ``INSERT``; every rollup is then one set-based ``INSERT ... SELECT ... GROUP BY ... ON
-CONFLICT DO UPDATE`` over those new rows only. Python never aggregates per event, so every
-rollup moves exactly once per event, whatever the bus redelivers. The temporary table empties
-itself at commit.
+Inside one batch transaction the aggregator
 
-Two members may insert the same event at the same moment (a claimed entry still being
-processed by its first reader): the second ``INSERT`` then waits for the first transaction and
-fails with a unique violation. The caller rolls back and runs the batch again with
-``racing=True``, where the raw insert is ``ON CONFLICT DO NOTHING RETURNING`` and the rows it
-did not return are deleted before the rollups: slower (~0.3 s per 100k events), always right.
+1. copies the batch's raw events straight into ``analytics_events`` (binary ``COPY``, the
+   same work as a bare bulk load). The primary key refuses an event that is stored already
+   (a redelivered entry, a re-exported span) or being inserted by another member at that
+   moment (the ``COPY`` waits for that transaction, then fails): the caller rolls back and
+   runs the batch again *carefully* (:func:`insert_events` with ``careful=True``), where
+   primary-key probes find the stored events first and only the others are copied and rolled
+   up. Batches that are likely to repeat events (entries delivered before) go the careful way
+   at once.
+2. rolls exactly those new events up: :class:`Rollup` accumulates per-key deltas in one pass
+   over the events (a few dictionary updates each) and :meth:`Rollup.apply` merges them with
+   one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`` per table, i.e. one
+   upsert per key the batch touches, however many events it aggregates.
+
+So every rollup moves exactly once per event, whatever the bus redelivers.
 
 Every update commutes (sums, maxima, set unions, last-writer-wins on ``(time, event_id)``),
 so batches may be applied in any order by any number of aggregators. To keep concurrent
-aggregators free of deadlocks, every statement touches its keys in sorted order (``ORDER BY``
-the conflict key) and the tables are always updated in the same order, one statement after
-the other; the one-row-per-hour dashboard summary, the hottest row, comes last so its lock is
-held only until the commit.
+aggregators free of deadlocks, every statement touches its keys in sorted order (Python sorts
+them; ``unnest`` keeps the order) and the tables are always updated in the same order, one
+statement after the other; the one-row-per-hour dashboard summary, the hottest row, comes last
+so its lock is held only until the commit.
 
 Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
-counts per user need a ``user_hash``; a session's study time (``duration_s`` of its
-``session_end``) is split over the UTC days and hours it covered; latency histograms use the
-buckets of :mod:`.histogram` (same libm ``log`` on both sides, constants passed from Python).
+counts per user need a ``user_hash``; sessions count with a ``session_id``; a session's study
+time (``duration_s`` of its ``session_end``) is split over the UTC days and hours it covered;
+latency histograms use the buckets of :mod:`.histogram`; ``active_users`` of an hour counts
+the (user, hour) rows of ``user_activity_hourly`` a batch created (``RETURNING xmax = 0``), so
+it is exact without a ``DISTINCT`` over history. A numeric field that is not a number (only
+possible through the OTLP gateway, the tracker validates its events) makes the entry fail
+with :class:`RollupInputError` naming the event type and the field.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from . import histogram
+from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
 
-NEW_TABLE = "aggregator_new_events"
-STAGING_COLUMNS = ("event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties")
+MINUTE_US = 60_000_000
+HOUR_US = 3_600_000_000
+DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
 
-SESSION_WORK_MEM = "64MB"
-"""Sorts and hash aggregates of a 25k-event batch stay in memory (the 4 MB default spills the
-event-id sort and some GROUP BYs to disk). Session setting of the aggregator's connections."""
 
-CREATE_TEMP_TABLES = f"""
-SET work_mem = '{SESSION_WORK_MEM}';
-CREATE TEMP TABLE IF NOT EXISTS {NEW_TABLE} (
-    event_id uuid, occurred_at timestamptz, event_type text, user_hash text, session_id uuid,
-    properties jsonb,
-    hour timestamptz
-        GENERATED ALWAYS AS (date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') STORED,
-    day date GENERATED ALWAYS AS ((occurred_at AT TIME ZONE 'UTC')::date) STORED
-) ON COMMIT DELETE ROWS;
+class RollupInputError(ValueError):
+    """An event field the rollups read has a value they cannot use (names event type and field)."""
+
+
+async def setup_connection(conn: asyncpg.Connection) -> None:
+    """Once per aggregator connection: its delta tables, and ``jsonb`` as JSON text.
+
+    The delta tables are temporary (they live as long as the connection) and empty themselves
+    at every commit. The aggregator never reads ``jsonb`` into Python; it writes JSON text it
+    encoded itself (orjson), and the binary ``COPY`` needs asyncpg's own text codec.
+    """
+    await conn.reset_type_codec("jsonb", schema="pg_catalog")
+    await conn.execute(
+        ";\n".join(
+            f"CREATE TEMP TABLE IF NOT EXISTS {d.temp} (LIKE {d.table} INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS"
+            for d in DELTA_TABLES
+        )
+    )
+
+
+# --- the raw insert ------------------------------------------------------------------------------
+
+_PROBE_STORED = """
+SELECT s.event_id
+FROM unnest($1::uuid[], $2::timestamptz[]) AS n(event_id, occurred_at)
+JOIN analytics_events AS s ON s.event_id = n.event_id AND s.occurred_at = n.occurred_at
 """
-"""Run once per connection (the aggregator pool's ``init``); temporary tables live as long as it."""
+"""Events of a batch that are stored already: one primary-key probe each (run as a nested loop:
+a hash or merge join would read whole day partitions)."""
 
-DELETE_STORED = f"""
-SET LOCAL enable_hashjoin = off;
-SET LOCAL enable_mergejoin = off;
-DELETE FROM {NEW_TABLE} AS n USING analytics_events AS e
-WHERE e.event_id = n.event_id AND e.occurred_at = n.occurred_at;
-SET LOCAL enable_hashjoin = on;
-SET LOCAL enable_mergejoin = on
-"""
-"""Events of the batch that are stored already leave it: one primary-key probe per event (the join
-is forced to a nested loop: a hash or merge join would read whole day partitions)."""
 
-INSERT_NEW = f"""
-INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
-SELECT event_id, occurred_at, event_type, user_hash, session_id, properties FROM {NEW_TABLE}
-ORDER BY event_id
-"""
+async def stored_event_ids(conn: asyncpg.Connection, records: Sequence[RawRecord]) -> set[Any]:
+    """Ids of ``records`` already in ``analytics_events`` (as this transaction sees it)."""
+    await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+    try:
+        found = await conn.fetch(_PROBE_STORED, [r[0] for r in records], [r[1] for r in records])
+    finally:
+        await conn.execute("SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
+    return {row[0] for row in found}
 
-INSERT_NEW_RACING = f"""
-WITH inserted AS (
-    INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
-    SELECT event_id, occurred_at, event_type, user_hash, session_id, properties FROM {NEW_TABLE}
-    ORDER BY event_id
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
+
+async def insert_events(
+    conn: asyncpg.Connection,
+    records: Sequence[RawRecord],
+    rollup: Rollup | None,
+    *,
+    careful: bool = False,
+) -> int:
+    """Inside the batch transaction: insert raw events and roll up the new ones.
+
+    ``records`` must be unique by event id; ``rollup`` is their accumulated rollup (``None``:
+    computed here). Returns the number of events that were new. Not ``careful``, any stored
+    event raises ``asyncpg.UniqueViolationError``: roll back and call again with
+    ``careful=True``, which leaves stored events out (and raises the same only if another
+    transaction inserted one of them meanwhile: roll back and call again).
+    """
+    if careful and records:
+        stored = await stored_event_ids(conn, records)
+        if stored:
+            records = [r for r in records if r[0] not in stored]
+            rollup = None
+    if not records:
+        return 0
+    await conn.copy_records_to_table("analytics_events", records=records, columns=RAW_COLUMNS)
+    if rollup is None:
+        rollup = Rollup()
+        rollup.add(rows_of(records))
+    await rollup.apply(conn)
+    return len(records)
+
+
+# --- typed reads of event fields ------------------------------------------------------------------
+
+
+def _bad(event_type: str, field: str, value: Any, expected: str) -> RollupInputError:
+    return RollupInputError(
+        f"event {event_type!r}: field {field!r} must be {expected}, got {type(value).__name__}"
+    )
+
+
+def _int(properties: dict[str, Any], field: str, event_type: str, default: int = 0) -> int:
+    """An integer field (floats truncate); absent, null or non-finite: ``default``."""
+    value: Any = properties.get(field)
+    kind = type(value)  # exact types: bool is not a number here, as in JSON
+    if kind is int:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return default
+    if kind is float:
+        return int(value) if math.isfinite(value) else default
+    raise _bad(event_type, field, value, "a number")
+
+
+def _float(properties: dict[str, Any], field: str, event_type: str) -> float:
+    """A number field as float; absent, null or non-finite (stored as JSON null): 0."""
+    value: Any = properties.get(field)
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else 0.0
+    if kind is int:
+        return float(value)
+    if value is None:
+        return 0.0
+    raise _bad(event_type, field, value, "a number")
+
+
+def _text(value: Any, default: str) -> str:
+    """A label as the JSON text PostgreSQL's ``->>`` gives (``default`` when absent or null)."""
+    if type(value) is str:
+        return value
+    if value is None:
+        return default
+    return dumps_json(value)
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+# --- the accumulator ------------------------------------------------------------------------------
+
+
+class Rollup:
+    """Per-key deltas of a set of new events, merged into the tables by :meth:`apply`.
+
+    Keys are integers of the UTC day, hour and minute (``time_us // DAY_US`` ...), the
+    same integer the raw row's time comes from.
+    """
+
+    __slots__ = ("ai", "daily", "events", "gamification", "hourly", "sessions", "summary", "system")
+
+    def __init__(self) -> None:
+        self.daily: dict[tuple[str, int], list[Any]] = {}
+        """(user, day) -> [sessions, study_seconds, viewed, completed, xp, events]"""
+        self.hourly: dict[tuple[str, int], list[Any]] = {}
+        """(user, hour) -> [events, sessions, study_seconds, viewed, completed, xp, ai_interactions]"""
+        self.gamification: dict[str, list[Any]] = {}
+        """user -> [xp, level, achievements, streak key (time_us, id bytes), current streak,
+        streak event id, longest streak, last activity time_us]"""
+        self.ai: dict[tuple[str, int], list[Any]] = {}
+        """(user, day) -> [interactions, tokens_in, tokens_out, latency_sum, latency_hist, models,
+        topics, feedback_count, rating_sum, ratings]"""
+        self.system: dict[tuple[int, str, str], list[Any]] = {}
+        """(minute, route, method) -> [requests, errors, client_errors, errors_by_type, latency_sum,
+        latency_min, latency_max, latency_hist]"""
+        self.summary: dict[int, list[Any]] = {}
+        """hour -> [events, events_by_type, sessions, study_seconds, viewed, completed, xp,
+        ai_interactions, api_requests, api_errors]"""
+        self.sessions: dict[Any, list[Any]] = {}
+        """session id -> [user, start key, started time_us, end key, ended time_us, duration_s,
+        xp_earned, materials_touched, end_reason]"""
+        self.events = 0
+
+    def add(self, rows: Iterable[EventRow]) -> None:
+        """Count ``rows`` (new events, unique by id). Raises :class:`RollupInputError`, having
+        possibly counted part of ``rows``: discard the accumulator then."""
+        daily, hourly, gamification, summary = self.daily, self.hourly, self.gamification, self.summary
+        for row in rows:
+            event_type = row.event_type
+            properties = row.properties
+            time_us = row.time_us
+            hour = time_us // HOUR_US
+            self.events += 1
+            total = summary.get(hour)
+            if total is None:
+                total = summary[hour] = [0, {}, 0, 0.0, 0, 0, 0, 0, 0, 0]
+            total[0] += 1
+            _count(total[1], event_type)
+            if event_type == "api_request":
+                if self._request(properties, time_us):
+                    total[9] += 1
+                total[8] += 1
+            user = row.user_hash
+            if user is None:
+                continue
+            day = time_us // DAY_US
+            day_row = daily.get((user, day))
+            if day_row is None:
+                day_row = daily[(user, day)] = [0, 0.0, 0, 0, 0, 0]
+            hour_row = hourly.get((user, hour))
+            if hour_row is None:
+                hour_row = hourly[(user, hour)] = [0, 0, 0.0, 0, 0, 0, 0]
+            state = gamification.get(user)
+            if state is None:
+                state = gamification[user] = [0, 1, None, None, 0, None, 0, time_us]
+            elif time_us > state[7]:
+                state[7] = time_us
+            day_row[5] += 1
+            hour_row[0] += 1
+            if event_type == "material_view":
+                day_row[2] += 1
+                hour_row[3] += 1
+                total[4] += 1
+            elif event_type == "xp_awarded":
+                xp = _int(properties, "xp_amount", event_type)
+                day_row[4] += xp
+                hour_row[5] += xp
+                state[0] += xp
+                total[6] += xp
+            elif event_type == "ai_coach_interaction":
+                hour_row[6] += 1
+                total[7] += 1
+                self._coach(user, day, properties, event_type)
+            elif event_type == "session_start":
+                if row.session_id is not None:
+                    day_row[0] += 1
+                    hour_row[1] += 1
+                    total[2] += 1
+                    self._session_start(row, user)
+            elif event_type == "session_end":
+                if row.session_id is not None:
+                    self._session_end(row, user)
+            elif event_type == "material_complete":
+                day_row[3] += 1
+                hour_row[4] += 1
+                total[5] += 1
+            elif event_type == "level_up":
+                level = _int(properties, "level", event_type, 1)
+                state[1] = max(state[1], level)
+            elif event_type == "achievement_unlocked":
+                if state[2] is None:
+                    state[2] = set()
+                state[2].add(_text(properties.get("achievement_id"), "None"))
+            elif event_type == "ai_coach_feedback":
+                self._coach(user, day, properties, event_type)
+            elif event_type in ("streak_updated", "streak_broken"):
+                self._streak(row, state)
+
+    def _request(self, properties: dict[str, Any], time_us: int) -> bool:
+        """Count one ``api_request``; returns whether it was a server error."""
+        duration = _float(properties, "duration_ms", "api_request")
+        status = _int(properties, "status_code", "api_request")
+        error = properties.get("error_type")
+        key = (
+            time_us // MINUTE_US,
+            _text(properties.get("route"), "None"),
+            _text(properties.get("method"), "_OTHER"),
+        )
+        metrics = self.system.get(key)
+        if metrics is None:
+            metrics = self.system[key] = [0, 0, 0, {}, 0.0, duration, duration, {}]
+        metrics[0] += 1
+        if error is not None:
+            metrics[1] += 1
+            _count(metrics[3], _text(error, ""))
+        elif 400 <= status < 500:
+            metrics[2] += 1
+        metrics[4] += duration
+        metrics[5] = min(metrics[5], duration)
+        metrics[6] = max(metrics[6], duration)
+        _count(metrics[7], str(histogram.bucket(duration)))
+        return error is not None
+
+    def _coach(self, user: str, day: int, properties: dict[str, Any], event_type: str) -> None:
+        metrics = self.ai.get((user, day))
+        if metrics is None:
+            metrics = self.ai[(user, day)] = [0, 0, 0, 0.0, {}, {}, {}, 0, 0, {}]
+        if event_type == "ai_coach_interaction":
+            latency = _float(properties, "latency_ms", event_type)
+            metrics[0] += 1
+            metrics[1] += _int(properties, "tokens_in", event_type)
+            metrics[2] += _int(properties, "tokens_out", event_type)
+            metrics[3] += latency
+            _count(metrics[4], str(histogram.bucket(latency)))
+            _count(metrics[5], _text(properties.get("model"), "None"))
+            _count(metrics[6], _text(properties.get("topic_category"), "None"))
+        else:
+            rating = _int(properties, "rating", event_type)
+            metrics[7] += 1
+            metrics[8] += rating
+            _count(metrics[9], str(rating))
+
+    def _session(self, session_id: Any, user: str) -> list[Any]:
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = self.sessions[session_id] = [user, None, None, None, None, None, 0, None, None]
+        return session
+
+    def _session_start(self, row: EventRow, user: str) -> None:
+        session = self._session(row.session_id, user)
+        key = (row.time_us, row.event_id.bytes)
+        if session[1] is None or key > session[1]:  # the latest start wins, as on conflict
+            session[1], session[2] = key, row.time_us
+
+    def _session_end(self, row: EventRow, user: str) -> None:
+        properties = row.properties
+        duration = _float(properties, "duration_s", "session_end")
+        session = self._session(row.session_id, user)
+        key = (row.time_us, row.event_id.bytes)
+        if session[3] is None or key > session[3]:
+            materials = properties.get("materials_touched")
+            session[3:] = [
+                key,
+                row.time_us,
+                duration,
+                _int(properties, "xp_earned", "session_end"),
+                list(materials) if isinstance(materials, (list, tuple)) else [],  # as text in SQL
+                _text(properties.get("end_reason"), "completed"),
+            ]
+        if duration > 0:
+            self._study(user, row.time_us, duration)
+
+    def _study(self, user: str, end_us: int, duration_s: float) -> None:
+        """Split a session's study time over the UTC hours and days it covered."""
+        start_us = end_us - round(duration_s * 1e6)  # make_interval(secs => s): rint to microseconds
+        for hour, seconds in _periods(start_us, end_us, HOUR_US):
+            counters = self.hourly.get((user, hour))
+            if counters is None:
+                counters = self.hourly[(user, hour)] = [0, 0, 0.0, 0, 0, 0, 0]
+            counters[2] += seconds
+            total = self.summary.get(hour)
+            if total is None:
+                total = self.summary[hour] = [0, {}, 0, 0.0, 0, 0, 0, 0, 0, 0]
+            total[3] += seconds
+        for day, seconds in _periods(start_us, end_us, DAY_US):
+            counters = self.daily.get((user, day))
+            if counters is None:
+                counters = self.daily[(user, day)] = [0, 0.0, 0, 0, 0, 0]
+            counters[1] += seconds
+
+    def _streak(self, row: EventRow, state: list[Any]) -> None:
+        updated = row.event_type == "streak_updated"
+        properties = row.properties
+        days = _int(properties, "streak_days", row.event_type) if updated else 0
+        reported = days if updated else _int(properties, "previous_streak_days", row.event_type)
+        key = (row.time_us, row.event_id.bytes)
+        if state[3] is None or key > state[3]:  # last writer wins on (time, event id)
+            state[3], state[4], state[5] = key, days, row.event_id
+        state[6] = max(state[6], reported)
+
+    # --- into the tables ------------------------------------------------------------------------
+
+    async def apply(self, conn: asyncpg.Connection) -> None:
+        """Merge the deltas into the tables (inside the batch transaction), in the fixed order.
+
+        Each table's deltas travel by binary ``COPY`` into the connection's delta table (emptied
+        at commit), then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` merges them (the
+        hourly table's with the summary's, which counts the (user, hour) rows it created).
+        """
+        deltas = (
+            (SESSIONS, self._session_rows, UPSERT_SESSIONS),
+            (DAILY, self._daily_rows, UPSERT_DAILY),
+            (GAMIFICATION, self._gamification_rows, UPSERT_GAMIFICATION),
+            (AI, self._ai_rows, UPSERT_AI),
+            (SYSTEM, self._system_rows, UPSERT_SYSTEM),
+            (HOURLY, self._hourly_rows, None),
+            (SUMMARY, self._summary_rows, UPSERT_HOURLY_AND_SUMMARY),
+        )
+        for delta, rows_of_delta, upsert in deltas:
+            rows = rows_of_delta()
+            if rows:
+                await conn.copy_records_to_table(delta.temp, records=rows, columns=delta.columns)
+                if upsert is not None:
+                    await conn.execute(upsert)
+
+    def _session_rows(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for session_id, s in self.sessions.items():
+            started = None if s[2] is None else _datetime(s[2])
+            if s[3] is None:
+                rows.append((session_id, s[0], started, None, None, 0, [], None))
+            else:
+                rows.append((session_id, s[0], started, _datetime(s[4]), s[5], s[6], s[7], s[8]))
+        return rows
+
+    def _daily_rows(self) -> list[tuple[Any, ...]]:
+        return [(user, _day(day), *c) for (user, day), c in self.daily.items()]
+
+    def _gamification_rows(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for user, g in self.gamification.items():
+            achievements = [] if g[2] is None else list(g[2])
+            streak_as_of = None if g[3] is None else _datetime(g[3][0])
+            rows.append((user, g[0], g[1], achievements, g[4], g[6], streak_as_of, g[5], _datetime(g[7])))
+        return rows
+
+    def _ai_rows(self) -> list[tuple[Any, ...]]:
+        return [
+            (user, _day(day), *c[:4], _json(c[4]), _json(c[5]), _json(c[6]), c[7], c[8], _json(c[9]))
+            for (user, day), c in self.ai.items()
+        ]
+
+    def _system_rows(self) -> list[tuple[Any, ...]]:
+        return [
+            (
+                _datetime(minute * MINUTE_US),
+                route,
+                method,
+                *c[:3],
+                _json(c[3]),
+                c[4],
+                c[5],
+                max(0.0, c[6]),
+                _json(c[7]),
+            )
+            for (minute, route, method), c in self.system.items()
+        ]
+
+    def _hourly_rows(self) -> list[tuple[Any, ...]]:
+        return [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in self.hourly.items()]
+
+    def _summary_rows(self) -> list[tuple[Any, ...]]:
+        return [(_datetime(hour * HOUR_US), c[0], _json(c[1]), *c[2:]) for hour, c in self.summary.items()]
+
+
+def _periods(start_us: int, end_us: int, period_us: int) -> Iterator[tuple[int, float]]:
+    """(period index, seconds of [start, end) within it) for every period the interval touches."""
+    period = start_us // period_us
+    while period * period_us < end_us:
+        begin = period * period_us
+        yield period, (min(begin + period_us, end_us) - max(begin, start_us)) / 1e6
+        period += 1
+
+
+def _day(day: int) -> date:
+    return _EPOCH_DAY + timedelta(days=day)
+
+
+def _datetime(time_us: int) -> datetime:
+    """The UTC datetime of integer microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=time_us)
+
+
+def _json(value: Any) -> str:
+    return dumps_json(value)
+
+
+class DeltaTable(NamedTuple):
+    """A rollup table and the columns its deltas carry, with the key they merge on."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+
+    @property
+    def temp(self) -> str:
+        """The connection's temporary table of this table's deltas."""
+        return f"aggregator_delta_{self.table}"
+
+
+SESSIONS = DeltaTable(
+    "learning_sessions",
+    (
+        "session_id",
+        "user_hash",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "xp_earned",
+        "materials_touched",
+        "end_reason",
+    ),
+    ("session_id",),
 )
-DELETE FROM {NEW_TABLE} AS n WHERE NOT EXISTS (SELECT 1 FROM inserted AS i WHERE i.event_id = n.event_id)
-"""
-"""The insert when another member may be inserting the same events: keep only what this one inserted."""
+DAILY = DeltaTable(
+    "daily_activity_summary",
+    (
+        "user_hash",
+        "day",
+        "sessions",
+        "study_seconds",
+        "materials_viewed",
+        "materials_completed",
+        "xp",
+        "events",
+    ),
+    ("user_hash", "day"),
+)
+GAMIFICATION = DeltaTable(
+    "gamification_stats",
+    (
+        "user_hash",
+        "xp_total",
+        "level",
+        "achievements",
+        "current_streak",
+        "longest_streak",
+        "streak_as_of",
+        "streak_event_id",
+        "last_activity_at",
+    ),
+    ("user_hash",),
+)
+AI = DeltaTable(
+    "ai_coach_metrics",
+    (
+        "user_hash",
+        "day",
+        "interactions",
+        "tokens_in",
+        "tokens_out",
+        "latency_ms_sum",
+        "latency_hist",
+        "models",
+        "topics",
+        "feedback_count",
+        "rating_sum",
+        "ratings",
+    ),
+    ("user_hash", "day"),
+)
+SYSTEM = DeltaTable(
+    "system_metrics",
+    (
+        "minute",
+        "route",
+        "method",
+        "requests",
+        "errors",
+        "client_errors",
+        "errors_by_type",
+        "latency_sum_ms",
+        "latency_min_ms",
+        "latency_max_ms",
+        "latency_hist",
+    ),
+    ("minute", "route", "method"),
+)
+HOURLY = DeltaTable(
+    "user_activity_hourly",
+    (
+        "user_hash",
+        "hour",
+        "events",
+        "sessions",
+        "study_seconds",
+        "materials_viewed",
+        "materials_completed",
+        "xp",
+        "ai_interactions",
+    ),
+    ("user_hash", "hour"),
+)
+SUMMARY = DeltaTable(
+    "hourly_analytics_summary",
+    (
+        "hour",
+        "events",
+        "events_by_type",
+        "sessions",
+        "study_seconds",
+        "materials_viewed",
+        "materials_completed",
+        "xp",
+        "ai_interactions",
+        "api_requests",
+        "api_errors",
+    ),  # active_users: from the hourly upsert
+    ("hour",),
+)
+DELTA_TABLES = (SESSIONS, DAILY, GAMIFICATION, AI, SYSTEM, HOURLY, SUMMARY)
+"""In the order they are merged, always: a fixed table order keeps concurrent aggregators free of
+deadlocks (the hourly summary, the hottest row, last)."""
 
 
-def _int(key: str, default: int = 0) -> str:
-    """SQL for Python's ``int(properties.get(key, default))`` (truncates like ``int``)."""
-    return f"coalesce(trunc((properties->>'{key}')::numeric), {default})"
-
-
-def _float(key: str) -> str:
-    """SQL for Python's ``float(properties.get(key, 0.0))``."""
-    return f"coalesce((properties->>'{key}')::float8, 0)"
-
-
-def _bucket(value: str) -> str:
-    """SQL twin of :func:`histogram.bucket` (``ceil(ln x / ln gamma)``, same constants)."""
+def _insert(delta: DeltaTable, alias: str, select: str | None = None) -> str:
+    """``INSERT ... SELECT`` of a delta table in key order (the lock order), up to ``DO UPDATE SET``."""
+    columns = ", ".join(delta.columns)
+    key = ", ".join(delta.key)
     return (
-        f"CASE WHEN {value} <= {histogram.MIN_VALUE!r}::float8 THEN {histogram.MIN_KEY} "
-        f"ELSE ceil(ln({value}) / {histogram.LOG_GAMMA!r}::float8)::int END"
+        f"INSERT INTO {delta.table} AS {alias} ({columns})\n"
+        f"SELECT {select or columns} FROM {delta.temp} ORDER BY {key}\n"
+        f"ON CONFLICT ({key}) DO UPDATE SET\n"
     )
 
 
@@ -107,72 +625,25 @@ def _merge(stored: str, added: str) -> str:
     return f"CASE WHEN {added} = '{{}}'::jsonb THEN {stored} ELSE count_map_add({stored}, {added}) END"
 
 
-_USER = "user_hash IS NOT NULL"
-_IS_START = "event_type = 'session_start' AND session_id IS NOT NULL"
-_IS_END = "event_type = 'session_end' AND session_id IS NOT NULL"
-
-
-def _study(period: str, unit: str, key_expr: str) -> str:
-    """Rows (user_hash, key, secs): study time of new session ends split over UTC periods."""
-    return f"""
-    SELECT user_hash, {key_expr} AS key,
-           extract(epoch FROM least(p + interval '{period}', end_at) - greatest(start_at, p))::float8 AS secs
-    FROM (
-        SELECT user_hash, occurred_at AS end_at, occurred_at - make_interval(secs => s) AS start_at
-        FROM (SELECT user_hash, occurred_at, {_float("duration_s")} AS s
-              FROM {NEW_TABLE} WHERE {_USER} AND {_IS_END}) AS e
-        WHERE s > 0
-    ) AS st,
-    generate_series(date_trunc('{unit}', start_at, 'UTC'), end_at - interval '1 microsecond',
-                    interval '{period}') AS p
-    """
-
-
-UPSERT_SESSION_STARTS = f"""
-INSERT INTO learning_sessions (session_id, user_hash, started_at)
-SELECT DISTINCT ON (session_id) session_id, user_hash, occurred_at
-FROM {NEW_TABLE} WHERE {_USER} AND {_IS_START}
-ORDER BY session_id, occurred_at DESC, event_id DESC
-ON CONFLICT (session_id) DO UPDATE SET started_at = EXCLUDED.started_at
+UPSERT_SESSIONS = (
+    _insert(SESSIONS, "s")
+    + """
+    started_at = coalesce(EXCLUDED.started_at, s.started_at),
+    ended_at = coalesce(EXCLUDED.ended_at, s.ended_at),
+    duration_s = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.duration_s ELSE EXCLUDED.duration_s END,
+    xp_earned = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.xp_earned ELSE EXCLUDED.xp_earned END,
+    materials_touched = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.materials_touched
+                             ELSE EXCLUDED.materials_touched END,
+    end_reason = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.end_reason ELSE EXCLUDED.end_reason END
 """
+)
+"""A session's start and its end (the latest of each in the batch) in one row: a start sets
+``started_at``, an end (``ended_at`` set) the end columns, each overwriting what a replayed start
+or end set."""
 
-UPSERT_SESSION_ENDS = f"""
-INSERT INTO learning_sessions
-    (session_id, user_hash, ended_at, duration_s, xp_earned, materials_touched, end_reason)
-SELECT DISTINCT ON (session_id) session_id, user_hash, occurred_at, {_float("duration_s")},
-       {_int("xp_earned")},
-       CASE WHEN jsonb_typeof(properties->'materials_touched') = 'array'
-            THEN ARRAY(SELECT jsonb_array_elements_text(properties->'materials_touched'))
-            ELSE '{{}}'::text[] END,
-       coalesce(properties->>'end_reason', 'completed')
-FROM {NEW_TABLE} WHERE {_USER} AND {_IS_END}
-ORDER BY session_id, occurred_at DESC, event_id DESC
-ON CONFLICT (session_id) DO UPDATE SET
-    ended_at = EXCLUDED.ended_at,
-    duration_s = EXCLUDED.duration_s,
-    xp_earned = EXCLUDED.xp_earned,
-    materials_touched = EXCLUDED.materials_touched,
-    end_reason = EXCLUDED.end_reason
-"""
-
-UPSERT_DAILY = f"""
-INSERT INTO daily_activity_summary AS d
-    (user_hash, day, sessions, study_seconds, materials_viewed, materials_completed, xp, events)
-SELECT user_hash, key, sum(sessions), sum(secs), sum(viewed), sum(completed), sum(xp), sum(events)
-FROM (
-    SELECT user_hash, day AS key, ({_IS_START})::int AS sessions, 0::float8 AS secs,
-           (event_type = 'material_view')::int AS viewed,
-           (event_type = 'material_complete')::int AS completed,
-           CASE WHEN event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
-           1 AS events
-    FROM {NEW_TABLE} WHERE {_USER}
-    UNION ALL
-    SELECT user_hash, key, 0, secs, 0, 0, 0, 0
-    FROM ({_study("24 hours", "day", "(p AT TIME ZONE 'UTC')::date")}) AS s
-) AS u
-GROUP BY user_hash, key
-ORDER BY user_hash, key
-ON CONFLICT (user_hash, day) DO UPDATE SET
+UPSERT_DAILY = (
+    _insert(DAILY, "d")
+    + """
     sessions = d.sessions + EXCLUDED.sessions,
     study_seconds = d.study_seconds + EXCLUDED.study_seconds,
     materials_viewed = d.materials_viewed + EXCLUDED.materials_viewed,
@@ -180,96 +651,39 @@ ON CONFLICT (user_hash, day) DO UPDATE SET
     xp = d.xp + EXCLUDED.xp,
     events = d.events + EXCLUDED.events
 """
+)
 
-_STREAK = "event_type IN ('streak_updated', 'streak_broken')"
-_STREAK_ORDER = "ORDER BY occurred_at DESC, event_id DESC"
+_STREAK_IS_NEWER = """EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
+             OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))"""
 
-UPSERT_GAMIFICATION = f"""
-INSERT INTO gamification_stats AS g
-    (user_hash, xp_total, level, achievements, current_streak, longest_streak, streak_as_of,
-     streak_event_id, last_activity_at)
-SELECT user_hash,
-       coalesce(sum({_int("xp_amount")}) FILTER (WHERE event_type = 'xp_awarded'), 0),
-       greatest(1, max({_int("level", 1)}) FILTER (WHERE event_type = 'level_up')),
-       coalesce(array_agg(DISTINCT coalesce(properties->>'achievement_id', 'None'))
-                FILTER (WHERE event_type = 'achievement_unlocked'), '{{}}'),
-       coalesce((array_agg(CASE WHEN event_type = 'streak_updated' THEN {_int("streak_days")} ELSE 0 END
-                           {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1], 0),
-       greatest(0, max(CASE WHEN event_type = 'streak_updated' THEN {_int("streak_days")}
-                            ELSE {_int("previous_streak_days")} END) FILTER (WHERE {_STREAK})),
-       (array_agg(occurred_at {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1],
-       (array_agg(event_id {_STREAK_ORDER}) FILTER (WHERE {_STREAK}))[1],
-       max(occurred_at)
-FROM {NEW_TABLE} WHERE {_USER}
-GROUP BY user_hash
-ORDER BY user_hash
-ON CONFLICT (user_hash) DO UPDATE SET
+_SORTED_ACHIEVEMENTS = """user_hash, xp_total, level,
+       CASE WHEN cardinality(achievements) < 2 THEN achievements
+            ELSE ARRAY(SELECT a FROM unnest(achievements) AS a ORDER BY a) END,
+       current_streak, longest_streak, streak_as_of, streak_event_id, last_activity_at"""
+"""Achievements in the database's order, like the union on conflict (the set is distinct already)."""
+
+UPSERT_GAMIFICATION = (
+    _insert(GAMIFICATION, "g", _SORTED_ACHIEVEMENTS)
+    + f"""
     xp_total = g.xp_total + EXCLUDED.xp_total,
     level = greatest(g.level, EXCLUDED.level),
     achievements = CASE WHEN cardinality(EXCLUDED.achievements) = 0 THEN g.achievements
                         ELSE ARRAY(SELECT DISTINCT a FROM unnest(g.achievements || EXCLUDED.achievements) AS a
                                    ORDER BY a) END,
-    current_streak = CASE
-        WHEN EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
-             OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))
+    current_streak = CASE WHEN {_STREAK_IS_NEWER}
         THEN EXCLUDED.current_streak ELSE g.current_streak END,
-    streak_event_id = CASE
-        WHEN EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
-             OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))
+    streak_event_id = CASE WHEN {_STREAK_IS_NEWER}
         THEN EXCLUDED.streak_event_id ELSE g.streak_event_id END,
-    streak_as_of = CASE
-        WHEN EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
-             OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))
+    streak_as_of = CASE WHEN {_STREAK_IS_NEWER}
         THEN EXCLUDED.streak_as_of ELSE g.streak_as_of END,
     longest_streak = greatest(g.longest_streak, EXCLUDED.longest_streak),
     last_activity_at = greatest(g.last_activity_at, EXCLUDED.last_activity_at)
 """
-
-UPSERT_AI = f"""
-WITH ai AS (
-    SELECT user_hash, day, event_type = 'ai_coach_interaction' AS asked,
-           {_float("latency_ms")} AS latency, {_int("tokens_in")} AS tokens_in,
-           {_int("tokens_out")} AS tokens_out,
-           coalesce(properties->>'model', 'None') AS model,
-           coalesce(properties->>'topic_category', 'None') AS topic,
-           {_int("rating")} AS rating
-    FROM {NEW_TABLE}
-    WHERE {_USER} AND event_type IN ('ai_coach_interaction', 'ai_coach_feedback')
-), maps AS (
-    SELECT user_hash, day,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 'h') AS hist,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 'm') AS models,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 't') AS topics,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 'r') AS ratings
-    FROM (
-        SELECT user_hash, day, 'h' AS m, ({_bucket("latency")})::text AS k, count(*) AS n
-        FROM ai WHERE asked GROUP BY 1, 2, 4
-        UNION ALL
-        SELECT user_hash, day, 'm', model, count(*) FROM ai WHERE asked GROUP BY 1, 2, 4
-        UNION ALL
-        SELECT user_hash, day, 't', topic, count(*) FROM ai WHERE asked GROUP BY 1, 2, 4
-        UNION ALL
-        SELECT user_hash, day, 'r', rating::text, count(*) FROM ai WHERE NOT asked GROUP BY 1, 2, 4
-    ) AS c
-    GROUP BY user_hash, day
 )
-INSERT INTO ai_coach_metrics AS a
-    (user_hash, day, interactions, tokens_in, tokens_out, latency_ms_sum, latency_hist, models, topics,
-     feedback_count, rating_sum, ratings)
-SELECT s.user_hash, s.day, s.interactions, s.tokens_in, s.tokens_out, s.latency_ms_sum,
-       coalesce(m.hist, '{{}}'), coalesce(m.models, '{{}}'), coalesce(m.topics, '{{}}'),
-       s.feedback_count, s.rating_sum, coalesce(m.ratings, '{{}}')
-FROM (
-    SELECT user_hash, day, count(*) FILTER (WHERE asked) AS interactions,
-           coalesce(sum(tokens_in) FILTER (WHERE asked), 0) AS tokens_in,
-           coalesce(sum(tokens_out) FILTER (WHERE asked), 0) AS tokens_out,
-           coalesce(sum(latency) FILTER (WHERE asked), 0) AS latency_ms_sum,
-           count(*) FILTER (WHERE NOT asked) AS feedback_count,
-           coalesce(sum(rating) FILTER (WHERE NOT asked), 0) AS rating_sum
-    FROM ai GROUP BY user_hash, day
-) AS s JOIN maps AS m USING (user_hash, day)
-ORDER BY s.user_hash, s.day
-ON CONFLICT (user_hash, day) DO UPDATE SET
+
+UPSERT_AI = (
+    _insert(AI, "a")
+    + f"""
     interactions = a.interactions + EXCLUDED.interactions,
     tokens_in = a.tokens_in + EXCLUDED.tokens_in,
     tokens_out = a.tokens_out + EXCLUDED.tokens_out,
@@ -281,44 +695,11 @@ ON CONFLICT (user_hash, day) DO UPDATE SET
     rating_sum = a.rating_sum + EXCLUDED.rating_sum,
     ratings = {_merge("a.ratings", "EXCLUDED.ratings")}
 """
-
-UPSERT_SYSTEM = f"""
-WITH api AS (
-    SELECT date_trunc('minute', occurred_at, 'UTC') AS minute,
-           coalesce(properties->>'route', 'None') AS route,
-           coalesce(properties->>'method', '_OTHER') AS method,
-           {_float("duration_ms")} AS duration,
-           {_int("status_code")} AS status,
-           properties->>'error_type' AS error_type
-    FROM {NEW_TABLE} WHERE event_type = 'api_request'
-), maps AS (
-    SELECT minute, route, method,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 'h') AS hist,
-           jsonb_object_agg(k, n) FILTER (WHERE m = 'e') AS errors
-    FROM (
-        SELECT minute, route, method, 'h' AS m, ({_bucket("duration")})::text AS k, count(*) AS n
-        FROM api GROUP BY 1, 2, 3, 5
-        UNION ALL
-        SELECT minute, route, method, 'e', error_type, count(*)
-        FROM api WHERE error_type IS NOT NULL GROUP BY 1, 2, 3, 5
-    ) AS c
-    GROUP BY minute, route, method
 )
-INSERT INTO system_metrics AS m
-    (minute, route, method, requests, errors, client_errors, errors_by_type, latency_sum_ms,
-     latency_min_ms, latency_max_ms, latency_hist)
-SELECT s.minute, s.route, s.method, s.requests, s.errors, s.client_errors, coalesce(m.errors, '{{}}'),
-       s.latency_sum_ms, s.latency_min_ms, s.latency_max_ms, coalesce(m.hist, '{{}}')
-FROM (
-    SELECT minute, route, method, count(*) AS requests,
-           count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
-           count(*) FILTER (WHERE error_type IS NULL AND status >= 400 AND status < 500) AS client_errors,
-           sum(duration) AS latency_sum_ms, min(duration) AS latency_min_ms,
-           greatest(0, max(duration)) AS latency_max_ms
-    FROM api GROUP BY minute, route, method
-) AS s JOIN maps AS m USING (minute, route, method)
-ORDER BY s.minute, s.route, s.method
-ON CONFLICT (minute, route, method) DO UPDATE SET
+
+UPSERT_SYSTEM = (
+    _insert(SYSTEM, "m")
+    + f"""
     requests = m.requests + EXCLUDED.requests,
     errors = m.errors + EXCLUDED.errors,
     client_errors = m.client_errors + EXCLUDED.client_errors,
@@ -328,27 +709,11 @@ ON CONFLICT (minute, route, method) DO UPDATE SET
     latency_max_ms = greatest(m.latency_max_ms, EXCLUDED.latency_max_ms),
     latency_hist = {_merge("m.latency_hist", "EXCLUDED.latency_hist")}
 """
+)
 
 UPSERT_HOURLY_AND_SUMMARY = f"""
 WITH hourly AS (
-    INSERT INTO user_activity_hourly AS h
-        (user_hash, hour, events, sessions, study_seconds, materials_viewed, materials_completed, xp,
-         ai_interactions)
-    SELECT user_hash, key, sum(events), sum(sessions), sum(secs), sum(viewed), sum(completed), sum(xp),
-           sum(ai)
-    FROM (
-        SELECT user_hash, hour AS key, 1 AS events, ({_IS_START})::int AS sessions, 0::float8 AS secs,
-               (event_type = 'material_view')::int AS viewed,
-               (event_type = 'material_complete')::int AS completed,
-               CASE WHEN event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
-               (event_type = 'ai_coach_interaction')::int AS ai
-        FROM {NEW_TABLE} WHERE {_USER}
-        UNION ALL
-        SELECT user_hash, key, 0, 0, secs, 0, 0, 0, 0 FROM ({_study("1 hour", "hour", "p")}) AS s
-    ) AS u
-    GROUP BY user_hash, key
-    ORDER BY user_hash, key
-    ON CONFLICT (user_hash, hour) DO UPDATE SET
+    {_insert(HOURLY, "h")}
         events = h.events + EXCLUDED.events,
         sessions = h.sessions + EXCLUDED.sessions,
         study_seconds = h.study_seconds + EXCLUDED.study_seconds,
@@ -360,35 +725,13 @@ WITH hourly AS (
 ), active AS (
     -- (user, hour) rows this batch created are exactly the learners new in that hour.
     SELECT hour, count(*) FILTER (WHERE created) AS users FROM hourly GROUP BY hour
-), types AS (
-    SELECT hour, jsonb_object_agg(event_type, n) AS by_type
-    FROM (SELECT hour, event_type, count(*) AS n FROM {NEW_TABLE} GROUP BY 1, 2) AS t
-    GROUP BY hour
-), totals AS (
-    SELECT key AS hour, sum(events) AS events, sum(sessions) AS sessions, sum(secs) AS secs,
-           sum(viewed) AS viewed, sum(completed) AS completed, sum(xp) AS xp, sum(ai) AS ai,
-           sum(api) AS api, sum(api_errors) AS api_errors
-    FROM (
-        SELECT hour AS key, 1 AS events,
-               ({_USER} AND {_IS_START})::int AS sessions, 0::float8 AS secs,
-               ({_USER} AND event_type = 'material_view')::int AS viewed,
-               ({_USER} AND event_type = 'material_complete')::int AS completed,
-               CASE WHEN {_USER} AND event_type = 'xp_awarded' THEN {_int("xp_amount")} ELSE 0 END AS xp,
-               ({_USER} AND event_type = 'ai_coach_interaction')::int AS ai,
-               (event_type = 'api_request')::int AS api,
-               (event_type = 'api_request' AND properties->>'error_type' IS NOT NULL)::int AS api_errors
-        FROM {NEW_TABLE}
-        UNION ALL
-        SELECT key, 0, 0, secs, 0, 0, 0, 0, 0, 0 FROM ({_study("1 hour", "hour", "p")}) AS s
-    ) AS u
-    GROUP BY key
 )
-INSERT INTO hourly_analytics_summary AS s
+INSERT INTO {SUMMARY.table} AS s
     (hour, events, events_by_type, active_users, sessions, study_seconds, materials_viewed,
      materials_completed, xp, ai_interactions, api_requests, api_errors)
-SELECT t.hour, t.events, coalesce(y.by_type, '{{}}'), coalesce(a.users, 0), t.sessions, t.secs, t.viewed,
-       t.completed, t.xp, t.ai, t.api, t.api_errors
-FROM totals AS t LEFT JOIN types AS y USING (hour) LEFT JOIN active AS a USING (hour)
+SELECT t.hour, t.events, t.events_by_type, coalesce(a.users, 0), t.sessions, t.study_seconds,
+       t.materials_viewed, t.materials_completed, t.xp, t.ai_interactions, t.api_requests, t.api_errors
+FROM {SUMMARY.temp} AS t LEFT JOIN active AS a USING (hour)
 ORDER BY t.hour
 ON CONFLICT (hour) DO UPDATE SET
     events = s.events + EXCLUDED.events,
@@ -403,69 +746,5 @@ ON CONFLICT (hour) DO UPDATE SET
     api_requests = s.api_requests + EXCLUDED.api_requests,
     api_errors = s.api_errors + EXCLUDED.api_errors
 """
-# Every hour with a (user, hour) row of this batch also has events or study time of this batch,
-# so ``totals`` holds every hour of ``active``: the LEFT JOIN loses nothing.
-
-ROLLUP_STATEMENTS = (
-    UPSERT_SESSION_STARTS,
-    UPSERT_SESSION_ENDS,
-    UPSERT_DAILY,
-    UPSERT_GAMIFICATION,
-    UPSERT_AI,
-    UPSERT_SYSTEM,
-    UPSERT_HOURLY_AND_SUMMARY,  # the hottest row last
-)
-"""In this order, always: a fixed table order keeps concurrent aggregators free of deadlocks."""
-
-PREPARED_MAX_ROWS = 2_000
-"""Batches up to this size run the rollups as prepared statements (planned once per connection,
-on a small batch); larger ones as one script planned for the batch at hand."""
-
-ROLLUP_SCRIPT = ";\n".join(ROLLUP_STATEMENTS)
-"""All rollups in one round trip (simple query protocol, executed in order, inside the batch
-transaction). Small batches (the freshness case) are dominated by per-statement round trips,
-large ones by execution: planning each statement anew also lets the planner see the batch's
-real size, where a cached generic plan would keep the estimates of the first batch."""
-
-StagingRecord = tuple[Any, ...]
-"""``(event_id, occurred_at, event_type, user_hash, session_id, properties JSON text)``."""
-
-
-async def create_temp_tables(conn: asyncpg.Connection) -> None:
-    """Create this connection's staging table and set its ``work_mem`` (once per connection).
-
-    Also gives ``jsonb`` back asyncpg's own codec (JSON text in, binary out), which the binary
-    ``COPY`` needs; the aggregator never reads ``jsonb`` into Python.
-    """
-    await conn.reset_type_codec("jsonb", schema="pg_catalog")
-    await conn.execute(CREATE_TEMP_TABLES)
-
-
-async def insert_and_roll_up(
-    conn: asyncpg.Connection, records: list[StagingRecord], *, racing: bool = False
-) -> int:
-    """Inside the batch transaction: insert raw events idempotently, roll up the new ones.
-
-    Returns the number of events that were new. ``records`` may repeat events; ``conn`` must
-    have the temporary table (:func:`create_temp_tables`). Raises
-    ``asyncpg.UniqueViolationError`` when another transaction inserted one of the events
-    meanwhile: roll back and call again with ``racing=True``.
-    """
-    if not records:
-        return 0
-    unique = list({record[0]: record for record in records}.values())  # one row per event id
-    await conn.copy_records_to_table(NEW_TABLE, records=unique, columns=STAGING_COLUMNS)
-    await conn.execute(DELETE_STORED)
-    if racing:
-        await conn.execute(INSERT_NEW_RACING)
-        inserted: int = await conn.fetchval(f"SELECT count(*) FROM {NEW_TABLE}")
-    else:
-        inserted = int((await conn.execute(INSERT_NEW)).split()[-1])  # "INSERT 0 <rows>"
-    if not inserted:
-        return 0
-    if len(records) <= PREPARED_MAX_ROWS:
-        for statement in ROLLUP_STATEMENTS:
-            await conn.fetch(statement)  # prepared once per connection: no planning per batch
-    else:
-        await conn.execute(ROLLUP_SCRIPT)
-    return inserted
+# Every hour of a (user, hour) row also has events or study time of the batch, so the summary
+# holds every hour of ``active``: the LEFT JOIN loses nothing.

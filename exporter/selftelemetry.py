@@ -205,7 +205,8 @@ AGG_BATCHES_COMMITTED = MetricSpec(
     "{batch}",
     (),
     (SERVICE_AGGREGATOR,),
-    "PostgreSQL transactions committed (one per stream and batch; one per entry while isolating a bad one)",
+    "PostgreSQL transactions committed (one per round of new entries; one per stream and batch of "
+    "redelivered ones; one per entry while isolating a bad one)",
 )
 AGG_COMMIT_DURATION = MetricSpec(
     "studyin.aggregator.batch.commit.duration",
@@ -213,7 +214,8 @@ AGG_COMMIT_DURATION = MetricSpec(
     "s",
     (),
     (SERVICE_AGGREGATOR,),
-    "Duration of one committed transaction: partitions, COPY, insert, rollups, commit",
+    "Duration of one committed transaction, from its first COPY to its commit (a round spans the "
+    "reads of its batches)",
     COMMIT_BUCKETS,
 )
 AGG_LAG = MetricSpec(

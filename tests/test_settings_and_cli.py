@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import ValidationError
 
 from studyin_analytics.aggregator.embedded import free_port
@@ -104,6 +105,28 @@ def test_unreachable_redis_exits_1_without_the_password(server_urls: ServerUrls)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: cannot reach Redis at redis://:***@127.0.0.1:{port}/0")
     assert "s3cret-pw" not in result.stderr
+
+
+def test_aggregator_on_an_unmigrated_schema_says_to_migrate(server_urls: ServerUrls) -> None:
+    prefix = f"test:unmigrated-{os.getpid()}"
+    try:
+        result = run_cli(
+            "aggregator",
+            env={
+                "STUDYIN_ANALYTICS_REDIS_URL": server_urls.redis_url,
+                "STUDYIN_ANALYTICS_POSTGRES_URL": server_urls.postgres_url,
+                "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": "never_migrated_schema",
+                "STUDYIN_ANALYTICS_STREAM_PREFIX": prefix,
+                "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
+            },
+        )
+    finally:
+        client = redis.Redis.from_url(server_urls.redis_url)
+        client.delete(*client.keys(f"{prefix}:*") or [f"{prefix}:none"])
+        client.close()
+    assert result.returncode == 2, result.stderr
+    assert "never_migrated_schema" in result.stderr
+    assert "studyin-analytics migrate" in result.stderr
 
 
 def test_unreachable_postgres_exits_1_naming_it() -> None:

@@ -248,25 +248,25 @@ async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Setti
 async def test_a_concurrent_insert_of_the_same_event_counts_it_once(migrated: Settings) -> None:
     """Two members inserting the same event at once: the second waits, then keeps only its own."""
     from studyin_analytics.aggregator import rollups
-    from studyin_analytics.aggregator.mapping import rows_from_span, staging_record
+    from studyin_analytics.aggregator.mapping import raw_record, rows_from_span
     from studyin_analytics.aggregator.schema import ensure_partitions
     from studyin_analytics.exporter import wire
 
     wl = build(Pseudonymizer.from_settings(migrated), users=5, seed=77, spans_per_entry=10)
     records = [
-        staging_record(row)
+        raw_record(row)
         for fields in wl.entries[:3]
         for span in wire.decode_entry(fields)
         for row in rows_from_span(span)
     ]
     first = await connect(migrated, "aggregator")
-    await rollups.create_temp_tables(first)
+    await rollups.setup_connection(first)
     await ensure_partitions(first, {r[1].date() for r in records}, set())
     async with Aggregator(migrated) as second:
         transaction = first.transaction()
         await transaction.start()
-        assert await rollups.insert_and_roll_up(first, records[:1]) == 1  # not committed yet
-        racing = asyncio.create_task(second._commit(records))
+        assert await rollups.insert_events(first, records[:1], None) == 1  # not committed yet
+        racing = asyncio.create_task(second._commit(records, None, careful=False))
         await asyncio.sleep(0.5)
         assert not racing.done(), "the second insert should wait for the first transaction"
         await transaction.commit()
