@@ -66,11 +66,12 @@ MAINTENANCE_INTERVAL_S = 3600.0
 TARGET_EVENTS_PER_BATCH = 25_000
 """Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
 never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
-ROUND_MAX_EVENTS = 100_000
-ROUND_MAX_S = 1.0
-"""A round (one transaction over consecutive batches) commits at about this many events or
-after this long, whichever comes first; with nothing more waiting on the bus it commits at once,
-so the bound matters only under a backlog."""
+ROUND_MAX_EVENTS = 250_000
+ROUND_MAX_KEYS = 60_000
+ROUND_MAX_S = 2.0
+"""A round (one transaction over consecutive batches) commits at about this many events, rollup
+keys (~600 B each in memory) or seconds, whichever comes first; with nothing more waiting on the
+bus it commits at once, so the bounds matter only under a backlog."""
 RACE_ATTEMPTS = 5
 """Transactions of one batch that may meet events another member is inserting at that moment."""
 CLUSTER_BLOCK_MS = 50
@@ -237,6 +238,8 @@ class Aggregator:
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
         self._round: _Round | None = None
         """The transaction open over consecutive batches of new entries (see ``_step``)."""
+        self._closing: asyncio.Task[None] | None = None
+        """The previous round, committing while the next batch is read and mapped."""
         self.on_transaction: Callable[[int, int, float], None] | None = None
         """Called with (rows, rows inserted, seconds) after each committed transaction (self-telemetry)."""
 
@@ -553,18 +556,30 @@ class Aggregator:
             prepared.rows, prepared.by_entry, prepared.fields = [], {}, {}
 
     def _round_is_due(self, round_: _Round) -> bool:
-        return round_.events >= ROUND_MAX_EVENTS or time.monotonic() - round_.started >= ROUND_MAX_S
+        return (
+            round_.events >= ROUND_MAX_EVENTS
+            or round_.rollup.keys >= ROUND_MAX_KEYS
+            or time.monotonic() - round_.started >= ROUND_MAX_S
+        )
 
     async def _close_round(self, stop: asyncio.Event | None) -> None:
-        """Commit the open round (its rollup merged once) and acknowledge its entries.
+        """Commit the open round, if any (see :meth:`_commit_round`)."""
+        round_, self._round = self._round, None
+        if round_ is not None:
+            await self._commit_round(round_, stop)
+
+    async def _settle_closing(self) -> None:
+        """Wait for the previous round's commit (its transient error is raised here)."""
+        if self._closing is not None:
+            task, self._closing = self._closing, None
+            await task
+
+    async def _commit_round(self, round_: _Round, stop: asyncio.Event | None) -> None:
+        """Commit a round (its rollup merged once) and acknowledge its entries.
 
         A round that fails is rolled back, its entries stay pending and are re-read carefully;
         errors that say "try again later" are raised (after the rollback), others only logged.
         """
-        round_ = self._round
-        if round_ is None:
-            return
-        self._round = None
         try:
             await self._settle_copy(round_)
             await round_.rollup.apply(round_.conn)
@@ -892,20 +907,24 @@ class Aggregator:
         """
         round_ = self._round
         if round_ is not None and self._round_is_due(round_):
-            await self._close_round(stop)
+            # It commits while the next batch is read and mapped (into a new round's rollup).
+            self._round = None
+            self._closing = asyncio.create_task(self._commit_round(round_, stop))
             round_ = None
         try:
             # With a round open nothing is waited for: the round commits once no entry is ready.
             batch = await self._prepare(
                 None if round_ is not None else block_ms,
-                read_pending=round_ is None,
+                read_pending=round_ is None and self._closing is None,
                 rollup=round_.rollup if round_ is not None else Rollup(),
             )
         except BaseException:
             if round_ is not None:  # the read may have counted a part of its batch in the round
                 self._round = None
                 await self._discard_round(round_, None)
+            await self._settle_closing()
             raise
+        await self._settle_closing()
         if round_ is not None and batch.rollup is not round_.rollup:
             # A RollupInputError left a part of an entry counted in the round: roll it back.
             self._round = None
@@ -925,6 +944,7 @@ class Aggregator:
     async def _finish(self, stop: asyncio.Event | None) -> None:
         """Commit the open round (if its database is unreachable, leave its entries pending)."""
         try:
+            await self._settle_closing()
             await self._close_round(stop)
         except Exception as exc:  # its entries stay pending; reported, never raised from here
             self.last_error = _describe(exc)

@@ -207,6 +207,19 @@ class Rollup:
         xp_earned, materials_touched, end_reason]"""
         self.events = 0
 
+    @property
+    def keys(self) -> int:
+        """Rows this rollup will upsert (its size in memory is about 600 B per key)."""
+        return (
+            len(self.daily)
+            + len(self.hourly)
+            + len(self.gamification)
+            + len(self.ai)
+            + len(self.system)
+            + len(self.summary)
+            + len(self.sessions)
+        )
+
     def add(self, rows: Iterable[EventRow]) -> None:
         """Count ``rows`` (new events, unique by id). Raises :class:`RollupInputError`, having
         possibly counted part of ``rows``: discard the accumulator then."""
