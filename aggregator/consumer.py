@@ -650,7 +650,6 @@ class Aggregator:
         cutoff_day = retention_cutoff(self.settings.raw_retention_days)
         cutoff = datetime(cutoff_day.year, cutoff_day.month, cutoff_day.day, tzinfo=UTC)
         cutoff_us = int(cutoff.timestamp()) * 1_000_000
-        seen: set[Any] = set()
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while it was pending
                 gone.append(entry_id)
@@ -672,19 +671,18 @@ class Aggregator:
             self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
             kept = [r for r in rows if r.time_us >= cutoff_us]
             result.events_expired += len(rows) - len(kept)
-            # One row per event id: an entry may repeat spans of an earlier entry of the read.
-            new = list({r.event_id: r for r in kept if r.event_id not in seen}.values())
             try:
                 # Counted where the batch's events go if they all turn out new; a redelivered
                 # entry is only checked here (its rollup is computed once the stored events are known).
-                (batch.rollup or Rollup()).add(new)
+                (batch.rollup or Rollup()).add(kept)
             except RollupInputError as exc:  # a field no retry can mend
                 batch.rollup = None  # it may have counted a part of this entry
                 await self._dead_letter(stream, entry_id, fields, _describe(exc), attempts)
                 result.dead_lettered += 1
                 continue
-            seen.update(r.event_id for r in new)
-            records = [raw_record(r) for r in new]
+            # An event repeated within the batch (the same span exported twice) fails the fast
+            # insert like a stored one does; the careful insert keeps one row per event id.
+            records = [raw_record(r) for r in kept]
             prepared.ids.append(entry_id)
             prepared.rows.extend(records)
             prepared.by_entry[entry_id] = records

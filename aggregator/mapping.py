@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import orjson
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
 from ..exporter.events import API_REQUEST, api_request_fields, domain_event_type
-from ..exporter.wire import SpanRecord
+from ..exporter.wire import SPAN_KIND_SERVER, SpanRecord
 from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
 
@@ -51,22 +51,12 @@ RawRecord = tuple[uuid.UUID, datetime, str, str | None, uuid.UUID | None, str]
 RAW_COLUMNS = ("event_id", "occurred_at", "event_type", "user_hash", "session_id", "properties")
 
 
-def _dumps_stdlib(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def dumps_json(value: Any) -> str:
+    """Compact JSON text for JSONB parameters (orjson: ~5x the standard library's speed)."""
+    return orjson.dumps(value).decode()
 
 
-try:  # orjson is ~5x faster on the aggregator's hot path; the stdlib is the fallback
-    import orjson
-
-    def dumps_json(value: Any) -> str:
-        """Compact JSON text for JSONB parameters."""
-        return orjson.dumps(value).decode()
-
-    loads_json: Callable[[str], Any] = orjson.loads
-
-except ImportError:  # pragma: no cover - depends on the installation
-    dumps_json = _dumps_stdlib
-    loads_json = json.loads
+loads_json: Callable[[str], Any] = orjson.loads
 
 
 def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
@@ -97,9 +87,12 @@ def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:
     ]
 
 
+_fromtimestamp = datetime.fromtimestamp  # positional tz: keyword parsing costs ~40 % of the call
+
+
 def time_of(time_us: int) -> datetime:
     """The UTC datetime of integer microseconds (exact: the float is within 0.25 µs)."""
-    return datetime.fromtimestamp(time_us / 1e6, tz=UTC)
+    return _fromtimestamp(time_us / 1e6, UTC)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -110,7 +103,7 @@ def _valid_pseudonym(value: str) -> bool:
 def _user(attributes: dict[str, Any], fallback: str | None) -> str | None:
     value = attributes.get(semconv.USER_HASH, fallback)
     # One regex match per distinct learner, not per span (bounded cache).
-    return value if isinstance(value, str) and _valid_pseudonym(value) else None
+    return value if type(value) is str and _valid_pseudonym(value) else None
 
 
 def _session(value: Any) -> uuid.UUID | None:
@@ -132,50 +125,52 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     rows: list[EventRow] = []
     span_attributes = record.attributes
     span_user = _user(span_attributes, None)
-    span_session_text = span_attributes.get(_SESSION_ID_ATTR)
-    span_session = _session(span_session_text)
-    fields = semconv.ATTRIBUTE_FIELDS
     trace_id, span_id = record.trace_id, record.span_id
-    for index, event in enumerate(record.events):
-        event_type = _event_type(event.name)
-        if event_type is None:
-            continue
-        attributes = event.attributes
-        properties: dict[str, Any] = {}
-        for key, value in attributes.items():
-            field = fields.get(key)
-            if field is not None:
-                properties[field] = value
-        session_text = properties.get("session_id")
-        if session_text is None or session_text == span_session_text:
-            session_id = span_session
-        else:
-            session_id = _session(session_text) or span_session
-        user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
-        time_us = event.time_unix_nano // 1000
-        rows.append(
-            EventRow(
-                event_id(trace_id, span_id, index),
-                time_of(time_us),
-                event_type,
-                user,
-                session_id,
-                properties,
-                time_us,
+    if record.events:
+        span_session_text = span_attributes.get(_SESSION_ID_ATTR)
+        span_session = _session(span_session_text)
+        fields = semconv.ATTRIBUTE_FIELDS
+        for index, event in enumerate(record.events):
+            event_type = _event_type(event.name)
+            if event_type is None:
+                continue
+            attributes = event.attributes
+            properties: dict[str, Any] = {}
+            for key, value in attributes.items():
+                field = fields.get(key)
+                if field is not None:
+                    properties[field] = value
+            session_text = properties.get("session_id")
+            if session_text is None or session_text == span_session_text:
+                session_id = span_session
+            else:
+                session_id = _session(session_text) or span_session
+            user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
+            time_us = event.time_unix_nano // 1000
+            rows.append(
+                EventRow(
+                    event_id(trace_id, span_id, index),
+                    time_of(time_us),
+                    event_type,
+                    user,
+                    session_id,
+                    properties,
+                    time_us,
+                )
             )
-        )
-    request = api_request_fields(record)
-    if request is not None:
-        time_us = record.end_unix_nano // 1000
-        rows.append(
-            EventRow(
-                event_id(trace_id, span_id, _SERVER_SPAN_INDEX),
-                time_of(time_us),
-                API_REQUEST,
-                span_user,
-                None,
-                request,
-                time_us,
+    if record.kind == SPAN_KIND_SERVER:
+        request = api_request_fields(record)
+        if request is not None:
+            time_us = record.end_unix_nano // 1000
+            rows.append(
+                EventRow(
+                    event_id(trace_id, span_id, _SERVER_SPAN_INDEX),
+                    time_of(time_us),
+                    API_REQUEST,
+                    span_user,
+                    None,
+                    request,
+                    time_us,
+                )
             )
-        )
     return rows

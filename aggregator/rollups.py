@@ -42,6 +42,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 
 from . import histogram
 from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
@@ -104,16 +105,18 @@ async def insert_events(
 ) -> int:
     """Inside the batch transaction: insert raw events and roll up the new ones.
 
-    ``records`` must be unique by event id; ``rollup`` is their accumulated rollup (``None``:
-    computed here). Returns the number of events that were new. Not ``careful``, any stored
-    event raises ``asyncpg.UniqueViolationError``: roll back and call again with
-    ``careful=True``, which leaves stored events out (and raises the same only if another
-    transaction inserted one of them meanwhile: roll back and call again).
+    ``rollup`` is the accumulated rollup of ``records`` (``None``: computed here). Returns the
+    number of events that were new. Not ``careful``, an event that is stored already, or twice
+    in ``records``, raises ``asyncpg.UniqueViolationError``: roll back and call again with
+    ``careful=True``, which keeps one row per event id and leaves stored events out (and raises
+    the same only if another transaction inserted one of them meanwhile: roll back and call
+    again).
     """
     if careful and records:
-        stored = await stored_event_ids(conn, records)
-        if stored:
-            records = [r for r in records if r[0] not in stored]
+        unique = list({r[0]: r for r in records}.values())  # an entry may repeat another's spans
+        stored = await stored_event_ids(conn, unique)
+        if stored or len(unique) < len(records):
+            records = [r for r in unique if r[0] not in stored]
             rollup = None
     if not records:
         return 0
@@ -169,8 +172,17 @@ def _text(value: Any, default: str) -> str:
     return dumps_json(value)
 
 
-def _count(counts: dict[str, int], key: str) -> None:
+def _count(counts: dict[Any, int], key: Any) -> None:
     counts[key] = counts.get(key, 0) + 1
+
+
+def _bucket(value: float) -> int:
+    """:func:`histogram.bucket` with its constants bound (called once per latency)."""
+    return _MIN_KEY if value <= _MIN_VALUE else _ceil(_log(value) / _LOG_GAMMA)
+
+
+_MIN_KEY, _MIN_VALUE, _LOG_GAMMA = histogram.MIN_KEY, histogram.MIN_VALUE, histogram.LOG_GAMMA
+_ceil, _log = math.ceil, math.log
 
 
 # --- the accumulator ------------------------------------------------------------------------------
@@ -180,10 +192,13 @@ class Rollup:
     """Per-key deltas of a set of new events, merged into the tables by :meth:`apply`.
 
     Keys are integers of the UTC day, hour and minute (``time_us // DAY_US`` ...), the
-    same integer the raw row's time comes from.
+    same integer the raw row's time comes from. Count maps are dicts (histogram buckets as
+    ints), JSON-encoded only when applied. The hourly dashboard summary is derived at apply
+    time from the per-user hourly rows and the per-minute system rows, plus the events per
+    type and hour, the only per-event count it needs of its own.
     """
 
-    __slots__ = ("ai", "daily", "events", "gamification", "hourly", "sessions", "summary", "system")
+    __slots__ = ("ai", "by_type", "daily", "gamification", "hourly", "sessions", "system")
 
     def __init__(self) -> None:
         self.daily: dict[tuple[str, int], list[Any]] = {}
@@ -199,46 +214,36 @@ class Rollup:
         self.system: dict[tuple[int, str, str], list[Any]] = {}
         """(minute, route, method) -> [requests, errors, client_errors, errors_by_type, latency_sum,
         latency_min, latency_max, latency_hist]"""
-        self.summary: dict[int, list[Any]] = {}
-        """hour -> [events, events_by_type, sessions, study_seconds, viewed, completed, xp,
-        ai_interactions, api_requests, api_errors]"""
+        self.by_type: dict[tuple[int, str], int] = {}
+        """(hour, event type) -> events, users or not"""
         self.sessions: dict[Any, list[Any]] = {}
         """session id -> [user, start key, started time_us, end key, ended time_us, duration_s,
         xp_earned, materials_touched, end_reason]"""
-        self.events = 0
 
     @property
     def keys(self) -> int:
-        """Rows this rollup will upsert (its size in memory is about 600 B per key)."""
+        """Rows this rollup will upsert, about (its size in memory is ~600 B per key)."""
         return (
             len(self.daily)
             + len(self.hourly)
             + len(self.gamification)
             + len(self.ai)
             + len(self.system)
-            + len(self.summary)
             + len(self.sessions)
         )
 
     def add(self, rows: Iterable[EventRow]) -> None:
         """Count ``rows`` (new events, unique by id). Raises :class:`RollupInputError`, having
         possibly counted part of ``rows``: discard the accumulator then."""
-        daily, hourly, gamification, summary = self.daily, self.hourly, self.gamification, self.summary
+        daily, hourly, gamification, by_type = self.daily, self.hourly, self.gamification, self.by_type
         for row in rows:
             event_type = row.event_type
-            properties = row.properties
             time_us = row.time_us
             hour = time_us // HOUR_US
-            self.events += 1
-            total = summary.get(hour)
-            if total is None:
-                total = summary[hour] = [0, {}, 0, 0.0, 0, 0, 0, 0, 0, 0]
-            total[0] += 1
-            _count(total[1], event_type)
+            key = (hour, event_type)
+            by_type[key] = by_type.get(key, 0) + 1
             if event_type == "api_request":
-                if self._request(properties, time_us):
-                    total[9] += 1
-                total[8] += 1
+                self._request(row.properties, time_us)
             user = row.user_hash
             if user is None:
                 continue
@@ -256,25 +261,23 @@ class Rollup:
                 state[7] = time_us
             day_row[5] += 1
             hour_row[0] += 1
+            if event_type == "api_request":
+                continue
             if event_type == "material_view":
                 day_row[2] += 1
                 hour_row[3] += 1
-                total[4] += 1
             elif event_type == "xp_awarded":
-                xp = _int(properties, "xp_amount", event_type)
+                xp = _int(row.properties, "xp_amount", event_type)
                 day_row[4] += xp
                 hour_row[5] += xp
                 state[0] += xp
-                total[6] += xp
             elif event_type == "ai_coach_interaction":
                 hour_row[6] += 1
-                total[7] += 1
-                self._coach(user, day, properties, event_type)
+                self._coach(user, day, row.properties, event_type)
             elif event_type == "session_start":
                 if row.session_id is not None:
                     day_row[0] += 1
                     hour_row[1] += 1
-                    total[2] += 1
                     self._session_start(row, user)
             elif event_type == "session_end":
                 if row.session_id is not None:
@@ -282,28 +285,26 @@ class Rollup:
             elif event_type == "material_complete":
                 day_row[3] += 1
                 hour_row[4] += 1
-                total[5] += 1
             elif event_type == "level_up":
-                level = _int(properties, "level", event_type, 1)
-                state[1] = max(state[1], level)
+                state[1] = max(state[1], _int(row.properties, "level", event_type, 1))
             elif event_type == "achievement_unlocked":
                 if state[2] is None:
                     state[2] = set()
-                state[2].add(_text(properties.get("achievement_id"), "None"))
+                state[2].add(_text(row.properties.get("achievement_id"), "None"))
             elif event_type == "ai_coach_feedback":
-                self._coach(user, day, properties, event_type)
+                self._coach(user, day, row.properties, event_type)
             elif event_type in ("streak_updated", "streak_broken"):
                 self._streak(row, state)
 
-    def _request(self, properties: dict[str, Any], time_us: int) -> bool:
-        """Count one ``api_request``; returns whether it was a server error."""
-        duration = _float(properties, "duration_ms", "api_request")
-        status = _int(properties, "status_code", "api_request")
-        error = properties.get("error_type")
+    def _request(self, properties: dict[str, Any], time_us: int) -> None:
+        duration = properties.get("duration_ms")
+        if type(duration) is not float:
+            duration = _float(properties, "duration_ms", "api_request")
+        route, method, error = properties.get("route"), properties.get("method"), properties.get("error_type")
         key = (
             time_us // MINUTE_US,
-            _text(properties.get("route"), "None"),
-            _text(properties.get("method"), "_OTHER"),
+            route if type(route) is str else _text(route, "None"),
+            method if type(method) is str else _text(method, "_OTHER"),
         )
         metrics = self.system.get(key)
         if metrics is None:
@@ -311,14 +312,19 @@ class Rollup:
         metrics[0] += 1
         if error is not None:
             metrics[1] += 1
-            _count(metrics[3], _text(error, ""))
-        elif 400 <= status < 500:
+            errors = metrics[3]
+            error = _text(error, "")
+            errors[error] = errors.get(error, 0) + 1
+        elif 400 <= _int(properties, "status_code", "api_request") < 500:
             metrics[2] += 1
         metrics[4] += duration
-        metrics[5] = min(metrics[5], duration)
-        metrics[6] = max(metrics[6], duration)
-        _count(metrics[7], str(histogram.bucket(duration)))
-        return error is not None
+        if duration < metrics[5]:
+            metrics[5] = duration
+        elif duration > metrics[6]:
+            metrics[6] = duration
+        buckets = metrics[7]
+        bucket = _bucket(duration)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
 
     def _coach(self, user: str, day: int, properties: dict[str, Any], event_type: str) -> None:
         metrics = self.ai.get((user, day))
@@ -330,14 +336,14 @@ class Rollup:
             metrics[1] += _int(properties, "tokens_in", event_type)
             metrics[2] += _int(properties, "tokens_out", event_type)
             metrics[3] += latency
-            _count(metrics[4], str(histogram.bucket(latency)))
+            _count(metrics[4], _bucket(latency))
             _count(metrics[5], _text(properties.get("model"), "None"))
             _count(metrics[6], _text(properties.get("topic_category"), "None"))
         else:
             rating = _int(properties, "rating", event_type)
             metrics[7] += 1
             metrics[8] += rating
-            _count(metrics[9], str(rating))
+            _count(metrics[9], rating)
 
     def _session(self, session_id: Any, user: str) -> list[Any]:
         session = self.sessions.get(session_id)
@@ -377,10 +383,6 @@ class Rollup:
             if counters is None:
                 counters = self.hourly[(user, hour)] = [0, 0, 0.0, 0, 0, 0, 0]
             counters[2] += seconds
-            total = self.summary.get(hour)
-            if total is None:
-                total = self.summary[hour] = [0, {}, 0, 0.0, 0, 0, 0, 0, 0, 0]
-            total[3] += seconds
         for day, seconds in _periods(start_us, end_us, DAY_US):
             counters = self.daily.get((user, day))
             if counters is None:
@@ -469,7 +471,29 @@ class Rollup:
         return [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in self.hourly.items()]
 
     def _summary_rows(self) -> list[tuple[Any, ...]]:
-        return [(_datetime(hour * HOUR_US), c[0], _json(c[1]), *c[2:]) for hour, c in self.summary.items()]
+        """Per hour: events by type; the learners' counters summed over their hourly rows; requests."""
+        hours: dict[int, list[Any]] = {}
+
+        def totals(hour: int) -> list[Any]:
+            total = hours.get(hour)
+            if total is None:
+                # events, by type, sessions, study_seconds, viewed, completed, xp, ai, api, api_errors
+                total = hours[hour] = [0, {}, 0, 0.0, 0, 0, 0, 0, 0, 0]
+            return total
+
+        for (hour, event_type), count in self.by_type.items():
+            total = totals(hour)
+            total[0] += count
+            total[1][event_type] = count
+        for (_user, hour), c in self.hourly.items():
+            total = totals(hour)
+            for i in range(1, 7):  # sessions, study_seconds, viewed, completed, xp, ai_interactions
+                total[i + 1] += c[i]
+        for (minute, _route, _method), c in self.system.items():
+            total = totals(minute * MINUTE_US // HOUR_US)
+            total[8] += c[0]
+            total[9] += c[1]
+        return [(_datetime(hour * HOUR_US), c[0], _json(c[1]), *c[2:]) for hour, c in hours.items()]
 
 
 def _periods(start_us: int, end_us: int, period_us: int) -> Iterator[tuple[int, float]]:
@@ -490,8 +514,9 @@ def _datetime(time_us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=time_us)
 
 
-def _json(value: Any) -> str:
-    return dumps_json(value)
+def _json(value: dict[Any, Any] | list[Any]) -> str:
+    """JSON text of a count map (integer keys, histogram buckets, become strings) or a list."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class DeltaTable(NamedTuple):
