@@ -48,6 +48,7 @@ from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_c
 from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
 from .db import create_pool
+from .logconfig import correlated, new_correlation_id
 from .mapping import RAW_COLUMNS, RawRecord, raw_record, rows_from_span
 from .rollups import Rollup, RollupInputError
 from .schema import (
@@ -159,6 +160,8 @@ class _Batch:
     result: BatchResult = field(default_factory=BatchResult)
     streams: list[_Prepared] = field(default_factory=list)
     redelivered: bool = False
+    cid: str | None = None
+    """Correlation id of the batch's log records: ``batch-<first entry id>``."""
     rollup: Rollup | None = None
     """Where the batch's events were counted as they were mapped (the open round's rollup), if
     they all turn out new; ``None`` for redelivered entries, and after a :class:`RollupInputError`
@@ -180,6 +183,8 @@ class _Round:
     conn: Any  # asyncpg.pool.PoolConnectionProxy
     transaction: Any  # asyncpg.transaction.Transaction
     rollup: Rollup
+    cid: str
+    """Correlation id of the round's log records: ``round-<first entry id>``."""
     started: float = field(default_factory=time.monotonic)
     events: int = 0
     batches: list[_Batch] = field(default_factory=list)
@@ -497,11 +502,16 @@ class Aggregator:
         if not batch.redelivered:
             batch.rollup = rollup
             response = await self._read(">", count, block_ms)
-        for stream, entries in response:
-            if entries:
-                prepared = await self._prepare_entries(stream.decode(), entries, batch)
-                if prepared is not None:
-                    batch.streams.append(prepared)
+        first = next((entries[0][0] for _, entries in response if entries), None)
+        if first is None:
+            return batch
+        batch.cid = f"batch-{first.decode()}"
+        with correlated(batch.cid):
+            for stream, entries in response:
+                if entries:
+                    prepared = await self._prepare_entries(stream.decode(), entries, batch)
+                    if prepared is not None:
+                        batch.streams.append(prepared)
         return batch
 
     async def _commit_batch(self, batch: _Batch, stop: asyncio.Event | None) -> None:
@@ -529,7 +539,8 @@ class Aggregator:
             except BaseException:
                 await self.pool.release(conn)
                 raise
-            round_ = self._round = _Round(conn, transaction, batch.rollup)
+            cid = f"round-{batch.cid.removeprefix('batch-')}" if batch.cid else new_correlation_id()
+            round_ = self._round = _Round(conn, transaction, batch.rollup, cid)
         await self._settle_copy(round_)
         round_.batches.append(batch)
         round_.copying = asyncio.create_task(self._copy_batch(round_, batch))
@@ -580,54 +591,56 @@ class Aggregator:
         A round that fails is rolled back, its entries stay pending and are re-read carefully;
         errors that say "try again later" are raised (after the rollback), others only logged.
         """
-        try:
-            await self._settle_copy(round_)
-            await round_.rollup.apply(round_.conn)
-            await round_.transaction.commit()
-        except Exception as exc:
-            await self._discard_round(round_, exc)
-            if is_transient(exc):
-                raise
-            return
-        await self._release(round_)
-        self.postgres_ok = True
-        if self.on_transaction is not None:
-            self.on_transaction(round_.events, round_.events, time.monotonic() - round_.started)
-        for batch in round_.batches:
-            for prepared in batch.streams:
-                if self.on_committed is not None:
-                    self.on_committed(prepared.stream, prepared.ids)
-                await self._ack(prepared.stream, prepared.ids, stop)
-            self._add_totals(batch.result)
-            self.last_batch_at = time.time()
+        with correlated(round_.cid):
+            try:
+                await self._settle_copy(round_)
+                await round_.rollup.apply(round_.conn)
+                await round_.transaction.commit()
+            except Exception as exc:
+                await self._discard_round(round_, exc)
+                if is_transient(exc):
+                    raise
+                return
+            await self._release(round_)
+            self.postgres_ok = True
+            if self.on_transaction is not None:
+                self.on_transaction(round_.events, round_.events, time.monotonic() - round_.started)
+            for batch in round_.batches:
+                for prepared in batch.streams:
+                    if self.on_committed is not None:
+                        self.on_committed(prepared.stream, prepared.ids)
+                    await self._ack(prepared.stream, prepared.ids, stop)
+                self._add_totals(batch.result)
+                self.last_batch_at = time.time()
 
     async def _discard_round(self, round_: _Round, exc: BaseException | None) -> None:
         """Roll the round back; its entries stay pending and are read again, carefully."""
-        self._pending_dirty = True
-        if exc is not None:
-            self.last_error = _describe(exc)
-            if isinstance(exc, asyncpg.UniqueViolationError):
-                _log.info("a round met stored events (redelivered or racing entries): re-reading them")
-            else:
-                _log.warning(
-                    "round of %d events rolled back (%s): re-reading its entries",
-                    round_.events,
-                    self.last_error,
-                )
-        if round_.copying is not None:
-            round_.copying.cancel()
-            with contextlib.suppress(BaseException):
-                await round_.copying
-            round_.copying = None
-        try:
-            await round_.transaction.rollback()
-        except Exception:  # the connection is gone (PostgreSQL restarted): drop it
-            with contextlib.suppress(Exception):
-                round_.conn.terminate()
-        await self._release(round_)
-        for batch in round_.batches:
-            batch.result.events_inserted = 0
-            self._add_totals(batch.result)
+        with correlated(round_.cid):
+            self._pending_dirty = True
+            if exc is not None:
+                self.last_error = _describe(exc)
+                if isinstance(exc, asyncpg.UniqueViolationError):
+                    _log.info("a round met stored events (redelivered or racing entries): re-reading them")
+                else:
+                    _log.warning(
+                        "round of %d events rolled back (%s): re-reading its entries",
+                        round_.events,
+                        self.last_error,
+                    )
+            if round_.copying is not None:
+                round_.copying.cancel()
+                with contextlib.suppress(BaseException):
+                    await round_.copying
+                round_.copying = None
+            try:
+                await round_.transaction.rollback()
+            except Exception:  # the connection is gone (PostgreSQL restarted): drop it
+                with contextlib.suppress(Exception):
+                    round_.conn.terminate()
+            await self._release(round_)
+            for batch in round_.batches:
+                batch.result.events_inserted = 0
+                self._add_totals(batch.result)
 
     async def _release(self, round_: _Round) -> None:
         if self.pool is not None:
@@ -934,7 +947,8 @@ class Aggregator:
             return batch
         await self._close_round(stop)
         if batch.streams:  # redelivered entries, or new ones whose rollup must be recomputed
-            await self._commit_batch(batch, stop)
+            with correlated(batch.cid):
+                await self._commit_batch(batch, stop)
         else:
             self._add_totals(batch.result)
         return batch
