@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 ALPHA = 0.01
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 LOG_GAMMA = math.log(GAMMA)
-"""``ln(GAMMA)``; the SQL twin in ``rollups.py`` divides by this very float."""
+"""``ln(GAMMA)``; ``hist_quantile`` (migration 0002) reads buckets back with the same ``GAMMA``."""
 MIN_VALUE = 1e-6
 """Values at or below this (ms) are counted in :data:`MIN_KEY` and read back as 0."""
 MIN_KEY = -1_000_000

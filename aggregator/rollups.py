@@ -176,15 +176,6 @@ def _count(counts: dict[Any, int], key: Any) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def _bucket(value: float) -> int:
-    """:func:`histogram.bucket` with its constants bound (called once per latency)."""
-    return _MIN_KEY if value <= _MIN_VALUE else _ceil(_log(value) / _LOG_GAMMA)
-
-
-_MIN_KEY, _MIN_VALUE, _LOG_GAMMA = histogram.MIN_KEY, histogram.MIN_VALUE, histogram.LOG_GAMMA
-_ceil, _log = math.ceil, math.log
-
-
 # --- the accumulator ------------------------------------------------------------------------------
 
 
@@ -323,7 +314,7 @@ class Rollup:
         elif duration > metrics[6]:
             metrics[6] = duration
         buckets = metrics[7]
-        bucket = _bucket(duration)
+        bucket = histogram.bucket(duration)
         buckets[bucket] = buckets.get(bucket, 0) + 1
 
     def _coach(self, user: str, day: int, properties: dict[str, Any], event_type: str) -> None:
@@ -336,7 +327,7 @@ class Rollup:
             metrics[1] += _int(properties, "tokens_in", event_type)
             metrics[2] += _int(properties, "tokens_out", event_type)
             metrics[3] += latency
-            _count(metrics[4], _bucket(latency))
+            _count(metrics[4], histogram.bucket(latency))
             _count(metrics[5], _text(properties.get("model"), "None"))
             _count(metrics[6], _text(properties.get("topic_category"), "None"))
         else:
