@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
+from .db import Service
 from .logconfig import configure_logging
 
 EXIT_OK = 0
@@ -110,11 +111,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
+    from .db import check_login
 
     settings = _settings()
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    asyncio.run(check_login(settings, "api"))  # a refused login is one line and exit 1, not a traceback
+    # log_config=None: uvicorn's records go through configure_logging (JSON when asked), at its level.
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, log_level=None, access_log=False)
     return EXIT_OK
 
 
@@ -203,15 +207,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explain(exc: BaseException, settings_hint: Callable[[], Settings | None]) -> str:
+SERVICE_OF_COMMAND: dict[str, Service] = {"aggregator": "aggregator", "api": "api"}
+"""Commands that connect to PostgreSQL as a service of their own (the others as ``admin``)."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The driver's error behind wrappers (SQLAlchemy's DBAPIError during ``migrate``)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, asyncpg.PostgresError | OSError | redis.RedisError):
+            return exc
+        inner = exc.__cause__ or getattr(exc, "orig", None) or exc.__context__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def _explain(
+    exc: BaseException, settings_hint: Callable[[], Settings | None], service: Service = "admin"
+) -> str:
     """A one-line reason for ``exc``, naming what could not be reached without secrets."""
+    from .db import service_url, url_setting
+
     settings = settings_hint()
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    cause = _root_cause(exc)
+    if isinstance(cause, redis.ConnectionError | redis.TimeoutError):
         url = redact_url(settings.redis_url) if settings else "<unknown>"
-        return f"cannot reach Redis at {url}: {exc.__class__.__name__}"
-    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InvalidCatalogNameError):
-        url = redact_url(settings.postgres_url) if settings else "<unknown>"
-        return f"cannot reach PostgreSQL at {url}: {exc.__class__.__name__}: {exc}"
+        return f"cannot reach Redis at {url}: {cause.__class__.__name__}"
+
+    def postgres() -> str:
+        configured = settings is not None and (
+            settings.postgres_url or getattr(settings, f"{service}_postgres_url", None)
+        )
+        if not configured or settings is None:
+            return "<unknown>"
+        return f"{redact_url(service_url(settings, service))} ({url_setting(settings, service)})"
+
+    if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
+        return f"PostgreSQL at {postgres()} refused the login: {cause}"
+    if isinstance(cause, OSError | asyncpg.PostgresConnectionError | asyncpg.InvalidCatalogNameError):
+        return f"cannot reach PostgreSQL at {postgres()}: {cause.__class__.__name__}: {cause}"
     return f"{exc.__class__.__name__}: {exc}"
 
 
@@ -243,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             _console.print_exception()
-        _console.print(f"[red]error:[/] {_explain(exc, settings_hint)}", highlight=False)
+        service = SERVICE_OF_COMMAND.get(getattr(args, "command", ""), "admin")
+        _console.print(f"[red]error:[/] {_explain(exc, settings_hint, service)}", highlight=False)
         return EXIT_FAILURE
     return code
 

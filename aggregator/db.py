@@ -116,6 +116,19 @@ async def create_pool(
         raise
 
 
+def url_setting(settings: Settings, service: Service) -> str:
+    """The variable that holds the URL ``service`` connects with (for error messages)."""
+    if service != "admin" and getattr(settings, f"{service}_postgres_url"):
+        return f"{ENV_PREFIX}{service.upper()}_POSTGRES_URL"
+    return f"{ENV_PREFIX}POSTGRES_URL"
+
+
+async def check_login(settings: Settings, service: Service) -> None:
+    """Connect once as ``service`` and close: start-up fails fast, with asyncpg's own error."""
+    conn = await connect(settings, service)
+    await conn.close()
+
+
 async def connect(settings: Settings, service: Service = "admin") -> asyncpg.Connection:
     kwargs = connect_kwargs(settings, service)
     init = kwargs.pop("init")

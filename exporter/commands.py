@@ -209,7 +209,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     Console(stderr=True).print(
         f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn's records go through configure_logging (JSON when asked), at its level.
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=None, access_log=False)
     return 0
 
 
@@ -274,4 +275,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--host", help="bind address (default: STUDYIN_ANALYTICS_GATEWAY_HOST)")
     p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_GATEWAY_PORT, 4328)")
-    p.set_defaults(func=cmd_gateway)
+    p.set_defaults(func=cmd_gateway, default_log_level="INFO")

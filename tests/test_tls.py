@@ -475,12 +475,6 @@ def test_a_wrong_postgres_password_is_refused_without_printing_it(
     assert WRONG_PASSWORD not in result.stdout + result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI does not yet name the URL setting on an authentication failure: aggregator/cli.py "
-    "`_explain` handles only OSError/PostgresConnectionError (and names postgres_url, not the service's "
-    "setting); migrate prints a two-line SQLAlchemy DBAPIError; api exits 3 with a uvicorn traceback",
-)
 @pytest.mark.parametrize(("command", "variable"), CLI_CASES, ids=[c for c, _ in CLI_CASES])
 def test_a_wrong_postgres_password_error_names_the_url_setting_with_the_password_masked(
     command: str, variable: str, tls_redis: int, tls_postgres: str, certificates: Certificates
