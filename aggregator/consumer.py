@@ -144,13 +144,16 @@ class _Prepared:
     stream: str
     ids: list[bytes] = field(default_factory=list)
     rows: list[RawRecord] = field(default_factory=list)
-    """The raw events, unique by event id."""
+    """The raw events (an event may repeat: see ``Aggregator._prepare_entries``)."""
     by_entry: dict[bytes, list[RawRecord]] = field(default_factory=dict)
     fields: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     counts: dict[bytes, int] = field(default_factory=dict)
     """Delivery counts of redelivered entries (empty for new ones: first delivery)."""
     careful: bool = False
     """Entries delivered before: look for stored events before inserting."""
+    seen: int = 0
+    expired: int = 0
+    """Events of ``ids`` read and left out as older than raw retention (un-counted if re-read)."""
 
 
 @dataclass
@@ -639,7 +642,7 @@ class Aggregator:
                     round_.conn.terminate()
             await self._release(round_)
             for batch in round_.batches:
-                batch.result.events_inserted = 0
+                _uncount_rereads(batch)
                 self._add_totals(batch.result)
 
     async def _release(self, round_: _Round) -> None:
@@ -697,6 +700,8 @@ class Aggregator:
             # insert like a stored one does; the careful insert keeps one row per event id.
             records = [raw_record(r) for r in kept]
             prepared.ids.append(entry_id)
+            prepared.seen += len(rows)
+            prepared.expired += len(rows) - len(kept)
             prepared.rows.extend(records)
             prepared.by_entry[entry_id] = records
             prepared.fields[entry_id] = fields
@@ -940,7 +945,8 @@ class Aggregator:
             # A RollupInputError left a part of an entry counted in the round: roll it back.
             self._round = None
             await self._discard_round(round_, None)
-            self._add_totals(batch.result)  # its entries are read again, carefully
+            _uncount_rereads(batch)  # its entries are read again, carefully
+            self._add_totals(batch.result)
             return batch
         if batch.streams and batch.rollup is not None:
             await self._join_round(batch)
@@ -1015,6 +1021,17 @@ class Aggregator:
                     await backoff.sleep(stop)
         finally:
             await self._finish(stop)
+
+
+def _uncount_rereads(batch: _Batch) -> None:
+    """Take back what ``batch`` counted of entries that stay pending (read again, counted then):
+    totals count each read that took effect, and dead letters."""
+    result = batch.result
+    result.events_inserted = 0
+    for prepared in batch.streams:
+        result.entries -= len(prepared.ids)
+        result.events_seen -= prepared.seen
+        result.events_expired -= prepared.expired
 
 
 def _describe(exc: BaseException) -> str:

@@ -181,7 +181,8 @@ AGG_ENTRIES_READ = MetricSpec(
     "{entry}",
     (),
     (SERVICE_AGGREGATOR,),
-    "Bus entries read (a re-read after a failure counts again)",
+    "Bus entries read (one read again after a failed batch counts again; a rolled-back round's "
+    "entries count once, when re-read)",
 )
 AGG_ENTRIES_DEAD_LETTERED = MetricSpec(
     "studyin.aggregator.entries.dead_lettered",
