@@ -280,10 +280,10 @@ class Aggregator:
 
     async def _create_pool(self) -> asyncpg.Pool:
         # Every connection gets its delta tables (see rollups.setup_connection); one holds the
-        # open round, one creates partitions meanwhile, one answers status probes.
+        # open round, one the round committing, one creates partitions, one answers status probes.
         try:
             return await create_pool(
-                self.settings, "aggregator", min_size=1, max_size=3, setup_session=rollups.setup_connection
+                self.settings, "aggregator", min_size=1, max_size=4, setup_session=rollups.setup_connection
             )
         except asyncpg.UndefinedTableError as exc:
             raise ConfigurationError(
@@ -705,6 +705,7 @@ class Aggregator:
             prepared.rows.extend(records)
             prepared.by_entry[entry_id] = records
             prepared.fields[entry_id] = fields
+            await asyncio.sleep(0)  # let the batch in flight stream its COPY meanwhile
         if gone:
             await self.redis.xack(stream, self.group, *gone)
         return prepared if prepared.ids else None
@@ -923,7 +924,8 @@ class Aggregator:
         """
         round_ = self._round
         if round_ is not None and self._round_is_due(round_):
-            # It commits while the next batch is read and mapped (into a new round's rollup).
+            # It commits while the next batches are read, mapped and copied into a new round.
+            await self._settle_closing()  # one round commits at a time
             self._round = None
             self._closing = asyncio.create_task(self._commit_round(round_, stop))
             round_ = None
@@ -940,7 +942,6 @@ class Aggregator:
                 await self._discard_round(round_, None)
             await self._settle_closing()
             raise
-        await self._settle_closing()
         if round_ is not None and batch.rollup is not round_.rollup:
             # A RollupInputError left a part of an entry counted in the round: roll it back.
             self._round = None
@@ -951,6 +952,7 @@ class Aggregator:
         if batch.streams and batch.rollup is not None:
             await self._join_round(batch)
             return batch
+        await self._settle_closing()
         await self._close_round(stop)
         if batch.streams:  # redelivered entries, or new ones whose rollup must be recomputed
             with correlated(batch.cid):
@@ -993,10 +995,11 @@ class Aggregator:
         try:
             while not stop.is_set():
                 try:
-                    if self._round is None and (self.pool is None or not self.redis_ok):
+                    idle = self._round is None and self._closing is None
+                    if idle and (self.pool is None or not self.redis_ok):
                         await self.connect()
                     now = time.monotonic()
-                    if self._round is None and now >= self._next_maintenance:
+                    if idle and now >= self._next_maintenance:
                         await self.maintain()
                         self._next_maintenance = now + MAINTENANCE_INTERVAL_S
                     await self._step(500, stop)
@@ -1006,6 +1009,8 @@ class Aggregator:
                     if self._round is not None:
                         round_, self._round = self._round, None
                         await self._discard_round(round_, exc)
+                    with contextlib.suppress(Exception):  # it rolls itself back on failure
+                        await self._settle_closing()
                     self._pending_dirty = True
                     self.last_error = _describe(exc)
                     if is_transient(exc):
