@@ -49,7 +49,7 @@ from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
 from .db import create_pool
 from .logconfig import correlated, new_correlation_id
-from .mapping import RAW_COLUMNS, RawRecord, raw_record, rows_from_span
+from .mapping import RAW_COLUMNS, RawRecord, raw_records, rows_from_span
 from .rollups import Rollup, RollupInputError
 from .schema import (
     drop_expired_partitions,
@@ -698,7 +698,7 @@ class Aggregator:
                 continue
             # An event repeated within the batch (the same span exported twice) fails the fast
             # insert like a stored one does; the careful insert keeps one row per event id.
-            records = [raw_record(r) for r in kept]
+            records = raw_records(kept)
             prepared.ids.append(entry_id)
             prepared.seen += len(rows)
             prepared.expired += len(rows) - len(kept)

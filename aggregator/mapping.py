@@ -67,16 +67,18 @@ def event_id(trace_id: bytes, span_id: bytes, index: int) -> uuid.UUID:
     return _FastUUID(digest)  # type: ignore[no-any-return]
 
 
+def raw_records(rows: Iterable[EventRow]) -> list[RawRecord]:
+    """``rows`` as the aggregator copies them into ``analytics_events`` (properties as JSON text)."""
+    dumps = orjson.dumps
+    return [
+        (r.event_id, r.occurred_at, r.event_type, r.user_hash, r.session_id, dumps(r.properties).decode())
+        for r in rows
+    ]
+
+
 def raw_record(row: EventRow) -> RawRecord:
-    """``row`` as the aggregator copies it into ``analytics_events`` (properties as JSON text)."""
-    return (
-        row.event_id,
-        row.occurred_at,
-        row.event_type,
-        row.user_hash,
-        row.session_id,
-        dumps_json(row.properties),
-    )
+    """One row as :func:`raw_records` copies it."""
+    return raw_records((row,))[0]
 
 
 def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:

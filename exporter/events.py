@@ -17,14 +17,6 @@ domain_event_type = semconv.event_type_of
 """``studyin.material_view`` -> ``material_view``; ``None`` for span events that are not domain events."""
 
 
-def _first(attributes: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        value = attributes.get(name)
-        if value is not None:
-            return value
-    return None
-
-
 def api_request_fields(record: SpanRecord) -> dict[str, Any] | None:
     """The ``api_request`` fields of an HTTP server span (both HTTP semconv generations), else ``None``."""
     if record.kind != SPAN_KIND_SERVER:
@@ -33,16 +25,26 @@ def api_request_fields(record: SpanRecord) -> dict[str, Any] | None:
     route = attributes.get("http.route")
     if route is None:
         return None
-    status = _first(attributes, "http.response.status_code", "http.status_code")
-    error_type = attributes.get("error.type")
-    if error_type is None and record.status_code == STATUS_ERROR:
-        error_type = "_OTHER"
-    if error_type is None and isinstance(status, int) and status >= 500:
-        error_type = str(status)
+    get = attributes.get
+    status = get("http.response.status_code")
+    if status is None:
+        status = get("http.status_code")  # the older HTTP semantic conventions
+    method = get("http.request.method")
+    if method is None:
+        method = get("http.method")
+    method = method or "_OTHER"
+    if type(status) is not int:
+        status = int(status) if isinstance(status, int) else 0
+    error_type = get("error.type")
+    if error_type is None:
+        if record.status_code == STATUS_ERROR:
+            error_type = "_OTHER"
+        elif status >= 500:
+            error_type = str(status)
     return {
-        "route": str(route),
-        "method": str(_first(attributes, "http.request.method", "http.method") or "_OTHER"),
-        "status_code": int(status) if isinstance(status, int) else 0,
+        "route": route if type(route) is str else str(route),
+        "method": method if type(method) is str else str(method),
+        "status_code": status,
         "duration_ms": max(record.end_unix_nano - record.start_unix_nano, 0) / 1e6,
         "error_type": error_type,
     }
