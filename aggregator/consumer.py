@@ -64,11 +64,11 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 ReadResponse = Any  # [[stream, [Entry, ...]], ...] as redis-py returns it for RESP2
 
 MAINTENANCE_INTERVAL_S = 3600.0
-TARGET_EVENTS_PER_BATCH = 25_000
+TARGET_EVENTS_PER_BATCH = 10_000
 """Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
 never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
 ROUND_MAX_EVENTS = 250_000
-ROUND_MAX_KEYS = 60_000
+ROUND_MAX_KEYS = 40_000
 ROUND_MAX_S = 2.0
 """A round (one transaction over consecutive batches) commits at about this many events, rollup
 keys (~600 B each in memory) or seconds, whichever comes first; with nothing more waiting on the
@@ -703,8 +703,9 @@ class Aggregator:
             prepared.seen += len(rows)
             prepared.expired += len(rows) - len(kept)
             prepared.rows.extend(records)
-            prepared.by_entry[entry_id] = records
-            prepared.fields[entry_id] = fields
+            if batch.rollup is None:  # only a batch committed on its own isolates a bad entry
+                prepared.by_entry[entry_id] = records
+                prepared.fields[entry_id] = fields
             await asyncio.sleep(0)  # let the batch in flight stream its COPY meanwhile
         if gone:
             await self.redis.xack(stream, self.group, *gone)
@@ -929,12 +930,13 @@ class Aggregator:
             self._round = None
             self._closing = asyncio.create_task(self._commit_round(round_, stop))
             round_ = None
+        rollup = round_.rollup if round_ is not None else Rollup()
         try:
             # With a round open nothing is waited for: the round commits once no entry is ready.
             batch = await self._prepare(
                 None if round_ is not None else block_ms,
                 read_pending=round_ is None and self._closing is None,
-                rollup=round_.rollup if round_ is not None else Rollup(),
+                rollup=rollup,
             )
         except BaseException:
             if round_ is not None:  # the read may have counted a part of its batch in the round
@@ -942,11 +944,15 @@ class Aggregator:
                 await self._discard_round(round_, None)
             await self._settle_closing()
             raise
-        if round_ is not None and batch.rollup is not round_.rollup:
-            # A RollupInputError left a part of an entry counted in the round: roll it back.
-            self._round = None
-            await self._discard_round(round_, None)
-            _uncount_rereads(batch)  # its entries are read again, carefully
+        if not batch.redelivered and batch.rollup is not rollup:
+            # A RollupInputError (its entry dead-lettered) may have left a part of an entry
+            # counted: the round is rolled back, and the batch's other entries are read again,
+            # carefully, like the round's.
+            if round_ is not None:
+                self._round = None
+                await self._discard_round(round_, None)
+            self._pending_dirty = True
+            _uncount_rereads(batch)
             self._add_totals(batch.result)
             return batch
         if batch.streams and batch.rollup is not None:
@@ -954,7 +960,7 @@ class Aggregator:
             return batch
         await self._settle_closing()
         await self._close_round(stop)
-        if batch.streams:  # redelivered entries, or new ones whose rollup must be recomputed
+        if batch.streams:  # redelivered entries
             with correlated(batch.cid):
                 await self._commit_batch(batch, stop)
         else:

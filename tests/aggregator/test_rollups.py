@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from time import time_ns
 
 import httpx
 import pytest
@@ -22,7 +23,9 @@ from studyin_analytics.aggregator.schema import (
     existing_partitions,
     partition_days_ahead,
 )
+from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
+from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 
@@ -241,6 +244,60 @@ async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Setti
     conn = await connect(settings)
     try:
         assert await mismatches(conn, truth_of(wl)) == []
+    finally:
+        await conn.close()
+
+
+def _xp_entry(pseudonymizer: Pseudonymizer, amount: object) -> dict[bytes, bytes]:
+    """One entry with one span carrying one ``xp_awarded`` event of the given amount."""
+    now = time_ns()
+    event = EventRecord("studyin.xp_awarded", now, {"studyin.xp.amount": amount, "studyin.xp.reason": "quiz"})
+    span = SpanRecord(
+        os.urandom(16),
+        os.urandom(8),
+        None,
+        "studyin.event",
+        wire.SPAN_KIND_INTERNAL,
+        now - 1000,
+        now,
+        0,
+        {"user.hash": pseudonymizer.pseudonymize("bad-field-learner")},
+        [event],
+        {"service.name": "test"},
+    )
+    return wire.entry_fields(wire.encode_records([span]), 1)
+
+
+@pytest.mark.parametrize("batch_size", [2000, 2], ids=["in-the-first-batch", "in-an-open-round"])
+async def test_an_unusable_field_dead_letters_its_entry_naming_it_and_nothing_else_is_lost(
+    migrated: Settings, batch_size: int
+) -> None:
+    """A number that is not one (only the OTLP gateway could carry it) never reaches a rollup.
+
+    With 2 entries per read, the bad entry arrives while a round is open: the round is rolled
+    back and its entries are read again, carefully.
+    """
+    migrated = migrated.with_overrides(batch_size=batch_size)
+    pseudonymizer = Pseudonymizer.from_settings(migrated)
+    wl = build(pseudonymizer, users=20, seed=12)
+    stream = stream_keys(migrated)[0]
+    bad = _xp_entry(pseudonymizer, "ten")
+    push(migrated.redis_url or "", stream, [*wl.entries[:4], bad, *wl.entries[4:]])
+    async with Aggregator(migrated) as aggregator:
+        totals = await aggregator.drain(timeout_s=60)
+    assert totals.dead_lettered == 1
+    assert totals.events_inserted == wl.event_count
+    client = redis.Redis.from_url(migrated.redis_url or "")
+    try:
+        ((_, fields),) = client.xrange(dead_letter_key(migrated))
+    finally:
+        client.close()
+    error = fields[b"error"].decode()
+    assert "xp_awarded" in error and "xp_amount" in error and "number" in error, error
+    conn = await connect(migrated)
+    try:
+        assert await mismatches(conn, truth_of(wl)) == []
+        assert await conn.fetchval("SELECT count(*) FROM analytics_events") == wl.event_count
     finally:
         await conn.close()
 
