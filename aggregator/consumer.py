@@ -1,27 +1,31 @@
 """The aggregator: a Redis consumer-group member that rolls the bus into PostgreSQL.
 
-One batch = read entries, decode, map to event rows, then in ONE transaction insert the raw
-rows idempotently and update the rollups from the rows that were new; acknowledge after
-the commit. A crash before the commit leaves the entries pending (they are re-read); a
-crash after the commit but before the acknowledgement re-reads entries whose events are
-already in the table, and the idempotent insert turns them into no-ops. Hence exactly-once
-effect on every rollup.
+A batch = read entries, decode, map to event rows and count their rollup deltas. Consecutive
+batches of new entries form a *round*: ONE transaction into which each batch's raw events are
+copied as soon as it is mapped, and which merges the round's rollup once, commits, and then
+acknowledges every entry of the round. Redelivered entries are committed batch by batch, the
+careful way (stored events left out). A crash before a commit leaves the entries pending (they
+are re-read); a crash after the commit but before the acknowledgement re-reads entries whose
+events are already in the table, and the careful insert turns them into no-ops. Hence
+exactly-once effect on every rollup.
 
 Failure handling:
 
-* Own pending entries (a previous life of this stable consumer name) are read first;
-  entries pending on another consumer for longer than ``claim_idle_ms`` are claimed with
-  XAUTOCLAIM (the cursor is followed to ``0-0``).
-* An undecodable entry goes to the dead-letter stream at once. An entry whose batch fails
-  with a data error is retried alone; an entry delivered more than
+* Own pending entries (a previous life of this stable consumer name, a rolled-back round) are
+  read first; entries pending on another consumer for longer than ``claim_idle_ms`` are
+  claimed with XAUTOCLAIM (the cursor is followed to ``0-0``).
+* An undecodable entry, or one with a field the rollups cannot use, goes to the dead-letter
+  stream at once. A round that meets a stored event, a day without a partition or a data
+  error is rolled back and its entries are read again carefully; there an entry whose batch
+  fails with a data error is retried alone, and an entry delivered more than
   ``max_delivery_attempts`` times (XPENDING counts deliveries, so crashes count too) is
   dead-lettered with its last error. The group never waits behind it.
-* Redis or PostgreSQL going away: the batch in hand is kept and retried with exponential
-  backoff (it does not count as a delivery), connections are re-established; ``NOGROUP``
-  (a Redis that lost the group) recreates the group at ``0``, and the idempotent insert
-  absorbs the replay.
-* SIGTERM (``stop``): the batch in flight is finished (committed and acknowledged), or
-  abandoned if its database is unreachable; its entries stay pending for the next life.
+* Redis or PostgreSQL going away: the open round is rolled back (its entries stay pending), a
+  careful batch in hand is kept and retried with exponential backoff (that does not count as a
+  delivery), connections are re-established; ``NOGROUP`` (a Redis that lost the group)
+  recreates the group at ``0``, and the careful insert absorbs the replay.
+* SIGTERM (``stop``): the open round is committed and acknowledged, or abandoned if its
+  database is unreachable; its entries stay pending for the next life.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from .rollups import Rollup, RollupInputError
 from .schema import (
     drop_expired_partitions,
     ensure_partitions,
+    existing_partitions,
     partition_days_ahead,
     retention_cutoff,
 )
@@ -65,8 +70,9 @@ ReadResponse = Any  # [[stream, [Entry, ...]], ...] as redis-py returns it for R
 
 MAINTENANCE_INTERVAL_S = 3600.0
 TARGET_EVENTS_PER_BATCH = 10_000
-"""Reads are sized to about this many events per transaction (entries carry 1 to 512+ spans),
-never more than ``batch_size`` entries: memory stays bounded however far behind the group is."""
+"""Reads are sized to about this many events (entries carry 1 to 512+ spans), never more than
+``batch_size`` entries: memory stays bounded however far behind the group is; a round spans
+several reads."""
 ROUND_MAX_EVENTS = 250_000
 ROUND_MAX_KEYS = 40_000
 ROUND_MAX_S = 2.0
@@ -121,6 +127,14 @@ def tuned_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+class PartitionsMissing(Exception):
+    """Events of a round fall on days without a raw partition (created outside any round)."""
+
+    def __init__(self, days: list[date]) -> None:
+        super().__init__(f"no raw partition for {', '.join(map(str, days))}")
+        self.days = days
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -531,22 +545,41 @@ class Aggregator:
             self.last_batch_at = time.time()
 
     async def _join_round(self, batch: _Batch) -> None:
-        """Start copying ``batch`` (mapped into the open round's rollup) in the round; open one if none is."""
+        """Start copying ``batch`` (mapped into the open round's rollup) in the round; open one if none is.
+
+        The batch is counted in the round's rollup already: if it cannot join (the previous
+        batch's copy failed, PostgreSQL is gone), the round is rolled back with it and their
+        entries, still pending, are read again the careful way.
+        """
         assert self.pool is not None and batch.rollup is not None
         round_ = self._round
-        if round_ is None:
-            conn = await self.pool.acquire()
-            try:
-                transaction = conn.transaction()
-                await transaction.start()
-            except BaseException:
-                await self.pool.release(conn)
-                raise
-            cid = f"round-{batch.cid.removeprefix('batch-')}" if batch.cid else new_correlation_id()
-            round_ = self._round = _Round(conn, transaction, batch.rollup, cid)
-        await self._settle_copy(round_)
+        days = {r[1].date() for prepared in batch.streams for r in prepared.rows}
+        try:
+            if round_ is None:
+                async with self.pool.acquire() as conn:  # before the round holds any lock
+                    await ensure_partitions(conn, days, self._partitions)
+                conn = await self.pool.acquire()
+                try:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                except BaseException:
+                    await self.pool.release(conn)
+                    raise
+                cid = f"round-{batch.cid.removeprefix('batch-')}" if batch.cid else new_correlation_id()
+                round_ = self._round = _Round(conn, transaction, batch.rollup, cid)
+            await self._settle_copy(round_)
+        except BaseException as exc:
+            if self._round is not None:
+                self._round = None
+                await self._discard_round(round_, exc)  # type: ignore[arg-type]
+            self._pending_dirty = True
+            _uncount_rereads(batch)
+            self._add_totals(batch.result)
+            if isinstance(exc, Exception) and not is_transient(exc):
+                return  # logged by the discard; the careful way takes over
+            raise
         round_.batches.append(batch)
-        round_.copying = asyncio.create_task(self._copy_batch(round_, batch))
+        round_.copying = asyncio.create_task(self._copy_batch(round_, batch, days))
 
     async def _settle_copy(self, round_: _Round) -> None:
         """Wait for the batch being copied into ``round_`` (its error is the round's)."""
@@ -554,12 +587,16 @@ class Aggregator:
             task, round_.copying = round_.copying, None
             await task
 
-    async def _copy_batch(self, round_: _Round, batch: _Batch) -> None:
-        days = {r[1].date() for prepared in batch.streams for r in prepared.rows}
-        if not days <= self._partitions:
+    async def _copy_batch(self, round_: _Round, batch: _Batch, days: set[date]) -> None:
+        missing = days - self._partitions
+        if missing:
+            # Creating a partition locks the whole table, which this round's COPY holds already:
+            # look (no lock), and if a day has none, roll the round back (the careful way creates it).
             assert self.pool is not None
-            async with self.pool.acquire() as conn:  # DDL outside the round's transaction
-                await ensure_partitions(conn, days, self._partitions)
+            async with self.pool.acquire() as conn:
+                self._partitions.update(day for day in await existing_partitions(conn) if day in missing)
+            if not days <= self._partitions:
+                raise PartitionsMissing(sorted(days - self._partitions))
         for prepared in batch.streams:
             await round_.conn.copy_records_to_table(
                 "analytics_events", records=prepared.rows, columns=RAW_COLUMNS
@@ -624,6 +661,8 @@ class Aggregator:
                 self.last_error = _describe(exc)
                 if isinstance(exc, asyncpg.UniqueViolationError):
                     _log.info("a round met stored events (redelivered or racing entries): re-reading them")
+                elif isinstance(exc, PartitionsMissing):
+                    _log.info("%s: rolling the round back, re-reading its entries to create them first", exc)
                 else:
                     _log.warning(
                         "round of %d events rolled back (%s): re-reading its entries",
@@ -930,6 +969,8 @@ class Aggregator:
             self._round = None
             self._closing = asyncio.create_task(self._commit_round(round_, stop))
             round_ = None
+        if round_ is None and self._pending_dirty:
+            await self._settle_closing()  # then entries left pending are read first, not after a lull
         rollup = round_.rollup if round_ is not None else Rollup()
         try:
             # With a round open nothing is waited for: the round commits once no entry is ready.
@@ -969,12 +1010,12 @@ class Aggregator:
 
     async def _finish(self, stop: asyncio.Event | None) -> None:
         """Commit the open round (if its database is unreachable, leave its entries pending)."""
-        try:
-            await self._settle_closing()
-            await self._close_round(stop)
-        except Exception as exc:  # its entries stay pending; reported, never raised from here
-            self.last_error = _describe(exc)
-            _log.warning("round in flight not committed: %s", self.last_error)
+        for finish in (self._settle_closing, lambda: self._close_round(stop)):
+            try:
+                await finish()
+            except Exception as exc:  # its entries stay pending; reported, never raised from here
+                self.last_error = _describe(exc)
+                _log.warning("round in flight not committed: %s", self.last_error)
 
     async def drain(self, timeout_s: float = 30.0) -> BatchResult:
         """Process until nothing is left to read (for the demo, tests and benchmarks)."""
@@ -1005,7 +1046,11 @@ class Aggregator:
                     if idle and (self.pool is None or not self.redis_ok):
                         await self.connect()
                     now = time.monotonic()
-                    if idle and now >= self._next_maintenance:
+                    if now >= self._next_maintenance:
+                        # Even under a backlog: the rounds in flight commit first (partitions are
+                        # created and dropped outside any round).
+                        await self._settle_closing()
+                        await self._close_round(stop)
                         await self.maintain()
                         self._next_maintenance = now + MAINTENANCE_INTERVAL_S
                     await self._step(500, stop)

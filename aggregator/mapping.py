@@ -4,15 +4,18 @@ Each row gets a deterministic id derived from the trace id, span id and the even
 position in its span, so a batch delivered twice maps to the same ids; that is what makes
 the aggregator's inserts idempotent.
 
-Times are kept to the microsecond, truncated (``time_unix_nano // 1000``), which is what
-PostgreSQL stores: the raw row and every rollup key (day, hour, minute) derive from the same
-integer, so an event a few nanoseconds before midnight is counted on the day it is stored on.
+Times are kept to the microsecond (:func:`micros_of`), which is what PostgreSQL stores: the raw
+row and every rollup key (day, hour, minute) derive from the same integer, so an event a few
+nanoseconds before midnight is counted on the day it is stored on. The rounding is the one of
+``datetime.fromtimestamp(time_unix_nano / 1e9)`` that earlier versions stored with: the time is
+part of the primary key, so a replay across an upgrade must map to the same key.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -90,6 +93,21 @@ def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:
 
 
 _fromtimestamp = datetime.fromtimestamp  # positional tz: keyword parsing costs ~40 % of the call
+_modf = math.modf
+
+
+def micros_of(unix_nano: int) -> int:
+    """Microseconds since the epoch of ``unix_nano``, rounded as ``datetime.fromtimestamp(unix_nano / 1e9)``
+    rounds (CPython: fractional part of the float seconds, times 1e6, half to even)."""
+    fraction, whole = _modf(unix_nano / 1e9)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1.0
+    return int(whole) * 1_000_000 + micros
 
 
 def time_of(time_us: int) -> datetime:
@@ -148,7 +166,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             else:
                 session_id = _session(session_text) or span_session
             user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
-            time_us = event.time_unix_nano // 1000
+            time_us = micros_of(event.time_unix_nano)
             rows.append(
                 EventRow(
                     event_id(trace_id, span_id, index),
@@ -163,7 +181,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     if record.kind == SPAN_KIND_SERVER:
         request = api_request_fields(record)
         if request is not None:
-            time_us = record.end_unix_nano // 1000
+            time_us = micros_of(record.end_unix_nano)
             rows.append(
                 EventRow(
                     event_id(trace_id, span_id, _SERVER_SPAN_INDEX),

@@ -1,37 +1,37 @@
 """Rollups: how newly inserted events change the analytics tables.
 
-Inside one batch transaction the aggregator
+Inside one transaction (a round of batches, or one batch of redelivered entries) the aggregator
 
-1. copies the batch's raw events straight into ``analytics_events`` (binary ``COPY``, the
-   same work as a bare bulk load). The primary key refuses an event that is stored already
-   (a redelivered entry, a re-exported span) or being inserted by another member at that
-   moment (the ``COPY`` waits for that transaction, then fails): the caller rolls back and
-   runs the batch again *carefully* (:func:`insert_events` with ``careful=True``), where
-   primary-key probes find the stored events first and only the others are copied and rolled
-   up. Batches that are likely to repeat events (entries delivered before) go the careful way
-   at once.
+1. copies the raw events straight into ``analytics_events`` (binary ``COPY``, the same work as
+   a bare bulk load). The primary key refuses an event that is stored already (a redelivered
+   entry, a re-exported span), repeated within the batch, or being inserted by another member
+   at that moment (the ``COPY`` waits for that transaction, then fails): the transaction is
+   rolled back and the entries go *the careful way* (:func:`insert_events` with
+   ``careful=True``): one row per event id, the stored events found first by primary-key
+   probes, only the others copied and rolled up. Entries delivered before go that way at once.
 2. rolls exactly those new events up: :class:`Rollup` accumulates per-key deltas in one pass
-   over the events (a few dictionary updates each) and :meth:`Rollup.apply` merges them with
-   one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE`` per table, i.e. one
-   upsert per key the batch touches, however many events it aggregates.
+   over the events (a few dictionary updates each) and :meth:`Rollup.apply` copies them into the
+   connection's delta tables and merges each table with one ``INSERT ... SELECT ... ON CONFLICT
+   DO UPDATE``: one upsert per key, however many events it aggregates.
 
 So every rollup moves exactly once per event, whatever the bus redelivers.
 
 Every update commutes (sums, maxima, set unions, last-writer-wins on ``(time, event_id)``),
-so batches may be applied in any order by any number of aggregators. To keep concurrent
-aggregators free of deadlocks, every statement touches its keys in sorted order (Python sorts
-them; ``unnest`` keeps the order) and the tables are always updated in the same order, one
-statement after the other; the one-row-per-hour dashboard summary, the hottest row, comes last
-so its lock is held only until the commit.
+so transactions may be applied in any order by any number of aggregators. To keep concurrent
+aggregators free of deadlocks, every statement touches its keys in sorted order (``ORDER BY``
+the conflict key) and the tables are always updated in the same order, one statement after
+the other; the one-row-per-hour dashboard summary, the hottest row, comes last so its lock is
+held only until the commit.
 
 Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
 counts per user need a ``user_hash``; sessions count with a ``session_id``; a session's study
-time (``duration_s`` of its ``session_end``) is split over the UTC days and hours it covered;
-latency histograms use the buckets of :mod:`.histogram`; ``active_users`` of an hour counts
-the (user, hour) rows of ``user_activity_hourly`` a batch created (``RETURNING xmax = 0``), so
-it is exact without a ``DISTINCT`` over history. A numeric field that is not a number (only
-possible through the OTLP gateway, the tracker validates its events) makes the entry fail
-with :class:`RollupInputError` naming the event type and the field.
+time (``duration_s`` of its ``session_end``, at most :data:`MAX_SECONDS`) is split over the UTC
+days and hours it covered; latency histograms use the buckets of :mod:`.histogram`;
+``active_users`` of an hour counts the (user, hour) rows of ``user_activity_hourly`` a
+transaction created (``RETURNING xmax = 0``), so it is exact without a ``DISTINCT`` over
+history. Numbers may arrive as strings holding one; a field the rollups cannot use (only
+possible through the OTLP gateway: the tracker validates its events) makes the entry fail with
+:class:`RollupInputError` naming the event type and the field.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
+from ..instrumentation.events import MAX_SECONDS
 from . import histogram
 from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
 
@@ -137,6 +138,18 @@ def _bad(event_type: str, field: str, value: Any, expected: str) -> RollupInputE
     )
 
 
+def _number(value: Any, field: str, event_type: str) -> float | None:
+    """A value that is not an int or float: a string holding a number (as PostgreSQL's
+    ``::numeric`` would take it), or an error naming the field. ``None`` if not finite."""
+    if type(value) is str:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _bad(event_type, field, value, "a number") from None
+        return number if math.isfinite(number) else None
+    raise _bad(event_type, field, value, "a number")
+
+
 def _int(properties: dict[str, Any], field: str, event_type: str, default: int = 0) -> int:
     """An integer field (floats truncate); absent, null or non-finite: ``default``."""
     value: Any = properties.get(field)
@@ -145,9 +158,11 @@ def _int(properties: dict[str, Any], field: str, event_type: str, default: int =
         return value  # type: ignore[no-any-return]
     if value is None:
         return default
-    if kind is float:
-        return int(value) if math.isfinite(value) else default
-    raise _bad(event_type, field, value, "a number")
+    if kind is not float:
+        value = _number(value, field, event_type)
+        if value is None:
+            return default
+    return int(value) if math.isfinite(value) else default
 
 
 def _float(properties: dict[str, Any], field: str, event_type: str) -> float:
@@ -160,16 +175,22 @@ def _float(properties: dict[str, Any], field: str, event_type: str) -> float:
         return float(value)
     if value is None:
         return 0.0
-    raise _bad(event_type, field, value, "a number")
+    number = _number(value, field, event_type)
+    return 0.0 if number is None else number
 
 
 def _text(value: Any, default: str) -> str:
-    """A label as the JSON text PostgreSQL's ``->>`` gives (``default`` when absent or null)."""
+    """A label: a string as it is, any other value as its JSON text (``default`` when absent or null)."""
     if type(value) is str:
         return value
     if value is None:
         return default
     return dumps_json(value)
+
+
+def _material(value: Any) -> str | None:
+    """An element of ``materials_touched`` as ``text[]`` holds it (JSON null: NULL)."""
+    return None if value is None else _text(value, "")
 
 
 def _count(counts: dict[Any, int], key: Any) -> None:
@@ -351,6 +372,10 @@ class Rollup:
     def _session_end(self, row: EventRow, user: str) -> None:
         properties = row.properties
         duration = _float(properties, "duration_s", "session_end")
+        if duration > MAX_SECONDS:  # its study time would be split over that many hours
+            raise RollupInputError(
+                f"event 'session_end': field 'duration_s' must be at most {MAX_SECONDS} s, got {duration:g}"
+            )
         session = self._session(row.session_id, user)
         key = (row.time_us, row.event_id.bytes)
         if session[3] is None or key > session[3]:
@@ -360,7 +385,7 @@ class Rollup:
                 row.time_us,
                 duration,
                 _int(properties, "xp_earned", "session_end"),
-                list(materials) if isinstance(materials, (list, tuple)) else [],  # as text in SQL
+                [_material(m) for m in materials] if isinstance(materials, (list, tuple)) else [],
                 _text(properties.get("end_reason"), "completed"),
             ]
         if duration > 0:

@@ -17,6 +17,11 @@ domain_event_type = semconv.event_type_of
 """``studyin.material_view`` -> ``material_view``; ``None`` for span events that are not domain events."""
 
 
+def _label(value: Any) -> str:
+    # Sequence attribute values arrive as tuples (wire.decode_batch); labelled as the lists they were.
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
 def api_request_fields(record: SpanRecord) -> dict[str, Any] | None:
     """The ``api_request`` fields of an HTTP server span (both HTTP semconv generations), else ``None``."""
     if record.kind != SPAN_KIND_SERVER:
@@ -42,8 +47,8 @@ def api_request_fields(record: SpanRecord) -> dict[str, Any] | None:
         elif status >= 500:
             error_type = str(status)
     return {
-        "route": route if type(route) is str else str(route),
-        "method": method if type(method) is str else str(method),
+        "route": route if type(route) is str else _label(route),
+        "method": method if type(method) is str else _label(method),
         "status_code": status,
         "duration_ms": max(record.end_unix_nano - record.start_unix_nano, 0) / 1e6,
         "error_type": error_type,

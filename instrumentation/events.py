@@ -27,7 +27,9 @@ ErrorType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.
 """An error class or status code (``TimeoutError``, ``500``): never an error message."""
 
 Count = Annotated[int, Strict(), Field(ge=0, le=10_000_000)]
-Seconds = Annotated[float, Strict(), Field(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
+MAX_SECONDS = 7 * 24 * 3600
+"""The longest duration an event may report (a week): the aggregator refuses longer ones too."""
+Seconds = Annotated[float, Strict(), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 """A duration in seconds, at most a week (a session left open longer is a bug, not a session)."""
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 

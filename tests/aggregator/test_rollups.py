@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from time import time_ns
 
@@ -248,10 +249,11 @@ async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Setti
         await conn.close()
 
 
-def _xp_entry(pseudonymizer: Pseudonymizer, amount: object) -> dict[bytes, bytes]:
-    """One entry with one span carrying one ``xp_awarded`` event of the given amount."""
+def _event_entry(
+    pseudonymizer: Pseudonymizer, name: str, attributes: dict[str, object], learner: str = "bad-field-learner"
+) -> dict[bytes, bytes]:
+    """One entry with one span carrying one event."""
     now = time_ns()
-    event = EventRecord("studyin.xp_awarded", now, {"studyin.xp.amount": amount, "studyin.xp.reason": "quiz"})
     span = SpanRecord(
         os.urandom(16),
         os.urandom(8),
@@ -261,11 +263,17 @@ def _xp_entry(pseudonymizer: Pseudonymizer, amount: object) -> dict[bytes, bytes
         now - 1000,
         now,
         0,
-        {"user.hash": pseudonymizer.pseudonymize("bad-field-learner")},
-        [event],
+        {"user.hash": pseudonymizer.pseudonymize(learner)},
+        [EventRecord(name, now, attributes)],
         {"service.name": "test"},
     )
     return wire.entry_fields(wire.encode_records([span]), 1)
+
+
+def _xp_entry(pseudonymizer: Pseudonymizer, amount: object) -> dict[bytes, bytes]:
+    return _event_entry(
+        pseudonymizer, "studyin.xp_awarded", {"studyin.xp.amount": amount, "studyin.xp.reason": "q"}
+    )
 
 
 @pytest.mark.parametrize("batch_size", [2000, 2], ids=["in-the-first-batch", "in-an-open-round"])
@@ -298,6 +306,57 @@ async def test_an_unusable_field_dead_letters_its_entry_naming_it_and_nothing_el
     try:
         assert await mismatches(conn, truth_of(wl)) == []
         assert await conn.fetchval("SELECT count(*) FROM analytics_events") == wl.event_count
+    finally:
+        await conn.close()
+
+
+async def test_numbers_as_strings_count_and_absurd_durations_are_refused(migrated: Settings) -> None:
+    """ "10" counts as 10 (PostgreSQL's ``::numeric`` took it); a session of 3e7 years is refused
+    by name (its study time would be split over 10^11 hours), the rest counted."""
+    pseudonymizer = Pseudonymizer.from_settings(migrated)
+    stream = stream_keys(migrated)[0]
+    absurd = _event_entry(
+        pseudonymizer,
+        "studyin.session_end",
+        {"studyin.session.id": str(uuid.uuid4()), "studyin.session.duration_s": 1e15},
+    )
+    push(migrated.redis_url or "", stream, [_xp_entry(pseudonymizer, " 10 "), absurd])
+    async with Aggregator(migrated) as aggregator:
+        totals = await asyncio.wait_for(aggregator.drain(timeout_s=30), timeout=60)
+    assert totals.events_inserted == 1 and totals.dead_lettered == 1
+    client = redis.Redis.from_url(migrated.redis_url or "")
+    try:
+        ((_, fields),) = client.xrange(dead_letter_key(migrated))
+    finally:
+        client.close()
+    assert "duration_s" in fields[b"error"].decode() and "session_end" in fields[b"error"].decode()
+    conn = await connect(migrated)
+    try:
+        assert await conn.fetchval("SELECT xp_total FROM gamification_stats") == 10
+    finally:
+        await conn.close()
+
+
+async def test_a_round_meeting_a_day_without_partition_creates_it_outside_the_round(
+    migrated: Settings,
+) -> None:
+    """Events of a day ten days back arrive while a round is open: creating the partition inside
+    the round would wait on the round's own lock forever; the round is rolled back instead, the
+    partition created, and everything counted once."""
+    settings = migrated.with_overrides(batch_size=2)  # the old day comes in a later read
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    now = build(pseudonymizer, users=20, seed=31, spans_per_entry=10)
+    old = build(pseudonymizer, users=5, seed=32, spans_per_entry=10, hours_ago=240)
+    stream = stream_keys(settings)[0]
+    push(settings.redis_url or "", stream, [*now.entries[:6], *old.entries, *now.entries[6:]])
+    async with Aggregator(settings) as aggregator:
+        totals = await asyncio.wait_for(aggregator.drain(timeout_s=60), timeout=90)
+    assert totals.events_inserted == now.event_count + old.event_count
+    conn = await connect(settings)
+    try:
+        assert await mismatches(conn, truth_of(now + old)) == []
+        days = set(await existing_partitions(conn))
+        assert (datetime.now(UTC) - timedelta(hours=240)).date() in days
     finally:
         await conn.close()
 

@@ -49,19 +49,31 @@ class Workload:
     def event_count(self) -> int:
         return len(self.events)
 
+    def __add__(self, other: Workload) -> Workload:
+        """Both workloads (distinct seeds: distinct learners and sessions), entries in order."""
+        return Workload(
+            [*self.entries, *other.entries],
+            [*self.events, *other.events],
+            {**self.sessions, **other.sessions},
+        )
+
 
 def _t(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC)
 
 
 def build(
-    pseudonymizer: Pseudonymizer, users: int = 300, seed: int = 1, spans_per_entry: int = 40
+    pseudonymizer: Pseudonymizer,
+    users: int = 300,
+    seed: int = 1,
+    spans_per_entry: int = 40,
+    hours_ago: int = 3,
 ) -> Workload:
-    """Sessions with every event type, plus HTTP server spans, over the last ~3 hours."""
+    """Sessions with every event type, plus HTTP server spans, over ~3 hours from ``hours_ago``."""
     rng = random.Random(seed)
     wl = Workload()
     now_ms = int(datetime.now(UTC).timestamp()) * 1000
-    base_ns = (now_ms - 3 * 3600 * 1000) * 1_000_000 + 500_000  # +0.5 ms: never on a boundary
+    base_ns = (now_ms - hours_ago * 3600 * 1000) * 1_000_000 + 500_000  # +0.5 ms: never on a boundary
     spans: list[SpanRecord] = []
     resource = {"service.name": "workload"}
 
