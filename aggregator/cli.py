@@ -19,6 +19,7 @@ import redis
 from pydantic import ValidationError
 from rich.console import Console
 
+from ..exporter.connection import refused_command
 from ..instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
 from .db import Service
 from .logconfig import configure_logging
@@ -232,6 +233,10 @@ def _explain(
     from .db import service_url, url_setting
 
     settings = settings_hint()
+    denied = refused_command(exc)
+    if denied is not None:
+        url = redact_url(settings.redis_url) if settings else "<unknown>"
+        return f"Redis at {url} refused a command to the URL's ACL user: {denied}"
     cause = _root_cause(exc)
     if isinstance(cause, redis.ConnectionError | redis.TimeoutError):
         url = redact_url(settings.redis_url) if settings else "<unknown>"

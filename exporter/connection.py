@@ -21,12 +21,33 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     ClusterDownError,
+    NoPermissionError,
     RedisClusterException,
     TryAgainError,
 )
 from redis.retry import Retry
 
 from ..instrumentation.settings import Settings, require
+
+
+def refused_command(exc: BaseException) -> str | None:
+    """The ``NOPERM`` reply behind ``exc``, if an ACL refused a command (else ``None``).
+
+    The cluster client reports a refused ``CLUSTER SLOTS`` as "Cluster mode is not enabled on
+    this node"; the reply that says which rule the user lacks is in the exception chain. It
+    names the ACL user and the command, never a value.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NoPermissionError) or (
+            isinstance(current, redis.ResponseError) and "no permissions" in str(current)
+        ):
+            return str(current).splitlines()[0][:300]
+        current = current.__cause__ or current.__context__
+    return None
+
 
 SyncClient: TypeAlias = redis.Redis | RedisCluster
 """What :func:`sync_client` returns (the exporter's client)."""

@@ -41,7 +41,7 @@ from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, get_settings, redact_url, require
 from . import wire
 from .bus import shard_index, stream_keys
-from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client
+from .connection import UNAVAILABLE_ERRORS, SyncClient, refused_command, sync_client
 from .spool import Spool, default_base
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -302,7 +302,9 @@ class RedisStreamSpanExporter(SpanExporter):
                     self.stats.export_failures += 1
                     self._down_until = now + PROBE_INTERVAL_S
                     _log.warning(
-                        "Redis %s unreachable (%s): spooling to disk", self._url_for_logs, type(exc).__name__
+                        "Redis %s unreachable (%s): spooling to disk",
+                        self._url_for_logs,
+                        refused_command(exc) or type(exc).__name__,
                     )
                     break
                 self.stats.retries += 1

@@ -1,6 +1,10 @@
-"""Helpers shared by the tests (constants, canary dumps)."""
+"""Helpers shared by the tests (constants, canary dumps, the documented Redis ACL)."""
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import redis
@@ -9,6 +13,57 @@ from studyin_analytics.instrumentation.settings import Settings
 
 TEST_PSEUDONYM_KEY = "test-key-0123456789abcdef"
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@dataclass(frozen=True)
+class DocumentedAcl:
+    user: str
+    rules: list[str]
+    """The rules after ``user NAME`` of the single-server line, ``>PASSWORD`` as written."""
+    cluster_rules: list[str]
+    """What the docs add on a Redis Cluster."""
+    key_prefix: str
+    """The prefix the line's key pattern (``~PREFIX:*``) confines the user to."""
+
+    def line(self, user: str, password: str, prefix: str) -> str:
+        """The documented single-server line for ``user``, its password and key ``prefix``."""
+        rules = [
+            f">{password}" if rule == ">PASSWORD" else f"~{prefix}:*" if rule.startswith("~") else rule
+            for rule in self.rules
+        ]
+        return " ".join(["user", user, *rules])
+
+
+def _cluster_rules(text: str, pattern: str, doc: str) -> list[str]:
+    found = re.search(pattern, text)
+    assert found, (
+        f"docs/{doc} no longer states the cluster's ACL rules where this test reads them ({pattern})"
+    )
+    return found.group(1).replace("\\|", "|").split()  # `|` is escaped inside a table cell
+
+
+def documented_acl() -> DocumentedAcl:
+    """The ACL line of docs/production.md, and its cluster addition (the same in docs/bus.md)."""
+    production = (DOCS / "production.md").read_text()
+    row = next(
+        (line for line in production.splitlines() if line.startswith("| least privilege in Redis |")), ""
+    )
+    line = re.search(r"`user (\S+) (on >PASSWORD [^`]+)`", row)
+    assert line, (
+        "docs/production.md: the 'least privilege in Redis' row has no `user NAME on >PASSWORD ...` line"
+    )
+    rules = line.group(2).split()
+    cluster_rules = _cluster_rules(row, r"on a Redis Cluster add `([^`]+)`", "production.md")
+    in_bus = _cluster_rules((DOCS / "bus.md").read_text(), r"also needs `([^`]+)` in cluster mode", "bus.md")
+    assert in_bus == cluster_rules, (
+        f"docs/bus.md ({in_bus}) and docs/production.md ({cluster_rules}) disagree"
+    )
+    patterns = [rule[1:] for rule in rules if rule.startswith("~")]
+    assert len(patterns) == 1 and patterns[0].endswith(":*"), f"one key pattern PREFIX:* expected: {rules}"
+    return DocumentedAcl(line.group(1), rules, cluster_rules, patterns[0].removesuffix(":*"))
 
 
 class ServerUrls:

@@ -49,7 +49,7 @@ from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings, redact_url
 
 from .api.conftest import bearer, token
-from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY
+from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, documented_acl
 
 APP_USER = "studyin"
 APP_PASSWORD = "app-password-0123456789"
@@ -62,11 +62,8 @@ PG_LOGINS = {
     "api_login": ("studyin_api", "pg-api-password-0123456789"),
 }
 """The services' own logins, as docs/aggregator.md ("Roles") sets them up: name -> (role, password)."""
-APP_ACL = (
-    f"user {APP_USER} on >{APP_PASSWORD} ~{PREFIX}:* resetchannels "
-    "-@all +@read +@write +@stream +@connection +@scripting -@dangerous +info"
-)
-"""The ACL line docs/production.md recommends for the pipeline's services (one prefix each)."""
+APP_ACL = documented_acl().line(APP_USER, APP_PASSWORD, PREFIX)
+"""The ACL line docs/production.md recommends for the pipeline's services, read from that page."""
 
 
 @dataclass

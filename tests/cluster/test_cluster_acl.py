@@ -7,8 +7,8 @@ work unless it runs as the ACL user its URL names. The rules are read from the d
 the test and the docs cannot drift apart.
 
 What a missing rule looks like from outside: the client turns the NOPERM of ``CLUSTER SLOTS``
-into "Cluster mode is not enabled on this node" (the NOPERM stays in the exception chain and in
-the node's ``ACL LOG``), and the services print only that; the strict xfail below states it.
+into "Cluster mode is not enabled on this node"; the NOPERM stays in the exception chain (and in
+the node's ``ACL LOG``), and the services find it there and print it.
 """
 
 from __future__ import annotations
@@ -43,54 +43,14 @@ from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 
 from ..aggregator.workload import build, mismatches, truth_of
+from ..support import documented_acl
 from .conftest import CLI, SHARDS, cli_env
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 APP_PASSWORD = "cluster-app-password-0123456789"
 TRANSACTION_RULES = ["+multi", "+exec"]
 """The aggregator moves an entry to the dead letter with XADD + XACK in one MULTI/EXEC."""
 ADMIN = "admin"
 ADMIN_PASSWORD = "cluster-admin-password-0123456789"
-
-
-@dataclass(frozen=True)
-class DocumentedAcl:
-    user: str
-    rules: list[str]
-    """The rules after ``user NAME`` of the single-server line, ``>PASSWORD`` as written."""
-    cluster_rules: list[str]
-    """What the docs add on a Redis Cluster."""
-    key_prefix: str
-    """The prefix the line's key pattern (``~PREFIX:*``) confines the user to."""
-
-
-def _cluster_rules(text: str, pattern: str, doc: str) -> list[str]:
-    found = re.search(pattern, text)
-    assert found, (
-        f"docs/{doc} no longer states the cluster's ACL rules where this test reads them ({pattern})"
-    )
-    return found.group(1).replace("\\|", "|").split()  # `|` is escaped inside a table cell
-
-
-def documented_acl() -> DocumentedAcl:
-    """The ACL line of docs/production.md, and its cluster addition (the same in docs/bus.md)."""
-    production = (DOCS / "production.md").read_text()
-    row = next(
-        (line for line in production.splitlines() if line.startswith("| least privilege in Redis |")), ""
-    )
-    line = re.search(r"`user (\S+) (on >PASSWORD [^`]+)`", row)
-    assert line, (
-        "docs/production.md: the 'least privilege in Redis' row has no `user NAME on >PASSWORD ...` line"
-    )
-    rules = line.group(2).split()
-    cluster_rules = _cluster_rules(row, r"on a Redis Cluster add `([^`]+)`", "production.md")
-    in_bus = _cluster_rules((DOCS / "bus.md").read_text(), r"also needs `([^`]+)` in cluster mode", "bus.md")
-    assert in_bus == cluster_rules, (
-        f"docs/bus.md ({in_bus}) and docs/production.md ({cluster_rules}) disagree"
-    )
-    patterns = [rule[1:] for rule in rules if rule.startswith("~")]
-    assert len(patterns) == 1 and patterns[0].endswith(":*"), f"one key pattern PREFIX:* expected: {rules}"
-    return DocumentedAcl(line.group(1), rules, cluster_rules, patterns[0].removesuffix(":*"))
 
 
 ACL = documented_acl()
@@ -391,11 +351,6 @@ async def test_each_cluster_rule_is_needed(
     assert refused == {(user, command)}, refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`bus stats` prints the client's 'Cluster mode is not enabled on this node', not the NOPERM "
-    "behind it (aggregator/cli.py _explain names the outermost exception only)",
-)
 def test_cli_names_the_refused_cluster_command(
     settings: Settings, acl_cluster: AclCluster, tmp_path: Path
 ) -> None:
