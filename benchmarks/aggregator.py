@@ -377,14 +377,7 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
     per_tick = offered // 10
     ticks = [entries_of(make_spans(rng, users, per_tick)) for _ in range(seconds * 10)]
     backlog = entries_of(make_spans(rng, users, backlog_events))
-    env = {
-        **os.environ,
-        "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
-        "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
-    }
+    env = {**os.environ, **settings.environment(), "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -381,21 +381,10 @@ def _merged(results: list[WorkerResult]) -> Ledger:
 
 def aggregator_env(settings: Settings) -> dict[str, str]:
     """Environment for a ``studyin-analytics aggregator`` child that shares ``settings``."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "STUDYIN_ANALYTICS_REDIS_URL": require(settings.redis_url, "redis_url"),
-            "STUDYIN_ANALYTICS_POSTGRES_URL": require(settings.postgres_url, "postgres_url"),
-            "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-            "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
-            "STUDYIN_ANALYTICS_STREAM_SHARDS": str(settings.stream_shards),
-            "STUDYIN_ANALYTICS_CONSUMER_GROUP": settings.consumer_group,
-        }
-    )
+    require(settings.redis_url, "redis_url")
+    require(settings.postgres_url, "postgres_url")
+    env = {**os.environ, **settings.environment(), **settings.environment("consumer_group", "pseudonym_keys")}
     if settings.pseudonym_keys:
-        env["STUDYIN_ANALYTICS_PSEUDONYM_KEYS"] = ",".join(
-            f"{key_id}={secret.get_secret_value()}" for key_id, secret in settings.pseudonym_keys.items()
-        )
         env["STUDYIN_ANALYTICS_PSEUDONYM_KEY_ID"] = settings.active_key_id or ""
     return env
 

@@ -76,15 +76,9 @@ async def _fill(client: aioredis.Redis, settings: Settings, entries: dict[str, l
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "STUDYIN_ANALYTICS_REDIS_URL": require(settings.redis_url, "redis_url"),
-        "STUDYIN_ANALYTICS_POSTGRES_URL": require(settings.postgres_url, "postgres_url"),
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
-        "STUDYIN_ANALYTICS_STREAM_SHARDS": str(settings.stream_shards),
-        "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
-    }
+    require(settings.redis_url, "redis_url")
+    require(settings.postgres_url, "postgres_url")
+    return {**os.environ, **settings.environment(), "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0"}
 
 
 async def _members(client: aioredis.Redis, settings: Settings) -> set[str]:

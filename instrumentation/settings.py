@@ -348,6 +348,34 @@ class Settings(BaseSettings):
         data.update(changes)
         return type(self).model_validate(data)
 
+    def environment(self, *fields: str) -> dict[str, str]:
+        """The ``STUDYIN_ANALYTICS_*`` variables that give a subprocess (a service started by a
+        test, benchmark or tool) these settings' ``fields``; by default where the bus and the
+        analytics tables are. Fields that are unset are left out."""
+        names = fields or (
+            "redis_url",
+            "redis_cluster",
+            "stream_prefix",
+            "stream_shards",
+            "postgres_url",
+            "postgres_schema",
+        )
+        out: dict[str, str] = {}
+        for name in names:
+            value = getattr(self, name)
+            if value is None or value == {}:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, dict):  # pseudonym_keys: 'k2=secret,k1=old-secret'
+                text = ",".join(f"{key}={secret.get_secret_value()}" for key, secret in value.items())
+            else:
+                text = str(value)
+            out[f"{ENV_PREFIX}{name.upper()}"] = text
+        return out
+
     @property
     def active_key_id(self) -> str | None:
         if self.pseudonym_key_id is not None:

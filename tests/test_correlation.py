@@ -240,16 +240,11 @@ async def test_gateway_records_carry_the_request_id(gateway_log: tuple[str, Path
 @pytest.fixture
 def api_log(migrated: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
-    keys = ",".join(f"{k}={v.get_secret_value()}" for k, v in migrated.pseudonym_keys.items())
     assert migrated.jwt_secret is not None
     env = {
         **os.environ,
-        "STUDYIN_ANALYTICS_REDIS_URL": migrated.redis_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_URL": migrated.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": migrated.postgres_schema,
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": migrated.stream_prefix,
-        "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": keys,
-        "STUDYIN_ANALYTICS_JWT_SECRET": migrated.jwt_secret.get_secret_value(),
+        **migrated.environment(),
+        **migrated.environment("pseudonym_keys", "jwt_secret"),
         "STUDYIN_ANALYTICS_LOG_FORMAT": "json",
     }
     log = tmp_path / "api.log"

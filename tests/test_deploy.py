@@ -30,6 +30,8 @@ from studyin_analytics.aggregator.health import HealthServer
 from studyin_analytics.exporter.gateway import create_gateway
 from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
 
+from .exporter.helpers import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COLLECTOR_CONFIG = ROOT / "otel-collector.yaml"
@@ -268,12 +270,7 @@ def test_an_aggregator_instance_serves_health_and_metrics_on_its_port(
         status = httpx.get(f"{base}/status", timeout=5).json()
         assert status["consumer"] == f"{socket.gethostname()}-{instance}"
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
     assert process.returncode == 0, (tmp_path / "aggregator.log").read_text()
 
 

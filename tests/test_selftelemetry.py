@@ -183,10 +183,7 @@ def test_aggregator_command_serves_and_pushes_its_metrics(
     health_port = free_port()
     env = {
         **os.environ,
-        "STUDYIN_ANALYTICS_REDIS_URL": migrated.redis_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_URL": migrated.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": migrated.postgres_schema,
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": migrated.stream_prefix,
+        **migrated.environment(),
         "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": str(health_port),
         "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",

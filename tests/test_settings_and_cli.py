@@ -25,6 +25,34 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=clean, timeout=60, check=False)
 
 
+def test_environment_gives_a_subprocess_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        redis_url="redis://:pw@127.0.0.1:6379/0",
+        postgres_url="postgresql://app:pw@127.0.0.1:5432/db",
+        postgres_schema="elsewhere",
+        stream_prefix="test:env",
+        stream_shards=4,
+        pseudonym_keys="k2=secret-two-0123456789,k1=secret-one-0123456789",  # type: ignore[arg-type]
+        jwt_secret="jwt-secret-0123456789abcdef",  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    env = {**settings.environment(), **settings.environment("pseudonym_keys", "jwt_secret")}
+    for name in [k for k in os.environ if k.startswith("STUDYIN_ANALYTICS_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert again.model_dump() == settings.model_dump()
+    assert (
+        again.jwt_secret is not None and again.jwt_secret.get_secret_value() == "jwt-secret-0123456789abcdef"
+    )
+    assert {k: v.get_secret_value() for k, v in again.pseudonym_keys.items()} == {
+        "k2": "secret-two-0123456789",
+        "k1": "secret-one-0123456789",
+    }
+    assert "STUDYIN_ANALYTICS_AGGREGATOR_POSTGRES_URL" not in settings.environment("aggregator_postgres_url")
+
+
 def test_secrets_never_appear_in_repr() -> None:
     settings = Settings(
         redis_url="redis://:hunter2-redis@127.0.0.1:6379/0",

@@ -47,10 +47,7 @@ class Aggregators:
         self.logs = logs
         self.env = {
             **os.environ,
-            "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
-            "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
-            "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-            "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
+            **settings.environment(),
             "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
             "STUDYIN_ANALYTICS_BATCH_SIZE": "3",
             "STUDYIN_ANALYTICS_CLAIM_IDLE_MS": "1000",

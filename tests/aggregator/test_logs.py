@@ -43,10 +43,7 @@ def _run_until_drained(settings: Settings, log: Path) -> None:
     """The aggregator command with JSON logs into ``log``, until the group is drained; then SIGTERM."""
     env = {
         **os.environ,
-        "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
+        **settings.environment(),
         "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
         "STUDYIN_ANALYTICS_LOG_FORMAT": "json",
     }

@@ -128,11 +128,7 @@ async def test_system_metrics_percentiles_over_a_window_match_raw_durations(migr
 
 
 def test_migrate_twice_and_concurrently(settings: Settings) -> None:
-    env = {
-        **os.environ,
-        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-    }
+    env = {**os.environ, **settings.environment("postgres_url", "postgres_schema")}
     command = [sys.executable, "-m", "studyin_analytics.aggregator.cli", "migrate"]
     procs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in procs:
@@ -249,6 +245,14 @@ async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Setti
         await conn.close()
 
 
+def _dead_letters(settings: Settings) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        return list(client.xrange(dead_letter_key(settings)))
+    finally:
+        client.close()
+
+
 def _event_entry(
     pseudonymizer: Pseudonymizer, name: str, attributes: dict[str, object], learner: str = "bad-field-learner"
 ) -> dict[bytes, bytes]:
@@ -295,11 +299,7 @@ async def test_an_unusable_field_dead_letters_its_entry_naming_it_and_nothing_el
         totals = await aggregator.drain(timeout_s=60)
     assert totals.dead_lettered == 1
     assert totals.events_inserted == wl.event_count
-    client = redis.Redis.from_url(migrated.redis_url or "")
-    try:
-        ((_, fields),) = client.xrange(dead_letter_key(migrated))
-    finally:
-        client.close()
+    ((_, fields),) = _dead_letters(migrated)
     error = fields[b"error"].decode()
     assert "xp_awarded" in error and "xp_amount" in error and "number" in error, error
     conn = await connect(migrated)
@@ -324,11 +324,7 @@ async def test_numbers_as_strings_count_and_absurd_durations_are_refused(migrate
     async with Aggregator(migrated) as aggregator:
         totals = await asyncio.wait_for(aggregator.drain(timeout_s=30), timeout=60)
     assert totals.events_inserted == 1 and totals.dead_lettered == 1
-    client = redis.Redis.from_url(migrated.redis_url or "")
-    try:
-        ((_, fields),) = client.xrange(dead_letter_key(migrated))
-    finally:
-        client.close()
+    ((_, fields),) = _dead_letters(migrated)
     assert "duration_s" in fields[b"error"].decode() and "session_end" in fields[b"error"].decode()
     conn = await connect(migrated)
     try:

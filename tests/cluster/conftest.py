@@ -49,15 +49,7 @@ def cluster_client(settings: Settings) -> RedisCluster:
 def cli_env(settings: Settings) -> dict[str, str]:
     """Environment of a ``studyin-analytics`` subprocess on ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
-    env.update(
-        STUDYIN_ANALYTICS_REDIS_URL=settings.redis_url or "",
-        STUDYIN_ANALYTICS_REDIS_CLUSTER="true",
-        STUDYIN_ANALYTICS_STREAM_SHARDS=str(settings.stream_shards),
-        STUDYIN_ANALYTICS_STREAM_PREFIX=settings.stream_prefix,
-        STUDYIN_ANALYTICS_POSTGRES_URL=settings.postgres_url or "",
-        STUDYIN_ANALYTICS_POSTGRES_SCHEMA=settings.postgres_schema,
-    )
-    return env
+    return {**env, **settings.environment(), "STUDYIN_ANALYTICS_REDIS_CLUSTER": "true"}
 
 
 def bus_entries(settings: Settings) -> dict[str, list[tuple[bytes, dict[bytes, bytes]]]]:
