@@ -134,7 +134,6 @@ class PartitionsMissing(Exception):
 
     def __init__(self, days: list[date]) -> None:
         super().__init__(f"no raw partition for {', '.join(map(str, days))}")
-        self.days = days
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -79,13 +79,8 @@ def raw_records(rows: Iterable[EventRow]) -> list[RawRecord]:
     ]
 
 
-def raw_record(row: EventRow) -> RawRecord:
-    """One row as :func:`raw_records` copies it."""
-    return raw_records((row,))[0]
-
-
 def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:
-    """Event rows back from raw records (the inverse of :func:`raw_record`; parses the JSON again)."""
+    """Event rows back from raw records (the inverse of :func:`raw_records`; parses the JSON again)."""
     return [
         EventRow(r[0], r[1], r[2], r[3], r[4], loads_json(r[5]), (r[1] - _EPOCH) // _MICROSECOND)
         for r in records

@@ -37,7 +37,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from ..aggregator.consumer import Aggregator, tuned_gc
-from ..aggregator.mapping import RAW_COLUMNS, EventRow, raw_record, rows_from_span
+from ..aggregator.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
 from ..aggregator.schema import ensure_partitions
 from ..exporter import wire
 from ..exporter.bus import stream_keys
@@ -228,7 +228,7 @@ async def _copy_rate(settings: Settings, rows: Sequence[EventRow]) -> float:
     )
     try:
         await ensure_partitions(conn, {r.occurred_at.date() for r in rows}, set())
-        records = [raw_record(r) for r in rows]
+        records = raw_records(rows)
         started = time.perf_counter()
         for i in range(0, len(records), COPY_CHUNK):
             async with conn.transaction():

@@ -360,17 +360,14 @@ async def test_a_round_meeting_a_day_without_partition_creates_it_outside_the_ro
 async def test_a_concurrent_insert_of_the_same_event_counts_it_once(migrated: Settings) -> None:
     """Two members inserting the same event at once: the second waits, then keeps only its own."""
     from studyin_analytics.aggregator import rollups
-    from studyin_analytics.aggregator.mapping import raw_record, rows_from_span
+    from studyin_analytics.aggregator.mapping import raw_records, rows_from_span
     from studyin_analytics.aggregator.schema import ensure_partitions
     from studyin_analytics.exporter import wire
 
     wl = build(Pseudonymizer.from_settings(migrated), users=5, seed=77, spans_per_entry=10)
-    records = [
-        raw_record(row)
-        for fields in wl.entries[:3]
-        for span in wire.decode_entry(fields)
-        for row in rows_from_span(span)
-    ]
+    records = raw_records(
+        row for fields in wl.entries[:3] for span in wire.decode_entry(fields) for row in rows_from_span(span)
+    )
     first = await connect(migrated, "aggregator")
     await rollups.setup_connection(first)
     await ensure_partitions(first, {r[1].date() for r in records}, set())
