@@ -89,7 +89,7 @@ def _instrumented_call(cls: type, original_call: Any, options: dict[str, Any]) -
                 await original_call(app, scope, receive, send)
 
             inner_app: ASGIApp = inner
-            middleware = StudyInASGIMiddleware(inner_app, **options)
+            middleware = StudyInASGIMiddleware(inner_app, routed_app=app, **options)
             self.__dict__[attribute] = middleware
         await middleware(scope, receive, send)
 
