@@ -433,16 +433,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         except BaseException as exc:
             error_type = type(exc).__qualname__
             if span.is_recording():
-                if status == 0 and span.kind == SpanKind.SERVER:
-                    # no response went out: the client sees a 500 from the server
-                    self._set_status(span, 500)
-                span.set_attribute(semconv.ERROR_TYPE, error_type)
-                span.set_status(Status(StatusCode.ERROR, error_type))
-                # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
-                span.add_event(
-                    semconv.EXCEPTION_EVENT,
-                    {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True},
-                )
+                self._record_exception(span, error_type, responded=status != 0)
             raise
         finally:
             _CURRENT_REQUEST.reset(request_token)
@@ -458,6 +449,16 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
                 if token is not None:
                     context.detach(token)
                 span.end(end_time=response_end_ns)
+
+    def _record_exception(self, span: Span, error_type: str, *, responded: bool) -> None:
+        if not responded and span.kind == SpanKind.SERVER:
+            self._set_status(span, 500)  # no response went out: the client sees a 500 from the server
+        span.set_attribute(semconv.ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, error_type))
+        # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
+        span.add_event(
+            semconv.EXCEPTION_EVENT, {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True}
+        )
 
     @staticmethod
     def _name_span(span: Span, span_method: str, route: str) -> None:
