@@ -451,7 +451,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
                 span.end(end_time=response_end_ns)
 
     def _record_exception(self, span: Span, error_type: str, *, responded: bool) -> None:
-        if not responded and span.kind == SpanKind.SERVER:
+        if not responded and getattr(span, "kind", None) == SpanKind.SERVER:
             self._set_status(span, 500)  # no response went out: the client sees a 500 from the server
         span.set_attribute(semconv.ERROR_TYPE, error_type)
         span.set_status(Status(StatusCode.ERROR, error_type))
