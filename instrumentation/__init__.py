@@ -3,12 +3,16 @@
 * :class:`StudyInTracker`: domain events (sessions, materials, gamification, AI coach, system
   metrics) as span events, validated by the models in :mod:`.events`.
 * :func:`instrument_app` and :class:`StudyInInstrumentor` (entry point ``studyin``): ASGI
-  auto-instrumentation with user pseudonymization, explicit or zero-code.
+  auto-instrumentation with user pseudonymization, explicit or zero-code; :func:`set_user`
+  attributes the request being served from the app's own auth code; :class:`.distro.StudyInDistro`
+  (entry points ``studyin`` of ``opentelemetry_distro`` and ``opentelemetry_configurator``)
+  gives ``opentelemetry-instrument`` this project's defaults.
 * :class:`Pseudonymizer`, :class:`PrivacyGuard` and :class:`GuardedSpanExporter`
   (:mod:`.privacy`): what may leave a process.
 """
 
 from .asgi import StudyInASGIMiddleware, instrument_app
+from .attribution import set_user
 from .instrumentor import StudyInInstrumentor
 from .privacy import GuardedSpanExporter, PrivacyGuard, Pseudonymizer
 from .settings import Settings, get_settings
@@ -38,4 +42,5 @@ __all__ = [
     "current_session",
     "get_settings",
     "instrument_app",
+    "set_user",
 ]

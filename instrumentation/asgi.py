@@ -12,8 +12,11 @@ StudyIn's rules:
 * status code, span status and ``error.type`` (the exception class, or the 5xx status);
   exceptions are recorded as an ``exception`` event with the type only (no message, no
   stack trace: they can hold ids or e-mails);
-* the user as ``user.hash`` through a configurable hook, pseudonymized, and never on
-  authentication endpoints; no client address, user agent, query string or headers;
+* the full route template with every prefix (:mod:`.routes`), and the fixed placeholder
+  ``_OTHER`` for requests no route matched, so every request is counted;
+* the user as ``user.hash``, pseudonymized: from :func:`~.attribution.set_user` called by the
+  app's auth code, else a configurable hook; never on authentication endpoints; no client
+  address, user agent, query string or headers;
 * metrics-only mode for hot paths: the latency histogram per request, no span; the
   histogram recording itself is deferred to collection time (:class:`DeferredDurations`).
 
@@ -24,7 +27,6 @@ applies it to every Starlette/FastAPI app (zero-code, ``opentelemetry-instrument
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 import threading
@@ -32,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from timeit import default_timer
-from typing import Any, cast
+from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.instrumentation._semconv import (
@@ -54,7 +56,15 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
 from . import semconv
+from .attribution import (
+    UserIdHook,
+    current_request_slot,
+    default_user_id_hook,
+    load_user_id_hook,
+    resolve_user_id_hook,
+)
 from .privacy import Pseudonymizer
+from .routes import RouteResolver
 from .settings import ConfigurationError, Settings, get_settings
 
 _log = logging.getLogger(__name__)
@@ -64,7 +74,14 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-UserIdHook = Callable[[Scope], str | int | None]
+
+__all__ = [  # the hook helpers moved to .attribution; imported from here by older code
+    "StudyInASGIMiddleware",
+    "UserIdHook",
+    "default_user_id_hook",
+    "instrument_app",
+    "load_user_id_hook",
+]
 
 DEFAULT_AUTH_PATTERNS: tuple[str, ...] = (
     r"/auth(/|$)",
@@ -113,48 +130,20 @@ _HTTP_FLAVOR = "http.flavor"
 _NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 
 
-def default_user_id_hook(scope: Scope) -> str | int | None:
-    """The authenticated user id from ``scope["state"]["user_id"]`` or Starlette's ``scope["user"]``."""
-    state = scope.get("state")
-    if isinstance(state, dict):
-        user_id = state.get("user_id")
-        if isinstance(user_id, str | int) and not isinstance(user_id, bool):
-            return user_id
-    user = scope.get("user")
-    if user is not None and getattr(user, "is_authenticated", False):
-        identity = getattr(user, "identity", None)
-        return identity if isinstance(identity, str | int) else None
-    return None
-
-
-def load_user_id_hook(reference: str) -> UserIdHook:
-    """Import ``module:function`` (the ``STUDYIN_ANALYTICS_USER_ID_HOOK`` setting)."""
-    module_name, _, attribute = reference.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise ConfigurationError(f"STUDYIN_ANALYTICS_USER_ID_HOOK {reference!r} is not callable")
-    return cast(UserIdHook, target)
-
-
 def _compile(patterns: Iterable[str] | None) -> re.Pattern[str] | None:
     items = tuple(patterns or ())
     return re.compile("|".join(f"(?:{p})" for p in items)) if items else None
-
-
-def _route_of(scope: Scope) -> str | None:
-    path_format = getattr(scope.get("route"), "path_format", None)
-    if path_format:
-        return str(scope.get("root_path", "")) + str(path_format)
-    return None
 
 
 class StudyInASGIMiddleware(OpenTelemetryMiddleware):
     """The stock ASGI middleware with StudyIn's per-request rules (see the module docstring).
 
     ``metrics_only`` is ``True`` (every request), or regexes searched in the path: matching
-    requests get the duration histogram only, no span and no user.
+    requests get the duration histogram only, no span and no user. ``user_id_hook`` is a
+    callable or a ``module:function`` reference, resolved here (when the app starts: servers
+    build the middleware at the first lifespan or request message); a reference that cannot be
+    used is one ERROR line and no hook. ``routed_app`` is the app whose ``routes`` give route
+    templates (default: ``app``).
     """
 
     def __init__(
@@ -164,10 +153,11 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         pseudonymizer: Pseudonymizer | Callable[[], Pseudonymizer] | None = None,
-        user_id_hook: UserIdHook | None = None,
+        user_id_hook: UserIdHook | str | None = None,
         auth_patterns: Iterable[str] | None = None,
         excluded_urls: str | ExcludeList | None = None,
         metrics_only: bool | Iterable[str] = False,
+        routed_app: Any = None,
     ) -> None:
         if excluded_urls is None:
             excluded_urls = get_excluded_urls("ASGI")
@@ -185,7 +175,12 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             pseudonymizer if isinstance(pseudonymizer, Pseudonymizer) else None
         )
         self._attribution_disabled = False
-        self._hook = user_id_hook or default_user_id_hook
+        self._hook: UserIdHook | None = (
+            resolve_user_id_hook(user_id_hook)
+            if isinstance(user_id_hook, str)
+            else user_id_hook or default_user_id_hook
+        )
+        self._routes = RouteResolver(app if routed_app is None else routed_app)
         self._auth = _compile(DEFAULT_AUTH_PATTERNS if auth_patterns is None else auth_patterns)
         self._metrics_only_all = metrics_only is True
         self._metrics_only = None if isinstance(metrics_only, bool) else _compile(metrics_only)
@@ -219,6 +214,8 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         return pseudonymizer.pseudonymize(str(user_id))
 
     def _attribute_user(self, span: Span, scope: Scope) -> None:
+        if self._hook is None:
+            return
         try:
             user_id = self._hook(scope)
         except Exception as exc:  # a broken hook must not break the request, nor leak
@@ -291,11 +288,12 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         method: str,
         scope: Scope,
         status: int,
+        route: str,
         error_type: str | None,
         ctx: context.Context | None,
     ) -> None:
         duration_s = max(default_timer() - start, 0.0)
-        new, old = self._metric_attributes(method, scope, status, _route_of(scope), error_type)
+        new, old = self._metric_attributes(method, scope, status, route, error_type)
         if self.duration_histogram_new is not None:
             self.duration_histogram_new.record(duration_s, new, context=ctx)
         if self.duration_histogram_old is not None:
@@ -324,7 +322,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         method: str = scope.get("method", "")
         path: str = scope.get("path", "")
         if self._metrics_only_all or (self._metrics_only is not None and self._metrics_only.search(path)):
-            await self._metrics_only_request(start, method, scope, receive, send)
+            await self._metrics_only_request(start, method, path, scope, receive, send)
         else:
             await self._traced_request(start, method, path, scope, receive, send)
 
@@ -353,8 +351,9 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
                     _log.warning("flush at shutdown failed: %s", type(exc).__name__)
 
     async def _metrics_only_request(
-        self, start: float, method: str, scope: Scope, receive: Receive, send: Send
+        self, start: float, method: str, path: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        entry_root_path = str(scope.get("root_path", ""))
         status = 0
         error_type: str | None = None
 
@@ -371,7 +370,8 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             raise
         finally:
             duration_s = max(default_timer() - start, 0.0)
-            new, old = self._metric_attributes(method, scope, status, _route_of(scope), error_type)
+            route = self._routes.resolve(scope, entry_root_path, path)
+            new, old = self._metric_attributes(method, scope, status, route, error_type)
             self._deferred.add(self._histograms, duration_s, new, old)
 
     async def _traced_request(
@@ -390,8 +390,10 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             context_getter=asgi_getter,
             attributes=attributes,
         )
-        anonymous = self._auth is not None and self._auth.search(path) is not None
+        request = _TracedRequest(self, span, self._auth is not None and self._auth.search(path) is not None)
+        entry_root_path = str(scope.get("root_path", ""))
         status = 0
+        route: str | None = None
         error_type: str | None = None
         # The span ends when the app returns (so an exception raised after the response, as
         # Starlette's ServerErrorMiddleware does, still lands on it) but is timed to the last
@@ -399,17 +401,15 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         response_end_ns: int | None = None
 
         async def traced_send(message: Message) -> None:
-            nonlocal status, response_end_ns
+            nonlocal status, route, response_end_ns
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
+                route = self._routes.resolve(scope, entry_root_path, path)
                 if span.is_recording():
-                    route = _route_of(scope)
-                    if route:
-                        span.set_attribute(semconv.HTTP_ROUTE, route)
-                        span.update_name(f"{span_method} {route}")
+                    self._name_span(span, span_method, route)
                     self._set_status(span, status)
-                    if not anonymous:
+                    if not request.anonymous and not request.attributed:
                         self._attribute_user(span, scope)
                 propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]
                 if propagator:
@@ -424,6 +424,7 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
             if kind == "http.response.body" and not message.get("more_body", False):
                 response_end_ns = time.time_ns()
 
+        request_token = _CURRENT_REQUEST.set(request)
         try:
             with trace.use_span(
                 span, end_on_exit=False, record_exception=False, set_status_on_exception=False
@@ -432,26 +433,38 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         except BaseException as exc:
             error_type = type(exc).__qualname__
             if span.is_recording():
-                if status == 0 and span.kind == SpanKind.SERVER:
-                    # no response went out: the client sees a 500 from the server
-                    self._set_status(span, 500)
-                span.set_attribute(semconv.ERROR_TYPE, error_type)
-                span.set_status(Status(StatusCode.ERROR, error_type))
-                # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
-                span.add_event(
-                    semconv.EXCEPTION_EVENT,
-                    {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True},
-                )
+                self._record_exception(span, error_type, responded=status != 0)
             raise
         finally:
+            _CURRENT_REQUEST.reset(request_token)
             try:
+                if route is None:  # no response went out: still counted, under its route
+                    route = self._routes.resolve(scope, entry_root_path, path)
+                    if span.is_recording():
+                        self._name_span(span, span_method, route)
                 self._record_duration(
-                    start, method, scope, status, error_type, trace.set_span_in_context(span)
+                    start, method, scope, status, route, error_type, trace.set_span_in_context(span)
                 )
             finally:
                 if token is not None:
                     context.detach(token)
                 span.end(end_time=response_end_ns)
+
+    def _record_exception(self, span: Span, error_type: str, *, responded: bool) -> None:
+        if not responded and getattr(span, "kind", None) == SpanKind.SERVER:
+            self._set_status(span, 500)  # no response went out: the client sees a 500 from the server
+        span.set_attribute(semconv.ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, error_type))
+        # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
+        span.add_event(
+            semconv.EXCEPTION_EVENT, {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True}
+        )
+
+    @staticmethod
+    def _name_span(span: Span, span_method: str, route: str) -> None:
+        span.set_attribute(semconv.HTTP_ROUTE, route)
+        if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
+            span.update_name(f"{span_method} {route}")
 
     def _set_status(self, span: Span, status: int) -> None:
         if self._old:
@@ -462,6 +475,32 @@ class StudyInASGIMiddleware(OpenTelemetryMiddleware):
         if code is StatusCode.ERROR:
             span.set_attribute(semconv.ERROR_TYPE, str(status))
             span.set_status(Status(StatusCode.ERROR))
+
+
+class _TracedRequest:
+    """The request a span measures, as :func:`~.attribution.set_user` finds it (context variable)."""
+
+    __slots__ = ("anonymous", "attributed", "middleware", "span")
+
+    def __init__(self, middleware: StudyInASGIMiddleware, span: Span, anonymous: bool) -> None:
+        self.middleware = middleware
+        self.span = span
+        self.anonymous = anonymous
+        self.attributed = False
+
+    def attribute(self, user_id: str | int) -> bool:
+        if self.anonymous:  # authentication paths are never attributed
+            return False
+        pseudonym = self.middleware._pseudonym(user_id)
+        if pseudonym is None:
+            return False
+        self.attributed = True  # the hook does not run: the app's explicit call wins
+        if self.span.is_recording():
+            self.span.set_attribute(semconv.USER_HASH, pseudonym)
+        return True
+
+
+_CURRENT_REQUEST = current_request_slot()
 
 
 class DeferredDurations:
@@ -548,7 +587,7 @@ def middleware_options(settings: Settings | None = None, **overrides: Any) -> di
         if settings.metrics_only_paths:
             options["metrics_only"] = settings.metrics_only_paths
         if settings.user_id_hook:
-            options["user_id_hook"] = load_user_id_hook(settings.user_id_hook)
+            options["user_id_hook"] = settings.user_id_hook  # resolved when the app starts
     options.update({k: v for k, v in overrides.items() if v is not None})
     return options
 
@@ -559,7 +598,7 @@ def instrument_app(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     pseudonymizer: Pseudonymizer | None = None,
-    user_id_hook: UserIdHook | None = None,
+    user_id_hook: UserIdHook | str | None = None,
     auth_patterns: Iterable[str] | None = None,
     excluded_urls: str | None = None,
     metrics_only: bool | Iterable[str] | None = None,
@@ -596,7 +635,7 @@ def instrument_app(
         original_build = app.build_middleware_stack
 
         def build_middleware_stack() -> ASGIApp:
-            return StudyInASGIMiddleware(original_build(), **options)
+            return StudyInASGIMiddleware(original_build(), routed_app=app, **options)
 
         disable_fastapi_native_telemetry(app)
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]

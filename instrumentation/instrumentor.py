@@ -9,7 +9,10 @@ telemetry, which it turns off: that one records raw paths and queries): the firs
 each app builds one :class:`~.asgi.StudyInASGIMiddleware` around the app, so apps created
 before ``instrument()`` are covered as well. Settings come from ``STUDYIN_ANALYTICS_*`` variables
 (auth paths, metrics-only paths, user-id hook, pseudonym keys); ``instrument(**kwargs)`` accepts
-the keyword arguments of :func:`~.asgi.instrument_app` to override them.
+the keyword arguments of :func:`~.asgi.instrument_app` to override them. Nothing here imports the
+user-id hook: the middleware resolves it when the app starts, so a bad setting is one ERROR line
+there and never an exception out of ``instrument()``, which OpenTelemetry's launcher would turn
+into a silently skipped (import error, logged at DEBUG) or aborted instrumentation.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def _instrumented_call(cls: type, original_call: Any, options: dict[str, Any]) -
                 await original_call(app, scope, receive, send)
 
             inner_app: ASGIApp = inner
-            middleware = StudyInASGIMiddleware(inner_app, **options)
+            middleware = StudyInASGIMiddleware(inner_app, routed_app=app, **options)
             self.__dict__[attribute] = middleware
         await middleware(scope, receive, send)
 

@@ -78,6 +78,11 @@ DECLARED_ATTRIBUTES: Final[frozenset[str]] = frozenset({*FIELD_ATTRIBUTES.values
 
 # HTTP server spans (auto-instrumentation). The aggregator reads these standard names.
 HTTP_ROUTE: Final = "http.route"
+UNMATCHED_ROUTE: Final = "_OTHER"
+"""``http.route`` of an HTTP request no route template matched (404 scans, requests answered by a
+middleware before routing): a fixed placeholder, never the raw path. ``_OTHER`` is OpenTelemetry's
+spelling for a value outside the known set (as for ``http.request.method``); no template can be
+spelled so (templates start with ``/``)."""
 ERROR_TYPE: Final = "error.type"
 EXCEPTION_EVENT: Final = "exception"
 EXCEPTION_TYPE: Final = "exception.type"
