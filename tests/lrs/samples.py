@@ -5,6 +5,7 @@ computed here under a test LRS key from the raw id the tracker was given."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from studyin_analytics.aggregator.lrs.xapi import LRS_ACTOR_FIELD, XapiConfig
 from studyin_analytics.aggregator.mapping import EventRow, rows_from_span
@@ -27,6 +29,18 @@ LRS = Pseudonymizer({"lrs1": b"lrs-key-of-its-own-0123456789"}, "lrs1")
 CONFIG = XapiConfig(iri_base="https://xapi.studyin.test", home_page="https://studyin.test")
 USER = "learner-4711"
 
+
+class _UrandomIds(IdGenerator):
+    """Span and trace ids from os.urandom: hypothesis seeds the ``random`` module per example, which would
+    give two examples the same ids, hence the same event ids."""
+
+    def generate_span_id(self) -> int:
+        return int.from_bytes(os.urandom(8), "big") or 1
+
+    def generate_trace_id(self) -> int:
+        return int.from_bytes(os.urandom(16), "big") or 1
+
+
 Emission = tuple[str, type[events.DomainEvent], dict[str, Any]]
 """(raw user id, event model, fields) as app code would hand them to the tracker."""
 
@@ -37,7 +51,7 @@ def rows_through_pipeline(
     """The event rows of ``emissions`` as the aggregator would store them, plus the LRS pseudonym
     (left out when ``lrs`` is ``None``: an app that does not carry it yet)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(id_generator=_UrandomIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=analytics)
     lrs_names: dict[str, str] = {}
