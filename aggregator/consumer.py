@@ -1009,10 +1009,13 @@ class Aggregator:
     # --- maintenance ------------------------------------------------------------------------
 
     async def _ensure_partitions(self, conn: Any, days: set[date]) -> None:
-        """Partitions for ``days``, inside the window of raw retention (see schema.ensure_partitions)."""
-        await ensure_partitions(
-            conn, days, self._partitions, oldest=oldest_day(self.settings.raw_retention_days)
-        )
+        """Partitions for ``days``, inside the window of raw retention (see schema.ensure_partitions).
+
+        One day of slack on the old side: events screened just before midnight UTC may be
+        committed just after it, when their day has left raw retention (maintenance drops it).
+        """
+        oldest = oldest_day(self.settings.raw_retention_days + 1)
+        await ensure_partitions(conn, days, self._partitions, oldest=oldest)
 
     async def maintain(self) -> list[str]:
         """Create daily partitions ahead and drop those past raw retention."""

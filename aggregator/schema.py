@@ -63,7 +63,8 @@ async def ensure_partitions(
     Only inside a bounded window of days: none after ``today + PARTITIONS_AHEAD`` and, with
     ``oldest`` (the first day of raw retention), none before; a day outside raises
     :class:`PartitionOutOfWindow` and nothing is created. So however many days the events of a
-    batch span, the table has at most ``raw_retention_days + PARTITIONS_AHEAD + 1`` partitions.
+    batch span, the table has at most ``raw_retention_days + PARTITIONS_AHEAD + 2`` partitions
+    (the aggregator passes the day before raw retention as ``oldest``).
 
     Through ``create_events_partition`` (revision 0004): creating a partition needs ownership of
     the table, which the aggregator's role does not have; the function (SECURITY DEFINER) does.
@@ -117,7 +118,7 @@ async def drop_expired_partitions(
     Through ``drop_events_partition`` (revision 0004), which refuses the last two UTC days.
     """
     today = today or datetime.now(UTC).date()
-    cutoff = today - timedelta(days=retention_days)
+    cutoff = oldest_day(retention_days, today)
     dropped: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
@@ -128,7 +129,3 @@ async def drop_expired_partitions(
                     dropped.append(name)
                 known.discard(day)
     return dropped
-
-
-retention_cutoff = oldest_day
-"""Events on days before this are outside raw retention (not stored, not counted)."""
