@@ -333,3 +333,29 @@ def test_a_413_reaches_clients_that_send_connection_close(settings: Settings, tm
     finally:
         stop_process(process)
     assert bus_records(settings) == []
+
+
+def test_the_stock_exporter_with_gzip_and_the_strict_decoder_agree(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Third-party bodies produced at test time: the stock OTLP/HTTP exporter, gzip on and off,
+    against a real gateway. Every span arrives (the strict gzip and protobuf paths take them)."""
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from .helpers import start_gateway
+
+    port = free_port()
+    process = start_gateway(settings, port, tmp_path / "gateway.log")
+    try:
+        for compression, prefix in ((Compression.Gzip, "gz"), (Compression.NoCompression, "plain")):
+            exporter = OTLPSpanExporter(
+                endpoint=f"http://127.0.0.1:{port}/v1/traces", compression=compression, timeout=10
+            )
+            assert exporter.export(make_spans(20, prefix=prefix)) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+    finally:
+        stop_process(process)
+    names = [r.name for r in bus_records(settings)]
+    assert sorted(names) == sorted([f"gz-{i}" for i in range(20)] + [f"plain-{i}" for i in range(20)])
