@@ -18,6 +18,7 @@ import asyncpg
 import redis
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..exporter.connection import refused_command
 from ..instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
@@ -28,7 +29,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
+# One-line errors stay one line; data (names, URLs, messages) is escaped and emoji codes are off,
+# so `:bus:` or `[x]` in a key or consumer name is printed as it is.
+_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 _settings = load_settings
@@ -42,7 +45,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     migrate(settings)
-    _console.print(f"schema [bold]{settings.postgres_schema}[/] is up to date")
+    _console.print(f"schema [bold]{escape(settings.postgres_schema)}[/] is up to date")
     return EXIT_OK
 
 
@@ -95,7 +98,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
             streams = ", ".join(aggregator.own_streams)
             if len(aggregator.own_streams) < len(aggregator.streams):
                 streams += f" (of {len(aggregator.streams)} shards; others only if nobody reads them)"
-            _console.print(f"aggregator [bold]{settings.consumer_name}[/] consuming {streams}{where}")
+            name = escape(settings.consumer_name)
+            _console.print(f"aggregator [bold]{name}[/] consuming {escape(streams + where)}")
             try:
                 with tuned_gc():
                     await aggregator.run(stop)
@@ -126,7 +130,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = asyncio.run(run_demo(_settings(), students=args.students, console=Console()))
+    report = asyncio.run(run_demo(_settings(), students=args.students, console=Console(emoji=False)))
     return EXIT_OK if report.matches_ground_truth else EXIT_FAILURE
 
 
@@ -278,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigurationError as exc:
-        _console.print(f"[red]error:[/] {exc}", highlight=False)
+        _console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             _console.print_exception()
         service = SERVICE_OF_COMMAND.get(getattr(args, "command", ""), "admin")
-        _console.print(f"[red]error:[/] {_explain(exc, settings_hint, service)}", highlight=False)
+        _console.print(f"[red]error:[/] {escape(_explain(exc, settings_hint, service))}", highlight=False)
         return EXIT_FAILURE
     return code
 

@@ -14,12 +14,17 @@ Failure handling:
 * Own pending entries (a previous life of this stable consumer name, a rolled-back round) are
   read first; entries pending on another consumer for longer than ``claim_idle_ms`` are
   claimed with XAUTOCLAIM (the cursor is followed to ``0-0``).
-* An undecodable entry, or one with a field the rollups cannot use, goes to the dead-letter
-  stream at once. A round that meets a stored event, a day without a partition or a data
-  error is rolled back and its entries are read again carefully; there an entry whose batch
-  fails with a data error is retried alone, and an entry delivered more than
-  ``max_delivery_attempts`` times (XPENDING counts deliveries, so crashes count too) is
-  dead-lettered with its last error. The group never waits behind it.
+* An undecodable entry goes to the dead-letter stream at once. A bad *event* costs only itself:
+  events later than the event window (``max_event_future_s``), with a value PostgreSQL refuses
+  (a NUL character) or a field the rollups cannot use are left out of their entry, which is
+  stored without them, and dead-lettered together, with their reasons, in the same MULTI as the
+  entry's XACK (so exactly once). A round that meets a stored event, a day without a partition
+  or a data error is rolled back and its entries are read again carefully; there an entry whose
+  batch fails with a data error is retried alone, and once it has been delivered
+  ``max_delivery_attempts`` times (XPENDING counts deliveries, so crashes count too) its events
+  are committed by halves and only those PostgreSQL refuses are dead-lettered. An entry
+  delivered more often than that without being processed (it crashes the process) is
+  dead-lettered whole. The group never waits behind either.
 * Redis or PostgreSQL going away: the open round is rolled back (its entries stay pending), a
   careful batch in hand is kept and retried with exponential backoff (that does not count as a
   delivery), connections are re-established; ``NOGROUP`` (a Redis that lost the group)
@@ -47,20 +52,30 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exporter import wire
+from ..exporter.admission import EventWindow, oldest_day
 from ..exporter.bus import dead_letter_key, dead_letter_keys, stream_keys
 from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
 from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
 from .db import create_pool
 from .logconfig import correlated, new_correlation_id
-from .mapping import RAW_COLUMNS, RawRecord, raw_records, rows_from_span
+from .mapping import (
+    RAW_COLUMNS,
+    SERVER_SPAN_INDEX,
+    EventRow,
+    RawRecord,
+    Refusal,
+    dumps_json,
+    locate,
+    rows_from_span,
+    screen,
+)
 from .rollups import Rollup, RollupInputError
 from .schema import (
     drop_expired_partitions,
     ensure_partitions,
     existing_partitions,
     partition_days_ahead,
-    retention_cutoff,
 )
 
 _log = logging.getLogger(__name__)
@@ -147,6 +162,9 @@ class BatchResult:
     events_inserted: int = 0
     events_expired: int = 0
     dead_lettered: int = 0
+    """Dead-letter entries written (a whole entry, or the refused events of one)."""
+    events_dead_lettered: int = 0
+    """Events refused (later than the event window, or a value no retry can store) and dead-lettered."""
     claimed: int = 0
 
 
@@ -167,6 +185,10 @@ class _Prepared:
     seen: int = 0
     expired: int = 0
     """Events of ``ids`` read and left out as older than raw retention (un-counted if re-read)."""
+    refused: dict[bytes, list[Refusal]] = field(default_factory=dict)
+    """Entries of ``ids`` with events left out to be dead-lettered with their acknowledgement."""
+    spans: dict[bytes, list[wire.SpanRecord]] = field(default_factory=dict)
+    """The spans of those entries (the dead letter holds the spans of the refused events)."""
 
 
 @dataclass
@@ -556,7 +578,7 @@ class Aggregator:
         try:
             if round_ is None:
                 async with self.pool.acquire() as conn:  # before the round holds any lock
-                    await ensure_partitions(conn, days, self._partitions)
+                    await self._ensure_partitions(conn, days)
                 conn = await self.pool.acquire()
                 try:
                     transaction = conn.transaction()
@@ -648,7 +670,7 @@ class Aggregator:
                 for prepared in batch.streams:
                     if self.on_committed is not None:
                         self.on_committed(prepared.stream, prepared.ids)
-                    await self._ack(prepared.stream, prepared.ids, stop)
+                    await self._acknowledge(prepared, prepared.ids, batch.result, stop)
                 self._add_totals(batch.result)
                 self.last_batch_at = time.time()
 
@@ -701,9 +723,7 @@ class Aggregator:
             counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in entries])
         prepared = _Prepared(stream, counts=counts, careful=batch.redelivered)
         gone: list[bytes] = []
-        cutoff_day = retention_cutoff(self.settings.raw_retention_days)
-        cutoff = datetime(cutoff_day.year, cutoff_day.month, cutoff_day.day, tzinfo=UTC)
-        cutoff_us = int(cutoff.timestamp()) * 1_000_000
+        window = EventWindow.of(self.settings)
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while it was pending
                 gone.append(entry_id)
@@ -716,34 +736,40 @@ class Aggregator:
                 result.dead_lettered += 1
                 continue
             try:
-                rows = [row for record in wire.decode_entry(fields) for row in rows_from_span(record)]
+                spans = wire.decode_entry(fields)
+                rows = [row for record in spans for row in rows_from_span(record)]
             except Exception as exc:  # undecodable or unmappable: retrying cannot help
                 await self._dead_letter(stream, entry_id, fields, _describe(exc), attempts)
                 result.dead_lettered += 1
                 continue
             result.events_seen += len(rows)
             self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
-            kept = [r for r in rows if r.time_us >= cutoff_us]
-            result.events_expired += len(rows) - len(kept)
-            try:
-                # Counted where the batch's events go if they all turn out new; a redelivered
-                # entry is only checked here (its rollup is computed once the stored events are known).
-                (batch.rollup or Rollup()).add(kept)
-            except RollupInputError as exc:  # a field no retry can mend
-                batch.rollup = None  # it may have counted a part of this entry
-                await self._dead_letter(stream, entry_id, fields, _describe(exc), attempts)
-                result.dead_lettered += 1
-                continue
+            screened = screen(rows, window)
+            kept, records, refused = screened.rows, screened.records, screened.refused
+            result.events_expired += screened.expired
+            if batch.rollup is not None:
+                try:
+                    # Counted where the batch's events go if they all turn out new.
+                    batch.rollup.add(kept)
+                except RollupInputError:  # a field no retry can mend: the careful way isolates it
+                    batch.rollup = None  # it may have counted a part of this entry
+            if batch.rollup is None:  # committed on its own (redelivered, or the round is lost)
+                unusable = _unusable(kept)
+                if unusable:
+                    refused += unusable
+                    bad = {r.event_id for r in unusable}
+                    records = [r for r in records if r[0] not in bad]
+                prepared.by_entry[entry_id] = records  # a failing entry is retried alone
+                prepared.fields[entry_id] = fields
+            if refused:
+                prepared.refused[entry_id] = refused
+                prepared.spans[entry_id] = spans
             # An event repeated within the batch (the same span exported twice) fails the fast
             # insert like a stored one does; the careful insert keeps one row per event id.
-            records = raw_records(kept)
             prepared.ids.append(entry_id)
             prepared.seen += len(rows)
-            prepared.expired += len(rows) - len(kept)
+            prepared.expired += screened.expired
             prepared.rows.extend(records)
-            if batch.rollup is None:  # only a batch committed on its own isolates a bad entry
-                prepared.by_entry[entry_id] = records
-                prepared.fields[entry_id] = fields
             await asyncio.sleep(0)  # let the batch in flight stream its COPY meanwhile
         if gone:
             await self.redis.xack(stream, self.group, *gone)
@@ -764,12 +790,13 @@ class Aggregator:
             return
         if self.on_committed is not None:
             self.on_committed(prepared.stream, prepared.ids)
-        await self._ack(prepared.stream, prepared.ids, stop)
+        await self._acknowledge(prepared, prepared.ids, result, stop)
 
     async def _isolate(
         self, prepared: _Prepared, result: BatchResult, counts: dict[bytes, int], stop: asyncio.Event | None
     ) -> None:
-        """Commit entries one by one; an entry that fails is retried later, then dead-lettered."""
+        """Commit entries one by one; an entry that fails is retried later, and at its last
+        attempt committed by halves, dead-lettering only the events PostgreSQL refuses."""
         good: list[bytes] = []
         for entry_id in prepared.ids:
             try:
@@ -782,10 +809,14 @@ class Aggregator:
                     raise
                 attempts = counts.get(entry_id, 1)
                 if attempts >= self.settings.max_delivery_attempts:
-                    await self._dead_letter(
-                        prepared.stream, entry_id, prepared.fields[entry_id], _describe(exc), attempts
+                    _log.warning(
+                        "entry %s failed %d times (%s): committing its events by halves",
+                        entry_id.decode(),
+                        attempts,
+                        _describe(exc),
                     )
-                    result.dead_lettered += 1
+                    await self._bisect(prepared, entry_id, result, stop)
+                    good.append(entry_id)
                 else:
                     self._pending_dirty = True  # left pending: retried from "0"
                     _log.warning(
@@ -796,7 +827,50 @@ class Aggregator:
                         _describe(exc),
                     )
         if good:
-            await self._ack(prepared.stream, good, stop)
+            await self._acknowledge(prepared, good, result, stop)
+
+    async def _bisect(
+        self, prepared: _Prepared, entry_id: bytes, result: BatchResult, stop: asyncio.Event | None
+    ) -> None:
+        """Commit an entry's events in halves, down to single events: those PostgreSQL refuses are
+        refused (dead-lettered with the entry's acknowledgement), all others stored. Careful
+        inserts, so what a part already stored is a no-op when the part is tried again."""
+        parts = [prepared.by_entry[entry_id]]
+        refused: list[Refusal] = []
+        while parts:
+            part = parts.pop()
+            try:
+                result.events_inserted += await self._commit_with_retry(part, None, True, stop)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                if len(part) == 1:
+                    refused.append(
+                        Refusal(part[0][0], part[0][2], f"PostgreSQL refused it: {_describe(exc)}")
+                    )
+                else:
+                    parts += [part[: len(part) // 2], part[len(part) // 2 :]]
+        if refused:
+            prepared.refused.setdefault(entry_id, []).extend(refused)
+            prepared.spans.setdefault(entry_id, wire.decode_entry(prepared.fields[entry_id]))
+
+    async def _acknowledge(
+        self, prepared: _Prepared, ids: list[bytes], result: BatchResult, stop: asyncio.Event | None
+    ) -> None:
+        """XACK committed entries; an entry with refused events is acknowledged in one MULTI with
+        their dead letter (so a crash in between re-reads it, and the dead letter is written once)."""
+        plain = [entry_id for entry_id in ids if entry_id not in prepared.refused]
+        if plain:
+            await self._ack(prepared.stream, plain, stop)
+        for entry_id in ids:
+            refused = prepared.refused.get(entry_id)
+            if refused:
+                attempts = prepared.counts.get(entry_id, 1)
+                await self._dead_letter_events(
+                    prepared.stream, entry_id, prepared.spans[entry_id], refused, attempts
+                )
+                result.dead_lettered += 1
+                result.events_dead_lettered += len(refused)
 
     async def _commit_with_retry(
         self, rows: list[RawRecord], rollup: Rollup | None, careful: bool, stop: asyncio.Event | None
@@ -827,7 +901,7 @@ class Aggregator:
         days: set[date] = {r[1].date() for r in rows}
         inserted = 0
         async with self.pool.acquire() as conn:
-            await ensure_partitions(conn, days, self._partitions)
+            await self._ensure_partitions(conn, days)
             for attempt in range(RACE_ATTEMPTS):
                 try:
                     async with conn.transaction():
@@ -866,8 +940,52 @@ class Aggregator:
     async def _dead_letter(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], error: str, attempts: int = 1
     ) -> None:
-        assert self.redis is not None
+        """The whole entry to the dead-letter stream, with the error, acknowledged in one MULTI."""
         _log.warning("dead-lettering entry %s of %s: %s", entry_id.decode(), stream, error)
+        await self._move_to_dead_letter(stream, entry_id, {**fields}, error, attempts)
+
+    async def _dead_letter_events(
+        self,
+        stream: str,
+        entry_id: bytes,
+        spans: list[wire.SpanRecord],
+        refused: list[Refusal],
+        attempts: int,
+    ) -> None:
+        """The refused events of an entry to the dead-letter stream, acknowledging the entry.
+
+        The dead letter has the fields of an entry-level one; ``v``/``n``/``d`` hold only the spans
+        of the refused events (as the bus carries them, so event ids stay the same if replayed)
+        and ``events`` lists which events were refused and why (docs/aggregator.md).
+        """
+        where = locate(spans, {r.event_id for r in refused})
+        positions = sorted({where[r.event_id][0] for r in refused if r.event_id in where})
+        new_position = {old: new for new, old in enumerate(positions)}
+        listed = []
+        for refusal in sorted(refused, key=lambda r: where.get(r.event_id, (-1, -1))):
+            position, index = where.get(refusal.event_id, (-1, -1))
+            listed.append(
+                {
+                    "span": new_position.get(position),
+                    "event": None if index in (-1, SERVER_SPAN_INDEX) else index,
+                    "event_id": str(refusal.event_id),
+                    "event_type": refusal.event_type,
+                    "reason": refusal.reason,
+                }
+            )
+        chosen = [spans[position] for position in positions]
+        error = f"{len(refused)} of the entry's events refused: {listed[0]['reason']}"
+        _log.warning(
+            "dead-lettering %d events of entry %s of %s: %s", len(refused), entry_id.decode(), stream, error
+        )
+        fields: dict[Any, Any] = wire.entry_fields(wire.encode_records(chosen), len(chosen))
+        fields[b"events"] = dumps_json(listed).encode()
+        await self._move_to_dead_letter(stream, entry_id, fields, error, attempts)
+
+    async def _move_to_dead_letter(
+        self, stream: str, entry_id: bytes, fields: dict[Any, Any], error: str, attempts: int
+    ) -> None:
+        assert self.redis is not None
         dead: dict[Any, Any] = {
             **fields,
             b"error": error.encode(),
@@ -890,11 +1008,20 @@ class Aggregator:
 
     # --- maintenance ------------------------------------------------------------------------
 
+    async def _ensure_partitions(self, conn: Any, days: set[date]) -> None:
+        """Partitions for ``days``, inside the window of raw retention (see schema.ensure_partitions).
+
+        One day of slack on the old side: events screened just before midnight UTC may be
+        committed just after it, when their day has left raw retention (maintenance drops it).
+        """
+        oldest = oldest_day(self.settings.raw_retention_days + 1)
+        await ensure_partitions(conn, days, self._partitions, oldest=oldest)
+
     async def maintain(self) -> list[str]:
         """Create daily partitions ahead and drop those past raw retention."""
         assert self.pool is not None
         async with self.pool.acquire() as conn:
-            await ensure_partitions(conn, partition_days_ahead(datetime.now(UTC).date()), self._partitions)
+            await self._ensure_partitions(conn, partition_days_ahead(datetime.now(UTC).date()))
             dropped = await drop_expired_partitions(conn, self.settings.raw_retention_days, self._partitions)
         if dropped:
             _log.info("dropped raw partitions past retention: %s", ", ".join(dropped))
@@ -1087,6 +1214,22 @@ def _uncount_rereads(batch: _Batch) -> None:
         result.entries -= len(prepared.ids)
         result.events_seen -= prepared.seen
         result.events_expired -= prepared.expired
+
+
+def _unusable(rows: list[EventRow]) -> list[Refusal]:
+    """The events of ``rows`` with a field the rollups cannot use, each with the reason."""
+    try:
+        Rollup().add(rows)  # the common case: all usable, one pass
+        return []
+    except RollupInputError:
+        pass
+    refused: list[Refusal] = []
+    for row in rows:
+        try:
+            Rollup().add([row])  # a row's fields alone decide
+        except RollupInputError as exc:
+            refused.append(Refusal(row.event_id, row.event_type, str(exc)))
+    return refused
 
 
 def _describe(exc: BaseException) -> str:

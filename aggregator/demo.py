@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..exporter import RedisStreamSpanExporter
 from ..instrumentation import StudyInTracker
@@ -186,7 +187,7 @@ def _print_report(
     for row in system_rows:
         r = dict(row)  # type: ignore[call-overload]
         system.add_row(
-            r["route"],
+            Text(str(r["route"])),  # data: no markup, no emoji codes
             str(r["requests"]),
             str(r["errors"]),
             f"{r['p50']:.2f}",

@@ -9,6 +9,11 @@ row and every rollup key (day, hour, minute) derive from the same integer, so an
 nanoseconds before midnight is counted on the day it is stored on. The rounding is the one of
 ``datetime.fromtimestamp(time_unix_nano / 1e9)`` that earlier versions stored with: the time is
 part of the primary key, so a replay across an upgrade must map to the same key.
+
+Before anything is stored, :func:`screen` sorts the rows of an entry: events inside the event
+window are kept (as raw records), events older than raw retention are left out (expired), and
+events no retry can mend are refused with a reason (later than the window, a value PostgreSQL
+refuses): the aggregator dead-letters those events alone, not their entry.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import Any, NamedTuple
 import orjson
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
+from ..exporter.admission import EventWindow
 from ..exporter.events import API_REQUEST, api_request_fields, domain_event_type
 from ..exporter.wire import SPAN_KIND_SERVER, SpanRecord
 from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
 
-_SERVER_SPAN_INDEX = 0xFFFF  # position used for the span itself, after any event index
+SERVER_SPAN_INDEX = 0xFFFF
+"""Position used for the span's own ``api_request`` event, after any event index."""
 _INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,7 +113,8 @@ def micros_of(unix_nano: int) -> int:
 
 
 def time_of(time_us: int) -> datetime:
-    """The UTC datetime of integer microseconds (exact: the float is within 0.25 µs)."""
+    """The UTC datetime of integer microseconds (exact: the float is within 0.25 µs). Any 64-bit
+    nanosecond time (the wire's range) lies between 1677 and 2554, which a datetime holds."""
     return _fromtimestamp(time_us / 1e6, UTC)
 
 
@@ -179,7 +187,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             time_us = micros_of(record.end_unix_nano)
             rows.append(
                 EventRow(
-                    event_id(trace_id, span_id, _SERVER_SPAN_INDEX),
+                    event_id(trace_id, span_id, SERVER_SPAN_INDEX),
                     time_of(time_us),
                     API_REQUEST,
                     span_user,
@@ -189,3 +197,89 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
                 )
             )
     return rows
+
+
+class Refusal(NamedTuple):
+    """An event that no retry can store, and why (names fields, never values)."""
+
+    event_id: uuid.UUID
+    event_type: str
+    reason: str
+
+
+class Screened(NamedTuple):
+    """The rows of an entry, sorted by :func:`screen`."""
+
+    rows: list[EventRow]
+    records: list[RawRecord]
+    """``rows`` as raw records (same order)."""
+    refused: list[Refusal]
+    expired: int
+
+
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _nul_field(properties: dict[str, Any]) -> str | None:
+    """The first field whose value holds a NUL character at any depth, else ``None``."""
+    for field, value in properties.items():
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    return field
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+    return None
+
+
+def screen(rows: Iterable[EventRow], window: EventWindow) -> Screened:
+    """Keep the rows inside ``window`` that PostgreSQL can store; leave out the older ones; refuse
+    the later ones and those with a value PostgreSQL refuses (a NUL character in JSON or text)."""
+    kept: list[EventRow] = []
+    records: list[RawRecord] = []
+    refused: list[Refusal] = []
+    expired = 0
+    earliest, latest = window.earliest_us, window.latest_us
+    dumps = orjson.dumps
+    for row in rows:
+        time_us = row.time_us
+        if time_us < earliest:
+            expired += 1
+            continue
+        if time_us > latest:
+            refused.append(Refusal(row.event_id, row.event_type, window.too_late("the event time")))
+            continue
+        try:
+            text = dumps(row.properties)
+        except (orjson.JSONEncodeError, TypeError) as exc:  # nested deeper than orjson's limit
+            reason = f"properties cannot be stored as JSON ({type(exc).__name__})"
+            refused.append(Refusal(row.event_id, row.event_type, reason))
+            continue
+        if _NUL_ESCAPE in text or "\x00" in row.event_type:
+            field = _nul_field(row.properties) if _NUL_ESCAPE in text else "event type"
+            if field is not None:
+                reason = f"{field!r} holds a NUL character, which PostgreSQL refuses"
+                refused.append(Refusal(row.event_id, row.event_type, reason))
+                continue
+        kept.append(row)
+        records.append(
+            (row.event_id, row.occurred_at, row.event_type, row.user_hash, row.session_id, text.decode())
+        )
+    return Screened(kept, records, refused, expired)
+
+
+def locate(spans: Iterable[SpanRecord], ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
+    """Where the events ``ids`` come from: (position of the span, index of the event in it, or
+    :data:`SERVER_SPAN_INDEX` for the span's own ``api_request``)."""
+    found: dict[uuid.UUID, tuple[int, int]] = {}
+    for position, span in enumerate(spans):
+        for index in (*range(len(span.events)), SERVER_SPAN_INDEX):
+            key = event_id(span.trace_id, span.span_id, index)
+            if key in ids:
+                found[key] = (position, index)
+    return found

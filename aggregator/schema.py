@@ -13,13 +13,20 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 
+from ..exporter.admission import oldest_day
 from ..instrumentation.settings import Settings, require
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 EVENTS_TABLE = "analytics_events"
 PARTITION_LOCK_ID = 0x5374_7564_7949_6E01
 PARTITIONS_AHEAD = 3
-"""Daily partitions kept created ahead of today by the aggregator's maintenance."""
+"""Daily partitions kept created ahead of today by the aggregator's maintenance, and the last
+day any partition may be created for (events later than ``max_event_future_s``, at most a day,
+are dead-lettered before they need one)."""
+
+
+class PartitionOutOfWindow(ValueError):
+    """A partition asked for outside the bounded window of days (a bug upstream: never created)."""
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -43,8 +50,21 @@ def partition_name(day: date) -> str:
     return f"{EVENTS_TABLE}_p{day:%Y%m%d}"
 
 
-async def ensure_partitions(conn: asyncpg.Connection, days: set[date], known: set[date]) -> None:
+async def ensure_partitions(
+    conn: asyncpg.Connection,
+    days: set[date],
+    known: set[date],
+    *,
+    oldest: date | None = None,
+    today: date | None = None,
+) -> None:
     """Create the daily partitions in ``days`` that are not in ``known`` (a per-process cache).
+
+    Only inside a bounded window of days: none after ``today + PARTITIONS_AHEAD`` and, with
+    ``oldest`` (the first day of raw retention), none before; a day outside raises
+    :class:`PartitionOutOfWindow` and nothing is created. So however many days the events of a
+    batch span, the table has at most ``raw_retention_days + PARTITIONS_AHEAD + 2`` partitions
+    (the aggregator passes the day before raw retention as ``oldest``).
 
     Through ``create_events_partition`` (revision 0004): creating a partition needs ownership of
     the table, which the aggregator's role does not have; the function (SECURITY DEFINER) does.
@@ -52,6 +72,13 @@ async def ensure_partitions(conn: asyncpg.Connection, days: set[date], known: se
     missing = sorted(days - known)
     if not missing:
         return
+    last = (today or datetime.now(UTC).date()) + timedelta(days=PARTITIONS_AHEAD)
+    outside = [day for day in missing if day > last or (oldest is not None and day < oldest)]
+    if outside:
+        raise PartitionOutOfWindow(
+            f"no partition is created outside {oldest or '-'} .. {last}: asked for {outside[0]}"
+            + (f" and {len(outside) - 1} more days" if len(outside) > 1 else "")
+        )
     async with conn.transaction():
         # Concurrent aggregators: serialize creation so CREATE ... IF NOT EXISTS cannot race.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
@@ -91,7 +118,7 @@ async def drop_expired_partitions(
     Through ``drop_events_partition`` (revision 0004), which refuses the last two UTC days.
     """
     today = today or datetime.now(UTC).date()
-    cutoff = today - timedelta(days=retention_days)
+    cutoff = oldest_day(retention_days, today)
     dropped: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
@@ -102,8 +129,3 @@ async def drop_expired_partitions(
                     dropped.append(name)
                 known.discard(day)
     return dropped
-
-
-def retention_cutoff(retention_days: int, today: date | None = None) -> date:
-    """Events on days before this are outside raw retention (not stored, not counted)."""
-    return (today or datetime.now(UTC).date()) - timedelta(days=retention_days)

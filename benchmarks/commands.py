@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -79,24 +80,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import runner
     from .framework import REGISTRY
 
-    err = Console(stderr=True)
-    out = Console() if sys.stdout.isatty() else Console(width=160)  # a file or CI log: no need to squeeze
+    err = Console(stderr=True, emoji=False)
+    # A file or CI log: no need to squeeze. No emoji codes: names and errors are data.
+    out = Console(emoji=False) if sys.stdout.isatty() else Console(width=160, emoji=False)
     import_errors = runner.load_modules()
     if args.list:
         for name in REGISTRY:
-            out.print(name, highlight=False)
+            out.print(escape(name), highlight=False)
         for module, error in import_errors.items():
-            err.print(f"[red]module {module} failed to import:[/] {error}", highlight=False)
+            failed = f"[red]module {escape(module)} failed to import:[/] {escape(str(error))}"
+            err.print(failed, highlight=False)
         return EXIT_FAILURE if import_errors else EXIT_OK
     try:
         runner.select(args.only)
     except runner.UsageError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
 
     if args.only:  # a broken module that was not asked for is worth a warning, not a failure
         for module, error in import_errors.items():
-            err.print(f"[yellow]warning:[/] module {module} failed to import: {error}", highlight=False)
+            warning = f"[yellow]warning:[/] module {escape(module)} failed to import: {escape(str(error))}"
+            err.print(warning, highlight=False)
         import_errors = {}
 
     settings = _settings()
@@ -124,10 +128,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if lines:
         out.print("[bold]Baselines[/] (same run):", highlight=False)
         for line in lines:
-            out.print(f"  {line}", highlight=False, soft_wrap=True)
+            out.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     for row in report.rows:
         if row.error:
-            err.print(f"[red]{row.name}:[/] {row.error}", highlight=False)
+            err.print(f"[red]{escape(row.name)}:[/] {escape(str(row.error))}", highlight=False)
     chart_ok = runner.write_outputs(
         report, args.out, None if args.no_chart else args.chart, err, markdown_path=args.markdown
     )

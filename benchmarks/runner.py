@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -154,7 +155,7 @@ async def run(
 
     ``settings`` must carry reachable Redis and PostgreSQL URLs.
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
     names = select(only)
     settings = bench_settings(settings)
     timeout = timeout_s if timeout_s is not None else (QUICK_TIMEOUT_S if quick else FULL_TIMEOUT_S)
@@ -217,11 +218,11 @@ async def run(
             if error is not None:
                 report.rows.append(error_row(name, error))
                 progress.console.print(
-                    f"[red]✗ {name}[/] failed after {seconds:.1f}s: {error}", highlight=False
+                    f"[red]✗ {escape(name)}[/] failed after {seconds:.1f}s: {escape(error)}", highlight=False
                 )
             else:
                 progress.console.print(
-                    f"[green]✓ {name}[/] {len(rows)} rows in {seconds:.1f}s", highlight=False
+                    f"[green]✓ {escape(name)}[/] {len(rows)} rows in {seconds:.1f}s", highlight=False
                 )
             report.runs.append(BenchRun(name=name, seconds=seconds, error=error))
             progress.advance(overall)
@@ -242,9 +243,10 @@ def _write_profiles(profiler: cProfile.Profile, directory: Path, name: str, cons
         try:
             summary = summarize_profile(path)
         except Exception as exc:  # an empty or truncated file from a killed process
-            console.print(f"[yellow]warning:[/] cannot read profile {path}: {exc}", highlight=False)
+            warning = f"[yellow]warning:[/] cannot read profile {escape(str(path))}: {escape(str(exc))}"
+            console.print(warning, highlight=False)
         else:
-            console.print(f"profile: {summary}", highlight=False)
+            console.print(f"profile: {escape(str(summary))}", highlight=False)
 
 
 def _loadavg() -> tuple[float, float, float]:
@@ -269,10 +271,10 @@ def write_outputs(
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         markdown_path.write_text(markdown(report), encoding="utf-8")
-        console.print(f"Markdown table written to [bold]{markdown_path}[/]", highlight=False)
+        console.print(f"Markdown table written to [bold]{escape(str(markdown_path))}[/]", highlight=False)
     if out is not None:
         write_json(report, out)
-        console.print(f"results written to [bold]{out}[/]", highlight=False)
+        console.print(f"results written to [bold]{escape(str(out))}[/]", highlight=False)
     if chart is not None:
         try:
             write_chart(report, chart)
@@ -283,5 +285,5 @@ def write_outputs(
             )
             ok = False
         else:
-            console.print(f"chart written to [bold]{chart}[/]", highlight=False)
+            console.print(f"chart written to [bold]{escape(str(chart))}[/]", highlight=False)
     return ok

@@ -19,10 +19,21 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..instrumentation.settings import Settings, load_settings
 
 _settings = load_settings
+
+
+def new_console(*, stderr: bool = False) -> Console:
+    """The commands' console: no emoji codes (``:bus:`` in a key name stays text)."""
+    return Console(stderr=stderr, emoji=False)
+
+
+def data(value: object) -> Text:
+    """``value`` as plain text: neither rich markup nor emoji codes are read in data."""
+    return Text(str(value))
 
 
 def _time(moment: datetime | None) -> str:
@@ -40,6 +51,7 @@ def _client(settings: Settings) -> Any:
 
 async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
     from .bus import dead_letter_keys, stats
+    from .stats import latency_mean
 
     client = _client(settings)
     try:
@@ -65,22 +77,22 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
         }
         console.print_json(json.dumps(document))
         return 0
-    table = Table(title=f"bus {settings.stream_prefix} (Redis {result.redis_version})")
+    table = Table(title=data(f"bus {settings.stream_prefix} (Redis {result.redis_version})"))
     for column in ("stream", "entries", "oldest", "newest", "group", "consumers", "pending", "lag"):
         table.add_column(
             column, justify="right" if column in ("entries", "consumers", "pending", "lag") else "left"
         )
     for s in result.streams:
         if not s.groups:
-            table.add_row(s.key, str(s.length), _time(s.oldest), _time(s.newest), "-", "-", "-", "-")
+            table.add_row(data(s.key), str(s.length), _time(s.oldest), _time(s.newest), "-", "-", "-", "-")
         for g in s.groups:
             lag = "?" if g.lag is None else (str(g.lag) if g.lag_exact else f"≥{g.lag}")
             table.add_row(
-                s.key,
+                data(s.key),
                 str(s.length),
                 _time(s.oldest),
                 _time(s.newest),
-                g.name,
+                data(g.name),
                 str(g.consumers),
                 str(g.pending),
                 lag,
@@ -88,7 +100,7 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
     console.print(table)
     dead_letters = dead_letter_keys(settings)
     where = dead_letters[0] if len(dead_letters) == 1 else f"{len(dead_letters)} per-shard streams"
-    console.print(f"dead-letter entries ({where}): {result.dead_letter_length}")
+    console.print(data(f"dead-letter entries ({where}): {result.dead_letter_length}"))
     writers = Table(title="writers (live processes; counters since each started)")
     for column in (
         "writer",
@@ -103,17 +115,16 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
         writers.add_column(column, justify="left" if column == "writer" else "right")
     now = time.time()
     for name, values in sorted(result.writers.items()):
-        batches = float(values.get("batches_exported", 0) or 0)
-        mean = float(values.get("export_latency_ms_sum", 0) or 0) / batches if batches else 0.0
+        mean = latency_mean(values)
         age = now - float(values.get("updated_at", now) or now)
         writers.add_row(
-            f"{name} ({age:.0f}s ago)",
-            values.get("spans_exported", "0"),
-            values.get("batches_exported", "0"),
-            values.get("retries", "0"),
-            values.get("spans_spooled", "0"),
-            values.get("spans_dropped", "0"),
-            f"{values.get('spool_batches', '0')} batches",
+            data(f"{name} ({age:.0f}s ago)"),
+            data(values.get("spans_exported", "0")),
+            data(values.get("batches_exported", "0")),
+            data(values.get("retries", "0")),
+            data(values.get("spans_spooled", "0")),
+            data(values.get("spans_dropped", "0")),
+            data(f"{values.get('spool_batches', '0')} batches"),
             f"{mean:.2f} / {float(values.get('export_latency_ms_max', 0) or 0):.2f}",
         )
     console.print(writers)
@@ -121,19 +132,22 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
 
 
 def cmd_bus_stats(args: argparse.Namespace) -> int:
-    return asyncio.run(_stats(_settings(), args.json, Console()))
+    return asyncio.run(_stats(_settings(), args.json, new_console()))
 
 
 # --- bus recent / tail ---------------------------------------------------------------------------
 
 
-def _event_row(event: Any) -> list[str]:
+def _event_row(event: Any) -> list[Text]:
     attributes = ", ".join(f"{k}={v}" for k, v in sorted(event.attributes.items()))
-    return [_time(event.time), event.event_type, event.user_hash or "-", attributes, event.entry_id]
+    return [
+        data(field)
+        for field in (_time(event.time), event.event_type, event.user_hash or "-", attributes, event.entry_id)
+    ]
 
 
 def _events_table(title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=data(title))
     for column in ("time", "type", "user.hash", "attributes", "entry"):
         table.add_column(column)
     return table
@@ -157,7 +171,7 @@ async def _recent(
 
 
 def cmd_bus_recent(args: argparse.Namespace) -> int:
-    return asyncio.run(_recent(_settings(), args.type, args.n, args.max_entries, Console()))
+    return asyncio.run(_recent(_settings(), args.type, args.n, args.max_entries, new_console()))
 
 
 async def _tail(
@@ -171,7 +185,7 @@ async def _tail(
     async def follow() -> None:
         nonlocal seen
         async for event in tail(client, settings, event_type=event_type, block_ms=500):
-            console.print("  ".join(_event_row(event)), highlight=False, soft_wrap=True)
+            console.print(Text("  ").join(_event_row(event)), highlight=False, soft_wrap=True)
             seen += 1
             if count is not None and seen >= count:
                 return
@@ -189,7 +203,7 @@ async def _tail(
 
 def cmd_bus_tail(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_tail(_settings(), args.type, args.count, args.seconds, Console()))
+        return asyncio.run(_tail(_settings(), args.type, args.count, args.seconds, new_console()))
     except KeyboardInterrupt:
         return 0
 
@@ -206,8 +220,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     host = args.host or settings.gateway_host
     port = args.port if args.port is not None else settings.gateway_port
     app = create_gateway(settings)
-    Console(stderr=True).print(
-        f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}"
+    new_console(stderr=True).print(
+        data(f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}")
     )
     # log_config=None: uvicorn's records go through configure_logging (JSON when asked), at its level.
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=None, access_log=False)

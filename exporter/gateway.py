@@ -3,11 +3,16 @@
 For routing through an OpenTelemetry Collector (its ``otlphttp`` exporter points here).
 Follows the OTLP/HTTP specification:
 
-* bodies are ``application/x-protobuf`` or ``application/json`` (ids in hex, as OTLP/JSON
-  says), optionally ``Content-Encoding: gzip``; the response uses the request's encoding;
-* ``200`` with ``partial_success`` when some spans were rejected (invalid trace or span ids);
-* ``400`` malformed body, ``413`` body larger than ``gateway_max_body_bytes`` (compressed
-  or decompressed), ``415`` other content types or encodings, ``405`` other methods;
+* bodies are ``application/x-protobuf`` or ``application/json`` (OTLP/JSON: ids in hex, enums
+  as integers), optionally ``Content-Encoding: gzip`` (every member); decoded strictly
+  (:mod:`.otlp_decode`); the response uses the request's encoding;
+* ``200`` with ``partial_success`` (rejected count and why) when some spans were rejected:
+  invalid trace or span ids, or a time outside the event window (:mod:`.admission`: later than
+  ``max_event_future_s`` ahead, or older than raw retention);
+* ``400`` malformed body (naming the field), ``413`` body larger than ``gateway_max_body_bytes``
+  (compressed or decompressed), ``415`` other content types or encodings, ``405`` other methods;
+  a request refused before its body was read has its body read and discarded first (bounded),
+  so that a client sending ``Connection: close`` reads the answer instead of a reset;
 * ``503`` with ``Retry-After`` while Redis is unreachable, so a collector retries rather
   than drops (OTLP: 503 is retryable).
 
@@ -21,22 +26,22 @@ process's counters (``{prefix}:stats:gateway:<host>:<pid>``).
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import json
 import logging
 import time
-import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -47,8 +52,19 @@ from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
 from . import correlation, wire
+from .admission import EventWindow
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
+from .otlp_decode import (
+    INVALID_ARGUMENT,
+    UNAVAILABLE,
+    RequestRefused,
+    bad_request,
+    gunzip,
+    parse_json,
+    parse_protobuf,
+    too_large,
+)
 from .selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -58,22 +74,11 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 TRACES_PATH = "/v1/traces"
 
-# google.rpc.Code values used in error bodies.
-_INVALID_ARGUMENT = 3
-_RESOURCE_EXHAUSTED = 8
-_UNAVAILABLE = 14
-
-
-class _Reject(Exception):
-    """A refused request. ``reason`` names the problem and is logged; it never holds request
-    data: what the client sent (``quoted``) is echoed in the response only."""
-
-    def __init__(self, status: int, code: int, reason: str, *, quoted: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.reason = reason
-        self.message = reason if quoted is None else f"{reason} {quoted!r}"
+DRAIN_FACTOR = 4
+DRAIN_S = 10.0
+"""The body of a request refused before it was read is read and discarded (so the answer reaches
+a client that sent ``Connection: close``: closing with unread data resets the connection) when it
+declares at most ``DRAIN_FACTOR`` times ``gateway_max_body_bytes``, for at most ``DRAIN_S``."""
 
 
 # --- OTLP -> bus records ----------------------------------------------------------------------
@@ -100,33 +105,25 @@ def attributes_of(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     return out
 
 
-def records_of(request: ExportTraceServiceRequest) -> tuple[list[wire.SpanRecord], int, str]:
-    """Bus records of a request, the number of rejected spans and why (empty if none)."""
+def records_of(
+    request: ExportTraceServiceRequest, window: EventWindow | None = None
+) -> tuple[list[wire.SpanRecord], Counter[str]]:
+    """Bus records of a request, and how many spans were rejected for which reason."""
     records: list[wire.SpanRecord] = []
-    rejected = 0
-    reason = ""
+    rejected: Counter[str] = Counter()
     for resource_spans in request.resource_spans:
         resource = attributes_of(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                if len(span.trace_id) != 16 or not any(span.trace_id):
-                    rejected += 1
-                    reason = "invalid trace_id"
-                    continue
-                if len(span.span_id) != 8 or not any(span.span_id):
-                    rejected += 1
-                    reason = "invalid span_id"
-                    continue
-                parent = span.parent_span_id or None
-                if parent is not None and len(parent) != 8:
-                    rejected += 1
-                    reason = "invalid parent_span_id"
+                problem = span_problem(span, window)
+                if problem is not None:
+                    rejected[problem] += 1
                     continue
                 records.append(
                     wire.SpanRecord(
                         span.trace_id,
                         span.span_id,
-                        parent,
+                        span.parent_span_id or None,
                         span.name,
                         max(span.kind - 1, 0),  # OTLP enum counts UNSPECIFIED first; the SDK's does not
                         span.start_time_unix_nano,
@@ -140,48 +137,41 @@ def records_of(request: ExportTraceServiceRequest) -> tuple[list[wire.SpanRecord
                         resource,
                     )
                 )
-    return records, rejected, reason
+    return records, rejected
 
 
-_HEX_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+def span_problem(span: Span, window: EventWindow | None) -> str | None:
+    """Why the gateway rejects ``span`` (a fixed text, never a value), or ``None``.
+
+    Ids as OTLP requires them; the span's end time (an HTTP server span is an ``api_request``
+    event then) and its events' times inside the event window.
+    """
+    if len(span.trace_id) != 16 or not any(span.trace_id):
+        return "invalid trace_id"
+    if len(span.span_id) != 8 or not any(span.span_id):
+        return "invalid span_id"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "invalid parent_span_id"
+    if window is not None:
+        problem = window.problem(span.end_time_unix_nano, "end time")
+        if problem is not None:
+            return problem
+        for event in span.events:
+            problem = window.problem(event.time_unix_nano, "an event's time")
+            if problem is not None:
+                return problem
+    return None
 
 
-def _hex_ids_to_base64(node: Any) -> None:
-    """OTLP/JSON carries ids as hex; protobuf's JSON mapping expects base64 for bytes."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _HEX_ID_KEYS and isinstance(value, str):
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    raise _Reject(400, _INVALID_ARGUMENT, f"{key} is not hex") from None
-            else:
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for item in node:
-            _hex_ids_to_base64(item)
+def rejection_reasons(rejected: Counter[str]) -> str:
+    """The reason, or each reason with its count of spans, most frequent first."""
+    if len(rejected) == 1:
+        return next(iter(rejected))
+    return "; ".join(f"{reason} ({count})" for reason, count in rejected.most_common())
 
 
-def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
-    if content_type == PROTOBUF:
-        try:
-            request.ParseFromString(body)
-        except DecodeError:
-            raise _Reject(400, _INVALID_ARGUMENT, "body is not an ExportTraceServiceRequest") from None
-        return request
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Reject(400, _INVALID_ARGUMENT, "body is not JSON") from None
-    if not isinstance(document, dict):
-        raise _Reject(400, _INVALID_ARGUMENT, "body is not a JSON object")
-    _hex_ids_to_base64(document)
-    try:
-        json_format.ParseDict(document, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError):
-        raise _Reject(400, _INVALID_ARGUMENT, "body is not an ExportTraceServiceRequest") from None
-    return request
+def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
+    return parse_protobuf(body) if media == PROTOBUF else parse_json(body)
 
 
 def _status_bytes(code: int, message: str) -> bytes:
@@ -204,6 +194,17 @@ def _status_bytes(code: int, message: str) -> bytes:
         if not length:
             break
     return bytes(out + text)
+
+
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "").strip()
+    return int(declared) if declared.isdigit() else None
+
+
+def _unread(refusal: RequestRefused) -> RequestRefused:
+    """``refusal``, marked as coming before the end of the body (the gateway drains it)."""
+    refusal.unread = True
+    return refusal
 
 
 def _shard_key(record: wire.SpanRecord) -> Any:
@@ -243,30 +244,70 @@ class Gateway:
 
     async def close(self) -> None:
         if self.client is not None:
+            if self.stats.export_latency_count:  # the last write's latency came after it
+                with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                    pipe = self.client.pipeline(transaction=False)
+                    self._add_counters(pipe)
+                    await pipe.execute()
             await self.client.aclose()
 
+    def _add_counters(self, pipe: Any) -> None:
+        """Queue this process's counters on ``pipe`` (``HSET`` + ``EXPIRE``)."""
+        mapping = self.stats.as_mapping()
+        mapping.update(
+            requests=str(self.requests),
+            spans_rejected=str(self.spans_rejected),
+            unavailable=str(self.unavailable),
+        )
+        key = stats_key(self.settings, "gateway")
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, STATS_TTL_S)
+
     async def read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise _Reject(413, _RESOURCE_EXHAUSTED, f"body larger than {self.max_body} bytes")
+        """The request body, decompressed; refused beyond ``gateway_max_body_bytes``."""
+        declared = _declared_length(request)
+        if declared is not None and declared > self.max_body:
+            raise _unread(too_large("body", self.max_body))
         chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
+        more = True
+        while more:
+            message = await request.receive()
+            if message["type"] != "http.request":  # the client went away: nobody reads the answer
+                raise bad_request("the client disconnected before the body ended")
+            chunks += message.get("body", b"")
+            more = message.get("more_body", False)
             if len(chunks) > self.max_body:
-                raise _Reject(413, _RESOURCE_EXHAUSTED, f"body larger than {self.max_body} bytes")
+                raise _unread(too_large("body", self.max_body)) if more else too_large("body", self.max_body)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("", "identity"):
             return bytes(chunks)
         if encoding != "gzip":
-            raise _Reject(415, _INVALID_ARGUMENT, "unsupported content-encoding", quoted=encoding)
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(bytes(chunks), self.max_body + 1)
-        except zlib.error:
-            raise _Reject(400, _INVALID_ARGUMENT, "body is not valid gzip") from None
-        if len(body) > self.max_body or inflater.unconsumed_tail:
-            raise _Reject(413, _RESOURCE_EXHAUSTED, f"decompressed body larger than {self.max_body} bytes")
-        return body
+            raise RequestRefused(415, INVALID_ARGUMENT, "unsupported content-encoding", quoted=encoding)
+        return gunzip(bytes(chunks), self.max_body)
+
+    async def drain(self, request: Request) -> None:
+        """Read and discard the rest of a refused request's body, within bounds.
+
+        Closing a connection with unread data makes the kernel reset it, and a client that sent
+        ``Connection: close`` (the server closes after answering) then gets a reset instead of the
+        answer. A client that waits for ``100 Continue`` has sent nothing: it gets the answer alone.
+        """
+        if request.headers.get("expect", "").strip().lower() == "100-continue":
+            return
+        budget = DRAIN_FACTOR * self.max_body
+        declared = _declared_length(request)
+        if declared is not None and declared > budget:
+            return  # not worth reading: such a client may see the reset
+        received = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                while received <= budget:
+                    message = await request.receive()
+                    if message["type"] != "http.request":
+                        return
+                    received += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
 
     async def write(self, records: list[wire.SpanRecord]) -> None:
         """All records in one round trip (one XADD per shard), with this process's counters."""
@@ -292,15 +333,7 @@ class Gateway:
         stats = self.stats
         stats.spans_exported += len(records)
         stats.batches_exported += len(groups)
-        mapping = stats.as_mapping()
-        mapping.update(
-            requests=str(self.requests),
-            spans_rejected=str(self.spans_rejected),
-            unavailable=str(self.unavailable),
-        )
-        key = stats_key(self.settings, "gateway")
-        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-        pipe.expire(key, STATS_TTL_S)
+        self._add_counters(pipe)
         try:
             await pipe.execute()
         except BaseException:
@@ -316,10 +349,12 @@ class Gateway:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         try:
             if media not in (PROTOBUF, JSON):
-                raise _Reject(415, _INVALID_ARGUMENT, "unsupported content-type", quoted=media)
+                raise _unread(RequestRefused(415, INVALID_ARGUMENT, "unsupported content-type", quoted=media))
             body = await self.read_body(request)
-            records, rejected, reason = records_of(parse_request(body, media))
-        except _Reject as exc:
+            records, rejected = records_of(parse_request(body, media), EventWindow.of(self.settings))
+        except RequestRefused as exc:
+            if exc.unread:
+                await self.drain(request)
             # The only client is a collector: a refusal means a misconfiguration or a bug there.
             _log.warning("refused OTLP request: %d %s", exc.status, exc.reason)
             return self._error(exc, PROTOBUF if media != JSON else JSON)
@@ -333,22 +368,24 @@ class Gateway:
                     "Redis %s unreachable: %s; answering 503", redact_url(self.url), type(exc).__name__
                 )
                 return self._error(
-                    _Reject(503, _UNAVAILABLE, "the bus is unavailable, retry later"),
+                    RequestRefused(503, UNAVAILABLE, "the bus is unavailable, retry later"),
                     media,
                     headers={"retry-after": str(self.settings.gateway_retry_after_s)},
                 )
         response = ExportTraceServiceResponse()
         if rejected:
-            _log.warning("rejected %d of %d spans: %s", rejected, rejected + len(records), reason)
-            self.spans_rejected += rejected
-            response.partial_success.rejected_spans = rejected
-            response.partial_success.error_message = f"{rejected} spans rejected: {reason}"
+            count = rejected.total()
+            reasons = rejection_reasons(rejected)
+            _log.warning("rejected %d of %d spans: %s", count, count + len(records), reasons)
+            self.spans_rejected += count
+            response.partial_success.rejected_spans = count
+            response.partial_success.error_message = f"{count} spans rejected: {reasons}"
         if media == JSON:
             return Response(json_format.MessageToJson(response, indent=None), media_type=JSON)
         return Response(response.SerializeToString(), media_type=PROTOBUF)
 
     @staticmethod
-    def _error(exc: _Reject, media: str, headers: dict[str, str] | None = None) -> Response:
+    def _error(exc: RequestRefused, media: str, headers: dict[str, str] | None = None) -> Response:
         if media == JSON:
             body = json.dumps({"code": exc.code, "message": exc.message}).encode()
         else:

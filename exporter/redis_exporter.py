@@ -25,6 +25,7 @@ and its own spool directory; the parent's connection and spool files are never t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -199,6 +200,8 @@ class RedisStreamSpanExporter(SpanExporter):
         self._check_pid()
         with self._lock:
             self._drain(time.monotonic() + self._deadline_s)
+            if self.stats.export_latency_count:
+                self._write_counters()
             self._shutdown = True
             if len(self._spool):
                 _log.warning(
@@ -257,6 +260,14 @@ class RedisStreamSpanExporter(SpanExporter):
             raise
         if trim:
             self._next_trim = now + TRIM_INTERVAL_S
+
+    def _write_counters(self) -> None:
+        """The counters alone (at shutdown: the last write's latency is known only after it)."""
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            pipe = self._connection().pipeline(transaction=False)
+            pipe.hset(self._stats_key, mapping=self.stats.as_mapping())  # type: ignore[arg-type]
+            pipe.expire(self._stats_key, STATS_TTL_S)
+            pipe.execute()
 
     def _replay(self, deadline: float) -> bool:
         """Write spooled batches oldest first; ``True`` once the spool is empty; Redis errors propagate."""

@@ -4,6 +4,12 @@ mirrored to a small Redis hash with a TTL, written in the same round trip as the
 Key: ``{prefix}:stats:{role}:{host}:{pid}`` (``role`` is ``exporter`` or ``gateway``).
 Values are cumulative since the process started; ``bus stats`` sums them over all live
 writers. A hash disappears ``STATS_TTL_S`` after its writer's last successful write.
+
+A write's latency is known only once Redis has answered it, so the hash written with a batch
+holds the latencies of the writes before it (one round trip per batch stays one); the last
+write's latency reaches the hash with the writer's next write, or when the writer shuts down.
+``export_latency_count`` counts the latencies in the hash (one per export call or gateway request,
+which may write several shard batches), so ``sum / count`` is their exact mean.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class WriterStats:
     export_latency_ms_sum: float = 0.0
     export_latency_ms_max: float = 0.0
     export_latency_ms_last: float = 0.0
+    export_latency_count: int = 0
     spool_batches: int = 0
     spool_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -51,6 +58,7 @@ class WriterStats:
         self.export_latency_ms_last = ms
         self.export_latency_ms_sum += ms
         self.export_latency_ms_max = max(self.export_latency_ms_max, ms)
+        self.export_latency_count += 1
 
     def as_mapping(self) -> dict[str, str]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
@@ -79,7 +87,14 @@ def summarize(hashes: list[dict[str, str]]) -> dict[str, float]:
                 total[key] = max(total.get(key, 0.0), number)
             else:
                 total[key] = total.get(key, 0.0) + number
-    batches = total.get("batches_exported", 0.0)
-    if batches:
-        total["export_latency_ms_mean"] = total.get("export_latency_ms_sum", 0.0) / batches
+    measured = total.get("export_latency_count") or total.get("batches_exported", 0.0)
+    if measured:
+        total["export_latency_ms_mean"] = total.get("export_latency_ms_sum", 0.0) / measured
     return total
+
+
+def latency_mean(values: dict[str, str]) -> float:
+    """Mean write latency (ms) of one writer's hash (writers before ``export_latency_count``:
+    over its batches)."""
+    measured = float(values.get("export_latency_count") or values.get("batches_exported") or 0)
+    return float(values.get("export_latency_ms_sum") or 0) / measured if measured else 0.0

@@ -203,6 +203,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Stream entries per read")
     raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
     max_delivery_attempts: int = Field(default=5, ge=1, description="Attempts before dead-lettering")
+    max_event_future_s: int = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="Clock skew allowed: events timed later than this after the receiver's clock are "
+        "refused (gateway: partial success) or dead-lettered (aggregator)",
+    )
     claim_idle_ms: int = Field(
         default=30_000,
         ge=100,

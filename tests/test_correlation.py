@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,14 @@ def otlp_json(spans: list[dict[str, Any]]) -> bytes:
 
 
 def span(trace_id: str, attributes: dict[str, str]) -> dict[str, Any]:
+    now = time.time_ns()  # inside the event window (a time older than raw retention is rejected)
     return {
         "traceId": trace_id,
         "spanId": "00f067aa0ba902b7",
         "name": "GET /api/things",
         "kind": 2,
-        "startTimeUnixNano": "1700000000000000000",
-        "endTimeUnixNano": "1700000000100000000",
+        "startTimeUnixNano": str(now - 100_000_000),
+        "endTimeUnixNano": str(now),
         "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attributes.items()],
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -32,7 +33,7 @@ from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 
-from .workload import Workload, build, mismatches, truth_of
+from .workload import Workload, bad_spans, build, mismatches, truth_of, with_spans
 
 pytestmark = pytest.mark.slow
 
@@ -211,17 +212,39 @@ def workload(settings: Settings, seed: int) -> Workload:
     return wl
 
 
+def with_bad_events(settings: Settings, wl: Workload, seed: int, mixed: int) -> tuple[Workload, list[Any]]:
+    """``wl`` plus another workload whose first ``mixed`` entries carry four bad events each (see
+    ``workload.bad_spans``), spread over the entries; returns the good events and the entries."""
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    other = build(pseudonymizer, users=6, seed=seed, spans_per_entry=10)
+    assert len(other.entries) > mixed
+    entries = list(wl.entries)
+    extra = [with_spans(e, bad_spans(pseudonymizer)) if i < mixed else e for i, e in enumerate(other.entries)]
+    for i, entry in enumerate(extra):
+        entries.insert((i + 1) * len(entries) // (len(extra) + 1), entry)
+    return wl + other, entries
+
+
+def check_event_dead_letters(settings: Settings, mixed: int) -> None:
+    """One dead letter per entry with bad events, each listing its four: none lost, none twice."""
+    letters = [d for d in dead_letters(settings) if b"events" in d]
+    assert len(letters) == mixed, [d[b"error"] for d in letters]
+    assert len({d[b"source_id"] for d in letters}) == mixed
+    assert all(len(json.loads(d[b"events"])) == 4 for d in letters)
+
+
 def test_sigkilled_aggregator_restarts_keep_rollups_exact(settings: Settings, tmp_path: Path) -> None:
     migrate(settings)
-    wl = workload(settings, seed=21)
+    # Three entries mix good events with bad ones: the good count, the bad are dead-lettered once.
+    wl, entries = with_bad_events(settings, workload(settings, seed=21), seed=121, mixed=3)
     stream = stream_keys(settings)[0]
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     ticks = 40
-    per_tick = -(-len(wl.entries) // ticks)
+    per_tick = -(-len(entries) // ticks)
     kill_ticks = sorted(rng.sample(range(2, ticks - 2), 4))
     with aggregators(settings, tmp_path) as group:
         group.start("agg-1")
-        for step, _ in enumerate(pusher(settings.redis_url or "", stream, wl.entries, per_tick, 0.15)):
+        for step, _ in enumerate(pusher(settings.redis_url or "", stream, entries, per_tick, 0.15)):
             if step in kill_ticks:
                 time.sleep(rng.uniform(0, 0.3))  # a random moment: reading, committing or acking
                 group.kill("agg-1")
@@ -234,7 +257,7 @@ def test_sigkilled_aggregator_restarts_keep_rollups_exact(settings: Settings, tm
         codes = group.terminate_all()
         assert group.kills >= 3
         assert codes == {"agg-1": 0}, group.log_tail()
-        assert dead_letters(settings) == []
+        check_event_dead_letters(settings, mixed=3)
         assert check_exact(settings, wl) == [], group.log_tail()
 
 
@@ -285,16 +308,10 @@ def test_postgres_restart_mid_run(settings: Settings, tmp_path: Path) -> None:
 
 def test_three_aggregators_with_poison_entries_and_a_dead_member(settings: Settings, tmp_path: Path) -> None:
     migrate(settings)
-    wl = workload(settings, seed=23)
-    poison_source = build(Pseudonymizer.from_settings(settings), users=2, seed=99)
-    nul_blob = poison_source.entries[0][b"d"].replace(b"cardio-101", b"cardio\x00101")
-    poison = [
-        {b"v": b"1", b"n": b"3", b"d": b"\xc1 not msgpack"},  # undecodable: dead-lettered at once
-        {**poison_source.entries[0], b"d": nul_blob},  # decodes, PostgreSQL refuses it every time
-    ]
-    entries = list(wl.entries)
-    entries.insert(len(entries) // 3, poison[0])
-    entries.insert(2 * len(entries) // 3, poison[1])
+    # Two entries with four bad events each among good ones: only the bad are dead-lettered.
+    wl, entries = with_bad_events(settings, workload(settings, seed=23), seed=99, mixed=2)
+    undecodable = {b"v": b"1", b"n": b"3", b"d": b"\xc1 not msgpack"}  # dead-lettered whole, at once
+    entries.insert(len(entries) // 3, undecodable)
     held_back, entries = entries[-4:], entries[:-4]
     stream = stream_keys(settings)[0]
     ticks = 30
@@ -320,9 +337,10 @@ def test_three_aggregators_with_poison_entries_and_a_dead_member(settings: Setti
         codes = group.terminate_all()
         assert codes == {"agg-a": 0, "agg-b": 0, "agg-c": -signal.SIGKILL}, group.log_tail()
         dead = dead_letters(settings)
-        assert len(dead) == 2, [d.get(b"error") for d in dead]
-        assert {d[b"d"] for d in dead} == {poison[0][b"d"], nul_blob}
+        assert len(dead) == 3, [d.get(b"error") for d in dead]
+        assert [d[b"d"] for d in dead if b"events" not in d] == [undecodable[b"d"]]
         assert all(d[b"error"] for d in dead)
+        check_event_dead_letters(settings, mixed=2)
         assert check_exact(settings, wl) == [], group.log_tail()
         # The dead member's entries were taken over by the live ones.
         logs = (tmp_path / "agg-a.log").read_text() + (tmp_path / "agg-b.log").read_text()

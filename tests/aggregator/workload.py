@@ -9,6 +9,7 @@ shares nothing with ``aggregator/rollups.py`` except the histogram bucket defini
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -69,11 +70,14 @@ def build(
     spans_per_entry: int = 40,
     hours_ago: int = 3,
 ) -> Workload:
-    """Sessions with every event type, plus HTTP server spans, over ~3 hours from ``hours_ago``."""
+    """Sessions with every event type, plus HTTP server spans, over ~3 hours from ``hours_ago``
+    (and 20 minutes earlier: the last session ends up to 195 minutes after the first starts, and
+    every event stays in the past, as an app's do; the aggregator refuses events ahead of its clock)."""
     rng = random.Random(seed)
     wl = Workload()
     now_ms = int(datetime.now(UTC).timestamp()) * 1000
-    base_ns = (now_ms - hours_ago * 3600 * 1000) * 1_000_000 + 500_000  # +0.5 ms: never on a boundary
+    start_ms = now_ms - hours_ago * 3600 * 1000 - 20 * 60 * 1000
+    base_ns = start_ms * 1_000_000 + 500_000  # +0.5 ms: never on a boundary
     spans: list[SpanRecord] = []
     resource = {"service.name": "workload"}
 
@@ -664,3 +668,60 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         ):
             bad.append(f"session {sid} differs")
     return bad[:20]
+
+
+# --- bad events -------------------------------------------------------------------------------------
+
+DAY_NS = 86_400 * NS
+
+
+def event_span(
+    pseudonymizer: Pseudonymizer,
+    name: str,
+    attributes: dict[str, Any],
+    *,
+    at_ns: int | None = None,
+    learner: str = "bad-event-learner",
+) -> SpanRecord:
+    """A span carrying one event ``name`` at ``at_ns`` (default: now)."""
+    at = time.time_ns() if at_ns is None else at_ns
+    return SpanRecord(
+        random.randbytes(16),
+        random.randbytes(8),
+        None,
+        "studyin.event",
+        wire.SPAN_KIND_INTERNAL,
+        at - 1000,
+        at,
+        0,
+        {"user.hash": pseudonymizer.pseudonymize(learner)},
+        [EventRecord(name, at, attributes)],
+        {"service.name": "bad-events"},
+    )
+
+
+def bad_spans(pseudonymizer: Pseudonymizer) -> list[SpanRecord]:
+    """One span per kind of event no retry can store: a NUL character PostgreSQL refuses, a
+    field the rollups cannot use, an event 300 days ahead, an HTTP server span ending 2 days ahead."""
+    server = event_span(pseudonymizer, "not.a.domain.event", {}, at_ns=time.time_ns() + 2 * DAY_NS)
+    server = server._replace(
+        kind=wire.SPAN_KIND_SERVER,
+        attributes={"http.route": "/future", "http.request.method": "GET", "http.response.status_code": 200},
+    )
+    return [
+        event_span(pseudonymizer, "studyin.material_view", {"studyin.material.id": "cardio\x00101"}),
+        event_span(pseudonymizer, "studyin.xp_awarded", {"studyin.xp.amount": "ten"}),
+        event_span(
+            pseudonymizer,
+            "studyin.material_view",
+            {"studyin.material.id": "from-the-future"},
+            at_ns=time.time_ns() + 300 * DAY_NS,
+        ),
+        server,
+    ]
+
+
+def with_spans(entry: dict[Any, Any], spans: list[SpanRecord]) -> dict[Any, Any]:
+    """``entry`` with ``spans`` appended (its own events keep their ids)."""
+    records = [*wire.decode_entry(entry), *spans]
+    return wire.entry_fields(wire.encode_records(records), len(records))

@@ -81,8 +81,8 @@ async def test_json_with_hex_ids(gateway: httpx.AsyncClient, settings: Settings)
                                 "spanId": f"{span.context.span_id:016x}",
                                 "name": "j-0",
                                 "kind": 2,
-                                "startTimeUnixNano": "1700000000000000000",
-                                "endTimeUnixNano": "1700000000100000000",
+                                "startTimeUnixNano": str(span.start_time),
+                                "endTimeUnixNano": str(span.end_time),
                                 "attributes": [
                                     {"key": "http.route", "value": {"stringValue": "/x"}},
                                     {"key": "n", "value": {"intValue": "7"}},
