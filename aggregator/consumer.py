@@ -47,7 +47,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exporter import wire
-from ..exporter.bus import dead_letter_key, dead_letter_keys, stream_keys
+from ..exporter.bus import GroupLag, dead_letter_key, dead_letter_keys, group_lag, stream_keys
 from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
 from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
@@ -902,23 +902,22 @@ class Aggregator:
 
     # --- health -----------------------------------------------------------------------------
 
+    async def _group_lags(self, streams: Sequence[str]) -> list[GroupLag]:
+        """Where the group stands on each of ``streams`` (a stream it lacks: everything waits)."""
+        assert self.redis is not None
+        out: list[GroupLag] = []
+        for stream in streams:
+            lag = await group_lag(self.redis, stream, self.group)
+            if lag is None:
+                waiting = int(await self.redis.xlen(stream))
+                lag = GroupLag(self.group, 0, 0, "0-0", waiting, True, False, None)
+            out.append(lag)
+        return out
+
     async def lag(self, streams: Sequence[str] | None = None) -> int:
         """Entries not yet acknowledged by the group (unread plus pending), over ``streams`` (all)."""
-        assert self.redis is not None
-        total = 0
-        for stream in self.streams if streams is None else streams:
-            pending = await self.redis.xpending(stream, self.group)
-            total += int(pending["pending"])
-            groups = await self.redis.xinfo_groups(stream)
-            for group in groups:
-                if group["name"].decode() == self.group:
-                    lag = group.get("lag")
-                    if lag is None:  # Redis < 7 or unknown: count what lies after the last delivered id
-                        last = group["last-delivered-id"]
-                        after = await self.redis.xrange(stream, min=f"({last.decode()}", count=100_000)
-                        lag = len(after or [])
-                    total += int(lag)
-        return total
+        lags = await self._group_lags(self.streams if streams is None else streams)
+        return sum(lag.behind for lag in lags)
 
     async def status(self) -> dict[str, Any]:
         """Health and lag of this member and its group (what the CLI and HTTP endpoint show)."""
@@ -935,10 +934,9 @@ class Aggregator:
         }
         try:
             assert self.redis is not None
-            info["lag"] = await self.lag()
-            info["pending"] = sum(
-                [int((await self.redis.xpending(s, self.group))["pending"]) for s in self.streams]
-            )
+            lags = await self._group_lags(self.streams)
+            info["lag"] = sum(lag.behind for lag in lags)
+            info["pending"] = sum(lag.pending for lag in lags)
             info["dead_letter_length"] = sum(
                 [int(await self.redis.xlen(key)) for key in dead_letter_keys(self.settings)]
             )
