@@ -9,6 +9,8 @@ Keys, under ``settings.stream_prefix``:
 
 * ``:events`` (one shard) or ``:events:<i>`` for ``i < stream_shards``: the streams;
 * ``:dead-letter``: entries the aggregator gave up on;
+* ``:member:<group>:<consumer>`` and ``:owner:<group>:<shard>``: heartbeats of live aggregator
+  members and of the members that read a shard as their own (strings with a TTL);
 * ``:stats:<role>:<host>:<pid>``: counters of each live writer (see :mod:`.stats`).
 
 With ``redis_cluster`` every shard gets a hash tag, ``:events:{<tag>}``, and its own
@@ -95,6 +97,21 @@ def dead_letter_keys(settings: Settings) -> list[str]:
     if not settings.redis_cluster:
         return [dead_letter_key(settings)]
     return [dead_letter_key(settings, stream) for stream in stream_keys(settings)]
+
+
+def member_key(settings: Settings, consumer: str) -> str:
+    """Heartbeat of a live member of ``settings.consumer_group`` (expires after ``claim_idle_ms``)."""
+    return f"{settings.stream_prefix}:member:{settings.consumer_group}:{consumer}"
+
+
+def owner_key(settings: Settings, stream: str) -> str:
+    """Heartbeat of a live member that reads ``stream`` as one of its own shards (``consumer_shards``).
+
+    On a cluster it carries the stream's hash tag, so it lives with its shard.
+    """
+    if settings.redis_cluster and stream.endswith("}"):
+        return f"{settings.stream_prefix}:owner:{settings.consumer_group}:{stream[stream.rindex('{') :]}"
+    return f"{settings.stream_prefix}:owner:{settings.consumer_group}:{stream_keys(settings).index(stream)}"
 
 
 def shard_index(key: str | bytes, shards: int) -> int:
