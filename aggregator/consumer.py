@@ -12,8 +12,8 @@ exactly-once effect on every rollup.
 Failure handling:
 
 * Own pending entries (a previous life of this stable consumer name, a rolled-back round) are
-  read first; entries pending on another consumer for longer than ``claim_idle_ms`` are
-  claimed with XAUTOCLAIM (the cursor is followed to ``0-0``).
+  read first; entries pending on another member are claimed once that member's heartbeat has
+  expired (``claim_idle_ms`` without one: it is gone), never for being old (see "liveness").
 * An undecodable entry, or one with a field the rollups cannot use, goes to the dead-letter
   stream at once. A round that meets a stored event, a day without a partition or a data
   error is rolled back and its entries are read again carefully; there an entry whose batch
