@@ -46,7 +46,7 @@ from starlette.routing import Route
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
-from . import correlation, wire
+from . import correlation, replication, wire
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
 from .selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
@@ -279,6 +279,10 @@ class Gateway:
                 groups.setdefault(shard_index(_shard_key(record), len(self.streams)), []).append(record)
         started = time.monotonic()
         min_id = f"{int(time.time() * 1000) - self.retention_ms}-0"
+        keys = [self.streams[shard] for shard in sorted(groups)]
+        targets: dict[str, Any] = {}
+        if self.settings.redis_wait_replicas:  # durable writes: WAIT on every node written
+            targets = await replication.wait_targets_async(self.client, keys)
         pipe = self.client.pipeline(transaction=False)
         for shard, group in sorted(groups.items()):
             blob = wire.encode_records(group, self.guard)
@@ -301,8 +305,11 @@ class Gateway:
         key = stats_key(self.settings, "gateway")
         pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
         pipe.expire(key, STATS_TTL_S)
+        replication.queue_waits(pipe, targets, self.settings)
         try:
-            await pipe.execute()
+            replies = await pipe.execute()
+            if targets:  # not confirmed: NotReplicated, the 503 of an unavailable bus
+                replication.confirm(self.client, keys, targets, replies[-len(targets) :], self.settings)
         except BaseException:
             stats.spans_exported -= len(records)
             stats.batches_exported -= len(groups)

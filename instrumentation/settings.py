@@ -186,6 +186,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Time one export spends retrying Redis before spooling (within export_timeout_s)",
     )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas a bus write must reach (Redis WAIT) to count as written: the exporter "
+        "spools and the gateway answers 503 otherwise, so a failover loses none (0: no WAIT)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500,
+        ge=1,
+        le=4000,  # below the writers' 5 s socket timeout
+        description="How long a bus write waits for redis_wait_replicas",
+    )
 
     # --- aggregator ----------------------------------------------------------------------
     consumer_group: str = Field(
