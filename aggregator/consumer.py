@@ -475,6 +475,7 @@ class Aggregator:
         if not self._grace_over():
             return 0
         claimed = 0
+        alive: dict[str, bool] = {self.consumer: True}  # asked once per member and round
         for stream in self.streams:
             try:
                 summary: Any = await self.redis.xpending(stream, self.group)
@@ -485,7 +486,9 @@ class Aggregator:
                 continue
             for holder in summary.get("consumers") or []:
                 name = holder["name"].decode() if isinstance(holder["name"], bytes) else str(holder["name"])
-                if name != self.consumer and not await self._alive(member_key(self.settings, name)):
+                if name not in alive:
+                    alive[name] = await self._alive(member_key(self.settings, name))
+                if not alive[name]:
                     claimed += await self._claim_from(stream, name)
         if claimed:
             _log.info("claimed %d entries pending on dead consumers", claimed)
