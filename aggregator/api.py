@@ -36,7 +36,7 @@ from redis.exceptions import RedisClusterException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..exporter import RedisStreamSpanExporter, correlation
-from ..exporter.bus import stream_keys
+from ..exporter.bus import group_lag, stream_keys
 from ..exporter.connection import AsyncClient, async_client
 from ..exporter.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
 from ..instrumentation import events, semconv
@@ -432,34 +432,20 @@ async def pipeline_lag(client: AsyncClient, settings: Settings) -> PipelineLag:
     oldest_ms: int | None = None
     now_ms = int(time.time() * 1000)
     for stream in stream_keys(settings):
-        try:
-            groups = await client.xinfo_groups(stream)
-        except aioredis.ResponseError:  # no stream yet
+        lag = await group_lag(client, stream, settings.consumer_group)
+        if lag is None:  # no stream (or group) yet
             continue
-        for group in groups:
-            name = group["name"]
-            if (name.decode() if isinstance(name, bytes) else name) != settings.consumer_group:
-                continue
-            group_pending = int(group.get("pending") or 0)
-            lag = group.get("lag")
-            last = group["last-delivered-id"]
-            last_id = last.decode() if isinstance(last, bytes) else str(last)
-            undelivered = await client.xrange(stream, min=f"({last_id}", count=1)
-            if lag is None:  # Redis < 7 (or lag unknown): count what follows, bounded
-                lag = len(await client.xrange(stream, min=f"({last_id}", count=100_000) or [])
-            behind += int(lag) + group_pending
-            pending += group_pending
-            candidates = []
-            if group_pending:
-                summary = await client.xpending(stream, settings.consumer_group)
-                if summary.get("min"):
-                    candidates.append(summary["min"])
-            if undelivered:
-                candidates.append(undelivered[0][0])
-            for entry_id in candidates:
-                raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                ms = int(raw.split("-")[0])
-                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        behind += lag.behind
+        pending += lag.pending
+        candidates = [] if lag.next_id is None else [lag.next_id]
+        if lag.pending:
+            summary = await client.xpending(stream, settings.consumer_group)
+            if summary.get("min"):
+                candidates.append(summary["min"])
+        for entry_id in candidates:
+            raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            ms = int(raw.split("-")[0])
+            oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
     age = None if oldest_ms is None else max(now_ms - oldest_ms, 0) / 1000
     return PipelineLag(entries_behind=behind, pending=pending, oldest_unprocessed_age_s=age)
 

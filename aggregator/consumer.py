@@ -12,8 +12,8 @@ exactly-once effect on every rollup.
 Failure handling:
 
 * Own pending entries (a previous life of this stable consumer name, a rolled-back round) are
-  read first; entries pending on another consumer for longer than ``claim_idle_ms`` are
-  claimed with XAUTOCLAIM (the cursor is followed to ``0-0``).
+  read first; entries pending on another member are claimed once that member's heartbeat has
+  expired (``claim_idle_ms`` without one: it is gone), never for being old (see "liveness").
 * An undecodable entry goes to the dead-letter stream at once. A bad *event* costs only itself:
   events later than the event window (``max_event_future_s``), with a value PostgreSQL refuses
   (a NUL character) or a field the rollups cannot use are left out of their entry, which is
@@ -53,7 +53,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exporter import wire
 from ..exporter.admission import EventWindow, oldest_day
-from ..exporter.bus import dead_letter_key, dead_letter_keys, stream_keys
+from ..exporter.bus import (
+    GroupLag,
+    dead_letter_key,
+    dead_letter_keys,
+    group_lag,
+    member_key,
+    owner_key,
+    stream_keys,
+)
 from ..exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
 from ..instrumentation.settings import ConfigurationError, Settings
 from . import rollups
@@ -272,6 +280,10 @@ class Aggregator:
         self.redis_ok = False
         self.postgres_ok = False
         self._next_claim = 0.0
+        self._entered_at = time.monotonic()
+        self._alive_at = 0.0
+        """When the consume loop last turned (the heartbeat lapses if it stops)."""
+        self._keeper: asyncio.Task[None] | None = None
         self._next_maintenance = 0.0
         self._stop: asyncio.Event | None = None
         self._events_per_entry = 50.0  # running estimate, sizes the reads
@@ -289,6 +301,7 @@ class Aggregator:
     # --- connections -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Aggregator:
+        self._entered_at = time.monotonic()
         self.redis = async_client(
             self.settings, socket_timeout=15, socket_connect_timeout=5, health_check_interval=15
         )
@@ -327,6 +340,11 @@ class Aggregator:
             ) from exc
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            keeper, self._keeper = self._keeper, None
+            keeper.cancel()
+            with contextlib.suppress(BaseException):
+                await keeper
         if self.pool is not None:
             pool, self.pool = self.pool, None
             try:
@@ -424,83 +442,141 @@ class Aggregator:
             out[message_id] = int(item["times_delivered"])
         return out
 
-    async def claim_stale(self) -> int:
-        """XAUTOCLAIM entries idle on other (dead) consumers into this one; returns the count."""
+    # --- liveness, claims and adoption -----------------------------------------------------------
+    #
+    # A member says it is alive with heartbeat keys that expire after ``claim_idle_ms`` (one for
+    # the member, one per shard of its own), refreshed three times per period while its loop
+    # turns. Others take over only what belongs to a member whose heartbeat has expired: its
+    # pending entries (claimed) and, with ``consumer_shards``, its shards (adopted). The age of
+    # the entries decides nothing: after an outage every entry is old, and its owner may be
+    # alive and busy with it.
+
+    def _mark_alive(self) -> None:
+        """The consume loop turns: keep the heartbeat going (started with the first turn)."""
+        self._alive_at = time.monotonic()
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_alive())
+
+    def _grace_over(self) -> bool:
+        """Up for ``claim_idle_ms``: members restarted with this one have had time to say they live."""
+        return time.monotonic() - self._entered_at >= self.settings.claim_idle_ms / 1000
+
+    async def heartbeat(self) -> None:
+        """Say, for ``claim_idle_ms``, that this member is alive and reads its own shards."""
         assert self.redis is not None
-        claimed = 0
-        for stream in self.streams:
-            cursor: bytes | str = "0-0"
-            for _ in range(10_000):  # bounded: each round moves the cursor forward
+        ttl = self.settings.claim_idle_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(member_key(self.settings, self.consumer), "1", px=ttl)
+        if len(self.own_streams) < len(self.streams):
+            for stream in self.own_streams:
+                pipe.set(owner_key(self.settings, stream), self.consumer, px=ttl)
+        await pipe.execute()
+
+    async def _keep_alive(self) -> None:
+        """Heartbeat while the consume loop turns (a loop stuck for ``claim_idle_ms`` lets it lapse)."""
+        period_s = self.settings.claim_idle_ms / 3000
+        failing: str | None = None
+        while True:
+            if time.monotonic() - self._alive_at < 2 * period_s:
                 try:
-                    response = await self.redis.xautoclaim(
-                        stream,
-                        self.group,
-                        self.consumer,
-                        min_idle_time=self.settings.claim_idle_ms,
-                        start_id=cursor,
-                        count=self.settings.batch_size,
-                    )
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    await self.ensure_groups()
-                    break
-                cursor, entries = response[0], response[1]
-                deleted = response[2] if len(response) > 2 else []
-                if deleted:  # trimmed from the stream while pending: nothing left to count
-                    await self.redis.xack(stream, self.group, *deleted)
-                claimed += len(entries)
-                if cursor in (b"0-0", "0-0"):
-                    break
+                    await self.heartbeat()
+                    failing = None
+                except Exception as exc:  # transient (Redis away): the consume loop reports it
+                    if not is_transient(exc) and _describe(exc) != failing:
+                        failing = _describe(exc)  # e.g. an ACL refusing SET: the others would take over
+                        _log.warning("heartbeat not written (%s): other members may take over", failing)
+            await asyncio.sleep(period_s)
+
+    async def _alive(self, key: str) -> bool:
+        assert self.redis is not None
+        return bool(await self.redis.exists(key))
+
+    async def claim_stale(self) -> int:
+        """Claim entries pending on members whose heartbeat has expired; returns the count."""
+        assert self.redis is not None
+        if not self._grace_over():
+            return 0
+        claimed = 0
+        alive: dict[str, bool] = {self.consumer: True}  # asked once per member and round
+        for stream in self.streams:
+            try:
+                summary: Any = await self.redis.xpending(stream, self.group)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_groups()
+                continue
+            for holder in summary.get("consumers") or []:
+                name = holder["name"].decode() if isinstance(holder["name"], bytes) else str(holder["name"])
+                if name not in alive:
+                    alive[name] = await self._alive(member_key(self.settings, name))
+                if not alive[name]:
+                    claimed += await self._claim_from(stream, name)
         if claimed:
             _log.info("claimed %d entries pending on dead consumers", claimed)
         return claimed
 
+    async def _claim_from(self, stream: str, holder: str) -> int:
+        """XCLAIM the entries of ``holder`` idle for ``claim_idle_ms`` on ``stream``, page by page.
+
+        An entry trimmed from the stream while pending is dropped from the pending list by
+        Redis 7 (``XCLAIM``); Redis 6.2 hands it over, and the pending read acknowledges it.
+        """
+        assert self.redis is not None
+        claimed = 0
+        cursor = "-"
+        for _ in range(10_000):  # bounded: the cursor moves forward every page
+            page: Any = await self.redis.xpending_range(
+                stream,
+                self.group,
+                min=cursor,
+                max="+",
+                count=self.settings.batch_size,
+                consumername=holder,
+                idle=self.settings.claim_idle_ms,
+            )
+            if not page:
+                break
+            ids = [item["message_id"] for item in page]
+            taken: Any = await self.redis.xclaim(
+                stream, self.group, self.consumer, self.settings.claim_idle_ms, ids, justid=True
+            )
+            claimed += len(taken)
+            last = ids[-1]
+            cursor = f"({last.decode() if isinstance(last, bytes) else last}"
+            if len(page) < self.settings.batch_size:
+                break
+        return claimed
+
     async def adopt_orphans(self) -> list[str]:
-        """Read other members' shards too while their oldest unread entry is older than ``claim_idle_ms``.
+        """Read other members' shards too while no member that owns them is alive.
 
         With ``consumer_shards`` each member reads new entries from its own shards only, so
         members aggregate disjoint learners and never wait on each other's rollup rows. A shard
-        whose member is gone would stall; this is the failover: any member adopts such a shard
-        (and gives it back once nothing waits on it), within ``claim_idle_ms`` plus the check
-        interval. Returns the streams adopted now. (Local clock against entry ids: hosts are
-        expected within seconds of Redis, far below ``claim_idle_ms``.)
+        whose members are all gone (no owner heartbeat for ``claim_idle_ms``) would stall: any
+        member adopts it within ``claim_idle_ms`` plus the check interval, and gives it back as
+        soon as one of its members says it is alive again. Returns the streams adopted now.
         """
         assert self.redis is not None
-        if len(self.own_streams) == len(self.streams):
+        if len(self.own_streams) == len(self.streams) or not self._grace_over():
             return []
-        now_ms = time.time() * 1000
         adopted: list[str] = []
         for stream in self.streams:
             if stream in self.own_streams:
                 continue
-            oldest = await self._oldest_unread(stream)
-            if oldest is not None and now_ms - oldest >= self.settings.claim_idle_ms:
-                if stream not in self._adopted:
-                    _log.warning(
-                        "no member read %s for %.0f s: reading it too", stream, (now_ms - oldest) / 1000
-                    )
-                    self._adopted.add(stream)
-                    adopted.append(stream)
-            elif oldest is None and stream in self._adopted:
-                _log.info("nothing waits on %s any more: leaving it to its members", stream)
+            owned = await self._alive(owner_key(self.settings, stream))
+            if owned and stream in self._adopted:
+                _log.info("a member of %s is back: leaving it to it", stream)
                 self._adopted.discard(stream)
+            elif not owned and stream not in self._adopted:
+                _log.warning(
+                    "no live member reads %s (no heartbeat for %d ms): reading it too",
+                    stream,
+                    self.settings.claim_idle_ms,
+                )
+                self._adopted.add(stream)
+                adopted.append(stream)
         return adopted
-
-    async def _oldest_unread(self, stream: str) -> int | None:
-        """Milliseconds time of the oldest entry the group has not delivered yet (``None``: none)."""
-        assert self.redis is not None
-        last: Any = b"0-0"
-        try:
-            for group in await self.redis.xinfo_groups(stream):
-                if group["name"].decode() == self.group:
-                    last = group["last-delivered-id"]
-        except ResponseError:  # no stream yet: nothing waits
-            return None
-        after: Any = await self.redis.xrange(stream, min=f"({last.decode()}", count=1)
-        if not after:
-            return None
-        return int(after[0][0].decode().split("-", 1)[0])
 
     # --- batches and rounds --------------------------------------------------------------------
     #
@@ -1029,23 +1105,22 @@ class Aggregator:
 
     # --- health -----------------------------------------------------------------------------
 
+    async def _group_lags(self, streams: Sequence[str]) -> list[GroupLag]:
+        """Where the group stands on each of ``streams`` (a stream it lacks: everything waits)."""
+        assert self.redis is not None
+        out: list[GroupLag] = []
+        for stream in streams:
+            lag = await group_lag(self.redis, stream, self.group)
+            if lag is None:
+                waiting = int(await self.redis.xlen(stream))
+                lag = GroupLag(self.group, 0, 0, "0-0", waiting, True, False, None)
+            out.append(lag)
+        return out
+
     async def lag(self, streams: Sequence[str] | None = None) -> int:
         """Entries not yet acknowledged by the group (unread plus pending), over ``streams`` (all)."""
-        assert self.redis is not None
-        total = 0
-        for stream in self.streams if streams is None else streams:
-            pending = await self.redis.xpending(stream, self.group)
-            total += int(pending["pending"])
-            groups = await self.redis.xinfo_groups(stream)
-            for group in groups:
-                if group["name"].decode() == self.group:
-                    lag = group.get("lag")
-                    if lag is None:  # Redis < 7 or unknown: count what lies after the last delivered id
-                        last = group["last-delivered-id"]
-                        after = await self.redis.xrange(stream, min=f"({last.decode()}", count=100_000)
-                        lag = len(after or [])
-                    total += int(lag)
-        return total
+        lags = await self._group_lags(self.streams if streams is None else streams)
+        return sum(lag.behind for lag in lags)
 
     async def status(self) -> dict[str, Any]:
         """Health and lag of this member and its group (what the CLI and HTTP endpoint show)."""
@@ -1062,10 +1137,9 @@ class Aggregator:
         }
         try:
             assert self.redis is not None
-            info["lag"] = await self.lag()
-            info["pending"] = sum(
-                [int((await self.redis.xpending(s, self.group))["pending"]) for s in self.streams]
-            )
+            lags = await self._group_lags(self.streams)
+            info["lag"] = sum(lag.behind for lag in lags)
+            info["pending"] = sum(lag.pending for lag in lags)
             info["dead_letter_length"] = sum(
                 [int(await self.redis.xlen(key)) for key in dead_letter_keys(self.settings)]
             )
@@ -1088,6 +1162,7 @@ class Aggregator:
         """Prepare one batch (while the previous one is copied into the open round) and place it:
         into the open round, into a new round, or committed on its own the careful way.
         """
+        self._mark_alive()
         round_ = self._round
         if round_ is not None and self._round_is_due(round_):
             # It commits while the next batches are read, mapped and copied into a new round.
@@ -1167,6 +1242,7 @@ class Aggregator:
         backoff = Backoff()
         try:
             while not stop.is_set():
+                self._mark_alive()
                 try:
                     idle = self._round is None and self._closing is None
                     if idle and (self.pool is None or not self.redis_ok):

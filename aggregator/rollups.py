@@ -88,12 +88,16 @@ a hash or merge join would read whole day partitions)."""
 
 
 async def stored_event_ids(conn: asyncpg.Connection, records: Sequence[RawRecord]) -> set[Any]:
-    """Ids of ``records`` already in ``analytics_events`` (as this transaction sees it)."""
+    """Ids of ``records`` already in ``analytics_events`` (as this transaction sees it).
+
+    The planner settings are reset after a successful probe only: a probe that fails leaves
+    the transaction aborted (the caller rolls back, which undoes ``SET LOCAL`` anyway), and a
+    reset sent then would fail too and replace the probe's own error (e.g. a transient one,
+    which must be retried) with ``InFailedSQLTransactionError``.
+    """
     await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-    try:
-        found = await conn.fetch(_PROBE_STORED, [r[0] for r in records], [r[1] for r in records])
-    finally:
-        await conn.execute("SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
+    found = await conn.fetch(_PROBE_STORED, [r[0] for r in records], [r[1] for r in records])
+    await conn.execute("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT")
     return {row[0] for row in found}
 
 

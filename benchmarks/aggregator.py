@@ -40,7 +40,7 @@ from ..aggregator.consumer import Aggregator, tuned_gc
 from ..aggregator.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
 from ..aggregator.schema import ensure_partitions
 from ..exporter import wire
-from ..exporter.bus import stream_keys
+from ..exporter.bus import group_lag, stream_keys
 from ..exporter.wire import EventRecord, SpanRecord
 from ..instrumentation.privacy import Pseudonymizer
 from ..instrumentation.settings import Settings, require
@@ -355,14 +355,8 @@ async def freshness(ctx: BenchContext) -> list[Measurement]:
 
 async def _unfinished(client: aioredis.Redis, stream: str, group: str) -> int:
     """Entries of ``stream`` the group has not acknowledged (pending, or not delivered yet)."""
-    for info in await client.xinfo_groups(stream):
-        if info["name"].decode() == group:
-            pending = int(info["pending"])
-            if info.get("lag") is not None:  # Redis >= 7
-                return pending + int(info["lag"])
-            last: Any = (await client.xinfo_stream(stream))["last-generated-id"]
-            return pending + (0 if info["last-delivered-id"] == last else 1)
-    return 1  # the group is not there yet
+    lag = await group_lag(client, stream, group)
+    return 1 if lag is None else lag.behind  # no group yet: not started
 
 
 async def memory(ctx: BenchContext) -> list[Measurement]:

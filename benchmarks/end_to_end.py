@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from ..aggregator.db import connect
 from ..aggregator.simulation import Ledger, build_backend, new_user_ids, simulate_students
 from ..exporter import RedisStreamSpanExporter
-from ..exporter.bus import stream_keys
+from ..exporter.bus import group_lag, stream_keys
 from ..instrumentation import StudyInTracker
 from ..instrumentation.privacy import Pseudonymizer
 from ..instrumentation.settings import Settings, require
@@ -547,11 +547,8 @@ async def drained(client: aioredis.Redis, settings: Settings) -> bool:
     for stream in stream_keys(settings):
         if not await client.exists(stream):
             continue
-        info = await client.xinfo_stream(stream)
-        state = await _group_state(client, stream, settings.consumer_group)
-        if state is None:
-            return False
-        if state["last-delivered-id"] != info["last-generated-id"] or int(state["pending"]) != 0:
+        lag = await group_lag(client, stream, settings.consumer_group)
+        if lag is None or lag.behind:
             return False
     return True
 

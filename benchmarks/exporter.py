@@ -13,6 +13,10 @@ with 5 attributes, like a StudyIn domain event):
   wall time per span (how long the batch processor's worker is blocked) and spans/s into
   Redis are reported too.
 
+* **durable writes**: the exporter with ``redis_wait_replicas=1`` (a ``WAIT`` per batch) against
+  the same exporter without it, on a primary with one replica started by the bench (wall time:
+  the replication round trip is waiting, not CPU).
+
 Targets (issue 4): at most 10 µs per span for the exporter, at least 3x cheaper than OTLP/HTTP
 (both on CPU per span).
 
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -193,6 +199,85 @@ def _measure(settings: Settings, quick: bool, repeats: int) -> dict[str, list[fl
     return samples
 
 
+@contextlib.contextmanager
+def replicated_redis() -> Iterator[str]:
+    """A throw-away primary with one replica in sync (``REPLICAOF``); yields the primary's URL."""
+    from ..aggregator.embedded import EmbeddedRedis
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-replicated-"))
+    (directory / "primary").mkdir()
+    (directory / "replica").mkdir()
+    primary, replica = EmbeddedRedis(directory / "primary"), EmbeddedRedis(directory / "replica")
+    try:
+        primary.start()
+        replica.start()
+        client = redis.Redis.from_url(replica.url)
+        try:
+            client.replicaof("127.0.0.1", primary.port)
+            deadline = time.monotonic() + 30
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not sync with its primary within 30 s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        yield primary.url
+    finally:
+        for server in (replica, primary):
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _measure_wait(settings: Settings, quick: bool, repeats: int) -> dict[str, list[float]]:
+    """The exporter with ``redis_wait_replicas=1`` against the same exporter without, on one
+    primary with one replica (both on this machine: the replication round trip is loopback)."""
+    batches = 3 if quick else 40
+    spans = rich_spans(BATCH)
+    samples: dict[str, list[float]] = {k: [] for k in ("plain_wall", "plain_cpu", "wait_wall", "wait_cpu")}
+    spool = Path(tempfile.mkdtemp(prefix="bench-spool-"))
+    with replicated_redis() as url:
+        plain_settings = settings.with_overrides(redis_url=url, spool_dir=spool)
+        plain = RedisStreamSpanExporter(plain_settings)
+        durable = RedisStreamSpanExporter(
+            plain_settings.with_overrides(redis_wait_replicas=1, redis_wait_timeout_ms=1000)
+        )
+        client = redis.Redis.from_url(url)
+        try:
+            for exporter in (plain, durable):  # warm up connections and caches
+                assert exporter.export(spans) is SpanExportResult.SUCCESS
+            for _ in range(repeats):
+                for name, exporter in (("plain", plain), ("wait", durable)):
+                    wall, cpu = _per_span(functools.partial(exporter.export, spans), batches)
+                    samples[f"{name}_wall"].append(wall)
+                    samples[f"{name}_cpu"].append(cpu)
+                for key in stream_keys(plain_settings):  # keep Redis memory flat between repeats
+                    client.delete(key)
+            if durable.stats.spans_spooled or plain.stats.spans_spooled:
+                raise RuntimeError("a write was not confirmed by the replica during the benchmark")
+        finally:
+            plain.shutdown()
+            durable.shutdown()
+            client.close()
+            shutil.rmtree(spool, ignore_errors=True)
+    return samples
+
+
+def wait_measurements(samples: dict[str, list[float]]) -> list[Measurement]:
+    wall, base = median(samples["wait_wall"]), median(samples["plain_wall"])
+    cpu, cpu_base = median(samples["wait_cpu"]), median(samples["plain_cpu"])
+    return [
+        Measurement(
+            "export call per span with WAIT 1 (durable writes), wall time",
+            wall,
+            "µs",
+            baseline=base,
+            baseline_name="the same exporter without WAIT, same primary + replica",
+            notes=f"redis_wait_replicas=1, replica on this machine; CPU/span {cpu:.2f} vs {cpu_base:.2f} µs",
+            samples=samples["wait_wall"],
+        )
+    ]
+
+
 def measurements(samples: dict[str, list[float]]) -> list[Measurement]:
     def m(key: str) -> float:
         return median(samples[key])
@@ -268,4 +353,6 @@ async def exporter_cost(ctx: BenchContext) -> list[Measurement]:
     settings = ctx.isolated_settings("exporter")
     async with ctx.task("exporter: Redis stream exporter vs OTLP/HTTP"):
         samples = await asyncio.to_thread(_measure, settings, ctx.quick, ctx.repeat_count)
-    return measurements(samples)
+    async with ctx.task("exporter: WAIT for a replica vs none"):
+        waiting = await asyncio.to_thread(_measure_wait, settings, ctx.quick, ctx.repeat_count)
+    return measurements(samples) + wait_measurements(waiting)

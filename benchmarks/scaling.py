@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from ..aggregator.mapping import rows_from_span
-from ..exporter.bus import shard_index, stream_keys
+from ..exporter.bus import group_lag, shard_index, stream_keys
 from ..exporter.wire import SpanRecord
 from ..instrumentation.settings import Settings, require
 from .aggregator import entries_of, make_spans, users_of
@@ -96,15 +96,9 @@ async def _members(client: aioredis.Redis, settings: Settings) -> set[str]:
 async def _drained(client: aioredis.Redis, settings: Settings) -> bool:
     """Every entry of every stream delivered and acknowledged."""
     for stream in stream_keys(settings):
-        newest: Any = await client.xrevrange(stream, count=1)
-        last_id = newest[0][0] if newest else b"0-0"
-        for group in await client.xinfo_groups(stream):
-            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-            if name != settings.consumer_group:
-                continue
-            delivered = group["last-delivered-id"]
-            if int(group["pending"]) or delivered != last_id:
-                return False
+        lag = await group_lag(client, stream, settings.consumer_group)
+        if lag is not None and lag.behind:
+            return False
     return True
 
 

@@ -9,6 +9,8 @@ Keys, under ``settings.stream_prefix``:
 
 * ``:events`` (one shard) or ``:events:<i>`` for ``i < stream_shards``: the streams;
 * ``:dead-letter``: entries the aggregator gave up on;
+* ``:member:<group>:<consumer>`` and ``:owner:<group>:<shard>``: heartbeats of live aggregator
+  members and of the members that read a shard as their own (strings with a TTL);
 * ``:stats:<role>:<host>:<pid>``: counters of each live writer (see :mod:`.stats`).
 
 With ``redis_cluster`` every shard gets a hash tag, ``:events:{<tag>}``, and its own
@@ -95,6 +97,21 @@ def dead_letter_keys(settings: Settings) -> list[str]:
     if not settings.redis_cluster:
         return [dead_letter_key(settings)]
     return [dead_letter_key(settings, stream) for stream in stream_keys(settings)]
+
+
+def member_key(settings: Settings, consumer: str) -> str:
+    """Heartbeat of a live member of ``settings.consumer_group`` (expires after ``claim_idle_ms``)."""
+    return f"{settings.stream_prefix}:member:{settings.consumer_group}:{consumer}"
+
+
+def owner_key(settings: Settings, stream: str) -> str:
+    """Heartbeat of a live member that reads ``stream`` as one of its own shards (``consumer_shards``).
+
+    On a cluster it carries the stream's hash tag, so it lives with its shard.
+    """
+    if settings.redis_cluster and stream.endswith("}"):
+        return f"{settings.stream_prefix}:owner:{settings.consumer_group}:{stream[stream.rindex('{') :]}"
+    return f"{settings.stream_prefix}:owner:{settings.consumer_group}:{stream_keys(settings).index(stream)}"
 
 
 def shard_index(key: str | bytes, shards: int) -> int:
@@ -284,14 +301,126 @@ async def tail(
                     yield event
 
 
-# --- stats ---------------------------------------------------------------------------------------
+# --- consumer-group lag ----------------------------------------------------------------------------
 
-_COUNT_AFTER = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-return #entries
+_UNDELIVERED = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function before(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local key, delivered = KEYS[1], ARGV[1]
+local reported, trust_above, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+if newest == nil or not before(delivered, newest[1]) then
+  return {0, 1, 0, false}
+end
+local next_id = redis.call('XRANGE', key, '(' .. delivered, '+', 'COUNT', 1)[1][1]
+local length = redis.call('XLEN', key)
+if before(delivered, redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1][1]) then
+  return {length, 1, 0, next_id}
+end
+if reported >= trust_above then
+  return {math.min(reported, length), 0, 0, next_id}
+end
+local counted = #redis.call('XRANGE', key, '(' .. delivered, '+', 'COUNT', limit)
+if counted < limit then
+  return {counted, 1, 0, next_id}
+end
+return {counted, 0, 1, next_id}
 """
+"""Entries of a stream after a group's last-delivered id, computed in Redis (nothing but ids
+and counts is sent back): ``{count, exact, at_least, id of the first one}``."""
+LAG_TRUST_ABOVE = 1_000
+"""Redis's own ``lag`` is used only from this many entries up; below, the entries are counted."""
 LAG_COUNT_LIMIT = 100_000
-"""On Redis < 7 the lag is counted server side, up to this many entries."""
+"""Without a usable ``lag`` from Redis (6.2, or ``nil``), entries are counted up to this many."""
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """Where a consumer group stands on one stream."""
+
+    group: str
+    consumers: int
+    pending: int
+    """Delivered to a member, not acknowledged yet."""
+    last_delivered_id: str
+    undelivered: int
+    """Entries after the last-delivered id (not read by any member yet)."""
+    exact: bool
+    at_least: bool
+    """``undelivered`` is a lower bound: counting stopped at :data:`LAG_COUNT_LIMIT`."""
+    next_id: str | None
+    """The oldest entry not delivered yet (``None``: the group is caught up)."""
+
+    @property
+    def behind(self) -> int:
+        """Entries the group has not acknowledged: pending plus not yet delivered."""
+        return self.pending + self.undelivered
+
+
+async def group_lags(client: AsyncClient, stream: str) -> list[GroupLag]:
+    """Where every consumer group of ``stream`` stands (empty if there is no such stream).
+
+    The one place that computes lag (``bus stats``, the aggregator's status and lag metric, its
+    drain, the query API's pipeline figure and the benchmarks all use it), right on every
+    supported Redis:
+
+    * a group whose last-delivered id is the stream's newest entry (or past it) has **0**
+      undelivered entries, whatever ``XINFO GROUPS`` says: on Redis 7.0 a promoted replica
+      can report a ``lag`` of hundreds for a caught-up group, because ``XREADGROUP`` did not
+      replicate the group's ``entries-read`` (after a slot migration followed by a failover:
+      ``tests/cluster/test_lag_after_failover.py``). A drain waiting for 0 therefore ends;
+    * a group that has read nothing still present has all ``XLEN`` entries to read;
+    * otherwise Redis's ``lag`` is used when it is at least :data:`LAG_TRUST_ABOVE` (on 7.0
+      after such a failover it can overstate while the group is behind, and returns to 0 as
+      it catches up); smaller, or absent (Redis 6.2, or ``nil`` after ``XGROUP SETID``), the
+      entries after the last-delivered id are counted in Redis, up to :data:`LAG_COUNT_LIMIT`.
+    """
+    try:
+        groups = await client.xinfo_groups(stream)
+    except aioredis.ResponseError:  # no such key
+        return []
+    out: list[GroupLag] = []
+    for group in groups:
+        delivered = _text(group["last-delivered-id"])
+        reported = group.get("lag")
+        counted: Any = await client.eval(
+            _UNDELIVERED,
+            1,
+            stream,
+            delivered,
+            -1 if reported is None else int(reported),
+            LAG_TRUST_ABOVE,
+            LAG_COUNT_LIMIT,
+        )
+        undelivered, exact, at_least, next_id = counted
+        out.append(
+            GroupLag(
+                _text(group["name"]),
+                int(group["consumers"]),
+                int(group["pending"]),
+                delivered,
+                int(undelivered),
+                bool(exact),
+                bool(at_least),
+                None if next_id is None else _text(next_id),
+            )
+        )
+    return out
+
+
+async def group_lag(client: AsyncClient, stream: str, group: str) -> GroupLag | None:
+    """Where ``group`` stands on ``stream`` (``None``: no such stream or group); see :func:`group_lags`."""
+    return next((lag for lag in await group_lags(client, stream) if lag.group == group), None)
+
+
+# --- stats ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -300,8 +429,11 @@ class GroupStats:
     consumers: int
     pending: int
     last_delivered_id: str
-    lag: int | None
+    lag: int
+    """Entries not delivered yet (see :func:`group_lags`)."""
     lag_exact: bool
+    lag_at_least: bool
+    """``lag`` is a lower bound (counting stopped); neither this nor ``lag_exact``: Redis's count."""
 
 
 @dataclass
@@ -334,7 +466,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def stream_stats(client: AsyncClient, stream: str, redis_major: int) -> StreamStats:
+async def stream_stats(client: AsyncClient, stream: str) -> StreamStats:
     try:
         info = await client.xinfo_stream(stream)
     except aioredis.ResponseError:  # no such key
@@ -347,22 +479,16 @@ async def stream_stats(client: AsyncClient, stream: str, redis_major: int) -> St
         _text(first[0]) if first else None,
         _text(last[0]) if last else None,
     )
-    for group in await client.xinfo_groups(stream):
-        last_delivered = _text(group["last-delivered-id"])
-        lag = group.get("lag")
-        exact = lag is not None
-        if lag is None and redis_major < 7:
-            counted = await client.eval(_COUNT_AFTER, 1, stream, f"({last_delivered}", LAG_COUNT_LIMIT)
-            lag = int(counted)
-            exact = lag < LAG_COUNT_LIMIT
+    for lag in await group_lags(client, stream):
         result.groups.append(
             GroupStats(
-                _text(group["name"]),
-                int(group["consumers"]),
-                int(group["pending"]),
-                last_delivered,
-                None if lag is None else int(lag),
-                exact,
+                lag.group,
+                lag.consumers,
+                lag.pending,
+                lag.last_delivered_id,
+                lag.undelivered,
+                lag.exact,
+                lag.at_least,
             )
         )
     return result
@@ -382,8 +508,7 @@ async def stats(client: AsyncClient, settings: Settings) -> BusStats:
     """Length, oldest/newest entry, consumer-group lag and pending per stream, plus writer counters."""
     info = await client.info("server")
     version = str(info.get("redis_version", "0"))
-    major = int(version.split(".", 1)[0] or 0)
-    streams = [await stream_stats(client, key, major) for key in stream_keys(settings)]
+    streams = [await stream_stats(client, key) for key in stream_keys(settings)]
     dead = sum([int(await client.xlen(key)) for key in dead_letter_keys(settings)])
     writers = await writer_stats(client, settings)
     return BusStats(version, streams, dead, writers, summarize(list(writers.values())))

@@ -86,7 +86,7 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
         if not s.groups:
             table.add_row(data(s.key), str(s.length), _time(s.oldest), _time(s.newest), "-", "-", "-", "-")
         for g in s.groups:
-            lag = "?" if g.lag is None else (str(g.lag) if g.lag_exact else f"≥{g.lag}")
+            lag = str(g.lag) if g.lag_exact else (f"≥{g.lag}" if g.lag_at_least else f"~{g.lag}")
             table.add_row(
                 data(s.key),
                 str(s.length),
@@ -245,8 +245,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="length, oldest/newest, consumer-group lag and pending, writer counters",
         description=(
             "Per stream: entries, oldest and newest entry time, and per consumer group the consumers, "
-            "pending (delivered, not acknowledged) and lag (not yet delivered; counted server side up to "
-            "100000 on Redis < 7). Then the dead-letter length and the counters of every live writer "
+            "pending (delivered, not acknowledged) and lag (not yet delivered: 0 once the group has "
+            "read the newest entry, else counted server side, '≥N' past 100000, '~N' Redis's own count "
+            "past 1000). Then the dead-letter length and the counters of every live writer "
             "(spans, batches, retries, spooled, dropped, export latency)."
         ),
     )

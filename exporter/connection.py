@@ -11,6 +11,8 @@ Callers pass the timeouts they need; everything else about the connection is dec
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import redis
@@ -27,7 +29,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ..instrumentation.settings import Settings, require
+from ..instrumentation.settings import Settings, redact_url, require
 
 
 def refused_command(exc: BaseException) -> str | None:
@@ -49,6 +51,49 @@ def refused_command(exc: BaseException) -> str | None:
     return None
 
 
+_NODE_IN_MESSAGE = re.compile(r"(?:connecting to|reading from|writing to) (\S+:\d+)")
+"""How redis-py names the server in its connection errors ("Error 111 connecting to 10.0.0.7:6379")."""
+
+
+def failed_node(exc: BaseException) -> str | None:
+    """``host:port`` of the Redis node behind ``exc``, if the client named it (else ``None``).
+
+    A cluster client fails on whichever node holds the slot, not on the node of the configured
+    URL (only a startup node): naming the URL would send an operator to a healthy server.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = _NODE_IN_MESSAGE.search(str(current))
+        if found:
+            return found.group(1)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def unavailable(exc: BaseException, settings: Settings, nodes: Sequence[str] = ()) -> str:
+    """What went wrong with a bus write, naming the server to look at (for log lines; no password).
+
+    The node the client named; else, on one server, its (redacted) URL; on a cluster, the
+    ``nodes`` the write went to, as far as the caller knows them.
+    """
+    cluster = settings.redis_cluster
+    if isinstance(exc, NotReplicated):
+        where = " or ".join(exc.nodes)
+        return f"Redis {'Cluster node ' if cluster else ''}{where}: {exc} (NotReplicated)"
+    reason = refused_command(exc) or type(exc).__name__
+    node = failed_node(exc)
+    if node is not None:
+        return f"Redis {'Cluster node ' if cluster else ''}{node} unreachable ({reason})"
+    url = redact_url(require(settings.redis_url, "redis_url"))
+    if not cluster:
+        return f"Redis {url} unreachable ({reason})"
+    if nodes:
+        return f"Redis Cluster node {' or '.join(sorted(set(nodes)))} unreachable ({reason})"
+    return f"a Redis Cluster node unreachable ({reason}; startup node {url})"
+
+
 SyncClient: TypeAlias = redis.Redis | RedisCluster
 """What :func:`sync_client` returns (the exporter's client)."""
 AsyncClient: TypeAlias = aioredis.Redis | AsyncRedisCluster
@@ -61,6 +106,18 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     RedisClusterException,
 )
 """Everything a bus write can raise while Redis (or part of a cluster) is unavailable."""
+
+
+class NotReplicated(redis.RedisError):
+    """A bus write that ``WAIT`` did not confirm on ``redis_wait_replicas`` replicas in time: a
+    failover could lose it, so the writer does not count it as written (see :mod:`.replication`)."""
+
+    def __init__(self, nodes: Sequence[str], replicas: int, timeout_ms: int) -> None:
+        self.nodes = list(nodes)
+        super().__init__(
+            f"write not confirmed by {replicas} replica(s) within {timeout_ms} ms on {', '.join(self.nodes)}"
+        )
+
 
 CLUSTER_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: a primary failed and its replica is not promoted yet

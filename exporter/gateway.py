@@ -51,7 +51,7 @@ from starlette.routing import Route
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
-from . import correlation, wire
+from . import correlation, replication, wire
 from .admission import EventWindow
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
@@ -320,6 +320,10 @@ class Gateway:
                 groups.setdefault(shard_index(_shard_key(record), len(self.streams)), []).append(record)
         started = time.monotonic()
         min_id = f"{int(time.time() * 1000) - self.retention_ms}-0"
+        keys = [self.streams[shard] for shard in sorted(groups)]
+        targets: dict[str, Any] = {}
+        if self.settings.redis_wait_replicas:  # durable writes: WAIT on every node written
+            targets = await replication.wait_targets_async(self.client, keys)
         pipe = self.client.pipeline(transaction=False)
         for shard, group in sorted(groups.items()):
             blob = wire.encode_records(group, self.guard)
@@ -334,8 +338,11 @@ class Gateway:
         stats.spans_exported += len(records)
         stats.batches_exported += len(groups)
         self._add_counters(pipe)
+        replication.queue_waits(pipe, targets, self.settings)
         try:
-            await pipe.execute()
+            replies = await pipe.execute()
+            if targets:  # not confirmed: NotReplicated, the 503 of an unavailable bus
+                replication.confirm(self.client, keys, targets, replies[-len(targets) :], self.settings)
         except BaseException:
             stats.spans_exported -= len(records)
             stats.batches_exported -= len(groups)

@@ -39,10 +39,10 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
-from ..instrumentation.settings import Settings, get_settings, redact_url, require
-from . import wire
+from ..instrumentation.settings import Settings, get_settings, require
+from . import replication, wire
 from .bus import shard_index, stream_keys
-from .connection import UNAVAILABLE_ERRORS, SyncClient, refused_command, sync_client
+from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client, unavailable
 from .spool import Spool, default_base
 from .stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -97,7 +97,6 @@ class RedisStreamSpanExporter(SpanExporter):
     ) -> None:
         self._settings = settings or get_settings()
         self._url = require(self._settings.redis_url, "redis_url")
-        self._url_for_logs = redact_url(self._url)
         self._streams = stream_keys(self._settings)
         self._guard = guard or default_guard(self._settings)
         self._retention_ms = int(self._settings.retention_days * 86_400_000)
@@ -107,6 +106,9 @@ class RedisStreamSpanExporter(SpanExporter):
         self._given_client = client
         self._lock = threading.Lock()
         self._shutdown = False
+        self._left_on_disk = 0
+        """Batches still spooled when this exporter shut down (on disk, for the next one)."""
+        self._last_failure: str | None = None
         self.stats = WriterStats()
         self._open_process_resources()
         ref = weakref.ref(self)
@@ -133,9 +135,10 @@ class RedisStreamSpanExporter(SpanExporter):
 
     def _connection(self) -> SyncClient:
         if self._client is None:
+            wait_s = self._settings.redis_wait_timeout_ms / 1000 if self._settings.redis_wait_replicas else 0
             self._client = sync_client(
                 self._settings,
-                socket_timeout=min(self._deadline_s, 5.0),
+                socket_timeout=min(self._deadline_s, 5.0) + wait_s,  # a WAIT blocks up to its timeout
                 socket_connect_timeout=min(self._deadline_s, 1.0),
                 retries=0,  # this class does its own retrying, within the deadline
             )
@@ -169,8 +172,8 @@ class RedisStreamSpanExporter(SpanExporter):
 
     @property
     def spooled_batches(self) -> int:
-        """Batches waiting in this process's spool."""
-        return len(self._spool)
+        """Batches waiting in this process's spool; after :meth:`shutdown`, those it left on disk."""
+        return self._left_on_disk if self._shutdown else len(self._spool)
 
     # --- SpanExporter -------------------------------------------------------------------------------
 
@@ -199,16 +202,22 @@ class RedisStreamSpanExporter(SpanExporter):
             return
         self._check_pid()
         with self._lock:
-            self._drain(time.monotonic() + self._deadline_s)
+            self._drain_retrying(time.monotonic() + self._retry_s, time.monotonic() + self._deadline_s)
             if self.stats.export_latency_count:
                 self._write_counters()
             self._shutdown = True
-            if len(self._spool):
+            self._left_on_disk = len(self._spool)
+            if self._left_on_disk:
+                # Nothing is lost, but nobody replays it until an exporter of this bus starts on
+                # this host with the same spool directory: say so, with what to look for.
                 _log.warning(
-                    "%d batches stay spooled (Redis %s unreachable); the next exporter on this bus "
-                    "replays them",
-                    len(self._spool),
-                    self._url_for_logs,
+                    "%d batches (%d bytes) stay spooled in %s (%s): the next exporter started on "
+                    "this host for this bus (same Redis URL, key prefix and spool directory) adopts "
+                    "and replays them",
+                    self._left_on_disk,
+                    self._spool.bytes,
+                    self._spool.base,
+                    self._last_failure or "Redis unreachable",
                 )
             self._spool.close()
             if self._given_client is None and self._client is not None:
@@ -250,8 +259,17 @@ class RedisStreamSpanExporter(SpanExporter):
                 pipe.xtrim(stream, maxlen=self._settings.stream_max_len, approximate=True)
         pipe.hset(self._stats_key, mapping=stats.as_mapping())  # type: ignore[arg-type]
         pipe.expire(self._stats_key, STATS_TTL_S)
+        keys = [stream for stream, _, _ in batches]
         try:
-            pipe.execute()
+            targets = {}
+            if self._settings.redis_wait_replicas:
+                targets = replication.wait_targets(self._connection(), keys)
+                replication.queue_waits(pipe, targets, self._settings)
+            replies = pipe.execute()
+            if targets:
+                replication.confirm(
+                    self._connection(), keys, targets, replies[-len(targets) :], self._settings
+                )
         except BaseException:
             if replayed:
                 stats.spans_replayed -= spans
@@ -288,12 +306,29 @@ class RedisStreamSpanExporter(SpanExporter):
         try:
             done = self._replay(deadline)
         except UNAVAILABLE_ERRORS as exc:
-            (_log.debug if quiet else _log.warning)(
-                "spool not drained, Redis %s unreachable: %s", self._url_for_logs, type(exc).__name__
-            )
+            self._last_failure = self._failure(exc, [])
+            (_log.debug if quiet else _log.warning)("spool not drained: %s", self._last_failure)
             return False
         self._down_until = 0.0
         return done
+
+    def _drain_retrying(self, retry_until: float, deadline: float) -> bool:
+        """Drain, retrying with backoff until ``retry_until`` (a failover may end meanwhile)."""
+        delay = _INITIAL_BACKOFF_S
+        while not self._drain(deadline, quiet=True):
+            if time.monotonic() + delay >= min(retry_until, deadline):
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+        return True
+
+    def _failure(self, exc: BaseException, streams: Sequence[str]) -> str:
+        """What failed, naming the node (a cluster fails on the node of a slot, not of the URL)."""
+        nodes: list[str] = []
+        if self._settings.redis_cluster and self._client is not None:
+            with contextlib.suppress(Exception):  # the slot table may be gone with the node
+                nodes = list(replication.wait_targets(self._client, streams))
+        return unavailable(exc, self._settings, nodes)
 
     def _deliver(
         self, batches: list[Batch], retry_until: float, deadline: float, started: float
@@ -312,11 +347,8 @@ class RedisStreamSpanExporter(SpanExporter):
                 if now + delay >= retry_until:
                     self.stats.export_failures += 1
                     self._down_until = now + PROBE_INTERVAL_S
-                    _log.warning(
-                        "Redis %s unreachable (%s): spooling to disk",
-                        self._url_for_logs,
-                        refused_command(exc) or type(exc).__name__,
-                    )
+                    self._last_failure = self._failure(exc, [stream for stream, _, _ in batches])
+                    _log.warning("%s: spooling to disk", self._last_failure)
                     break
                 self.stats.retries += 1
                 time.sleep(delay)

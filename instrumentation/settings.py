@@ -186,6 +186,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Time one export spends retrying Redis before spooling (within export_timeout_s)",
     )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas a bus write must reach (Redis WAIT) to count as written: the exporter "
+        "spools and the gateway answers 503 otherwise, so a failover loses none (0: no WAIT)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500,
+        ge=1,
+        le=4000,  # below the writers' 5 s socket timeout
+        description="How long a bus write waits for redis_wait_replicas",
+    )
 
     # --- aggregator ----------------------------------------------------------------------
     consumer_group: str = Field(
@@ -198,7 +211,7 @@ class Settings(BaseSettings):
         default=None,
         pattern=r"^\s*(\d+\s*/\s*\d+|\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*)\s*$",
         description="Shards this aggregator reads first, as 'i/n' (every shard s with s % n == i) or "
-        "'0,2-3'; other shards only once their entries wait longer than claim_idle_ms (default: all)",
+        "'0,2-3'; other shards only while no member that owns them is alive (default: all)",
     )
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Stream entries per read")
     raw_retention_days: int = Field(default=90, ge=1, description="Days of raw events kept in Postgres")
@@ -213,7 +226,8 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(
         default=30_000,
         ge=100,
-        description="Idle time after which another consumer's pending entries are claimed",
+        description="A member silent this long (no heartbeat) is gone: others claim its pending "
+        "entries and adopt its shards",
     )
     aggregator_health_host: str = Field(default="127.0.0.1", description="Aggregator health endpoint address")
     aggregator_health_port: int = Field(

@@ -361,13 +361,14 @@ def test_redis_restart_and_lost_group(settings: Settings, tmp_path: Path) -> Non
         per_tick = -(-len(wl.entries) // ticks)
         with aggregators(settings, tmp_path) as group:
             group.start("agg-1")
+            group.wait_ready()  # else, on a busy machine, the group may not exist yet at step 18
             for step, _ in enumerate(pusher(server.url, stream, wl.entries, per_tick, 0.15)):
                 if step == 8:
                     server.restart()  # orderly: the AOF keeps the stream and the group
                 if step == 18:
                     client = redis.Redis.from_url(server.url)
                     try:  # a Redis that came back without the group (NOGROUP on the next read)
-                        client.xgroup_destroy(stream, settings.consumer_group)
+                        assert client.xgroup_destroy(stream, settings.consumer_group)
                     finally:
                         client.close()
             wait_drained(server.url, stream, settings.consumer_group)

@@ -3,7 +3,8 @@
 Why it exists: members that read every shard aggregate the same learners at the same time and
 wait on each other's rollup rows (the scaling bench measures ~1.0x for 2 and 4 members); with
 disjoint shards they do not. A shard whose member is gone must not stall: any member adopts it
-once its oldest unread entry is older than ``claim_idle_ms``.
+once no member of it has said it is alive for ``claim_idle_ms`` (``test_member_liveness.py``:
+the same with real processes, a backlog older than that, and a SIGKILL).
 """
 
 from __future__ import annotations
@@ -64,17 +65,25 @@ async def test_a_shard_without_its_member_is_adopted_and_given_back(migrated: Se
     alone = base.with_overrides(consumer_shards="0/2", consumer_name="survivor")
     streams = stream_keys(base)
     async with Aggregator(alone) as survivor:
-        # Entries younger than claim_idle_ms on shards 1 and 3 are left to their (absent) member.
+        # Nothing changes hands before a member has been up for claim_idle_ms: members that
+        # restart with it have that long to say they are alive.
         assert await survivor.adopt_orphans() == []
         await asyncio.sleep(0.4)
+        # No member of shards 1 and 3 is alive (none ever said so).
         assert await survivor.adopt_orphans() == [streams[1], streams[3]]
         await survivor.drain(timeout_s=60)
         assert await survivor.lag() == 0
         status = await survivor.status()
         assert status["adopted_streams"] == [streams[1], streams[3]]
-        # Nothing waits on them any more: they go back to their member.
+        # Nothing waits on them, but their member is still gone: they stay adopted.
         await survivor.adopt_orphans()
-        assert (await survivor.status())["adopted_streams"] == []
+        assert (await survivor.status())["adopted_streams"] == [streams[1], streams[3]]
+        # Their member is back: they go back to it at once.
+        returning = base.with_overrides(consumer_shards="1/2", consumer_name="returning")
+        async with Aggregator(returning) as member:
+            await member.drain(timeout_s=60)
+            await survivor.adopt_orphans()
+            assert (await survivor.status())["adopted_streams"] == []
     assert await _exact(base, wl) == []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,3 +84,59 @@ def slot_owners(address: str) -> dict[int, str]:
         return owners
     finally:
         client.close()
+
+
+def _node_id(address: str) -> str:
+    client = node_client(address)
+    try:
+        value = client.execute_command("CLUSTER", "MYID")
+        return value.decode() if isinstance(value, bytes) else str(value)
+    finally:
+        client.close()
+
+
+def migrate_slot(cluster: EmbeddedRedisCluster, slot: int, target: str, timeout_s: float = 30.0) -> str:
+    """Move ``slot`` and its keys to the primary at ``target`` while the cluster serves, the way
+    ``redis-cli --cluster reshard`` does (``CLUSTER SETSLOT … IMPORTING/MIGRATING``, ``MIGRATE``,
+    ``CLUSTER SETSLOT … NODE`` on every primary); returns the address of the previous owner."""
+    source = slot_owners(target)[slot]
+    source_id, target_id = _node_id(source), _node_id(target)
+    src, dst = node_client(source), node_client(target)
+    try:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        host, port = target.rsplit(":", 1)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys)
+        for address in [target, source, *(p for p in cluster.primaries() if p not in (source, target))]:
+            node = node_client(address)
+            try:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            finally:
+                node.close()
+    finally:
+        src.close()
+        dst.close()
+    deadline = time.monotonic() + timeout_s
+    while any(slot_owners(node.address).get(slot) != target for node in cluster.live_nodes()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"slot {slot} not owned by {target} on every node after {timeout_s}s")
+        time.sleep(0.1)
+    return source
+
+
+def wait_replicated(cluster: EmbeddedRedisCluster, primary: str, timeout_s: float = 30.0) -> str:
+    """Wait until the replica of ``primary`` has everything it wrote; returns the replica's address."""
+    replica = next(a for a, (role, of) in cluster.topology().items() if role == "replica" and of == primary)
+    source, copy = node_client(primary), node_client(replica)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            written = int(source.info("replication")["master_repl_offset"])
+            if int(copy.info("replication")["slave_repl_offset"]) >= written:
+                return replica
+            time.sleep(0.05)
+    finally:
+        source.close()
+        copy.close()
+    raise AssertionError(f"{replica} did not catch up with {primary} within {timeout_s}s")

@@ -23,3 +23,8 @@ async def test_exporter_benchmark_quick(settings: Settings) -> None:
     encode = by_name["encode"]
     assert encode.baseline is not None and encode.ratio is not None
     assert any(row.unit == "spans/s" for row in rows)
+    durable = by_name["export call per span with WAIT 1 (durable writes)"]
+    assert (
+        durable.unit == "µs" and durable.value > 0 and durable.baseline is not None and durable.baseline > 0
+    )
+    assert durable.baseline_name is not None and "without WAIT" in durable.baseline_name
