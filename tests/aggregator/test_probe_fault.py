@@ -126,8 +126,13 @@ async def test_redelivered_entries_survive_cancelled_probes_and_are_not_dead_let
     async with Aggregator(settings) as agg:
         runner = asyncio.create_task(agg.run(stop))
         try:
-            # Every probe fails for several seconds: far more failures than max_delivery_attempts.
+            # Every probe fails for several seconds and at least 8 times: far more failures than
+            # max_delivery_attempts (counted, not timed: backoff and a loaded machine space them out).
             await asyncio.sleep(CHAOS_S)
+            for _ in range(600):
+                if len(cancelled) >= 8:
+                    break
+                await asyncio.sleep(0.1)
         finally:
             stop_chaos.set()
             await chaos
