@@ -102,8 +102,10 @@ SELECT day, sum(sessions)::int AS sessions, sum(study_seconds)::float8 AS study_
        sum(materials_completed)::int AS materials_completed, sum(xp)::bigint AS xp
 FROM daily_activity_summary
 WHERE user_hash = ANY($1::text[]) AND day >= $2 AND day <= $3
-GROUP BY day ORDER BY day
+GROUP BY day HAVING sum(events) > 0 OR sum(study_seconds) > 0 ORDER BY day
 """
+"""A day whose row holds nothing (a session's study time taken back, see aggregator/sessions.py)
+is no day of activity."""
 
 GAMIFICATION_SQL = """
 SELECT coalesce(sum(xp_total), 0)::bigint AS xp_total, coalesce(max(level), 1) AS level,
@@ -138,7 +140,7 @@ SELECT (hour AT TIME ZONE 'UTC')::date AS day, max(active_users)::int AS peak,
        sum(ai_interactions)::int AS ai_interactions
 FROM hourly_analytics_summary
 WHERE hour >= $1 AND hour < $2
-GROUP BY 1 ORDER BY 1
+GROUP BY 1 HAVING sum(events) > 0 OR sum(study_seconds) > 0 ORDER BY 1
 """
 
 
@@ -239,6 +241,42 @@ def cached_json(request: Request, model: BaseModel, *, max_age: int) -> Response
     ):
         return Response(status_code=304, headers=headers)
     return Response(content=body, media_type="application/json", headers=headers)
+
+
+def _client_item_errors(
+    settings: Settings, index: int, event_type: str, data: dict[str, Any]
+) -> tuple[type[events.DomainEvent] | None, list[FieldError]]:
+    """The model of one tracked item and what is wrong with it (nothing: it may be emitted).
+
+    Beyond the domain model's checks, what a client reports is held to what a client may know:
+    a session's ``duration_s`` is at most ``client_session_max_s`` (docs/api.md, per event type).
+    """
+    loc: list[str | int] = ["body", "events", index]
+    model = events.EVENT_TYPES.get(event_type)
+    if model is None or event_type not in CLIENT_EVENT_TYPES:
+        reason = "unknown event type" if model is None else "clients may not report this event type"
+        return None, [FieldError(loc=[*loc, "type"], msg=reason, type="event_type")]
+    try:
+        event = model.model_validate(data)
+    except ValidationError as exc:
+        return model, [
+            FieldError(
+                loc=[*loc, "data", *[p if isinstance(p, int) else str(p) for p in e["loc"]]],
+                msg=e["msg"],
+                type=e["type"],
+            )
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+    if isinstance(event, events.SessionEnd) and event.duration_s > settings.client_session_max_s:
+        limit = f"{settings.client_session_max_s:g}"
+        return model, [
+            FieldError(
+                loc=[*loc, "data", "duration_s"],
+                msg=f"a client may report a session of at most {limit} s (client_session_max_s)",
+                type="less_than_equal",
+            )
+        ]
+    return model, []
 
 
 # --- request-body limit -------------------------------------------------------------------------
@@ -824,30 +862,8 @@ def create_app(settings: Settings) -> FastAPI:
         results: list[TrackItemResult] = []
         valid: list[tuple[int, type[events.DomainEvent], dict[str, Any]]] = []
         for index, item in enumerate(body.events):
-            loc: list[str | int] = ["body", "events", index]
-            model = events.EVENT_TYPES.get(item.type)
-            if model is None or item.type not in CLIENT_EVENT_TYPES:
-                reason = "unknown event type" if model is None else "clients may not report this event type"
-                results.append(
-                    TrackItemResult(
-                        index=index,
-                        type=item.type,
-                        status="rejected",
-                        errors=[FieldError(loc=[*loc, "type"], msg=reason, type="event_type")],
-                    )
-                )
-                continue
-            try:
-                model.model_validate(item.data)
-            except ValidationError as exc:
-                errors = [
-                    FieldError(
-                        loc=[*loc, "data", *[p if isinstance(p, int) else str(p) for p in e["loc"]]],
-                        msg=e["msg"],
-                        type=e["type"],
-                    )
-                    for e in exc.errors(include_input=False, include_url=False)
-                ]
+            model, errors = _client_item_errors(settings, index, item.type, item.data)
+            if errors or model is None:
                 results.append(TrackItemResult(index=index, type=item.type, status="rejected", errors=errors))
                 continue
             valid.append((index, model, item.data))

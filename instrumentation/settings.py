@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         description="Largest request body the query API reads",
     )
+    client_session_max_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        le=7 * 24 * 3600.0,
+        description="Longest session duration_s a client may report through /events/track (longer: the "
+        "item is rejected); study time is also bounded by the session's recorded span",
+    )
 
     @classmethod
     def settings_customise_sources(
