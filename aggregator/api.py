@@ -70,6 +70,7 @@ from .api_models import (
 from .api_system import BlockCache
 from .auth import ApiProblem, Principal, TokenVerifier, forbidden, require_staff, resolve_subject
 from .db import create_pool
+from .live import LiveHub
 
 _log = logging.getLogger(__name__)
 
@@ -551,6 +552,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, "api", min_size=1, max_size=POOL_SIZE)
         app.state.redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
+        # Readiness has a client of its own: however busy the requests' client is, /readyz
+        # answers for Redis itself (live feeds read the bus on a third, app.state.live_hub).
+        app.state.health_redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
         # Events posted by the frontend take the backend's path: tracker -> span events ->
         # privacy guard -> Redis exporter (in the batch processor's thread, off the request).
         provider = TracerProvider(resource=Resource.create({"service.name": "studyin-analytics-api"}))
@@ -563,8 +567,10 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             provider.shutdown()
+            await app.state.live_hub.close()
             await app.state.pool.close()
             await app.state.redis.aclose()
+            await app.state.health_redis.aclose()
             telemetry.telemetry.shutdown()
 
     app = FastAPI(
@@ -581,6 +587,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S
     app.state.system_cache = {}
     app.state.block_cache = BlockCache()
+    app.state.live_hub = LiveHub(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(HTTPServerMetrics, **telemetry.middleware_options())  # outermost: sees 413s too
     app.state.telemetry = telemetry
@@ -912,7 +919,7 @@ def create_app(settings: Settings) -> FastAPI:
         except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
             checks["postgres"] = type(exc).__name__
         try:
-            await request.app.state.redis.ping()
+            await request.app.state.health_redis.ping()
             checks["redis"] = "ok"
         except (aioredis.RedisError, RedisClusterException, OSError) as exc:
             checks["redis"] = type(exc).__name__
@@ -945,7 +952,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     from .dashboard import mount_dashboard  # the live feed authenticates with _caller, defined above
 
-    mount_dashboard(app, settings, _caller)
+    mount_dashboard(app, _caller)
     correlation.install(app)  # request ids in log records and X-Request-ID, 500s included
     return app
 

@@ -76,6 +76,8 @@ class Principal:
     roles: frozenset[str]
     is_staff: bool
     user_id: str = ""
+    expires_at: float | None = None
+    """The token's ``exp`` (seconds since the epoch): a live feed ends then."""
 
     @property
     def user_hash(self) -> str:
@@ -166,6 +168,7 @@ class TokenVerifier:
             roles=roles,
             is_staff=self._staff_role in roles,
             user_id=str(sub),
+            expires_at=float(claims["exp"]),
         )
 
     def __call__(self, request: Request) -> Principal:

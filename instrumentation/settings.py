@@ -254,6 +254,15 @@ class Settings(BaseSettings):
         description="Longest session duration_s a client may report through /events/track (longer: the "
         "item is rejected); study time is also bounded by the session's recorded span",
     )
+    live_feeds_per_user: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Open /live feeds one learner (or staff member) may hold (429 beyond)",
+    )
+    live_feeds_total: int = Field(
+        default=500, ge=1, le=100_000, description="Open /live feeds of one query API process (503 beyond)"
+    )
 
     @classmethod
     def settings_customise_sources(

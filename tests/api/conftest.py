@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api import create_app
+from studyin_analytics.aggregator.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
@@ -103,3 +106,23 @@ async def aggregate(settings: Settings) -> int:
     async with Aggregator(settings) as aggregator:
         totals = await aggregator.drain(timeout_s=30)
     return totals.events_inserted
+
+
+@asynccontextmanager
+async def served(settings: Settings, **config: Any) -> AsyncIterator[tuple[str, FastAPI]]:
+    """The query API on a real uvicorn server on a free port: its base URL and the app."""
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **config)
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "the query API did not start"
+    try:
+        yield f"http://127.0.0.1:{server.config.port}", app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
