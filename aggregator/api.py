@@ -77,6 +77,8 @@ _log = logging.getLogger(__name__)
 PREFIX = "/api/analytics"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 MAX_HEATMAP_DAYS = 366
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9999, 12, 30)
+"""Heatmap days: a local day a day away from the ends of what PostgreSQL and Python represent."""
 POOL_SIZE = 8
 SYSTEM_METRICS_TTL_S = 10
 """System metrics are shared by all staff and change by the minute: computed at most once per
@@ -685,16 +687,20 @@ def create_app(settings: Settings) -> FastAPI:
         if params.tz not in _time_zones():
             raise bad_request("unknown_time_zone", "tz must be an IANA time zone name", ["query", "tz"])
         zone = zoneinfo.ZoneInfo(params.tz)
+        for name, given in (("start", params.start), ("end", params.end)):
+            # First: the default start and the day after end are computed from these.
+            if given is not None and not FIRST_DAY <= given <= LAST_DAY:
+                raise bad_request(
+                    "invalid_range", f"dates must lie between {FIRST_DAY} and {LAST_DAY}", ["query", name]
+                )
         end = params.end or datetime.now(zone).date()
-        start = params.start or end - timedelta(days=MAX_HEATMAP_DAYS - 2)
+        start = params.start or max(end - timedelta(days=MAX_HEATMAP_DAYS - 2), FIRST_DAY)
         if start > end:
             raise bad_request("invalid_range", "start must not be after end", ["query", "start"])
         if (end - start).days + 1 > MAX_HEATMAP_DAYS:
             raise bad_request(
                 "range_too_long", f"the range may span at most {MAX_HEATMAP_DAYS} days", ["query", "start"]
             )
-        if start < date(1970, 1, 2) or end > date(9999, 12, 30):
-            raise bad_request("invalid_range", "dates must lie between 1970 and 9999", ["query", "start"])
         hashes = await _subject(db, caller, heatmap_path, params.subject)
         lower = datetime(start.year, start.month, start.day, tzinfo=zone).astimezone(UTC)
         upper_day = end + timedelta(days=1)

@@ -32,9 +32,9 @@ STAFF = "staff-0003"
 
 def token(
     settings: Settings,
-    sub: str,
+    sub: Any,
     *,
-    roles: Iterable[str] = (),
+    roles: Iterable[str] | str = (),
     key: Any = TEST_JWT_SECRET,
     algorithm: str = "HS256",
     expires_in: timedelta = timedelta(minutes=5),
@@ -47,7 +47,7 @@ def token(
         "iss": settings.jwt_issuer,
         "iat": now,
         "exp": now + expires_in,
-        "roles": list(roles),
+        "roles": roles if isinstance(roles, str) else list(roles),
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
@@ -66,7 +66,7 @@ class Api:
         self.client = client
         self.settings = settings
 
-    def auth(self, sub: str, **kwargs: Any) -> dict[str, str]:
+    def auth(self, sub: Any, **kwargs: Any) -> dict[str, str]:
         return bearer(token(self.settings, sub, **kwargs))
 
     async def flush_tracked(self) -> None:

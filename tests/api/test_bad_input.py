@@ -57,6 +57,14 @@ async def test_out_of_bounds_parameters_are_422_with_the_field_path(api: Api) ->
     await _problem(api, heatmap, {"start": "2020-01-01", "end": "2024-01-01"}, ["query", "start"])
     await _problem(api, heatmap, {"start": "2024-02-30"}, ["query", "start"])
     await _problem(api, heatmap, {"start": "0001-01-01", "end": "0001-01-02"}, ["query", "start"])
+    # Alone, a year-1 end underflowed while computing the default start (a 500 once).
+    await _problem(api, heatmap, {"end": "0001-01-01"}, ["query", "end"])
+    await _problem(api, heatmap, {"start": "0001-01-01"}, ["query", "start"])
+    await _problem(api, heatmap, {"end": "9999-12-31"}, ["query", "end"])
+    early = await api.client.get(heatmap, params={"end": "1970-03-01"}, headers=api.auth(LEARNER_A))
+    assert early.status_code == 200, early.text
+    early_days = early.json()
+    assert (early_days["start"], len(early_days["days"])) == ("1970-01-02", 59)  # default start, clamped
 
     system = f"{PREFIX}/system/metrics"
     await _problem(api, system, {"window": "2y"}, ["query", "window"], staff=True)
