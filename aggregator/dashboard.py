@@ -136,6 +136,65 @@ class LiveParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+DASHBOARD_CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",  # the page's script and the vendored uPlot: no inline script, no eval
+        "style-src 'self'",  # the two style sheets; uPlot styles through the CSSOM, which CSP allows
+        "img-src 'self' data:",
+        "connect-src 'self'",  # the API and the live feed
+        "base-uri 'none'",
+        "form-action 'none'",  # the token form is handled by the script, never submitted
+        "frame-ancestors 'none'",
+    )
+)
+"""The page loads only its own files and talks only to this server: a script injected into it
+could neither run inline nor send the token anywhere else."""
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+"""JSON and event streams load nothing and are never framed."""
+_UNPOLICED_PATHS = ("/docs", "/redoc")
+"""FastAPI's interactive docs load their UI from a CDN with inline script: framing is refused,
+the rest of the policy is theirs."""
+_ALWAYS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class SecurityHeaders:
+    """Adds the browser-side defences to every response (unless the route set its own).
+
+    ``/dashboard`` handles bearer tokens: it must not be framed (clickjacking), sniffed into
+    another type, leak its URL as a referrer, or run any script but its own.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if path == "/dashboard" or path.startswith("/dashboard/"):
+            policy = DASHBOARD_CSP
+        elif path.startswith(_UNPOLICED_PATHS):
+            policy = "frame-ancestors 'none'"
+        else:
+            policy = API_CSP
+        added = (*_ALWAYS, (b"content-security-policy", policy.encode()))
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                extra = [(name, value) for name, value in added if name not in present]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def mount_dashboard(app: FastAPI, caller_dependency: Callable[..., Principal]) -> None:
     """Add the page, its static files and the live feed to the query API ``app``.
 
@@ -189,3 +248,4 @@ def mount_dashboard(app: FastAPI, caller_dependency: Callable[..., Principal]) -
 
     app.include_router(router)
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+    app.add_middleware(SecurityHeaders)
