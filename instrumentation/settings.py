@@ -299,6 +299,19 @@ class Settings(BaseSettings):
     live_feeds_total: int = Field(
         default=500, ge=1, le=100_000, description="Open /live feeds of one query API process (503 beyond)"
     )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Query API and OTLP gateway: time a client has to send a request's headers (the "
+        "connection is closed beyond)",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Query API and OTLP gateway: time a client has to send a request's body (408 beyond)",
+    )
 
     @classmethod
     def settings_customise_sources(

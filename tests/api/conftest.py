@@ -20,6 +20,7 @@ from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api import create_app
 from studyin_analytics.aggregator.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter
+from studyin_analytics.exporter.httpserver import server_config
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
 
@@ -110,10 +111,11 @@ async def aggregate(settings: Settings) -> int:
 
 @asynccontextmanager
 async def served(settings: Settings, **config: Any) -> AsyncIterator[tuple[str, FastAPI]]:
-    """The query API on a real uvicorn server on a free port: its base URL and the app."""
+    """The query API on a real uvicorn server on a free port, configured as ``studyin-analytics
+    api`` configures it (read deadlines included): its base URL and the app."""
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **config)
+        server_config(app, settings, "127.0.0.1", free_port(), log_level="warning", **config)
     )
     task = asyncio.create_task(server.serve())
     for _ in range(200):
