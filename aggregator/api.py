@@ -105,7 +105,7 @@ SELECT day, sum(sessions)::int AS sessions, sum(study_seconds)::float8 AS study_
        sum(materials_completed)::int AS materials_completed, sum(xp)::bigint AS xp
 FROM daily_activity_summary
 WHERE user_hash = ANY($1::text[]) AND day >= $2 AND day <= $3
-GROUP BY day HAVING sum(events) > 0 OR sum(study_seconds) > 0 ORDER BY day
+GROUP BY day HAVING sum(events) > 0 OR sum(sessions) > 0 OR sum(study_seconds) > 0 ORDER BY day
 """
 """A day whose row holds nothing (a session's study time taken back, see aggregator/sessions.py)
 is no day of activity."""
@@ -143,7 +143,7 @@ SELECT (hour AT TIME ZONE 'UTC')::date AS day, max(active_users)::int AS peak,
        sum(ai_interactions)::int AS ai_interactions
 FROM hourly_analytics_summary
 WHERE hour >= $1 AND hour < $2
-GROUP BY 1 HAVING sum(events) > 0 OR sum(study_seconds) > 0 ORDER BY 1
+GROUP BY 1 HAVING sum(events) > 0 OR sum(sessions) > 0 OR sum(study_seconds) > 0 ORDER BY 1
 """
 
 

@@ -28,12 +28,12 @@ held only until the commit.
 
 Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
 counts per user need a ``user_hash``; a session (learner and ``session_id``) counts once, at its
-earliest ``session_start``; its study time (the earliest ``session_end``'s ``duration_s``, at
+earliest recorded start; its study time (the earliest ``session_end``'s ``duration_s``, at
 most its recorded span, refused above :data:`MAX_SECONDS`) is split over the UTC days and hours
 it covered; latency histograms use the buckets of :mod:`.histogram`; ``active_users`` of an hour
-counts the learners with an event or study time in it, from the (user, hour) rows of
-``user_activity_hourly`` a transaction created (``RETURNING xmax = 0``) or emptied, so it is
-exact without a ``DISTINCT`` over history. Numbers may arrive as strings holding one; a field
+counts the learners with an event, a session start or study time in it, from the (user, hour)
+rows of ``user_activity_hourly`` a transaction created (``RETURNING xmax = 0``) or emptied, so
+it is exact without a ``DISTINCT`` over history. Numbers may arrive as strings holding one; a field
 the rollups cannot use (only possible through the OTLP gateway: the tracker validates its
 events) makes the entry fail with :class:`RollupInputError` naming the event type and the field.
 """
@@ -51,7 +51,7 @@ import orjson
 from ..instrumentation.events import MAX_SECONDS
 from . import histogram
 from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
-from .sessions import Mark, Session, StudyDeltas
+from .sessions import RECORDED_START, Mark, Session, StudyDeltas
 
 MINUTE_US = 60_000_000
 HOUR_US = 3_600_000_000
@@ -380,7 +380,11 @@ class Rollup:
                 f"event 'session_end': field 'duration_s' must be at most {MAX_SECONDS} s, got {duration:g}"
             )
         materials = properties.get("materials_touched")
-        self._session(row, user).add_end(
+        session = self._session(row, user)
+        recorded_start = properties.get(RECORDED_START)
+        if type(recorded_start) is int:  # carried by the session's own span (see .sessions)
+            session.add_start(Mark(recorded_start, row.event_id))
+        session.add_end(
             Mark(row.time_us, row.event_id),
             max(duration, 0.0),
             _int(properties, "xp_earned", "session_end"),
@@ -807,14 +811,14 @@ WITH hourly AS (
         materials_completed = h.materials_completed + EXCLUDED.materials_completed,
         xp = h.xp + EXCLUDED.xp,
         ai_interactions = h.ai_interactions + EXCLUDED.ai_interactions
-    RETURNING user_hash, hour, (xmax = 0) AS created, events, study_seconds
+    RETURNING user_hash, hour, (xmax = 0) AS created, events, sessions, study_seconds
 ), active AS (
-    -- Learners active in an hour (an event or study time in it) now, less those that were
-    -- before: a row this batch created was not; a stored row's counters were its new ones less
-    -- the batch's delta (a session's study time taken back can leave a learner inactive).
+    -- Learners active in an hour (an event, a session start or study time in it) now, less
+    -- those that were before: a row this batch created was not; a stored row's counters were
+    -- its new ones less the batch's delta (a session that changed can leave a learner inactive).
     SELECT h.hour, sum(
-        (h.events > 0 OR h.study_seconds >= {STUDY_EPSILON_S})::int
-        - (NOT h.created AND (h.events > d.events
+        (h.events > 0 OR h.sessions > 0 OR h.study_seconds >= {STUDY_EPSILON_S})::int
+        - (NOT h.created AND (h.events > d.events OR h.sessions > d.sessions
                               OR h.study_seconds - d.study_seconds >= {STUDY_EPSILON_S}))::int
     )::int AS users
     FROM hourly AS h JOIN {HOURLY.temp} AS d USING (user_hash, hour)

@@ -4,11 +4,16 @@ A session's events may come from the app's backend (the tracker) or from a brows
 ``POST /api/analytics/events/track``, which anyone holding a learner's token can call as often
 as they like. What the server records is trusted over what the event says:
 
-* a session (per learner and session id) **counts once**, at its earliest ``session_start``;
+* a session (per learner and session id) **counts once**, at its earliest recorded start;
 * it is **ended once**, by its earliest ``session_end``; a repeated end changes nothing;
 * its **study time** is the end's ``duration_s`` bounded by the span as recorded (end time
   minus start time, both stamped where the event was recorded), counted only once both are
   known, and spread over ``[end - study, end]``.
+
+A start is recorded by a ``session_start`` event, or by the tracker's own span of the session
+(``studyin.learning_session``, which carries its ``session_end`` and started with the session:
+the mapping copies that start into the end's properties as :data:`RECORDED_START`). Events a
+browser posts never travel on such a span, so only the backend's record of a start counts there.
 
 "Earliest" orders by ``(time, event id)``, so the outcome does not depend on the order in which
 events arrive. That makes the rule a *choice*, not a commutative delta like the other rollups:
@@ -33,6 +38,8 @@ HOUR_US = 3_600_000_000
 DAY_US = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+RECORDED_START = "recorded_start_us"
+"""Property of a ``session_end`` carried by its session's span: the span's start (microseconds)."""
 _NO_ID = b""
 """Rows written before revision 0007 have no event id: they sort before any id at the same time."""
 

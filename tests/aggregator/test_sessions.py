@@ -31,7 +31,7 @@ from studyin_analytics.aggregator import Aggregator, rollups
 from studyin_analytics.aggregator.db import connect
 from studyin_analytics.aggregator.mapping import RawRecord
 from studyin_analytics.aggregator.schema import ensure_partitions
-from studyin_analytics.aggregator.sessions import Mark, Session, StudyDeltas
+from studyin_analytics.aggregator.sessions import RECORDED_START, Mark, Session, StudyDeltas
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.events import SessionEnd
@@ -54,11 +54,15 @@ class Ev:
     session: uuid.UUID
     time_us: int
     duration_s: float = 0.0
+    span_start_us: int | None = None
+    """A session_end carried by its session's span (the tracker's): when that span started."""
 
     def record(self) -> RawRecord:
         props: dict[str, Any] = {"session_id": str(self.session)}
         if self.kind == "session_end":
             props.update(duration_s=self.duration_s, xp_earned=3, end_reason="completed")
+            if self.span_start_us is not None:
+                props[RECORDED_START] = self.span_start_us
         elif self.kind == "material_view":
             props.update(material_id="m1", material_type="pdf")
         when = EPOCH + timedelta(microseconds=self.time_us)
@@ -77,14 +81,17 @@ def events(draw: st.DrawFn) -> list[Ev]:
     out = []
     for index in range(draw(st.integers(1, 14))):
         kind = draw(st.sampled_from(["session_start", "session_end", "session_end", "material_view"]))
+        time_us = BASE_US + draw(_times)
+        on_span = kind == "session_end" and draw(st.booleans())
         out.append(
             Ev(
                 uuid.UUID(int=draw(st.integers(0, 2**120 - 1)) << 8 | index),  # unique, any order
                 kind,
                 draw(st.sampled_from(USERS)),
                 draw(st.sampled_from(SESSION_IDS)),
-                BASE_US + draw(_times),
+                time_us,
                 draw(_durations) if kind == "session_end" else 0.0,
+                time_us - draw(st.integers(0, 10 * H)) if on_span else None,
             )
         )
     return out
@@ -125,26 +132,28 @@ def truth_of(evs: list[Ev]) -> Truth:
             by_session[(e.user, e.session)].append(e)
     sessions = {}
     for (user, sid), evs_of in by_session.items():
-
-        def first(kind: str, evs_of: list[Ev] = evs_of) -> Ev | None:
-            of_kind = sorted(
-                (e for e in evs_of if e.kind == kind), key=lambda e: (e.time_us, e.event_id.bytes)
-            )
-            return of_kind[0] if of_kind else None
-
-        start, end = first("session_start"), first("session_end")
+        # Starts: session_start events, and the session span's start carried by an end.
+        starts = sorted(
+            [(e.time_us, e.event_id.bytes) for e in evs_of if e.kind == "session_start"]
+            + [(e.span_start_us, e.event_id.bytes) for e in evs_of if e.span_start_us is not None]
+        )
+        ends = sorted(
+            (e for e in evs_of if e.kind == "session_end"), key=lambda e: (e.time_us, e.event_id.bytes)
+        )
+        start_us = starts[0][0] if starts else None
+        end = ends[0] if ends else None
         study = 0
-        if start is not None:
-            hourly[(user, start.time_us // H)][1] += 1
-            daily[(user, start.time_us // D)][1] += 1
-        if start is not None and end is not None:
-            study = max(0, min(round(end.duration_s * 1e6), end.time_us - start.time_us))
+        if start_us is not None:
+            hourly[(user, start_us // H)][1] += 1
+            daily[(user, start_us // D)][1] += 1
+        if start_us is not None and end is not None:
+            study = max(0, min(round(end.duration_s * 1e6), end.time_us - start_us))
             for hour, us in _split(end.time_us - study, end.time_us, H).items():
                 hourly[(user, hour)][2] += us
             for day, us in _split(end.time_us - study, end.time_us, D).items():
                 daily[(user, day)][2] += us
         sessions[(user, sid)] = (
-            None if start is None else start.time_us,
+            start_us,
             None if end is None else end.time_us,
             None if end is None else end.duration_s,
             study,
@@ -187,6 +196,8 @@ def test_the_rule_in_any_arrival_order_counts_the_brute_force_answer(evs: list[E
         if e.kind == "session_start":
             candidate.add_start(mark)
         else:
+            if e.span_start_us is not None:
+                candidate.add_start(Mark(e.span_start_us, e.event_id))
             candidate.add_end(mark, e.duration_s, 3, [], "completed")
         deltas = StudyDeltas()
         key = (e.user, e.session)
@@ -355,7 +366,7 @@ async def test_a_session_ended_again_by_the_backend_counts_once(migrated: Settin
             "SELECT sum(sessions), sum(study_seconds) FROM daily_activity_summary"
         )
         assert sessions == 1
-        assert 0.29 <= seconds <= ended.duration_s
+        assert 0.29 <= seconds <= ended.duration_s + 1e-6  # counted to the microsecond
         row = await conn.fetchrow("SELECT duration_s, study_s FROM learning_sessions")
     finally:
         await conn.close()
