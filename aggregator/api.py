@@ -77,8 +77,7 @@ _log = logging.getLogger(__name__)
 PREFIX = "/api/analytics"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 MAX_HEATMAP_DAYS = 366
-FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9999, 12, 30)
-"""Heatmap days: a local day a day away from the ends of what PostgreSQL and Python represent."""
+HEATMAP_DEFAULT_DAYS = 365
 POOL_SIZE = 8
 SYSTEM_METRICS_TTL_S = 10
 """System metrics are shared by all staff and change by the minute: computed at most once per
@@ -125,9 +124,12 @@ HEATMAP_SQL = """
 SELECT (hour AT TIME ZONE $2)::date AS day, sum(study_seconds)::float8 AS study_seconds,
        sum(sessions)::int AS sessions, sum(events)::int AS events
 FROM user_activity_hourly
-WHERE user_hash = ANY($1::text[]) AND hour >= $3 AND hour < $4
+WHERE user_hash = ANY($1::text[])
+  AND hour >= ($3::date::timestamp AT TIME ZONE $2) AND hour < (($4::date + 1)::timestamp AT TIME ZONE $2)
 GROUP BY 1
 """
+"""The local days ``$3..$4`` in zone ``$2`` as UTC bounds, computed by PostgreSQL: its dates and
+timestamps reach far beyond Python's on both sides, so any date the API accepts has bounds."""
 
 ACTIVE_USERS_SQL = """
 SELECT count(*)::int FROM gamification_stats WHERE last_activity_at >= $1 AND last_activity_at <= $2
@@ -172,6 +174,29 @@ def current_streak(reported: int | None, as_of: datetime | None, today: date) ->
     if not reported or as_of is None:
         return 0
     return reported if as_of.astimezone(UTC).date() >= today - timedelta(days=1) else 0
+
+
+def _days_from(day: date, days: int) -> date:
+    """``day`` moved by ``days``, stopping at the first or last day a date can be."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
+def heatmap_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """The heatmap's days: as given, or 365 days from the one given, or the 365 ending today.
+
+    Any date is a valid ``start`` or ``end`` on its own (the year 1 included: a default computed
+    from it stops at the first day a date can be); only the two together can be inconsistent.
+    """
+    span = HEATMAP_DEFAULT_DAYS - 1
+    if start is not None and end is not None:
+        return start, end
+    if start is not None:
+        return start, _days_from(start, span)
+    last = end if end is not None else today
+    return _days_from(last, -span), last
 
 
 def intensity_level(minutes: float) -> int:
@@ -385,8 +410,12 @@ class HeatmapParams(_Params):
     tz: str = Field(
         default="UTC", min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
     )
-    start: date | None = Field(default=None, description="First day (default: 364 days before end)")
-    end: date | None = Field(default=None, description="Last day (default: today in tz)")
+    start: date | None = Field(
+        default=None, description="First day (default: 364 days before end); at most 366 days before end"
+    )
+    end: date | None = Field(
+        default=None, description="Last day (default: 364 days after start if given, else today in tz)"
+    )
     subject: str | None = Field(
         default=None, pattern=PSEUDONYM_PATTERN.pattern, description="As for overview"
     )
@@ -686,15 +715,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Study minutes and an intensity level per calendar day in the caller's time zone."""
         if params.tz not in _time_zones():
             raise bad_request("unknown_time_zone", "tz must be an IANA time zone name", ["query", "tz"])
-        zone = zoneinfo.ZoneInfo(params.tz)
-        for name, given in (("start", params.start), ("end", params.end)):
-            # First: the default start and the day after end are computed from these.
-            if given is not None and not FIRST_DAY <= given <= LAST_DAY:
-                raise bad_request(
-                    "invalid_range", f"dates must lie between {FIRST_DAY} and {LAST_DAY}", ["query", name]
-                )
-        end = params.end or datetime.now(zone).date()
-        start = params.start or max(end - timedelta(days=MAX_HEATMAP_DAYS - 2), FIRST_DAY)
+        today = datetime.now(zoneinfo.ZoneInfo(params.tz)).date()
+        start, end = heatmap_range(params.start, params.end, today)
         if start > end:
             raise bad_request("invalid_range", "start must not be after end", ["query", "start"])
         if (end - start).days + 1 > MAX_HEATMAP_DAYS:
@@ -702,12 +724,9 @@ def create_app(settings: Settings) -> FastAPI:
                 "range_too_long", f"the range may span at most {MAX_HEATMAP_DAYS} days", ["query", "start"]
             )
         hashes = await _subject(db, caller, heatmap_path, params.subject)
-        lower = datetime(start.year, start.month, start.day, tzinfo=zone).astimezone(UTC)
-        upper_day = end + timedelta(days=1)
-        upper = datetime(upper_day.year, upper_day.month, upper_day.day, tzinfo=zone).astimezone(UTC)
         async with db.acquire() as conn:
             try:
-                records = await conn.fetch(HEATMAP_SQL, list(hashes), params.tz, lower, upper)
+                records = await conn.fetch(HEATMAP_SQL, list(hashes), params.tz, start, end)
             except asyncpg.InvalidParameterValueError:  # a zone Python knows and PostgreSQL does not
                 raise bad_request(
                     "unknown_time_zone", "this time zone is not supported by the database", ["query", "tz"]
