@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -31,7 +32,7 @@ from fastapi.security import HTTPBearer
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisClusterException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -163,6 +164,17 @@ def _utc_midnight(day: date) -> datetime:
 @lru_cache(maxsize=1)
 def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+async def supported_time_zones(pool: asyncpg.Pool) -> frozenset[str]:
+    """The IANA names both Python and PostgreSQL know (the heatmap needs both); Python's alone
+    if the database cannot say."""
+    try:
+        names = {r[0] for r in await pool.fetch("SELECT name FROM pg_timezone_names", timeout=10)}
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+        _log.warning("cannot read PostgreSQL's time zones (%s): offering Python's", type(exc).__name__)
+        return _time_zones()
+    return _time_zones() & (names | {"UTC"})
 
 
 def current_streak(reported: int | None, as_of: datetime | None, today: date) -> int:
@@ -406,14 +418,28 @@ class OverviewParams(_Params):
     )
 
 
+def _iso_date(value: Any) -> Any:
+    """Only ``YYYY-MM-DD``, as the schema says: pydantic alone would take ``0`` (a Unix time)."""
+    if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
 class HeatmapParams(_Params):
     tz: str = Field(
-        default="UTC", min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
+        default="UTC",
+        min_length=1,
+        max_length=64,
+        description="IANA time zone, e.g. Europe/Berlin (the names both this server and its database know)",
     )
-    start: date | None = Field(
+    start: IsoDate | None = Field(
         default=None, description="First day (default: 364 days before end); at most 366 days before end"
     )
-    end: date | None = Field(
+    end: IsoDate | None = Field(
         default=None, description="Last day (default: 364 days after start if given, else today in tz)"
     )
     subject: str | None = Field(
@@ -582,6 +608,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, "api", min_size=1, max_size=POOL_SIZE)
+        app.state.time_zones = await supported_time_zones(app.state.pool)
         app.state.redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
         # Readiness has a client of its own: however busy the requests' client is, /readyz
         # answers for Redis itself (live feeds read the bus on a third, app.state.live_hub).
@@ -713,7 +740,7 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, caller: Caller, db: Db, params: Annotated[HeatmapParams, Query()]
     ) -> Response:
         """Study minutes and an intensity level per calendar day in the caller's time zone."""
-        if params.tz not in _time_zones():
+        if params.tz not in (getattr(request.app.state, "time_zones", None) or _time_zones()):
             raise bad_request("unknown_time_zone", "tz must be an IANA time zone name", ["query", "tz"])
         today = datetime.now(zoneinfo.ZoneInfo(params.tz)).date()
         start, end = heatmap_range(params.start, params.end, today)
@@ -963,6 +990,12 @@ def create_app(settings: Settings) -> FastAPI:
             description=app.description,
             routes=app.routes,
         )
+        # The time zones are a closed set, too long for a description: an enum, so a client (or
+        # a fuzzer) knows which strings the heatmap takes.
+        zones = sorted(getattr(app.state, "time_zones", None) or _time_zones())
+        for parameter in schema["paths"][heatmap_path]["get"]["parameters"]:
+            if parameter["name"] == "tz":
+                parameter["schema"]["enum"] = zones
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
                 for status, response in operation.get("responses", {}).items():
