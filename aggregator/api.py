@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -31,7 +32,7 @@ from fastapi.security import HTTPBearer
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisClusterException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -70,12 +71,14 @@ from .api_models import (
 from .api_system import BlockCache
 from .auth import ApiProblem, Principal, TokenVerifier, forbidden, require_staff, resolve_subject
 from .db import create_pool
+from .live import LiveHub
 
 _log = logging.getLogger(__name__)
 
 PREFIX = "/api/analytics"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 MAX_HEATMAP_DAYS = 366
+HEATMAP_DEFAULT_DAYS = 365
 POOL_SIZE = 8
 SYSTEM_METRICS_TTL_S = 10
 """System metrics are shared by all staff and change by the minute: computed at most once per
@@ -102,8 +105,10 @@ SELECT day, sum(sessions)::int AS sessions, sum(study_seconds)::float8 AS study_
        sum(materials_completed)::int AS materials_completed, sum(xp)::bigint AS xp
 FROM daily_activity_summary
 WHERE user_hash = ANY($1::text[]) AND day >= $2 AND day <= $3
-GROUP BY day ORDER BY day
+GROUP BY day HAVING sum(events) > 0 OR sum(sessions) > 0 OR sum(study_seconds) > 0 ORDER BY day
 """
+"""A day whose row holds nothing (a session's study time taken back, see aggregator/sessions.py)
+is no day of activity."""
 
 GAMIFICATION_SQL = """
 SELECT coalesce(sum(xp_total), 0)::bigint AS xp_total, coalesce(max(level), 1) AS level,
@@ -120,9 +125,12 @@ HEATMAP_SQL = """
 SELECT (hour AT TIME ZONE $2)::date AS day, sum(study_seconds)::float8 AS study_seconds,
        sum(sessions)::int AS sessions, sum(events)::int AS events
 FROM user_activity_hourly
-WHERE user_hash = ANY($1::text[]) AND hour >= $3 AND hour < $4
+WHERE user_hash = ANY($1::text[])
+  AND hour >= ($3::date::timestamp AT TIME ZONE $2) AND hour < (($4::date + 1)::timestamp AT TIME ZONE $2)
 GROUP BY 1
 """
+"""The local days ``$3..$4`` in zone ``$2`` as UTC bounds, computed by PostgreSQL: its dates and
+timestamps reach far beyond Python's on both sides, so any date the API accepts has bounds."""
 
 ACTIVE_USERS_SQL = """
 SELECT count(*)::int FROM gamification_stats WHERE last_activity_at >= $1 AND last_activity_at <= $2
@@ -138,7 +146,7 @@ SELECT (hour AT TIME ZONE 'UTC')::date AS day, max(active_users)::int AS peak,
        sum(ai_interactions)::int AS ai_interactions
 FROM hourly_analytics_summary
 WHERE hour >= $1 AND hour < $2
-GROUP BY 1 ORDER BY 1
+GROUP BY 1 HAVING sum(events) > 0 OR sum(sessions) > 0 OR sum(study_seconds) > 0 ORDER BY 1
 """
 
 
@@ -158,6 +166,17 @@ def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
+async def supported_time_zones(pool: asyncpg.Pool) -> frozenset[str]:
+    """The IANA names both Python and PostgreSQL know (the heatmap needs both); Python's alone
+    if the database cannot say."""
+    try:
+        names = {r[0] for r in await pool.fetch("SELECT name FROM pg_timezone_names", timeout=10)}
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+        _log.warning("cannot read PostgreSQL's time zones (%s): offering Python's", type(exc).__name__)
+        return _time_zones()
+    return _time_zones() & (names | {"UTC"})
+
+
 def current_streak(reported: int | None, as_of: datetime | None, today: date) -> int:
     """The streak the app last reported, or 0 if it was not extended yesterday or today (UTC).
 
@@ -167,6 +186,29 @@ def current_streak(reported: int | None, as_of: datetime | None, today: date) ->
     if not reported or as_of is None:
         return 0
     return reported if as_of.astimezone(UTC).date() >= today - timedelta(days=1) else 0
+
+
+def _days_from(day: date, days: int) -> date:
+    """``day`` moved by ``days``, stopping at the first or last day a date can be."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
+def heatmap_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """The heatmap's days: as given, or 365 days from the one given, or the 365 ending today.
+
+    Any date is a valid ``start`` or ``end`` on its own (the year 1 included: a default computed
+    from it stops at the first day a date can be); only the two together can be inconsistent.
+    """
+    span = HEATMAP_DEFAULT_DAYS - 1
+    if start is not None and end is not None:
+        return start, end
+    if start is not None:
+        return start, _days_from(start, span)
+    last = end if end is not None else today
+    return _days_from(last, -span), last
 
 
 def intensity_level(minutes: float) -> int:
@@ -239,6 +281,42 @@ def cached_json(request: Request, model: BaseModel, *, max_age: int) -> Response
     ):
         return Response(status_code=304, headers=headers)
     return Response(content=body, media_type="application/json", headers=headers)
+
+
+def _client_item_errors(
+    settings: Settings, index: int, event_type: str, data: dict[str, Any]
+) -> tuple[type[events.DomainEvent] | None, list[FieldError]]:
+    """The model of one tracked item and what is wrong with it (nothing: it may be emitted).
+
+    Beyond the domain model's checks, what a client reports is held to what a client may know:
+    a session's ``duration_s`` is at most ``client_session_max_s`` (docs/api.md, per event type).
+    """
+    loc: list[str | int] = ["body", "events", index]
+    model = events.EVENT_TYPES.get(event_type)
+    if model is None or event_type not in CLIENT_EVENT_TYPES:
+        reason = "unknown event type" if model is None else "clients may not report this event type"
+        return None, [FieldError(loc=[*loc, "type"], msg=reason, type="event_type")]
+    try:
+        event = model.model_validate(data)
+    except ValidationError as exc:
+        return model, [
+            FieldError(
+                loc=[*loc, "data", *[p if isinstance(p, int) else str(p) for p in e["loc"]]],
+                msg=e["msg"],
+                type=e["type"],
+            )
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+    if isinstance(event, events.SessionEnd) and event.duration_s > settings.client_session_max_s:
+        limit = f"{settings.client_session_max_s:g}"
+        return model, [
+            FieldError(
+                loc=[*loc, "data", "duration_s"],
+                msg=f"a client may report a session of at most {limit} s (client_session_max_s)",
+                type="less_than_equal",
+            )
+        ]
+    return model, []
 
 
 # --- request-body limit -------------------------------------------------------------------------
@@ -340,12 +418,30 @@ class OverviewParams(_Params):
     )
 
 
+def _iso_date(value: Any) -> Any:
+    """Only ``YYYY-MM-DD``, as the schema says: pydantic alone would take ``0`` (a Unix time)."""
+    if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
 class HeatmapParams(_Params):
     tz: str = Field(
-        default="UTC", min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
+        default="UTC",
+        min_length=1,
+        max_length=64,
+        description="IANA time zone, e.g. Europe/Berlin (the names both this server and its database know)",
     )
-    start: date | None = Field(default=None, description="First day (default: 364 days before end)")
-    end: date | None = Field(default=None, description="Last day (default: today in tz)")
+    start: IsoDate | None = Field(
+        default=None, description="First day (default: 364 days before end); at most 366 days before end"
+    )
+    end: IsoDate | None = Field(
+        default=None, description="Last day (default: 364 days after start if given, else today in tz)"
+    )
     subject: str | None = Field(
         default=None, pattern=PSEUDONYM_PATTERN.pattern, description="As for overview"
     )
@@ -498,7 +594,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, "api", min_size=1, max_size=POOL_SIZE)
+        app.state.time_zones = await supported_time_zones(app.state.pool)
         app.state.redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
+        # Readiness has a client of its own: however busy the requests' client is, /readyz
+        # answers for Redis itself (live feeds read the bus on a third, app.state.live_hub).
+        app.state.health_redis = async_client(settings, socket_timeout=2, socket_connect_timeout=2)
         # Events posted by the frontend take the backend's path: tracker -> span events ->
         # privacy guard -> Redis exporter (in the batch processor's thread, off the request).
         provider = TracerProvider(resource=Resource.create({"service.name": "studyin-analytics-api"}))
@@ -511,8 +611,10 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             provider.shutdown()
+            await app.state.live_hub.close()
             await app.state.pool.close()
             await app.state.redis.aclose()
+            await app.state.health_redis.aclose()
             telemetry.telemetry.shutdown()
 
     app = FastAPI(
@@ -529,6 +631,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.system_metrics_ttl_s = SYSTEM_METRICS_TTL_S
     app.state.system_cache = {}
     app.state.block_cache = BlockCache()
+    app.state.live_hub = LiveHub(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(HTTPServerMetrics, **telemetry.middleware_options())  # outermost: sees 413s too
     app.state.telemetry = telemetry
@@ -623,26 +726,20 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, caller: Caller, db: Db, params: Annotated[HeatmapParams, Query()]
     ) -> Response:
         """Study minutes and an intensity level per calendar day in the caller's time zone."""
-        if params.tz not in _time_zones():
+        if params.tz not in (getattr(request.app.state, "time_zones", None) or _time_zones()):
             raise bad_request("unknown_time_zone", "tz must be an IANA time zone name", ["query", "tz"])
-        zone = zoneinfo.ZoneInfo(params.tz)
-        end = params.end or datetime.now(zone).date()
-        start = params.start or end - timedelta(days=MAX_HEATMAP_DAYS - 2)
+        today = datetime.now(zoneinfo.ZoneInfo(params.tz)).date()
+        start, end = heatmap_range(params.start, params.end, today)
         if start > end:
             raise bad_request("invalid_range", "start must not be after end", ["query", "start"])
         if (end - start).days + 1 > MAX_HEATMAP_DAYS:
             raise bad_request(
                 "range_too_long", f"the range may span at most {MAX_HEATMAP_DAYS} days", ["query", "start"]
             )
-        if start < date(1970, 1, 2) or end > date(9999, 12, 30):
-            raise bad_request("invalid_range", "dates must lie between 1970 and 9999", ["query", "start"])
         hashes = await _subject(db, caller, heatmap_path, params.subject)
-        lower = datetime(start.year, start.month, start.day, tzinfo=zone).astimezone(UTC)
-        upper_day = end + timedelta(days=1)
-        upper = datetime(upper_day.year, upper_day.month, upper_day.day, tzinfo=zone).astimezone(UTC)
         async with db.acquire() as conn:
             try:
-                records = await conn.fetch(HEATMAP_SQL, list(hashes), params.tz, lower, upper)
+                records = await conn.fetch(HEATMAP_SQL, list(hashes), params.tz, start, end)
             except asyncpg.InvalidParameterValueError:  # a zone Python knows and PostgreSQL does not
                 raise bad_request(
                     "unknown_time_zone", "this time zone is not supported by the database", ["query", "tz"]
@@ -810,30 +907,8 @@ def create_app(settings: Settings) -> FastAPI:
         results: list[TrackItemResult] = []
         valid: list[tuple[int, type[events.DomainEvent], dict[str, Any]]] = []
         for index, item in enumerate(body.events):
-            loc: list[str | int] = ["body", "events", index]
-            model = events.EVENT_TYPES.get(item.type)
-            if model is None or item.type not in CLIENT_EVENT_TYPES:
-                reason = "unknown event type" if model is None else "clients may not report this event type"
-                results.append(
-                    TrackItemResult(
-                        index=index,
-                        type=item.type,
-                        status="rejected",
-                        errors=[FieldError(loc=[*loc, "type"], msg=reason, type="event_type")],
-                    )
-                )
-                continue
-            try:
-                model.model_validate(item.data)
-            except ValidationError as exc:
-                errors = [
-                    FieldError(
-                        loc=[*loc, "data", *[p if isinstance(p, int) else str(p) for p in e["loc"]]],
-                        msg=e["msg"],
-                        type=e["type"],
-                    )
-                    for e in exc.errors(include_input=False, include_url=False)
-                ]
+            model, errors = _client_item_errors(settings, index, item.type, item.data)
+            if errors or model is None:
                 results.append(TrackItemResult(index=index, type=item.type, status="rejected", errors=errors))
                 continue
             valid.append((index, model, item.data))
@@ -882,7 +957,7 @@ def create_app(settings: Settings) -> FastAPI:
         except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
             checks["postgres"] = type(exc).__name__
         try:
-            await request.app.state.redis.ping()
+            await request.app.state.health_redis.ping()
             checks["redis"] = "ok"
         except (aioredis.RedisError, RedisClusterException, OSError) as exc:
             checks["redis"] = type(exc).__name__
@@ -901,6 +976,12 @@ def create_app(settings: Settings) -> FastAPI:
             description=app.description,
             routes=app.routes,
         )
+        # The time zones are a closed set, too long for a description: an enum, so a client (or
+        # a fuzzer) knows which strings the heatmap takes.
+        zones = sorted(getattr(app.state, "time_zones", None) or _time_zones())
+        for parameter in schema["paths"][heatmap_path]["get"]["parameters"]:
+            if parameter["name"] == "tz":
+                parameter["schema"]["enum"] = zones
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
                 for status, response in operation.get("responses", {}).items():
@@ -915,7 +996,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     from .dashboard import mount_dashboard  # the live feed authenticates with _caller, defined above
 
-    mount_dashboard(app, settings, _caller)
+    mount_dashboard(app, _caller)
     correlation.install(app)  # request ids in log records and X-Request-ID, 500s included
     return app
 

@@ -76,6 +76,8 @@ class Principal:
     roles: frozenset[str]
     is_staff: bool
     user_id: str = ""
+    expires_at: float | None = None
+    """The token's ``exp`` (seconds since the epoch): a live feed ends then."""
 
     @property
     def user_hash(self) -> str:
@@ -86,9 +88,14 @@ class Principal:
 
 
 def _roles(claims: dict[str, Any]) -> frozenset[str]:
+    """The ``roles`` claim: a list of strings, or one string of roles separated by plain spaces.
+
+    Only U+0020 separates (as in OAuth's ``scope``): ``str.split()`` would also split on a
+    newline or a no-break space, so ``"reader\u00a0staff"`` would grant staff.
+    """
     value = claims.get("roles", [])
     if isinstance(value, str):
-        return frozenset(value.split())
+        return frozenset(role for role in value.split(" ") if role)
     if isinstance(value, list):
         return frozenset(r for r in value if isinstance(r, str))
     return frozenset()
@@ -141,7 +148,9 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=JWT_LEEWAY_S,
-                options={"require": ["exp", "sub", "aud", "iss"]},
+                # PyJWT >= 2.10 refuses a numeric sub as "invalid"; user ids may be numbers:
+                # checked below, by name.
+                options={"require": ["exp", "sub", "aud", "iss"], "verify_sub": False},
             )
         except jwt.ExpiredSignatureError:
             raise unauthorized("token_expired", "token has expired") from None
@@ -159,13 +168,14 @@ class TokenVerifier:
             raise unauthorized("invalid_token", "token is invalid") from None
         sub = claims["sub"]
         if not isinstance(sub, str | int) or isinstance(sub, bool) or not str(sub).strip():
-            raise unauthorized("invalid_subject", "token 'sub' must be a non-empty user id")
+            raise unauthorized("invalid_subject", "token 'sub' must be a non-empty string or an integer")
         roles = _roles(claims)
         return Principal(
             user_hashes=tuple(self._pseudonymizer.pseudonyms(str(sub))),
             roles=roles,
             is_staff=self._staff_role in roles,
             user_id=str(sub),
+            expires_at=float(claims["exp"]),
         )
 
     def __call__(self, request: Request) -> Principal:

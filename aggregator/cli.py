@@ -113,8 +113,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from ..exporter.httpserver import serve
     from .api import create_app
     from .db import check_login
 
@@ -122,8 +121,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     asyncio.run(check_login(settings, "api"))  # a refused login is one line and exit 1, not a traceback
-    # log_config=None: uvicorn's records go through configure_logging (JSON when asked), at its level.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, log_level=None, access_log=False)
+    serve(create_app(settings), settings, host, port)  # header and body read deadlines
     return EXIT_OK
 
 

@@ -34,6 +34,7 @@ from ..exporter.events import API_REQUEST, api_request_fields, domain_event_type
 from ..exporter.wire import SPAN_KIND_SERVER, SpanRecord
 from ..instrumentation import semconv
 from ..instrumentation.privacy import is_pseudonym
+from .sessions import RECORDED_START
 
 SERVER_SPAN_INDEX = 0xFFFF
 """Position used for the span's own ``api_request`` event, after any event index."""
@@ -163,6 +164,10 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
                 field = fields.get(key)
                 if field is not None:
                     properties[field] = value
+            if event_type == "session_end" and record.name == semconv.LEARNING_SESSION_SPAN:
+                # The session's own span started when the session did (the tracker's record of
+                # it): its start bounds the study time like a session_start (aggregator/sessions.py).
+                properties[RECORDED_START] = micros_of(record.start_unix_nano)
             session_text = properties.get("session_id")
             if session_text is None or session_text == span_session_text:
                 session_id = span_session

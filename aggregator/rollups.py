@@ -17,27 +17,31 @@ Inside one transaction (a round of batches, or one batch of redelivered entries)
 So every rollup moves exactly once per event, whatever the bus redelivers.
 
 Every update commutes (sums, maxima, set unions, last-writer-wins on ``(time, event_id)``),
-so transactions may be applied in any order by any number of aggregators. To keep concurrent
+so transactions may be applied in any order by any number of aggregators. Sessions are the one
+choice that is not a sum (a session is started and ended once, :mod:`.sessions`): they are
+merged first, under the lock of their rows, and what a changed session had counted is taken
+back in the same transaction, so the result is again independent of order. To keep concurrent
 aggregators free of deadlocks, every statement touches its keys in sorted order (``ORDER BY``
 the conflict key) and the tables are always updated in the same order, one statement after
 the other; the one-row-per-hour dashboard summary, the hottest row, comes last so its lock is
 held only until the commit.
 
 Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
-counts per user need a ``user_hash``; sessions count with a ``session_id``; a session's study
-time (``duration_s`` of its ``session_end``, at most :data:`MAX_SECONDS`) is split over the UTC
-days and hours it covered; latency histograms use the buckets of :mod:`.histogram`;
-``active_users`` of an hour counts the (user, hour) rows of ``user_activity_hourly`` a
-transaction created (``RETURNING xmax = 0``), so it is exact without a ``DISTINCT`` over
-history. Numbers may arrive as strings holding one; a field the rollups cannot use (only
-possible through the OTLP gateway: the tracker validates its events) makes the entry fail with
-:class:`RollupInputError` naming the event type and the field.
+counts per user need a ``user_hash``; a session (learner and ``session_id``) counts once, at its
+earliest recorded start; its study time (the earliest ``session_end``'s ``duration_s``, at
+most its recorded span, refused above :data:`MAX_SECONDS`) is split over the UTC days and hours
+it covered; latency histograms use the buckets of :mod:`.histogram`; ``active_users`` of an hour
+counts the learners with an event, a session start or study time in it, from the (user, hour)
+rows of ``user_activity_hourly`` a transaction created (``RETURNING xmax = 0``) or emptied, so
+it is exact without a ``DISTINCT`` over history. Numbers may arrive as strings holding one; a field
+the rollups cannot use (only possible through the OTLP gateway: the tracker validates its
+events) makes the entry fail with :class:`RollupInputError` naming the event type and the field.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -47,12 +51,16 @@ import orjson
 from ..instrumentation.events import MAX_SECONDS
 from . import histogram
 from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
+from .sessions import RECORDED_START, Mark, Session, StudyDeltas
 
 MINUTE_US = 60_000_000
 HOUR_US = 3_600_000_000
 DAY_US = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1)
+STUDY_EPSILON_S = 5e-7
+"""Less study time than this is none: study time is counted in whole microseconds, and taking a
+session's back in floating point can leave a residue of about 1e-12 s."""
 
 
 class RollupInputError(ValueError):
@@ -232,9 +240,8 @@ class Rollup:
         latency_min, latency_max, latency_hist]"""
         self.by_type: dict[tuple[int, str], int] = {}
         """(hour, event type) -> events, users or not"""
-        self.sessions: dict[Any, list[Any]] = {}
-        """session id -> [user, start key, started time_us, end key, ended time_us, duration_s,
-        xp_earned, materials_touched, end_reason]"""
+        self.sessions: dict[tuple[str, Any], Session] = {}
+        """(user, session id) -> the earliest start and end of the session among these events"""
 
     @property
     def keys(self) -> int:
@@ -292,8 +299,6 @@ class Rollup:
                 self._coach(user, day, row.properties, event_type)
             elif event_type == "session_start":
                 if row.session_id is not None:
-                    day_row[0] += 1
-                    hour_row[1] += 1
                     self._session_start(row, user)
             elif event_type == "session_end":
                 if row.session_id is not None:
@@ -361,17 +366,15 @@ class Rollup:
             metrics[8] += rating
             _count(metrics[9], rating)
 
-    def _session(self, session_id: Any, user: str) -> list[Any]:
-        session = self.sessions.get(session_id)
+    def _session(self, row: EventRow, user: str) -> Session:
+        key = (user, row.session_id)
+        session = self.sessions.get(key)
         if session is None:
-            session = self.sessions[session_id] = [user, None, None, None, None, None, 0, None, None]
+            session = self.sessions[key] = Session()
         return session
 
     def _session_start(self, row: EventRow, user: str) -> None:
-        session = self._session(row.session_id, user)
-        key = (row.time_us, row.event_id.bytes)
-        if session[1] is None or key > session[1]:  # the latest start wins, as on conflict
-            session[1], session[2] = key, row.time_us
+        self._session(row, user).add_start(Mark(row.time_us, row.event_id))
 
     def _session_end(self, row: EventRow, user: str) -> None:
         properties = row.properties
@@ -380,34 +383,18 @@ class Rollup:
             raise RollupInputError(
                 f"event 'session_end': field 'duration_s' must be at most {MAX_SECONDS} s, got {duration:g}"
             )
-        session = self._session(row.session_id, user)
-        key = (row.time_us, row.event_id.bytes)
-        if session[3] is None or key > session[3]:
-            materials = properties.get("materials_touched")
-            session[3:] = [
-                key,
-                row.time_us,
-                duration,
-                _int(properties, "xp_earned", "session_end"),
-                [_material(m) for m in materials] if isinstance(materials, (list, tuple)) else [],
-                _text(properties.get("end_reason"), "completed"),
-            ]
-        if duration > 0:
-            self._study(user, row.time_us, duration)
-
-    def _study(self, user: str, end_us: int, duration_s: float) -> None:
-        """Split a session's study time over the UTC hours and days it covered."""
-        start_us = end_us - round(duration_s * 1e6)  # make_interval(secs => s): rint to microseconds
-        for hour, seconds in _periods(start_us, end_us, HOUR_US):
-            counters = self.hourly.get((user, hour))
-            if counters is None:
-                counters = self.hourly[(user, hour)] = [0, 0, 0.0, 0, 0, 0, 0]
-            counters[2] += seconds
-        for day, seconds in _periods(start_us, end_us, DAY_US):
-            counters = self.daily.get((user, day))
-            if counters is None:
-                counters = self.daily[(user, day)] = [0, 0.0, 0, 0, 0, 0]
-            counters[1] += seconds
+        materials = properties.get("materials_touched")
+        session = self._session(row, user)
+        recorded_start = properties.get(RECORDED_START)
+        if type(recorded_start) is int:  # carried by the session's own span (see .sessions)
+            session.add_start(Mark(recorded_start, row.event_id))
+        session.add_end(
+            Mark(row.time_us, row.event_id),
+            max(duration, 0.0),
+            _int(properties, "xp_earned", "session_end"),
+            [_material(m) for m in materials] if isinstance(materials, (list, tuple)) else [],
+            _text(properties.get("end_reason"), "completed"),
+        )
 
     def _streak(self, row: EventRow, state: list[Any]) -> None:
         updated = row.event_type == "streak_updated"
@@ -424,38 +411,80 @@ class Rollup:
     async def apply(self, conn: asyncpg.Connection) -> None:
         """Merge the deltas into the tables (inside the batch transaction), in the fixed order.
 
-        Each table's deltas travel by binary ``COPY`` into the connection's delta table (emptied
-        at commit), then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` merges them (the
-        hourly table's with the summary's, which counts the (user, hour) rows it created).
+        Sessions first: what they change in the per-learner rollups depends on the stored
+        sessions (:meth:`_apply_sessions`). Then each table's deltas travel by binary ``COPY``
+        into the connection's delta table (emptied at commit), and one ``INSERT ... SELECT ...
+        ON CONFLICT DO UPDATE`` merges them (the hourly table's with the summary's, which counts
+        the learners that became active in each hour). Nothing in ``self`` changes: a rolled-back
+        transaction may apply the same rollup again.
         """
+        study = await self._apply_sessions(conn) if self.sessions else StudyDeltas()
+        hourly = self._hourly_with(study)
         deltas = (
-            (SESSIONS, self._session_rows, UPSERT_SESSIONS),
-            (DAILY, self._daily_rows, UPSERT_DAILY),
-            (GAMIFICATION, self._gamification_rows, UPSERT_GAMIFICATION),
-            (AI, self._ai_rows, UPSERT_AI),
-            (SYSTEM, self._system_rows, UPSERT_SYSTEM),
-            (HOURLY, self._hourly_rows, None),
-            (SUMMARY, self._summary_rows, UPSERT_HOURLY_AND_SUMMARY),
+            (DAILY, self._daily_rows(study), UPSERT_DAILY),
+            (GAMIFICATION, self._gamification_rows(), UPSERT_GAMIFICATION),
+            (AI, self._ai_rows(), UPSERT_AI),
+            (SYSTEM, self._system_rows(), UPSERT_SYSTEM),
+            (HOURLY, [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in hourly.items()], None),
+            (SUMMARY, self._summary_rows(hourly), UPSERT_HOURLY_AND_SUMMARY),
         )
-        for delta, rows_of_delta, upsert in deltas:
-            rows = rows_of_delta()
+        for delta, rows, upsert in deltas:
             if rows:
                 await conn.copy_records_to_table(delta.temp, records=rows, columns=delta.columns)
                 if upsert is not None:
                     await conn.execute(upsert)
+        if study.takes_back_study:
+            await conn.execute(CLEAR_STUDY_RESIDUES)
 
-    def _session_rows(self) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        for session_id, s in self.sessions.items():
-            started = None if s[2] is None else _datetime(s[2])
-            if s[3] is None:
-                rows.append((session_id, s[0], started, None, None, 0, [], None))
+    async def _apply_sessions(self, conn: asyncpg.Connection) -> StudyDeltas:
+        """Merge the sessions (see :mod:`.sessions`); returns what they change in the rollups.
+
+        One upsert inserts the new sessions and locks the stored ones (in key order, like every
+        statement here), returning those this rollup changes as they are stored; the merged
+        state of those is written back. Under the lock no other aggregator can change them
+        before this transaction ends, so the difference counted is exact.
+        """
+        await conn.copy_records_to_table(
+            SESSIONS.temp,
+            records=[s.row(user, sid) for (user, sid), s in self.sessions.items()],
+            columns=SESSIONS.columns,
+        )
+        study = StudyDeltas()
+        merged: list[tuple[Any, ...]] = []
+        for record in await conn.fetch(UPSERT_SESSIONS):
+            user, sid = record["user_hash"], record["session_id"]
+            batch = self.sessions[(user, sid)]
+            if record["created"]:
+                study.count(user, batch)
             else:
-                rows.append((session_id, s[0], started, _datetime(s[4]), s[5], s[6], s[7], s[8]))
-        return rows
+                stored = Session.from_record(record)
+                after = stored.merged(batch)
+                study.move(user, stored, after)
+                merged.append(after.row(user, sid))
+        if merged:
+            await conn.execute(f"DELETE FROM {SESSIONS.temp}")
+            await conn.copy_records_to_table(SESSIONS.temp, records=merged, columns=SESSIONS.columns)
+            await conn.execute(UPDATE_SESSIONS)
+        return study.nonzero()
 
-    def _daily_rows(self) -> list[tuple[Any, ...]]:
-        return [(user, _day(day), *c) for (user, day), c in self.daily.items()]
+    def _daily_rows(self, study: StudyDeltas) -> list[tuple[Any, ...]]:
+        daily = dict(self.daily)
+        for key, (sessions, micros) in study.daily.items():
+            counters = list(daily.get(key) or (0, 0.0, 0, 0, 0, 0))
+            counters[0] += sessions
+            counters[1] += micros / 1e6
+            daily[key] = counters
+        return [(user, _day(day), *c) for (user, day), c in daily.items()]
+
+    def _hourly_with(self, study: StudyDeltas) -> dict[tuple[str, int], list[Any]]:
+        """The per-learner hourly deltas with what the sessions changed (``self`` unchanged)."""
+        hourly = dict(self.hourly)
+        for key, (sessions, micros) in study.hourly.items():
+            counters = list(hourly.get(key) or (0, 0, 0.0, 0, 0, 0, 0))
+            counters[1] += sessions
+            counters[2] += micros / 1e6
+            hourly[key] = counters
+        return hourly
 
     def _gamification_rows(self) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -487,10 +516,7 @@ class Rollup:
             for (minute, route, method), c in self.system.items()
         ]
 
-    def _hourly_rows(self) -> list[tuple[Any, ...]]:
-        return [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in self.hourly.items()]
-
-    def _summary_rows(self) -> list[tuple[Any, ...]]:
+    def _summary_rows(self, hourly: dict[tuple[str, int], list[Any]]) -> list[tuple[Any, ...]]:
         """Per hour: events by type; the learners' counters summed over their hourly rows; requests."""
         hours: dict[int, list[Any]] = {}
 
@@ -505,7 +531,7 @@ class Rollup:
             total = totals(hour)
             total[0] += count
             total[1][event_type] = count
-        for (_user, hour), c in self.hourly.items():
+        for (_user, hour), c in hourly.items():
             total = totals(hour)
             for i in range(1, 7):  # sessions, study_seconds, viewed, completed, xp, ai_interactions
                 total[i + 1] += c[i]
@@ -514,15 +540,6 @@ class Rollup:
             total[8] += c[0]
             total[9] += c[1]
         return [(_datetime(hour * HOUR_US), c[0], _json(c[1]), *c[2:]) for hour, c in hours.items()]
-
-
-def _periods(start_us: int, end_us: int, period_us: int) -> Iterator[tuple[int, float]]:
-    """(period index, seconds of [start, end) within it) for every period the interval touches."""
-    period = start_us // period_us
-    while period * period_us < end_us:
-        begin = period * period_us
-        yield period, (min(begin + period_us, end_us) - max(begin, start_us)) / 1e6
-        period += 1
 
 
 def _day(day: int) -> date:
@@ -555,16 +572,19 @@ class DeltaTable(NamedTuple):
 SESSIONS = DeltaTable(
     "learning_sessions",
     (
-        "session_id",
         "user_hash",
+        "session_id",
         "started_at",
+        "start_event_id",
         "ended_at",
+        "end_event_id",
         "duration_s",
+        "study_s",
         "xp_earned",
         "materials_touched",
         "end_reason",
     ),
-    ("session_id",),
+    ("user_hash", "session_id"),
 )
 DAILY = DeltaTable(
     "daily_activity_summary",
@@ -683,21 +703,37 @@ def _merge(stored: str, added: str) -> str:
     return f"CASE WHEN {added} = '{{}}'::jsonb THEN {stored} ELSE count_map_add({stored}, {added}) END"
 
 
+_NIL = "'00000000-0000-0000-0000-000000000000'::uuid"
+
+
+def _is_earlier(mark: str) -> str:
+    """The batch's start or end (``mark`` is ``start`` or ``end``) comes before the stored one."""
+    at = "started_at" if mark == "start" else "ended_at"
+    return (
+        f"(EXCLUDED.{at} IS NOT NULL AND (s.{at} IS NULL OR (EXCLUDED.{at}, EXCLUDED.{mark}_event_id) "
+        f"< (s.{at}, coalesce(s.{mark}_event_id, {_NIL}))))"
+    )
+
+
 UPSERT_SESSIONS = (
     _insert(SESSIONS, "s")
-    + """
-    started_at = coalesce(EXCLUDED.started_at, s.started_at),
-    ended_at = coalesce(EXCLUDED.ended_at, s.ended_at),
-    duration_s = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.duration_s ELSE EXCLUDED.duration_s END,
-    xp_earned = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.xp_earned ELSE EXCLUDED.xp_earned END,
-    materials_touched = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.materials_touched
-                             ELSE EXCLUDED.materials_touched END,
-    end_reason = CASE WHEN EXCLUDED.ended_at IS NULL THEN s.end_reason ELSE EXCLUDED.end_reason END
+    + f"""    user_hash = s.user_hash
+WHERE {_is_earlier("start")} OR {_is_earlier("end")}
+RETURNING (xmax = 0) AS created, s.*
 """
 )
-"""A session's start and its end (the latest of each in the batch) in one row: a start sets
-``started_at``, an end (``ended_at`` set) the end columns, each overwriting what a replayed start
-or end set."""
+"""New sessions are inserted as the batch has them; a stored session is locked and, if the batch
+has an earlier start or end for it, returned unchanged (the no-op update) for the merge."""
+
+UPDATE_SESSIONS = f"""
+UPDATE {SESSIONS.table} AS s SET
+    started_at = t.started_at, start_event_id = t.start_event_id, ended_at = t.ended_at,
+    end_event_id = t.end_event_id, duration_s = t.duration_s, study_s = t.study_s,
+    xp_earned = t.xp_earned, materials_touched = t.materials_touched, end_reason = t.end_reason
+FROM {SESSIONS.temp} AS t
+WHERE s.user_hash = t.user_hash AND s.session_id = t.session_id
+"""
+"""The merged sessions (locked by :data:`UPSERT_SESSIONS` in this transaction) written back."""
 
 UPSERT_DAILY = (
     _insert(DAILY, "d")
@@ -779,10 +815,18 @@ WITH hourly AS (
         materials_completed = h.materials_completed + EXCLUDED.materials_completed,
         xp = h.xp + EXCLUDED.xp,
         ai_interactions = h.ai_interactions + EXCLUDED.ai_interactions
-    RETURNING hour, (xmax = 0) AS created
+    RETURNING user_hash, hour, (xmax = 0) AS created, events, sessions, study_seconds
 ), active AS (
-    -- (user, hour) rows this batch created are exactly the learners new in that hour.
-    SELECT hour, count(*) FILTER (WHERE created) AS users FROM hourly GROUP BY hour
+    -- Learners active in an hour (an event, a session start or study time in it) now, less
+    -- those that were before: a row this batch created was not; a stored row's counters were
+    -- its new ones less the batch's delta (a session that changed can leave a learner inactive).
+    SELECT h.hour, sum(
+        (h.events > 0 OR h.sessions > 0 OR h.study_seconds >= {STUDY_EPSILON_S})::int
+        - (NOT h.created AND (h.events > d.events OR h.sessions > d.sessions
+                              OR h.study_seconds - d.study_seconds >= {STUDY_EPSILON_S}))::int
+    )::int AS users
+    FROM hourly AS h JOIN {HOURLY.temp} AS d USING (user_hash, hour)
+    GROUP BY h.hour
 )
 INSERT INTO {SUMMARY.table} AS s
     (hour, events, events_by_type, active_users, sessions, study_seconds, materials_viewed,
@@ -806,3 +850,13 @@ ON CONFLICT (hour) DO UPDATE SET
 """
 # Every hour of a (user, hour) row also has events or study time of the batch, so the summary
 # holds every hour of ``active``: the LEFT JOIN loses nothing.
+
+CLEAR_STUDY_RESIDUES = ";\n".join(
+    f"UPDATE {delta.table} AS r SET study_seconds = 0 FROM {delta.temp} AS d "
+    f"WHERE {' AND '.join(f'r.{k} = d.{k}' for k in delta.key)} "
+    f"AND r.study_seconds <> 0 AND abs(r.study_seconds) < {STUDY_EPSILON_S}"
+    for delta in (DAILY, HOURLY, SUMMARY)
+)
+"""After study time was taken back: what is left of it below :data:`STUDY_EPSILON_S` becomes 0
+(rows of this transaction only, locked already). A row left with no events and no study time
+stays, all zero: the aggregator may not delete (docs/aggregator.md), and readers skip it."""

@@ -212,9 +212,8 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .gateway import create_gateway
+    from .httpserver import serve
 
     settings = _settings()
     host = args.host or settings.gateway_host
@@ -223,8 +222,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     new_console(stderr=True).print(
         data(f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}")
     )
-    # log_config=None: uvicorn's records go through configure_logging (JSON when asked), at its level.
-    uvicorn.run(app, host=host, port=port, log_config=None, log_level=None, access_log=False)
+    serve(app, settings, host, port)  # header and body read deadlines
     return 0
 
 

@@ -18,7 +18,6 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -35,21 +34,53 @@ _URL_FIELDS = frozenset({"redis_url", "postgres_url", "aggregator_postgres_url",
 """Settings that may carry a password: shown only through :func:`redact_url`."""
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+JWT_SECRET_MIN_BYTES = 32
+
+
+_CREDENTIAL_NAME = r"[\w.-]*(?:pass|pwd|secret|token|auth|key)[\w.-]*"
+"""A parameter whose name says it is a credential (``password``, ``sslpassword``, ``access_token``,
+``apikey``...). ``sslkey`` names a file, not a secret: masked all the same (the safe side)."""
+_QUERY_SECRET = re.compile(rf"(?is)([?&;]{_CREDENTIAL_NAME}=)(.*?)(?=[&;][\w.-]+=|$)")
+"""Its value in a URL's query: up to the next ``&name=`` (a ``#`` or space may be the secret's)."""
+_KEYWORD_SECRET = re.compile(rf"(?i)((?:^|\s){_CREDENTIAL_NAME}\s*=\s*)('(?:[^'\\]|\\.|'')*'|\S*)")
+"""Its value in libpq's ``keyword=value`` form: quoted (``\'`` escapes, and SQL's ``''`` to be
+safe) or up to a space."""
+_MASK = r"\1***"
 
 
 def redact_url(url: str | None) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    """Return ``url`` with its password and credential parameters as ``***`` (safe for logs and errors).
+
+    Written for URLs as people type them, not only well-formed ones. The userinfo's password
+    runs to the last ``@``, so one with an unencoded ``@``, ``/``, ``?`` or ``#`` is masked whole;
+    ``?password=...`` (libpq and redis-py take it) and libpq's ``host=... password=...`` form are
+    masked too. Where the rules overlap (an ``@`` in the query) the union is masked: more than
+    needed, never less.
+    """
     if not url:
         return "<unset>"
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    spans: list[tuple[int, int]] = []
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        spans += [m.span(2) for m in _KEYWORD_SECRET.finditer(url)]
+    else:
+        start = scheme_end + 3
+        at = url.rfind("@", start)
+        colon = url.find(":", start, at)
+        if at >= 0 and colon >= 0:
+            spans.append((colon + 1, at))
+        spans += [m.span(2) for m in _QUERY_SECRET.finditer(url, start)]
+    merged: list[list[int]] = []
+    for begin, end in sorted(spans):
+        if merged and begin <= merged[-1][1]:  # overlapping or touching: one mask
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    out, position = [], 0
+    for begin, end in merged:
+        out += [url[position:begin], "***"]
+        position = end
+    return "".join(out) + url[position:]
 
 
 class ConfigurationError(RuntimeError):
@@ -65,10 +96,13 @@ def _parse_keys(value: Any) -> Any:
         if text.startswith("{"):
             return json.loads(text)
         keys: dict[str, str] = {}
-        for item in text.split(","):
+        for number, item in enumerate(text.split(","), 1):
             key_id, sep, secret = item.strip().partition("=")
-            if not sep:
-                raise ValueError("expected 'key_id=secret[,key_id=secret...]'")
+            if not sep:  # no value quoted: this may be the tail of a secret holding a comma
+                raise ValueError(
+                    f"item {number}: expected 'key_id=secret[,key_id=secret...]' (a secret holding ',' "
+                    "needs the JSON form)"
+                )
             keys[key_id.strip()] = secret.strip()
         return keys
     return value
@@ -257,7 +291,9 @@ class Settings(BaseSettings):
     gateway_retry_after_s: int = Field(
         default=2, ge=1, le=300, description="Retry-After of the gateway's 503 while Redis is unreachable"
     )
-    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret for query API tokens")
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret for query API tokens (at least 32 bytes)"
+    )
     jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM) for tokens")
     jwt_audience: str = Field(default="studyin-analytics", description="Required `aud` of API tokens")
     jwt_issuer: str = Field(default="studyin", description="Required `iss` of API tokens")
@@ -267,6 +303,35 @@ class Settings(BaseSettings):
         ge=1024,
         le=64 * 1024 * 1024,
         description="Largest request body the query API reads",
+    )
+    client_session_max_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        le=7 * 24 * 3600.0,
+        description="Longest session duration_s a client may report through /events/track (longer: the "
+        "item is rejected); study time is also bounded by the session's recorded span",
+    )
+    live_feeds_per_user: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Open /live feeds one learner (or staff member) may hold (429 beyond)",
+    )
+    live_feeds_total: int = Field(
+        default=500, ge=1, le=100_000, description="Open /live feeds of one query API process (503 beyond)"
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Query API and OTLP gateway: time a client has to send a request's headers (the "
+        "connection is closed beyond)",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Query API and OTLP gateway: time a client has to send a request's body (408 beyond)",
     )
 
     @classmethod
@@ -306,11 +371,28 @@ class Settings(BaseSettings):
     @field_validator("pseudonym_keys")
     @classmethod
     def _check_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for key_id, secret in value.items():
+        # Keys are named by position, never by id: in 'k1=sec,ret-part' a comma inside a
+        # secret makes part of it look like a key id, and an error must not print it.
+        for number, (key_id, secret) in enumerate(value.items(), 1):
             if not _KEY_ID.match(key_id):
-                raise ValueError(f"key id {key_id!r} must be 1-16 of [A-Za-z0-9_-]")
+                raise ValueError(
+                    f"key {number} of {len(value)}: its id must be 1-16 of [A-Za-z0-9_-] (a secret "
+                    "holding ',' or '=' splits the 'id=secret,...' form: use the JSON form)"
+                )
             if len(secret.get_secret_value()) < 16:
-                raise ValueError(f"key {key_id!r} is shorter than 16 characters")
+                raise ValueError(f"key {number} of {len(value)} is shorter than 16 characters")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # PyJWT warns below the hash's size (32 bytes for HS256), as plain text on stderr:
+        # a short secret is refused here instead, by name.
+        if value is not None and len(value.get_secret_value().encode()) < JWT_SECRET_MIN_BYTES:
+            raise ValueError(
+                f"must be at least {JWT_SECRET_MIN_BYTES} bytes for HS256 (an HMAC-SHA256 key shorter "
+                "than the hash can be brute-forced; PyJWT's own minimum), e.g. `openssl rand -base64 48`"
+            )
         return value
 
     @model_validator(mode="after")

@@ -152,6 +152,8 @@ function onLive(event, data) {
   } else if (event === "hello") {
     $("status").textContent = `signed in (${data.role}), live`;
     document.body.dataset.live = data.role;
+  } else if (event === "end" && data.reason === "token_expired") {
+    signOut("token expired: sign in again");
   }
 }
 
@@ -161,6 +163,15 @@ async function live() {
     const response = await fetch("/api/analytics/live", {
       headers: { Authorization: `Bearer ${token()}` }, signal: liveAbort.signal,
     });
+    if (response.status === 401) {
+      signOut("token rejected: " + ((await response.json()).detail || "401"));
+      return;
+    }
+    if (!response.ok) { // 429 / 503: too many feeds open; try again later
+      const wait = Number(response.headers.get("Retry-After")) || 5;
+      if (token()) setTimeout(live, wait * 1000);
+      return;
+    }
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {

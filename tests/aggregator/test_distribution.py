@@ -3,9 +3,9 @@
 Every table of the schema is either per-user (it carries ``user_hash``, the distribution
 column a Citus cluster would hash) or one of the few named system-wide tables. Citus needs the
 distribution column in every primary key and unique constraint of a distributed table and all
-co-located tables need it of one type; the rollups keyed by user already satisfy that, the two
-known exceptions are listed with what would have to change, and the test fails when either
-list goes stale.
+co-located tables need it of one type; the rollups keyed by user already satisfy that, the
+known exception is listed with what would have to change, and the test fails when either list
+goes stale.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ SYSTEM_WIDE = {
 KEY_GAPS = {
     "analytics_events": "PK (event_id, occurred_at) -> (user_hash, event_id, occurred_at); "
     "user_hash NOT NULL (a sentinel for events without a learner: api_request)",
-    "learning_sessions": "PK (session_id) -> (user_hash, session_id); the consumer's "
-    "ON CONFLICT (session_id) -> (user_hash, session_id)",
 }
 """Per-user tables whose keys Citus would not accept yet: what would change (nothing built now)."""
 
@@ -118,6 +116,7 @@ async def test_distribution_column_is_in_every_key_except_the_documented_gaps(mi
         not_null = table.columns[DISTRIBUTION_COLUMN][1]
         if not (not_null and all(DISTRIBUTION_COLUMN in key for key in table.keys)):
             gaps.add(name)
-    # Rollups keyed by learner (the API's per-user reads) are distributable as they are; the
-    # raw events and sessions are the known gaps, with what would change in KEY_GAPS.
+    # Rollups keyed by learner (the API's per-user reads) and sessions (keyed by learner since
+    # revision 0007) are distributable as they are; the raw events are the known gap, with what
+    # would change in KEY_GAPS.
     assert gaps == set(KEY_GAPS)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api import create_app
+from studyin_analytics.aggregator.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter
+from studyin_analytics.exporter.httpserver import server_config
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
 
@@ -29,9 +33,9 @@ STAFF = "staff-0003"
 
 def token(
     settings: Settings,
-    sub: str,
+    sub: Any,
     *,
-    roles: Iterable[str] = (),
+    roles: Iterable[str] | str = (),
     key: Any = TEST_JWT_SECRET,
     algorithm: str = "HS256",
     expires_in: timedelta = timedelta(minutes=5),
@@ -44,7 +48,7 @@ def token(
         "iss": settings.jwt_issuer,
         "iat": now,
         "exp": now + expires_in,
-        "roles": list(roles),
+        "roles": roles if isinstance(roles, str) else list(roles),
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
@@ -63,7 +67,7 @@ class Api:
         self.client = client
         self.settings = settings
 
-    def auth(self, sub: str, **kwargs: Any) -> dict[str, str]:
+    def auth(self, sub: Any, **kwargs: Any) -> dict[str, str]:
         return bearer(token(self.settings, sub, **kwargs))
 
     async def flush_tracked(self) -> None:
@@ -103,3 +107,24 @@ async def aggregate(settings: Settings) -> int:
     async with Aggregator(settings) as aggregator:
         totals = await aggregator.drain(timeout_s=30)
     return totals.events_inserted
+
+
+@asynccontextmanager
+async def served(settings: Settings, **config: Any) -> AsyncIterator[tuple[str, FastAPI]]:
+    """The query API on a real uvicorn server on a free port, configured as ``studyin-analytics
+    api`` configures it (read deadlines included): its base URL and the app."""
+    app = create_app(settings)
+    server = uvicorn.Server(
+        server_config(app, settings, "127.0.0.1", free_port(), log_level="warning", **config)
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "the query API did not start"
+    try:
+        yield f"http://127.0.0.1:{server.config.port}", app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)

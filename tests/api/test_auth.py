@@ -111,6 +111,26 @@ async def test_learner_cannot_read_another_learner_or_staff_views(api: Api) -> N
     assert all(r.actor_hash != LEARNER_A and r.subject_hash == b_hash for r in rows)
 
 
+async def test_a_numeric_sub_is_a_user_id_and_other_types_are_refused_by_name(api: Api) -> None:
+    """docs/api.md: sub is a non-empty string or a number (PyJWT >= 2.10 alone refuses numbers)."""
+    numeric = await api.client.get(OVERVIEW, headers=api.auth(12345))
+    assert numeric.status_code == 200, numeric.text
+    assert numeric.json()["subject"] == Pseudonymizer.from_settings(api.settings).pseudonymize("12345")
+    for sub in (True, 1.5, "", "  ", ["x"]):
+        response = await api.client.get(OVERVIEW, headers=api.auth(sub))
+        assert_problem(response, 401, "invalid_subject")
+
+
+async def test_roles_split_on_plain_spaces_only(api: Api) -> None:
+    """A newline or a no-break space inside a role claim does not make a second role."""
+    for roles in ("reader\u00a0staff", "reader\nstaff", "reader\tstaff", ["staff\n"], ["reader staff"]):
+        response = await api.client.get(SYSTEM, headers=api.auth(STAFF, roles=roles))
+        assert_problem(response, 403, "staff_role_required")
+    for roles in ("reader staff", "  staff  ", ["reader", "staff"]):
+        response = await api.client.get(SYSTEM, headers=api.auth(STAFF, roles=roles))
+        assert response.status_code == 200, (roles, response.text)
+
+
 async def test_rs256_tokens_and_no_algorithm_confusion(migrated: Settings) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 from studyin_analytics.instrumentation import Pseudonymizer
@@ -26,6 +28,7 @@ async def test_batch_gets_per_item_results_and_reaches_the_rollups(api: Api) -> 
             {"type": "session_end", "data": {"session_id": session_id, "duration_s": 600}},
         ]
     }
+    started = time.monotonic()
     response = await api.client.post(TRACK, json=batch, headers=api.auth(CANARY))
     assert response.status_code == 202, response.text
     body = response.json()
@@ -45,7 +48,8 @@ async def test_batch_gets_per_item_results_and_reaches_the_rollups(api: Api) -> 
     assert overview["materials_viewed"] == 1
     assert overview["materials_completed"] == 0
     assert overview["xp"] == 0  # a client cannot mint XP
-    assert abs(overview["study_minutes"] - 10) < 0.01
+    # Reported 600 s, but started and ended in one request: the recorded span is what counts.
+    assert 0 <= overview["study_minutes"] <= (time.monotonic() - started) / 60
     assert overview["subject"] == Pseudonymizer.from_settings(api.settings).pseudonymize(CANARY)
 
     # The caller's raw id went nowhere: the privacy guard and pseudonymizer sat on the path.
@@ -92,3 +96,44 @@ async def test_envelope_errors_and_limits(api: Api) -> None:
 
     response = await post(TRACK, json={"events": [{"type": "material_view", "data": {}}]})
     assert response.status_code == 401
+
+
+async def test_a_learner_cannot_forge_study_time(api: Api) -> None:
+    """Repeated ends of one session, ends without a start, week-long durations: the overview and
+    the cohort show the one session, its study time at most the span the server recorded."""
+    forger, staff = "forger-0001", api.auth("staff-forger-0002", roles=["staff"])
+    headers = api.auth(forger)
+    session_id = str(uuid.uuid4())
+    started = time.monotonic()
+    response = await api.client.post(
+        TRACK,
+        json={"events": [{"type": "session_start", "data": {"session_id": session_id}}]},
+        headers=headers,
+    )
+    assert response.json()["accepted"] == 1
+    await asyncio.sleep(1.5)
+    limit = api.settings.client_session_max_s
+    repeated = [{"type": "session_end", "data": {"session_id": session_id, "duration_s": limit}}] * 250
+    unstarted = [
+        {"type": "session_end", "data": {"session_id": str(uuid.uuid4()), "duration_s": limit}}
+        for _ in range(250)
+    ]
+    for batch in (repeated, unstarted, repeated):
+        response = await api.client.post(TRACK, json={"events": batch}, headers=headers)
+        assert response.json()["accepted"] == len(batch)
+    elapsed = time.monotonic() - started
+    too_long = {"type": "session_end", "data": {"session_id": session_id, "duration_s": limit + 1}}
+    body = (await api.client.post(TRACK, json={"events": [too_long]}, headers=headers)).json()
+    assert body["rejected"] == 1
+    (error,) = body["results"][0]["errors"]
+    assert (
+        error["loc"] == ["body", "events", 0, "data", "duration_s"] and "client_session_max_s" in error["msg"]
+    )
+
+    await api.flush_tracked()
+    await aggregate(api.settings)
+    overview = (await api.client.get("/api/analytics/learning/overview", headers=headers)).json()
+    assert overview["sessions"] == 1
+    assert 1.4 / 60 <= overview["study_minutes"] <= elapsed / 60, overview
+    cohort = (await api.client.get("/api/analytics/cohort/overview", headers=staff)).json()
+    assert cohort["sessions"] == 1 and cohort["study_minutes"] == overview["study_minutes"]

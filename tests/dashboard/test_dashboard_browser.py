@@ -92,6 +92,13 @@ async def browser() -> AsyncIterator[Browser]:
         await instance.close()
 
 
+def csp_violations(page: Page) -> list[str]:
+    """Console messages of the page that report a Content-Security-Policy violation (live list)."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
+    return seen
+
+
 async def sign_in(page: Page, base: str, bearer: str) -> None:
     await page.goto(f"{base}/dashboard")
     await page.fill("#token", bearer)
@@ -104,6 +111,7 @@ async def test_learner_sees_charts_live_events_and_no_staff_view(
 ) -> None:
     settings, tracker, _ = pipeline
     page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+    violations = csp_violations(page)
     await sign_in(page, server, token(settings, LEARNER))
 
     # Charts rendered from the rollups (uPlot draws on canvas).
@@ -127,6 +135,14 @@ async def test_learner_sees_charts_live_events_and_no_staff_view(
     assert "xp_amount=42" in text
     assert "not_for_this_learner" not in text  # another learner's event is not in this feed
 
+    # Everything above ran under the page's Content-Security-Policy, which the browser enforces:
+    # an injected inline script does not run.
+    assert violations == []
+    with contextlib.suppress(Exception):  # Playwright reports the refusal as an error, or not
+        await page.add_script_tag(content="document.body.dataset.injected = '1'")
+    assert await page.get_attribute("body", "data-injected") is None
+    assert any("script-src" in v for v in violations), violations
+
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-learner.png"), full_page=True)
     await page.close()
@@ -137,6 +153,7 @@ async def test_staff_sees_routes_and_live_rate(
 ) -> None:
     settings, tracker, _ = pipeline
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    violations = csp_violations(page)
     await sign_in(page, server, token(settings, STAFF, roles=["staff"]))
     assert await page.is_visible("#staff-content")
     assert not await page.is_visible("#staff-denied")
@@ -147,9 +164,13 @@ async def test_staff_sees_routes_and_live_rate(
     await page.wait_for_selector("body[data-live='staff']", timeout=10_000)
     for _ in range(20):
         tracker.xp_awarded(LEARNER, 1, "rate_test")
-    await page.wait_for_function("Number(document.getElementById('fig-eps').textContent) > 0", timeout=10_000)
+    # A function, not an expression: the page's CSP refuses the eval an expression needs.
+    await page.wait_for_function(
+        "() => Number(document.getElementById('fig-eps').textContent) > 0", timeout=10_000
+    )
     # The staff feed is aggregated: no individual items.
     assert await page.locator("#live-activity li").count() == 0
+    assert violations == []  # the charts and the feed work under the page's policy
 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-staff.png"), full_page=True)
