@@ -239,6 +239,7 @@ lookup per attribute on the export path instead of several set lookups and prefi
 _KEY_ACTIONS_MAX = 4096
 _SCALARS = frozenset({bool, int, float, type(None)})
 """Value types that cannot hold text: kept as they are without further tests."""
+_NUMBERS = frozenset({int, float})
 _DROPPED: Any = object()
 """What :meth:`PrivacyGuard._clean_value` returns for a value that goes."""
 
@@ -297,6 +298,15 @@ class PrivacyGuard:
                     if value is _DROPPED:
                         dropped += 1
                         continue
+                out[key] = value
+            elif action == _STRING and type(value) is str:  # declared attributes of their type: inline
+                if "@" in value or "%" in value:
+                    cleaned = scrub_emails(value)
+                    if cleaned != value:
+                        scrubbed += 1
+                        value = cleaned
+                out[key] = value
+            elif (action == _DOUBLE and type(value) in _NUMBERS) or (action == _INT and type(value) is int):
                 out[key] = value
             elif action <= _STRINGS:  # a declared studyin.* attribute: its declared type, or nothing
                 typed = _typed(value, action)

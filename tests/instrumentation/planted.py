@@ -10,7 +10,8 @@ nested to any depth, with identities planted where careless code puts them:
   with any script and with the ideographic full stops IDNA reads as dots), inside strings,
   inside bytes (UTF-8 and UTF-16), as array items, as kvlist keys and in span and event names.
 
-:func:`survivors` lists what is still there in the bytes that left (UTF-8 and UTF-16 spellings).
+:func:`survivors` lists what is still there in what left (:func:`texts` finds every string and
+bytes value in decoded structures and protobuf messages; bytes are searched for UTF-8 and UTF-16).
 """
 
 from __future__ import annotations
@@ -155,12 +156,43 @@ def cases(draw: st.DrawFn) -> Case:
     )
 
 
-def survivors(blob: bytes, planted: Iterable[str]) -> list[str]:
-    """The planted strings still present in ``blob``, spelled in UTF-8 or UTF-16."""
+def texts(value: Any) -> Iterable[str | bytes]:
+    """Every string and bytes value inside ``value``: nested dicts (keys too), lists, tuples and
+    named tuples, and protobuf messages (every set field, recursively)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif hasattr(item, "ListFields"):  # a protobuf message
+            for descriptor, field_value in item.ListFields():
+                is_repeated = getattr(descriptor, "is_repeated", None)
+                repeated = (
+                    is_repeated if is_repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
+                )
+                stack.extend(field_value if repeated else [field_value])
+
+
+def survivors(values: Iterable[str | bytes], planted: Iterable[str]) -> list[str]:
+    """The planted strings found in any of ``values`` (inside a string, or inside bytes spelled
+    in UTF-8 or UTF-16). Each value is searched on its own: searching the raw bytes of an
+    encoding would also find a near miss (``a@b.`` kept, as it is no address) run together
+    with the next field's tag byte."""
+    items = list(planted)
     found = []
-    for item in planted:
-        if item.encode("utf-8") in blob or item.encode("utf-16-le") in blob:
-            found.append(item)
+    for value in values:
+        for item in items:
+            if isinstance(value, str):
+                hit = item in value
+            else:
+                hit = item.encode("utf-8") in value or item.encode("utf-16-le") in value
+            if hit and item not in found:
+                found.append(item)
     return found
 
 

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -37,7 +38,7 @@ from studyin_analytics.instrumentation.privacy import (
     scrub_emails,
 )
 
-from .planted import TEXT, Case, ascii_emails, cases, idn_emails, survivors, walk
+from .planted import TEXT, Case, ascii_emails, cases, idn_emails, survivors, texts, walk
 
 PSEUDONYMIZER = Pseudonymizer({"k1": b"a" * 20}, "k1")
 RAW_ID = "canary-4711-raw"
@@ -252,8 +253,8 @@ def test_nothing_planted_survives_the_guard(case: Case) -> None:
     g = guard()
     cleaned = [g.clean(case.attributes), g.clean(case.event_attributes), g.clean(case.resource)]
     names = [g.clean_name(case.name), g.clean_name(case.event_name)]
-    blob = msgpack.packb([cleaned, names], use_bin_type=True)
-    assert survivors(blob, case.planted) == []
+    assert survivors(texts([cleaned, names]), case.planted) == []
+    msgpack.packb([cleaned, names], use_bin_type=True)  # what is left can go on the wire
     for attributes in cleaned:
         _assert_clean_tree(attributes)
 
@@ -268,8 +269,10 @@ def test_nothing_planted_survives_guarded_span_exporter_into_otlp(case: Case) ->
     with provider.get_tracer("t").start_as_current_span(case.name, attributes=case.attributes) as span:
         span.add_event(case.event_name, case.event_attributes)
     provider.shutdown()
-    blob = encode_spans(inner.get_finished_spans()).SerializeToString()
-    assert survivors(blob, case.planted) == []
+    request = encode_spans(inner.get_finished_spans())  # what an OTLP exporter sends
+    sent = ExportTraceServiceRequest.FromString(request.SerializeToString())
+    assert len(sent.resource_spans[0].scope_spans[0].spans) == 1
+    assert survivors(texts(sent), case.planted) == []
 
 
 @settings(max_examples=200, deadline=None)
