@@ -2,10 +2,13 @@
 
 Instrumented explicitly (spans are recorded, not exported: the filter reads the route template
 from the current server span) and with the access-log filter installed at start-up, mode from
-``STUDYIN_ANALYTICS_ACCESS_LOG``.
+``STUDYIN_ANALYTICS_ACCESS_LOG``, unless ``ACCESS_LOG_TEST_INSTALLED_EARLY`` says the process did
+it before uvicorn configured its logging (as the zero-code instrumentor does).
 """
 
 from __future__ import annotations
+
+import os
 
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,4 +27,5 @@ async def profile(user_id: str) -> dict[str, str]:
 
 app.include_router(users)
 app = instrument_app(app, tracer_provider=TracerProvider())
-install_access_log_filter()
+if not os.environ.get("ACCESS_LOG_TEST_INSTALLED_EARLY"):
+    install_access_log_filter()

@@ -102,19 +102,25 @@ def test_install_is_idempotent_and_off_removes_it() -> None:
         AccessLogFilter("everything")  # type: ignore[arg-type]
 
 
-def serve_and_log(mode: str) -> list[str]:
+EARLY = (
+    "from studyin_analytics.instrumentation.accesslog import install_access_log_filter\n"
+    "install_access_log_filter()\n"
+    "import uvicorn\n"
+    "uvicorn.main()\n"
+)
+"""The filter installed before uvicorn runs its ``dictConfig``, as the zero-code instrumentor does."""
+
+
+def serve_and_log(mode: str, *, early: bool = False) -> list[str]:
     """Run the app under uvicorn with ``mode``, make the requests, return the access-log lines."""
     port = free_port()
     env = {**os.environ, "STUDYIN_ANALYTICS_ACCESS_LOG": mode, "PYTHONPATH": str(ROOT)}
     env.pop("STUDYIN_ANALYTICS_PSEUDONYM_KEYS", None)
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tests.instrumentation.access_log_app:app",
-        "--port",
-        str(port),
-    ]
+    arguments = ["tests.instrumentation.access_log_app:app", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", *arguments]
+    if early:
+        env["ACCESS_LOG_TEST_INSTALLED_EARLY"] = "1"
+        command = [sys.executable, "-c", EARLY, *arguments]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_port(port, 60, process)
@@ -137,8 +143,9 @@ def test_uvicorn_access_log_without_the_filter_leaks() -> None:
     assert RAW_ID in log and EMAIL in log and "127.0.0.1:" in log and "?email=" in log
 
 
-def test_uvicorn_access_log_in_route_mode_holds_routes_only() -> None:
-    lines = serve_and_log("route")
+@pytest.mark.parametrize("early", [False, True], ids=["installed-by-the-app", "installed-before-uvicorn"])
+def test_uvicorn_access_log_in_route_mode_holds_routes_only(early: bool) -> None:
+    lines = serve_and_log("route", early=early)
     assert lines[:3] == ['INFO:     - - "GET /users/{user_id}/profile HTTP/1.1" 200 OK'] * 3
     assert lines[3].startswith('INFO:     - - "GET ') and lines[3].endswith('HTTP/1.1" 404 Not Found')
     log = "\n".join(lines)
