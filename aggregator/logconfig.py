@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..exporter.correlation import correlated, correlation_id, new_correlation_id
+from ..instrumentation.privacy import scrub_emails
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-
-
-def _scrub(text: str) -> str:
-    return _EMAIL.sub("[email]", text) if "@" in text else text
+_scrub = scrub_emails  # the privacy rules' scrubber: internationalized and percent-encoded addresses too
 
 
 class JsonFormatter(logging.Formatter):

@@ -49,7 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..instrumentation import semconv
-from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
+from ..instrumentation.privacy import MAX_VALUE_DEPTH, PrivacyGuard, Pseudonymizer
 from ..instrumentation.settings import Settings, redact_url, require
 from . import correlation, replication, wire
 from .admission import EventWindow
@@ -84,22 +84,28 @@ declares at most ``DRAIN_FACTOR`` times ``gateway_max_body_bytes``, for at most 
 # --- OTLP -> bus records ----------------------------------------------------------------------
 
 
-def any_value(value: AnyValue) -> Any:
-    """An OTLP ``AnyValue`` as a plain Python value (``None`` when empty)."""
+def any_value(value: AnyValue, depth: int = 1) -> Any:
+    """An OTLP ``AnyValue`` as a plain Python value: ``None`` when empty, bytes as bytes, arrays
+    as lists, kvlists as dicts. Deeper than the privacy guard keeps, values are not converted
+    (``None``): the guard would drop them anyway (``privacy.MAX_VALUE_DEPTH``)."""
     which = value.WhichOneof("value")
-    if which is None:
+    if which is None or depth > MAX_VALUE_DEPTH:
         return None
     if which == "array_value":
-        return [any_value(v) for v in value.array_value.values]
+        return [any_value(v, depth + 1) for v in value.array_value.values]
     if which == "kvlist_value":
-        return attributes_of(value.kvlist_value.values)
+        return attributes_of(value.kvlist_value.values, depth)
     return getattr(value, which)
 
 
-def attributes_of(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+def attributes_of(pairs: Iterable[KeyValue], depth: int = 0) -> dict[str, Any]:
+    """Key-value pairs as a dict (``depth``: how deep they are nested in an attribute value).
+
+    Not cleaned yet: :func:`.wire.encode_records` applies the privacy guard to what this returns,
+    nested values included."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        converted = any_value(pair.value)
+        converted = any_value(pair.value, depth + 1)
         if converted is not None:
             out[pair.key] = converted
     return out

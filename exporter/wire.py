@@ -78,8 +78,8 @@ class SpanRecord(NamedTuple):
 
 
 def _packable(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    # OTel attribute values are str/bool/int/float or homogeneous sequences of those;
-    # BoundedAttributes hands sequences back as tuples, which msgpack packs as arrays.
+    # Unguarded (tests and tools only): attribute values are anything OTLP's AnyValue holds
+    # (scalars, bytes, tuples or lists, nested dicts), which msgpack packs as they are.
     return dict(attributes)
 
 
@@ -108,7 +108,9 @@ def _span_events(span: Any) -> Any:
 
 
 def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
-    """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map."""
+    """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map (nested
+    kvlists, arrays and bytes included: the SDK accepts any ``AnyValue`` as a span attribute) and to
+    span and event names."""
     resources: list[dict[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows: list[list[Any]] = []

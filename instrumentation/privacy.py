@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -37,9 +38,23 @@ _log = logging.getLogger(__name__)
 
 _DIGEST_HEX_CHARS = 32  # 128 bits: collision-free for any realistic user count, half the bytes
 PSEUDONYM_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,16}:[0-9a-f]{32}$")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# An e-mail address, internationalized ones included (RFC 6531: UTF-8 local parts, IDN domains
+# as U-labels or xn-- A-labels, the ideographic full stops IDNA reads as dots). Each part is one
+# character class, so the regex engine runs its fast single-class loops:
+# * local part: ASCII letters, digits and ``._%+-``, or any non-ASCII character that is not a
+#   space; at most 64 characters (RFC 5321's limit), which keeps a scan linear: a match is
+#   tried at every position, and an unbounded run before an ``@`` made that quadratic;
+# * domain: two or more labels of ASCII letters, digits and ``-`` or non-ASCII non-space
+#   characters, separated by ``.`` ``。`` ``．`` or ``｡``.
+_LOCAL = r"[^\x00-\x24\x26-\x2a\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f\s]"
+_LABEL = r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f\s\u3002\uff0e\uff61]"
+_DOT = r"[.\u3002\uff0e\uff61]"
+_EMAIL = re.compile(f"{_LOCAL}{{1,64}}@{_LABEL}+(?:{_DOT}{_LABEL}+)+")
 EMAIL_PLACEHOLDER = "[email]"
 _STATUS_TYPE = re.compile(r"^([A-Za-z_][\w.]{0,127})(?::|$)")
+MAX_VALUE_DEPTH = 16
+"""Arrays and kvlists nested deeper than this are dropped: no telemetry needs more, and the guard
+must not recurse without bound (a self-containing list, or a hostile OTLP body)."""
 
 
 class Pseudonymizer:
@@ -149,14 +164,17 @@ class GuardStats:
     dropped: int = 0
     scrubbed: int = 0
     rejected_undeclared: int = 0
+    rejected_type: int = 0
+    """Declared ``studyin.*`` attributes whose value had another type than the declared one."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, hashed: int, dropped: int, scrubbed: int, rejected: int) -> None:
+    def add(self, hashed: int, dropped: int, scrubbed: int, rejected: int, mistyped: int = 0) -> None:
         with self._lock:
             self.hashed += hashed
             self.dropped += dropped
             self.scrubbed += scrubbed
             self.rejected_undeclared += rejected
+            self.rejected_type += mistyped
 
 
 def _strip_query(value: str) -> str:
@@ -168,28 +186,76 @@ def _strip_query(value: str) -> str:
     return value[:cut]
 
 
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_MAILISH = re.compile(f"(?:{_LOCAL}|@)+")
+"""Characters an address can be written in (the local-part class covers labels and dots)."""
+
+
+def _decode_mailish(match: re.Match[str]) -> str:
+    # Only escapes that decode to characters of an address are decoded, so scrubbing a
+    # percent-encoded address never turns %0A into a line break in a log line.
+    raw = match.group()
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return text if _MAILISH.fullmatch(text) else raw
+
+
+def scrub_emails(text: str) -> str:
+    """``text`` with every e-mail address replaced by ``[email]``.
+
+    Internationalized addresses count (see ``_EMAIL``), and so do percent-encoded ones
+    (``j%C3%B6rg%40example.org`` in a URL): when decoding the escapes that can spell an
+    address reveals one, the result is the decoded text, scrubbed.
+    """
+    if "%" in text:
+        decoded = _ESCAPES.sub(_decode_mailish, text)
+        if decoded != text:
+            scrubbed = _EMAIL.sub(EMAIL_PLACEHOLDER, decoded)
+            if scrubbed != decoded:
+                return scrubbed
+    return _EMAIL.sub(EMAIL_PLACEHOLDER, text) if "@" in text else text
+
+
 def _scrub(value: str) -> str:
-    return _EMAIL.sub(EMAIL_PLACEHOLDER, value) if "@" in value else value
+    return scrub_emails(value) if ("@" in value or "%" in value) else value
 
 
-_KEEP, _KEEP_URL, _IDENTITY, _USER_HASH, _DROP, _REJECT = range(6)
+strip_query = _strip_query
+
+
+# What the rules say about a key. _KEEP and _KEEP_URL come first: the common case is one compare.
+_KEEP, _KEEP_URL, _STRING, _INT, _DOUBLE, _STRINGS, _USER_HASH, _IDENTITY, _DROP, _REJECT = range(10)
+_DECLARED_ACTIONS = {
+    semconv.AttributeType.STRING: _STRING,
+    semconv.AttributeType.INT: _INT,
+    semconv.AttributeType.DOUBLE: _DOUBLE,
+    semconv.AttributeType.STRING_ARRAY: _STRINGS,
+}
 _KEY_ACTIONS: dict[str, int] = {}
 """What the rules say about each attribute key seen so far (they depend on the key alone): one dict
 lookup per attribute on the export path instead of several set lookups and prefix tests."""
 _KEY_ACTIONS_MAX = 4096
-_SCALARS = frozenset({bool, int, float})
-"""Attribute value types that cannot hold text (skips the costly ``Sequence`` ABC check)."""
+_SCALARS = frozenset({bool, int, float, type(None)})
+"""Value types that cannot hold text: kept as they are without further tests."""
+_NUMBERS = frozenset({int, float})
+_DROPPED: Any = object()
+"""What :meth:`PrivacyGuard._clean_value` returns for a value that goes."""
 
 
-def _classify_key(key: str) -> int:
+def _classify_key(key: Any) -> int:
+    if not isinstance(key, str):  # OTLP keys are strings; a hand-built mapping may hold others
+        return _DROP
     if key in IDENTITY_ATTRIBUTES:
         action = _IDENTITY
-    elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES):
-        action = _DROP
+    elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES) or _scrub(key) != key:
+        action = _DROP  # listed, or a key that holds an e-mail address: the name itself is data
     elif key == semconv.USER_HASH:
         action = _USER_HASH
-    elif key.startswith(semconv.NAMESPACE) and key not in semconv.DECLARED_ATTRIBUTES:
-        action = _REJECT
+    elif key.startswith(semconv.NAMESPACE):
+        declared = semconv.ATTRIBUTE_TYPES.get(key)
+        action = _REJECT if declared is None else _DECLARED_ACTIONS[declared]
     else:
         action = _KEEP_URL if key in URL_ATTRIBUTES else _KEEP
     if len(_KEY_ACTIONS) < _KEY_ACTIONS_MAX:  # bounded: keys are code, but a misuse must not grow it
@@ -204,56 +270,115 @@ class PrivacyGuard:
         self.pseudonymizer = pseudonymizer
         self.stats = GuardStats()
 
-    def clean(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A cleaned copy of ``attributes``; the input is not changed."""
+    def clean(self, attributes: Mapping[str, Any] | None, depth: int = 0) -> dict[str, Any]:
+        """A cleaned copy of ``attributes``; the input is not changed.
+
+        ``depth`` is how deep ``attributes`` is nested in another value (a kvlist inside an
+        attribute is cleaned by the same rules, one level deeper).
+        """
         out: dict[str, Any] = {}
         if not attributes:
             return out
-        hashed = dropped = scrubbed = rejected = 0
+        hashed = dropped = scrubbed = rejected = mistyped = 0
         for key, value in attributes.items():
             action = _KEY_ACTIONS.get(key)
             if action is None:
                 action = _classify_key(key)
             if action <= _KEEP_URL:  # _KEEP or _KEEP_URL: the common case first
-                if isinstance(value, str):
+                if type(value) is str:
                     if action == _KEEP_URL:
                         value = _strip_query(value)
-                    if "@" in value:
-                        cleaned = _scrub(value)
+                    if "@" in value or "%" in value:
+                        cleaned = scrub_emails(value)
                         if cleaned != value:
                             scrubbed += 1
                             value = cleaned
-                elif (
-                    type(value) not in _SCALARS
-                    and isinstance(value, Sequence)
-                    and not isinstance(value, bytes | bytearray)
-                    and any(isinstance(v, str) and "@" in v for v in value)
-                ):
-                    value = [(_scrub(v) if isinstance(v, str) else v) for v in value]
-                    scrubbed += 1
+                elif type(value) not in _SCALARS:
+                    value = self._clean_value(value, action == _KEEP_URL, depth + 1)
+                    if value is _DROPPED:
+                        dropped += 1
+                        continue
                 out[key] = value
-            elif action == _IDENTITY:
-                if self.pseudonymizer is not None and USER_HASH not in attributes:
-                    out[USER_HASH] = self.pseudonymizer.pseudonymize(str(value))
-                    hashed += 1
-                else:
-                    dropped += 1
+            elif action == _STRING and type(value) is str:  # declared attributes of their type: inline
+                if "@" in value or "%" in value:
+                    cleaned = scrub_emails(value)
+                    if cleaned != value:
+                        scrubbed += 1
+                        value = cleaned
+                out[key] = value
+            elif (action == _DOUBLE and type(value) in _NUMBERS) or (action == _INT and type(value) is int):
+                out[key] = value
+            elif action <= _STRINGS:  # a declared studyin.* attribute: its declared type, or nothing
+                typed = _typed(value, action)
+                if typed is _DROPPED:
+                    mistyped += 1
+                    continue
+                if typed is not value:
+                    scrubbed += 1
+                out[key] = typed
             elif action == _USER_HASH:
                 if is_pseudonym(value):
                     out[key] = value
                 else:  # a raw id put in the wrong place
                     dropped += 1
+            elif action == _IDENTITY:
+                if (
+                    self.pseudonymizer is not None
+                    and USER_HASH not in attributes
+                    and isinstance(value, str | int)
+                    and not isinstance(value, bool)
+                ):
+                    out[USER_HASH] = self.pseudonymizer.pseudonymize(str(value))
+                    hashed += 1
+                else:  # no key to hash with, or not an id (a list, a kvlist...)
+                    dropped += 1
             elif action == _DROP:
                 dropped += 1
             else:
                 rejected += 1
-        if hashed or dropped or scrubbed or rejected:
-            self.stats.add(hashed, dropped, scrubbed, rejected)
+        if hashed or dropped or scrubbed or rejected or mistyped:
+            self.stats.add(hashed, dropped, scrubbed, rejected, mistyped)
         return out
+
+    def _clean_value(self, value: Any, url: bool, depth: int) -> Any:
+        """A nested value cleaned by the top-level rules, or ``_DROPPED``.
+
+        Strings are scrubbed (and cut at ``?``/``#`` under a URL key), kvlists are cleaned like
+        attribute maps (identity keys hashed or dropped, listed keys dropped...), arrays item by
+        item. Bytes are dropped: they are opaque (UTF-16, compressed or base64 text hides an
+        address from any scrubber) and nothing downstream reads them. So is anything OTLP cannot
+        express, and anything nested deeper than :data:`MAX_VALUE_DEPTH`.
+        """
+        if depth > MAX_VALUE_DEPTH:
+            return _DROPPED
+        if isinstance(value, str):
+            text = _strip_query(value) if url else value
+            cleaned = _scrub(text)
+            if cleaned != value:
+                self.stats.add(0, 0, 1, 0)
+            return cleaned
+        if type(value) in _SCALARS or isinstance(value, int | float):
+            return value
+        if isinstance(value, Mapping):
+            return self.clean(value, depth)
+        if isinstance(value, list | tuple) or (
+            isinstance(value, Sequence) and not isinstance(value, bytes | bytearray | memoryview)
+        ):
+            items: list[Any] = []
+            for item in value:
+                cleaned_item = self._clean_value(item, url, depth + 1)
+                if cleaned_item is _DROPPED:
+                    self.stats.add(0, 1, 0, 0)
+                else:
+                    items.append(cleaned_item)
+            return items
+        return _DROPPED
 
     def clean_name(self, name: str) -> str:
         """Span and event names may hold a raw path in badly instrumented code: cut queries, scrub."""
-        return _scrub(_strip_query(name)) if ("?" in name or "@" in name or "#" in name) else name
+        if "?" in name or "#" in name or "@" in name or "%" in name:
+            return scrub_emails(_strip_query(name))
+        return name
 
     def clean_status_description(self, description: str | None) -> str | None:
         """Keep only a leading error type (``ValueError: <message>`` -> ``ValueError``).
@@ -265,6 +390,24 @@ class PrivacyGuard:
             return None
         match = _STATUS_TYPE.match(description)
         return match.group(1) if match else None
+
+
+def _typed(value: Any, action: int) -> Any:
+    """``value`` if it has the declared type of a ``_STRING``/``_INT``/``_DOUBLE``/``_STRINGS`` key
+    (strings scrubbed; a new object only when something was scrubbed), else ``_DROPPED``."""
+    kind = type(value)
+    if action == _STRING:
+        return _scrub(value) if isinstance(value, str) else _DROPPED
+    if action == _INT:
+        return value if kind is int or (isinstance(value, int) and kind is not bool) else _DROPPED
+    if action == _DOUBLE:
+        if kind is float or kind is int or (isinstance(value, int | float) and kind is not bool):
+            return value
+        return _DROPPED
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        return _DROPPED
+    items = [_scrub(item) for item in value]
+    return value if all(a is b for a, b in zip(items, value, strict=True)) else items
 
 
 USER_HASH = semconv.USER_HASH

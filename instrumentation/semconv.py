@@ -6,11 +6,13 @@ user is ``user.hash`` (OpenTelemetry semantic conventions: "unique user hash to 
 information for a user in anonymized form"), never ``user.id``.
 
 Anything else in the ``studyin.`` namespace is undeclared and is rejected by the privacy
-guard, so a typo cannot become a side channel for free text.
+guard, so a typo cannot become a side channel for free text; a declared attribute must have
+its declared type (:data:`ATTRIBUTE_TYPES`) or is rejected too.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 NAMESPACE: Final = "studyin."
@@ -33,47 +35,73 @@ LEARNING_SESSION_SPAN: Final = "studyin.learning_session"
 STANDALONE_EVENT_SPAN: Final = "studyin.event"
 """Name of the short span that carries an event emitted while no span is recording."""
 
-# Model field name -> attribute name. Field names are unique across all event models.
-FIELD_ATTRIBUTES: Final[dict[str, str]] = {
-    "session_id": "studyin.session.id",
-    "duration_s": "studyin.session.duration_s",
-    "xp_earned": "studyin.session.xp_earned",
-    "materials_touched": "studyin.session.materials_touched",
-    "end_reason": "studyin.session.end_reason",
-    "material_id": "studyin.material.id",
-    "material_type": "studyin.material.type",
-    "progress": "studyin.material.progress",
-    "time_spent_s": "studyin.material.time_spent_s",
-    "score": "studyin.material.score",
-    "xp_amount": "studyin.xp.amount",
-    "xp_reason": "studyin.xp.reason",
-    "level": "studyin.level",
-    "total_xp": "studyin.xp.total",
-    "achievement_id": "studyin.achievement.id",
-    "streak_days": "studyin.streak.days",
-    "previous_streak_days": "studyin.streak.previous_days",
-    "interaction_id": "studyin.ai.interaction_id",
-    "latency_ms": "studyin.ai.latency_ms",
-    "tokens_in": "studyin.ai.tokens_in",
-    "tokens_out": "studyin.ai.tokens_out",
-    "model": "studyin.ai.model",
-    "topic_category": "studyin.ai.topic_category",
-    "rating": "studyin.ai.rating",
-    "metric_name": "studyin.system.metric.name",
-    "metric_value": "studyin.system.metric.value",
-    "metric_unit": "studyin.system.metric.unit",
+
+class AttributeType(StrEnum):
+    """The value type a declared attribute must have (OTLP ``AnyValue`` names).
+
+    The privacy guard refuses a declared attribute of any other type: a kvlist or a free-form
+    array under ``studyin.material.id`` would otherwise reach ``analytics_events.properties``
+    whole, nested identity and all.
+    """
+
+    STRING = "string"
+    INT = "int"
+    DOUBLE = "double"
+    """A number: ints are accepted too (OTLP senders encode ``12.0`` as ``intValue`` 12)."""
+    STRING_ARRAY = "string[]"
+
+
+# Model field name, attribute name, value type. Field names are unique across all event models;
+# the types agree with the models in events.py (a test checks).
+FIELDS: Final[tuple[tuple[str, str, AttributeType], ...]] = (
+    ("session_id", "studyin.session.id", AttributeType.STRING),
+    ("duration_s", "studyin.session.duration_s", AttributeType.DOUBLE),
+    ("xp_earned", "studyin.session.xp_earned", AttributeType.INT),
+    ("materials_touched", "studyin.session.materials_touched", AttributeType.STRING_ARRAY),
+    ("end_reason", "studyin.session.end_reason", AttributeType.STRING),
+    ("material_id", "studyin.material.id", AttributeType.STRING),
+    ("material_type", "studyin.material.type", AttributeType.STRING),
+    ("progress", "studyin.material.progress", AttributeType.DOUBLE),
+    ("time_spent_s", "studyin.material.time_spent_s", AttributeType.DOUBLE),
+    ("score", "studyin.material.score", AttributeType.DOUBLE),
+    ("xp_amount", "studyin.xp.amount", AttributeType.INT),
+    ("xp_reason", "studyin.xp.reason", AttributeType.STRING),
+    ("level", "studyin.level", AttributeType.INT),
+    ("total_xp", "studyin.xp.total", AttributeType.INT),
+    ("achievement_id", "studyin.achievement.id", AttributeType.STRING),
+    ("streak_days", "studyin.streak.days", AttributeType.INT),
+    ("previous_streak_days", "studyin.streak.previous_days", AttributeType.INT),
+    ("interaction_id", "studyin.ai.interaction_id", AttributeType.STRING),
+    ("latency_ms", "studyin.ai.latency_ms", AttributeType.DOUBLE),
+    ("tokens_in", "studyin.ai.tokens_in", AttributeType.INT),
+    ("tokens_out", "studyin.ai.tokens_out", AttributeType.INT),
+    ("model", "studyin.ai.model", AttributeType.STRING),
+    ("topic_category", "studyin.ai.topic_category", AttributeType.STRING),
+    ("rating", "studyin.ai.rating", AttributeType.INT),
+    ("metric_name", "studyin.system.metric.name", AttributeType.STRING),
+    ("metric_value", "studyin.system.metric.value", AttributeType.DOUBLE),
+    ("metric_unit", "studyin.system.metric.unit", AttributeType.STRING),
     # System metrics (api_request) are read from HTTP semantic-convention attributes of
     # server spans; these carry what the conventions lack.
-    "route": "studyin.api.route",
-    "method": "studyin.api.method",
-    "status_code": "studyin.api.status_code",
-    "duration_ms": "studyin.api.duration_ms",
-    "error_type": "studyin.api.error_type",
-}
+    ("route", "studyin.api.route", AttributeType.STRING),
+    ("method", "studyin.api.method", AttributeType.STRING),
+    ("status_code", "studyin.api.status_code", AttributeType.INT),
+    ("duration_ms", "studyin.api.duration_ms", AttributeType.DOUBLE),
+    ("error_type", "studyin.api.error_type", AttributeType.STRING),
+)
+
+FIELD_ATTRIBUTES: Final[dict[str, str]] = {field: attribute for field, attribute, _ in FIELDS}
+"""Model field name -> attribute name."""
 
 ATTRIBUTE_FIELDS: Final[dict[str, str]] = {attr: field for field, attr in FIELD_ATTRIBUTES.items()}
 
-DECLARED_ATTRIBUTES: Final[frozenset[str]] = frozenset({*FIELD_ATTRIBUTES.values(), EVENT_VERSION})
+ATTRIBUTE_TYPES: Final[dict[str, AttributeType]] = {
+    **{attribute: kind for _, attribute, kind in FIELDS},
+    EVENT_VERSION: AttributeType.INT,
+}
+"""Declared attribute -> the only value type it may have."""
+
+DECLARED_ATTRIBUTES: Final[frozenset[str]] = frozenset(ATTRIBUTE_TYPES)
 """Every ``studyin.*`` attribute that may leave the process."""
 
 # HTTP server spans (auto-instrumentation). The aggregator reads these standard names.

@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         description="'module:function' taking the ASGI scope and returning the authenticated user id "
         "(default: scope['state']['user_id'] or Starlette's scope['user'].identity)",
     )
+    access_log: Literal["route", "path", "off"] = Field(
+        default="route",
+        description="What the ASGI server's access log (uvicorn.access) keeps of a request, client address "
+        "and query string always removed: 'route' logs the route template, 'path' the path with e-mails "
+        "scrubbed (ids in paths stay), 'off' leaves the log untouched",
+    )
 
     # --- bus -----------------------------------------------------------------------------
     stream_prefix: str = Field(

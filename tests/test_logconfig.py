@@ -79,3 +79,16 @@ def test_text_lines_end_with_the_correlation_id(capfd: pytest.CaptureFixture[str
     inside, outside = capfd.readouterr().err.strip().splitlines()
     assert inside.endswith("in a batch [batch-7]")
     assert outside.endswith("outside")
+
+
+def test_service_logs_scrub_internationalized_and_percent_encoded_addresses(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("text", logging.INFO)
+    try:
+        logging.getLogger("studyin_analytics.test").info("for jörg@bücher.example and ana%40hospital.example")
+    finally:
+        configure_logging("text", logging.WARNING)
+    err = capfd.readouterr().err
+    assert "for [email] and [email]" in err
+    assert "jörg" not in err and "hospital" not in err

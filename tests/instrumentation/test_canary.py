@@ -1,20 +1,25 @@
 """Privacy canary: a distinctive user id and e-mail go through a full run and surface nowhere.
 
 API requests through ``instrument_app`` (login with the e-mail, the id in paths, queries,
-headers, an error whose message quotes both, app code setting identity attributes), tracker
-calls (sessions, stateless sessions, AI coach, lenient drops of bad values), the real
-``RedisStreamSpanExporter``, the aggregator into PostgreSQL. Then the raw id and e-mail must
-be absent from Redis, PostgreSQL and every log line and console output of the run, while the
-pseudonym is present (the run did reach the tables).
+headers, an error whose message quotes both, app code setting identity attributes, also nested
+in kvlists and arrays and as bytes, a declared event attribute sent as a kvlist, an
+internationalized address, plain and percent-encoded), tracker calls (sessions, stateless
+sessions, AI coach, lenient drops of bad values), the real ``RedisStreamSpanExporter``, the
+aggregator into PostgreSQL. Then the raw id and e-mail must be absent from Redis, PostgreSQL
+and every log line and console output of the run, while the pseudonym is present (the run did
+reach the tables).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
@@ -32,7 +37,8 @@ from ..support import postgres_dump, redis_dump
 
 RAW_ID = "canary-uid-9f8e7d6c5b4a"
 EMAIL = "canary.9f8e7d@patients.example"
-CANARIES = (RAW_ID, EMAIL, "canary.9f8e7d", "9f8e7d6c5b4a")
+IDN_EMAIL = "kanarie.9f8e7d@bücher.example"
+CANARIES = (RAW_ID, EMAIL, IDN_EMAIL, "canary.9f8e7d", "kanarie.9f8e7d", "9f8e7d6c5b4a")
 
 
 def build_backend(tracker: StudyInTracker, provider: TracerProvider, pseudonymizer: Pseudonymizer) -> Any:
@@ -94,6 +100,22 @@ def build_backend(tracker: StudyInTracker, provider: TracerProvider, pseudonymiz
     async def material(material_id: str) -> dict[str, str]:
         return {"id": material_id}
 
+    @app.post("/notes")
+    async def notes() -> dict[str, str]:
+        # sloppy app code with structured values (the SDK keeps kvlists, arrays and bytes as set)
+        span = trace.get_current_span()
+        who = {"user.id": RAW_ID, "user.email": EMAIL, "aliases": [[IDN_EMAIL]], "raw": EMAIL.encode()}
+        span.set_attribute("app.request", {"who": who, "cc": [[f"cc {IDN_EMAIL}"]]})
+        span.add_event(  # a declared attribute sent as a kvlist, another as an array
+            "studyin.material_view",
+            {
+                "studyin.material.id": {"user.id": RAW_ID, "email": IDN_EMAIL},
+                "studyin.material.type": "video",
+                "studyin.xp.reason": [IDN_EMAIL],
+            },
+        )
+        return {"ok": "yes"}
+
     @app.get("/broken")
     async def broken(request: Request) -> None:
         try:  # app code whose own span records an exception (SDK: message + stack trace)
@@ -134,6 +156,8 @@ async def test_canary_id_and_email_surface_nowhere(
         assert (await client.get(f"/users/{RAW_ID}/profile?email={EMAIL}", headers=auth)).status_code == 200
         assert (await client.post("/sessions", headers=auth)).status_code == 200
         assert (await client.get(f"/materials/cardio-101?ref={EMAIL}", headers=auth)).status_code == 200
+        assert (await client.post("/notes", headers=auth)).status_code == 200
+        assert (await client.get(f"/materials/{quote(IDN_EMAIL)}", headers=auth)).status_code == 200
         assert (await client.get("/broken", headers=auth)).status_code == 500
         assert (await client.get(f"/nowhere/{RAW_ID}", headers=auth)).status_code == 404
     provider.shutdown()
@@ -161,6 +185,16 @@ async def test_canary_id_and_email_surface_nowhere(
     pseudonym = pseudonymizer.pseudonymize(RAW_ID)
     assert pseudonym in tables
     assert "/users/{user_id}/profile" in tables and "LookupError" in tables
+    # the event with a kvlist and an array under declared string keys arrived without them
+    conn = await asyncpg.connect(settings.postgres_url)
+    try:
+        views = await conn.fetch(
+            f'SELECT properties FROM "{settings.postgres_schema}".analytics_events '
+            "WHERE event_type = 'material_view'"
+        )
+    finally:
+        await conn.close()
+    assert {"material_type": "video"} in [json.loads(row["properties"]) for row in views]
     assert (
         "dropped invalid material_view event: material_id" in caplog.text
     )  # the lenient drop was logged, without its value
