@@ -56,6 +56,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
 
 from . import semconv
+from .accesslog import install_access_log_filter
 from .attribution import (
     UserIdHook,
     current_request_slot,
@@ -613,8 +614,11 @@ def instrument_app(
     ``_USER_ID_HOOK``. Excluded URLs default to ``OTEL_PYTHON_ASGI_EXCLUDED_URLS`` (then
     ``OTEL_PYTHON_EXCLUDED_URLS``).
     """
+    effective = settings if settings is not None else _env_settings()
+    # uvicorn's access log writes client addresses, query strings and raw paths.
+    install_access_log_filter(effective.access_log if effective is not None else "route")
     options = middleware_options(
-        settings if settings is not None else _env_settings(),
+        effective,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         pseudonymizer=pseudonymizer,

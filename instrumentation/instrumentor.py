@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from .accesslog import install_access_log_filter
 from .asgi import (
     _SCOPE_MARK,
     ASGIApp,
@@ -48,7 +49,10 @@ class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         if StudyInInstrumentor._originals:
             return
-        options = middleware_options(_env_settings(), **kwargs)
+        settings = _env_settings()
+        options = middleware_options(settings, **kwargs)
+        # uvicorn's access log writes client addresses, query strings and raw paths.
+        install_access_log_filter(settings.access_log if settings is not None else "route")
         classes: list[type] = [Starlette]
         try:
             # FastAPI overrides __call__ (its built-in telemetry runs there): wrap it outside that.
@@ -66,6 +70,7 @@ class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for cls, original in StudyInInstrumentor._originals.items():
             cls.__call__ = original  # type: ignore[method-assign]
         StudyInInstrumentor._originals.clear()
+        install_access_log_filter("off")
 
     @staticmethod
     def instrument_app(app: Any, **kwargs: Any) -> Any:

@@ -102,6 +102,33 @@ def test_install_is_idempotent_and_off_removes_it() -> None:
         AccessLogFilter("everything")  # type: ignore[arg-type]
 
 
+def test_instrument_app_and_the_instrumentor_install_it() -> None:
+    from starlette.applications import Starlette
+
+    from studyin_analytics.instrumentation import StudyInInstrumentor, instrument_app
+    from studyin_analytics.instrumentation.settings import Settings
+
+    logger = logging.getLogger(ACCESS_LOGGER)
+
+    def installed() -> list[str]:
+        return [f.mode for f in logger.filters if isinstance(f, AccessLogFilter)]
+
+    try:
+        install_access_log_filter("off")
+        instrument_app(Starlette(), settings=Settings(access_log="path"))
+        assert installed() == ["path"]
+        install_access_log_filter("off")
+        instrumentor = StudyInInstrumentor()
+        instrumentor.instrument()
+        try:
+            assert installed() == ["route"]  # the default mode
+        finally:
+            instrumentor.uninstrument()
+        assert installed() == []
+    finally:
+        install_access_log_filter("off")
+
+
 EARLY = (
     "from studyin_analytics.instrumentation.accesslog import install_access_log_filter\n"
     "install_access_log_filter()\n"

@@ -176,11 +176,6 @@ async def test_fastapi_bigger_applications_example_end_to_end(
     assert_no_canary("the aggregator's logs", caplog.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's access log (stdout) writes raw paths and query strings; a log filter the "
-    "instrumentor installs is the privacy part of issue 13, not done on this branch",
-)
 def test_the_real_apps_access_log_has_no_canary(
     new_user_venv: FreshVenv, settings: Settings, tmp_path: Path
 ) -> None:
