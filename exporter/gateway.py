@@ -50,11 +50,11 @@ from starlette.routing import Route
 
 from ..instrumentation import semconv
 from ..instrumentation.privacy import MAX_VALUE_DEPTH, PrivacyGuard, Pseudonymizer
-from ..instrumentation.settings import Settings, redact_url, require
+from ..instrumentation.settings import Settings, require
 from . import correlation, replication, wire
 from .admission import EventWindow
 from .bus import shard_index, stream_keys
-from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client
+from .connection import UNAVAILABLE_ERRORS, AsyncClient, async_client, unavailable
 from .otlp_decode import (
     INVALID_ARGUMENT,
     UNAVAILABLE,
@@ -377,9 +377,8 @@ class Gateway:
             except UNAVAILABLE_ERRORS as exc:
                 self.unavailable += 1
                 self.stats.export_failures += 1
-                _log.warning(
-                    "Redis %s unreachable: %s; answering 503", redact_url(self.url), type(exc).__name__
-                )
+                # The node that failed (or did not confirm a WAIT), not only the configured URL.
+                _log.warning("%s; answering 503", unavailable(exc, self.settings))
                 return self._error(
                     RequestRefused(503, UNAVAILABLE, "the bus is unavailable, retry later"),
                     media,

@@ -141,6 +141,8 @@ async def test_with_wait_no_acknowledged_span_is_lost_when_a_primary_fails(
             body = encode_spans(gateway_spans).SerializeToString()
             refused = await gateway.post("/v1/traces", content=body, headers=PB)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            logged = [r.getMessage() for r in caplog.records if "answering 503" in r.getMessage()]
+            assert logged and victim in logged[-1] and "NotReplicated" in logged[-1], logged
 
             redis_cluster.node(victim).kill()  # (kill_primary would look for its replica: failed by now)
         finally:

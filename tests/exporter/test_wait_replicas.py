@@ -97,8 +97,11 @@ async def test_writes_count_once_a_replica_has_them(
         assert exporter.stats.spans_exported == 2
         warning = next(r.getMessage() for r in caplog.records if "spooling" in r.getMessage())
         assert f"127.0.0.1:{primary.port}" in warning and "NotReplicated" in warning, warning
+        caplog.clear()
         refused = await gateway.post("/v1/traces", content=body, headers=PB)
         assert refused.status_code == 503
+        logged = next(r.getMessage() for r in caplog.records if "answering 503" in r.getMessage())
+        assert f"127.0.0.1:{primary.port}" in logged and "NotReplicated" in logged, logged
 
         replica.start()
         follow(replica, primary)
