@@ -828,6 +828,8 @@ def _progress(
     variances = (control.variance, alternative_variance)
     if max(variances) == 0:
         raise _Unavailable(Status.INSUFFICIENT_DATA, "no variation yet to plan with")
+    if effect == 0:  # e.g. a relative minimum effect of a control mean that is still 0
+        raise _Unavailable(Status.INSUFFICIENT_DATA, "the minimum effect is 0 here: nothing to plan for")
     total = _required_total(effect, variances, shares, alpha, power)
     if not math.isfinite(total) or total > 1e15:
         raise _Unavailable(Status.INSUFFICIENT_DATA, "effect too small against the variance to plan for")
