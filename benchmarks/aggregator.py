@@ -36,9 +36,9 @@ import asyncpg
 import psutil
 import redis.asyncio as aioredis
 
-from ..aggregator.consumer import Aggregator, tuned_gc
-from ..aggregator.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
-from ..aggregator.schema import ensure_partitions
+from ..aggregator.consumer.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
+from ..aggregator.consumer.service import Aggregator, tuned_gc
+from ..aggregator.storage.schema import ensure_partitions
 from ..exporter import wire
 from ..exporter.bus import group_lag, stream_keys
 from ..exporter.wire import EventRecord, SpanRecord
@@ -375,7 +375,7 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "studyin_analytics.aggregator.cli",
+        "studyin_analytics.aggregator.cli.main",
         "aggregator",
         "--consumer-name",
         "bench-mem",

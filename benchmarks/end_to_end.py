@@ -44,8 +44,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from ..aggregator.db import connect
-from ..aggregator.simulation import Ledger, build_backend, new_user_ids, simulate_students
+from ..aggregator.devtools.simulation import Ledger, build_backend, new_user_ids, simulate_students
+from ..aggregator.storage.db import connect
 from ..exporter import RedisStreamSpanExporter
 from ..exporter.bus import group_lag, stream_keys
 from ..instrumentation import StudyInTracker
@@ -88,7 +88,7 @@ def bulk_traffic(quick: bool) -> Traffic:
 QUEUE_SIZE = 1 << 20
 """Span queue of the batch processor: large enough that a burst never drops spans."""
 SCHEDULE_DELAY_MS = 200
-AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator")
+AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli.main", "aggregator")
 """``studyin-analytics aggregator``, run by this interpreter (whatever the PATH holds)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0

@@ -53,7 +53,7 @@ from .framework import BenchContext, Measurement, at_least, at_most, bench, medi
 BATCH = 512
 TARGET_US_PER_SPAN = 10.0
 TARGET_RATIO = 3.0
-GATEWAY_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "gateway")
+GATEWAY_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli.main", "gateway")
 
 
 class _Capture(SpanProcessor):
@@ -202,7 +202,7 @@ def _measure(settings: Settings, quick: bool, repeats: int) -> dict[str, list[fl
 @contextlib.contextmanager
 def replicated_redis() -> Iterator[str]:
     """A throw-away primary with one replica in sync (``REPLICAOF``); yields the primary's URL."""
-    from ..aggregator.embedded import EmbeddedRedis
+    from ..aggregator.devtools.embedded import EmbeddedRedis
 
     directory = Path(tempfile.mkdtemp(prefix="bench-replicated-"))
     (directory / "primary").mkdir()

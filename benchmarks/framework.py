@@ -128,7 +128,7 @@ class BenchContext:
 
     async def migrated_settings(self, name: str) -> Settings:
         """:meth:`isolated_settings` with the analytics schema migrated."""
-        from ..aggregator.schema import migrate
+        from ..aggregator.storage.schema import migrate
 
         settings = self.isolated_settings(name)
         await asyncio.to_thread(migrate, settings)

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import redis
 
-from studyin_analytics.aggregator.embedded import EmbeddedServers
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
 from studyin_analytics.instrumentation.settings import Settings, redact_url
 
 from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
@@ -114,7 +114,7 @@ def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
 @pytest.fixture
 async def migrated(settings: Settings) -> AsyncIterator[Settings]:
     """``settings`` with the analytics schema migrated."""
-    from studyin_analytics.aggregator.schema import migrate
+    from studyin_analytics.aggregator.storage.schema import migrate
 
     await asyncio.to_thread(migrate, settings)
     yield settings

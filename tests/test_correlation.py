@@ -26,9 +26,9 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from studyin_analytics.aggregator.logconfig import configure_logging
-from studyin_analytics.exporter import correlation
-from studyin_analytics.exporter.correlation import request_correlation_id, trace_id_of
+from studyin_analytics.exporter.runtime import correlation
+from studyin_analytics.exporter.runtime.correlation import request_correlation_id, trace_id_of
+from studyin_analytics.exporter.runtime.logconfig import configure_logging
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 

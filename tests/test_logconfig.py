@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from studyin_analytics.aggregator.logconfig import (
+from studyin_analytics.exporter.runtime.logconfig import (
     configure_logging,
     correlated,
     correlation_id,

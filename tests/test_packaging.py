@@ -61,7 +61,7 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
             "-I",
             "-c",
             "import studyin_analytics.instrumentation as i, studyin_analytics.exporter as e, "
-            "studyin_analytics.aggregator.cli as c; print(i.__file__)",
+            "studyin_analytics.aggregator.cli.main as c; print(i.__file__)",
         ],
         cwd=tmp_path,
         capture_output=True,

@@ -32,11 +32,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.health import HealthServer
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
-from studyin_analytics.exporter.selftelemetry import (
+from studyin_analytics.exporter.gateway.app import create_gateway
+from studyin_analytics.exporter.runtime.health import HealthServer
+from studyin_analytics.exporter.runtime.selftelemetry import (
     CATALOGUE,
     SERVICE_AGGREGATOR,
     SERVICE_API,
@@ -53,7 +53,7 @@ from .exporter.helpers import free_port, make_spans, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations-metrics.md"
-TABLE_START = "<!-- metrics-table:start (generated from exporter/selftelemetry.py CATALOGUE) -->"
+TABLE_START = "<!-- metrics-table:start (generated from exporter/runtime/selftelemetry.py CATALOGUE) -->"
 TABLE_END = "<!-- metrics-table:end -->"
 PB = {"content-type": "application/x-protobuf"}
 OVERVIEW = "/api/analytics/learning/overview"
@@ -491,7 +491,7 @@ def test_docs_table_is_the_catalogue() -> None:
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n") + "\n"
     assert table == markdown_table(), (
         "docs/operations-metrics.md is out of date; regenerate the table with "
-        "python -c 'from studyin_analytics.exporter.selftelemetry import markdown_table; "
+        "python -c 'from studyin_analytics.exporter.runtime.selftelemetry import markdown_table; "
         "print(markdown_table())'"
     )
 

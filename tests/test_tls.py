@@ -40,11 +40,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.api import create_app
-from studyin_analytics.aggregator.embedded import EmbeddedPostgres
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.api.app import create_app
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedPostgres
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings, redact_url
 

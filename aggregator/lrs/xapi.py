@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from ...instrumentation import events
 from ...instrumentation.privacy import is_pseudonym
-from ..mapping import EventRow
+from ..consumer.mapping import EventRow
 
 # --- statement shapes (the JSON sent to the LRS) ----------------------------------------------
 

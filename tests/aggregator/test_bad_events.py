@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.consumer import BatchResult
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.schema import PARTITIONS_AHEAD, existing_partitions
+from studyin_analytics.aggregator.consumer.service import BatchResult
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import PARTITIONS_AHEAD, existing_partitions
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
@@ -211,7 +211,7 @@ async def test_a_crash_between_the_commit_and_the_dead_letter_writes_it_once(
     """The refused events' dead letter and the entry's XACK are one MULTI after the commit: if the
     process dies in between, the entry is read again, its stored events are no-ops and the
     dead letter is written then, once."""
-    from studyin_analytics.aggregator import consumer
+    from studyin_analytics.aggregator.consumer import service as consumer
 
     pseudonymizer = Pseudonymizer.from_settings(migrated)
     wl = build(pseudonymizer, users=10, seed=45)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation.settings import Settings
 
 DISTRIBUTION_COLUMN = "user_hash"

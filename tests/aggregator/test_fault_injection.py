@@ -26,9 +26,13 @@ from typing import Any
 import pytest
 import redis
 
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.devtools.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServerError,
+)
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
@@ -63,7 +67,14 @@ class Aggregators:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.log_offsets[name] = log.tell()
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator", "--consumer-name", name],
+            [
+                sys.executable,
+                "-m",
+                "studyin_analytics.aggregator.cli",
+                "aggregator",
+                "--consumer-name",
+                name,
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from studyin_analytics.aggregator.mapping import micros_of, time_of
+from studyin_analytics.aggregator.consumer.mapping import micros_of, time_of
 
 NS = 1_000_000_000
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import group_lag, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings

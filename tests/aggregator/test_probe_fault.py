@@ -21,11 +21,12 @@ import asyncpg
 import pytest
 import redis
 
-from studyin_analytics.aggregator import Aggregator, rollups
-from studyin_analytics.aggregator.consumer import is_transient
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.mapping import raw_records, rows_from_span
-from studyin_analytics.aggregator.schema import ensure_partitions, existing_partitions
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.consumer import rollups
+from studyin_analytics.aggregator.consumer.mapping import raw_records, rows_from_span
+from studyin_analytics.aggregator.consumer.service import is_transient
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import ensure_partitions, existing_partitions
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer

@@ -17,10 +17,11 @@ import asyncpg
 import pytest
 from alembic import command
 
-from studyin_analytics.aggregator import Aggregator, audit
-from studyin_analytics.aggregator.auth import Principal
-from studyin_analytics.aggregator.db import connect, create_pool
-from studyin_analytics.aggregator.schema import (
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.api import audit
+from studyin_analytics.aggregator.api.auth import Principal
+from studyin_analytics.aggregator.storage.db import connect, create_pool
+from studyin_analytics.aggregator.storage.schema import (
     MIGRATIONS_DIR,
     alembic_config,
     ensure_partitions,

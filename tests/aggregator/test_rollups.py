@@ -16,16 +16,17 @@ import httpx
 import pytest
 import redis
 
-from studyin_analytics.aggregator import Aggregator, histogram
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.health import HealthServer
-from studyin_analytics.aggregator.schema import (
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.consumer import histogram
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import (
     ensure_partitions,
     existing_partitions,
     partition_days_ahead,
 )
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
+from studyin_analytics.exporter.runtime.health import HealthServer
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
@@ -360,9 +361,9 @@ async def test_a_round_meeting_a_day_without_partition_creates_it_outside_the_ro
 
 async def test_a_concurrent_insert_of_the_same_event_counts_it_once(migrated: Settings) -> None:
     """Two members inserting the same event at once: the second waits, then keeps only its own."""
-    from studyin_analytics.aggregator import rollups
-    from studyin_analytics.aggregator.mapping import raw_records, rows_from_span
-    from studyin_analytics.aggregator.schema import ensure_partitions
+    from studyin_analytics.aggregator.consumer import rollups
+    from studyin_analytics.aggregator.consumer.mapping import raw_records, rows_from_span
+    from studyin_analytics.aggregator.storage.schema import ensure_partitions
     from studyin_analytics.exporter import wire
 
     wl = build(Pseudonymizer.from_settings(migrated), users=5, seed=77, spans_per_entry=10)

@@ -7,8 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from studyin_analytics.aggregator.mapping import micros_of, rows_from_span, screen, time_of
-from studyin_analytics.aggregator.schema import PARTITIONS_AHEAD, PartitionOutOfWindow, ensure_partitions
+from studyin_analytics.aggregator.consumer.mapping import micros_of, rows_from_span, screen, time_of
+from studyin_analytics.aggregator.storage.schema import (
+    PARTITIONS_AHEAD,
+    PartitionOutOfWindow,
+    ensure_partitions,
+)
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.admission import EventWindow
 from studyin_analytics.instrumentation.settings import Settings

@@ -1,6 +1,6 @@
 """A session starts once and ends once: any order, any duplication gives the brute-force answer.
 
-The rule (aggregator/sessions.py): per learner and session id, the session counts at its
+The rule (aggregator/consumer/sessions.py): per learner and session id, the session counts at its
 earliest ``session_start``; its earliest ``session_end`` ends it; its study time is that end's
 ``duration_s``, at most end minus start, spread over ``[end - study, end]``. The truth below is
 computed from the event set with plain loops and shares nothing with the aggregator.
@@ -27,11 +27,12 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from studyin_analytics.aggregator import Aggregator, rollups
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.mapping import RawRecord
-from studyin_analytics.aggregator.schema import ensure_partitions
-from studyin_analytics.aggregator.sessions import RECORDED_START, Mark, Session, StudyDeltas
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.consumer import rollups
+from studyin_analytics.aggregator.consumer.mapping import RawRecord
+from studyin_analytics.aggregator.consumer.sessions import RECORDED_START, Mark, Session, StudyDeltas
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import ensure_partitions
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.events import SessionEnd

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.api import pipeline_lag
+from studyin_analytics.aggregator.api.app import pipeline_lag
 from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer

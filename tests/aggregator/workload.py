@@ -3,7 +3,7 @@
 Spans are built as :class:`SpanRecord` and encoded with the real wire format
 (``wire.encode_records`` + ``wire.entry_fields``), exactly what the exporter and gateway put
 on the bus. The truth below is computed from the generated events with plain loops; it
-shares nothing with ``aggregator/rollups.py`` except the histogram bucket definition.
+shares nothing with ``aggregator/consumer/rollups.py`` except the histogram bucket definition.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from studyin_analytics.aggregator import histogram
+from studyin_analytics.aggregator.consumer import histogram
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.privacy import Pseudonymizer

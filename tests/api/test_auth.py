@@ -9,8 +9,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from studyin_analytics.aggregator import audit
-from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.api import audit
+from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI, HTTPException
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from studyin_analytics.aggregator import audit
-from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.api import audit
+from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, instrument_app
 from studyin_analytics.instrumentation.settings import Settings
@@ -214,7 +214,7 @@ async def test_read_endpoints_serve_pipeline_rollups_and_audit_each_read(migrate
 def test_a_streak_not_extended_since_before_yesterday_is_over() -> None:
     from datetime import date
 
-    from studyin_analytics.aggregator.api import current_streak
+    from studyin_analytics.aggregator.api.app import current_streak
 
     today = date(2026, 11, 25)
     at = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)

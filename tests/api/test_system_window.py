@@ -6,9 +6,9 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 
-from studyin_analytics.aggregator import histogram
-from studyin_analytics.aggregator.api_system import BlockCache, read_buckets
-from studyin_analytics.aggregator.db import connect
+from studyin_analytics.aggregator.api.system import BlockCache, read_buckets
+from studyin_analytics.aggregator.consumer import histogram
+from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation.settings import Settings
 
 ROUTES = [("/a/{id}", "GET"), ("/b", "POST"), ("/c", "GET")]

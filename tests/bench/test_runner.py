@@ -12,7 +12,7 @@ import pytest
 import redis
 from rich.console import Console
 
-from studyin_analytics.aggregator import cli
+from studyin_analytics.aggregator.cli import main as cli
 from studyin_analytics.benchmarks import framework, runner
 from studyin_analytics.benchmarks.framework import BenchContext, Measurement, bench
 from studyin_analytics.instrumentation.settings import Settings

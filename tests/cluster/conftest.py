@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster, EmbeddedServerError
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster, EmbeddedServerError
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.settings import Settings

@@ -32,10 +32,10 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from studyin_analytics.aggregator.consumer import Aggregator
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.consumer.service import Aggregator
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client, sync_client

@@ -17,10 +17,10 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
-from studyin_analytics.aggregator.consumer import Aggregator
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.consumer.service import Aggregator
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import (
     between,
@@ -32,7 +32,7 @@ from studyin_analytics.exporter.bus import (
     stream_keys,
 )
 from studyin_analytics.exporter.connection import async_client
-from studyin_analytics.exporter.gateway import Gateway
+from studyin_analytics.exporter.gateway.app import Gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings

@@ -36,10 +36,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import shard_index, stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.settings import Settings
 

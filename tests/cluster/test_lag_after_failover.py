@@ -17,10 +17,10 @@ import pytest
 from redis.crc import key_slot
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.api import pipeline_lag
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.api.app import pipeline_lag
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client

@@ -1,4 +1,4 @@
-"""Which server spans are ``api_request`` events (exporter/events.py): every HTTP one, never a raw path.
+"""Which server spans are ``api_request`` events (exporter/event_types.py): every HTTP one, never a raw path.
 
 Stock instrumentations of other apps, arriving through the gateway, leave ``http.route`` out for
 unmatched paths (and the bare ASGI/WSGI middlewares always do): those requests count under the
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from studyin_analytics.exporter.events import api_request_fields
+from studyin_analytics.exporter.event_types import api_request_fields
 from studyin_analytics.exporter.wire import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord
 
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from studyin_analytics.aggregator.cli import main
+from studyin_analytics.aggregator.cli.main import main
 from studyin_analytics.exporter import RedisStreamSpanExporter, bus
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import shard_index, stream_keys
-from studyin_analytics.exporter.stats import stats_key
+from studyin_analytics.exporter.writer_stats import stats_key
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings, get_settings
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from studyin_analytics.aggregator.embedded import free_port
+from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import NotReplicated, failed_node, unavailable

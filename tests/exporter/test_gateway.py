@@ -12,10 +12,10 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import TracerProvider
 
-from studyin_analytics.aggregator.embedded import free_port
+from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 

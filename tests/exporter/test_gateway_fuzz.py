@@ -33,7 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.settings import Settings
 
 from .test_gateway_robustness import otlp_json

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from studyin_analytics.exporter.otlp_decode import parse_json
+from studyin_analytics.exporter.gateway.otlp_decode import parse_json
 from studyin_analytics.instrumentation.settings import Settings
 
 from .helpers import free_port, gateway_env, make_spans, stop_process, wait_listening

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from studyin_analytics.aggregator.embedded import EmbeddedRedis
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis
 from studyin_analytics.exporter import bus
 from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ServerUrls

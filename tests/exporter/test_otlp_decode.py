@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from studyin_analytics.exporter.admission import EventWindow
-from studyin_analytics.exporter.otlp_decode import (
+from studyin_analytics.exporter.gateway.otlp_decode import (
     MAX_DEPTH,
     RequestRefused,
     gunzip,

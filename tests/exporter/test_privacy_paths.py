@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import is_pseudonym
 from studyin_analytics.instrumentation.settings import Settings

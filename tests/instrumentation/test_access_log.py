@@ -19,7 +19,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from studyin_analytics.aggregator.embedded import free_port, wait_for_port
+from studyin_analytics.aggregator.devtools.embedded import free_port, wait_for_port
 from studyin_analytics.instrumentation.accesslog import (
     ACCESS_LOGGER,
     AccessLogFilter,

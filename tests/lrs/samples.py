@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
+from studyin_analytics.aggregator.consumer.mapping import EventRow, rows_from_span
 from studyin_analytics.aggregator.lrs.xapi import LRS_ACTOR_FIELD, XapiConfig
-from studyin_analytics.aggregator.mapping import EventRow, rows_from_span
 from studyin_analytics.exporter.wire import decode_batch, encode_readable_spans
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, events
 from studyin_analytics.instrumentation.privacy import PrivacyGuard

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from studyin_analytics.aggregator.consumer.mapping import EventRow
 from studyin_analytics.aggregator.lrs.batches import Item, plan_batches
 from studyin_analytics.aggregator.lrs.delivery import (
     LrsAnswer,
@@ -20,7 +21,6 @@ from studyin_analytics.aggregator.lrs.delivery import (
     deliver,
 )
 from studyin_analytics.aggregator.lrs.xapi import Selection, SkipReason, StatementMapper
-from studyin_analytics.aggregator.mapping import EventRow
 from studyin_analytics.instrumentation import events
 
 from .samples import CONFIG, rows_through_pipeline, sample_rows

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from studyin_analytics.aggregator.consumer.mapping import EventRow
 from studyin_analytics.aggregator.lrs import xapi
 from studyin_analytics.aggregator.lrs.xapi import (
     LRS_ACTOR_FIELD,
@@ -20,7 +21,6 @@ from studyin_analytics.aggregator.lrs.xapi import (
     StatementMapper,
     XapiConfig,
 )
-from studyin_analytics.aggregator.mapping import EventRow
 from studyin_analytics.instrumentation import events
 
 from .samples import (

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from studyin_analytics.aggregator.consumer.mapping import EventRow
 from studyin_analytics.aggregator.lrs.xapi import LRS_ACTOR_FIELD, Skipped, SkipReason, StatementMapper
-from studyin_analytics.aggregator.mapping import EventRow
 from studyin_analytics.instrumentation import events
 
 from .samples import ANALYTICS, CONFIG, LRS, rows_through_pipeline
