@@ -32,7 +32,7 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
     backend_warnings = [
         line
         for line in (build.stdout + build.stderr).splitlines()
-        if "Setuptools" in line and "Warning" in line or "BuildBackendWarning" in line
+        if ("Setuptools" in line and "Warning" in line) or "BuildBackendWarning" in line
     ]
     assert backend_warnings == []
     (wheel,) = tmp_path.glob("studyin_analytics-*.whl")
