@@ -20,8 +20,7 @@ import redis
 
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
 from studyin_analytics.instrumentation.settings import Settings, redact_url
-
-from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
+from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
 
 
 def _check_redis(url: str) -> None:

@@ -16,8 +16,7 @@ from studyin_analytics.aggregator.cli import main as cli
 from studyin_analytics.benchmarks import framework, runner
 from studyin_analytics.benchmarks.framework import BenchContext, Measurement, bench
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..conftest import ServerUrls
+from tests.support import ServerUrls
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEN: list[Settings] = []

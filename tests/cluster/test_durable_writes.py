@@ -42,9 +42,8 @@ from studyin_analytics.exporter.bus import shard_index, stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..exporter.helpers import make_spans
-from .conftest import SHARDS, bus_entries, node_client, records_of, slot_owners
+from tests.support.cluster import SHARDS, bus_entries, node_client, records_of, slot_owners
+from tests.support.exporter import make_spans
 
 pytestmark = pytest.mark.slow
 

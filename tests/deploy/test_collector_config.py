@@ -10,8 +10,9 @@ import yaml
 
 from studyin_analytics.instrumentation.privacy import DROPPED_ATTRIBUTES, IDENTITY_ATTRIBUTES
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support import ROOT
 
-CONFIG = Path(__file__).resolve().parents[2] / "otel-collector.yaml"
+CONFIG = ROOT / "otel-collector.yaml"
 
 KNOWN_TYPES = {
     "receivers": {"otlp"},
@@ -90,7 +91,7 @@ def test_redaction_step_deletes_every_raw_identifier() -> None:
 def test_every_listener_and_target_is_loopback_and_the_queue_directory_is_absolute() -> None:
     """As shipped, nothing listens or sends beyond loopback; a deployment moves the endpoints itself.
 
-    deploy/kubernetes overrides exactly these endpoints (tests/test_deploy.py merges the overrides
+    deploy/kubernetes overrides exactly these endpoints (tests/deploy/test_deploy.py merges the overrides
     over this file and checks probes, volume and gateway Service against the result).
     """
     config = load()

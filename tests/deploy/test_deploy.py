@@ -29,10 +29,9 @@ from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.exporter.runtime.health import HealthServer
 from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
+from tests.support import ROOT
+from tests.support.exporter import stop_process
 
-from .exporter.helpers import stop_process
-
-ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COLLECTOR_CONFIG = ROOT / "otel-collector.yaml"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from studyin_analytics.aggregator.experiments.statistics import (
     RateSums,
     Status,
 )
+from tests.support import ROOT
 
-DOC = (Path(__file__).resolve().parents[3] / "docs" / "experiments.md").read_text()
+DOC = (ROOT / "docs" / "experiments.md").read_text()
 NUMBER = re.compile(r"[−-]?\d+(?:\.\d+)?")
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from studyin_analytics.instrumentation import events
+from tests.support import ROOT
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "instrumentation.md"
+DOC = ROOT / "docs" / "instrumentation.md"
 
 
 def test_catalogue_in_docs_is_current() -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from studyin_analytics.aggregator.cli.main import build_parser
 from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
+from tests.support import ROOT
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme() -> None:
@@ -24,14 +23,14 @@ def test_every_command_is_in_the_readme() -> None:
 
 def test_the_two_fresh_machine_commands() -> None:
     assert "make demo" in README and "make test" in README
-    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci  # CI runs the README's test command
 
 
 def test_every_file_the_readme_points_to_exists() -> None:
     import re
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     paths = set(re.findall(r"(?:tests|docs|deploy)/[\w./-]+\.(?:py|md|png|json|yaml)", README))
     missing = sorted(p for p in paths if not (root / p).exists())
     assert paths and not missing, f"README.md points to missing files: {missing}"

@@ -4,17 +4,16 @@ sample events (pure)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from studyin_analytics.aggregator.lrs import xapi
 from studyin_analytics.aggregator.lrs.xapi import Skipped, Statement, StatementMapper
+from tests.support import ROOT
+from tests.support.lrs.samples import CONFIG, SAMPLES, sample_rows
 
-from .samples import CONFIG, SAMPLES, sample_rows
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "xapi.md"
+DOC = ROOT / "docs" / "xapi.md"
 MAPPER = StatementMapper(CONFIG)
 CODE = re.compile(r"`([^`]+)`")
 

@@ -18,8 +18,7 @@ from studyin_analytics.exporter.bus import shard_index, stream_keys
 from studyin_analytics.exporter.writer_stats import stats_key
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings, get_settings
-
-from .helpers import Capture, make_spans, private_redis, stream_span_names
+from tests.support.exporter import Capture, make_spans, private_redis, stream_span_names
 
 RAW_ID = "canary-raw-user-271828"
 

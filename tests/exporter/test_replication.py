@@ -23,8 +23,7 @@ from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans
+from tests.support.exporter import make_spans
 
 PB = {"content-type": "application/x-protobuf"}
 

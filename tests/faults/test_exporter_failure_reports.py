@@ -19,8 +19,7 @@ from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import NotReplicated, failed_node, unavailable
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans, private_redis
+from tests.support.exporter import make_spans, private_redis
 
 
 def test_the_node_a_real_connection_error_names_is_found() -> None:

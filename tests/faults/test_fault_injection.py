@@ -36,8 +36,7 @@ from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import Workload, bad_spans, build, mismatches, truth_of, with_spans
+from tests.support.workload import Workload, bad_spans, build, mismatches, truth_of, with_spans
 
 pytestmark = pytest.mark.slow
 

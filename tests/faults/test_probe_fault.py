@@ -31,8 +31,7 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import Workload, build, mismatches, push, truth_of
+from tests.support.workload import Workload, build, mismatches, push, truth_of
 
 _PROBE_MARK = "unnest($1::uuid[], $2::timestamptz[])"
 CHAOS_S = 6.0

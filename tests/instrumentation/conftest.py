@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .fresh_venv import FreshVenv, fresh_venv
+from tests.support.fresh_venv import FreshVenv, fresh_venv
 
 
 @pytest.fixture(scope="session")

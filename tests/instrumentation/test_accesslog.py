@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -27,10 +26,9 @@ from studyin_analytics.instrumentation.accesslog import (
     scrub_line,
 )
 from studyin_analytics.instrumentation.privacy import EMAIL_PLACEHOLDER
+from tests.support import ROOT
+from tests.support.exporter import stop_process
 
-from ..exporter.helpers import stop_process
-
-ROOT = Path(__file__).resolve().parents[2]
 RAW_ID = "canary-uid-5e4d3c2b1a09"
 EMAIL = "canary.5e4d3c@patients.example"
 IDN_EMAIL = "kanarie.5e4d3c@bücher.example"
@@ -143,7 +141,7 @@ def serve_and_log(mode: str, *, early: bool = False) -> list[str]:
     port = free_port()
     env = {**os.environ, "STUDYIN_ANALYTICS_ACCESS_LOG": mode, "PYTHONPATH": str(ROOT)}
     env.pop("STUDYIN_ANALYTICS_PSEUDONYM_KEYS", None)
-    arguments = ["tests.instrumentation.access_log_app:app", "--port", str(port)]
+    arguments = ["tests.support.access_log_app:app", "--port", str(port)]
     command = [sys.executable, "-m", "uvicorn", *arguments]
     if early:
         env["ACCESS_LOG_TEST_INSTALLED_EARLY"] = "1"

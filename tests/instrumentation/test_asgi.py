@@ -21,8 +21,7 @@ from studyin_analytics.instrumentation import (
     semconv,
 )
 from studyin_analytics.instrumentation.asgi import DeferredDurations
-
-from .helpers import PSEUDONYMIZER, Pipeline
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 USER = "student-0042"
 EMAIL = "student.0042@example.com"

@@ -24,8 +24,7 @@ from starlette.routing import Host, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from studyin_analytics.instrumentation import StudyInInstrumentor, instrument_app, semconv
-
-from .helpers import PSEUDONYMIZER, Pipeline
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 STATIC_FILE = "probe.txt"
 

@@ -14,8 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from studyin_analytics.instrumentation import EventRejected, StudyInTracker, current_session, semconv
-
-from .helpers import PSEUDONYMIZER, Pipeline
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 USER = "student-7f3a"
 SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]

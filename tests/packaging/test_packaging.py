@@ -8,7 +8,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:

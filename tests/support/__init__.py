@@ -15,7 +15,9 @@ TEST_PSEUDONYM_KEY = "test-key-0123456789abcdef"
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository's root."""
+DOCS = ROOT / "docs"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+
 CACHE = ROOT / ".test-cache"
 PIP_TIMEOUT_S = 900
 

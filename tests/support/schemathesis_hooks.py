@@ -1,4 +1,4 @@
-"""schemathesis hooks for the query API (loaded by tests/api/test_schemathesis.py).
+"""schemathesis hooks for the query API (loaded by tests/aggregator/api/test_schemathesis.py).
 
 A heatmap's ``start`` and ``end`` are each valid alone (any date), but OpenAPI cannot say that
 ``start`` must not come after ``end`` nor that the two span at most 366 days: such a pair gets

@@ -29,10 +29,10 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support import ROOT
+from tests.support.exporter import free_port, start_gateway, stop_process, wait_listening
 
-from .helpers import free_port, start_gateway, stop_process, wait_listening
-
-CONFIG = Path(__file__).resolve().parents[2] / "otel-collector.yaml"
+CONFIG = ROOT / "otel-collector.yaml"
 RAW_ID = "canary-route-user-161803"
 SESSIONS_PER_PHASE = 15
 

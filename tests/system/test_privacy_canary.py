@@ -32,8 +32,7 @@ from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, instrument_app
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..support import postgres_dump, redis_dump
+from tests.support import postgres_dump, redis_dump
 
 RAW_ID = "canary-uid-9f8e7d6c5b4a"
 EMAIL = "canary.9f8e7d@patients.example"

@@ -1,6 +1,6 @@
 """Nothing planted survives, on both roads to the bus, with real Redis.
 
-Arbitrary OTLP ``AnyValue`` trees with planted raw ids and e-mails (:mod:`tests.instrumentation.planted`)
+Arbitrary OTLP ``AnyValue`` trees with planted raw ids and e-mails (:mod:`tests.support.planted`)
 are set on real SDK spans (span and event attributes, the resource, names), then
 
 * exported by the real :class:`RedisStreamSpanExporter` (two shards), or
@@ -38,9 +38,8 @@ from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import is_pseudonym
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..instrumentation.planted import Case, cases, survivors, texts, walk
-from .helpers import Capture
+from tests.support.exporter import Capture
+from tests.support.planted import Case, cases, survivors, texts, walk
 
 EXAMPLES = settings(
     max_examples=80,

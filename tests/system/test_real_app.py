@@ -26,11 +26,10 @@ import pytest
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..support import postgres_dump, redis_dump
-from .fresh_venv import FreshVenv, clean_env, extract, fetch_sdist, stop
-from .test_distro import analytics_env, readme_command
-from .test_zero_code import free_port, wait_listening
+from tests.instrumentation.test_distro import analytics_env, readme_command
+from tests.instrumentation.test_zero_code import free_port, wait_listening
+from tests.support import postgres_dump, redis_dump
+from tests.support.fresh_venv import FreshVenv, clean_env, extract, fetch_sdist, stop
 
 CANARY_ID = "canary-learner-77123"
 CANARY_EMAIL = "canary.learner77123@example.org"

@@ -15,8 +15,7 @@ from studyin_analytics.aggregator.api.app import create_app
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
-
-from .support import TEST_JWT_SECRET, postgres_dump, redis_dump
+from tests.support import TEST_JWT_SECRET, postgres_dump, redis_dump
 
 RAW_USER_ID = "canary-user-4815162342"
 

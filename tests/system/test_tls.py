@@ -47,9 +47,8 @@ from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings, redact_url
-
-from .api.conftest import bearer, token
-from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, documented_acl
+from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, documented_acl
+from tests.support.api import bearer, token
 
 APP_USER = "studyin"
 APP_PASSWORD = "app-password-0123456789"

@@ -13,8 +13,7 @@ from studyin_analytics.aggregator.api import audit
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .conftest import LEARNER_A, LEARNER_B, STAFF, Api, bearer, open_api, token
+from tests.support.api import LEARNER_A, LEARNER_B, STAFF, Api, bearer, open_api, token
 
 OVERVIEW = "/api/analytics/learning/overview"
 SYSTEM = "/api/analytics/system/metrics"
@@ -156,7 +155,7 @@ async def test_rs256_tokens_and_no_algorithm_confusion(migrated: Settings) -> No
 
 async def test_pseudonyms_of_every_key_are_read(migrated: Settings) -> None:
     """After a key rotation the caller's rows under the old key id still count."""
-    from .conftest import run_pipeline
+    from tests.support.api import run_pipeline
 
     def produce(tracker, provider):  # type: ignore[no-untyped-def]
         tracker.xp_awarded(LEARNER_A, 7, "quiz")

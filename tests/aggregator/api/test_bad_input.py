@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .conftest import LEARNER_A, STAFF, Api
+from tests.support.api import LEARNER_A, STAFF, Api
 
 PREFIX = "/api/analytics"
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -26,10 +25,10 @@ from studyin_analytics.aggregator.devtools.simulation import build_backend, simu
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support import ROOT
+from tests.support.api import token
 
-from ..api.conftest import token
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -21,9 +21,8 @@ from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, instrument_app
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..support import postgres_dump
-from .conftest import LEARNER_A, LEARNER_B, STAFF, aggregate, open_api
+from tests.support import postgres_dump
+from tests.support.api import LEARNER_A, LEARNER_B, STAFF, aggregate, open_api
 
 PREFIX = "/api/analytics"
 

@@ -21,8 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
-
-from .conftest import LEARNER_A, LEARNER_B, STAFF, Api, bearer, served, token
+from tests.support.api import LEARNER_A, LEARNER_B, STAFF, Api, bearer, served, token
 
 LIVE = "/api/analytics/live"
 

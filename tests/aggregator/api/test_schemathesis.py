@@ -5,7 +5,7 @@ called with generated valid and invalid requests, and every check schemathesis h
 no 5xx, status codes, content types, headers and bodies as documented, invalid data refused,
 valid data accepted, authentication enforced (ignored_auth, missing_required_header),
 unsupported methods refused. Bounded: a fixed seed, deterministic generation and a few
-examples per operation, so a run takes seconds. tests/api/schemathesis_hooks.py tells the
+examples per operation, so a run takes seconds. tests/support/schemathesis_hooks.py tells the
 generator the one constraint OpenAPI cannot state (a heatmap's start not after its end).
 """
 
@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from studyin_analytics.instrumentation import StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support import ROOT
+from tests.support.api import LEARNER_A, STAFF, run_pipeline, served, token
 
-from .conftest import LEARNER_A, STAFF, run_pipeline, served, token
-
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = ROOT / "tests" / "support" / "schemathesis_hooks.py"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 MAX_EXAMPLES = 10
 

@@ -6,7 +6,7 @@ browser enforces it.
 
 from __future__ import annotations
 
-from .conftest import LEARNER_A, Api
+from tests.support.api import LEARNER_A, Api
 
 COMMON = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
 

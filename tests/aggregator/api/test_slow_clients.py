@@ -1,6 +1,6 @@
 """Slow clients cannot hold the query API's connections: header and body read deadlines.
 
-On a real server with raw sockets (tests/slowclient.py): in process with the configuration the
+On a real server with raw sockets (tests/support/slowclient.py): in process with the configuration the
 ``api`` command uses, and as the ``api`` command itself.
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 from studyin_analytics.aggregator.devtools.embedded import free_port, wait_for_port
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..slowclient import check_read_deadlines
-from .conftest import served
+from tests.support.api import served
+from tests.support.slowclient import check_read_deadlines
 
 TRACK = "/api/analytics/events/track"
 

@@ -7,9 +7,8 @@ import time
 import uuid
 
 from studyin_analytics.instrumentation import Pseudonymizer
-
-from ..support import postgres_dump, redis_dump
-from .conftest import LEARNER_A, Api, aggregate
+from tests.support import postgres_dump, redis_dump
+from tests.support.api import LEARNER_A, Api, aggregate
 
 TRACK = "/api/analytics/events/track"
 CANARY = "canary-frontend-user-31337"

@@ -16,8 +16,7 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import free_port
+from tests.support.exporter import free_port
 
 DATA = ":bus: [bold]x[/bold] :smile:"
 

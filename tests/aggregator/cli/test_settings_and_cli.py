@@ -16,8 +16,7 @@ from pydantic import ValidationError
 
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.instrumentation.settings import Settings, redact_url
-
-from .support import ServerUrls
+from tests.support import ROOT, ServerUrls
 
 CLI = [sys.executable, "-m", "studyin_analytics.aggregator.cli"]
 
@@ -244,7 +243,7 @@ def test_unreachable_postgres_exits_1_naming_it() -> None:
 
 def test_demo_source_has_no_hand_installed_dependency() -> None:
     """The README's two commands are make targets that install into .venv first."""
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
     assert "demo: $(STAMP)" in makefile and "test: $(STAMP)" in makefile
     assert '-m pip install --quiet -e ".[dev]"' in makefile
 

@@ -21,8 +21,7 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import bad_spans, build, event_span, mismatches, push, truth_of, with_spans
+from tests.support.workload import bad_spans, build, event_span, mismatches, push, truth_of, with_spans
 
 
 def dead_letters(settings: Settings) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -25,8 +25,7 @@ from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import build, mismatches, push, truth_of
+from tests.support.workload import build, mismatches, push, truth_of
 
 UNIT_ID = re.compile(r"(batch|round)-\d+-\d+")
 

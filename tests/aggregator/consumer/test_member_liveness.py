@@ -24,9 +24,8 @@ from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import group_lag, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .test_fault_injection import aggregators, check_exact
-from .workload import Workload, build
+from tests.faults.test_fault_injection import aggregators, check_exact
+from tests.support.workload import Workload, build
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,7 @@ from studyin_analytics.exporter.runtime.health import HealthServer
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import build, mismatches, push, truth_of
+from tests.support.workload import build, mismatches, push, truth_of
 
 
 async def test_rollups_equal_ground_truth_with_duplicates(migrated: Settings) -> None:
@@ -216,7 +215,7 @@ async def test_nogroup_recreates_group_and_health_reports_lag(migrated: Settings
 
 async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Settings) -> None:
     """An undecodable entry is dead-lettered whole; an event PostgreSQL would refuse (a NUL in a
-    JSON string) is dead-lettered at once, before any attempt fails (tests/aggregator/test_bad_events.py
+    JSON string) is dead-lettered at once, before any attempt fails (tests/aggregator/consumer/test_bad_events.py
     has an entry mixing good and bad events, and a refusal only PostgreSQL knows)."""
     settings = migrated.with_overrides(max_delivery_attempts=2)
     pseudonymizer = Pseudonymizer.from_settings(settings)

@@ -16,8 +16,7 @@ from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import Workload, build, mismatches, push, truth_of
+from tests.support.workload import Workload, build, mismatches, push, truth_of
 
 SHARDS = 4
 

@@ -20,8 +20,7 @@ from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .workload import build, push
+from tests.support.workload import build, push
 
 STALE_BY = 300
 

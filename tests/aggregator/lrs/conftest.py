@@ -3,15 +3,13 @@ Ralph's xAPI models as a validator. Anything that cannot be set up FAILS the tes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .ralph import RalphServer, RalphUnavailable, ensure_venv, validate_statements
-
-Validator = Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]]
+from tests.support.lrs.ralph import RalphServer, RalphUnavailable, Validator, ensure_venv, validate_statements
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Planning batches from bus entries and isolating refused statements (pure: the LRS here is a model of the
-all-or-nothing POST rule; tests/lrs/test_delivery_ralph.py does the same against the real Ralph)."""
+all-or-nothing POST rule; tests/aggregator/lrs/test_delivery.py does the same against the real Ralph)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from studyin_analytics.aggregator.lrs.delivery import (
 )
 from studyin_analytics.aggregator.lrs.xapi import Selection, SkipReason, StatementMapper
 from studyin_analytics.instrumentation import events
-
-from .samples import CONFIG, rows_through_pipeline, sample_rows
+from tests.support.lrs.samples import CONFIG, rows_through_pipeline, sample_rows
 
 MAPPER = StatementMapper(CONFIG)
 

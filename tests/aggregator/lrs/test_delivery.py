@@ -15,9 +15,8 @@ from studyin_analytics.aggregator.lrs.batches import Item, plan_batches
 from studyin_analytics.aggregator.lrs.delivery import HttpSender, LrsMisconfigured, LrsUnavailable, deliver
 from studyin_analytics.aggregator.lrs.xapi import StatementMapper
 from studyin_analytics.instrumentation import events
-
-from .ralph import RalphServer, as_sent
-from .samples import CONFIG, rows_through_pipeline
+from tests.support.lrs.ralph import RalphServer, as_sent
+from tests.support.lrs.samples import CONFIG, rows_through_pipeline
 
 pytestmark = pytest.mark.timeout(1200)  # the first test of a machine creates Ralph's venv
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from . import ralph as harness
-from .ralph import RalphServer, RalphUnavailable
+from tests.support.lrs import ralph as harness
+from tests.support.lrs.ralph import RalphServer, RalphUnavailable
 
 pytestmark = pytest.mark.timeout(1200)  # the first test of a machine creates Ralph's venv
 

@@ -13,11 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from studyin_analytics.aggregator.lrs.xapi import MAPPED_EVENT_TYPES, Skipped, Statement, StatementMapper
-
-from .conftest import Validator
-from .ralph import RalphServer, as_sent
-from .samples import CONFIG, rows_through_pipeline, sample_rows
-from .strategies import learning_events
+from tests.support.lrs.ralph import RalphServer, Validator, as_sent
+from tests.support.lrs.samples import CONFIG, rows_through_pipeline, sample_rows
+from tests.support.lrs.strategies import learning_events
 
 pytestmark = pytest.mark.timeout(1200)  # the first test of a machine creates Ralph's venv (~35-90 s)
 

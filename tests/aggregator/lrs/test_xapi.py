@@ -22,8 +22,7 @@ from studyin_analytics.aggregator.lrs.xapi import (
     XapiConfig,
 )
 from studyin_analytics.instrumentation import events
-
-from .samples import (
+from tests.support.lrs.samples import (
     ANALYTICS,
     ANALYTICS_BEFORE_ROTATION,
     CONFIG,

@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 from studyin_analytics.aggregator.consumer.mapping import EventRow
 from studyin_analytics.aggregator.lrs.xapi import LRS_ACTOR_FIELD, Skipped, SkipReason, StatementMapper
 from studyin_analytics.instrumentation import events
-
-from .samples import ANALYTICS, CONFIG, LRS, rows_through_pipeline
-from .strategies import learning_events
+from tests.support.lrs.samples import ANALYTICS, CONFIG, LRS, rows_through_pipeline
+from tests.support.lrs.strategies import learning_events
 
 RAW_ID = "canary-uid-3c1f9e7d"
 RAW_NUMBER = 987_654_321_987

@@ -32,9 +32,8 @@ from studyin_analytics.aggregator.storage.schema import (
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
-
-from ..support import ServerUrls
-from .workload import build, mismatches, push, truth_of
+from tests.support import ServerUrls
+from tests.support.workload import build, mismatches, push, truth_of
 
 ROLLUPS = (
     "learning_sessions",

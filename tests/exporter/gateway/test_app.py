@@ -18,8 +18,7 @@ from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import Capture, make_spans
+from tests.support.exporter import Capture, make_spans
 
 RAW_ID = "canary-gateway-user-31415"
 PB = {"content-type": "application/x-protobuf"}

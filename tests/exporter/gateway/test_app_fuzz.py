@@ -4,7 +4,7 @@ type and the gzip wrapping, the answer is never a 5xx, no error is logged, and t
 exactly the request's accepted spans (all of them on 200, none otherwise).
 
 Bounded for CI: a few hundred examples, a few seconds (``FUZZ_EXAMPLES``). For a longer run:
-``STUDYIN_FUZZ_EXAMPLES=20000 pytest tests/exporter/test_gateway_fuzz.py``.
+``STUDYIN_FUZZ_EXAMPLES=20000 pytest tests/exporter/gateway/test_app_fuzz.py``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.settings import Settings
-
-from .test_gateway_robustness import otlp_json
+from tests.exporter.gateway.test_app_robustness import otlp_json
 
 FUZZ_EXAMPLES = int(os.environ.get("STUDYIN_FUZZ_EXAMPLES", "250"))
 NOW_NS = time.time_ns()

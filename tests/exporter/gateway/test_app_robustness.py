@@ -24,9 +24,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from studyin_analytics.exporter.gateway.otlp_decode import parse_json
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import free_port, gateway_env, make_spans, stop_process, wait_listening
-from .test_gateway import PB, bus_records, client_for, request_bytes
+from tests.exporter.gateway.test_app import PB, bus_records, client_for, request_bytes
+from tests.support.exporter import free_port, gateway_env, make_spans, stop_process, wait_listening
 
 JSON = {"content-type": "application/json"}
 DAY_NS = 86_400 * 1_000_000_000
@@ -349,7 +348,7 @@ def test_the_stock_exporter_with_gzip_and_the_strict_decoder_agree(
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from .helpers import start_gateway
+    from tests.support.exporter import start_gateway
 
     port = free_port()
     process = start_gateway(settings, port, tmp_path / "gateway.log")

@@ -22,9 +22,8 @@ from studyin_analytics.exporter.gateway.otlp_decode import (
     parse_protobuf,
 )
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans
-from .test_gateway_robustness import otlp_json
+from tests.exporter.gateway.test_app_robustness import otlp_json
+from tests.support.exporter import make_spans
 
 
 @given(

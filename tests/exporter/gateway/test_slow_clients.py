@@ -1,6 +1,6 @@
 """Slow clients cannot hold the OTLP gateway's connections: the ``gateway`` command's read deadlines.
 
-A real ``studyin-analytics gateway`` process, raw sockets (tests/slowclient.py).
+A real ``studyin-analytics gateway`` process, raw sockets (tests/support/slowclient.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 
 from studyin_analytics.aggregator.devtools.embedded import free_port, wait_for_port
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..slowclient import check_read_deadlines
+from tests.support.slowclient import check_read_deadlines
 
 
 def test_the_gateway_command_cuts_off_slow_clients(settings: Settings, tmp_path: Path) -> None:

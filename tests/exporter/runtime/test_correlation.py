@@ -31,9 +31,8 @@ from studyin_analytics.exporter.runtime.correlation import request_correlation_i
 from studyin_analytics.exporter.runtime.logconfig import configure_logging
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from .api.conftest import bearer, token
-from .exporter.helpers import free_port, start_gateway, stop_process, wait_listening
+from tests.support.api import bearer, token
+from tests.support.exporter import free_port, start_gateway, stop_process, wait_listening
 
 RAW_ID = "canary-uid-5d4c3b2a1f0e"
 EMAIL = "canary.5d4c3b@patients.example"

@@ -47,11 +47,10 @@ from studyin_analytics.exporter.runtime.selftelemetry import (
 )
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, semconv
 from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
+from tests.support import ROOT
+from tests.support.api import LEARNER_A, Api, open_api
+from tests.support.exporter import free_port, make_spans, wait_listening
 
-from .api.conftest import LEARNER_A, Api, open_api
-from .exporter.helpers import free_port, make_spans, wait_listening
-
-ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations-metrics.md"
 TABLE_START = "<!-- metrics-table:start (generated from exporter/runtime/selftelemetry.py CATALOGUE) -->"
 TABLE_END = "<!-- metrics-table:end -->"

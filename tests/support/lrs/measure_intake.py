@@ -2,7 +2,7 @@
 batches, a fresh Ralph for each run (docs/xapi.md, "The forwarder's core"). Not a test: a measurement, until
 the forwarder's figure joins the bench command.
 
-    .venv/bin/python -m tests.lrs.measure_intake [statements=5000] [batch=100]
+    .venv/bin/python -m tests.support.lrs.measure_intake [statements=5000] [batch=100]
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from studyin_analytics.aggregator.lrs.batches import Batch, plan_batches
 from studyin_analytics.aggregator.lrs.delivery import HttpSender, deliver
 from studyin_analytics.aggregator.lrs.xapi import StatementMapper
 from studyin_analytics.instrumentation import events
-
-from .ralph import RalphServer, ensure_venv
-from .samples import CONFIG, rows_through_pipeline
+from tests.support.lrs.ralph import RalphServer, ensure_venv
+from tests.support.lrs.samples import CONFIG, rows_through_pipeline
 
 
 async def raw_posts(server: RalphServer, batches: list[Batch]) -> float:

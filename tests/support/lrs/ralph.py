@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ REQUIREMENTS = (
     # Ralph 5.1.0's API imports requests (its OIDC module) but its [lrs] extra does not list it.
     "requests>=2.31,<3",
 )
+Validator = Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]]
+"""Ralph's models as a function: a verdict per statement (the ``ralph_validate`` fixture)."""
 HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "ralph_launcher.py"
 VALIDATOR = HERE / "ralph_validate.py"

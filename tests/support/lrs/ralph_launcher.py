@@ -1,4 +1,4 @@
-"""Runs Ralph's LRS for the tests. Executed by the python of Ralph's own virtualenv (tests/lrs/ralph.py),
+"""Runs Ralph's LRS for the tests. Executed by the python of Ralph's own virtualenv (tests/support/lrs/ralph.py),
 never imported by the project: Ralph pins an older FastAPI than the project's.
 
 Usage: ``python ralph_launcher.py`` with RALPH_* settings in the environment (the harness sets

@@ -1,5 +1,5 @@
 """Validates xAPI statements with Ralph's own models. Executed by the python of Ralph's virtualenv
-(tests/lrs/ralph.py); never imported by the project.
+(tests/support/lrs/ralph.py); never imported by the project.
 
 Reads one JSON statement per line on stdin; writes one JSON report per line on stdout:
 ``{"errors": [...], "profile_models": [...], "profile_errors": [...]}``
