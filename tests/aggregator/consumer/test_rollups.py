@@ -215,8 +215,9 @@ async def test_nogroup_recreates_group_and_health_reports_lag(migrated: Settings
 
 async def test_undecodable_and_failing_entries_are_dead_lettered(migrated: Settings) -> None:
     """An undecodable entry is dead-lettered whole; an event PostgreSQL would refuse (a NUL in a
-    JSON string) is dead-lettered at once, before any attempt fails (tests/aggregator/consumer/test_bad_events.py
-    has an entry mixing good and bad events, and a refusal only PostgreSQL knows)."""
+    JSON string) is dead-lettered at once, before any attempt fails
+    (tests/aggregator/consumer/test_bad_events.py has an entry mixing good and bad events, and a refusal
+    only PostgreSQL knows)."""
     settings = migrated.with_overrides(max_delivery_attempts=2)
     pseudonymizer = Pseudonymizer.from_settings(settings)
     wl = build(pseudonymizer, users=20, seed=8)

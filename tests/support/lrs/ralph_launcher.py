@@ -1,5 +1,5 @@
-"""Runs Ralph's LRS for the tests. Executed by the python of Ralph's own virtualenv (tests/support/lrs/ralph.py),
-never imported by the project: Ralph pins an older FastAPI than the project's.
+"""Runs Ralph's LRS for the tests. Executed by the python of Ralph's own virtualenv
+(tests/support/lrs/ralph.py), never imported by the project: Ralph pins an older FastAPI than the project's.
 
 Usage: ``python ralph_launcher.py`` with RALPH_* settings in the environment (the harness sets
 RALPH_RUNSERVER_BACKEND=fs, the data directory, RALPH_AUTH_FILE, RALPH_HISTORY_FILE) plus
