@@ -14,6 +14,8 @@ import pytest
 from studyin_analytics.exporter.event_types import api_request_fields
 from studyin_analytics.exporter.wire import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, SpanRecord
 
+pytestmark = pytest.mark.unit
+
 
 def span(attributes: dict[str, Any], kind: int = SPAN_KIND_SERVER) -> SpanRecord:
     return SpanRecord(b"t" * 16, b"s" * 8, None, "GET", kind, 1_000_000, 3_500_000, 0, attributes, [], {})

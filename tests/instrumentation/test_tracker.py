@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from studyin_analytics.instrumentation import EventRejected, StudyInTracker, current_session, semconv
 from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
+pytestmark = pytest.mark.unit
+
 USER = "student-7f3a"
 SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
 

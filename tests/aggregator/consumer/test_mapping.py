@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import pytest
+
 from studyin_analytics.aggregator.consumer.mapping import micros_of, time_of
+
+pytestmark = pytest.mark.unit
 
 NS = 1_000_000_000
 

@@ -17,6 +17,8 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.admission import EventWindow
 from studyin_analytics.instrumentation.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 DAY_NS = 86_400 * 10**9
 SETTINGS = Settings(raw_retention_days=90, _env_file=None)  # type: ignore[call-arg]
 

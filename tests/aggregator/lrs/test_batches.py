@@ -24,6 +24,8 @@ from studyin_analytics.aggregator.lrs.xapi import Selection, SkipReason, Stateme
 from studyin_analytics.instrumentation import events
 from tests.support.lrs.samples import CONFIG, rows_through_pipeline, sample_rows
 
+pytestmark = pytest.mark.unit
+
 MAPPER = StatementMapper(CONFIG)
 
 

@@ -35,6 +35,8 @@ from tests.support.lrs.samples import (
     sample_rows,
 )
 
+pytestmark = pytest.mark.unit
+
 MAPPER = StatementMapper(CONFIG)
 BASE = CONFIG.iri_base
 

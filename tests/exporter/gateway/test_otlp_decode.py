@@ -25,6 +25,8 @@ from studyin_analytics.instrumentation.settings import Settings
 from tests.exporter.gateway.test_app_robustness import otlp_json
 from tests.support.exporter import make_spans
 
+pytestmark = pytest.mark.unit
+
 
 @given(
     parts=st.lists(st.binary(max_size=300), min_size=1, max_size=4),

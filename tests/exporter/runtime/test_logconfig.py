@@ -16,6 +16,8 @@ from studyin_analytics.exporter.runtime.logconfig import (
     new_correlation_id,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_json_lines_carry_the_correlation_id_and_scrub_emails(capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", logging.INFO)
