@@ -17,6 +17,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -54,6 +55,16 @@ def _check_postgres(url: str) -> None:
             "set STUDYIN_TEST_POSTGRES_URL to a running server or unset it to use the embedded one",
             pytrace=False,
         )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m unit`` (``make test-unit``), modules that mark nothing ``unit`` are not even imported:
+    importing every test module costs more than running the unit tests."""
+    if config.getoption("markexpr") != "unit" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    return "pytest.mark.unit" not in collection_path.read_text()
 
 
 @pytest.hookimpl(tryfirst=True)
