@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from redis.crc import key_slot
 
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster, EmbeddedServerError
+from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.settings import Settings
-from tests.support.cluster import SHARDS
+from tests.support.cluster import SHARDS, slot_owners
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +33,12 @@ def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
 def cluster_settings(settings: Settings, redis_cluster: EmbeddedRedisCluster) -> Settings:
     """The test's settings (own schema, own prefix) pointed at the cluster."""
     return settings.with_overrides(redis_url=redis_cluster.url, redis_cluster=True, stream_shards=SHARDS)
+
+
+@pytest.fixture
+def victim(cluster_settings: Settings, redis_cluster: EmbeddedRedisCluster) -> Iterator[str]:
+    """A primary holding shards that is not the node of the configured URL (restarted afterwards)."""
+    url_node = (cluster_settings.redis_url or "").removeprefix("redis://")
+    owners = slot_owners(redis_cluster.primaries()[0])
+    held = [owners[key_slot(key.encode())] for key in stream_keys(cluster_settings)]
+    yield next(node for node in held if node != url_node)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis
 from studyin_analytics.exporter import bus
 from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ServerUrls
@@ -38,16 +35,6 @@ ops = st.lists(
     ),
     max_size=25,
 )
-
-
-@pytest.fixture(scope="module")
-def redis_62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis62"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def _apply(client: redis.Redis, key: str, op: Op, major: int) -> None:

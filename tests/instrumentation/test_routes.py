@@ -115,11 +115,6 @@ RAW_VALUES = ("111", "222", "333", "444", "555", "666", "777", "888", "999", "12
 
 
 @pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
-
-
-@pytest.fixture
 def static_dir(tmp_path: Path) -> Path:
     (tmp_path / STATIC_FILE).write_text("static")
     return tmp_path

@@ -14,14 +14,12 @@ at all, declared attributes of their type, ``user.hash`` only as a pseudonym.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
@@ -34,7 +32,6 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import is_pseudonym
 from studyin_analytics.instrumentation.settings import Settings
@@ -133,26 +130,6 @@ def otlp_json(request: ExportTraceServiceRequest) -> bytes:
     document = json_format.MessageToDict(request, use_integers_for_enums=True)
     _hex_ids(document)
     return json.dumps(document).encode()
-
-
-@pytest.fixture
-def gateway_post(settings: Settings) -> Iterator[Callable[[bytes, str], httpx.Response]]:
-    """A synchronous ``post(body, content_type)`` into the gateway app (its lifespan open)."""
-    runner = asyncio.Runner()
-    app = create_gateway(settings)
-    lifespan = app.router.lifespan_context(app)
-    runner.run(lifespan.__aenter__())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-
-    def post(body: bytes, content_type: str) -> httpx.Response:
-        return runner.run(client.post("/v1/traces", content=body, headers={"content-type": content_type}))
-
-    try:
-        yield post
-    finally:
-        runner.run(client.aclose())
-        runner.run(lifespan.__aexit__(None, None, None))
-        runner.close()
 
 
 def test_gateway_path_nothing_planted_survives(

@@ -7,20 +7,16 @@ Staff: per-route latency and the live events-per-second figure. Screenshots go t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from playwright.async_api import Browser, Page, async_playwright
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.api.app import create_app
-from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.aggregator.devtools.simulation import build_backend, simulate_students
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
@@ -58,24 +54,6 @@ async def pipeline(migrated: Settings) -> AsyncIterator[tuple[Settings, StudyInT
         await aggregator.drain(timeout_s=30)
     yield settings, tracker, provider
     provider.shutdown()
-
-
-@pytest.fixture
-async def server(pipeline: tuple[Settings, StudyInTracker, TracerProvider]) -> AsyncIterator[str]:
-    settings = pipeline[0]
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    task = asyncio.create_task(uv.serve())
-    for _ in range(200):
-        if uv.started:
-            break
-        await asyncio.sleep(0.05)
-    assert uv.started, "the query API did not start"
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=10)
 
 
 @pytest.fixture

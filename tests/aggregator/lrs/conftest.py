@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.lrs.ralph import RalphServer, RalphUnavailable, Validator, ensure_venv, validate_statements
+from studyin_analytics.aggregator.lrs.xapi import Statement
+from tests.support.lrs.ralph import (
+    RalphServer,
+    RalphUnavailable,
+    Validator,
+    ensure_venv,
+    validate_statements,
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +49,12 @@ def ralph_validate(ralph_python: Path) -> Validator:
             pytest.fail(f"cannot run Ralph's models: {exc}", pytrace=False)
 
     return validate
+
+
+@pytest.fixture(scope="module")
+def reports(
+    samples: dict[str, list[Statement]], ralph_validate: Validator
+) -> dict[str, list[dict[str, Any]]]:
+    flat = [s for group in samples.values() for s in group]
+    verdicts = iter(ralph_validate(flat))  # one run of Ralph's models for all rows
+    return {event_type: [next(verdicts) for _ in group] for event_type, group in samples.items()}

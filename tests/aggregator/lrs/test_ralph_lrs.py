@@ -35,15 +35,6 @@ def samples() -> dict[str, list[Statement]]:
     return {event_type: mapped(event_type, user) for event_type in sorted(MAPPED_EVENT_TYPES)}
 
 
-@pytest.fixture(scope="module")
-def reports(
-    samples: dict[str, list[Statement]], ralph_validate: Validator
-) -> dict[str, list[dict[str, Any]]]:
-    flat = [s for group in samples.values() for s in group]
-    verdicts = iter(ralph_validate(flat))  # one run of Ralph's models for all rows
-    return {event_type: [next(verdicts) for _ in group] for event_type, group in samples.items()}
-
-
 def assert_stored_unchanged(ralph: RalphServer, statements: Sequence[Statement]) -> None:
     """Each statement read back by its id equals what was sent, and is stored once."""
     counts = ralph.stored_ids()

@@ -8,7 +8,6 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
@@ -84,21 +83,6 @@ def _migrate_concurrently(env: dict[str, str], schemas: list[str]) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
-
-
-@pytest.fixture
-async def login_roles(server_urls: ServerUrls, test_id: str) -> AsyncIterator[list[str]]:
-    """Names of cluster roles the test creates; dropped afterwards with whatever they hold."""
-    names: list[str] = []
-    yield names
-    conn = await asyncpg.connect(server_urls.postgres_url)
-    try:
-        for name in names:
-            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
-                await conn.execute(f'DROP OWNED BY "{name}"')  # database-level grants of this test
-                await conn.execute(f'DROP ROLE "{name}"')
-    finally:
-        await conn.close()
 
 
 # --- the aggregator role --------------------------------------------------------------------------

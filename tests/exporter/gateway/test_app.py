@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,36 +18,9 @@ from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import Capture, make_spans
+from tests.support.gateway import PB, bus_records, client_for, request_bytes
 
 RAW_ID = "canary-gateway-user-31415"
-PB = {"content-type": "application/x-protobuf"}
-
-
-def request_bytes(n: int, prefix: str = "g") -> bytes:
-    return encode_spans(make_spans(n, prefix=prefix)).SerializeToString()
-
-
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_gateway(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in client_for(settings):
-        yield client
-
-
-def bus_records(settings: Settings) -> list[wire.SpanRecord]:
-    client = redis.Redis.from_url(settings.redis_url or "")
-    records: list[wire.SpanRecord] = []
-    for key in stream_keys(settings):
-        for _, fields in client.xrange(key):
-            records.extend(wire.decode_entry(fields))
-    return records
 
 
 async def test_protobuf_and_gzip_reach_the_bus(gateway: httpx.AsyncClient, settings: Settings) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from studyin_analytics.exporter.gateway.otlp_decode import parse_json
 from studyin_analytics.instrumentation.settings import Settings
-from tests.exporter.gateway.test_app import PB, bus_records, client_for, request_bytes
 from tests.support.exporter import free_port, gateway_env, make_spans, stop_process, wait_listening
+from tests.support.gateway import PB, bus_records, client_for, request_bytes
 
 JSON = {"content-type": "application/json"}
 DAY_NS = 86_400 * 1_000_000_000
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in client_for(settings):
-        yield client
 
 
 def otlp_json(request: ExportTraceServiceRequest) -> dict[str, Any]:

@@ -12,12 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,6 @@ from studyin_analytics.exporter.runtime.logconfig import configure_logging
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import bearer, token
-from tests.support.exporter import free_port, start_gateway, stop_process, wait_listening
 
 RAW_ID = "canary-uid-5d4c3b2a1f0e"
 EMAIL = "canary.5d4c3b@patients.example"
@@ -144,20 +139,6 @@ def assert_no_user_values(log: Path, *values: str) -> None:
         assert value not in text, f"{value!r} reached the log:\n{text}"
 
 
-@pytest.fixture
-def gateway_log(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, Path]]:
-    monkeypatch.setenv("STUDYIN_ANALYTICS_LOG_FORMAT", "json")
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    process = start_gateway(settings, port, log)
-    try:
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        stop_process(process)
-
-
 def otlp_json(spans: list[dict[str, Any]]) -> bytes:
     return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
 
@@ -236,31 +217,6 @@ async def test_gateway_records_carry_the_request_id(gateway_log: tuple[str, Path
         ]
     assert records_of(records, ok.headers["x-request-id"]) == []  # quiet when all is well
     assert_no_user_values(log, RAW_ID, EMAIL, *UNSAFE_REQUEST_IDS[:3])
-
-
-@pytest.fixture
-def api_log(migrated: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    assert migrated.jwt_secret is not None
-    env = {
-        **os.environ,
-        **migrated.environment(),
-        **migrated.environment("pseudonym_keys", "jwt_secret"),
-        "STUDYIN_ANALYTICS_LOG_FORMAT": "json",
-    }
-    log = tmp_path / "api.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "studyin_analytics.aggregator.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(port, 60, process)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        stop_process(process)
 
 
 async def test_api_records_carry_the_request_id(api_log: tuple[str, Path], migrated: Settings) -> None:

@@ -291,12 +291,6 @@ async def test_gateway_counts_redis_failures(settings: Settings) -> None:
 # --- API --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def api(migrated: Settings) -> AsyncIterator[Api]:
-    async for value_ in open_api(migrated):
-        yield value_
-
-
 async def test_api_metrics_time_routes_and_count_audit_writes(api: Api) -> None:
     assert (await api.client.get(OVERVIEW, headers=api.auth(LEARNER_A))).status_code == 200
     assert (await api.client.get(OVERVIEW, headers=api.auth(LEARNER_A))).status_code == 200
