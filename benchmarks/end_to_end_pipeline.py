@@ -24,7 +24,7 @@ from ..instrumentation.privacy import Pseudonymizer
 from ..instrumentation.settings import Settings, require
 from .end_to_end_apps import READY_TIMEOUT_S
 
-AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli.main", "aggregator")
+AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator")
 """``studyin-analytics aggregator``, run by this interpreter (whatever the PATH holds)."""
 STOP_TIMEOUT_S = 20.0
 
