@@ -191,18 +191,21 @@ async def _measure(ctx: BenchContext, traffic: Traffic) -> tuple[list[Run], list
     return baselines, pipelines
 
 
+def _cores_busy(run: Run) -> str:
+    return ", ".join(f"{k} {v / run.seconds:.2f}" for k, v in run.cpu.items())
+
+
+def _cpu_cost(run: Run) -> str:
+    return ", ".join(f"{part} {run.cpu_per_event_us(part):.1f} µs" for part in PIPELINE_PARTS)
+
+
 def _rows(traffic: Traffic, baselines: list[Run], pipelines: list[Run], *, main: bool) -> list[Measurement]:
     last = pipelines[-1].ledger
     cores = psutil.cpu_count() or 1
     suffix = "" if main else f", {traffic.name} traffic"
     alone = "app alone, no-op exporter" + ("" if main else f", {traffic.name} traffic")
 
-    def usage(run: Run) -> str:
-        return ", ".join(f"{k} {v / run.seconds:.2f}" for k, v in run.cpu.items())
-
-    def cost(run: Run) -> str:
-        return ", ".join(f"{part} {run.cpu_per_event_us(part):.1f} µs" for part in PIPELINE_PARTS)
-
+    usage, cost = _cores_busy, _cpu_cost
     ceiling = cores * 1e6 / max(pipelines[-1].cpu_per_event_us(*PIPELINE_PARTS), 1e-9)
     errors = sorted({e for run in pipelines for e in run.errors})
     error = "; ".join(errors) if errors else None

@@ -56,9 +56,6 @@ LONG_FUNCTIONS_ALLOWED: dict[str, int] = {
     "aggregator/devtools/simulation.py:build_backend": 139,
     # DDL of the rollup tables, functions and partitions, in the order PostgreSQL needs it.
     "aggregator/storage/migrations/versions/0002_rollups.py:upgrade": 161,
-    "benchmarks/aggregator.py:memory": 98,
-    "benchmarks/end_to_end.py:_rows": 81,
-    "benchmarks/runner.py:run": 91,
     "tests/aggregator/api/test_endpoints.py:test_read_endpoints_serve_pipeline_rollups_and_audit_each_read": 123,  # noqa: E501
     "tests/support/workload/build.py:build": 195,
     "tests/support/workload/compare.py:mismatches": 184,
