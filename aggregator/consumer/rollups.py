@@ -26,7 +26,7 @@ the conflict key) and the tables are always updated in the same order, one state
 the other; the one-row-per-hour dashboard summary, the hottest row, comes last so its lock is
 held only until the commit.
 
-Semantics (mirrored by the independent ground truth in ``tests/aggregator/workload.py``):
+Semantics (mirrored by the independent ground truth in ``tests/support/workload/truth.py``):
 counts per user need a ``user_hash``; a session (learner and ``session_id``) counts once, at its
 earliest recorded start; its study time (the earliest ``session_end``'s ``duration_s``, at
 most its recorded span, refused above :data:`MAX_SECONDS`) is split over the UTC days and hours

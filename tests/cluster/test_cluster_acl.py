@@ -41,10 +41,9 @@ from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client, sync_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from ..support import documented_acl
-from .conftest import CLI, SHARDS, cli_env
+from tests.support import documented_acl
+from tests.support.cluster import CLI, SHARDS, cli_env
+from tests.support.workload import build, mismatches, truth_of
 
 APP_PASSWORD = "cluster-app-password-0123456789"
 TRANSACTION_RULES = ["+multi", "+exec"]

@@ -1,7 +1,7 @@
 """Exporter, gateway, aggregator and bus reads against a real Redis Cluster.
 
 Each shard stream must live on the primary its hash tag names, the shards must spread over
-every primary, and the rollups must equal the ground truth of ``tests/aggregator/workload.py``
+every primary, and the rollups must equal the ground truth of ``tests/support/workload/truth.py``
 exactly as on one server.
 """
 
@@ -36,10 +36,7 @@ from studyin_analytics.exporter.gateway.app import Gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from ..exporter.helpers import make_spans
-from .conftest import (
+from tests.support.cluster import (
     CLI,
     SHARDS,
     bus_entries,
@@ -49,6 +46,8 @@ from .conftest import (
     records_of,
     slot_owners,
 )
+from tests.support.exporter import make_spans
+from tests.support.workload import build, mismatches, truth_of
 
 USERS = [f"t1:{i:032x}" for i in range(40)]
 

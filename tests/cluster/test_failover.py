@@ -40,10 +40,9 @@ from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.test_fault_injection import aggregators
-from ..aggregator.workload import build, mismatches, truth_of
-from .conftest import SHARDS, bus_entries, cluster_client, records_of, slot_owners
+from tests.faults.test_fault_injection import aggregators
+from tests.support.cluster import SHARDS, bus_entries, cluster_client, records_of, slot_owners
+from tests.support.workload import build, mismatches, truth_of
 
 pytestmark = pytest.mark.slow
 

@@ -26,9 +26,8 @@ from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from .conftest import cluster_client, migrate_slot, slot_owners, wait_replicated
+from tests.support.cluster import cluster_client, migrate_slot, slot_owners, wait_replicated
+from tests.support.workload import build, mismatches, truth_of
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,7 @@ from studyin_analytics.aggregator.cli.main import main
 from studyin_analytics.exporter import RedisStreamSpanExporter, bus
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans, private_redis
+from tests.support.exporter import make_spans, private_redis
 
 
 def emit_sessions(settings: Settings, users: int, views_each: int) -> None:
