@@ -26,7 +26,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from ...exporter import RedisStreamSpanExporter
 from ...exporter.connection import async_client
 from ...exporter.runtime import correlation
-from ...exporter.runtime.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
+from ...exporter.runtime.http_metrics import HTTPServerMetrics
+from ...exporter.runtime.selftelemetry import METRICS_PATH
 from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.settings import Settings
@@ -42,6 +43,7 @@ from .live import LiveHub
 from .problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .system import BlockCache
 from .system_metrics import SYSTEM_METRICS_TTL_S, pipeline_lag
+from .telemetry import ApiTelemetry
 from .tracking import CLIENT_EVENT_TYPES
 
 POOL_SIZE = 8

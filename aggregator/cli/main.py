@@ -50,8 +50,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     import json
 
     from ...exporter.runtime.health import HealthServer
-    from ...exporter.runtime.selftelemetry import AggregatorTelemetry
     from ..consumer.service import Aggregator, tuned_gc
+    from ..consumer.telemetry import AggregatorTelemetry
 
     settings = _settings()
     if args.consumer_name:
