@@ -147,7 +147,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_problem_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        # The routes themselves, not ``include_router``: this FastAPI wraps an included router in
+        # one opaque entry, and ``app.routes`` must list every path (probes, docs and tests read it).
+        app.router.routes.extend(router.routes)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     mount_dashboard(app, caller)  # the live feed authenticates exactly as the API does
     correlation.install(app)  # request ids in log records and X-Request-ID, 500s included
