@@ -13,8 +13,8 @@ from typing import Literal
 
 import asyncpg
 
-from ...exporter.runtime.selftelemetry import count_audit_write
 from .auth import Principal
+from .telemetry import count_audit_write
 
 Scope = Literal["user", "cohort", "system"]
 Outcome = Literal["allowed", "denied"]

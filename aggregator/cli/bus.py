@@ -1,10 +1,9 @@
-"""CLI commands of the exporter side (``bus``, ``gateway``), registered into ``studyin-analytics``.
+"""The ``bus`` commands of ``studyin-analytics``: read the Redis stream bus.
 
 * ``bus stats``: per stream length, oldest/newest entry, consumer-group pending and lag,
   dead-letter length, and the counters of every live writer (exporters, gateways);
 * ``bus recent [TYPE] [-n N]``: the newest events (of one type), newest first;
 * ``bus tail [TYPE]``: events as they arrive, until Ctrl-C (or ``--count``/``--seconds``);
-* ``gateway``: serve OTLP/HTTP ``POST /v1/traces`` into the bus.
 """
 
 from __future__ import annotations
@@ -22,18 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ...instrumentation.settings import Settings, load_settings
+from .console import data, new_console
+from .exit_codes import EXIT_OK
 
 _settings = load_settings
-
-
-def new_console(*, stderr: bool = False) -> Console:
-    """The commands' console: no emoji codes (``:bus:`` in a key name stays text)."""
-    return Console(stderr=stderr, emoji=False)
-
-
-def data(value: object) -> Text:
-    """``value`` as plain text: neither rich markup nor emoji codes are read in data."""
-    return Text(str(value))
 
 
 def _time(moment: datetime | None) -> str:
@@ -76,7 +67,7 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
             "totals": result.totals,
         }
         console.print_json(json.dumps(document))
-        return 0
+        return EXIT_OK
     table = Table(title=data(f"bus {settings.stream_prefix} (Redis {result.redis_version})"))
     for column in ("stream", "entries", "oldest", "newest", "group", "consumers", "pending", "lag"):
         table.add_column(
@@ -128,7 +119,7 @@ async def _stats(settings: Settings, as_json: bool, console: Console) -> int:
             f"{mean:.2f} / {float(values.get('export_latency_ms_max', 0) or 0):.2f}",
         )
     console.print(writers)
-    return 0
+    return EXIT_OK
 
 
 def cmd_bus_stats(args: argparse.Namespace) -> int:
@@ -167,7 +158,7 @@ async def _recent(
     for event in events:
         table.add_row(*_event_row(event))
     console.print(table)
-    return 0
+    return EXIT_OK
 
 
 def cmd_bus_recent(args: argparse.Namespace) -> int:
@@ -198,39 +189,21 @@ async def _tail(
                 await asyncio.wait_for(follow(), timeout=seconds)
     finally:
         await client.aclose()
-    return 0
+    return EXIT_OK
 
 
 def cmd_bus_tail(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_tail(_settings(), args.type, args.count, args.seconds, new_console()))
     except KeyboardInterrupt:
-        return 0
-
-
-# --- gateway --------------------------------------------------------------------------------------
-
-
-def cmd_gateway(args: argparse.Namespace) -> int:
-    from ...exporter.gateway.app import create_gateway
-    from ...exporter.runtime.httpserver import serve
-
-    settings = _settings()
-    host = args.host or settings.gateway_host
-    port = args.port if args.port is not None else settings.gateway_port
-    app = create_gateway(settings)
-    new_console(stderr=True).print(
-        data(f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}")
-    )
-    serve(app, settings, host, port)  # header and body read deadlines
-    return 0
+        return EXIT_OK
 
 
 # --- parser ----------------------------------------------------------------------------------------
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this part's subcommands to the ``studyin-analytics`` parser."""
+    """Add the ``bus`` command and its subcommands to the ``studyin-analytics`` parser."""
     bus = subparsers.add_parser(
         "bus",
         help="inspect the Redis stream bus (stats, recent events, live tail)",
@@ -276,16 +249,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--seconds", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_bus_tail)
-
-    p = subparsers.add_parser(
-        "gateway",
-        help="serve OTLP/HTTP POST /v1/traces into the bus",
-        description=(
-            "OTLP/HTTP receiver for a collector's otlphttp exporter: protobuf or JSON, gzip, partial "
-            "success; 503 with Retry-After while Redis is unreachable. Applies the privacy guard (needs "
-            "STUDYIN_ANALYTICS_PSEUDONYM_KEYS) before writing to the bus."
-        ),
-    )
-    p.add_argument("--host", help="bind address (default: STUDYIN_ANALYTICS_GATEWAY_HOST)")
-    p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_GATEWAY_PORT, 4328)")
-    p.set_defaults(func=cmd_gateway, default_log_level="INFO")

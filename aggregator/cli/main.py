@@ -24,10 +24,7 @@ from ...exporter.connection import refused_command
 from ...exporter.runtime.logconfig import configure_logging
 from ...instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
 from ..storage.db import Service
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 # One-line errors stay one line; data (names, URLs, messages) is escaped and emoji codes are off,
 # so `:bus:` or `[x]` in a key or consumer name is printed as it is.
@@ -53,8 +50,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     import json
 
     from ...exporter.runtime.health import HealthServer
-    from ...exporter.runtime.selftelemetry import AggregatorTelemetry
     from ..consumer.service import Aggregator, tuned_gc
+    from ..consumer.telemetry import AggregatorTelemetry
 
     settings = _settings()
     if args.consumer_name:
@@ -203,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The bus and gateway commands live beside this module; commands of layers above the
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
-    from .bus import register as register_exporter
+    from . import bus, gateway
 
-    register_exporter(sub)
+    bus.register(sub)
+    gateway.register(sub)
     for plugin in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser

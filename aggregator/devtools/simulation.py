@@ -15,12 +15,11 @@ directly, a fraction of the client-side cost, for the benchmark).
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
@@ -28,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Request
 from ...exporter.event_types import API_REQUEST
 from ...instrumentation import LearningSession, StudyInTracker, events, instrument_app
 from ...instrumentation.privacy import Pseudonymizer
+from .drivers import AsgiClient, Client, HttpxClient
 
 MATERIALS: list[tuple[str, str]] = [
     ("cardio-101", "video"),
@@ -100,30 +100,37 @@ class _DemoAuth:
         await self.app(scope, receive, send)
 
 
-def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instrument_kwargs: Any) -> Any:
-    """The instrumented simulated StudyIn backend (an ASGI app)."""
-    app = FastAPI(title="Simulated StudyIn backend")
-    app.add_middleware(_DemoAuth)
-    sessions: dict[str, LearningSession] = {}
-    material_types = dict(MATERIALS)
+@dataclass
+class _Backend:
+    """The simulated backend's state: its tracker, open sessions and materials."""
 
+    tracker: StudyInTracker
+    sessions: dict[str, LearningSession] = field(default_factory=dict)
+    material_types: dict[str, str] = field(default_factory=lambda: dict(MATERIALS))
+
+    @staticmethod
     def user_of(request: Request) -> str:
         user_id = getattr(request.state, "user_id", None)
         if user_id is None:
             raise HTTPException(status_code=401, detail="not signed in")
         return str(user_id)
 
-    def session_of(session_id: str) -> LearningSession:
-        session = sessions.get(session_id)
+    def session_of(self, session_id: str) -> LearningSession:
+        session = self.sessions.get(session_id)
         if session is None:
             raise HTTPException(status_code=404, detail="no such session")
         return session
 
-    def material_type_of(material_id: str) -> str:
-        material_type = material_types.get(material_id)
+    def material_type_of(self, material_id: str) -> str:
+        material_type = self.material_types.get(material_id)
         if material_type is None:
             raise HTTPException(status_code=404, detail="no such material")
         return material_type
+
+
+def _session_routes(app: FastAPI, backend: _Backend) -> None:
+    """Sign-in, and the start and end of a learning session."""
+    tracker = backend.tracker
 
     @app.post("/auth/login")
     async def login(request: Request) -> dict[str, str]:
@@ -132,15 +139,33 @@ def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instr
 
     @app.post("/sessions")
     async def start_session(request: Request) -> dict[str, str]:
-        session = tracker.start_session(user_of(request))
-        sessions[str(session.session_id)] = session
+        session = tracker.start_session(backend.user_of(request))
+        backend.sessions[str(session.session_id)] = session
         return {"session_id": str(session.session_id)}
+
+    @app.post("/sessions/{session_id}/end")
+    async def end_session(request: Request, session_id: str) -> dict[str, bool]:
+        user = backend.user_of(request)
+        session = backend.sessions.pop(session_id, None)
+        if session is None:
+            raise HTTPException(status_code=404, detail="no such session")
+        body = await request.json()
+        session.end(xp_earned=0)
+        tracker.emit(events.StreakUpdated, user_id=user, streak_days=int(body["streak_days"]))
+        for achievement in body.get("achievements", []):
+            tracker.emit(events.AchievementUnlocked, user_id=user, achievement_id=str(achievement))
+        return {"ok": True}
+
+
+def _material_routes(app: FastAPI, backend: _Backend) -> None:
+    """Viewing, progressing through and completing materials; flashcard reviews."""
+    tracker = backend.tracker
 
     @app.post("/sessions/{session_id}/materials/{material_id}/{action}")
     async def material(request: Request, session_id: str, material_id: str, action: str) -> dict[str, bool]:
-        user = user_of(request)
-        session = session_of(session_id)
-        material_type = material_type_of(material_id)
+        user = backend.user_of(request)
+        session = backend.session_of(session_id)
+        material_type = backend.material_type_of(material_id)
         if action == "view":
             tracker.material_view(user, material_id, material_type, session=session)
         elif action == "complete":
@@ -166,9 +191,9 @@ def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instr
     @app.post("/sessions/{session_id}/flashcards/{deck_id}/reviews")
     async def flashcard_reviews(request: Request, session_id: str, deck_id: str) -> dict[str, int]:
         """A synced batch of flashcard reviews: progress per card, XP per correct answer."""
-        user = user_of(request)
-        session = session_of(session_id)
-        material_type = material_type_of(deck_id)
+        user = backend.user_of(request)
+        session = backend.session_of(session_id)
+        material_type = backend.material_type_of(deck_id)
         results: list[bool] = (await request.json())["results"]
         xp = 0
         for index, correct in enumerate(results, start=1):
@@ -191,10 +216,21 @@ def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instr
                 xp += FLASHCARD_XP
         return {"xp": xp}
 
+    @app.get("/materials/{material_id}")
+    async def get_material(material_id: str) -> dict[str, str]:
+        if material_id == "broken":
+            raise RuntimeError("simulated failure")
+        return {"id": material_id}
+
+
+def _coach_routes(app: FastAPI, backend: _Backend) -> None:
+    """The AI coach: questions and the learners' ratings of its answers."""
+    tracker = backend.tracker
+
     @app.post("/coach/ask")
     async def coach_ask(request: Request) -> dict[str, str]:
         """The AI coach answers (simulated); only latency, token counts and a topic are recorded."""
-        user = user_of(request)
+        user = backend.user_of(request)
         body = await request.json()
         interaction_id = uuid.uuid4()
         # ``emit(model, ..., **fields)`` cannot take the event's own ``model`` field: use the helper.
@@ -214,119 +250,115 @@ def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instr
 
     @app.post("/coach/{interaction_id}/feedback")
     async def coach_feedback(request: Request, interaction_id: str) -> dict[str, bool]:
-        user = user_of(request)
+        user = backend.user_of(request)
         rating = int((await request.json())["rating"])
         tracker.emit(events.AiCoachFeedback, user_id=user, interaction_id=interaction_id, rating=rating)
         return {"ok": True}
 
-    @app.post("/sessions/{session_id}/end")
-    async def end_session(request: Request, session_id: str) -> dict[str, bool]:
-        user = user_of(request)
-        session = sessions.pop(session_id, None)
-        if session is None:
-            raise HTTPException(status_code=404, detail="no such session")
-        body = await request.json()
-        session.end(xp_earned=0)
-        tracker.emit(events.StreakUpdated, user_id=user, streak_days=int(body["streak_days"]))
-        for achievement in body.get("achievements", []):
-            tracker.emit(events.AchievementUnlocked, user_id=user, achievement_id=str(achievement))
-        return {"ok": True}
 
-    @app.get("/materials/{material_id}")
-    async def get_material(material_id: str) -> dict[str, str]:
-        if material_id == "broken":
-            raise RuntimeError("simulated failure")
-        return {"id": material_id}
-
+def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instrument_kwargs: Any) -> Any:
+    """The instrumented simulated StudyIn backend (an ASGI app)."""
+    app = FastAPI(title="Simulated StudyIn backend")
+    app.add_middleware(_DemoAuth)
+    backend = _Backend(tracker)
+    _session_routes(app, backend)
+    _material_routes(app, backend)
+    _coach_routes(app, backend)
     return instrument_app(app, pseudonymizer=pseudonymizer, **instrument_kwargs)
 
 
-# --- drivers --------------------------------------------------------------------------------------
-
-
-class Client(Protocol):
-    async def request(self, method: str, path: str, token: str | None, body: Any) -> tuple[int, Any]:
-        """Send one request; returns the status and the decoded JSON body (or ``None``)."""
-        ...
-
-
-class HttpxClient:
-    """Through ``httpx.ASGITransport`` (what a test client does)."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def request(self, method: str, path: str, token: str | None, body: Any) -> tuple[int, Any]:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        response = await self._client.request(method, path, headers=headers, json=body)
-        try:
-            return response.status_code, response.json()
-        except ValueError:
-            return response.status_code, None
-
-
-class AsgiClient:
-    """Calls the ASGI app directly: one scope, one body message, the response collected."""
-
-    def __init__(self, app: Any, host: str = "studyin.test") -> None:
-        self._app = app
-        self._host = host.encode()
-
-    async def request(self, method: str, path: str, token: str | None, body: Any) -> tuple[int, Any]:
-        payload = b"" if body is None else json.dumps(body).encode()
-        headers = [(b"host", self._host), (b"user-agent", b"studyin-sim/1")]
-        if body is not None:
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ]
-        if token:
-            headers.append((b"authorization", b"Bearer " + token.encode()))
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 40000),
-            "server": ("studyin.test", 80),
-        }
-        sent = False
-        status = 500
-        chunks: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            await asyncio.Event().wait()  # a disconnect never comes
-            raise AssertionError("unreachable")
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        try:
-            await self._app(scope, receive, send)
-        except Exception:  # the app re-raises after its 500 response, like a server would log it
-            status = 500
-        data = b"".join(chunks)
-        try:
-            return status, json.loads(data) if data else None
-        except ValueError:
-            return status, None
-
-
 # --- the students -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Student:
+    """One simulated student: their requests, each counted in the ledger as it is made."""
+
+    client: Client
+    ledger: Ledger
+    user_id: str
+    rng: random.Random
+    flashcards: int
+    coach: bool
+    on_step: Callable[[], None] | None
+    token: str | None = None
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        self.ledger.requests += 1
+        self.ledger.count(API_REQUEST)
+        status, data = await self.client.request(method, path, self.token, body)
+        if self.on_step is not None:
+            self.on_step()
+        await asyncio.sleep(0)  # let every other student take a step: they all study at once
+        if status >= 400 and not path.endswith("/broken"):
+            raise RuntimeError(f"simulated backend answered {status} to {method} {path}")
+        return data
+
+    async def sync_reviews(self, session_id: str, deck_id: str) -> None:
+        results = [self.rng.random() < 0.7 for _ in range(self.flashcards)]
+        path = f"/sessions/{session_id}/flashcards/{deck_id}/reviews"
+        await self.call("POST", path, {"results": results})
+        correct = sum(results)
+        self.ledger.count("material_progress", len(results))
+        self.ledger.count("xp_awarded", correct)
+        self.ledger.add(self.ledger.xp, self.user_id, FLASHCARD_XP * correct)
+
+    async def study(self, session_id: str, material_id: str, material_type: str) -> None:
+        """View one material, maybe progress through it (or review its flashcards) and complete it."""
+        ledger, rng, user_id = self.ledger, self.rng, self.user_id
+        base = f"/sessions/{session_id}/materials/{material_id}"
+        await self.call("POST", f"{base}/view")
+        ledger.add(ledger.materials_viewed, user_id)
+        ledger.count("material_view")
+        if material_type == "flashcards" and self.flashcards:
+            await self.sync_reviews(session_id, material_id)
+        elif rng.random() < 0.5:
+            checkpoints = [0.25, 0.5, 0.75][: rng.randint(1, 3)]
+            await self.call("POST", f"{base}/progress", {"checkpoints": checkpoints})
+            ledger.count("material_progress", len(checkpoints))
+        if rng.random() < 0.6:
+            await self.call("POST", f"{base}/complete")
+            ledger.add(ledger.materials_completed, user_id)
+            ledger.add(ledger.xp, user_id, 10)
+            ledger.count("material_complete")
+            ledger.count("xp_awarded")
+        await self.call("GET", f"/materials/{material_id}")
+
+    async def ask_coach(self) -> None:
+        rng = self.rng
+        body = {
+            "topic": rng.choice(COACH_TOPICS),
+            "latency_ms": round(rng.uniform(300, 4000), 1),
+            "tokens_in": rng.randint(20, 400),
+            "tokens_out": rng.randint(50, 800),
+        }
+        interaction = (await self.call("POST", "/coach/ask", body))["interaction_id"]
+        self.ledger.count("ai_coach_interaction")
+        if rng.random() < 0.5:
+            await self.call("POST", f"/coach/{interaction}/feedback", {"rating": rng.randint(1, 5)})
+            self.ledger.count("ai_coach_feedback")
+
+    async def session(self, number: int, bulk_syncs: int) -> None:
+        """One learning session, from its start to its end."""
+        ledger, rng, user_id = self.ledger, self.rng, self.user_id
+        session_id = (await self.call("POST", "/sessions"))["session_id"]
+        ledger.add(ledger.sessions, user_id)
+        ledger.count("session_start")
+        for material_id, material_type in rng.sample(MATERIALS, k=rng.randint(1, 3)):
+            await self.study(session_id, material_id, material_type)
+        if self.flashcards:
+            for _ in range(bulk_syncs):  # an offline review session, synced in batches
+                await self.sync_reviews(session_id, FLASHCARD_DECK)
+        if self.coach and rng.random() < 0.3:
+            await self.ask_coach()
+        if rng.random() < 0.2:
+            await self.call("GET", "/materials/broken")
+        achievements = ["first-session"] if number == 0 else []
+        body = {"streak_days": number + 1, "achievements": achievements}
+        await self.call("POST", f"/sessions/{session_id}/end", body)
+        ledger.count("session_end")
+        ledger.count("streak_updated")
+        ledger.count("achievement_unlocked", len(achievements))
 
 
 async def _student(
@@ -341,76 +373,12 @@ async def _student(
     bulk_syncs: int,
     on_step: Callable[[], None] | None,
 ) -> None:
-    async def call(method: str, path: str, token: str | None = None, body: Any = None) -> Any:
-        ledger.requests += 1
-        ledger.count(API_REQUEST)
-        status, data = await client.request(method, path, token, body)
-        if on_step is not None:
-            on_step()
-        await asyncio.sleep(0)  # let every other student take a step: they all study at once
-        if status >= 400 and not path.endswith("/broken"):
-            raise RuntimeError(f"simulated backend answered {status} to {method} {path}")
-        return data
-
-    async def sync_reviews(session_id: str, deck_id: str) -> None:
-        results = [rng.random() < 0.7 for _ in range(flashcards)]
-        path = f"/sessions/{session_id}/flashcards/{deck_id}/reviews"
-        await call("POST", path, token, {"results": results})
-        correct = sum(results)
-        ledger.count("material_progress", len(results))
-        ledger.count("xp_awarded", correct)
-        ledger.add(ledger.xp, user_id, FLASHCARD_XP * correct)
-
-    token = (await call("POST", "/auth/login", body={"email": f"{user_id}@studyin.example"}))["token"]
+    student = _Student(client, ledger, user_id, rng, flashcards, coach, on_step)
+    student.token = (await student.call("POST", "/auth/login", {"email": f"{user_id}@studyin.example"}))[
+        "token"
+    ]
     for number in range(sessions):
-        session_id = (await call("POST", "/sessions", token))["session_id"]
-        ledger.add(ledger.sessions, user_id)
-        ledger.count("session_start")
-        for material_id, material_type in rng.sample(MATERIALS, k=rng.randint(1, 3)):
-            base = f"/sessions/{session_id}/materials/{material_id}"
-            await call("POST", f"{base}/view", token)
-            ledger.add(ledger.materials_viewed, user_id)
-            ledger.count("material_view")
-            if material_type == "flashcards" and flashcards:
-                await sync_reviews(session_id, material_id)
-            elif rng.random() < 0.5:
-                checkpoints = [0.25, 0.5, 0.75][: rng.randint(1, 3)]
-                await call("POST", f"{base}/progress", token, {"checkpoints": checkpoints})
-                ledger.count("material_progress", len(checkpoints))
-            if rng.random() < 0.6:
-                await call("POST", f"{base}/complete", token)
-                ledger.add(ledger.materials_completed, user_id)
-                ledger.add(ledger.xp, user_id, 10)
-                ledger.count("material_complete")
-                ledger.count("xp_awarded")
-            await call("GET", f"/materials/{material_id}", token)
-        if flashcards:
-            for _ in range(bulk_syncs):  # an offline review session, synced in batches
-                await sync_reviews(session_id, FLASHCARD_DECK)
-        if coach and rng.random() < 0.3:
-            body = {
-                "topic": rng.choice(COACH_TOPICS),
-                "latency_ms": round(rng.uniform(300, 4000), 1),
-                "tokens_in": rng.randint(20, 400),
-                "tokens_out": rng.randint(50, 800),
-            }
-            interaction = (await call("POST", "/coach/ask", token, body))["interaction_id"]
-            ledger.count("ai_coach_interaction")
-            if rng.random() < 0.5:
-                await call("POST", f"/coach/{interaction}/feedback", token, {"rating": rng.randint(1, 5)})
-                ledger.count("ai_coach_feedback")
-        if rng.random() < 0.2:
-            await call("GET", "/materials/broken", token)
-        achievements = ["first-session"] if number == 0 else []
-        await call(
-            "POST",
-            f"/sessions/{session_id}/end",
-            token,
-            {"streak_days": number + 1, "achievements": achievements},
-        )
-        ledger.count("session_end")
-        ledger.count("streak_updated")
-        ledger.count("achievement_unlocked", len(achievements))
+        await student.session(number, bulk_syncs)
 
 
 async def simulate_students(

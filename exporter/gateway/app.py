@@ -56,7 +56,8 @@ from ..admission import EventWindow
 from ..bus import shard_index, stream_keys
 from ..connection import UNAVAILABLE_ERRORS, AsyncClient, async_client, unavailable
 from ..runtime import correlation
-from ..runtime.selftelemetry import METRICS_PATH, GatewayTelemetry, HTTPServerMetrics
+from ..runtime.http_metrics import HTTPServerMetrics
+from ..runtime.selftelemetry import METRICS_PATH
 from ..writer_stats import STATS_TTL_S, WriterStats, stats_key
 from .otlp_decode import (
     INVALID_ARGUMENT,
@@ -68,6 +69,7 @@ from .otlp_decode import (
     parse_protobuf,
     too_large,
 )
+from .telemetry import GatewayTelemetry
 
 _log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 * ``GET /readyz``: 200 when Redis and PostgreSQL answer, else 503 (readiness);
 * ``GET /status``: JSON with lag, pending entries, dead-letter length and totals;
 * ``GET /metrics``: the self-telemetry in Prometheus text format (when given an
-  :class:`~studyin_analytics.exporter.runtime.selftelemetry.AggregatorTelemetry`), its gauges
+  :class:`~studyin_analytics.aggregator.consumer.telemetry.AggregatorTelemetry`), its gauges
   refreshed from one ``status()`` per scrape.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,7 +22,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from .selftelemetry import AggregatorTelemetry
+    from .selftelemetry import SelfTelemetry
+
+
+class StatusMetrics(Protocol):
+    """What this server needs of a service's metrics: its telemetry, and a place for a fresh ``status()``."""
+
+    telemetry: SelfTelemetry
+
+    def observe_status(self, status: dict[str, Any]) -> None: ...
+
 
 StatusFunction = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -35,7 +44,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def health_app(status: StatusFunction, metrics: AggregatorTelemetry | None = None) -> Starlette:
+def health_app(status: StatusFunction, metrics: StatusMetrics | None = None) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -81,7 +90,7 @@ class HealthServer:
     """Serves ``status()`` (and ``metrics`` if given) on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(
-        self, status: StatusFunction, host: str, port: int, metrics: AggregatorTelemetry | None = None
+        self, status: StatusFunction, host: str, port: int, metrics: StatusMetrics | None = None
     ) -> None:
         self.host = host
         self.port = port

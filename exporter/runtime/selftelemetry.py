@@ -18,26 +18,24 @@ tests run in one process) never collide with these, and nothing here reaches ano
 
 Why this module lives in ``exporter/``: it is the lowest layer that all three services share (the
 gateway lives here; the aggregator and the API import ``exporter``), while ``instrumentation/`` is
-what StudyIn's apps import and must not carry the pipeline's operational concerns. It knows the
-aggregator and the gateway only through the small protocols below, so the layers still depend
-one way. All metrics are declared once, in :data:`CATALOGUE` (docs/operations-metrics.md is
+what StudyIn's apps import and must not carry the pipeline's operational concerns. It knows no
+service: each service's own metrics live with it (``exporter/gateway/telemetry.py``,
+``aggregator/api/telemetry.py``, ``aggregator/consumer/telemetry.py``), the HTTP server metrics
+in :mod:`.http_metrics`, so the layers depend one way. All metrics are declared once, in
+:data:`CATALOGUE` (docs/operations-metrics.md is
 generated from it and checked by a test). Privacy: attributes hold only route templates,
 methods, status codes, outcomes and dependency names, never user values.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from timeit import default_timer
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
@@ -45,7 +43,6 @@ from opentelemetry.sdk.environment_variables import OTEL_METRIC_EXPORT_INTERVAL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.util.http import sanitize_method
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -60,12 +57,6 @@ SERVICE_API = "studyin-api"
 SERVICES = (SERVICE_AGGREGATOR, SERVICE_GATEWAY, SERVICE_API)
 METER_NAME = "studyin_analytics.selftelemetry"
 METRICS_PATH = "/metrics"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # --- the catalogue: every metric, once ------------------------------------------------------------
@@ -422,263 +413,3 @@ class SelfTelemetry:
         if not self._closed:
             self._closed = True
             self.provider.shutdown(timeout_millis=5_000)
-
-
-# --- HTTP servers (gateway, API) ------------------------------------------------------------------
-
-
-def _route_of(scope: Scope) -> str | None:
-    """The matched route's template (Starlette puts the route in the scope); never the raw path."""
-    path_format = getattr(scope.get("route"), "path_format", None)
-    if path_format:
-        return str(scope.get("root_path", "")) + str(path_format)
-    return None
-
-
-def _declared_length(scope: Scope, received: int) -> int:
-    """``Content-Length`` as sent (a body rejected unread still counts), else the bytes read."""
-    for key, raw in scope.get("headers") or ():
-        if key == b"content-length":
-            return int(raw) if raw.isdigit() else received
-    return received
-
-
-class HTTPServerMetrics:
-    """ASGI middleware: ``http.server.request.duration`` (and optionally the body size) per request.
-
-    Not the project's ``StudyInASGIMiddleware`` in metrics-only mode: that one names its histogram
-    after ``OTEL_SEMCONV_STABILITY_OPT_IN`` (``http.server.duration`` in ms by default), and it
-    marks the scope so that a second StudyIn middleware skips the request, which would silence the
-    app's own instrumentation when an operator runs the API under ``opentelemetry-instrument``.
-    ``on_response(status)`` lets a service count its own outcomes; with ``api``, that API's
-    telemetry is current while the request runs (:func:`count_audit_write` finds it).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        telemetry: SelfTelemetry,
-        body_size: bool = False,
-        on_response: Callable[[int], None] | None = None,
-        api: ApiTelemetry | None = None,
-    ) -> None:
-        self.app = app
-        self.duration = telemetry.histogram(HTTP_DURATION)
-        self.body_size = telemetry.histogram(HTTP_BODY_SIZE) if body_size else None
-        self.on_response = on_response
-        self.api = api
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = default_timer()
-        status = 0
-        received = 0
-        error_type: str | None = None
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
-
-        async def status_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        token = _API_TELEMETRY.set(self.api) if self.api is not None else None
-        try:
-            await self.app(scope, counting_receive if self.body_size is not None else receive, status_send)
-        except BaseException as exc:
-            error_type = type(exc).__qualname__
-            raise
-        finally:
-            if token is not None:
-                _API_TELEMETRY.reset(token)
-            if status == 0:  # nothing went out: the server answers 500
-                status = 500
-            attributes: dict[str, Any] = {
-                "http.request.method": sanitize_method(str(scope.get("method", ""))) or "_OTHER",
-                "http.response.status_code": status,
-            }
-            route = _route_of(scope)
-            if route:
-                attributes["http.route"] = route
-            if error_type is None and status >= 500:
-                error_type = str(status)
-            if error_type is not None:
-                attributes["error.type"] = error_type
-            self.duration.record(max(default_timer() - start, 0.0), attributes)
-            if self.body_size is not None:
-                self.body_size.record(_declared_length(scope, received), attributes)
-            if self.on_response is not None:
-                self.on_response(status)
-
-
-# --- gateway --------------------------------------------------------------------------------------
-
-
-class GatewayLike(Protocol):
-    requests: int
-    spans_rejected: int
-    unavailable: int
-
-    @property
-    def stats(self) -> Any: ...
-
-
-def gateway_outcome(status: int) -> str:
-    if status < 300:
-        return "accepted"
-    if status == 503:
-        return "unavailable"
-    return "rejected" if status < 500 else "error"
-
-
-class GatewayTelemetry:
-    """The gateway's metrics: per-request outcome and size, plus its own counters, observed."""
-
-    def __init__(self, gateway: GatewayLike, *, instance_id: str | None = None) -> None:
-        self.telemetry = SelfTelemetry(SERVICE_GATEWAY, instance_id=instance_id)
-        self._requests = self.telemetry.counter(GATEWAY_REQUESTS)
-        self.telemetry.observe(GATEWAY_SPANS_ACCEPTED, lambda: [Observation(gateway.stats.spans_exported)])
-        self.telemetry.observe(GATEWAY_SPANS_REJECTED, lambda: [Observation(gateway.spans_rejected)])
-        self.telemetry.observe(GATEWAY_REDIS_FAILURES, lambda: [Observation(gateway.unavailable)])
-
-    def count(self, status: int) -> None:
-        attributes: dict[str, str | int] = {
-            "studyin.outcome": gateway_outcome(status),
-            "http.response.status_code": status,
-        }
-        self._requests.add(1, attributes)
-
-    def middleware_options(self) -> dict[str, Any]:
-        return {"telemetry": self.telemetry, "body_size": True, "on_response": self.count}
-
-
-# --- API ------------------------------------------------------------------------------------------
-
-_API_TELEMETRY: contextvars.ContextVar[ApiTelemetry | None] = contextvars.ContextVar(
-    "studyin_api_telemetry", default=None
-)
-
-
-class ApiTelemetry:
-    """The query API's metrics: request durations and audit-log writes."""
-
-    def __init__(self, *, instance_id: str | None = None) -> None:
-        self.telemetry = SelfTelemetry(SERVICE_API, instance_id=instance_id)
-        self._audit = self.telemetry.counter(API_AUDIT_WRITES)
-
-    def audit_written(self, endpoint: str, scope: str, outcome: str) -> None:
-        self._audit.add(1, {"http.route": endpoint, "studyin.audit.scope": scope, "studyin.outcome": outcome})
-
-    def middleware_options(self) -> dict[str, Any]:
-        return {"telemetry": self.telemetry, "api": self}
-
-
-def count_audit_write(endpoint: str, scope: str, outcome: str) -> None:
-    """Count one audit row for the API serving the current request (a no-op outside one)."""
-    current = _API_TELEMETRY.get()
-    if current is not None:
-        current.audit_written(endpoint, scope, outcome)
-
-
-# --- aggregator -----------------------------------------------------------------------------------
-
-
-class AggregatorLike(Protocol):
-    consumer: str
-    on_transaction: Callable[[int, int, float], None] | None
-
-    @property
-    def totals(self) -> Any: ...
-
-    async def status(self) -> dict[str, Any]: ...
-
-
-class AggregatorTelemetry:
-    """The aggregator's metrics, read from the state it keeps (totals, ``status()``).
-
-    Counters observe ``Aggregator.totals``; transactions come from its ``on_transaction`` hook;
-    the lag and dependency gauges report the last ``status()`` (one health check, refreshed by
-    :meth:`refresh` at each scrape of ``/metrics`` and, when metrics are pushed, every export
-    interval by :meth:`start`'s task). A gauge whose value is unknown (Redis away) reports nothing
-    rather than a stale number.
-    """
-
-    def __init__(self, aggregator: AggregatorLike) -> None:
-        self.aggregator = aggregator
-        self.telemetry = SelfTelemetry(SERVICE_AGGREGATOR, instance_id=aggregator.consumer)
-        self.batches = 0
-        self.duplicates = 0
-        self.status: dict[str, Any] = {}
-        self._task: asyncio.Task[None] | None = None
-        t = self.telemetry
-        t.observe(AGG_EVENTS_COMMITTED, lambda: self._total("events_inserted"))
-        t.observe(AGG_EVENTS_DUPLICATE, lambda: [Observation(self.duplicates)])
-        t.observe(AGG_EVENTS_EXPIRED, lambda: self._total("events_expired"))
-        t.observe(AGG_ENTRIES_READ, lambda: self._total("entries"))
-        t.observe(AGG_ENTRIES_DEAD_LETTERED, lambda: self._total("dead_lettered"))
-        t.observe(AGG_ENTRIES_CLAIMED, lambda: self._total("claimed"))
-        t.observe(AGG_BATCHES_COMMITTED, lambda: [Observation(self.batches)])
-        t.observe(AGG_LAG, lambda: self._gauge("lag"))
-        t.observe(AGG_PENDING, lambda: self._gauge("pending"))
-        t.observe(AGG_DEAD_LETTER_LENGTH, lambda: self._gauge("dead_letter_length"))
-        t.observe(AGG_UP, self._up)
-        self._commit_duration = t.histogram(AGG_COMMIT_DURATION)
-        aggregator.on_transaction = self.on_transaction
-
-    def on_transaction(self, rows: int, inserted: int, seconds: float) -> None:
-        self.batches += 1
-        self.duplicates += max(rows - inserted, 0)
-        self._commit_duration.record(seconds)
-
-    def _total(self, field: str) -> list[Observation]:
-        return [Observation(int(getattr(self.aggregator.totals, field)))]
-
-    def _gauge(self, key: str) -> list[Observation]:
-        value = self.status.get(key)
-        return [Observation(int(value))] if isinstance(value, int) else []
-
-    def _up(self) -> list[Observation]:
-        if not self.status:
-            return []
-        return [
-            Observation(1 if self.status.get(key) == "ok" else 0, {"db.system.name": system})
-            for key, system in (("redis", "redis"), ("postgres", "postgresql"))
-        ]
-
-    async def refresh(self) -> None:
-        """Take a fresh ``status()`` for the gauges (it never raises: failures are reported in it)."""
-        self.status = await self.aggregator.status()
-
-    def observe_status(self, status: dict[str, Any]) -> None:
-        """Use a ``status()`` taken by someone else (the health server's probes)."""
-        self.status = status
-
-    async def start(self) -> None:
-        """When metrics are pushed, keep the gauges fresh between scrapes."""
-        if self.telemetry.pushing and self._task is None:
-            self._task = asyncio.create_task(self._refresh_loop(export_interval_s()))
-
-    async def _refresh_loop(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # never let telemetry take the aggregator down
-                _log.warning("self-telemetry refresh failed: %s", type(exc).__name__)
-            await asyncio.sleep(interval_s)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await asyncio.to_thread(self.telemetry.shutdown)

@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 
+from studyin_analytics.aggregator.experiments import sequential
 from studyin_analytics.aggregator.experiments import statistics as stats
 from studyin_analytics.aggregator.experiments.statistics import (
     Covariate,
@@ -145,7 +146,7 @@ def test_the_width_table_for_tau() -> None:
     us = [float(u) for u in header.strip("|").split("|")[1:]]
 
     def width(u: float) -> float:  # V = 1, tau² = u
-        interval = stats._mixture(0.0, 1.0, u, 0.05).interval
+        interval = sequential.mixture(0.0, 1.0, u, 0.05).interval
         assert interval is not None
         return interval.high
 

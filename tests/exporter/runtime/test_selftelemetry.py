@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.consumer.telemetry import AggregatorTelemetry
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
@@ -41,7 +42,6 @@ from studyin_analytics.exporter.runtime.selftelemetry import (
     SERVICE_AGGREGATOR,
     SERVICE_API,
     SERVICE_GATEWAY,
-    AggregatorTelemetry,
     SelfTelemetry,
     markdown_table,
 )

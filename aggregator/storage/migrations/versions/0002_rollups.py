@@ -25,8 +25,8 @@ HIST_ALPHA = 0.01
 HIST_MIN_KEY = -1_000_000
 
 
-def upgrade() -> None:
-    # --- raw events: indexes chosen by measurement (docs/aggregator.md) ----------------------
+def _raw_event_indexes() -> None:
+    """Raw events: indexes chosen by measurement (docs/aggregator.md)."""
     # Time-range scans of raw events (exports, replays, retention checks) are rare; every query
     # of the API reads rollups. A BTREE on occurred_at made range counts ~3x faster but cut
     # COPY throughput by 25-45 % on the reference machine; BRIN cost nothing measurable per
@@ -39,7 +39,9 @@ def upgrade() -> None:
     # No per-user BTREE and no GIN on properties: no query filters raw events by user or by
     # JSONB containment, and each index is paid on the aggregator's hot path.
 
-    # --- mergeable count maps ({"key": count}) and their quantiles ---------------------------
+
+def _count_map_functions() -> None:
+    """Mergeable count maps ({"key": count}) and their quantiles."""
     # The union of both maps, counts added where a key is in both. Only the (small) second map
     # is expanded: the stored map (hundreds of histogram buckets) is concatenated and probed by
     # key, ~4x cheaper than expanding and regrouping both; the aggregator calls this once per
@@ -83,7 +85,9 @@ def upgrade() -> None:
         """
     )
 
-    # --- per-user gamification state --------------------------------------------------------
+
+def _gamification_stats() -> None:
+    """Per-user gamification state."""
     op.execute(
         """
         CREATE TABLE IF NOT EXISTS gamification_stats (
@@ -100,7 +104,9 @@ def upgrade() -> None:
         """
     )
 
-    # --- per user per UTC hour (heatmaps in any time zone) ------------------------------------
+
+def _user_activity_hourly() -> None:
+    """Per user per UTC hour (heatmaps in any time zone)."""
     op.execute(
         """
         CREATE TABLE IF NOT EXISTS user_activity_hourly (
@@ -120,7 +126,9 @@ def upgrade() -> None:
     # No index by hour alone: "active learners in a window" reads
     # gamification_stats.last_activity_at (indexed by revision 0003), not this table.
 
-    # --- AI coach, per user per UTC day --------------------------------------------------------
+
+def _ai_coach_daily() -> None:
+    """AI coach, per user per UTC day."""
     op.execute(
         """
         CREATE TABLE IF NOT EXISTS ai_coach_metrics (
@@ -141,7 +149,9 @@ def upgrade() -> None:
         """
     )
 
-    # --- system metrics, per minute per route and method ---------------------------------------
+
+def _system_metrics() -> None:
+    """System metrics, per minute per route and method."""
     # Dashboards read "all routes over a time window": the key leads with the minute.
     op.execute(
         """
@@ -167,7 +177,9 @@ def upgrade() -> None:
         f"{HIST_MIN_KEY} holds values <= 1e-6 ms. Merge by count_map_sum, read with hist_quantile.'"
     )
 
-    # --- dashboard summary per UTC hour (incrementally maintained in the batch transaction) -----
+
+def _hourly_summary() -> None:
+    """Dashboard summary per UTC hour (incrementally maintained in the batch transaction)."""
     op.execute(
         """
         CREATE TABLE IF NOT EXISTS hourly_analytics_summary (
@@ -186,6 +198,16 @@ def upgrade() -> None:
         )
         """
     )
+
+
+def upgrade() -> None:
+    _raw_event_indexes()
+    _count_map_functions()
+    _gamification_stats()
+    _user_activity_hourly()
+    _ai_coach_daily()
+    _system_metrics()
+    _hourly_summary()
 
 
 def downgrade() -> None:
