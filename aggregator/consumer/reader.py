@@ -170,7 +170,7 @@ class Reader(Status):
         _log.warning(
             "dead-lettering %d events of entry %s of %s: %s", len(refused), entry_id.decode(), stream, error
         )
-        fields: dict[Any, Any] = wire.entry_fields(wire.encode_records(chosen), len(chosen))
+        fields: dict[Any, Any] = wire.entry_fields(wire.encode(chosen), len(chosen))
         fields[b"events"] = dumps_json(listed).encode()
         await self._move_to_dead_letter(stream, entry_id, fields, error, attempts)
 
