@@ -138,14 +138,18 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     span_session_text: Any = _UNSET
     span_session: uuid.UUID | None = None
     fields = semconv.ATTRIBUTE_FIELDS
+    raw_user: Any = _UNSET
+    user_hash: str | None = None
     for index, event_type, time_us, user, attributes in span_events(record):
+        if user is not raw_user:  # events of a span mostly share the span's user: checked once
+            raw_user, user_hash = user, _user(user)
         if index == SERVER_SPAN_INDEX:  # the span's own api_request: its fields already
             rows.append(
                 EventRow(
                     event_id(trace_id, span_id, index),
                     time_of(time_us),
                     event_type,
-                    _user(user),
+                    user_hash,
                     None,
                     attributes,
                     time_us,
@@ -174,7 +178,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
                 event_id(trace_id, span_id, index),
                 time_of(time_us),
                 event_type,
-                _user(user),
+                user_hash,
                 session_id,
                 properties,
                 time_us,
