@@ -44,13 +44,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from ..aggregator.cli.settings import Settings, require
 from ..aggregator.devtools.simulation import Ledger, build_backend, new_user_ids, simulate_students
 from ..aggregator.storage.db import connect
 from ..exporter import RedisStreamSpanExporter
 from ..exporter.bus import group_lag, stream_keys
 from ..instrumentation import StudyInTracker
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings, require
 from .framework import BenchContext, Measurement, at_least, bench, median
 
 TARGET_EVENTS_PER_S = 30_000.0

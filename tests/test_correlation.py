@@ -26,11 +26,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.runtime import correlation
 from studyin_analytics.exporter.runtime.correlation import request_correlation_id, trace_id_of
 from studyin_analytics.exporter.runtime.logconfig import configure_logging
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 
 from .api.conftest import bearer, token
 from .exporter.helpers import free_port, start_gateway, stop_process, wait_listening

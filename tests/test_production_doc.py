@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.aggregator.cli.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "production.md").read_text()

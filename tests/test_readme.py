@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studyin_analytics.aggregator.cli.main import build_parser
-from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
+from studyin_analytics.aggregator.cli.settings import ENV_PREFIX, Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -43,7 +43,6 @@ from ...exporter.runtime import correlation
 from ...exporter.runtime.selftelemetry import METRICS_PATH, ApiTelemetry, HTTPServerMetrics
 from ...instrumentation import events, semconv
 from ...instrumentation.privacy import PSEUDONYM_PATTERN, Pseudonymizer
-from ...instrumentation.settings import Settings
 from ...instrumentation.tracker import EventRejected, StudyInTracker
 from ..storage.db import create_pool
 from . import audit
@@ -72,6 +71,7 @@ from .models import (
     TrackResponse,
     XpPoint,
 )
+from .settings import ApiSettings as Settings
 from .system import BlockCache
 
 _log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ...instrumentation.settings import Settings, load_settings
+from .settings import Settings, load_settings
 
 _settings = load_settings
 

@@ -22,8 +22,8 @@ from rich.markup import escape
 
 from ...exporter.connection import refused_command
 from ...exporter.runtime.logconfig import configure_logging
-from ...instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
 from ..storage.db import Service
+from .settings import ConfigurationError, Settings, load_settings, redact_url
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -64,7 +64,7 @@ from ...exporter.bus import (
 )
 from ...exporter.connection import CLUSTER_TRANSIENT_ERRORS, AsyncClient, async_client
 from ...exporter.runtime.logconfig import correlated, new_correlation_id
-from ...instrumentation.settings import ConfigurationError, Settings
+from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import create_pool
 from ..storage.schema import (
     drop_expired_partitions,
@@ -85,6 +85,7 @@ from .mapping import (
     screen,
 )
 from .rollups import Rollup, RollupInputError
+from .settings import AggregatorSettings as Settings
 
 _log = logging.getLogger(__name__)
 

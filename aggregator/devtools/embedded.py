@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from ...instrumentation.settings import Settings
+from ..cli.settings import Settings
 
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 

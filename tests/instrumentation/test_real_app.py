@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 
 from ..support import postgres_dump, redis_dump
 from .fresh_venv import FreshVenv, clean_env, extract, fetch_sdist, stop
