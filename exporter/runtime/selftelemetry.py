@@ -33,7 +33,7 @@ import contextvars
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from timeit import default_timer
@@ -49,7 +49,8 @@ from opentelemetry.util.http import sanitize_method
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from ...instrumentation.settings import ConfigurationError
+from ...instrumentation.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from ...instrumentation.settings_base import ConfigurationError
 from ...instrumentation.version import __version__
 
 _log = logging.getLogger(__name__)
@@ -60,12 +61,6 @@ SERVICE_API = "studyin-api"
 SERVICES = (SERVICE_AGGREGATOR, SERVICE_GATEWAY, SERVICE_API)
 METER_NAME = "studyin_analytics.selftelemetry"
 METRICS_PATH = "/metrics"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # --- the catalogue: every metric, once ------------------------------------------------------------
