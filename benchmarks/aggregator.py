@@ -375,7 +375,7 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "studyin_analytics.aggregator.cli.main",
+        "studyin_analytics.aggregator.cli",
         "aggregator",
         "--consumer-name",
         "bench-mem",

@@ -88,7 +88,7 @@ def bulk_traffic(quick: bool) -> Traffic:
 QUEUE_SIZE = 1 << 20
 """Span queue of the batch processor: large enough that a burst never drops spans."""
 SCHEDULE_DELAY_MS = 200
-AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli.main", "aggregator")
+AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator")
 """``studyin-analytics aggregator``, run by this interpreter (whatever the PATH holds)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0

@@ -53,7 +53,7 @@ from .framework import BenchContext, Measurement, at_least, at_most, bench, medi
 BATCH = 512
 TARGET_US_PER_SPAN = 10.0
 TARGET_RATIO = 3.0
-GATEWAY_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli.main", "gateway")
+GATEWAY_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "gateway")
 
 
 class _Capture(SpanProcessor):

@@ -118,7 +118,7 @@ async def _rate(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "studyin_analytics.aggregator.cli.main",
+                    "studyin_analytics.aggregator.cli",
                     "aggregator",
                     "--consumer-name",
                     name,

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
-    subprocess.run(
+    build = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -26,7 +26,15 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
         ],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # The build backend has nothing to warn about (pip's own configuration may add warnings of its own).
+    backend_warnings = [
+        line
+        for line in (build.stdout + build.stderr).splitlines()
+        if ("Setuptools" in line and "Warning" in line) or "BuildBackendWarning" in line
+    ]
+    assert backend_warnings == []
     (wheel,) = tmp_path.glob("studyin_analytics-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
@@ -36,7 +44,9 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
     }
     for part in ("instrumentation", "exporter", "aggregator"):
         assert f"studyin_analytics/{part}/__init__.py" in names
-    assert "studyin_analytics/aggregator/migrations/versions/0001_initial.py" in names
+    assert "studyin_analytics/aggregator/storage/migrations/versions/0001_initial.py" in names
+    for asset in ("dashboard.html", "dashboard.js", "dashboard.css", "vendor/uPlot.iife.min.js"):
+        assert f"studyin_analytics/aggregator/api/static/{asset}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "studyin_redis = studyin_analytics.exporter:RedisStreamSpanExporter" in text
