@@ -36,6 +36,7 @@ import asyncpg
 import psutil
 import redis.asyncio as aioredis
 
+from ..aggregator.cli.settings import Settings, require
 from ..aggregator.consumer.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
 from ..aggregator.consumer.service import Aggregator, tuned_gc
 from ..aggregator.storage.schema import ensure_partitions
@@ -43,7 +44,6 @@ from ..exporter import wire
 from ..exporter.bus import group_lag, stream_keys
 from ..exporter.wire import EventRecord, SpanRecord
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings, require
 from .framework import BenchContext, Measurement, at_least, at_most, bench, median
 
 TARGET_EVENTS_PER_S = 100_000.0

@@ -31,10 +31,10 @@ import httpx
 import jwt
 
 from ..aggregator.api.app import SYSTEM_METRICS_TTL_S, create_app
+from ..aggregator.cli.settings import Settings
 from ..aggregator.storage.db import connect
 from ..aggregator.storage.schema import ensure_partitions
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings
 from .framework import BenchContext, Measurement, at_most, bench, median
 
 TARGET_P95_MS = 25.0

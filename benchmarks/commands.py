@@ -73,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..aggregator.cli.settings import load_settings as _settings
     from ..aggregator.devtools.embedded import servers_for
-    from ..instrumentation.settings import load_settings as _settings
     from . import runner
     from .framework import REGISTRY
 

@@ -32,8 +32,8 @@ from typing import Any
 import psutil
 import redis.asyncio as aioredis
 
+from ..aggregator.cli.settings import require
 from ..aggregator.devtools.simulation import Ledger, new_user_ids
-from ..instrumentation.settings import require
 from .end_to_end_apps import APP_PROCESSES, Traffic, bulk_traffic, merged_ledger, mixed_traffic, run_traffic
 from .end_to_end_pipeline import AggregatorProcesses, CpuMeter, check_totals, drained, wait_ready
 from .framework import BenchContext, Measurement, at_least, bench, median

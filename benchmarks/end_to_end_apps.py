@@ -18,11 +18,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from ..aggregator.cli.settings import Settings
 from ..aggregator.devtools.simulation import Ledger, build_backend, simulate_students
 from ..exporter import RedisStreamSpanExporter
 from ..instrumentation import StudyInTracker
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any
 import psutil
 import redis.asyncio as aioredis
 
+from ..aggregator.cli.settings import Settings, require
 from ..aggregator.devtools.simulation import Ledger
 from ..aggregator.storage.db import connect
 from ..exporter.bus import group_lag, stream_keys
 from ..instrumentation.privacy import Pseudonymizer
-from ..instrumentation.settings import Settings, require
 from .end_to_end_apps import READY_TIMEOUT_S
 
 AGGREGATOR_COMMAND = (sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator")

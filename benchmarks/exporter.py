@@ -43,11 +43,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.util.types import AttributeValue
 
+from ..aggregator.cli.settings import Settings, require
 from ..exporter import RedisStreamSpanExporter, wire
 from ..exporter.bus import stream_keys
 from ..exporter.redis_exporter import default_guard
 from ..instrumentation import semconv
-from ..instrumentation.settings import Settings, require
 from .framework import BenchContext, Measurement, at_least, at_most, bench, median
 
 BATCH = 512

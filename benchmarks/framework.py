@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from ..instrumentation.settings import Settings
+from ..aggregator.cli.settings import Settings
 
 BENCH_MODULES: tuple[str, ...] = ("instrumentation", "exporter", "aggregator", "scaling", "end_to_end", "api")
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""

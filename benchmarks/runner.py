@@ -33,7 +33,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..instrumentation.settings import Settings, require
+from ..aggregator.cli.settings import Settings, require
 from . import framework
 from .framework import REGISTRY, BenchContext, Measurement, summarize_profile
 from .report import BenchRun, RunReport, environment

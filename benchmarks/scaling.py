@@ -37,10 +37,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from ..aggregator.cli.settings import Settings, require
 from ..aggregator.consumer.mapping import rows_from_span
 from ..exporter.bus import group_lag, shard_index, stream_keys
 from ..exporter.wire import SpanRecord
-from ..instrumentation.settings import Settings, require
 from .aggregator import entries_of, make_spans, users_of
 from .framework import BenchContext, Measurement, bench
 

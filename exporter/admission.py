@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from ..instrumentation.settings import Settings
+from .settings import EventWindowSettings
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
@@ -45,7 +45,7 @@ class EventWindow:
     retention_days: int
 
     @classmethod
-    def of(cls, settings: Settings, now_ns: int | None = None) -> EventWindow:
+    def of(cls, settings: EventWindowSettings, now_ns: int | None = None) -> EventWindow:
         now_ns = time.time_ns() if now_ns is None else now_ns
         today = datetime.fromtimestamp(now_ns // _NS_PER_S, UTC).date()
         first = oldest_day(settings.raw_retention_days, today)

@@ -38,10 +38,10 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from ..instrumentation import semconv
-from ..instrumentation.settings import Settings
 from . import wire
 from .connection import AsyncClient
 from .event_types import SERVER_SPAN_INDEX, span_events, time_of
+from .settings import BusSettings
 from .writer_stats import stats_pattern, summarize
 
 _PAGE = 200
@@ -69,7 +69,7 @@ def cluster_tags(shards: int) -> tuple[str, ...]:
     return tuple(tags[shard] for shard in range(shards))
 
 
-def stream_keys(settings: Settings) -> list[str]:
+def stream_keys(settings: BusSettings) -> list[str]:
     """Every stream key of the bus, one per shard."""
     if settings.redis_cluster:
         return [f"{settings.stream_prefix}:events:{{{tag}}}" for tag in cluster_tags(settings.stream_shards)]
@@ -78,7 +78,7 @@ def stream_keys(settings: Settings) -> list[str]:
     return [f"{settings.stream_prefix}:events:{shard}" for shard in range(settings.stream_shards)]
 
 
-def dead_letter_key(settings: Settings, stream: str | None = None) -> str:
+def dead_letter_key(settings: BusSettings, stream: str | None = None) -> str:
     """Stream of entries the aggregator gave up on (from ``stream``), each with its error.
 
     On a cluster each shard has its own, in its stream's slot (``stream`` is then required).
@@ -90,19 +90,19 @@ def dead_letter_key(settings: Settings, stream: str | None = None) -> str:
     return f"{settings.stream_prefix}:dead-letter:{stream[stream.rindex('{') :]}"
 
 
-def dead_letter_keys(settings: Settings) -> list[str]:
+def dead_letter_keys(settings: BusSettings) -> list[str]:
     """Every dead-letter stream (one, or one per shard on a cluster)."""
     if not settings.redis_cluster:
         return [dead_letter_key(settings)]
     return [dead_letter_key(settings, stream) for stream in stream_keys(settings)]
 
 
-def member_key(settings: Settings, consumer: str) -> str:
+def member_key(settings: BusSettings, consumer: str) -> str:
     """Heartbeat of a live member of ``settings.consumer_group`` (expires after ``claim_idle_ms``)."""
     return f"{settings.stream_prefix}:member:{settings.consumer_group}:{consumer}"
 
 
-def owner_key(settings: Settings, stream: str) -> str:
+def owner_key(settings: BusSettings, stream: str) -> str:
     """Heartbeat of a live member that reads ``stream`` as one of its own shards (``consumer_shards``).
 
     On a cluster it carries the stream's hash tag, so it lives with its shard.
@@ -182,7 +182,7 @@ def events_of_entry(
 
 async def recent(
     client: AsyncClient,
-    settings: Settings,
+    settings: BusSettings,
     event_type: str | None,
     n: int,
     *,
@@ -217,7 +217,7 @@ async def recent(
 
 async def between(
     client: AsyncClient,
-    settings: Settings,
+    settings: BusSettings,
     start: datetime,
     end: datetime,
     *,
@@ -245,7 +245,7 @@ async def between(
 
 async def tail(
     client: AsyncClient,
-    settings: Settings,
+    settings: BusSettings,
     *,
     event_type: str | None = None,
     block_ms: int = 1000,
@@ -473,7 +473,7 @@ async def stream_stats(client: AsyncClient, stream: str) -> StreamStats:
     return result
 
 
-async def writer_stats(client: AsyncClient, settings: Settings) -> dict[str, dict[str, str]]:
+async def writer_stats(client: AsyncClient, settings: BusSettings) -> dict[str, dict[str, str]]:
     """Counters of every live writer, by key suffix ``<role>:<host>:<pid>``."""
     out: dict[str, dict[str, str]] = {}
     prefix = f"{settings.stream_prefix}:stats:"
@@ -483,7 +483,7 @@ async def writer_stats(client: AsyncClient, settings: Settings) -> dict[str, dic
     return out
 
 
-async def stats(client: AsyncClient, settings: Settings) -> BusStats:
+async def stats(client: AsyncClient, settings: BusSettings) -> BusStats:
     """Length, oldest/newest entry, consumer-group lag and pending per stream, plus writer counters."""
     info = await client.info("server")
     version = str(info.get("redis_version", "0"))

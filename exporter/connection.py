@@ -29,7 +29,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ..instrumentation.settings import Settings, redact_url, require
+from ..instrumentation.settings_base import redact_url, require
+from .settings import BusSettings
 
 
 def refused_command(exc: BaseException) -> str | None:
@@ -72,7 +73,7 @@ def failed_node(exc: BaseException) -> str | None:
     return None
 
 
-def unavailable(exc: BaseException, settings: Settings, nodes: Sequence[str] = ()) -> str:
+def unavailable(exc: BaseException, settings: BusSettings, nodes: Sequence[str] = ()) -> str:
     """What went wrong with a bus write, naming the server to look at (for log lines; no password).
 
     The node the client named; else, on one server, its (redacted) URL; on a cluster, the
@@ -128,7 +129,7 @@ CLUSTER_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def sync_client(
-    settings: Settings,
+    settings: BusSettings,
     *,
     socket_timeout: float,
     socket_connect_timeout: float,
@@ -157,7 +158,7 @@ def sync_client(
 
 
 def async_client(
-    settings: Settings,
+    settings: BusSettings,
     *,
     socket_timeout: float,
     socket_connect_timeout: float,

@@ -39,10 +39,12 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ..instrumentation import semconv
 from ..instrumentation.privacy import PrivacyGuard, Pseudonymizer
-from ..instrumentation.settings import Settings, get_settings, require
+from ..instrumentation.settings import PseudonymKeySettings
+from ..instrumentation.settings_base import require
 from . import replication, wire
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client, unavailable
+from .settings import ExporterSettings, get_settings
 from .spool import Spool, default_base
 from .writer_stats import STATS_TTL_S, WriterStats, stats_key
 
@@ -60,7 +62,7 @@ _INITIAL_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 1.0
 
 
-def default_guard(settings: Settings) -> PrivacyGuard:
+def default_guard(settings: PseudonymKeySettings) -> PrivacyGuard:
     """The privacy guard of a writer: raw user ids are hashed when keys are configured."""
     if settings.active_key_id is None:
         return PrivacyGuard()
@@ -90,7 +92,7 @@ class RedisStreamSpanExporter(SpanExporter):
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: ExporterSettings | None = None,
         *,
         guard: PrivacyGuard | None = None,
         client: SyncClient | None = None,

@@ -26,8 +26,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from ..instrumentation.settings import Settings
 from .connection import AsyncClient, NotReplicated, SyncClient
+from .settings import BusSettings
 
 
 def _server_name(client: redis.Redis | aioredis.Redis) -> str:
@@ -56,7 +56,7 @@ async def wait_targets_async(client: AsyncClient, keys: Sequence[str]) -> dict[s
     return wait_targets(client, keys)
 
 
-def queue_waits(pipe: Any, targets: dict[str, Any], settings: Settings) -> int:
+def queue_waits(pipe: Any, targets: dict[str, Any], settings: BusSettings) -> int:
     """Append one ``WAIT`` per target to ``pipe`` (after the writes); returns how many."""
     for node in targets.values():
         args = ("WAIT", settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
@@ -72,7 +72,7 @@ def confirm(
     keys: Sequence[str],
     targets: dict[str, Any],
     replies: Sequence[Any],
-    settings: Settings,
+    settings: BusSettings,
 ) -> None:
     """Raise :class:`NotReplicated` unless every ``WAIT`` reached the replicas asked for and every
     key of the write is still on the node that was waited on."""

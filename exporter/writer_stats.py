@@ -20,16 +20,16 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 
-from ..instrumentation.settings import Settings
+from .settings import BusSettings
 
 STATS_TTL_S = 3600
 
 
-def stats_key(settings: Settings, role: str, pid: int | None = None) -> str:
+def stats_key(settings: BusSettings, role: str, pid: int | None = None) -> str:
     return f"{settings.stream_prefix}:stats:{role}:{socket.gethostname()}:{pid or os.getpid()}"
 
 
-def stats_pattern(settings: Settings) -> str:
+def stats_pattern(settings: BusSettings) -> str:
     return f"{settings.stream_prefix}:stats:*"
 
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
+from .asgi_types import Scope
 from .settings import ConfigurationError
 
 _log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
 UserIdHook = Callable[[Scope], str | int | None]
 
 HOOK_SETTING = "STUDYIN_ANALYTICS_USER_ID_HOOK"

@@ -23,17 +23,9 @@ from typing import Any, ClassVar
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from .accesslog import install_access_log_filter
-from .asgi import (
-    _SCOPE_MARK,
-    ASGIApp,
-    Receive,
-    Scope,
-    Send,
-    StudyInASGIMiddleware,
-    _env_settings,
-    disable_fastapi_native_telemetry,
-    middleware_options,
-)
+from .asgi import disable_fastapi_native_telemetry, env_settings, middleware_options
+from .asgi_types import ASGIApp, Receive, Scope, Send
+from .middleware import SCOPE_MARK, StudyInASGIMiddleware
 
 
 class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -49,7 +41,7 @@ class StudyInInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         if StudyInInstrumentor._originals:
             return
-        settings = _env_settings()
+        settings = env_settings()
         options = middleware_options(settings, **kwargs)
         # uvicorn's access log writes client addresses, query strings and raw paths.
         install_access_log_filter(settings.access_log if settings is not None else "route")
@@ -84,7 +76,7 @@ def _instrumented_call(cls: type, original_call: Any, options: dict[str, Any]) -
     attribute = f"_studyin_middleware_{cls.__name__}"
 
     async def instrumented_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        if _SCOPE_MARK in scope or getattr(self, "_studyin_instrumented", False):
+        if SCOPE_MARK in scope or getattr(self, "_studyin_instrumented", False):
             # already measured further out, or instrument_app() did it explicitly
             await original_call(self, scope, receive, send)
             return

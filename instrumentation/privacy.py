@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
 from . import semconv
-from .settings import ConfigurationError, Settings
+from .settings import ConfigurationError, PseudonymKeySettings
 
 _log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Pseudonymizer:
         self.pseudonymize = lru_cache(maxsize=65536)(self._pseudonymize)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pseudonymizer:
+    def from_settings(cls, settings: PseudonymKeySettings) -> Pseudonymizer:
         key_id = settings.active_key_id
         if key_id is None:
             raise ConfigurationError(

@@ -25,16 +25,16 @@ only requests through a mount or without a route in the scope pay it.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import Host, Match, Mount
 
+from .asgi_types import Scope
 from .semconv import UNMATCHED_ROUTE
 
 _log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
 
 MAX_MOUNT_DEPTH = 16
 """Nested mounts followed when matching again (a cycle or absurd nesting gives up: unmatched)."""

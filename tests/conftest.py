@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 import redis
 
+from studyin_analytics.aggregator.cli.settings import Settings, redact_url
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
-from studyin_analytics.instrumentation.settings import Settings, redact_url
 from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
 
 

@@ -30,7 +30,6 @@ from ...exporter.runtime.http_metrics import HTTPServerMetrics
 from ...exporter.runtime.selftelemetry import METRICS_PATH
 from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
-from ...instrumentation.settings import Settings
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
 from . import cohort, gamification, health, learning, system_metrics, tracking
@@ -41,6 +40,7 @@ from .days import current_streak, intensity_level, python_time_zones, supported_
 from .deps import PREFIX, caller
 from .live import LiveHub
 from .problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from .settings import ApiSettings as Settings
 from .system import BlockCache
 from .system_metrics import SYSTEM_METRICS_TTL_S, pipeline_lag
 from .telemetry import ApiTelemetry

@@ -20,7 +20,8 @@ import jwt
 from fastapi import HTTPException, Request, status
 
 from ...instrumentation.privacy import Pseudonymizer
-from ...instrumentation.settings import ConfigurationError, Settings
+from ...instrumentation.settings_base import ConfigurationError
+from .settings import ApiSettings as Settings
 
 JWT_LEEWAY_S = 30
 """Clock skew tolerated on ``exp``/``nbf``/``iat`` between the token issuer and this API."""

@@ -12,9 +12,9 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from ...instrumentation.settings import Settings
 from . import audit
 from .auth import ApiProblem, Principal, TokenVerifier, require_staff, resolve_subject
+from .settings import ApiSettings as Settings
 
 PREFIX = "/api/analytics"
 """Where every analytics endpoint lives."""

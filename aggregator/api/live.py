@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from ...exporter import bus
 from ...exporter.connection import AsyncClient, async_client
-from ...instrumentation.settings import Settings
 from .auth import ApiProblem, Principal
+from .settings import ApiSettings as Settings
 
 _log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from redis.exceptions import RedisClusterException
 
 from ...exporter.bus import group_lag, stream_keys
 from ...exporter.connection import AsyncClient
-from ...instrumentation.settings import Settings
 from . import audit
 from .deps import PREFIX, AppSettings, Caller, Db, require_staff_audited
 from .etag import cached_json
@@ -23,6 +22,7 @@ from .models import WINDOW_MINUTES, MetricsWindow, PipelineLag, RouteMetrics, Sy
 from .params import SystemParams
 from .problems import READ_RESPONSES
 from .queries import ACTIVE_USERS_SQL
+from .settings import ApiSettings as Settings
 from .system import BlockCache
 
 _log = logging.getLogger("studyin_analytics.aggregator.api.app")

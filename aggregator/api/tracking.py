@@ -12,12 +12,12 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from ...instrumentation import events, semconv
-from ...instrumentation.settings import Settings
 from ...instrumentation.tracker import EventRejected, StudyInTracker
 from .auth import Principal
 from .deps import PREFIX, AppSettings, Caller
 from .models import FieldError, Problem, TrackItemResult, TrackRequest, TrackResponse
 from .problems import ERROR_RESPONSES
+from .settings import ApiSettings as Settings
 
 _log = logging.getLogger("studyin_analytics.aggregator.api.app")
 

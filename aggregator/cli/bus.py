@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ...instrumentation.settings import Settings, load_settings
 from .console import data, new_console
 from .exit_codes import EXIT_OK
+from .settings import Settings, load_settings
 
 _settings = load_settings
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ...instrumentation.settings import load_settings
 from .console import data, new_console
 from .exit_codes import EXIT_OK
+from .settings import load_settings
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:

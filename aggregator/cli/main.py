@@ -22,9 +22,9 @@ from rich.markup import escape
 
 from ...exporter.connection import refused_command
 from ...exporter.runtime.logconfig import configure_logging
-from ...instrumentation.settings import ConfigurationError, Settings, load_settings, redact_url
 from ..storage.db import Service
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .settings import ConfigurationError, Settings, load_settings, redact_url
 
 # One-line errors stay one line; data (names, URLs, messages) is escaped and emoji codes are off,
 # so `:bus:` or `[x]` in a key or consumer name is printed as it is.

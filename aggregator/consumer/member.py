@@ -20,10 +20,11 @@ from redis.exceptions import ResponseError
 
 from ...exporter.bus import stream_keys
 from ...exporter.connection import AsyncClient, async_client
-from ...instrumentation.settings import ConfigurationError, Settings
+from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import create_pool
 from . import rollups
 from .batches import BatchResult, Round
+from .settings import AggregatorSettings as Settings
 
 _log = logging.getLogger(__name__)
 

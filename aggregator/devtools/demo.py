@@ -26,8 +26,8 @@ from rich.text import Text
 from ...exporter import RedisStreamSpanExporter
 from ...instrumentation import StudyInTracker
 from ...instrumentation.privacy import Pseudonymizer
-from ...instrumentation.settings import Settings
 from ..api.app import create_app
+from ..cli.settings import Settings
 from ..consumer.service import Aggregator
 from ..storage.db import connect
 from ..storage.schema import migrate

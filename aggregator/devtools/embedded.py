@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from ...instrumentation.settings import Settings
+from ..cli.settings import Settings
 from .embedded_postgres import EmbeddedPostgres
 from .processes import EmbeddedServerError, Server, free_port, wait_for_port
 

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from ...instrumentation.settings import ENV_PREFIX, ConfigurationError, Settings, redact_url, require
+from ...instrumentation.settings_base import ENV_PREFIX, ConfigurationError, redact_url, require
+from .settings import PostgresSettings
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -27,7 +28,7 @@ Service = Literal["aggregator", "api", "admin"]
 """Who connects: each service has its own URL setting (falling back to ``postgres_url``)."""
 
 
-def service_url(settings: Settings, service: Service) -> str:
+def service_url(settings: PostgresSettings, service: Service) -> str:
     """The PostgreSQL URL ``service`` connects with (``admin``: migrations, tools, tests)."""
     if service == "aggregator" and settings.aggregator_postgres_url:
         return settings.aggregator_postgres_url
@@ -36,7 +37,7 @@ def service_url(settings: Settings, service: Service) -> str:
     return str(require(settings.postgres_url, "postgres_url"))
 
 
-def service_role(settings: Settings, service: Service) -> str | None:
+def service_role(settings: PostgresSettings, service: Service) -> str | None:
     """The role ``service`` runs as (``None``: the login user's own, for ``admin``)."""
     if service == "aggregator":
         return settings.postgres_aggregator_role
@@ -45,7 +46,7 @@ def service_role(settings: Settings, service: Service) -> str | None:
     return None
 
 
-def connect_kwargs(settings: Settings, service: Service = "admin") -> dict[str, Any]:
+def connect_kwargs(settings: PostgresSettings, service: Service = "admin") -> dict[str, Any]:
     server_settings = {"search_path": f"{settings.postgres_schema},public"}
     role = service_role(settings, service)
     if role is not None:
@@ -57,7 +58,7 @@ def connect_kwargs(settings: Settings, service: Service = "admin") -> dict[str, 
     }
 
 
-def _role_error(settings: Settings, service: Service, exc: Exception) -> ConfigurationError:
+def _role_error(settings: PostgresSettings, service: Service, exc: Exception) -> ConfigurationError:
     """Why the login user could not assume the service's role, naming the settings to fix."""
     url_field = f"{service}_postgres_url" if getattr(settings, f"{service}_postgres_url") else "postgres_url"
     role_field = f"postgres_{service}_role"
@@ -85,7 +86,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    settings: Settings,
+    settings: PostgresSettings,
     service: Service,
     *,
     min_size: int = 1,
@@ -116,20 +117,20 @@ async def create_pool(
         raise
 
 
-def url_setting(settings: Settings, service: Service) -> str:
+def url_setting(settings: PostgresSettings, service: Service) -> str:
     """The variable that holds the URL ``service`` connects with (for error messages)."""
     if service != "admin" and getattr(settings, f"{service}_postgres_url"):
         return f"{ENV_PREFIX}{service.upper()}_POSTGRES_URL"
     return f"{ENV_PREFIX}POSTGRES_URL"
 
 
-async def check_login(settings: Settings, service: Service) -> None:
+async def check_login(settings: PostgresSettings, service: Service) -> None:
     """Connect once as ``service`` and close: start-up fails fast, with asyncpg's own error."""
     conn = await connect(settings, service)
     await conn.close()
 
 
-async def connect(settings: Settings, service: Service = "admin") -> asyncpg.Connection:
+async def connect(settings: PostgresSettings, service: Service = "admin") -> asyncpg.Connection:
     kwargs = connect_kwargs(settings, service)
     init = kwargs.pop("init")
     try:

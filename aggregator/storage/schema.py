@@ -14,7 +14,8 @@ from alembic import command
 from alembic.config import Config
 
 from ...exporter.admission import oldest_day
-from ...instrumentation.settings import Settings, require
+from ...instrumentation.settings_base import require
+from .settings import PostgresSettings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 EVENTS_TABLE = "analytics_events"
@@ -29,7 +30,7 @@ class PartitionOutOfWindow(ValueError):
     """A partition asked for outside the bounded window of days (a bug upstream: never created)."""
 
 
-def alembic_config(settings: Settings) -> Config:
+def alembic_config(settings: PostgresSettings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["schema"] = settings.postgres_schema
@@ -41,7 +42,7 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def migrate(settings: Settings, revision: str = "head") -> None:
+def migrate(settings: PostgresSettings, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (blocking; safe to run twice and concurrently)."""
     command.upgrade(alembic_config(settings), revision)
 

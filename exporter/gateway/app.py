@@ -50,7 +50,7 @@ from starlette.routing import Route
 
 from ...instrumentation import semconv
 from ...instrumentation.privacy import MAX_VALUE_DEPTH, PrivacyGuard, Pseudonymizer
-from ...instrumentation.settings import Settings, require
+from ...instrumentation.settings_base import require
 from .. import replication, wire
 from ..admission import EventWindow
 from ..bus import shard_index, stream_keys
@@ -69,6 +69,7 @@ from .otlp_decode import (
     parse_protobuf,
     too_large,
 )
+from .settings import GatewaySettings as Settings
 from .telemetry import GatewayTelemetry
 
 _log = logging.getLogger(__name__)

@@ -19,18 +19,14 @@ from __future__ import annotations
 import contextvars
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ...instrumentation.asgi_types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 """The id of the batch or request being handled (``None`` outside one); set it with :func:`correlated`."""

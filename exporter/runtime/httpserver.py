@@ -23,7 +23,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ...instrumentation.settings import Settings
+from ..settings import HttpServerSettings as Settings
 
 _log = logging.getLogger(__name__)
 

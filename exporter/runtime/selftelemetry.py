@@ -46,7 +46,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from ...instrumentation.settings import ConfigurationError
+from ...instrumentation.settings_base import ConfigurationError
 from ...instrumentation.version import __version__
 
 _log = logging.getLogger(__name__)

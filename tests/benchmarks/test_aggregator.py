@@ -7,10 +7,10 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks import aggregator as agg_bench
 from studyin_analytics.benchmarks import runner
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
-from studyin_analytics.instrumentation.settings import Settings
 
 
 async def test_quick_aggregator_bench_rows(settings: Settings) -> None:

@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 from rich.progress import Progress
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks import api as api_bench
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
-from studyin_analytics.instrumentation.settings import Settings
 
 
 async def test_api_bench_quick(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.simulation import Ledger, new_user_ids
 from studyin_analytics.benchmarks import end_to_end, runner
 from studyin_analytics.benchmarks.framework import BenchContext
-from studyin_analytics.instrumentation.settings import Settings
 
 
 def _context(settings: Settings) -> BenchContext:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.progress import Progress
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks import exporter as exporter_bench
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
-from studyin_analytics.instrumentation.settings import Settings
 
 
 async def test_exporter_benchmark_quick(settings: Settings) -> None:

@@ -6,9 +6,9 @@ import math
 
 from rich.progress import Progress
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
 from studyin_analytics.benchmarks.instrumentation import instrumentation
-from studyin_analytics.instrumentation.settings import Settings
 
 
 async def test_quick_run_returns_rows_with_same_run_baselines(settings: Settings) -> None:

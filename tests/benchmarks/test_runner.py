@@ -13,9 +13,9 @@ import redis
 from rich.console import Console
 
 from studyin_analytics.aggregator.cli import main as cli
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks import framework, runner
 from studyin_analytics.benchmarks.framework import BenchContext, Measurement, bench
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ServerUrls
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from redis.crc import key_slot
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster, EmbeddedServerError
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.cluster import SHARDS, slot_owners
 
 

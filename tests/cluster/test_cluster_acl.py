@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.service import Aggregator
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.aggregator.storage.db import connect
@@ -40,7 +41,6 @@ from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client, sync_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import documented_acl
 from tests.support.cluster import CLI, SHARDS, cli_env
 from tests.support.workload import build, mismatches, truth_of

@@ -17,6 +17,7 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.service import Aggregator
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.aggregator.storage.db import connect
@@ -35,7 +36,6 @@ from studyin_analytics.exporter.connection import async_client
 from studyin_analytics.exporter.gateway.app import Gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.cluster import (
     CLI,
     SHARDS,

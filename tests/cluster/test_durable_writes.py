@@ -35,12 +35,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import shard_index, stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.cluster import SHARDS, bus_entries, node_client, records_of, slot_owners
 from tests.support.exporter import make_spans
 

@@ -33,13 +33,13 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.mapping import rows_from_span
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.faults.test_fault_injection import aggregators
 from tests.support.cluster import SHARDS, bus_entries, cluster_client, records_of, slot_owners
 from tests.support.workload import build, mismatches, truth_of

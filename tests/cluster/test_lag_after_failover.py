@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import pipeline_lag
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import migrate
@@ -25,7 +26,6 @@ from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.cluster import cluster_client, migrate_slot, slot_owners, wait_replicated
 from tests.support.workload import build, mismatches, truth_of
 

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.instrumentation.privacy import DROPPED_ATTRIBUTES, IDENTITY_ATTRIBUTES
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ROOT
 
 CONFIG = ROOT / "otel-collector.yaml"

@@ -25,10 +25,10 @@ import yaml
 
 from studyin_analytics.aggregator.api.app import create_app
 from studyin_analytics.aggregator.cli.main import build_parser
+from studyin_analytics.aggregator.cli.settings import ENV_PREFIX, Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.exporter.runtime.health import HealthServer
-from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
 from tests.support import ROOT
 from tests.support.exporter import stop_process
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.aggregator.cli.settings import Settings
 from tests.support import ROOT
 
 DOC = (ROOT / "docs" / "production.md").read_text()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from studyin_analytics.aggregator.cli.main import build_parser
-from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings
+from studyin_analytics.aggregator.cli.settings import ENV_PREFIX, Settings
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -15,9 +15,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator.cli.main import main
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter, bus
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import make_spans, private_redis
 
 

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import bus
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ServerUrls
 
 GROUP = "g"

@@ -13,11 +13,11 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from studyin_analytics.aggregator.cli.settings import Settings, get_settings
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import shard_index, stream_keys
 from studyin_analytics.exporter.writer_stats import stats_key
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings, get_settings
 from tests.support.exporter import Capture, make_spans, private_redis, stream_span_names
 
 RAW_ID = "canary-raw-user-271828"

@@ -18,11 +18,11 @@ import redis
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import make_spans
 
 PB = {"content-type": "application/x-protobuf"}

@@ -9,10 +9,10 @@ import httpx
 import redis
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.exporter.redis_exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.writer_stats import summarize
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import make_spans
 from tests.support.gateway import PB, request_bytes
 

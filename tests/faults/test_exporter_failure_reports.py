@@ -14,11 +14,11 @@ import pytest
 import redis
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import NotReplicated, failed_node, unavailable
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import make_spans, private_redis
 
 

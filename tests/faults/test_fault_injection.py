@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -35,7 +36,6 @@ from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import Workload, bad_spans, build, mismatches, truth_of, with_spans
 
 pytestmark = pytest.mark.slow

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import rollups
 from studyin_analytics.aggregator.consumer.mapping import raw_records, rows_from_span
 from studyin_analytics.aggregator.consumer.service import is_transient
@@ -30,7 +31,6 @@ from studyin_analytics.aggregator.storage.schema import ensure_partitions, exist
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import Workload, build, mismatches, push, truth_of
 
 _PROBE_MARK = "unnest($1::uuid[], $2::timestamptz[])"

@@ -103,8 +103,8 @@ def test_install_is_idempotent_and_off_removes_it() -> None:
 def test_instrument_app_and_the_instrumentor_install_it() -> None:
     from starlette.applications import Starlette
 
+    from studyin_analytics.aggregator.cli.settings import Settings
     from studyin_analytics.instrumentation import StudyInInstrumentor, instrument_app
-    from studyin_analytics.instrumentation.settings import Settings
 
     logger = logging.getLogger(ACCESS_LOGGER)
 

@@ -23,10 +23,10 @@ import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import OAuth2PasswordBearer
 
+from studyin_analytics.aggregator.cli.settings import ConfigurationError, Settings
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer, instrument_app, semconv, set_user
 from studyin_analytics.instrumentation.attribution import HOOK_SETTING, resolve_user_id_hook
-from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
 from tests.instrumentation.test_zero_code import ROOT, free_port, read_spans, wait_listening
 from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.distro import DEFAULTS, DISTRO_NAME, StudyInConfigurator, StudyInDistro
-from studyin_analytics.instrumentation.settings import Settings
 from tests.instrumentation.test_zero_code import free_port, read_spans, wait_listening
 from tests.support import ROOT
 from tests.support.fresh_venv import CACHE, FreshVenv, clean_env, stop

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER, SpanRecord, decode_entry
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ROOT
 
 USER = "zero-code-user-31337"

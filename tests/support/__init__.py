@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.aggregator.cli.settings import Settings
 
 TEST_PSEUDONYM_KEY = "test-key-0123456789abcdef"
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"

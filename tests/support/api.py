@@ -17,11 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import create_app
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.runtime.httpserver import server_config
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import TEST_JWT_SECRET
 
 LEARNER_A = "learner-a-0001"

@@ -9,10 +9,10 @@ import time
 import redis
 from redis.cluster import RedisCluster
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.instrumentation.settings import Settings
 
 SHARDS = 6
 """Two shards per primary: enough to see every primary hold streams."""

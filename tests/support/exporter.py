@@ -14,10 +14,10 @@ from pathlib import Path
 import redis
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis, free_port
 from studyin_analytics.exporter import wire
 from studyin_analytics.instrumentation import semconv
-from studyin_analytics.instrumentation.settings import Settings
 
 
 class Capture(SpanProcessor):

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.gateway.app import create_gateway
-from studyin_analytics.instrumentation.settings import Settings
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ROOT
 from tests.support.exporter import free_port, start_gateway, stop_process, wait_listening
 

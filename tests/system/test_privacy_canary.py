@@ -29,9 +29,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, instrument_app
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import postgres_dump, redis_dump
 
 RAW_ID = "canary-uid-9f8e7d6c5b4a"

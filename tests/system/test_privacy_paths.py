@@ -30,11 +30,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import is_pseudonym
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import Capture
 from tests.support.planted import Case, cases, survivors, texts, walk
 

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.instrumentation.test_distro import analytics_env, readme_command
 from tests.instrumentation.test_zero_code import free_port, wait_listening
 from tests.support import postgres_dump, redis_dump

@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import create_app
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import TEST_JWT_SECRET, postgres_dump, redis_dump
 
 RAW_USER_ID = "canary-user-4815162342"

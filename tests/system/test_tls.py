@@ -41,12 +41,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import create_app
+from studyin_analytics.aggregator.cli.settings import Settings, redact_url
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedPostgres
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings, redact_url
 from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, documented_acl
 from tests.support.api import bearer, token
 

@@ -11,9 +11,9 @@ import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
 from studyin_analytics.aggregator.api.app import create_app
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.instrumentation import StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import Api, open_api
 
 

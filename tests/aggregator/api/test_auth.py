@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from studyin_analytics.aggregator.api import audit
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import LEARNER_A, LEARNER_B, STAFF, Api, bearer, open_api, token
 
 OVERVIEW = "/api/analytics/learning/overview"

@@ -18,10 +18,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator.api import audit
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, instrument_app
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import postgres_dump
 from tests.support.api import LEARNER_A, LEARNER_B, STAFF, aggregate, open_api
 

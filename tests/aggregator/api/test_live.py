@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import LEARNER_A, LEARNER_B, STAFF, Api, bearer, served, token
 
 LIVE = "/api/analytics/live"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.instrumentation import StudyInTracker
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support import ROOT
 from tests.support.api import LEARNER_A, STAFF, run_pipeline, served, token
 

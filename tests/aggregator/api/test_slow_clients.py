@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port, wait_for_port
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import served
 from tests.support.slowclient import check_read_deadlines
 

@@ -7,9 +7,9 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from studyin_analytics.aggregator.api.system import BlockCache, read_buckets
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import histogram
 from studyin_analytics.aggregator.storage.db import connect
-from studyin_analytics.instrumentation.settings import Settings
 
 ROUTES = [("/a/{id}", "GET"), ("/b", "POST"), ("/c", "GET")]
 

@@ -12,10 +12,10 @@ from rich.console import Console
 
 from studyin_analytics.aggregator.cli.bus import _recent, _stats, _tail
 from studyin_analytics.aggregator.cli.main import main
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import free_port
 
 DATA = ":bus: [bold]x[/bold] :smile:"

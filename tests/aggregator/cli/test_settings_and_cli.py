@@ -14,8 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from studyin_analytics.aggregator.cli.settings import Settings, redact_url
 from studyin_analytics.aggregator.devtools.embedded import free_port
-from studyin_analytics.instrumentation.settings import Settings, redact_url
 from tests.support import ROOT, ServerUrls
 
 CLI = [sys.executable, "-m", "studyin_analytics.aggregator.cli"]

@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.service import BatchResult
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import PARTITIONS_AHEAD, existing_partitions
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import bad_spans, build, event_span, mismatches, push, truth_of, with_spans
 
 

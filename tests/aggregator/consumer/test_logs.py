@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import build, mismatches, push, truth_of
 
 UNIT_ID = re.compile(r"(batch|round)-\d+-\d+")

@@ -20,10 +20,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import group_lag, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.faults.test_fault_injection import aggregators, check_exact
 from tests.support.workload import Workload, build
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import histogram
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import (
@@ -29,7 +30,6 @@ from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.exporter.runtime.health import HealthServer
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import build, mismatches, push, truth_of
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.mapping import micros_of, rows_from_span, screen, time_of
 from studyin_analytics.aggregator.storage.schema import (
     PARTITIONS_AHEAD,
@@ -15,7 +16,6 @@ from studyin_analytics.aggregator.storage.schema import (
 )
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.admission import EventWindow
-from studyin_analytics.instrumentation.settings import Settings
 
 pytestmark = pytest.mark.unit
 

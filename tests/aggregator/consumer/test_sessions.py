@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import rollups
 from studyin_analytics.aggregator.consumer.mapping import RawRecord
 from studyin_analytics.aggregator.consumer.sessions import RECORDED_START, Mark, Session, StudyDeltas
@@ -36,7 +37,6 @@ from studyin_analytics.aggregator.storage.schema import ensure_partitions
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.events import SessionEnd
-from studyin_analytics.instrumentation.settings import Settings
 
 H = 3_600_000_000
 D = 24 * H

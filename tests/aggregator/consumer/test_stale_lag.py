@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import pipeline_lag
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.workload import build, push
 
 STALE_BY = 300

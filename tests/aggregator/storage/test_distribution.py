@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
-from studyin_analytics.instrumentation.settings import Settings
 
 DISTRIBUTION_COLUMN = "user_hash"
 

@@ -19,6 +19,7 @@ from alembic import command
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api import audit
 from studyin_analytics.aggregator.api.auth import Principal
+from studyin_analytics.aggregator.cli.settings import ConfigurationError, Settings
 from studyin_analytics.aggregator.storage.db import connect, create_pool
 from studyin_analytics.aggregator.storage.schema import (
     MIGRATIONS_DIR,
@@ -30,7 +31,6 @@ from studyin_analytics.aggregator.storage.schema import (
 )
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
 from tests.support import ServerUrls
 from tests.support.workload import build, mismatches, push, truth_of
 

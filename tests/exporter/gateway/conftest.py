@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.aggregator.cli.settings import Settings
 from tests.support.gateway import client_for
 
 

@@ -11,12 +11,12 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import TracerProvider
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.devtools.embedded import free_port
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import Capture, make_spans
 from tests.support.gateway import PB, bus_records, client_for, request_bytes
 
@@ -157,7 +157,7 @@ async def test_writes_counters_in_the_same_round_trip(gateway: httpx.AsyncClient
 
 
 def test_gateway_requires_a_pseudonym_key(settings: Settings) -> None:
-    from studyin_analytics.instrumentation.settings import ConfigurationError
+    from studyin_analytics.aggregator.cli.settings import ConfigurationError
 
     with pytest.raises(ConfigurationError):
         create_gateway(settings.with_overrides(pseudonym_keys={}))

@@ -31,10 +31,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
-from studyin_analytics.instrumentation.settings import Settings
 from tests.exporter.gateway.test_app_robustness import otlp_json
 
 FUZZ_EXAMPLES = int(os.environ.get("STUDYIN_FUZZ_EXAMPLES", "250"))

@@ -22,8 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.gateway.otlp_decode import parse_json
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.exporter import free_port, gateway_env, make_spans, stop_process, wait_listening
 from tests.support.gateway import PB, bus_records, client_for, request_bytes
 

@@ -13,6 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.admission import EventWindow
 from studyin_analytics.exporter.gateway.otlp_decode import (
     MAX_DEPTH,
@@ -21,7 +22,6 @@ from studyin_analytics.exporter.gateway.otlp_decode import (
     parse_json,
     parse_protobuf,
 )
-from studyin_analytics.instrumentation.settings import Settings
 from tests.exporter.gateway.test_app_robustness import otlp_json
 from tests.support.exporter import make_spans
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studyin_analytics.instrumentation.settings import Settings
+from studyin_analytics.aggregator.cli.settings import Settings
 from tests.support.api import Api, open_api
 from tests.support.exporter import free_port, start_gateway, stop_process, wait_listening
 

@@ -22,11 +22,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.runtime import correlation
 from studyin_analytics.exporter.runtime.correlation import request_correlation_id, trace_id_of
 from studyin_analytics.exporter.runtime.logconfig import configure_logging
 from studyin_analytics.instrumentation import Pseudonymizer
-from studyin_analytics.instrumentation.settings import Settings
 from tests.support.api import bearer, token
 
 RAW_ID = "canary-uid-5d4c3b2a1f0e"

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import ConfigurationError, Settings
 from studyin_analytics.aggregator.consumer.telemetry import AggregatorTelemetry
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import stream_keys
@@ -46,7 +47,6 @@ from studyin_analytics.exporter.runtime.selftelemetry import (
     markdown_table,
 )
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, semconv
-from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
 from tests.support import ROOT
 from tests.support.api import LEARNER_A, Api, open_api
 from tests.support.exporter import free_port, make_spans, wait_listening

@@ -1,4 +1,4 @@
-"""Settings as pure values (no servers): prefixed environment, *_FILE twins, masked secrets, overrides.
+"""Settings as pure values (no servers): the shared base (instrumentation/settings_base.py) through the CLI's class of every field: prefixed environment, *_FILE twins, masked secrets, overrides.
 (The CLI's use of them, with servers and subprocesses: tests/aggregator/cli/test_settings_and_cli.py.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from studyin_analytics.instrumentation.settings import ENV_PREFIX, Settings, redact_url
+from studyin_analytics.aggregator.cli.settings import ENV_PREFIX, Settings, redact_url
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,144 @@
+"""The HTTP attributes of the server span and of the duration histograms (stable and legacy names).
+
+:class:`HttpAttributes` is a mixin of :class:`~.middleware.StudyInASGIMiddleware` (methods, not
+functions: the per-request calls cost what they did before the split).
+"""
+
+from __future__ import annotations
+
+from timeit import default_timer
+from typing import Any
+
+from opentelemetry import context
+from opentelemetry.instrumentation._semconv import (
+    _set_http_flavor_version,
+    _set_http_method,
+    _set_http_scheme,
+)
+from opentelemetry.instrumentation.utils import http_status_to_status_code
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.http import sanitize_method
+
+from . import semconv
+from .asgi_types import Scope
+
+__all__ = ["ATTRIBUTE_CACHE_SIZE", "HttpAttributes"]
+
+ATTRIBUTE_CACHE_SIZE = 4096
+"""Metric attribute sets kept per middleware (routes x statuses x methods), cleared when full."""
+
+# Stable (new) and legacy (old) attribute names.
+_HTTP_REQUEST_METHOD = "http.request.method"
+_HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+_URL_SCHEME = "url.scheme"
+_HTTP_METHOD = "http.method"
+_HTTP_STATUS_CODE = "http.status_code"
+_HTTP_SCHEME = "http.scheme"
+_HTTP_TARGET = "http.target"
+_HTTP_FLAVOR = "http.flavor"
+_NETWORK_PROTOCOL_VERSION = "network.protocol.version"
+
+
+class HttpAttributes:
+    """Span and metric attributes of a request; state set by the middleware's ``__init__``."""
+
+    _sem_conv_opt_in_mode: Any
+    _new: bool
+    _old: bool
+    _attribute_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]]
+    duration_histogram_new: Any
+    duration_histogram_old: Any
+
+    def _request_attributes(self, scope: Scope, method: str) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        mode = self._sem_conv_opt_in_mode
+        _set_http_method(attributes, method, sanitize_method(method), mode)
+        scheme = scope.get("scheme")
+        if scheme:
+            _set_http_scheme(attributes, scheme, mode)
+        flavor = scope.get("http_version")
+        if flavor:
+            _set_http_flavor_version(attributes, flavor, mode)
+        return attributes
+
+    def _metric_attributes(
+        self, method: str, scope: Scope, status: int, route: str | None, error_type: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        scheme = scope.get("scheme", "http")
+        flavor = scope.get("http_version")
+        key = (method, scheme, flavor, status, route, error_type)
+        cached = self._attribute_cache.get(key)
+        if cached is not None:
+            return cached
+        method = sanitize_method(method) or "_OTHER"
+        new: dict[str, Any] = {}
+        old: dict[str, Any] = {}
+        if self._new:
+            new[_HTTP_REQUEST_METHOD] = method
+            new[_URL_SCHEME] = scheme
+            if flavor:
+                new[_NETWORK_PROTOCOL_VERSION] = flavor
+            if status:
+                new[_HTTP_RESPONSE_STATUS_CODE] = status
+            if route:
+                new[semconv.HTTP_ROUTE] = route
+            if error_type is None and status >= 500:
+                error_type = str(status)
+            if error_type is not None:
+                new[semconv.ERROR_TYPE] = error_type
+        if self._old:
+            old[_HTTP_METHOD] = method
+            old[_HTTP_SCHEME] = scheme
+            if flavor:
+                old[_HTTP_FLAVOR] = flavor
+            if status:
+                old[_HTTP_STATUS_CODE] = status
+            if route:
+                old[_HTTP_TARGET] = route  # where the stock middleware puts the template
+        if len(self._attribute_cache) >= ATTRIBUTE_CACHE_SIZE:  # bounded: routes x statuses
+            self._attribute_cache.clear()
+        self._attribute_cache[key] = (new, old)
+        return new, old
+
+    def _record_duration(
+        self,
+        start: float,
+        method: str,
+        scope: Scope,
+        status: int,
+        route: str,
+        error_type: str | None,
+        ctx: context.Context | None,
+    ) -> None:
+        duration_s = max(default_timer() - start, 0.0)
+        new, old = self._metric_attributes(method, scope, status, route, error_type)
+        if self.duration_histogram_new is not None:
+            self.duration_histogram_new.record(duration_s, new, context=ctx)
+        if self.duration_histogram_old is not None:
+            self.duration_histogram_old.record(max(round(duration_s * 1000), 0), old, context=ctx)
+
+    def _record_exception(self, span: Span, error_type: str, *, responded: bool) -> None:
+        if not responded and getattr(span, "kind", None) == SpanKind.SERVER:
+            self._set_status(span, 500)  # no response went out: the client sees a 500 from the server
+        span.set_attribute(semconv.ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, error_type))
+        # Type only: messages and stack traces may hold ids or e-mails (privacy rule).
+        span.add_event(
+            semconv.EXCEPTION_EVENT, {semconv.EXCEPTION_TYPE: error_type, semconv.EXCEPTION_ESCAPED: True}
+        )
+
+    @staticmethod
+    def _name_span(span: Span, span_method: str, route: str) -> None:
+        span.set_attribute(semconv.HTTP_ROUTE, route)
+        if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
+            span.update_name(f"{span_method} {route}")
+
+    def _set_status(self, span: Span, status: int) -> None:
+        if self._old:
+            span.set_attribute(_HTTP_STATUS_CODE, status)
+        if self._new:
+            span.set_attribute(_HTTP_RESPONSE_STATUS_CODE, status)
+        code = http_status_to_status_code(status, server_span=True)
+        if code is StatusCode.ERROR:
+            span.set_attribute(semconv.ERROR_TYPE, str(status))
+            span.set_status(Status(StatusCode.ERROR))
