@@ -1,4 +1,5 @@
-"""Settings as pure values (no servers): the shared base (instrumentation/settings_base.py) through the CLI's class of every field: prefixed environment, *_FILE twins, masked secrets, overrides.
+"""Settings as pure values (no servers): the shared base (instrumentation/settings_base.py), through the
+CLI's class of every field: prefixed environment, *_FILE twins, masked secrets, overrides.
 (The CLI's use of them, with servers and subprocesses: tests/aggregator/cli/test_settings_and_cli.py.)"""
 
 from __future__ import annotations
