@@ -43,6 +43,8 @@ _INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
+LRS_ACTOR_FIELD = "lrs_actor"
+"""Property holding the learner's LRS pseudonym (``user.lrs_hash`` on the wire; docs/xapi.md)."""
 
 
 class EventRow(NamedTuple):
@@ -153,6 +155,7 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
     if record.events:
         span_session_text = span_attributes.get(_SESSION_ID_ATTR)
         span_session = _session(span_session_text)
+        span_lrs_actor = span_attributes.get(semconv.USER_LRS_HASH)
         fields = semconv.ATTRIBUTE_FIELDS
         for index, event in enumerate(record.events):
             event_type = _event_type(event.name)
@@ -174,6 +177,9 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             else:
                 session_id = _session(session_text) or span_session
             user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
+            lrs_actor = attributes.get(semconv.USER_LRS_HASH, span_lrs_actor)
+            if lrs_actor is not None and type(lrs_actor) is str and _valid_pseudonym(lrs_actor):
+                properties[LRS_ACTOR_FIELD] = lrs_actor
             time_us = micros_of(event.time_unix_nano)
             rows.append(
                 EventRow(

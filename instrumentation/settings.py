@@ -187,6 +187,14 @@ class Settings(BaseSettings):
     pseudonym_key_id: str | None = Field(
         default=None, description="Id of the key used for new pseudonyms (default: the first key listed)"
     )
+    lrs_pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="HMAC keys of the learners' LRS pseudonyms (user.lrs_hash), as 'lrs1=secret' or JSON; "
+        "unset: no LRS pseudonym is computed. Never rotated with pseudonym_keys (docs/xapi.md)",
+    )
+    lrs_pseudonym_key_id: str | None = Field(
+        default=None, description="Id of the LRS key used for new LRS pseudonyms (default: the first listed)"
+    )
 
     # --- ASGI instrumentation (zero-code and instrument_app defaults) ---------------------
     auth_paths: Annotated[tuple[str, ...] | None, NoDecode] = Field(
@@ -369,12 +377,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"invalid regular expression ({exc.msg})") from None
         return value
 
-    @field_validator("pseudonym_keys", mode="before")
+    @field_validator("pseudonym_keys", "lrs_pseudonym_keys", mode="before")
     @classmethod
     def _keys_from_text(cls, value: Any) -> Any:
         return _parse_keys(value)
 
-    @field_validator("pseudonym_keys")
+    @field_validator("pseudonym_keys", "lrs_pseudonym_keys")
     @classmethod
     def _check_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         # Keys are named by position, never by id: in 'k1=sec,ret-part' a comma inside a
@@ -442,6 +450,14 @@ class Settings(BaseSettings):
     def _check_active_key(self) -> Settings:
         if self.pseudonym_key_id is not None and self.pseudonym_key_id not in self.pseudonym_keys:
             raise ValueError(f"pseudonym_key_id {self.pseudonym_key_id!r} is not among pseudonym_keys")
+        lrs_id = self.lrs_pseudonym_key_id
+        if lrs_id is not None and lrs_id not in self.lrs_pseudonym_keys:
+            raise ValueError(f"lrs_pseudonym_key_id {lrs_id!r} is not among lrs_pseudonym_keys")
+        # One key under both names would let the LRS pseudonym equal the analytics one (linkable).
+        if set(self.lrs_pseudonym_keys) & set(self.pseudonym_keys) or {
+            s.get_secret_value() for s in self.lrs_pseudonym_keys.values()
+        } & {s.get_secret_value() for s in self.pseudonym_keys.values()}:
+            raise ValueError("lrs_pseudonym_keys must share no key id and no secret with pseudonym_keys")
         return self
 
     def __repr_args__(self) -> Any:
@@ -478,7 +494,7 @@ class Settings(BaseSettings):
                 text = "true" if value else "false"
             elif isinstance(value, SecretStr):
                 text = value.get_secret_value()
-            elif isinstance(value, dict):  # pseudonym_keys: 'k2=secret,k1=old-secret'
+            elif isinstance(value, dict):  # (lrs_)pseudonym_keys: 'k2=secret,k1=old-secret'
                 text = ",".join(f"{key}={secret.get_secret_value()}" for key, secret in value.items())
             else:
                 text = str(value)
@@ -490,6 +506,12 @@ class Settings(BaseSettings):
         if self.pseudonym_key_id is not None:
             return self.pseudonym_key_id
         return next(iter(self.pseudonym_keys), None)
+
+    @property
+    def active_lrs_key_id(self) -> str | None:
+        if self.lrs_pseudonym_key_id is not None:
+            return self.lrs_pseudonym_key_id
+        return next(iter(self.lrs_pseudonym_keys), None)
 
 
 def require(value: Any, field: str) -> Any:

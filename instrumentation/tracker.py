@@ -170,13 +170,22 @@ class LearningSession:
         "span",
         "started_at",
         "user_hash",
+        "lrs_hash",
     )
 
-    def __init__(self, tracker: StudyInTracker, span: Span, session_id: uuid.UUID, user_hash: str):
+    def __init__(
+        self,
+        tracker: StudyInTracker,
+        span: Span,
+        session_id: uuid.UUID,
+        user_hash: str,
+        lrs_hash: str | None = None,
+    ):
         self._tracker = tracker
         self.span = span
         self.session_id = session_id
         self.user_hash = user_hash
+        self.lrs_hash = lrs_hash
         self.started_at = datetime.now(UTC)
         self._started = self._last_activity = time.monotonic()
         self._ended = False
@@ -346,6 +355,10 @@ class StudyInTracker:
             raise TypeError("user_id must be a non-empty str or an int")
         return self.pseudonymizer.pseudonymize(str(user_id))
 
+    def lrs_hash(self, user_id: UserId | None) -> str | None:
+        """``user.lrs_hash`` of a user id :meth:`user_hash` accepted (``None`` without an LRS key)."""
+        return None if user_id is None else self.pseudonymizer.lrs_pseudonymize(str(user_id))
+
     # --- the one validation + recording path ------------------------------------------------
 
     def _reject(self, rejected: EventRejected) -> None:
@@ -378,12 +391,15 @@ class StudyInTracker:
         # (whose message may quote the value) is chained to them or printed by a failing handler.
         rejected: EventRejected | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id) if user_id is not None else None
+            lrs_hash = self.lrs_hash(user_id)
         except TypeError as exc:
             rejected = EventRejected(model.event_type, f"user_id: {exc}")
         if rejected is None and user_hash is None and session is not None:
             user_hash = session.user_hash or None
+            lrs_hash = session.lrs_hash
         if rejected is None and user_hash is None and require_user:
             rejected = EventRejected(model.event_type, "user_id: required for this event")
         event: events.DomainEvent | None = None
@@ -400,6 +416,8 @@ class StudyInTracker:
         attributes = event.attributes()
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
+            if lrs_hash is not None:
+                attributes[semconv.USER_LRS_HASH] = lrs_hash
         if session is not None:
             session._tally(event)
         lifecycle = model is events.SessionEnd
@@ -423,8 +441,10 @@ class StudyInTracker:
         session_id = session_id or uuid.uuid4()
         rejected: EventRejected | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
+            lrs_hash = self.lrs_hash(user_id)
         except TypeError as exc:
             rejected = EventRejected(events.SessionStart.event_type, f"user_id: {exc}")
         if rejected is not None:
@@ -433,7 +453,7 @@ class StudyInTracker:
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
         span = self.carrier.start_session_span(attributes)
-        session = LearningSession(self, span, session_id, user_hash or "")
+        session = LearningSession(self, span, session_id, user_hash or "", lrs_hash)
         with self._open_lock:
             self._open[session_id] = session
         if user_hash is not None:
@@ -514,8 +534,10 @@ class StudyInTracker:
         rejected: EventRejected | None = None
         event: events.DomainEvent | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
+            lrs_hash = self.lrs_hash(user_id)
             sid = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
             event = events.SessionEnd(
                 session_id=sid,
@@ -534,6 +556,8 @@ class StudyInTracker:
             return None
         attributes = event.attributes()
         attributes[semconv.USER_HASH] = user_hash
+        if lrs_hash is not None:
+            attributes[semconv.USER_LRS_HASH] = lrs_hash
         span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
         start_ns = int(started_at.timestamp() * 1e9)
         span = self.carrier.start_session_span(span_attributes, start_time_ns=start_ns)
