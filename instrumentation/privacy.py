@@ -273,7 +273,7 @@ def _classify_key(key: Any) -> int:
         action = _IDENTITY
     elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES) or _scrub(key) != key:
         action = _DROP  # listed, or a key that holds an e-mail address: the name itself is data
-    elif key == semconv.USER_HASH or key == semconv.USER_LRS_HASH:  # pseudonyms, or nothing
+    elif key in (semconv.USER_HASH, semconv.USER_LRS_HASH):  # pseudonyms, or nothing
         action = _USER_HASH
     elif key.startswith(semconv.NAMESPACE):
         declared = semconv.ATTRIBUTE_TYPES.get(key)
