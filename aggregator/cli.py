@@ -204,13 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands of the other parts live with them; each returns an exit code from args.func(args).
     from ..benchmarks.commands import register as register_bench
     from ..exporter.commands import register as register_exporter
+    from .lrs.commands import register as register_lrs
 
     register_exporter(sub)
+    register_lrs(sub)
     register_bench(sub)
     return parser
 
 
-SERVICE_OF_COMMAND: dict[str, Service] = {"aggregator": "aggregator", "api": "api"}
+SERVICE_OF_COMMAND: dict[str, Service] = {
+    "aggregator": "aggregator",
+    "api": "api",
+    "lrs-forward": "aggregator",  # reads raw events for a catch-up (the aggregator role may)
+}
 """Commands that connect to PostgreSQL as a service of their own (the others as ``admin``)."""
 
 

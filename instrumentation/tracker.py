@@ -166,11 +166,11 @@ class LearningSession:
         "_started",
         "_tracker",
         "_xp",
+        "lrs_hash",
         "session_id",
         "span",
         "started_at",
         "user_hash",
-        "lrs_hash",
     )
 
     def __init__(
