@@ -64,7 +64,8 @@ class StreamPosition:
 
     first: tuple[int, int] | None
     length: int
-    added: int
+    added: int | None
+    """Entries ever added (``None``: Redis < 7 does not count them, and gaps cannot be seen)."""
     last_delivered: tuple[int, int] | None
     """``None``: the group does not exist."""
     entries_read: int | None
@@ -74,23 +75,26 @@ class StreamPosition:
         """Entries after the group's cursor were trimmed before the group read them."""
         if self.first is None or self.last_delivered is None or self.first <= self.last_delivered:
             return False
+        if self.added is None:
+            return False
         if self.entries_read is None:  # Redis cannot tell (a cursor set without a count): assume so
             return True
         return self.added - self.entries_read > self.length
 
-    def group_start(self) -> tuple[str, int]:
+    def group_start(self) -> tuple[str, int | None]:
         """Where a new group starts: just before the first entry the stream holds (what was trimmed
         before the forwarder existed is not owed), with Redis's entry count, so gaps stay measurable."""
         if self.first is None:
             return "0-0", self.added
-        return before(self.first), self.added - self.length
+        return before(self.first), None if self.added is None else self.added - self.length
 
 
 async def stream_position(redis: Any, stream: str, group: str) -> StreamPosition:
     info: Any = await redis.xinfo_stream(stream)
     first_entry = info.get("first-entry")
     first = parse_id(first_entry[0]) if first_entry else None
-    position = StreamPosition(first, int(info["length"]), int(info.get("entries-added") or 0), None, None)
+    added = info.get("entries-added")
+    position = StreamPosition(first, int(info["length"]), None if added is None else int(added), None, None)
     groups: Any = await redis.xinfo_groups(stream)
     for item in groups:
         name = item["name"].decode() if isinstance(item["name"], bytes) else str(item["name"])

@@ -154,7 +154,7 @@ class Forwarder:
             if not await self.redis.exists(stream):
                 with contextlib.suppress(ResponseError):  # BUSYGROUP: created meanwhile
                     await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-                    await self._set_resume(stream, self._newest_mark_before(None))
+                    await self._set_resume(stream, 0)  # entries there now may be stored already: all
                 continue
             position = await catchup.stream_position(self.redis, stream, self.group)
             if position.last_delivered is not None:
@@ -166,7 +166,7 @@ class Forwarder:
                 if "BUSYGROUP" not in str(exc):
                     raise
                 continue
-            await self._set_resume(stream, self._newest_mark_before(None))
+            await self._set_resume(stream, 0)  # entries there now may be stored already: all
             _log.info("created consumer group %s on %s at %s", self.group, stream, start)
 
     # --- watermarks ---------------------------------------------------------------------------
@@ -188,7 +188,8 @@ class Forwarder:
         return None
 
     async def _set_resume(self, stream: str, xmin: int | None) -> None:
-        """Record where a catch-up of ``stream`` would start (only ever forward)."""
+        """Record where a catch-up of ``stream`` would start (only ever forward; 0 at the group's creation:
+        entries on the stream then may have been stored before any mark, so a gap then reads all)."""
         if xmin is None or self.redis is None:
             return
         field_name = keys.resume_field(stream)
@@ -227,7 +228,6 @@ class Forwarder:
                     self.settings.claim_idle_ms,
                     start_id=cursor,
                     count=self.settings.lrs_read_entries,
-                    justid=True,
                 )
                 cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
                 claimed += len(reply[1])
