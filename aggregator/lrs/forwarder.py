@@ -487,10 +487,17 @@ class Forwarder:
     async def drain(self, timeout_s: float = 60.0) -> Totals:
         """Forward until nothing is left (tests, benchmarks)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if await self.step(50, None) == 0 and not self._pending_dirty and await self.lag() == 0:
-                return self.totals
-        raise TimeoutError(f"bus not drained after {timeout_s}s")
+        expired = asyncio.Event()  # also ends a delivery retrying an unavailable LRS
+        timer = asyncio.get_running_loop().call_later(timeout_s, expired.set)
+        try:
+            while time.monotonic() < deadline:
+                if await self.step(50, expired) == 0 and not self._pending_dirty and await self.lag() == 0:
+                    return self.totals
+        except Stopped:
+            pass
+        finally:
+            timer.cancel()
+        raise TimeoutError(f"bus not drained after {timeout_s}s (LRS: {self.lrs_state})")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Forward until ``stop``; survives Redis, PostgreSQL and LRS outages."""

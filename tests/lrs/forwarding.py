@@ -5,12 +5,15 @@ Ralph server, and a small HTTP proxy in front of Ralph that can answer 503 for a
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import redis
@@ -159,9 +162,28 @@ class FlakyProxy:
         self.down = threading.Event()
         self.answered_503 = 0
         self.forwarded = 0
+        self.tokens: set[str] = set()
+        self.tokens_issued = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+
+    oauth_client: tuple[str, str] | None = None
+    """Set (client id, secret) to make the proxy an OAuth-protected LRS: ``POST /token`` grants client
+    credentials, statements need ``Bearer <token>``, passed on to the LRS with ``lrs_auth``."""
+    lrs_auth: tuple[str, str] | None = None
+
+    def _token(self, request: Request, form: Any) -> Response:
+        expected = "Basic " + base64.b64encode(":".join(self.oauth_client or ("", "")).encode()).decode()
+        if request.headers.get("authorization") != expected or form.get("grant_type") != "client_credentials":
+            return Response(b'{"error": "invalid_client"}', status_code=401)
+        token = secrets.token_urlsafe(16)
+        self.tokens.add(token)
+        self.tokens_issued += 1
+        return Response(f'{{"access_token": "{token}", "token_type": "Bearer", "expires_in": 600}}'.encode())
+
+    def revoke(self) -> None:
+        self.tokens.clear()
 
     def _app(self) -> Starlette:
         client = httpx.AsyncClient(base_url=self.target, timeout=120)
@@ -170,10 +192,20 @@ class FlakyProxy:
             if self.down.is_set():
                 self.answered_503 += 1
                 return Response(b'{"detail": "maintenance"}', status_code=503)
+            if self.oauth_client is not None:
+                if request.url.path == "/token":
+                    form = dict(parse_qsl((await request.body()).decode()))  # no python-multipart here
+                    return self._token(request, form)
+                bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+                if bearer not in self.tokens:
+                    return Response(b'{"detail": "invalid token"}', status_code=401)
             body = await request.body()
             headers = {
                 k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
             }
+            if self.lrs_auth is not None:
+                basic = base64.b64encode(":".join(self.lrs_auth).encode()).decode()
+                headers["authorization"] = f"Basic {basic}"
             answer = await client.request(
                 request.method, request.url.path, params=request.query_params, content=body, headers=headers
             )

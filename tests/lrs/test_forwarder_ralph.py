@@ -277,3 +277,42 @@ async def test_status_reports_an_unreachable_lrs(migrated: Settings, fresh_ralph
         status = await forwarder.status()
     assert status["healthy"] is False and status["lrs"].startswith("unavailable")
     assert status["redis"] == "ok" and status["postgres"] == "ok"
+
+
+async def test_oauth_client_credentials_a_token_fetched_once_and_again_when_revoked(
+    migrated: Settings, fresh_ralph: RalphServer
+) -> None:
+    with flaky_proxy(fresh_ralph.url) as proxy:
+        proxy.oauth_client, proxy.lrs_auth = ("studyin", "client-secret-0123"), fresh_ralph.auth
+        oauth = {
+            "lrs_username": None,
+            "lrs_password": None,
+            "lrs_oauth_token_url": f"http://127.0.0.1:{proxy.port}/token",
+            "lrs_oauth_client_id": "studyin",
+            "lrs_oauth_client_secret": "client-secret-0123",
+        }
+        settings = lrs_settings(migrated, proxy.url, fresh_ralph, **oauth)
+        first = publish(migrated, learning_emissions(30))
+        async with Forwarder(settings) as forwarder:
+            await forwarder.drain(60)
+            assert proxy.tokens_issued == 1
+            proxy.revoke()  # the LRS forgets the token before it expires: one new token, then on
+            second = publish(migrated, learning_emissions(20))
+            await forwarder.drain(60)
+            assert proxy.tokens_issued == 2
+        assert set(fresh_ralph.stored_ids()) == first.statement_ids | second.statement_ids
+
+        wrong = lrs_settings(migrated, proxy.url, fresh_ralph, **{**oauth, "lrs_oauth_client_secret": "nope"})
+        publish(migrated, learning_emissions(4))
+        async with Forwarder(wrong) as forwarder:
+            stop = asyncio.Event()
+            task = asyncio.create_task(forwarder.run(stop))
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if forwarder.lrs_state != "unknown":
+                    break
+            stop.set()
+            await task
+            status = await forwarder.status()
+        assert status["lrs"].startswith("misconfigured: OAuth token endpoint refused the client: 401")
+        assert status["healthy"] is False and status["dead_letter_length"] == 0 and status["lag"] > 0
