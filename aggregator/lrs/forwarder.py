@@ -25,9 +25,9 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import asyncpg
@@ -44,7 +44,8 @@ from ..mapping import EventRow, rows_from_span
 from . import catchup, keys
 from .auth import lrs_auth
 from .batches import Batch, InvalidEvent, Plan, plan_batches
-from .delivery import HttpSender, LrsMisconfigured, LrsUnavailable, Outcome, Rejection, deliver
+from .delivery import HttpSender, LrsMisconfigured, LrsUnavailable, Outcome, deliver
+from .reports import Totals, dead_letters, probe_lrs, probe_postgres
 from .settings import LrsSettings
 from .xapi import StatementMapper
 
@@ -62,23 +63,6 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, asyncpg.PostgresC
 
 class Stopped(Exception):
     """``stop`` was set while a batch waited for the LRS: its entries stay pending."""
-
-
-@dataclass
-class Totals:
-    entries: int = 0
-    events: int = 0
-    statements_delivered: int = 0
-    """Statements the LRS took (again, for re-sent ones: it stores each once)."""
-    rejected: int = 0
-    conflicts: int = 0
-    invalid_events: int = 0
-    undecodable_entries: int = 0
-    requests: int = 0
-    retries: int = 0
-    catch_up_events: int = 0
-    gaps: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
 
 
 class Forwarder:
@@ -296,41 +280,12 @@ class Forwarder:
             self.last_delivery_at = time.time()
             return outcome
 
-    def _dead_letters(
-        self, rejected: list[Rejection], invalid: list[InvalidEvent], source: str
-    ) -> list[dict[Any, Any]]:
-        letters: list[dict[Any, Any]] = []
-        for r in rejected:
-            letters.append(
-                {
-                    "kind": "conflict" if r.status == 409 else "rejected",
-                    "status": str(r.status),
-                    "reason": r.reason or f"HTTP {r.status}",
-                    "statement_id": r.item.statement_id,
-                    "event_id": r.item.event_id,
-                    "source_id": r.item.entry_id,
-                    "statement": r.item.json.decode(),
-                }
-            )
-        for event in invalid:
-            letters.append(
-                {
-                    "kind": "invalid_event",
-                    "reason": event.detail,
-                    "event_id": event.event_id,
-                    "source_id": event.entry_id,
-                }
-            )
-        for letter in letters:
-            letter.update(source_stream=source, consumer=self.consumer)
-        return letters
-
     async def _settle(self, stream: str, batch: Batch, outcome: Outcome, invalid: list[InvalidEvent]) -> None:
         """Dead letters and the XACK of the entries ``batch`` completes, in one MULTI."""
         assert self.redis is not None
         completes = set(batch.completes)
         mine = [event for event in invalid if event.entry_id in completes]
-        letters = self._dead_letters(outcome.rejected, mine, stream)
+        letters = dead_letters(outcome.rejected, mine, stream, self.consumer)
         self.totals.rejected += len(outcome.rejected)
         self.totals.conflicts += len(outcome.conflicts)
         self.totals.invalid_events += len(mine)
@@ -434,7 +389,7 @@ class Forwarder:
     async def _dead_letter_catch_up(self, outcome: Outcome, invalid: list[InvalidEvent]) -> None:
         """Rejections met during the catch-up (a page retried after a crash may repeat one)."""
         assert self.redis is not None
-        letters = self._dead_letters(outcome.rejected, invalid, "postgresql")
+        letters = dead_letters(outcome.rejected, invalid, "postgresql", self.consumer)
         self.totals.rejected += len(outcome.rejected)
         self.totals.invalid_events += len(invalid)
         dead = keys.dead_letter_key(self.settings, self.streams[0])
@@ -549,31 +504,11 @@ class Forwarder:
             info["redis"] = "ok"
         except Exception as exc:  # report, never raise, from a health probe
             info["redis"] = f"{type(exc).__name__}: {exc}"[:300]
-        info["postgres"] = await self._postgres_status()
-        info["lrs"] = await self._lrs_status()
+        info["postgres"] = await probe_postgres(self.pool) if self.catch_up_enabled else "unused"
+        info["lrs"] = self.lrs_state
+        if self.lrs_state == "unknown" and self.http is not None:  # nothing sent yet: ask the LRS
+            info["lrs"] = await probe_lrs(self.http, self.statements_url)
         info["healthy"] = (
             info["redis"] == "ok" and info["lrs"] == "ok" and info["postgres"] in ("ok", "unused")
         )
         return info
-
-    async def _postgres_status(self) -> str:
-        if not self.catch_up_enabled:
-            return "unused"
-        try:
-            if self.pool is None:
-                raise ConnectionError("no pool")
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout=2)
-            return "ok"
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
-
-    async def _lrs_status(self) -> str:
-        """The last delivery's verdict, or (nothing sent yet) whether the LRS answers ``GET /about``."""
-        if self.lrs_state != "unknown" or self.http is None:
-            return self.lrs_state
-        about = self.statements_url.removesuffix("/statements") + "/about"
-        try:
-            answer = await self.http.get(about, headers={"X-Experience-API-Version": "1.0.3"})
-        except httpx.HTTPError as exc:
-            return f"unavailable: {type(exc).__name__}"
-        return "ok" if answer.status_code == 200 else f"unavailable: /about answered {answer.status_code}"

@@ -271,7 +271,16 @@ async def test_entries_trimmed_before_delivery_are_caught_up_from_raw_events(
     assert status["catch_up"] is None and status["lag"] == 0
 
 
-async def test_status_reports_an_unreachable_lrs(migrated: Settings, fresh_ralph: RalphServer) -> None:
+async def test_status_reports_the_lrs_before_any_delivery(
+    migrated: Settings, fresh_ralph: RalphServer
+) -> None:
+    async with Forwarder(lrs_settings(migrated, fresh_ralph.url + "/xAPI", fresh_ralph)) as forwarder:
+        status = await forwarder.status()
+    assert status["healthy"] is True and status["lrs"] == "ok" and status["lag"] == 0
+    wrong = lrs_settings(migrated, fresh_ralph.url + "/xAPI", fresh_ralph, lrs_password="not-the-password")
+    async with Forwarder(wrong) as forwarder:
+        status = await forwarder.status()
+    assert status["healthy"] is False and status["lrs"] == "misconfigured: GET statements answered 401"
     settings = lrs_settings(migrated, "http://127.0.0.1:9/xAPI", fresh_ralph)
     async with Forwarder(settings) as forwarder:
         status = await forwarder.status()
