@@ -308,8 +308,11 @@ class Forwarder:
 
     async def forward(self, stream: str, entries: list[Entry], stop: asyncio.Event | None) -> Plan:
         """Deliver and acknowledge ``entries`` of ``stream`` (raises :class:`Stopped` on stop)."""
+        rows = self._rows_of(stream, entries)
+        if self._gone:  # entries trimmed while pending: the catch-up is recorded before they are acked
+            await self.check_gaps()
         plan = plan_batches(
-            self._rows_of(stream, entries),
+            rows,
             self.mapper,
             max_statements=self.settings.lrs_batch_statements,
             max_bytes=self.settings.lrs_batch_bytes,
@@ -324,16 +327,18 @@ class Forwarder:
     # --- catch-up -------------------------------------------------------------------------------
 
     async def check_gaps(self) -> list[str]:
-        """Streams whose unread entries were trimmed; starts (or widens) the catch-up for them."""
+        """Streams whose unread entries were trimmed; starts (or widens) the catch-up for them.
+
+        The catch-up is recorded in Redis before the group's cursor moves past the gap (or the trimmed
+        pending entries are acknowledged): a forwarder killed in between finds the gap or the record."""
         assert self.redis is not None
         gapped = set(self._gone)
+        moves: dict[str, tuple[str, int | None]] = {}
         for stream in self.streams:
             position = await catchup.stream_position(self.redis, stream, self.group)
             if position.gap and position.first is not None:
                 gapped.add(stream)
-                # The group reads on from the first entry there is; the catch-up covers the rest.
-                group_start, read = position.group_start()
-                await self.redis.xgroup_setid(stream, self.group, group_start, entries_read=read)
+                moves[stream] = position.group_start()
         if not gapped:
             return []
         self.totals.gaps += len(gapped)
@@ -341,17 +346,18 @@ class Forwarder:
         if not self.catch_up_enabled or self.pool is None or any(r is None for r in resumes):
             self.last_error = f"entries trimmed before delivery on {', '.join(sorted(gapped))}: no catch-up"
             _log.error("%s (catch-up needs postgres_url and a watermark)", self.last_error)
-            self._gone.clear()
-            return sorted(gapped)
-        start = min(int(r) for r in resumes if r is not None)
-        _, end = await catchup.snapshot(self.pool)
-        current = await self.redis.hget(self.state_key, keys.CATCHUP_FIELD)
-        state = catchup.CatchUp(start, end, start)
-        if current is not None:
-            state = catchup.CatchUp.loads(current).widened(start, end)
-        await self.redis.hset(self.state_key, keys.CATCHUP_FIELD, state.dumps())
+        else:
+            start = min(int(r) for r in resumes if r is not None)
+            _, end = await catchup.snapshot(self.pool)
+            current = await self.redis.hget(self.state_key, keys.CATCHUP_FIELD)
+            state = catchup.CatchUp(start, end, start)
+            if current is not None:
+                state = catchup.CatchUp.loads(current).widened(start, end)
+            await self.redis.hset(self.state_key, keys.CATCHUP_FIELD, state.dumps())
+            _log.warning("entries trimmed before delivery on %s: catching up from PostgreSQL", sorted(gapped))
+        for stream, (group_start, read) in moves.items():  # the group reads on from the first entry there is
+            await self.redis.xgroup_setid(stream, self.group, group_start, entries_read=read)
         self._gone.clear()
-        _log.warning("entries trimmed before delivery on %s: catching up from PostgreSQL", sorted(gapped))
         return sorted(gapped)
 
     async def catch_up(self, stop: asyncio.Event | None) -> int:

@@ -325,3 +325,35 @@ async def test_oauth_client_credentials_a_token_fetched_once_and_again_when_revo
             status = await forwarder.status()
         assert status["lrs"].startswith("misconfigured: OAuth token endpoint refused the client: 401")
         assert status["healthy"] is False and status["dead_letter_length"] == 0 and status["lag"] > 0
+
+
+async def test_entries_trimmed_while_pending_are_caught_up(
+    migrated: Settings, fresh_ralph: RalphServer
+) -> None:
+    """A forwarder killed after reading entries (pending, not acknowledged) and away until the bus trimmed
+    them: back, it finds them empty, records a catch-up before acknowledging them, and the LRS gets them."""
+    settings = lrs_settings(migrated, fresh_ralph.url + "/xAPI", fresh_ralph)
+    async with Forwarder(settings):
+        pass  # creates the group
+    published = publish(migrated, learning_emissions(24))
+    client = redis.Redis.from_url(migrated.redis_url or "")
+    try:
+        (stream,) = stream_keys(migrated)
+        read = client.xreadgroup(
+            settings.lrs_consumer_group, settings.consumer_name, {stream: ">"}, count=100
+        )
+        assert len(read[0][1]) == len(published.entry_ids)  # all pending on the "killed" member
+        async with Aggregator(migrated) as aggregator:
+            await aggregator.drain(60)
+        client.xtrim(stream, maxlen=0, approximate=False)
+    finally:
+        client.close()
+
+    async with Forwarder(settings) as forwarder:
+        totals = await forwarder.drain(120)
+        status = await forwarder.status()
+
+    counts = fresh_ralph.stored_ids()
+    assert set(counts) == published.statement_ids and set(counts.values()) == {1}
+    assert totals.gaps == 1 and totals.catch_up_events >= len(published.rows)
+    assert status["pending"] == 0 and status["catch_up"] is None
