@@ -1,6 +1,7 @@
 """Privacy rules of studyin-analytics: the one module that decides what may leave a process.
 
-* :class:`Pseudonymizer` turns a StudyIn user id into ``<key id>:<HMAC-SHA256 hex>``. The key
+* :class:`Pseudonymizer` turns a StudyIn user id into ``<key id>:<HMAC-SHA256 hex>`` (``user.hash``;
+  with an LRS key of its own also ``user.lrs_hash``, the only other identity attribute allowed out). The key
   comes from settings; the key id travels with the pseudonym so keys can rotate, and a
   pseudonym can be verified against every configured key. A bare hash of an id would be
   enumerable; an HMAC without the key is not.
@@ -60,13 +61,17 @@ must not recurse without bound (a self-containing list, or a hostile OTLP body).
 class Pseudonymizer:
     """Keyed, rotatable pseudonyms for user identifiers."""
 
-    def __init__(self, keys: Mapping[str, bytes], active_key_id: str) -> None:
+    def __init__(
+        self, keys: Mapping[str, bytes], active_key_id: str, *, lrs: Pseudonymizer | None = None
+    ) -> None:
         if not keys:
             raise ConfigurationError("no pseudonymization key configured")
         if active_key_id not in keys:
             raise ConfigurationError(f"active key id {active_key_id!r} is not configured")
         self._keys = dict(keys)
         self.active_key_id = active_key_id
+        self.lrs = lrs
+        """The LRS pseudonymizer (its own keys), when one is configured: gives ``user.lrs_hash``."""
         # Ids repeat constantly (one user, many events): cache the HMAC per process.
         self.pseudonymize = lru_cache(maxsize=65536)(self._pseudonymize)
 
@@ -78,7 +83,23 @@ class Pseudonymizer:
                 "STUDYIN_ANALYTICS_PSEUDONYM_KEYS is not set: user ids cannot be pseudonymized"
             )
         keys = {kid: secret.get_secret_value().encode() for kid, secret in settings.pseudonym_keys.items()}
-        return cls(keys, key_id)
+        lrs_key_id = settings.active_lrs_key_id
+        lrs = None
+        if lrs_key_id is not None:
+            lrs_keys = {k: s.get_secret_value().encode() for k, s in settings.lrs_pseudonym_keys.items()}
+            lrs = cls(lrs_keys, lrs_key_id)
+        return cls(keys, key_id, lrs=lrs)
+
+    def lrs_pseudonymize(self, user_id: str | int) -> str | None:
+        """``user_id``'s LRS pseudonym (``user.lrs_hash``), or ``None`` without an LRS key."""
+        return None if self.lrs is None else self.lrs.pseudonymize(str(user_id))
+
+    def identity(self, user_id: str | int) -> dict[str, str]:
+        """The identity attributes of ``user_id``: ``user.hash``, and ``user.lrs_hash`` with an LRS key."""
+        out = {USER_HASH: self.pseudonymize(str(user_id))}
+        if self.lrs is not None:
+            out[USER_LRS_HASH] = self.lrs.pseudonymize(str(user_id))
+        return out
 
     def _pseudonymize(self, user_id: str | int) -> str:
         digest = hmac.new(self._keys[self.active_key_id], str(user_id).encode(), hashlib.sha256)
@@ -113,7 +134,8 @@ def is_pseudonym(value: object) -> bool:
 # --- what the guard removes -----------------------------------------------------------------
 
 IDENTITY_ATTRIBUTES = frozenset({"user.id", "enduser.id", "enduser.pseudo.id"})
-"""Raw identifiers: hashed into ``user.hash`` when a pseudonymizer is at hand, else dropped."""
+"""Raw identifiers: hashed into ``user.hash`` (and ``user.lrs_hash`` under an LRS key) when a
+pseudonymizer is at hand, else dropped."""
 
 DROPPED_ATTRIBUTES = frozenset(
     {
@@ -260,7 +282,7 @@ def _classify_key(key: Any) -> int:
         action = _IDENTITY
     elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES) or _scrub(key) != key:
         action = _DROP  # listed, or a key that holds an e-mail address: the name itself is data
-    elif key == semconv.USER_HASH:
+    elif key in (semconv.USER_HASH, semconv.USER_LRS_HASH):  # pseudonyms, or nothing
         action = _USER_HASH
     elif key.startswith(semconv.NAMESPACE):
         declared = semconv.ATTRIBUTE_TYPES.get(key)
@@ -339,6 +361,8 @@ class PrivacyGuard:
                 ):
                     out[USER_HASH] = self.pseudonymizer.pseudonymize(str(value))
                     hashed += 1
+                    if self.pseudonymizer.lrs is not None and USER_LRS_HASH not in attributes:
+                        out[USER_LRS_HASH] = self.pseudonymizer.lrs.pseudonymize(str(value))
                 else:  # no key to hash with, or not an id (a list, a kvlist...)
                     dropped += 1
             elif action == _DROP:
@@ -420,6 +444,7 @@ def _typed(value: Any, action: int) -> Any:
 
 
 USER_HASH = semconv.USER_HASH
+USER_LRS_HASH = semconv.USER_LRS_HASH
 
 
 def check_declared(attributes: Iterable[str]) -> None:

@@ -53,17 +53,26 @@ class LearningSession:
         "_started",
         "_tracker",
         "_xp",
+        "lrs_hash",
         "session_id",
         "span",
         "started_at",
         "user_hash",
     )
 
-    def __init__(self, tracker: StudyInTracker, span: Span, session_id: uuid.UUID, user_hash: str):
+    def __init__(
+        self,
+        tracker: StudyInTracker,
+        span: Span,
+        session_id: uuid.UUID,
+        user_hash: str,
+        lrs_hash: str | None = None,
+    ):
         self._tracker = tracker
         self.span = span
         self.session_id = session_id
         self.user_hash = user_hash
+        self.lrs_hash = lrs_hash
         self.started_at = datetime.now(UTC)
         self._started = self._last_activity = time.monotonic()
         self._ended = False

@@ -75,13 +75,21 @@ class PseudonymKeySettings(StudyInSettings):
     pseudonym_key_id: str | None = Field(
         default=None, description="Id of the key used for new pseudonyms (default: the first key listed)"
     )
+    lrs_pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="HMAC keys of the learners' LRS pseudonyms (user.lrs_hash), as 'lrs1=secret' or JSON; "
+        "unset: no LRS pseudonym is computed. Never rotated with pseudonym_keys (docs/xapi.md)",
+    )
+    lrs_pseudonym_key_id: str | None = Field(
+        default=None, description="Id of the LRS key used for new LRS pseudonyms (default: the first listed)"
+    )
 
-    @field_validator("pseudonym_keys", mode="before")
+    @field_validator("pseudonym_keys", "lrs_pseudonym_keys", mode="before")
     @classmethod
     def _keys_from_text(cls, value: Any) -> Any:
         return _parse_keys(value)
 
-    @field_validator("pseudonym_keys")
+    @field_validator("pseudonym_keys", "lrs_pseudonym_keys")
     @classmethod
     def _check_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         # Keys are named by position, never by id: in 'k1=sec,ret-part' a comma inside a
@@ -100,6 +108,14 @@ class PseudonymKeySettings(StudyInSettings):
     def _check_active_key(self) -> Self:
         if self.pseudonym_key_id is not None and self.pseudonym_key_id not in self.pseudonym_keys:
             raise ValueError(f"pseudonym_key_id {self.pseudonym_key_id!r} is not among pseudonym_keys")
+        lrs_id = self.lrs_pseudonym_key_id
+        if lrs_id is not None and lrs_id not in self.lrs_pseudonym_keys:
+            raise ValueError(f"lrs_pseudonym_key_id {lrs_id!r} is not among lrs_pseudonym_keys")
+        # One key under both names would let the LRS pseudonym equal the analytics one (linkable).
+        if set(self.lrs_pseudonym_keys) & set(self.pseudonym_keys) or {
+            s.get_secret_value() for s in self.lrs_pseudonym_keys.values()
+        } & {s.get_secret_value() for s in self.pseudonym_keys.values()}:
+            raise ValueError("lrs_pseudonym_keys must share no key id and no secret with pseudonym_keys")
         return self
 
     @property
@@ -107,6 +123,12 @@ class PseudonymKeySettings(StudyInSettings):
         if self.pseudonym_key_id is not None:
             return self.pseudonym_key_id
         return next(iter(self.pseudonym_keys), None)
+
+    @property
+    def active_lrs_key_id(self) -> str | None:
+        if self.lrs_pseudonym_key_id is not None:
+            return self.lrs_pseudonym_key_id
+        return next(iter(self.lrs_pseudonym_keys), None)
 
 
 class AsgiSettings(StudyInSettings):

@@ -125,6 +125,10 @@ class StudyInTracker:
             raise TypeError("user_id must be a non-empty str or an int")
         return self.pseudonymizer.pseudonymize(str(user_id))
 
+    def lrs_hash(self, user_id: UserId | None) -> str | None:
+        """``user.lrs_hash`` of a user id :meth:`user_hash` accepted (``None`` without an LRS key)."""
+        return None if user_id is None else self.pseudonymizer.lrs_pseudonymize(str(user_id))
+
     # --- the one validation + recording path ------------------------------------------------
 
     def _reject(self, rejected: EventRejected) -> None:
@@ -157,12 +161,15 @@ class StudyInTracker:
         # (whose message may quote the value) is chained to them or printed by a failing handler.
         rejected: EventRejected | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id) if user_id is not None else None
+            lrs_hash = self.lrs_hash(user_id)
         except TypeError as exc:
             rejected = EventRejected(model.event_type, f"user_id: {exc}")
         if rejected is None and user_hash is None and session is not None:
             user_hash = session.user_hash or None
+            lrs_hash = session.lrs_hash
         if rejected is None and user_hash is None and require_user:
             rejected = EventRejected(model.event_type, "user_id: required for this event")
         event: events.DomainEvent | None = None
@@ -179,6 +186,8 @@ class StudyInTracker:
         attributes = event.attributes()
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
+            if lrs_hash is not None:
+                attributes[semconv.USER_LRS_HASH] = lrs_hash
         if session is not None:
             session._tally(event)
         lifecycle = model is events.SessionEnd
@@ -202,8 +211,10 @@ class StudyInTracker:
         session_id = session_id or uuid.uuid4()
         rejected: EventRejected | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
+            lrs_hash = self.lrs_hash(user_id)
         except TypeError as exc:
             rejected = EventRejected(events.SessionStart.event_type, f"user_id: {exc}")
         if rejected is not None:
@@ -212,7 +223,7 @@ class StudyInTracker:
         if user_hash is not None:
             attributes[semconv.USER_HASH] = user_hash
         span = self.carrier.start_session_span(attributes)
-        session = LearningSession(self, span, session_id, user_hash or "")
+        session = LearningSession(self, span, session_id, user_hash or "", lrs_hash)
         with self._open_lock:
             self._open[session_id] = session
         if user_hash is not None:
@@ -293,8 +304,10 @@ class StudyInTracker:
         rejected: EventRejected | None = None
         event: events.DomainEvent | None = None
         user_hash: str | None = None
+        lrs_hash: str | None = None
         try:
             user_hash = self.user_hash(user_id)
+            lrs_hash = self.lrs_hash(user_id)
             sid = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
             event = events.SessionEnd(
                 session_id=sid,
@@ -313,6 +326,8 @@ class StudyInTracker:
             return None
         attributes = event.attributes()
         attributes[semconv.USER_HASH] = user_hash
+        if lrs_hash is not None:
+            attributes[semconv.USER_LRS_HASH] = lrs_hash
         span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
         start_ns = int(started_at.timestamp() * 1e9)
         span = self.carrier.start_session_span(span_attributes, start_time_ns=start_ns)

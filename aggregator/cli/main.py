@@ -200,10 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The bus and gateway commands live beside this module; commands of layers above the
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
+    from ..lrs.commands import register as register_lrs
     from . import bus, gateway
 
     bus.register(sub)
     gateway.register(sub)
+    register_lrs(sub)
     for plugin in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser
@@ -213,7 +215,11 @@ COMMANDS_ENTRY_POINT_GROUP = "studyin_analytics.commands"
 """Entry points of this group are ``register(subparsers)`` functions adding CLI commands."""
 
 
-SERVICE_OF_COMMAND: dict[str, Service] = {"aggregator": "aggregator", "api": "api"}
+SERVICE_OF_COMMAND: dict[str, Service] = {
+    "aggregator": "aggregator",
+    "api": "api",
+    "lrs-forward": "aggregator",  # reads raw events for a catch-up (the aggregator role may)
+}
 """Commands that connect to PostgreSQL as a service of their own (the others as ``admin``)."""
 
 

@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+
+LRS_ACTOR_FIELD = "lrs_actor"
+"""Property holding the learner's LRS pseudonym (``user.lrs_hash`` on the wire; docs/xapi.md)."""
 _INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -168,6 +171,9 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             # The session's own span started when the session did (the tracker's record of
             # it): its start bounds the study time like a session_start (aggregator/consumer/sessions.py).
             properties[RECORDED_START] = micros_of(record.start_unix_nano)
+        lrs_actor = attributes.get(semconv.USER_LRS_HASH, record.attributes.get(semconv.USER_LRS_HASH))
+        if lrs_actor is not None and type(lrs_actor) is str and _valid_pseudonym(lrs_actor):
+            properties[LRS_ACTOR_FIELD] = lrs_actor
         session_text = properties.get("session_id")
         if session_text is None or session_text == span_session_text:
             session_id = span_session

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from ...instrumentation import events
 from ...instrumentation.privacy import is_pseudonym
+from ..consumer.mapping import LRS_ACTOR_FIELD as _LRS_ACTOR_FIELD
 from ..consumer.mapping import EventRow
 
 # --- statement shapes (the JSON sent to the LRS) ----------------------------------------------
@@ -136,9 +137,9 @@ STATEMENT_ID_NAMESPACE: Final = uuid.UUID("62819aed-f4dd-47ae-8402-f69619b5b6a6"
 """uuid5 namespace of statement ids. Never change it: every statement already in an LRS would get a
 second copy under a new id when its event is sent again."""
 
-LRS_ACTOR_FIELD: Final = "lrs_actor"
+LRS_ACTOR_FIELD: Final = _LRS_ACTOR_FIELD
 """Event property holding the learner's LRS pseudonym (``<lrs key id>:<32 hex>``), computed by the app
-under the LRS key. Proposed on the wire as the attribute ``user.lrs_hash`` (docs/xapi.md)."""
+under the LRS key and carried on the wire as the attribute ``user.lrs_hash`` (docs/xapi.md)."""
 
 SYSTEM_EVENT_TYPES: Final = frozenset({events.ApiRequest.event_type, events.SystemMetric.event_type})
 """Operational events: never learning records, never forwarded whatever the selection says."""

@@ -1,7 +1,7 @@
 """Event rows for the LRS tests, produced by the real path: the tracker emits the event, the SDK records the
 span, the privacy guard and the wire format export it, and the aggregator's own ``rows_from_span`` maps it
-to event rows. Each row then gets the LRS pseudonym the app is to carry (docs/xapi.md, "The actor"),
-computed here under a test LRS key from the raw id the tracker was given."""
+to event rows. The tracker's pseudonymizer holds a test LRS key, so the rows carry the LRS pseudonym
+(``user.lrs_hash`` on the wire, ``lrs_actor`` in the row) as the app sends it (docs/xapi.md, "The actor")."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from studyin_analytics.aggregator.consumer.mapping import EventRow, rows_from_span
-from studyin_analytics.aggregator.lrs.xapi import LRS_ACTOR_FIELD, XapiConfig
+from studyin_analytics.aggregator.lrs.xapi import XapiConfig
 from studyin_analytics.exporter.wire import decode_batch, encode_readable_spans
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, events
 from studyin_analytics.instrumentation.privacy import PrivacyGuard
 
-ANALYTICS = Pseudonymizer(
-    {"k2": b"analytics-key-two-0123456789", "k1": b"analytics-key-one-0123456789"}, "k2"
-)
-ANALYTICS_BEFORE_ROTATION = Pseudonymizer({"k1": b"analytics-key-one-0123456789"}, "k1")
+ANALYTICS_KEYS = {
+    "k2": {"k2": b"analytics-key-two-0123456789", "k1": b"analytics-key-one-0123456789"},
+    "k1": {"k1": b"analytics-key-one-0123456789"},
+}
+"""The analytics keys configured while each key id was the active one."""
+ANALYTICS = Pseudonymizer(ANALYTICS_KEYS["k2"], "k2")
+ANALYTICS_BEFORE_ROTATION = Pseudonymizer(ANALYTICS_KEYS["k1"], "k1")
 LRS = Pseudonymizer({"lrs1": b"lrs-key-of-its-own-0123456789"}, "lrs1")
 CONFIG = XapiConfig(iri_base="https://xapi.studyin.test", home_page="https://studyin.test")
 USER = "learner-4711"
@@ -53,20 +56,12 @@ def rows_through_pipeline(
     exporter = InMemorySpanExporter()
     provider = TracerProvider(id_generator=_UrandomIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=analytics)
-    lrs_names: dict[str, str] = {}
+    pseudonymizer = Pseudonymizer(ANALYTICS_KEYS[analytics.active_key_id], analytics.active_key_id, lrs=lrs)
+    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
     for user_id, model, fields in emissions:
         tracker.emit(model, user_id=user_id, **fields)
-        if lrs is not None:
-            lrs_names[analytics.pseudonymize(user_id)] = lrs.pseudonymize(user_id)
-    blob = encode_readable_spans(exporter.get_finished_spans(), PrivacyGuard(analytics))
-    rows = [row for record in decode_batch(blob) for row in rows_from_span(record)]
-    return [
-        row._replace(properties={**row.properties, LRS_ACTOR_FIELD: lrs_names[row.user_hash]})
-        if row.user_hash in lrs_names
-        else row
-        for row in rows
-    ]
+    blob = encode_readable_spans(exporter.get_finished_spans(), PrivacyGuard(pseudonymizer))
+    return [row for record in decode_batch(blob) for row in rows_from_span(record)]
 
 
 SESSION = uuid.UUID("0b7f1c2e-3d4a-4b5c-8d6e-7f8091a2b3c4")
