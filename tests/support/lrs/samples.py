@@ -33,7 +33,7 @@ CONFIG = XapiConfig(iri_base="https://xapi.studyin.test", home_page="https://stu
 USER = "learner-4711"
 
 
-class _UrandomIds(IdGenerator):
+class UrandomIds(IdGenerator):
     """Span and trace ids from os.urandom: hypothesis seeds the ``random`` module per example, which would
     give two examples the same ids, hence the same event ids."""
 
@@ -54,7 +54,7 @@ def rows_through_pipeline(
     """The event rows of ``emissions`` as the aggregator would store them, plus the LRS pseudonym
     (left out when ``lrs`` is ``None``: an app that does not carry it yet)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(id_generator=_UrandomIds())
+    provider = TracerProvider(id_generator=UrandomIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     pseudonymizer = Pseudonymizer(ANALYTICS_KEYS[analytics.active_key_id], analytics.active_key_id, lrs=lrs)
     tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
