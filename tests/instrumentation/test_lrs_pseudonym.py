@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.mapping import LRS_ACTOR_FIELD, rows_from_span
 from studyin_analytics.exporter.wire import decode_batch, encode_readable_spans
 from studyin_analytics.instrumentation import PrivacyGuard, Pseudonymizer, StudyInTracker, events, semconv
 from studyin_analytics.instrumentation import privacy as privacy_module
 from studyin_analytics.instrumentation.privacy import is_pseudonym
-from studyin_analytics.aggregator.cli.settings import Settings
 
 ANALYTICS_KEYS = {"k1": b"analytics-key-one-0123456789"}
 LRS = Pseudonymizer({"lrs1": b"lrs-key-of-its-own-0123456789"}, "lrs1")

@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.lrs import keys
 from studyin_analytics.aggregator.lrs.forwarder import Forwarder
 from studyin_analytics.aggregator.lrs.xapi import Skipped
