@@ -204,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands of the other parts live with them; each returns an exit code from args.func(args).
     from ..benchmarks.commands import register as register_bench
     from ..exporter.commands import register as register_exporter
+    from .warehouse.command import register as register_export
 
     register_exporter(sub)
+    register_export(sub)
     register_bench(sub)
     return parser
 

@@ -695,6 +695,7 @@ def _insert(delta: DeltaTable, alias: str, select: str | None = None) -> str:
         f"INSERT INTO {delta.table} AS {alias} ({columns})\n"
         f"SELECT {select or columns} FROM {delta.temp} ORDER BY {key}\n"
         f"ON CONFLICT ({key}) DO UPDATE SET\n"
+        "    changed_xid = DEFAULT,  -- the exporter's change tracking (revision 0009_export)\n"
     )
 
 
@@ -836,6 +837,7 @@ SELECT t.hour, t.events, t.events_by_type, coalesce(a.users, 0), t.sessions, t.s
 FROM {SUMMARY.temp} AS t LEFT JOIN active AS a USING (hour)
 ORDER BY t.hour
 ON CONFLICT (hour) DO UPDATE SET
+    changed_xid = DEFAULT,
     events = s.events + EXCLUDED.events,
     events_by_type = count_map_add(s.events_by_type, EXCLUDED.events_by_type),
     active_users = s.active_users + EXCLUDED.active_users,
