@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,12 @@ class Warehouse:
 
 
 @pytest.fixture
-async def warehouse(migrated: Settings, tmp_path: Path) -> AsyncIterator[Warehouse]:
+def warehouse(settings: Settings, tmp_path: Path) -> Iterator[Warehouse]:
+    """A migrated schema, export settings on temp paths; the catalog schema dropped afterwards."""
+    from studyin_analytics.aggregator.schema import migrate
+
+    migrated = settings
+    migrate(migrated)
     export = ExportSettings(
         warehouse=str(tmp_path / "iceberg"),
         parquet_dir=str(tmp_path / "parquet"),
@@ -41,12 +46,12 @@ async def warehouse(migrated: Settings, tmp_path: Path) -> AsyncIterator[Warehou
         _env_file=None,  # type: ignore[call-arg]
     )
     yield Warehouse(migrated, export, tmp_path)
-    conn = await asyncpg.connect(migrated.postgres_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{catalog_schema(migrated, export)}" CASCADE')
-    finally:
-        await conn.close()
 
+    async def drop() -> None:
+        conn = await asyncpg.connect(migrated.postgres_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{catalog_schema(migrated, export)}" CASCADE')
+        finally:
+            await conn.close()
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+    asyncio.run(drop())
