@@ -154,6 +154,7 @@ class Exporter:
         self, progress: Progress | None = None, totals: Callable[[str, int], None] | None = None
     ) -> StepReport:
         hi = self.pg.xmin()
+        _log.info("export step up to watermark %d", hi)
         report = StepReport(hi)
         for source in self.sources:
             where = self.where.get(source.table, "")
@@ -189,7 +190,8 @@ class Exporter:
         for target, step in zip(group, steps, strict=True):
             written = step.commit()
             outcomes.append(Outcome(source.table, target.name, lo, hi, written))
-            _log.info(
+            _log.log(
+                logging.INFO if written.rows else logging.DEBUG,
                 "exported %s rows of %s to %s (watermark %d..%d)",
                 written.rows,
                 source.table,

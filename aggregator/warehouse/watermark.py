@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from .sources import Source, count_query, range_query
 
-EXPORT_LOCK_ID = 0x5374_7564_7945_7870
-"""Session advisory lock held by the running exporter: one writer per schema."""
+EXPORT_LOCK_CLASS = 0x5345_5850
+"""Session advisory lock ``(EXPORT_LOCK_CLASS, hashtext(schema))`` held by the running exporter:
+one writer per analytics schema."""
 
 
 def _plain(schema: pa.Schema) -> pa.Schema:
@@ -48,7 +49,7 @@ class Postgres:
         return int(str(self.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
 
     def try_lock(self) -> bool:
-        return bool(self.scalar(f"SELECT pg_try_advisory_lock({EXPORT_LOCK_ID})"))
+        return bool(self.scalar(f"SELECT pg_try_advisory_lock({EXPORT_LOCK_CLASS}, hashtext(current_schema()))"))
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         sql = (

@@ -107,7 +107,7 @@ def test_schema_evolution_adds_a_column_without_rewriting(warehouse: Warehouse) 
     postgres(wh, "ALTER TABLE analytics_events ADD COLUMN app_version text")
     ingest(wh.settings, build(pseudonymizer, users=10, seed=22))
     postgres(wh, "UPDATE analytics_events SET app_version = '2.1' WHERE app_version IS NULL AND "
-             f"stored_xid >= (SELECT max(stored_xid) FROM analytics_events)")
+             "stored_xid >= (SELECT max(stored_xid) FROM analytics_events)")
     export_all(wh, sources=[SOURCE["analytics_events"]])
     # Old data files are still there, unchanged; the new column reads NULL in them.
     assert files_before <= set(Path(wh.export.warehouse).rglob("*.parquet"))
