@@ -71,6 +71,47 @@ Progress = Callable[[str, int], None]
 """Called with (source, rows) as chunks are written."""
 
 
+def prefetch(chunks: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
+    """``chunks`` read ahead by a thread: PostgreSQL streams the next chunk while this one is
+    written (libpq and Arrow release the GIL). At most ``depth`` chunks wait in memory."""
+    import queue
+    import threading
+
+    done = object()
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ready.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as exc:  # handed to the consumer
+            ready.put(exc)
+
+    reader = threading.Thread(target=read, name="export-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.Table)
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
 def _tee(chunks: Iterator[pa.Table], source: Source, progress: Progress | None) -> Iterator[pa.Table]:
     for chunk in chunks:
         if progress is not None:
@@ -183,7 +224,7 @@ class Exporter:
         # The same chunks go to every target at this cursor, in lock step: read once, memory
         # bounded by one chunk.
         steps = [target.begin(source, schema, lo, hi) for target in group]
-        for chunk in _tee(chunks, source, progress):
+        for chunk in _tee(prefetch(chunks), source, progress):
             for step in steps:
                 step.add(chunk)
         outcomes = []
