@@ -32,7 +32,14 @@ from .framework import BenchContext, Measurement, at_least, bench, median
 
 TARGET_PARQUET_RATIO = 0.8
 TARGET_ICEBERG_RATIO = 0.5
-EVENT_TYPES = ("material_view", "material_complete", "quiz_submit", "xp_awarded", "ai_interaction", "api_request")
+EVENT_TYPES = (
+    "material_view",
+    "material_complete",
+    "quiz_submit",
+    "xp_awarded",
+    "ai_interaction",
+    "api_request",
+)
 
 
 async def _fill(settings: Settings, rows: int) -> None:
@@ -41,13 +48,16 @@ async def _fill(settings: Settings, rows: int) -> None:
     try:
         await conn.execute(f'SET search_path TO "{settings.postgres_schema}"')
         today = date.today()
-        await conn.execute("SELECT create_events_partition($1::date - i) FROM generate_series(-1, 2) AS i", today)
+        await conn.execute(
+            "SELECT create_events_partition($1::date - i) FROM generate_series(-1, 2) AS i", today
+        )
         types = "ARRAY[" + ", ".join(f"'{t}'" for t in EVENT_TYPES) + "]"
         batch = 100_000
         for start in range(0, rows, batch):
             await conn.execute(
                 f"""
-                INSERT INTO analytics_events (event_id, occurred_at, event_type, user_hash, session_id, properties)
+                INSERT INTO analytics_events
+                    (event_id, occurred_at, event_type, user_hash, session_id, properties)
                 SELECT gen_random_uuid(), now() - (i % 172000) * interval '1 second',
                        ({types})[1 + i % {len(EVENT_TYPES)}], 'k1:' || md5((i % 5000)::text),
                        gen_random_uuid(), jsonb_build_object('material_id', 'm' || (i % 300), 'xp', i % 50)
@@ -80,8 +90,8 @@ def _wait_visible(url: str) -> int:
 
 def _baseline(url: str, hi: int, folder: Path) -> tuple[float, int]:
     """ADBC -> Arrow -> one Parquet file; the same SELECT as the exporter's."""
-    import adbc_driver_postgresql.dbapi as dbapi
     import pyarrow.parquet as pq
+    from adbc_driver_postgresql import dbapi
 
     from ..aggregator.warehouse.watermark import Postgres
 
@@ -97,6 +107,11 @@ def _baseline(url: str, hi: int, folder: Path) -> tuple[float, int]:
     return time.perf_counter() - started, table.num_rows
 
 
+def _clear(folder: Path) -> None:
+    for path in folder.glob("parquet-*"):
+        shutil.rmtree(path)
+
+
 def _export(settings: Settings, export: ExportSettings) -> tuple[float, int]:
     import pyiceberg.catalog.sql  # noqa: F401  (imported once per process: ~1-3 s, not a per-step cost)
 
@@ -110,12 +125,19 @@ def _export(settings: Settings, export: ExportSettings) -> tuple[float, int]:
 
 async def _copy_to(settings: Settings, hi: int, folder: Path) -> tuple[float, int]:
     conn = await asyncpg.connect(
-        require(settings.postgres_url, "postgres_url"), server_settings={"search_path": settings.postgres_schema}
+        require(settings.postgres_url, "postgres_url"),
+        server_settings={"search_path": settings.postgres_schema},
     )
     try:
-        columns = [(r[0], r[1]) for r in await conn.fetch(
-            "SELECT column_name, udt_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = $1 ORDER BY ordinal_position", RAW)]
+        columns = [
+            (r[0], r[1])
+            for r in await conn.fetch(
+                "SELECT column_name, udt_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() "
+                "AND table_name = $1 ORDER BY ordinal_position",
+                RAW,
+            )
+        ]
         sql = range_query(SOURCES[0], columns, 0, hi)
         started = time.perf_counter()
         status = await conn.copy_from_query(sql, output=str(folder / "copy.bin"), format="binary")
@@ -163,8 +185,7 @@ async def raw_export(ctx: BenchContext) -> list[Measurement]:
                     rates[target].append(n / seconds)
                 seconds, n = await _copy_to(settings, hi, folder)
                 rates["copy"].append(n / seconds)
-                for path in folder.glob("parquet-*"):
-                    shutil.rmtree(path)
+                await asyncio.to_thread(_clear, folder)
                 ctx.advance(task)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -172,8 +193,12 @@ async def raw_export(ctx: BenchContext) -> list[Measurement]:
     baseline = median(rates["baseline"])
     out = [
         Measurement(
-            "warehouse: ADBC -> Arrow -> Parquet (baseline)", baseline, "rows/s", samples=rates["baseline"],
-            notes=f"{rows:,} raw events, one file", headline=False,
+            "warehouse: ADBC -> Arrow -> Parquet (baseline)",
+            baseline,
+            "rows/s",
+            samples=rates["baseline"],
+            notes=f"{rows:,} raw events, one file",
+            headline=False,
         )
     ]
     for target, ratio in (("parquet", TARGET_PARQUET_RATIO), ("iceberg", TARGET_ICEBERG_RATIO)):
@@ -181,15 +206,26 @@ async def raw_export(ctx: BenchContext) -> list[Measurement]:
         text, met = at_least(value / baseline, ratio, "x baseline")
         out.append(
             Measurement(
-                f"warehouse: export raw events to {target}", value, "rows/s", baseline=baseline,
-                baseline_name="ADBC -> Arrow -> Parquet", target=text, met=met, samples=rates[target],
+                f"warehouse: export raw events to {target}",
+                value,
+                "rows/s",
+                baseline=baseline,
+                baseline_name="ADBC -> Arrow -> Parquet",
+                target=text,
+                met=met,
+                samples=rates[target],
                 notes=f"{rows:,} rows, one step: watermark, read, hive/Iceberg partitioning, fsync, commit",
             )
         )
     out.append(
         Measurement(
-            "warehouse: COPY (SELECT ...) TO STDOUT binary", median(rates["copy"]), "rows/s", baseline=baseline,
-            baseline_name="ADBC -> Arrow -> Parquet", samples=rates["copy"], headline=False,
+            "warehouse: COPY (SELECT ...) TO STDOUT binary",
+            median(rates["copy"]),
+            "rows/s",
+            baseline=baseline,
+            baseline_name="ADBC -> Arrow -> Parquet",
+            samples=rates["copy"],
+            headline=False,
             notes="asyncpg copy_from_query to a local file, same rows and columns",
         )
     )
@@ -209,12 +245,14 @@ def _rollup_strategies(rows: int, upsert_rows: int, folder: Path) -> dict[str, f
     day0 = date(2026, 1, 1)
 
     def table(n: int) -> pa.Table:
-        return pa.table({
-            "user_hash": [f"k1:{i:08x}" for i in range(n)],
-            "day": pa.array([day0 + timedelta(days=i % 7) for i in range(n)], pa.date32()),
-            "events": pa.array(range(n), pa.int64()),
-            "changed_xid": pa.array([1000 + i for i in range(n)], pa.int64()),
-        })
+        return pa.table(
+            {
+                "user_hash": [f"k1:{i:08x}" for i in range(n)],
+                "day": pa.array([day0 + timedelta(days=i % 7) for i in range(n)], pa.date32()),
+                "events": pa.array(range(n), pa.int64()),
+                "changed_xid": pa.array([1000 + i for i in range(n)], pa.int64()),
+            }
+        )
 
     out: dict[str, float] = {}
     for name, transform in (("append", DayTransform()), ("dynamic_partition_overwrite", IdentityTransform())):
@@ -246,15 +284,22 @@ async def rollup_strategies(ctx: BenchContext) -> list[Measurement]:
     for _ in range(ctx.repeat_count):
         folder = Path(tempfile.mkdtemp(prefix="bench-rollups-"))
         try:
-            for name, seconds in (await asyncio.to_thread(_rollup_strategies, rows, upsert_rows, folder)).items():
+            for name, seconds in (
+                await asyncio.to_thread(_rollup_strategies, rows, upsert_rows, folder)
+            ).items():
                 samples[name].append(seconds * 1000)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     baseline = median(samples["append"])
     return [
         Measurement(
-            f"warehouse: 10k rollup rows by {name}", median(values), "ms", baseline=baseline,
-            baseline_name="append", samples=values, headline=False,
+            f"warehouse: 10k rollup rows by {name}",
+            median(values),
+            "ms",
+            baseline=baseline,
+            baseline_name="append",
+            samples=values,
+            headline=False,
             notes=f"upsert measured on {upsert_rows} rows, scaled" if name == "upsert" else "",
         )
         for name, values in samples.items()

@@ -62,7 +62,8 @@ class IcebergTarget:
         from pyiceberg.exceptions import NoSuchTableError
 
         try:
-            return self.catalog.load_table(self.identifier(source))  # type: ignore[attr-defined]
+            table: object = self.catalog.load_table(self.identifier(source))  # type: ignore[attr-defined]
+            return table
         except NoSuchTableError:
             return None
         except Exception as exc:  # catalog tables not created yet (a dry run before any export)

@@ -49,7 +49,9 @@ class Postgres:
         return int(str(self.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
 
     def try_lock(self) -> bool:
-        return bool(self.scalar(f"SELECT pg_try_advisory_lock({EXPORT_LOCK_CLASS}, hashtext(current_schema()))"))
+        return bool(
+            self.scalar(f"SELECT pg_try_advisory_lock({EXPORT_LOCK_CLASS}, hashtext(current_schema()))")
+        )
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         sql = (

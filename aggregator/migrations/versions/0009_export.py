@@ -75,7 +75,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema, role, catalog = _names()
+    schema, role, _catalog = _names()
     op.execute(
         f"""
         DO $$

@@ -32,7 +32,8 @@ def parquet(wh: Warehouse, table: str) -> duckdb.DuckDBPyConnection:
     files = parquet_files(wh, table)
     if files:
         con.execute(
-            f"CREATE VIEW t AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true, union_by_name = true)"
+            f"CREATE VIEW t AS SELECT * FROM read_parquet({files!r}, "
+            "hive_partitioning = true, union_by_name = true)"
         )
     else:
         con.execute("CREATE VIEW t AS SELECT NULL AS none WHERE false")
@@ -57,7 +58,10 @@ def iceberg(wh: Warehouse, table: str) -> duckdb.DuckDBPyConnection:
 def latest(source: Source) -> str:
     """The newest exported version of each key (rollups: greatest ``changed_xid``)."""
     keys = ", ".join(source.key)
-    return f"SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY changed_xid DESC) AS rn FROM t) WHERE rn = 1"
+    return (
+        "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER "
+        f"(PARTITION BY {keys} ORDER BY changed_xid DESC) AS rn FROM t) WHERE rn = 1"
+    )
 
 
 def export_all(wh: Warehouse, *, sources: list[Source] | None = None, max_steps: int = 200) -> int:

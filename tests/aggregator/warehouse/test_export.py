@@ -36,10 +36,13 @@ def ingest(settings: Settings, wl: Workload) -> None:
 
 
 PER_DAY = (
-    "SELECT CAST(occurred_at AT TIME ZONE 'UTC' AS DATE) AS d, event_type, count(*), count(DISTINCT user_hash) "
+    "SELECT CAST(occurred_at AT TIME ZONE 'UTC' AS DATE) AS d, event_type, count(*), "
+    "count(DISTINCT user_hash) "
     "FROM {t} GROUP BY 1, 2 ORDER BY 1, 2"
 )
-PER_LEARNER = "SELECT user_hash, count(*), count(DISTINCT event_id) FROM {t} GROUP BY 1 ORDER BY 1 NULLS FIRST"
+PER_LEARNER = (
+    "SELECT user_hash, count(*), count(DISTINCT event_id) FROM {t} GROUP BY 1 ORDER BY 1 NULLS FIRST"
+)
 ROLLUP_COMPARE = {
     "daily_activity_summary": ("user_hash, day", "sessions, study_seconds, xp, events"),
     "gamification_stats": ("user_hash", "xp_total, level, longest_streak"),
@@ -52,7 +55,10 @@ ROLLUP_COMPARE = {
 
 
 def _norm(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-    return [tuple(round(v, 6) if isinstance(v, float) else (str(v) if v is not None else None) for v in r) for r in rows]
+    return [
+        tuple(round(v, 6) if isinstance(v, float) else (str(v) if v is not None else None) for v in r)
+        for r in rows
+    ]
 
 
 def assert_equal_to_postgres(wh: Warehouse, *, rollups: bool = True) -> None:
@@ -106,14 +112,19 @@ def test_schema_evolution_adds_a_column_without_rewriting(warehouse: Warehouse) 
     files_before = set(Path(wh.export.warehouse).rglob("*.parquet"))
     postgres(wh, "ALTER TABLE analytics_events ADD COLUMN app_version text")
     ingest(wh.settings, build(pseudonymizer, users=10, seed=22))
-    postgres(wh, "UPDATE analytics_events SET app_version = '2.1' WHERE app_version IS NULL AND "
-             "stored_xid >= (SELECT max(stored_xid) FROM analytics_events)")
+    postgres(
+        wh,
+        "UPDATE analytics_events SET app_version = '2.1' WHERE app_version IS NULL AND "
+        "stored_xid >= (SELECT max(stored_xid) FROM analytics_events)",
+    )
     export_all(wh, sources=[SOURCE["analytics_events"]])
     # Old data files are still there, unchanged; the new column reads NULL in them.
     assert files_before <= set(Path(wh.export.warehouse).rglob("*.parquet"))
     con = iceberg(wh, "analytics_events")
     assert "app_version" in [c[0] for c in con.execute("DESCRIBE t").fetchall()]
-    old = con.execute(f"SELECT count(*) FROM t WHERE app_version IS NOT NULL AND event_id IN {tuple(before)!r}")
+    old = con.execute(
+        f"SELECT count(*) FROM t WHERE app_version IS NOT NULL AND event_id IN {tuple(before)!r}"
+    )
     assert old.fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM t WHERE app_version = '2.1'").fetchone()[0] > 0  # type: ignore[index]
     pq = parquet(wh, "analytics_events")
@@ -155,7 +166,9 @@ def test_a_directory_that_refuses_writes_commits_nothing(warehouse: Warehouse, t
                     exporter.step()
         finally:
             _immutable(refusing, False)
-        assert "nothing was committed" in str(failure.value) and "Operation not permitted" in str(failure.value)
+        assert "nothing was committed" in str(failure.value) and "Operation not permitted" in str(
+            failure.value
+        )
         assert exporter.targets[0].cursor(raw) == cursor
     assert sorted(str(p) for p in Path(wh.root).rglob("*")) == listing
     export_all(wh, sources=[raw])  # writable again: the export catches up, exactly once
@@ -178,7 +191,9 @@ def test_dry_run_status_and_aggregates_only(warehouse: Warehouse) -> None:
     assert {s.table for s in aggregates} == {"system_metrics", "hourly_analytics_summary"}
     wh.export = wh.export.model_copy(update={"formats": ["parquet"]})
     export_all(wh, sources=aggregates)
-    written = sorted(p.relative_to(wh.export.parquet_dir).parts[0] for p in Path(wh.export.parquet_dir).rglob("*.parquet"))
+    written = sorted(
+        p.relative_to(wh.export.parquet_dir).parts[0] for p in Path(wh.export.parquet_dir).rglob("*.parquet")
+    )
     assert set(written) == {"system_metrics", "hourly_analytics_summary"}
     for table in set(written):
         columns = [c[0] for c in parquet(wh, table).execute("DESCRIBE t").fetchall()]
@@ -201,11 +216,16 @@ def test_cli_export_summary_and_status(warehouse: Warehouse) -> None:
     env = {**os.environ, **wh.env()}
     cli = [str(Path(os.sys.executable).with_name("studyin-analytics")), "export"]  # type: ignore[attr-defined]
     for _ in range(30):
-        status = json.loads(subprocess.run([*cli, "--status"], env=env, capture_output=True, check=True).stdout)
+        status = json.loads(
+            subprocess.run([*cli, "--status"], env=env, capture_output=True, check=True).stdout
+        )
         done = subprocess.run(cli, env=env, capture_output=True, text=True, check=True)
-        if json.loads(subprocess.run([*cli, "--status"], env=env, capture_output=True, check=True).stdout)[
-            "lag_rows"
-        ] == 0:
+        if (
+            json.loads(subprocess.run([*cli, "--status"], env=env, capture_output=True, check=True).stdout)[
+                "lag_rows"
+            ]
+            == 0
+        ):
             break
     assert status["lag_rows"] > 0
     assert "analytics_events" in done.stderr and "rows in" in done.stderr

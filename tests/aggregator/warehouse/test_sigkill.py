@@ -33,7 +33,9 @@ def _start(wh: Warehouse, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **wh.env(), "STUDYIN_ANALYTICS_LOG_LEVEL": "INFO"}
     cli = str(Path(sys.executable).with_name("studyin-analytics"))
     with log.open("ab") as out:
-        return subprocess.Popen([cli, "export", "--follow", "--interval", "0.05"], env=env, stdout=out, stderr=out)
+        return subprocess.Popen(
+            [cli, "export", "--follow", "--interval", "0.05"], env=env, stdout=out, stderr=out
+        )
 
 
 def _wait_for_steps(log: Path, seen: int, timeout_s: float = 120.0) -> int:
@@ -76,7 +78,10 @@ def test_sigkill_at_random_moments_with_live_ingestion(warehouse: Warehouse) -> 
         try:
             for wave in range(8):
                 # Every other wave is late: events of yesterday, a day exported already.
-                ingest(wh.settings, build(pseudonymizer, users=12, seed=101 + wave, hours_ago=3 + 24 * (wave % 2)))
+                ingest(
+                    wh.settings,
+                    build(pseudonymizer, users=12, seed=101 + wave, hours_ago=3 + 24 * (wave % 2)),
+                )
                 time.sleep(rng.uniform(0.1, 0.6))
         except BaseException as exc:
             failures.append(exc)
