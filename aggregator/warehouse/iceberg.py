@@ -75,10 +75,12 @@ class IcebergTarget:
         table = self._load(source)
         if table is None:
             return None
-        snapshot = table.current_snapshot()  # type: ignore[attr-defined]
-        if snapshot is None:
-            return None
-        value = snapshot.summary.additional_properties.get(CURSOR_PROPERTY)
+        # A table property set in the step's own transaction: it survives snapshots that a
+        # compaction (Spark, Trino) commits without the exporter's summary, and snapshot expiry.
+        value = table.properties.get(CURSOR_PROPERTY)  # type: ignore[attr-defined]
+        if value is None:
+            snapshot = table.current_snapshot()  # type: ignore[attr-defined]
+            value = None if snapshot is None else snapshot.summary.additional_properties.get(CURSOR_PROPERTY)
         return int(value) if value is not None else None
 
     def snapshot_id(self, source: Source) -> int | None:
@@ -165,6 +167,7 @@ class IcebergStep:
         if self.written.rows == 0:
             return self.written
         try:
+            self.transaction.set_properties({CURSOR_PROPERTY: str(self.hi)})
             table = self.transaction.commit_transaction()
         except CommitFailedException as exc:
             raise ExportWriteError(f"Iceberg table {self.identifier}: commit refused ({exc})") from exc
