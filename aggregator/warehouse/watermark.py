@@ -27,6 +27,11 @@ def _plain(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, f.type, nullable=True) for f in schema])
 
 
+def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """The batches as one table under ``schema`` (same types, no metadata): zero copy."""
+    return pa.Table.from_arrays(pa.Table.from_batches(batches).columns, schema=schema)
+
+
 class Postgres:
     """One ADBC connection (autocommit) as the exporter's role, search path = analytics schema."""
 
@@ -88,10 +93,10 @@ class Postgres:
                     pending.append(batch)
                     size += batch.num_rows
                     if size >= chunk_rows:
-                        yield pa.Table.from_batches(pending).cast(schema)
+                        yield _table(pending, schema)
                         pending, size = [], 0
                 if pending:
-                    yield pa.Table.from_batches(pending).cast(schema)
+                    yield _table(pending, schema)
             finally:
                 cursor.close()
 

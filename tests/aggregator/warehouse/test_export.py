@@ -230,3 +230,45 @@ def test_cli_export_summary_and_status(warehouse: Warehouse) -> None:
     assert status["lag_rows"] > 0
     assert "analytics_events" in done.stderr and "rows in" in done.stderr
     assert ParquetTarget(wh.export.parquet_dir).cursor(SOURCE["analytics_events"]) is not None
+
+
+def test_follow_serves_health_and_lag_and_stops_on_sigterm(warehouse: Warehouse) -> None:
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    wh = warehouse
+    ingest(wh.settings, build(Pseudonymizer.from_settings(wh.settings), users=6, seed=61))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cli = [str(Path(os.sys.executable).with_name("studyin-analytics")), "export", "--follow"]  # type: ignore[attr-defined]
+    process = subprocess.Popen(
+        [*cli, "--interval", "0.2", "--health-port", str(port)],
+        env={**os.environ, **wh.env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        status: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
+            except httpx.HTTPError:
+                status = {}
+            if status.get("steps") and status.get("lag_rows") == 0 and status.get("rows_exported"):
+                break
+            time.sleep(0.2)
+        assert status.get("lag_rows") == 0 and status["healthy"] is True, status
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        assert status["rows_exported"] == len(wh.export.formats) * sum(  # rows written, summed over targets
+            r[0]
+            for t in ROLLUP_COMPARE | {"analytics_events": ()}
+            for r in postgres(wh, f"SELECT count(*) FROM {t}")
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
