@@ -170,7 +170,8 @@ def test_a_directory_that_refuses_writes_commits_nothing(warehouse: Warehouse, t
             failure.value
         )
         assert exporter.targets[0].cursor(raw) == cursor
-    assert sorted(str(p) for p in Path(wh.root).rglob("*")) == listing
+    after = sorted(str(p) for p in Path(wh.root).rglob("*"))
+    assert after == listing, (set(after) ^ set(listing), str(failure.value))
     export_all(wh, sources=[raw])  # writable again: the export catches up, exactly once
     pg = {r[0] for r in postgres(wh, "SELECT event_id::text FROM analytics_events")}
     con = parquet(wh, raw.table) if target == "parquet" else iceberg(wh, raw.table)
