@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench bench-quick install system-deps clean
+.PHONY: demo test test-unit lint typecheck linktree bench bench-quick install system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,15 +37,23 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+# The server-free unit tests (marker `unit`, see tests/conftest.py): no Redis, no PostgreSQL, seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+# ruff, then the layers contract of [tool.importlinter] (instrumentation < exporter < aggregator < benchmarks).
+lint: $(STAMP) linktree
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd .typecheck && PYTHONPATH=. ../$(BIN)/lint-imports --config ../pyproject.toml --no-cache
 
-# mypy cannot follow setuptools' editable import hook, so it checks a link tree that
-# mirrors the installed layout (studyin_analytics/<part> -> <part>/).
-typecheck: $(STAMP)
+# mypy and import-linter cannot follow setuptools' editable import hook, so they read a link tree
+# that mirrors the installed layout (studyin_analytics/<part> -> <part>/).
+linktree:
 	rm -rf .typecheck && mkdir -p .typecheck/studyin_analytics
 	for part in instrumentation exporter aggregator benchmarks; do ln -s ../../$$part .typecheck/studyin_analytics/$$part; done
+
+typecheck: $(STAMP) linktree
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p studyin_analytics
 
 bench: $(STAMP)

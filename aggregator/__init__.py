@@ -1,5 +1,5 @@
 """Aggregator service of studyin-analytics: bus -> PostgreSQL rollups, and the query API."""
 
-from .consumer import Aggregator, BatchResult
+from .consumer.service import Aggregator, BatchResult
 
 __all__ = ["Aggregator", "BatchResult"]

@@ -36,9 +36,9 @@ import asyncpg
 import psutil
 import redis.asyncio as aioredis
 
-from ..aggregator.consumer import Aggregator, tuned_gc
-from ..aggregator.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
-from ..aggregator.schema import ensure_partitions
+from ..aggregator.consumer.mapping import RAW_COLUMNS, EventRow, raw_records, rows_from_span
+from ..aggregator.consumer.service import Aggregator, tuned_gc
+from ..aggregator.storage.schema import ensure_partitions
 from ..exporter import wire
 from ..exporter.bus import group_lag, stream_keys
 from ..exporter.wire import EventRecord, SpanRecord
@@ -359,6 +359,54 @@ async def _unfinished(client: aioredis.Redis, stream: str, group: str) -> int:
     return 1 if lag is None else lag.behind  # no group yet: not started
 
 
+def _memory_rows(
+    samples: list[float],
+    drain_samples: list[float],
+    *,
+    idle_mb: float,
+    offered: int,
+    seconds: int,
+    backlog_events: int,
+    drain_s: float,
+    returncode: int | None,
+) -> list[Measurement]:
+    """The two RSS rows of :func:`memory`: sustained load, then draining a backlog."""
+    if not samples or not drain_samples:
+        raise RuntimeError("no RSS sample taken")
+    peak = max(samples)
+    quarter = max(1, len(samples) // 4)
+    growth = statistics.mean(samples[-quarter:]) - statistics.mean(samples[:quarter])
+    target, met = at_most(peak, TARGET_RSS_MB, "MB")
+    drain_peak = max(drain_samples)
+    drain_target, drain_met = at_most(drain_peak, TARGET_RSS_MB, "MB")
+    return [
+        Measurement(
+            "aggregator peak RSS under sustained load",
+            peak,
+            "MB",
+            baseline=idle_mb,
+            baseline_name="RSS right after start-up",
+            target=f"{target}, flat",
+            met=met,
+            notes=f"offered {offered:,} events/s for {seconds} s; last-quarter minus first-quarter "
+            f"RSS {growth:+.1f} MB; exit code {returncode}",
+            samples=samples,
+        ),
+        Measurement(
+            "aggregator peak RSS draining a backlog",
+            drain_peak,
+            "MB",
+            baseline=idle_mb,
+            baseline_name="RSS right after start-up",
+            target=drain_target,
+            met=drain_met,
+            notes=f"{backlog_events:,} events pushed at once, drained in {drain_s:.1f} s "
+            f"({backlog_events / max(drain_s, 1e-9):,.0f} events/s, lag polled every 0.25 s)",
+            samples=drain_samples,
+        ),
+    ]
+
+
 async def memory(ctx: BenchContext) -> list[Measurement]:
     """RSS of a real aggregator process: under a sustained offered load, then draining a backlog
     (where its rounds reach their size bounds). Entries are encoded before the clock starts."""
@@ -423,40 +471,16 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-    if not samples or not drain_samples:
-        raise RuntimeError("no RSS sample taken")
-    peak = max(samples)
-    quarter = max(1, len(samples) // 4)
-    growth = statistics.mean(samples[-quarter:]) - statistics.mean(samples[:quarter])
-    target, met = at_most(peak, TARGET_RSS_MB, "MB")
-    drain_peak = max(drain_samples)
-    drain_target, drain_met = at_most(drain_peak, TARGET_RSS_MB, "MB")
-    return [
-        Measurement(
-            "aggregator peak RSS under sustained load",
-            peak,
-            "MB",
-            baseline=idle_mb,
-            baseline_name="RSS right after start-up",
-            target=f"{target}, flat",
-            met=met,
-            notes=f"offered {offered:,} events/s for {seconds} s; last-quarter minus first-quarter "
-            f"RSS {growth:+.1f} MB; exit code {proc.returncode}",
-            samples=samples,
-        ),
-        Measurement(
-            "aggregator peak RSS draining a backlog",
-            drain_peak,
-            "MB",
-            baseline=idle_mb,
-            baseline_name="RSS right after start-up",
-            target=drain_target,
-            met=drain_met,
-            notes=f"{backlog_events:,} events pushed at once, drained in {drain_s:.1f} s "
-            f"({backlog_events / max(drain_s, 1e-9):,.0f} events/s, lag polled every 0.25 s)",
-            samples=drain_samples,
-        ),
-    ]
+    return _memory_rows(
+        samples,
+        drain_samples,
+        idle_mb=idle_mb,
+        offered=offered,
+        seconds=seconds,
+        backlog_events=backlog_events,
+        drain_s=drain_s,
+        returncode=proc.returncode,
+    )
 
 
 @bench("aggregator")

@@ -30,9 +30,9 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import jwt
 
-from ..aggregator.api import SYSTEM_METRICS_TTL_S, create_app
-from ..aggregator.db import connect
-from ..aggregator.schema import ensure_partitions
+from ..aggregator.api.app import SYSTEM_METRICS_TTL_S, create_app
+from ..aggregator.storage.db import connect
+from ..aggregator.storage.schema import ensure_partitions
 from ..instrumentation.privacy import Pseudonymizer
 from ..instrumentation.settings import Settings
 from .framework import BenchContext, Measurement, at_most, bench, median
@@ -65,7 +65,7 @@ MIX: tuple[tuple[str, float], ...] = (
     ("ai_coach_interaction", 0.04),
 )
 
-# DDSketch parameters of the latency histograms (aggregator/histogram.py; SQL twin in 0002).
+# DDSketch parameters of the latency histograms (aggregator/consumer/histogram.py; SQL twin in 0002).
 HIST_GAMMA = (1 + 0.01) / (1 - 0.01)
 
 ROLLUP_SQL: tuple[tuple[str, str], ...] = (

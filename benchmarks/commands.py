@@ -10,9 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from ..aggregator.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..aggregator.embedded import servers_for
+    from ..aggregator.devtools.embedded import servers_for
     from ..instrumentation.settings import load_settings as _settings
     from . import runner
     from .framework import REGISTRY

@@ -202,7 +202,7 @@ def _measure(settings: Settings, quick: bool, repeats: int) -> dict[str, list[fl
 @contextlib.contextmanager
 def replicated_redis() -> Iterator[str]:
     """A throw-away primary with one replica in sync (``REPLICAOF``); yields the primary's URL."""
-    from ..aggregator.embedded import EmbeddedRedis
+    from ..aggregator.devtools.embedded import EmbeddedRedis
 
     directory = Path(tempfile.mkdtemp(prefix="bench-replicated-"))
     (directory / "primary").mkdir()

@@ -32,7 +32,13 @@ from rich.progress import Progress, TaskID
 from ..instrumentation.settings import Settings
 
 BENCH_MODULES: tuple[str, ...] = (
-    "instrumentation", "exporter", "aggregator", "scaling", "end_to_end", "api", "warehouse"
+    "instrumentation",
+    "exporter",
+    "aggregator",
+    "scaling",
+    "end_to_end",
+    "api",
+    "warehouse",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 
@@ -130,7 +136,7 @@ class BenchContext:
 
     async def migrated_settings(self, name: str) -> Settings:
         """:meth:`isolated_settings` with the analytics schema migrated."""
-        from ..aggregator.schema import migrate
+        from ..aggregator.storage.schema import migrate
 
         settings = self.isolated_settings(name)
         await asyncio.to_thread(migrate, settings)

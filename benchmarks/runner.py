@@ -140,6 +140,52 @@ def error_row(bench: str, error: str) -> Measurement:
     )
 
 
+async def _run_one(
+    name: str,
+    settings: Settings,
+    *,
+    quick: bool,
+    progress: Progress,
+    timeout_s: float,
+    profile_dir: Path | None,
+    repeats: int | None,
+) -> tuple[list[Measurement], str | None, float]:
+    """Run one benchmark in its own context, then clean up after it: its rows, its error, its seconds."""
+    error: str | None
+    ctx = BenchContext(settings=settings, quick=quick, progress=progress, profile_dir=profile_dir)
+    if repeats is not None:
+        ctx.repeats = repeats
+    bench_started = time.monotonic()
+    error = None
+    rows: list[Measurement] = []
+    profiler = cProfile.Profile() if profile_dir is not None else None
+    try:
+        if profiler is not None:
+            profiler.enable()
+        try:
+            result = await asyncio.wait_for(REGISTRY[name](ctx), timeout_s)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+        if not isinstance(result, list) or not all(isinstance(r, Measurement) for r in result):
+            raise TypeError("a benchmark must return a list of Measurement rows")
+        rows = result
+    except TimeoutError:
+        error = f"timed out after {timeout_s:.0f}s"
+    except Exception as exc:
+        _log.debug("benchmark %s failed", name, exc_info=True)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            await cleanup(settings, ctx.isolated)
+        except Exception as exc:  # a failed cleanup is worth a row, not a crash
+            error = error or f"cleanup failed: {type(exc).__name__}: {exc}"
+    seconds = time.monotonic() - bench_started
+    if profiler is not None and profile_dir is not None:
+        _write_profiles(profiler, profile_dir, name, progress.console)
+    return rows, error, seconds
+
+
 async def run(
     settings: Settings,
     *,
@@ -180,38 +226,15 @@ async def run(
         overall = progress.add_task("benchmarks", total=len(names))
         for name in names:
             progress.update(overall, description=f"benchmark [bold]{name}[/]")
-            error: str | None
-            ctx = BenchContext(settings=settings, quick=quick, progress=progress, profile_dir=profile_dir)
-            if repeats is not None:
-                ctx.repeats = repeats
-            bench_started = time.monotonic()
-            error = None
-            rows: list[Measurement] = []
-            profiler = cProfile.Profile() if profile_dir is not None else None
-            try:
-                if profiler is not None:
-                    profiler.enable()
-                try:
-                    result = await asyncio.wait_for(REGISTRY[name](ctx), timeout)
-                finally:
-                    if profiler is not None:
-                        profiler.disable()
-                if not isinstance(result, list) or not all(isinstance(r, Measurement) for r in result):
-                    raise TypeError("a benchmark must return a list of Measurement rows")
-                rows = result
-            except TimeoutError:
-                error = f"timed out after {timeout:.0f}s"
-            except Exception as exc:
-                _log.debug("benchmark %s failed", name, exc_info=True)
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                try:
-                    await cleanup(settings, ctx.isolated)
-                except Exception as exc:  # a failed cleanup is worth a row, not a crash
-                    error = error or f"cleanup failed: {type(exc).__name__}: {exc}"
-            seconds = time.monotonic() - bench_started
-            if profiler is not None and profile_dir is not None:
-                _write_profiles(profiler, profile_dir, name, progress.console)
+            rows, error, seconds = await _run_one(
+                name,
+                settings,
+                quick=quick,
+                progress=progress,
+                timeout_s=timeout,
+                profile_dir=profile_dir,
+                repeats=repeats,
+            )
             for row in rows:
                 row.bench = row.bench or name
             report.rows.extend(rows)

@@ -37,7 +37,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from ..aggregator.mapping import rows_from_span
+from ..aggregator.consumer.mapping import rows_from_span
 from ..exporter.bus import group_lag, shard_index, stream_keys
 from ..exporter.wire import SpanRecord
 from ..instrumentation.settings import Settings, require

@@ -15,7 +15,7 @@ admitted when its time lies
 The gateway refuses spans carrying a time outside the window (OTLP ``partial_success``); the
 aggregator dead-letters events later than the window (both paths: the in-process exporter does not
 pass the gateway) and leaves out older ones (``events_expired``). Partitions are only created
-inside the window (``aggregator/schema.py``).
+inside the window (``aggregator/storage/schema.py``).
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ from ..instrumentation import semconv
 from ..instrumentation.settings import Settings
 from . import wire
 from .connection import AsyncClient
-from .events import API_REQUEST, api_request_fields, domain_event_type
-from .stats import stats_pattern, summarize
+from .event_types import API_REQUEST, api_request_fields, domain_event_type
+from .writer_stats import stats_pattern, summarize
 
 """Pseudo event type of HTTP server spans (what the aggregator rolls up as system metrics)."""
 

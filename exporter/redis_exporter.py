@@ -44,7 +44,7 @@ from . import replication, wire
 from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client, unavailable
 from .spool import Spool, default_base
-from .stats import STATS_TTL_S, WriterStats, stats_key
+from .writer_stats import STATS_TTL_S, WriterStats, stats_key
 
 _log = logging.getLogger(__name__)
 

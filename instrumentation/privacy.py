@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -195,11 +195,20 @@ def _decode_mailish(match: re.Match[str]) -> str:
     # Only escapes that decode to characters of an address are decoded, so scrubbing a
     # percent-encoded address never turns %0A into a line break in a log line.
     raw = match.group()
-    try:
-        text = unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-    return text if _MAILISH.fullmatch(text) else raw
+    text = unquote_to_bytes(raw).decode("utf-8", errors="surrogateescape")
+    if _MAILISH.fullmatch(text):
+        return text
+    # A run mixing address characters with others (``%00%40`` before ``0.aa``): decode only
+    # the address characters, so an address glued to other escapes is still found.
+    return "".join(_mailish_char(char) for char in text)
+
+
+def _mailish_char(char: str) -> str:
+    if _MAILISH.fullmatch(char):
+        return char
+    if "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8, kept as its escape
+        return f"%{ord(char) - 0xDC00:02X}"
+    return quote(char, safe="")
 
 
 def scrub_emails(text: str) -> str:

@@ -5,6 +5,10 @@ embedded servers are started once per test session (``studyin-analytics[embedded
 Every test gets its own PostgreSQL schema and its own Redis key prefix, so runs can repeat
 and overlap. A server that cannot be reached FAILS the test with the URL and the reason;
 nothing is skipped.
+
+Tests marked ``unit`` (``make test-unit``) are server-free: they may use ``offline_settings`` and
+``test_id``, and one that asks for a server fixture (``server_urls``, ``settings``, ``migrated``...)
+fails at collection.
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 import redis
 
-from studyin_analytics.aggregator.embedded import EmbeddedServers
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
 from studyin_analytics.instrumentation.settings import Settings, redact_url
-
-from .support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
+from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
 
 
 def _check_redis(url: str) -> None:
@@ -53,6 +57,27 @@ def _check_postgres(url: str) -> None:
         )
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m unit`` (``make test-unit``), modules that mark nothing ``unit`` are not even imported:
+    importing every test module costs more than running the unit tests."""
+    if config.getoption("markexpr") != "unit" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    return "pytest.mark.unit" not in collection_path.read_text()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A unit test that asks for a server fails before any server is started or reached."""
+    if item.get_closest_marker("unit") and "server_urls" in getattr(item, "fixturenames", ()):
+        pytest.fail(
+            f"{item.nodeid} is marked `unit` but asks for a server fixture (server_urls via settings or "
+            "migrated): unit tests are server-free (use offline_settings)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[ServerUrls]:
     redis_url = os.environ.get("STUDYIN_TEST_REDIS_URL")
@@ -77,6 +102,22 @@ def server_urls() -> Iterator[ServerUrls]:
 @pytest.fixture
 def test_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def offline_settings(test_id: str) -> Settings:
+    """Settings of this test that start and reach no server (for server-free tests): the URLs point
+    to a closed local port; the schema, prefix, keys and JWT secret are as in ``settings``."""
+    return Settings(
+        redis_url="redis://127.0.0.1:9/0",
+        postgres_url="postgresql://nobody@127.0.0.1:9/none",
+        postgres_schema=f"t_{test_id}",
+        stream_prefix=f"test:{test_id}",
+        pseudonym_keys={"t1": TEST_PSEUDONYM_KEY},  # type: ignore[arg-type]
+        jwt_secret=TEST_JWT_SECRET,  # type: ignore[arg-type]
+        consumer_name=f"c-{test_id}",
+        _env_file=None,  # type: ignore[call-arg]
+    )
 
 
 @pytest.fixture
@@ -114,7 +155,7 @@ def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
 @pytest.fixture
 async def migrated(settings: Settings) -> AsyncIterator[Settings]:
     """``settings`` with the analytics schema migrated."""
-    from studyin_analytics.aggregator.schema import migrate
+    from studyin_analytics.aggregator.storage.schema import migrate
 
     await asyncio.to_thread(migrate, settings)
     yield settings

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ..mapping import EventRow
+from ..consumer.mapping import EventRow
 from .xapi import Skipped, SkipReason, StatementMapper
 
 DEFAULT_MAX_STATEMENTS = 100

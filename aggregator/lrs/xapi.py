@@ -13,7 +13,7 @@ says why the forwarder cannot derive it); never an ``mbox``, a name or a raw id.
 
 Verbs and activity types are the ADL, cmi5, Activity Streams, TinCan-registry and flashcards-profile
 IRIs where one fits; the rest live under one configurable base (:class:`XapiConfig`). The table in
-docs/xapi.md is checked against this module by ``tests/lrs/test_xapi_docs.py``.
+docs/xapi.md is checked against this module by ``tests/docs/test_xapi_doc.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from ...instrumentation import events
 from ...instrumentation.privacy import is_pseudonym
-from ..mapping import EventRow
+from ..consumer.mapping import EventRow
 
 # --- statement shapes (the JSON sent to the LRS) ----------------------------------------------
 

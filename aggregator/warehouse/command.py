@@ -95,7 +95,7 @@ def _expire(exporter: Exporter, days: float, console: Console) -> None:
 
 
 async def _follow(args: argparse.Namespace, console: Console) -> int:
-    from ..health import HealthServer
+    from ...exporter.runtime.health import HealthServer
     from .status import FollowState
 
     logging.getLogger(__package__).setLevel(min(logging.INFO, logging.getLogger().level or logging.INFO))

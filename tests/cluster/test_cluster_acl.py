@@ -32,19 +32,18 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from studyin_analytics.aggregator.consumer import Aggregator
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.consumer.service import Aggregator
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client, sync_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from ..support import documented_acl
-from .conftest import CLI, SHARDS, cli_env
+from tests.support import documented_acl
+from tests.support.cluster import CLI, SHARDS, cli_env
+from tests.support.workload import build, mismatches, truth_of
 
 APP_PASSWORD = "cluster-app-password-0123456789"
 TRANSACTION_RULES = ["+multi", "+exec"]

@@ -1,7 +1,7 @@
 """Exporter, gateway, aggregator and bus reads against a real Redis Cluster.
 
 Each shard stream must live on the primary its hash tag names, the shards must spread over
-every primary, and the rollups must equal the ground truth of ``tests/aggregator/workload.py``
+every primary, and the rollups must equal the ground truth of ``tests/support/workload/truth.py``
 exactly as on one server.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
-from studyin_analytics.aggregator.consumer import Aggregator
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.consumer.service import Aggregator
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import (
     between,
@@ -32,14 +32,11 @@ from studyin_analytics.exporter.bus import (
     stream_keys,
 )
 from studyin_analytics.exporter.connection import async_client
-from studyin_analytics.exporter.gateway import Gateway
+from studyin_analytics.exporter.gateway.app import Gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from ..exporter.helpers import make_spans
-from .conftest import (
+from tests.support.cluster import (
     CLI,
     SHARDS,
     bus_entries,
@@ -49,6 +46,8 @@ from .conftest import (
     records_of,
     slot_owners,
 )
+from tests.support.exporter import make_spans
+from tests.support.workload import build, mismatches, truth_of
 
 USERS = [f"t1:{i:032x}" for i in range(40)]
 

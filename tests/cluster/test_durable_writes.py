@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,15 +35,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from redis.crc import key_slot
 
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.bus import shard_index, stream_keys
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import semconv
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..exporter.helpers import make_spans
-from .conftest import SHARDS, bus_entries, node_client, records_of, slot_owners
+from tests.support.cluster import SHARDS, bus_entries, node_client, records_of, slot_owners
+from tests.support.exporter import make_spans
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +85,6 @@ def drain(exporter: RedisStreamSpanExporter, timeout_s: float = 60.0) -> None:
         exporter.force_flush(2000)
         time.sleep(0.1)
     assert exporter.spooled_batches == 0, "the spool was not replayed"
-
-
-@pytest.fixture
-def victim(cluster_settings: Settings, redis_cluster: EmbeddedRedisCluster) -> Iterator[str]:
-    """A primary holding shards that is not the node of the configured URL (restarted afterwards)."""
-    url_node = (cluster_settings.redis_url or "").removeprefix("redis://")
-    owners = slot_owners(redis_cluster.primaries()[0])
-    held = [owners[key_slot(key.encode())] for key in stream_keys(cluster_settings)]
-    yield next(node for node in held if node != url_node)
 
 
 async def test_with_wait_no_acknowledged_span_is_lost_when_a_primary_fails(

@@ -33,17 +33,16 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.mapping import rows_from_span
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.consumer.mapping import rows_from_span
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.test_fault_injection import aggregators
-from ..aggregator.workload import build, mismatches, truth_of
-from .conftest import SHARDS, bus_entries, cluster_client, records_of, slot_owners
+from tests.faults.test_fault_injection import aggregators
+from tests.support.cluster import SHARDS, bus_entries, cluster_client, records_of, slot_owners
+from tests.support.workload import build, mismatches, truth_of
 
 pytestmark = pytest.mark.slow
 

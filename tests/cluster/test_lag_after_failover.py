@@ -17,18 +17,17 @@ import pytest
 from redis.crc import key_slot
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.api import pipeline_lag
-from studyin_analytics.aggregator.db import connect
-from studyin_analytics.aggregator.embedded import EmbeddedRedisCluster
-from studyin_analytics.aggregator.schema import migrate
+from studyin_analytics.aggregator.api.app import pipeline_lag
+from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
+from studyin_analytics.aggregator.storage.db import connect
+from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import bus
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
-
-from ..aggregator.workload import build, mismatches, truth_of
-from .conftest import cluster_client, migrate_slot, slot_owners, wait_replicated
+from tests.support.cluster import cluster_client, migrate_slot, slot_owners, wait_replicated
+from tests.support.workload import build, mismatches, truth_of
 
 pytestmark = pytest.mark.slow
 

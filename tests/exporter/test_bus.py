@@ -14,12 +14,11 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from studyin_analytics.aggregator.cli import main
+from studyin_analytics.aggregator.cli.main import main
 from studyin_analytics.exporter import RedisStreamSpanExporter, bus
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans, private_redis
+from tests.support.exporter import make_spans, private_redis
 
 
 def emit_sessions(settings: Settings, users: int, views_each: int) -> None:

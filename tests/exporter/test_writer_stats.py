@@ -9,13 +9,12 @@ import httpx
 import redis
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from studyin_analytics.exporter.gateway import create_gateway
+from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.exporter.redis_exporter import RedisStreamSpanExporter
-from studyin_analytics.exporter.stats import summarize
+from studyin_analytics.exporter.writer_stats import summarize
 from studyin_analytics.instrumentation.settings import Settings
-
-from .helpers import make_spans
-from .test_gateway import PB, request_bytes
+from tests.support.exporter import make_spans
+from tests.support.gateway import PB, request_bytes
 
 
 def counters(settings: Settings, role: str) -> dict[str, str]:

@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
-import pytest
+import socket
+from collections.abc import Iterator
+from typing import Any
 
-from .fresh_venv import FreshVenv, fresh_venv
+import pytest
+from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
+
+from studyin_analytics.instrumentation import (
+    StudyInTracker,
+)
+from tests.support.fresh_venv import FreshVenv, fresh_venv
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 
 @pytest.fixture(scope="session")
 def new_user_venv() -> FreshVenv:
     """A virtualenv with only this package's wheel and its dependencies (see ``fresh_venv.py``)."""
     return fresh_venv()
+
+
+@pytest.fixture
+def pipeline() -> Pipeline:
+    return Pipeline()
+
+
+@pytest.fixture
+def stable_semconv(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The stable HTTP conventions (http.server.request.duration, http.request.method...)."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    _OpenTelemetrySemanticConventionStability._initialized = False
+    yield
+    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN")
+    _OpenTelemetrySemanticConventionStability._initialized = False
+
+
+@pytest.fixture
+def tracker(pipeline: Pipeline) -> StudyInTracker:
+    return StudyInTracker(tracer_provider=pipeline.tracer_provider, pseudonymizer=PSEUDONYMIZER)
+
+
+@pytest.fixture
+def no_network() -> Iterator[None]:
+    """Any socket connect or send during the block fails the test: the hot path does no I/O."""
+    calls: list[str] = []
+    originals = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex", "send", "sendall")}
+
+    def forbidden(name: str) -> Any:
+        def call(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise AssertionError(f"socket.{name} on the tracker's hot path")
+
+        return call
+
+    for name in originals:
+        setattr(socket.socket, name, forbidden(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(socket.socket, name, original)
+    assert calls == []

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -21,8 +19,7 @@ from studyin_analytics.instrumentation import (
     semconv,
 )
 from studyin_analytics.instrumentation.asgi import DeferredDurations
-
-from .helpers import PSEUDONYMIZER, Pipeline
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 USER = "student-0042"
 EMAIL = "student.0042@example.com"
@@ -70,21 +67,6 @@ async def call(app: Any, method: str, path: str, *, user: str | None = None, **k
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("203.0.113.9", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://studyin.test") as client:
         return await client.request(method, path, headers=headers, **kw)
-
-
-@pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
-
-
-@pytest.fixture
-def stable_semconv(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The stable HTTP conventions (http.server.request.duration, http.request.method...)."""
-    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
-    _OpenTelemetrySemanticConventionStability._initialized = False
-    yield
-    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN")
-    _OpenTelemetrySemanticConventionStability._initialized = False
 
 
 def instrumented(pipeline: Pipeline, **kw: Any) -> Any:

@@ -27,9 +27,8 @@ from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer, instrument_app, semconv, set_user
 from studyin_analytics.instrumentation.attribution import HOOK_SETTING, resolve_user_id_hook
 from studyin_analytics.instrumentation.settings import ConfigurationError, Settings
-
-from .helpers import PSEUDONYMIZER, Pipeline
-from .test_zero_code import ROOT, free_port, read_spans, wait_listening
+from tests.instrumentation.test_zero_code import ROOT, free_port, read_spans, wait_listening
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 SECRET = "jwt-secret-for-the-attribution-test-0123456789"
 USER = "learner-canary-55501"
@@ -201,7 +200,7 @@ def test_a_broken_hook_setting_under_opentelemetry_instrument_is_loud_and_instru
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.instrumentation.zero_code_app:app",
+        "tests.support.zero_code_app:app",
         "--host",
         "127.0.0.1",
         "--port",

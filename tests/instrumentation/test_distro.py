@@ -21,14 +21,13 @@ from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.distro import DEFAULTS, DISTRO_NAME, StudyInConfigurator, StudyInDistro
 from studyin_analytics.instrumentation.settings import Settings
+from tests.instrumentation.test_zero_code import free_port, read_spans, wait_listening
+from tests.support import ROOT
+from tests.support.fresh_venv import CACHE, FreshVenv, clean_env, stop
 
-from .fresh_venv import CACHE, FreshVenv, clean_env, stop
-from .test_zero_code import free_port, read_spans, wait_listening
-
-ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOC = (ROOT / "docs" / "instrumentation.md").read_text()
-APP = Path(__file__).with_name("zero_code_app.py")  # an app with no analytics code at all
+APP = ROOT / "tests" / "support" / "zero_code_app.py"  # an app with no analytics code at all
 USER = "distro-canary-user-8080"
 
 

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from studyin_analytics.instrumentation import events, semconv
 
+pytestmark = pytest.mark.unit
+
 VALID: dict[str, dict[str, object]] = {
     "session_start": {"session_id": uuid.uuid4(), "material_id": "cardio-101"},
     "session_end": {

@@ -13,6 +13,8 @@ from opentelemetry.trace import Link, StatusCode
 from studyin_analytics.instrumentation import GuardedSpanExporter, PrivacyGuard, Pseudonymizer, semconv
 from studyin_analytics.instrumentation.privacy import EMAIL_PLACEHOLDER, is_pseudonym
 
+pytestmark = pytest.mark.unit
+
 RAW_ID = "canary-4711-raw"
 EMAIL = "canary.person@hospital.example"
 

@@ -4,7 +4,7 @@ Nested kvlists, arrays of arrays, bytes, internationalized and percent-encoded a
 declared ``studyin.*`` attributes of the wrong type; property-based over arbitrary trees with
 planted identities (:mod:`.planted`), in process and through :class:`GuardedSpanExporter` into
 OTLP protobuf. The same properties against real Redis (the exporter and the gateway) are in
-``tests/exporter/test_privacy_paths.py``.
+``tests/system/test_privacy_paths.py``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from studyin_analytics.instrumentation.privacy import (
     is_pseudonym,
     scrub_emails,
 )
-
-from .planted import TEXT, Case, ascii_emails, cases, idn_emails, survivors, texts, walk
+from tests.support.planted import TEXT, Case, ascii_emails, cases, idn_emails, survivors, texts, walk
 
 PSEUDONYMIZER = Pseudonymizer({"k1": b"a" * 20}, "k1")
 RAW_ID = "canary-4711-raw"

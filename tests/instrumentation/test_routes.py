@@ -24,8 +24,7 @@ from starlette.routing import Host, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from studyin_analytics.instrumentation import StudyInInstrumentor, instrument_app, semconv
-
-from .helpers import PSEUDONYMIZER, Pipeline
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 STATIC_FILE = "probe.txt"
 
@@ -113,11 +112,6 @@ CASES = [
     ("GET", "/api/v3/items/i-111", 404, "_OTHER"),
 ]
 RAW_VALUES = ("111", "222", "333", "444", "555", "666", "777", "888", "999", "123", "234", "345", STATIC_FILE)
-
-
-@pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
 
 
 @pytest.fixture

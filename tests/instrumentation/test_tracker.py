@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,21 +12,12 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from studyin_analytics.instrumentation import EventRejected, StudyInTracker, current_session, semconv
+from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
-from .helpers import PSEUDONYMIZER, Pipeline
+pytestmark = pytest.mark.unit
 
 USER = "student-7f3a"
 SESSION_ID_ATTR = semconv.FIELD_ATTRIBUTES["session_id"]
-
-
-@pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
-
-
-@pytest.fixture
-def tracker(pipeline: Pipeline) -> StudyInTracker:
-    return StudyInTracker(tracer_provider=pipeline.tracer_provider, pseudonymizer=PSEUDONYMIZER)
 
 
 def events_of(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
@@ -285,29 +274,6 @@ def test_lenient_mode_counts_and_logs_without_values(
     assert "material_id" in caplog.text and "xp_amount" in caplog.text and "xp_reason" in caplog.text
     assert secret not in caplog.text and USER not in caplog.text
     assert len([s for s in pipeline.spans() for e in s.events]) == 1
-
-
-@pytest.fixture
-def no_network() -> Iterator[None]:
-    """Any socket connect or send during the block fails the test: the hot path does no I/O."""
-    calls: list[str] = []
-    originals = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex", "send", "sendall")}
-
-    def forbidden(name: str) -> Any:
-        def call(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
-            calls.append(name)
-            raise AssertionError(f"socket.{name} on the tracker's hot path")
-
-        return call
-
-    for name in originals:
-        setattr(socket.socket, name, forbidden(name))
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(socket.socket, name, original)
-    assert calls == []
 
 
 def test_hot_path_does_no_io(pipeline: Pipeline, tracker: StudyInTracker, no_network: None) -> None:

@@ -17,8 +17,8 @@ from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER, SpanRecord, decode_entry
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 USER = "zero-code-user-31337"
 
 
@@ -80,7 +80,7 @@ def test_unmodified_fastapi_app_under_opentelemetry_instrument(settings: Setting
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.instrumentation.zero_code_app:app",
+        "tests.support.zero_code_app:app",
         "--host",
         "127.0.0.1",
         "--port",

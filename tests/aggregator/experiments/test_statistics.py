@@ -20,6 +20,7 @@ from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
+from studyin_analytics.aggregator.experiments import comparisons, exact, sequential
 from studyin_analytics.aggregator.experiments import statistics as stats
 from studyin_analytics.aggregator.experiments.statistics import (
     Comparison,
@@ -123,7 +124,7 @@ def test_rates_equal_statsmodels_newcombe_and_pooled_z(
 def test_wilson_equals_scipy(successes: int, n: int) -> None:
     z = float(scipy.stats.norm.ppf(1 - ALPHA / 2))
     reference = scipy.stats.binomtest(successes, n).proportion_ci(1 - ALPHA, method="wilson")
-    low, high = stats._wilson(successes, n, z)
+    low, high = comparisons.wilson(successes, n, z)
     assert (low, high) == pytest.approx((reference.low, reference.high), abs=1e-12)
 
 
@@ -298,7 +299,7 @@ def detections(sums: FloatArray, squares: FloatArray, per_arm: int) -> tuple[int
 def sequential_power(effect: float, variance: float, per_arm: int) -> float:
     """Chance that one look at ``per_arm`` learners per variant finds the confidence sequence excluding 0."""
     effect_variance = 2 * variance / per_arm
-    boundary = stats._mixture(0.0, effect_variance, stats.DEFAULT_MIXING_SD**2 * variance, ALPHA)
+    boundary = sequential.mixture(0.0, effect_variance, stats.DEFAULT_MIXING_SD**2 * variance, ALPHA)
     assert boundary.interval is not None
     shift, half = effect / math.sqrt(effect_variance), boundary.interval.high / math.sqrt(effect_variance)
     return float(scipy.stats.norm.cdf(shift - half) + scipy.stats.norm.cdf(-shift - half))
@@ -408,7 +409,7 @@ def test_mixing_variance_equal_to_the_mde_is_tightest_at_the_planned_size() -> N
     variance_at_plan = (1.0 / z) ** 2  # MDE = 1: V = (MDE / z)² at the planned size
 
     def half_width(tau2: float) -> float:
-        result = stats._mixture(0.0, variance_at_plan, tau2, ALPHA)
+        result = sequential.mixture(0.0, variance_at_plan, tau2, ALPHA)
         assert result.interval is not None
         return result.interval.high
 
@@ -469,7 +470,7 @@ def check_result(result: object) -> None:
     """A result or a typed status: OK results are finite numbers; others carry no number at all."""
     status = result.status  # type: ignore[attr-defined]
     assert isinstance(status, Status)
-    assert stats._finite(result), result
+    assert exact.is_finite(result), result
     if status is Status.OK:
         return
     assert result.reason, result  # type: ignore[attr-defined]

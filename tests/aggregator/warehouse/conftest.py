@@ -35,7 +35,7 @@ class Warehouse:
 @pytest.fixture
 def warehouse(settings: Settings, tmp_path: Path) -> Iterator[Warehouse]:
     """A migrated schema, export settings on temp paths; the catalog schema dropped afterwards."""
-    from studyin_analytics.aggregator.schema import migrate
+    from studyin_analytics.aggregator.storage.schema import migrate
 
     migrated = settings
     migrate(migrated)

@@ -18,8 +18,8 @@ from studyin_analytics.aggregator.warehouse.sources import SOURCES, select_sourc
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from studyin_analytics.instrumentation.settings import Settings
+from tests.support.workload import Workload, build, push
 
-from ..workload import Workload, build, push
 from .conftest import Warehouse
 from .readback import SOURCE, export_all, iceberg, iceberg_arrow, latest, parquet, postgres
 

@@ -21,8 +21,8 @@ from studyin_analytics.aggregator.warehouse.runner import Exporter
 from studyin_analytics.aggregator.warehouse.settings import catalog_url
 from studyin_analytics.aggregator.warehouse.sources import SOURCES
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
+from tests.support.workload import build
 
-from ..workload import build
 from .conftest import Warehouse
 from .test_export import assert_equal_to_postgres, ingest
 

@@ -23,6 +23,8 @@ from studyin_analytics.aggregator.warehouse.sources import SOURCES, count_query,
 from studyin_analytics.aggregator.warehouse.status import FollowState, lag_total
 from studyin_analytics.instrumentation.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 RAW = SOURCES[0]
 DAILY = next(s for s in SOURCES if s.table == "daily_activity_summary")
 HOURLY = next(s for s in SOURCES if s.table == "user_activity_hourly")

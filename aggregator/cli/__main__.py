@@ -1,0 +1,5 @@
+"""``python -m studyin_analytics.aggregator.cli``: the ``studyin-analytics`` command."""
+
+from .main import main
+
+raise SystemExit(main())

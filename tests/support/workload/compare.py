@@ -1,0 +1,202 @@
+"""Every difference between the rollup tables in PostgreSQL and a workload's ground truth."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from studyin_analytics.aggregator.consumer import histogram
+
+from .build import NS
+from .truth import Truth
+
+# --- comparison -------------------------------------------------------------------------------------
+
+
+def _close(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-6) -> bool:
+    return abs(a - b) <= max(abs_, rel * max(abs(a), abs(b)))
+
+
+async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """Every difference between the rollup tables and the truth (empty when exact)."""
+    bad: list[str] = []
+    raw = await conn.fetchval("SELECT count(*) FROM analytics_events")
+    if raw != t.raw:
+        bad.append(f"raw events {raw} != {t.raw}")
+
+    rows = await conn.fetch("SELECT * FROM daily_activity_summary")
+    got = {(r["user_hash"], r["day"]): r for r in rows}
+    if set(got) != set(t.daily):
+        bad.append(f"daily keys differ: {len(got)} vs {len(t.daily)}")
+    for key, want in t.daily.items():
+        r = got.get(key)
+        if r is None:
+            continue
+        have = [
+            r["sessions"],
+            r["study_seconds"],
+            r["materials_viewed"],
+            r["materials_completed"],
+            r["xp"],
+            r["events"],
+        ]
+        if have[:1] + have[2:] != want[:1] + want[2:] or not _close(have[1], want[1]):
+            bad.append(f"daily {key}: {have} != {want}")
+
+    rows = await conn.fetch("SELECT * FROM user_activity_hourly")
+    got = {(r["user_hash"], r["hour"]): r for r in rows}
+    if set(got) != set(t.hourly):
+        bad.append(f"hourly keys differ: {len(got)} vs {len(t.hourly)}")
+    for key, want in t.hourly.items():
+        r = got.get(key)
+        if r is None:
+            continue
+        have = [
+            r["events"],
+            r["sessions"],
+            r["study_seconds"],
+            r["materials_viewed"],
+            r["materials_completed"],
+            r["xp"],
+            r["ai_interactions"],
+        ]
+        if have[:2] + have[3:] != want[:2] + want[3:] or not _close(have[2], want[2]):
+            bad.append(f"hourly {key}: {have} != {want}")
+
+    rows = await conn.fetch("SELECT * FROM gamification_stats")
+    got = {r["user_hash"]: r for r in rows}
+    if set(got) != set(t.gamification):
+        bad.append(f"gamification users differ: {len(got)} vs {len(t.gamification)}")
+    for user, want in t.gamification.items():
+        r = got.get(user)
+        if r is None:
+            continue
+        have = (
+            r["xp_total"],
+            r["level"],
+            sorted(r["achievements"]),
+            r["current_streak"],
+            r["longest_streak"],
+        )
+        exp = (want["xp"], want["level"], sorted(want["ach"]), want["streak"], want["longest"])
+        if have != exp or abs(r["last_activity_at"].timestamp() - want["last"] / NS) > 1e-3:
+            bad.append(f"gamification {user}: {have} != {exp}")
+
+    rows = await conn.fetch("SELECT * FROM ai_coach_metrics")
+    got = {(r["user_hash"], r["day"]): r for r in rows}
+    if set(got) != set(t.ai):
+        bad.append(f"ai keys differ: {len(got)} vs {len(t.ai)}")
+    for key, want in t.ai.items():
+        r = got.get(key)
+        if r is None:
+            continue
+        hist: dict[str, int] = {}
+        for value in want["latency"]:
+            histogram.add(hist, value)
+        have = (
+            r["interactions"],
+            r["tokens_in"],
+            r["tokens_out"],
+            r["models"],
+            r["topics"],
+            r["feedback_count"],
+            r["rating_sum"],
+            r["ratings"],
+            r["latency_hist"],
+        )
+        exp = (
+            want["interactions"],
+            want["tokens_in"],
+            want["tokens_out"],
+            dict(want["models"]),
+            dict(want["topics"]),
+            want["feedback"],
+            want["rating_sum"],
+            dict(want["ratings"]),
+            hist,
+        )
+        if have != exp or not _close(r["latency_ms_sum"], sum(want["latency"])):
+            bad.append(f"ai {key}: {have} != {exp}")
+
+    rows = await conn.fetch("SELECT * FROM system_metrics")
+    got = {(r["minute"], r["route"], r["method"]): r for r in rows}
+    if set(got) != set(t.system):
+        bad.append(f"system keys differ: {len(got)} vs {len(t.system)}")
+    for key, want in t.system.items():
+        r = got.get(key)
+        if r is None:
+            continue
+        have = (
+            r["requests"],
+            r["errors"],
+            r["client_errors"],
+            r["errors_by_type"],
+            sum(r["latency_hist"].values()),
+        )
+        exp = (
+            want["requests"],
+            want["errors"],
+            want["client_errors"],
+            dict(want["by_type"]),
+            want["requests"],
+        )
+        if (
+            have != exp
+            or not _close(r["latency_sum_ms"], want["sum"])
+            or not _close(r["latency_min_ms"], want["min"])
+            or not _close(r["latency_max_ms"], want["max"])
+        ):
+            bad.append(f"system {key}: {have} != {exp}")
+
+    rows = await conn.fetch("SELECT * FROM hourly_analytics_summary")
+    got = {r["hour"]: r for r in rows}
+    if set(got) != set(t.summary):
+        bad.append(f"summary hours differ: {sorted(got)} vs {sorted(t.summary)}")
+    for hour, want in t.summary.items():
+        r = got.get(hour)
+        if r is None:
+            continue
+        have = (
+            r["events"],
+            r["events_by_type"],
+            r["active_users"],
+            r["sessions"],
+            r["materials_viewed"],
+            r["materials_completed"],
+            r["xp"],
+            r["ai_interactions"],
+            r["api_requests"],
+            r["api_errors"],
+        )
+        exp = (
+            want["events"],
+            dict(want["types"]),
+            want.get("active", 0),
+            want["sessions"],
+            want["viewed"],
+            want["completed"],
+            want["xp"],
+            want["ai"],
+            want["api"],
+            want["api_errors"],
+        )
+        if have != exp or not _close(r["study_seconds"], want["study_seconds"]):
+            bad.append(f"summary {hour}: {have} != {exp}")
+
+    rows = await conn.fetch("SELECT * FROM learning_sessions")
+    got = {str(r["session_id"]): r for r in rows}
+    if set(got) != set(t.sessions):
+        bad.append(f"sessions differ: {len(got)} vs {len(t.sessions)}")
+    for sid, want in t.sessions.items():
+        r = got.get(sid)
+        if r is None:
+            continue
+        if (
+            r["user_hash"] != want["user"]
+            or r["xp_earned"] != want["xp_earned"]
+            or sorted(r["materials_touched"]) != want["materials"]
+            or not _close(r["duration_s"], want["duration_s"])
+            or r["started_at"] is None
+            or abs(r["started_at"].timestamp() - want["start_ns"] / NS) > 1e-3
+        ):
+            bad.append(f"session {sid} differs")
+    return bad[:20]

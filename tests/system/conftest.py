@@ -1,0 +1,32 @@
+"""Fixtures of the tests in tests/system/."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from studyin_analytics.exporter.gateway.app import create_gateway
+from studyin_analytics.instrumentation.settings import Settings
+
+
+@pytest.fixture
+def gateway_post(settings: Settings) -> Iterator[Callable[[bytes, str], httpx.Response]]:
+    """A synchronous ``post(body, content_type)`` into the gateway app (its lifespan open)."""
+    runner = asyncio.Runner()
+    app = create_gateway(settings)
+    lifespan = app.router.lifespan_context(app)
+    runner.run(lifespan.__aenter__())
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+
+    def post(body: bytes, content_type: str) -> httpx.Response:
+        return runner.run(client.post("/v1/traces", content=body, headers={"content-type": content_type}))
+
+    try:
+        yield post
+    finally:
+        runner.run(client.aclose())
+        runner.run(lifespan.__aexit__(None, None, None))
+        runner.close()
