@@ -41,10 +41,8 @@ from ..instrumentation import semconv
 from ..instrumentation.settings import Settings
 from . import wire
 from .connection import AsyncClient
-from .event_types import API_REQUEST, api_request_fields, domain_event_type
+from .event_types import SERVER_SPAN_INDEX, span_events, time_of
 from .writer_stats import stats_pattern, summarize
-
-"""Pseudo event type of HTTP server spans (what the aggregator rolls up as system metrics)."""
 
 _PAGE = 200
 
@@ -160,7 +158,8 @@ def time_id(moment: datetime, *, end: bool = False) -> str:
 def events_of_entry(
     stream: str, entry_id: str, fields: dict[bytes, bytes], event_type: str | None = None
 ) -> list[BusEvent]:
-    """Domain events (and ``api_request`` server spans) in one entry, in span order.
+    """Domain events (and ``api_request`` server spans) in one entry, in span order
+    (:func:`.event_types.span_events`: the aggregator's rule, times to the microsecond as stored).
 
     Undecodable entries yield nothing (the aggregator dead-letters them).
     """
@@ -169,35 +168,15 @@ def events_of_entry(
     except wire.WireFormatError:
         return []
     out: list[BusEvent] = []
+    user_key = semconv.USER_HASH
     for record in records:
-        span_user = record.attributes.get(semconv.USER_HASH)
-        for event in record.events:
-            kind = domain_event_type(event.name)
-            if kind is None or (event_type is not None and kind != event_type):
-                continue
-            out.append(
-                BusEvent(
-                    stream,
-                    entry_id,
-                    kind,
-                    datetime.fromtimestamp(event.time_unix_nano / 1e9, tz=UTC),
-                    event.attributes.get(semconv.USER_HASH, span_user),
-                    {k: v for k, v in event.attributes.items() if k != semconv.USER_HASH},
-                )
-            )
-        request = api_request_fields(record) if event_type in (None, API_REQUEST) else None
-        if request is not None:
-            out.append(
-                BusEvent(
-                    stream,
-                    entry_id,
-                    API_REQUEST,
-                    datetime.fromtimestamp(record.end_unix_nano / 1e9, tz=UTC),
-                    span_user,
-                    # Under the same studyin.* attribute names as every other event's fields.
-                    {semconv.FIELD_ATTRIBUTES[k]: v for k, v in request.items() if v is not None},
-                )
-            )
+        for index, kind, time_us, user, attributes in span_events(record, event_type):
+            if index == SERVER_SPAN_INDEX:
+                # Under the same studyin.* attribute names as every other event's fields.
+                shown = {semconv.FIELD_ATTRIBUTES[k]: v for k, v in attributes.items() if v is not None}
+            else:
+                shown = {k: v for k, v in attributes.items() if k != user_key}
+            out.append(BusEvent(stream, entry_id, kind, time_of(time_us), user, shown))
     return out
 
 

@@ -26,7 +26,7 @@ dead-letters the entry); a new layout gets a new version, and readers learn it f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
@@ -107,78 +107,75 @@ def _span_events(span: Any) -> Any:
     return getattr(raw, "_dq", raw) or ()
 
 
-def encode_readable_spans(spans: Sequence[Any], guard: PrivacyGuard) -> bytes:
-    """Encode SDK ``ReadableSpan`` objects, applying ``guard`` to every attribute map (nested
-    kvlists, arrays and bytes included: the SDK accepts any ``AnyValue`` as a span attribute) and to
-    span and event names."""
+def _same(name: str) -> str:
+    return name
+
+
+def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
+    """The one encoder of the layout: a batch of spans -> the ``d`` field of an entry.
+
+    ``spans`` are SDK ``ReadableSpan`` objects (the exporter) or :class:`SpanRecord` objects (the
+    gateway, tools and tests). ``guard`` is applied to every attribute map (nested kvlists, arrays
+    and bytes included: the SDK accepts any ``AnyValue`` as a span attribute) and to span and
+    event names; without one (tests and tools only) attributes are packed as they are.
+    """
     resources: list[dict[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows: list[list[Any]] = []
     append = rows.append
-    clean = guard.clean
-    clean_name = guard.clean_name
+    clean: Any = guard.clean if guard is not None else _packable
+    clean_name: Any = guard.clean_name if guard is not None else _same
     for span in spans:
-        resource = span.resource
+        if type(span) is SpanRecord:
+            resource: Any = span.resource
+            resource_attributes: Any = resource
+            trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
+            kind, start, end, status = span.kind, span.start_unix_nano, span.end_unix_nano, span.status_code
+            attributes: Any = span.attributes
+            events = [[clean_name(e.name), e.time_unix_nano, clean(e.attributes)] for e in span.events]
+        else:  # an SDK ReadableSpan
+            resource = span.resource
+            resource_attributes = _plain(resource.attributes)
+            context = span.context
+            parent = span.parent
+            trace_id, span_id = context.trace_id.to_bytes(16, "big"), context.span_id.to_bytes(8, "big")
+            parent_id = parent.span_id.to_bytes(8, "big") if parent is not None else None
+            kind, start, end = span.kind.value, span.start_time, span.end_time
+            status = span.status.status_code.value
+            attributes = _span_attributes(span)
+            sdk_events = _span_events(span)
+            events = (
+                [[clean_name(e.name), e.timestamp, clean(_plain(e.attributes))] for e in sdk_events]
+                if sdk_events
+                else []
+            )
         index = resource_index.get(id(resource))
         if index is None:
             index = resource_index[id(resource)] = len(resources)
-            resources.append(clean(_plain(resource.attributes)))
-        context = span.context
-        parent = span.parent
-        events = _span_events(span)
+            resources.append(clean(resource_attributes))
+        # The span layout of the module docstring (decode_batch reads it back).
         append(
             [
-                context.trace_id.to_bytes(16, "big"),
-                context.span_id.to_bytes(8, "big"),
-                parent.span_id.to_bytes(8, "big") if parent is not None else None,
+                trace_id,
+                span_id,
+                parent_id,
                 clean_name(span.name),
-                span.kind.value,
-                span.start_time,
-                span.end_time,
-                span.status.status_code.value,
-                clean(_span_attributes(span)),
-                [[clean_name(e.name), e.timestamp, clean(_plain(e.attributes))] for e in events]
-                if events
-                else [],
+                kind,
+                start,
+                end,
+                status,
+                clean(attributes),
+                events,
                 index,
             ]
         )
     return msgpack.packb([resources, rows], use_bin_type=True)
 
 
-def encode_records(records: Iterable[SpanRecord], guard: PrivacyGuard | None = None) -> bytes:
-    """Encode :class:`SpanRecord` objects (the gateway path); ``guard`` cleans them on the way."""
-    resources: list[dict[str, Any]] = []
-    resource_index: dict[int, int] = {}
-    rows: list[list[Any]] = []
-
-    def clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
-        return guard.clean(attributes) if guard is not None else _packable(attributes)
-
-    def name_of(name: str) -> str:
-        return guard.clean_name(name) if guard is not None else name
-
-    for record in records:
-        index = resource_index.get(id(record.resource))
-        if index is None:
-            index = resource_index[id(record.resource)] = len(resources)
-            resources.append(clean(record.resource))
-        rows.append(
-            [
-                record.trace_id,
-                record.span_id,
-                record.parent_span_id,
-                name_of(record.name),
-                record.kind,
-                record.start_unix_nano,
-                record.end_unix_nano,
-                record.status_code,
-                clean(record.attributes),
-                [[name_of(e.name), e.time_unix_nano, clean(e.attributes)] for e in record.events],
-                index,
-            ]
-        )
-    return msgpack.packb([resources, rows], use_bin_type=True)
+encode_readable_spans = encode
+"""The exporter's name for :func:`encode` (SDK spans)."""
+encode_records = encode
+"""The gateway's name for :func:`encode` (:class:`SpanRecord` objects)."""
 
 
 def entry_fields(blob: bytes, count: int) -> dict[Any, Any]:

@@ -33,30 +33,17 @@ PRIVATE_IMPORTS_ALLOWED: set[str] = {
 """``<file>: <module>.<name>``: underscore names imported from another module, today."""
 
 BIG_MODULES_ALLOWED: dict[str, int] = {
-    "aggregator/api/app.py": 1005,
-    "aggregator/consumer/rollups.py": 862,
-    "aggregator/consumer/service.py": 1313,
-    "aggregator/devtools/embedded.py": 516,
-    "aggregator/experiments/statistics.py": 916,
-    "exporter/bus.py": 514,
-    "exporter/runtime/selftelemetry.py": 684,
     "instrumentation/asgi.py": 657,
     "instrumentation/settings.py": 525,
     "instrumentation/tracker.py": 705,
     # Test modules: one per module tested, to be split by theme.
-    "tests/aggregator/experiments/test_statistics.py": 604,
+    "tests/aggregator/experiments/test_statistics.py": 605,
     "tests/deploy/test_deploy.py": 574,
     "tests/exporter/runtime/test_selftelemetry.py": 513,
 }
 """File -> its line count today: modules over MODULE_LINES still to split."""
 
 LONG_FUNCTIONS_ALLOWED: dict[str, int] = {
-    "aggregator/api/app.py:create_app": 414,
-    "aggregator/devtools/simulation.py:_student": 82,
-    "aggregator/devtools/simulation.py:build_backend": 139,
-    # DDL of the rollup tables, functions and partitions, in the order PostgreSQL needs it.
-    "aggregator/storage/migrations/versions/0002_rollups.py:upgrade": 161,
-    "tests/aggregator/api/test_endpoints.py:test_read_endpoints_serve_pipeline_rollups_and_audit_each_read": 123,  # noqa: E501
     "tests/support/workload/build.py:build": 195,
     "tests/support/workload/compare.py:mismatches": 184,
     "tests/support/workload/truth.py:truth_of": 149,

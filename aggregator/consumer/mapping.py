@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -30,14 +29,31 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as _FastUUID
 
 from ...exporter.admission import EventWindow
-from ...exporter.event_types import API_REQUEST, api_request_fields, domain_event_type
-from ...exporter.wire import SPAN_KIND_SERVER, SpanRecord
+from ...exporter.event_types import SERVER_SPAN_INDEX, micros_of, span_events, time_of
+from ...exporter.wire import SpanRecord
 from ...instrumentation import semconv
 from ...instrumentation.privacy import is_pseudonym
 from .sessions import RECORDED_START
 
-SERVER_SPAN_INDEX = 0xFFFF
-"""Position used for the span's own ``api_request`` event, after any event index."""
+__all__ = [
+    "RAW_COLUMNS",
+    "SERVER_SPAN_INDEX",
+    "EventRow",
+    "RawRecord",
+    "Refusal",
+    "Screened",
+    "dumps_json",
+    "event_id",
+    "locate",
+    "micros_of",
+    "raw_records",
+    "rows_from_span",
+    "rows_of",
+    "screen",
+    "time_of",
+]
+
+_UNSET: Any = object()
 _INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -95,38 +111,13 @@ def rows_of(records: Iterable[RawRecord]) -> list[EventRow]:
     ]
 
 
-_fromtimestamp = datetime.fromtimestamp  # positional tz: keyword parsing costs ~40 % of the call
-_modf = math.modf
-
-
-def micros_of(unix_nano: int) -> int:
-    """Microseconds since the epoch of ``unix_nano``, rounded as ``datetime.fromtimestamp(unix_nano / 1e9)``
-    rounds (CPython: fractional part of the float seconds, times 1e6, half to even)."""
-    fraction, whole = _modf(unix_nano / 1e9)
-    micros = round(fraction * 1e6)
-    if micros >= 1_000_000:
-        micros -= 1_000_000
-        whole += 1.0
-    elif micros < 0:
-        micros += 1_000_000
-        whole -= 1.0
-    return int(whole) * 1_000_000 + micros
-
-
-def time_of(time_us: int) -> datetime:
-    """The UTC datetime of integer microseconds (exact: the float is within 0.25 µs). Any 64-bit
-    nanosecond time (the wire's range) lies between 1677 and 2554, which a datetime holds."""
-    return _fromtimestamp(time_us / 1e6, UTC)
-
-
 @functools.lru_cache(maxsize=65_536)
 def _valid_pseudonym(value: str) -> bool:
     return is_pseudonym(value)
 
 
-def _user(attributes: dict[str, Any], fallback: str | None) -> str | None:
-    value = attributes.get(semconv.USER_HASH, fallback)
-    # One regex match per distinct learner, not per span (bounded cache).
+def _user(value: Any) -> str | None:
+    # One regex match per distinct learner, not per event (bounded cache).
     return value if type(value) is str and _valid_pseudonym(value) else None
 
 
@@ -139,68 +130,60 @@ def _session(value: Any) -> uuid.UUID | None:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
-def _event_type(name: str) -> str | None:
-    return domain_event_type(name)
-
-
 def rows_from_span(record: SpanRecord) -> list[EventRow]:
-    """Event rows carried by one span (possibly none)."""
+    """Event rows carried by one span (possibly none): :func:`~...exporter.event_types.span_events`
+    with deterministic ids, fields by name, a validated pseudonym and the session as a UUID."""
     rows: list[EventRow] = []
-    span_attributes = record.attributes
-    span_user = _user(span_attributes, None)
     trace_id, span_id = record.trace_id, record.span_id
-    if record.events:
-        span_session_text = span_attributes.get(_SESSION_ID_ATTR)
-        span_session = _session(span_session_text)
-        fields = semconv.ATTRIBUTE_FIELDS
-        for index, event in enumerate(record.events):
-            event_type = _event_type(event.name)
-            if event_type is None:
-                continue
-            attributes = event.attributes
-            properties: dict[str, Any] = {}
-            for key, value in attributes.items():
-                field = fields.get(key)
-                if field is not None:
-                    properties[field] = value
-            if event_type == "session_end" and record.name == semconv.LEARNING_SESSION_SPAN:
-                # The session's own span started when the session did (the tracker's record of
-                # it): its start bounds the study time like a session_start (aggregator/consumer/sessions.py).
-                properties[RECORDED_START] = micros_of(record.start_unix_nano)
-            session_text = properties.get("session_id")
-            if session_text is None or session_text == span_session_text:
-                session_id = span_session
-            else:
-                session_id = _session(session_text) or span_session
-            user = _user(attributes, span_user) if semconv.USER_HASH in attributes else span_user
-            time_us = micros_of(event.time_unix_nano)
+    span_session_text: Any = _UNSET
+    span_session: uuid.UUID | None = None
+    fields = semconv.ATTRIBUTE_FIELDS
+    raw_user: Any = _UNSET
+    user_hash: str | None = None
+    for index, event_type, time_us, user, attributes in span_events(record):
+        if user is not raw_user:  # events of a span mostly share the span's user: checked once
+            raw_user, user_hash = user, _user(user)
+        if index == SERVER_SPAN_INDEX:  # the span's own api_request: its fields already
             rows.append(
                 EventRow(
                     event_id(trace_id, span_id, index),
                     time_of(time_us),
                     event_type,
-                    user,
-                    session_id,
-                    properties,
-                    time_us,
-                )
-            )
-    if record.kind == SPAN_KIND_SERVER:
-        request = api_request_fields(record)
-        if request is not None:
-            time_us = micros_of(record.end_unix_nano)
-            rows.append(
-                EventRow(
-                    event_id(trace_id, span_id, SERVER_SPAN_INDEX),
-                    time_of(time_us),
-                    API_REQUEST,
-                    span_user,
+                    user_hash,
                     None,
-                    request,
+                    attributes,
                     time_us,
                 )
             )
+            continue
+        if span_session_text is _UNSET:
+            span_session_text = record.attributes.get(_SESSION_ID_ATTR)
+            span_session = _session(span_session_text)
+        properties: dict[str, Any] = {}
+        for key, value in attributes.items():
+            field = fields.get(key)
+            if field is not None:
+                properties[field] = value
+        if event_type == "session_end" and record.name == semconv.LEARNING_SESSION_SPAN:
+            # The session's own span started when the session did (the tracker's record of
+            # it): its start bounds the study time like a session_start (aggregator/consumer/sessions.py).
+            properties[RECORDED_START] = micros_of(record.start_unix_nano)
+        session_text = properties.get("session_id")
+        if session_text is None or session_text == span_session_text:
+            session_id = span_session
+        else:
+            session_id = _session(session_text) or span_session
+        rows.append(
+            EventRow(
+                event_id(trace_id, span_id, index),
+                time_of(time_us),
+                event_type,
+                user_hash,
+                session_id,
+                properties,
+                time_us,
+            )
+        )
     return rows
 
 

@@ -10,9 +10,10 @@ Inside one transaction (a round of batches, or one batch of redelivered entries)
    ``careful=True``): one row per event id, the stored events found first by primary-key
    probes, only the others copied and rolled up. Entries delivered before go that way at once.
 2. rolls exactly those new events up: :class:`Rollup` accumulates per-key deltas in one pass
-   over the events (a few dictionary updates each) and :meth:`Rollup.apply` copies them into the
-   connection's delta tables and merges each table with one ``INSERT ... SELECT ... ON CONFLICT
-   DO UPDATE``: one upsert per key, however many events it aggregates.
+   over the events (a few dictionary updates each, :mod:`.counting`) and :meth:`Rollup.apply`
+   copies them into the connection's delta tables and merges each table with one
+   ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` (:mod:`.rollup_sql`): one upsert per key,
+   however many events it aggregates.
 
 So every rollup moves exactly once per event, whatever the bus redelivers.
 
@@ -40,31 +41,70 @@ events) makes the entry fail with :class:`RollupInputError` naming the event typ
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 import orjson
 
-from ...instrumentation.events import MAX_SECONDS
-from . import histogram
-from .mapping import RAW_COLUMNS, EventRow, RawRecord, dumps_json, rows_of
-from .sessions import RECORDED_START, Mark, Session, StudyDeltas
+from .counting import (
+    DAY_SESSIONS,
+    DAY_STUDY_SECONDS,
+    DAY_US,
+    GAME_ACHIEVEMENTS,
+    GAME_CURRENT_STREAK,
+    GAME_LAST_ACTIVITY,
+    GAME_LEVEL,
+    GAME_LONGEST_STREAK,
+    GAME_STREAK_EVENT_ID,
+    GAME_STREAK_KEY,
+    GAME_XP,
+    HOUR_SESSIONS,
+    HOUR_STUDY_SECONDS,
+    HOUR_US,
+    MINUTE_US,
+    Counts,
+    RollupInputError,
+)
+from .mapping import RAW_COLUMNS, RawRecord, rows_of
+from .rollup_sql import (
+    AI,
+    CLEAR_STUDY_RESIDUES,
+    DAILY,
+    DELTA_TABLES,
+    GAMIFICATION,
+    HOURLY,
+    SESSIONS,
+    STUDY_EPSILON_S,
+    SUMMARY,
+    SYSTEM,
+    UPDATE_SESSIONS,
+    UPSERT_AI,
+    UPSERT_DAILY,
+    UPSERT_GAMIFICATION,
+    UPSERT_HOURLY_AND_SUMMARY,
+    UPSERT_SESSIONS,
+    UPSERT_SYSTEM,
+)
+from .sessions import Session, StudyDeltas
 
-MINUTE_US = 60_000_000
-HOUR_US = 3_600_000_000
-DAY_US = 86_400_000_000
+__all__ = [
+    "DAY_US",
+    "DELTA_TABLES",
+    "HOUR_US",
+    "MINUTE_US",
+    "SESSIONS",
+    "STUDY_EPSILON_S",
+    "Rollup",
+    "RollupInputError",
+    "insert_events",
+    "setup_connection",
+    "stored_event_ids",
+]
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1)
-STUDY_EPSILON_S = 5e-7
-"""Less study time than this is none: study time is counted in whole microseconds, and taking a
-session's back in floating point can leave a residue of about 1e-12 s."""
-
-
-class RollupInputError(ValueError):
-    """An event field the rollups read has a value they cannot use (names event type and field)."""
 
 
 async def setup_connection(conn: asyncpg.Connection) -> None:
@@ -141,79 +181,8 @@ async def insert_events(
     return len(records)
 
 
-# --- typed reads of event fields ------------------------------------------------------------------
-
-
-def _bad(event_type: str, field: str, value: Any, expected: str) -> RollupInputError:
-    return RollupInputError(
-        f"event {event_type!r}: field {field!r} must be {expected}, got {type(value).__name__}"
-    )
-
-
-def _number(value: Any, field: str, event_type: str) -> float | None:
-    """A value that is not an int or float: a string holding a number (as PostgreSQL's
-    ``::numeric`` would take it), or an error naming the field. ``None`` if not finite."""
-    if type(value) is str:
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _bad(event_type, field, value, "a number") from None
-        return number if math.isfinite(number) else None
-    raise _bad(event_type, field, value, "a number")
-
-
-def _int(properties: dict[str, Any], field: str, event_type: str, default: int = 0) -> int:
-    """An integer field (floats truncate); absent, null or non-finite: ``default``."""
-    value: Any = properties.get(field)
-    kind = type(value)  # exact types: bool is not a number here, as in JSON
-    if kind is int:
-        return value  # type: ignore[no-any-return]
-    if value is None:
-        return default
-    if kind is not float:
-        value = _number(value, field, event_type)
-        if value is None:
-            return default
-    return int(value) if math.isfinite(value) else default
-
-
-def _float(properties: dict[str, Any], field: str, event_type: str) -> float:
-    """A number field as float; absent, null or non-finite (stored as JSON null): 0."""
-    value: Any = properties.get(field)
-    kind = type(value)
-    if kind is float:
-        return value if math.isfinite(value) else 0.0
-    if kind is int:
-        return float(value)
-    if value is None:
-        return 0.0
-    number = _number(value, field, event_type)
-    return 0.0 if number is None else number
-
-
-def _text(value: Any, default: str) -> str:
-    """A label: a string as it is, any other value as its JSON text (``default`` when absent or null)."""
-    if type(value) is str:
-        return value
-    if value is None:
-        return default
-    return dumps_json(value)
-
-
-def _material(value: Any) -> str | None:
-    """An element of ``materials_touched`` as ``text[]`` holds it (JSON null: NULL)."""
-    return None if value is None else _text(value, "")
-
-
-def _count(counts: dict[Any, int], key: Any) -> None:
-    counts[key] = counts.get(key, 0) + 1
-
-
-# --- the accumulator ------------------------------------------------------------------------------
-
-
-class Rollup:
-    """Per-key deltas of a set of new events, merged into the tables by :meth:`apply`.
+class Rollup(Counts):
+    """The deltas of :class:`.counting.Counts`, merged into the tables by :meth:`apply`.
 
     Keys are integers of the UTC day, hour and minute (``time_us // DAY_US`` ...), the
     same integer the raw row's time comes from. Count maps are dicts (histogram buckets as
@@ -222,191 +191,7 @@ class Rollup:
     type and hour, the only per-event count it needs of its own.
     """
 
-    __slots__ = ("ai", "by_type", "daily", "gamification", "hourly", "sessions", "system")
-
-    def __init__(self) -> None:
-        self.daily: dict[tuple[str, int], list[Any]] = {}
-        """(user, day) -> [sessions, study_seconds, viewed, completed, xp, events]"""
-        self.hourly: dict[tuple[str, int], list[Any]] = {}
-        """(user, hour) -> [events, sessions, study_seconds, viewed, completed, xp, ai_interactions]"""
-        self.gamification: dict[str, list[Any]] = {}
-        """user -> [xp, level, achievements, streak key (time_us, id bytes), current streak,
-        streak event id, longest streak, last activity time_us]"""
-        self.ai: dict[tuple[str, int], list[Any]] = {}
-        """(user, day) -> [interactions, tokens_in, tokens_out, latency_sum, latency_hist, models,
-        topics, feedback_count, rating_sum, ratings]"""
-        self.system: dict[tuple[int, str, str], list[Any]] = {}
-        """(minute, route, method) -> [requests, errors, client_errors, errors_by_type, latency_sum,
-        latency_min, latency_max, latency_hist]"""
-        self.by_type: dict[tuple[int, str], int] = {}
-        """(hour, event type) -> events, users or not"""
-        self.sessions: dict[tuple[str, Any], Session] = {}
-        """(user, session id) -> the earliest start and end of the session among these events"""
-
-    @property
-    def keys(self) -> int:
-        """Rows this rollup will upsert, about (its size in memory is ~600 B per key)."""
-        return (
-            len(self.daily)
-            + len(self.hourly)
-            + len(self.gamification)
-            + len(self.ai)
-            + len(self.system)
-            + len(self.sessions)
-        )
-
-    def add(self, rows: Iterable[EventRow]) -> None:
-        """Count ``rows`` (new events, unique by id). Raises :class:`RollupInputError`, having
-        possibly counted part of ``rows``: discard the accumulator then."""
-        daily, hourly, gamification, by_type = self.daily, self.hourly, self.gamification, self.by_type
-        for row in rows:
-            event_type = row.event_type
-            time_us = row.time_us
-            hour = time_us // HOUR_US
-            key = (hour, event_type)
-            by_type[key] = by_type.get(key, 0) + 1
-            if event_type == "api_request":
-                self._request(row.properties, time_us)
-            user = row.user_hash
-            if user is None:
-                continue
-            day = time_us // DAY_US
-            day_row = daily.get((user, day))
-            if day_row is None:
-                day_row = daily[(user, day)] = [0, 0.0, 0, 0, 0, 0]
-            hour_row = hourly.get((user, hour))
-            if hour_row is None:
-                hour_row = hourly[(user, hour)] = [0, 0, 0.0, 0, 0, 0, 0]
-            state = gamification.get(user)
-            if state is None:
-                state = gamification[user] = [0, 1, None, None, 0, None, 0, time_us]
-            elif time_us > state[7]:
-                state[7] = time_us
-            day_row[5] += 1
-            hour_row[0] += 1
-            if event_type == "api_request":
-                continue
-            if event_type == "material_view":
-                day_row[2] += 1
-                hour_row[3] += 1
-            elif event_type == "xp_awarded":
-                xp = _int(row.properties, "xp_amount", event_type)
-                day_row[4] += xp
-                hour_row[5] += xp
-                state[0] += xp
-            elif event_type == "ai_coach_interaction":
-                hour_row[6] += 1
-                self._coach(user, day, row.properties, event_type)
-            elif event_type == "session_start":
-                if row.session_id is not None:
-                    self._session_start(row, user)
-            elif event_type == "session_end":
-                if row.session_id is not None:
-                    self._session_end(row, user)
-            elif event_type == "material_complete":
-                day_row[3] += 1
-                hour_row[4] += 1
-            elif event_type == "level_up":
-                state[1] = max(state[1], _int(row.properties, "level", event_type, 1))
-            elif event_type == "achievement_unlocked":
-                if state[2] is None:
-                    state[2] = set()
-                state[2].add(_text(row.properties.get("achievement_id"), "None"))
-            elif event_type == "ai_coach_feedback":
-                self._coach(user, day, row.properties, event_type)
-            elif event_type in ("streak_updated", "streak_broken"):
-                self._streak(row, state)
-
-    def _request(self, properties: dict[str, Any], time_us: int) -> None:
-        duration = properties.get("duration_ms")
-        if type(duration) is not float:
-            duration = _float(properties, "duration_ms", "api_request")
-        route, method, error = properties.get("route"), properties.get("method"), properties.get("error_type")
-        key = (
-            time_us // MINUTE_US,
-            route if type(route) is str else _text(route, "None"),
-            method if type(method) is str else _text(method, "_OTHER"),
-        )
-        metrics = self.system.get(key)
-        if metrics is None:
-            metrics = self.system[key] = [0, 0, 0, {}, 0.0, duration, duration, {}]
-        metrics[0] += 1
-        if error is not None:
-            metrics[1] += 1
-            errors = metrics[3]
-            error = _text(error, "")
-            errors[error] = errors.get(error, 0) + 1
-        elif 400 <= _int(properties, "status_code", "api_request") < 500:
-            metrics[2] += 1
-        metrics[4] += duration
-        if duration < metrics[5]:
-            metrics[5] = duration
-        elif duration > metrics[6]:
-            metrics[6] = duration
-        buckets = metrics[7]
-        bucket = histogram.bucket(duration)
-        buckets[bucket] = buckets.get(bucket, 0) + 1
-
-    def _coach(self, user: str, day: int, properties: dict[str, Any], event_type: str) -> None:
-        metrics = self.ai.get((user, day))
-        if metrics is None:
-            metrics = self.ai[(user, day)] = [0, 0, 0, 0.0, {}, {}, {}, 0, 0, {}]
-        if event_type == "ai_coach_interaction":
-            latency = _float(properties, "latency_ms", event_type)
-            metrics[0] += 1
-            metrics[1] += _int(properties, "tokens_in", event_type)
-            metrics[2] += _int(properties, "tokens_out", event_type)
-            metrics[3] += latency
-            _count(metrics[4], histogram.bucket(latency))
-            _count(metrics[5], _text(properties.get("model"), "None"))
-            _count(metrics[6], _text(properties.get("topic_category"), "None"))
-        else:
-            rating = _int(properties, "rating", event_type)
-            metrics[7] += 1
-            metrics[8] += rating
-            _count(metrics[9], rating)
-
-    def _session(self, row: EventRow, user: str) -> Session:
-        key = (user, row.session_id)
-        session = self.sessions.get(key)
-        if session is None:
-            session = self.sessions[key] = Session()
-        return session
-
-    def _session_start(self, row: EventRow, user: str) -> None:
-        self._session(row, user).add_start(Mark(row.time_us, row.event_id))
-
-    def _session_end(self, row: EventRow, user: str) -> None:
-        properties = row.properties
-        duration = _float(properties, "duration_s", "session_end")
-        if duration > MAX_SECONDS:  # its study time would be split over that many hours
-            raise RollupInputError(
-                f"event 'session_end': field 'duration_s' must be at most {MAX_SECONDS} s, got {duration:g}"
-            )
-        materials = properties.get("materials_touched")
-        session = self._session(row, user)
-        recorded_start = properties.get(RECORDED_START)
-        if type(recorded_start) is int:  # carried by the session's own span (see .sessions)
-            session.add_start(Mark(recorded_start, row.event_id))
-        session.add_end(
-            Mark(row.time_us, row.event_id),
-            max(duration, 0.0),
-            _int(properties, "xp_earned", "session_end"),
-            [_material(m) for m in materials] if isinstance(materials, (list, tuple)) else [],
-            _text(properties.get("end_reason"), "completed"),
-        )
-
-    def _streak(self, row: EventRow, state: list[Any]) -> None:
-        updated = row.event_type == "streak_updated"
-        properties = row.properties
-        days = _int(properties, "streak_days", row.event_type) if updated else 0
-        reported = days if updated else _int(properties, "previous_streak_days", row.event_type)
-        key = (row.time_us, row.event_id.bytes)
-        if state[3] is None or key > state[3]:  # last writer wins on (time, event id)
-            state[3], state[4], state[5] = key, days, row.event_id
-        state[6] = max(state[6], reported)
-
-    # --- into the tables ------------------------------------------------------------------------
+    __slots__ = ()
 
     async def apply(self, conn: asyncpg.Connection) -> None:
         """Merge the deltas into the tables (inside the batch transaction), in the fixed order.
@@ -471,8 +256,8 @@ class Rollup:
         daily = dict(self.daily)
         for key, (sessions, micros) in study.daily.items():
             counters = list(daily.get(key) or (0, 0.0, 0, 0, 0, 0))
-            counters[0] += sessions
-            counters[1] += micros / 1e6
+            counters[DAY_SESSIONS] += sessions
+            counters[DAY_STUDY_SECONDS] += micros / 1e6
             daily[key] = counters
         return [(user, _day(day), *c) for (user, day), c in daily.items()]
 
@@ -481,17 +266,30 @@ class Rollup:
         hourly = dict(self.hourly)
         for key, (sessions, micros) in study.hourly.items():
             counters = list(hourly.get(key) or (0, 0, 0.0, 0, 0, 0, 0))
-            counters[1] += sessions
-            counters[2] += micros / 1e6
+            counters[HOUR_SESSIONS] += sessions
+            counters[HOUR_STUDY_SECONDS] += micros / 1e6
             hourly[key] = counters
         return hourly
 
     def _gamification_rows(self) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
         for user, g in self.gamification.items():
-            achievements = [] if g[2] is None else list(g[2])
-            streak_as_of = None if g[3] is None else _datetime(g[3][0])
-            rows.append((user, g[0], g[1], achievements, g[4], g[6], streak_as_of, g[5], _datetime(g[7])))
+            achievements = [] if g[GAME_ACHIEVEMENTS] is None else list(g[GAME_ACHIEVEMENTS])
+            streak_key = g[GAME_STREAK_KEY]
+            streak_as_of = None if streak_key is None else _datetime(streak_key[0])
+            rows.append(
+                (
+                    user,
+                    g[GAME_XP],
+                    g[GAME_LEVEL],
+                    achievements,
+                    g[GAME_CURRENT_STREAK],
+                    g[GAME_LONGEST_STREAK],
+                    streak_as_of,
+                    g[GAME_STREAK_EVENT_ID],
+                    _datetime(g[GAME_LAST_ACTIVITY]),
+                )
+            )
         return rows
 
     def _ai_rows(self) -> list[tuple[Any, ...]]:
@@ -554,311 +352,3 @@ def _datetime(time_us: int) -> datetime:
 def _json(value: dict[Any, Any] | list[Any]) -> str:
     """JSON text of a count map (integer keys, histogram buckets, become strings) or a list."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-class DeltaTable(NamedTuple):
-    """A rollup table and the columns its deltas carry, with the key they merge on."""
-
-    table: str
-    columns: tuple[str, ...]
-    key: tuple[str, ...]
-
-    @property
-    def temp(self) -> str:
-        """The connection's temporary table of this table's deltas."""
-        return f"aggregator_delta_{self.table}"
-
-
-SESSIONS = DeltaTable(
-    "learning_sessions",
-    (
-        "user_hash",
-        "session_id",
-        "started_at",
-        "start_event_id",
-        "ended_at",
-        "end_event_id",
-        "duration_s",
-        "study_s",
-        "xp_earned",
-        "materials_touched",
-        "end_reason",
-    ),
-    ("user_hash", "session_id"),
-)
-DAILY = DeltaTable(
-    "daily_activity_summary",
-    (
-        "user_hash",
-        "day",
-        "sessions",
-        "study_seconds",
-        "materials_viewed",
-        "materials_completed",
-        "xp",
-        "events",
-    ),
-    ("user_hash", "day"),
-)
-GAMIFICATION = DeltaTable(
-    "gamification_stats",
-    (
-        "user_hash",
-        "xp_total",
-        "level",
-        "achievements",
-        "current_streak",
-        "longest_streak",
-        "streak_as_of",
-        "streak_event_id",
-        "last_activity_at",
-    ),
-    ("user_hash",),
-)
-AI = DeltaTable(
-    "ai_coach_metrics",
-    (
-        "user_hash",
-        "day",
-        "interactions",
-        "tokens_in",
-        "tokens_out",
-        "latency_ms_sum",
-        "latency_hist",
-        "models",
-        "topics",
-        "feedback_count",
-        "rating_sum",
-        "ratings",
-    ),
-    ("user_hash", "day"),
-)
-SYSTEM = DeltaTable(
-    "system_metrics",
-    (
-        "minute",
-        "route",
-        "method",
-        "requests",
-        "errors",
-        "client_errors",
-        "errors_by_type",
-        "latency_sum_ms",
-        "latency_min_ms",
-        "latency_max_ms",
-        "latency_hist",
-    ),
-    ("minute", "route", "method"),
-)
-HOURLY = DeltaTable(
-    "user_activity_hourly",
-    (
-        "user_hash",
-        "hour",
-        "events",
-        "sessions",
-        "study_seconds",
-        "materials_viewed",
-        "materials_completed",
-        "xp",
-        "ai_interactions",
-    ),
-    ("user_hash", "hour"),
-)
-SUMMARY = DeltaTable(
-    "hourly_analytics_summary",
-    (
-        "hour",
-        "events",
-        "events_by_type",
-        "sessions",
-        "study_seconds",
-        "materials_viewed",
-        "materials_completed",
-        "xp",
-        "ai_interactions",
-        "api_requests",
-        "api_errors",
-    ),  # active_users: from the hourly upsert
-    ("hour",),
-)
-DELTA_TABLES = (SESSIONS, DAILY, GAMIFICATION, AI, SYSTEM, HOURLY, SUMMARY)
-"""In the order they are merged, always: a fixed table order keeps concurrent aggregators free of
-deadlocks (the hourly summary, the hottest row, last)."""
-
-
-def _insert(delta: DeltaTable, alias: str, select: str | None = None) -> str:
-    """``INSERT ... SELECT`` of a delta table in key order (the lock order), up to ``DO UPDATE SET``."""
-    columns = ", ".join(delta.columns)
-    key = ", ".join(delta.key)
-    return (
-        f"INSERT INTO {delta.table} AS {alias} ({columns})\n"
-        f"SELECT {select or columns} FROM {delta.temp} ORDER BY {key}\n"
-        f"ON CONFLICT ({key}) DO UPDATE SET\n"
-        "    changed_xid = DEFAULT,  -- the exporter's change tracking (revision 0009_export)\n"
-    )
-
-
-def _merge(stored: str, added: str) -> str:
-    """``count_map_add`` of two count maps, skipped (a function call per row) when nothing is added."""
-    return f"CASE WHEN {added} = '{{}}'::jsonb THEN {stored} ELSE count_map_add({stored}, {added}) END"
-
-
-_NIL = "'00000000-0000-0000-0000-000000000000'::uuid"
-
-
-def _is_earlier(mark: str) -> str:
-    """The batch's start or end (``mark`` is ``start`` or ``end``) comes before the stored one."""
-    at = "started_at" if mark == "start" else "ended_at"
-    return (
-        f"(EXCLUDED.{at} IS NOT NULL AND (s.{at} IS NULL OR (EXCLUDED.{at}, EXCLUDED.{mark}_event_id) "
-        f"< (s.{at}, coalesce(s.{mark}_event_id, {_NIL}))))"
-    )
-
-
-UPSERT_SESSIONS = (
-    _insert(SESSIONS, "s")
-    + f"""    user_hash = s.user_hash
-WHERE {_is_earlier("start")} OR {_is_earlier("end")}
-RETURNING (xmax = 0) AS created, s.*
-"""
-)
-"""New sessions are inserted as the batch has them; a stored session is locked and, if the batch
-has an earlier start or end for it, returned unchanged (the no-op update) for the merge."""
-
-UPDATE_SESSIONS = f"""
-UPDATE {SESSIONS.table} AS s SET
-    started_at = t.started_at, start_event_id = t.start_event_id, ended_at = t.ended_at,
-    end_event_id = t.end_event_id, duration_s = t.duration_s, study_s = t.study_s,
-    xp_earned = t.xp_earned, materials_touched = t.materials_touched, end_reason = t.end_reason
-FROM {SESSIONS.temp} AS t
-WHERE s.user_hash = t.user_hash AND s.session_id = t.session_id
-"""
-"""The merged sessions (locked by :data:`UPSERT_SESSIONS` in this transaction) written back."""
-
-UPSERT_DAILY = (
-    _insert(DAILY, "d")
-    + """
-    sessions = d.sessions + EXCLUDED.sessions,
-    study_seconds = d.study_seconds + EXCLUDED.study_seconds,
-    materials_viewed = d.materials_viewed + EXCLUDED.materials_viewed,
-    materials_completed = d.materials_completed + EXCLUDED.materials_completed,
-    xp = d.xp + EXCLUDED.xp,
-    events = d.events + EXCLUDED.events
-"""
-)
-
-_STREAK_IS_NEWER = """EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
-             OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))"""
-
-_SORTED_ACHIEVEMENTS = """user_hash, xp_total, level,
-       CASE WHEN cardinality(achievements) < 2 THEN achievements
-            ELSE ARRAY(SELECT a FROM unnest(achievements) AS a ORDER BY a) END,
-       current_streak, longest_streak, streak_as_of, streak_event_id, last_activity_at"""
-"""Achievements in the database's order, like the union on conflict (the set is distinct already)."""
-
-UPSERT_GAMIFICATION = (
-    _insert(GAMIFICATION, "g", _SORTED_ACHIEVEMENTS)
-    + f"""
-    xp_total = g.xp_total + EXCLUDED.xp_total,
-    level = greatest(g.level, EXCLUDED.level),
-    achievements = CASE WHEN cardinality(EXCLUDED.achievements) = 0 THEN g.achievements
-                        ELSE ARRAY(SELECT DISTINCT a FROM unnest(g.achievements || EXCLUDED.achievements) AS a
-                                   ORDER BY a) END,
-    current_streak = CASE WHEN {_STREAK_IS_NEWER}
-        THEN EXCLUDED.current_streak ELSE g.current_streak END,
-    streak_event_id = CASE WHEN {_STREAK_IS_NEWER}
-        THEN EXCLUDED.streak_event_id ELSE g.streak_event_id END,
-    streak_as_of = CASE WHEN {_STREAK_IS_NEWER}
-        THEN EXCLUDED.streak_as_of ELSE g.streak_as_of END,
-    longest_streak = greatest(g.longest_streak, EXCLUDED.longest_streak),
-    last_activity_at = greatest(g.last_activity_at, EXCLUDED.last_activity_at)
-"""
-)
-
-UPSERT_AI = (
-    _insert(AI, "a")
-    + f"""
-    interactions = a.interactions + EXCLUDED.interactions,
-    tokens_in = a.tokens_in + EXCLUDED.tokens_in,
-    tokens_out = a.tokens_out + EXCLUDED.tokens_out,
-    latency_ms_sum = a.latency_ms_sum + EXCLUDED.latency_ms_sum,
-    latency_hist = {_merge("a.latency_hist", "EXCLUDED.latency_hist")},
-    models = {_merge("a.models", "EXCLUDED.models")},
-    topics = {_merge("a.topics", "EXCLUDED.topics")},
-    feedback_count = a.feedback_count + EXCLUDED.feedback_count,
-    rating_sum = a.rating_sum + EXCLUDED.rating_sum,
-    ratings = {_merge("a.ratings", "EXCLUDED.ratings")}
-"""
-)
-
-UPSERT_SYSTEM = (
-    _insert(SYSTEM, "m")
-    + f"""
-    requests = m.requests + EXCLUDED.requests,
-    errors = m.errors + EXCLUDED.errors,
-    client_errors = m.client_errors + EXCLUDED.client_errors,
-    errors_by_type = {_merge("m.errors_by_type", "EXCLUDED.errors_by_type")},
-    latency_sum_ms = m.latency_sum_ms + EXCLUDED.latency_sum_ms,
-    latency_min_ms = least(m.latency_min_ms, EXCLUDED.latency_min_ms),
-    latency_max_ms = greatest(m.latency_max_ms, EXCLUDED.latency_max_ms),
-    latency_hist = {_merge("m.latency_hist", "EXCLUDED.latency_hist")}
-"""
-)
-
-UPSERT_HOURLY_AND_SUMMARY = f"""
-WITH hourly AS (
-    {_insert(HOURLY, "h")}
-        events = h.events + EXCLUDED.events,
-        sessions = h.sessions + EXCLUDED.sessions,
-        study_seconds = h.study_seconds + EXCLUDED.study_seconds,
-        materials_viewed = h.materials_viewed + EXCLUDED.materials_viewed,
-        materials_completed = h.materials_completed + EXCLUDED.materials_completed,
-        xp = h.xp + EXCLUDED.xp,
-        ai_interactions = h.ai_interactions + EXCLUDED.ai_interactions
-    RETURNING user_hash, hour, (xmax = 0) AS created, events, sessions, study_seconds
-), active AS (
-    -- Learners active in an hour (an event, a session start or study time in it) now, less
-    -- those that were before: a row this batch created was not; a stored row's counters were
-    -- its new ones less the batch's delta (a session that changed can leave a learner inactive).
-    SELECT h.hour, sum(
-        (h.events > 0 OR h.sessions > 0 OR h.study_seconds >= {STUDY_EPSILON_S})::int
-        - (NOT h.created AND (h.events > d.events OR h.sessions > d.sessions
-                              OR h.study_seconds - d.study_seconds >= {STUDY_EPSILON_S}))::int
-    )::int AS users
-    FROM hourly AS h JOIN {HOURLY.temp} AS d USING (user_hash, hour)
-    GROUP BY h.hour
-)
-INSERT INTO {SUMMARY.table} AS s
-    (hour, events, events_by_type, active_users, sessions, study_seconds, materials_viewed,
-     materials_completed, xp, ai_interactions, api_requests, api_errors)
-SELECT t.hour, t.events, t.events_by_type, coalesce(a.users, 0), t.sessions, t.study_seconds,
-       t.materials_viewed, t.materials_completed, t.xp, t.ai_interactions, t.api_requests, t.api_errors
-FROM {SUMMARY.temp} AS t LEFT JOIN active AS a USING (hour)
-ORDER BY t.hour
-ON CONFLICT (hour) DO UPDATE SET
-    changed_xid = DEFAULT,
-    events = s.events + EXCLUDED.events,
-    events_by_type = count_map_add(s.events_by_type, EXCLUDED.events_by_type),
-    active_users = s.active_users + EXCLUDED.active_users,
-    sessions = s.sessions + EXCLUDED.sessions,
-    study_seconds = s.study_seconds + EXCLUDED.study_seconds,
-    materials_viewed = s.materials_viewed + EXCLUDED.materials_viewed,
-    materials_completed = s.materials_completed + EXCLUDED.materials_completed,
-    xp = s.xp + EXCLUDED.xp,
-    ai_interactions = s.ai_interactions + EXCLUDED.ai_interactions,
-    api_requests = s.api_requests + EXCLUDED.api_requests,
-    api_errors = s.api_errors + EXCLUDED.api_errors
-"""
-# Every hour of a (user, hour) row also has events or study time of the batch, so the summary
-# holds every hour of ``active``: the LEFT JOIN loses nothing.
-
-CLEAR_STUDY_RESIDUES = ";\n".join(
-    f"UPDATE {delta.table} AS r SET study_seconds = 0 FROM {delta.temp} AS d "
-    f"WHERE {' AND '.join(f'r.{k} = d.{k}' for k in delta.key)} "
-    f"AND r.study_seconds <> 0 AND abs(r.study_seconds) < {STUDY_EPSILON_S}"
-    for delta in (DAILY, HOURLY, SUMMARY)
-)
-"""After study time was taken back: what is left of it below :data:`STUDY_EPSILON_S` becomes 0
-(rows of this transaction only, locked already). A row left with no events and no study time
-stays, all zero: the aggregator may not delete (docs/aggregator.md), and readers skip it."""

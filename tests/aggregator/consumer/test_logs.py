@@ -81,7 +81,7 @@ async def test_batch_and_round_records_carry_their_correlation_id(migrated: Sett
     await asyncio.to_thread(_run_until_drained, migrated, log)
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    consumer = [r for r in records if r["logger"] == "studyin_analytics.aggregator.consumer.service"]
+    consumer = [r for r in records if r["logger"].startswith("studyin_analytics.aggregator.consumer.")]
     dead = [r for r in consumer if r["message"].startswith("dead-lettering entry")]
     rolled_back = [r for r in consumer if "round met stored events" in r["message"]]
     assert len(dead) == 1, records

@@ -7,7 +7,7 @@ Create Date: 2026-12-03
 
 ``changed_xid`` on every rollup table is to rollup rows what ``stored_xid`` (0008) is to raw
 events: the id of the transaction that inserted the row (column default) or last updated it (the
-merge SQL sets ``changed_xid = DEFAULT``, ``aggregator/rollups.py``). The exporter reads
+merge SQL sets ``changed_xid = DEFAULT``, ``aggregator/consumer/rollup_sql.py``). The exporter reads
 ``changed_xid >= previous xmin AND changed_xid < pg_snapshot_xmin(current snapshot)`` and so
 finds every row that changed since its previous step, each version once. Deliberately **no
 index**: an index on a column every upsert changes would turn the aggregator's HOT updates into
