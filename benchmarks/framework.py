@@ -39,6 +39,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "end_to_end",
     "api",
     "lrs",
+    "warehouse",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 

@@ -201,11 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The bus and gateway commands live beside this module; commands of layers above the
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
     from ..lrs.commands import register as register_lrs
+    from ..warehouse.command import register as register_export
     from . import bus, gateway
 
     bus.register(sub)
     gateway.register(sub)
     register_lrs(sub)
+    register_export(sub)
     for plugin in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
     return parser

@@ -151,7 +151,7 @@ def _insert(delta: DeltaTable, alias: str, select: str | None = None) -> str:
     return (
         f"INSERT INTO {delta.table} AS {alias} ({columns})\n"
         f"SELECT {select or columns} FROM {delta.temp} ORDER BY {key}\n"
-        f"ON CONFLICT ({key}) DO UPDATE SET\n"
+        f"ON CONFLICT ({key}) DO UPDATE SET changed_xid = DEFAULT,\n"  # export change tracking (0009_export)
     )
 
 
@@ -292,7 +292,7 @@ SELECT t.hour, t.events, t.events_by_type, coalesce(a.users, 0), t.sessions, t.s
        t.materials_viewed, t.materials_completed, t.xp, t.ai_interactions, t.api_requests, t.api_errors
 FROM {SUMMARY.temp} AS t LEFT JOIN active AS a USING (hour)
 ORDER BY t.hour
-ON CONFLICT (hour) DO UPDATE SET
+ON CONFLICT (hour) DO UPDATE SET changed_xid = DEFAULT,
     events = s.events + EXCLUDED.events,
     events_by_type = count_map_add(s.events_by_type, EXCLUDED.events_by_type),
     active_users = s.active_users + EXCLUDED.active_users,

@@ -36,6 +36,11 @@ def alembic_config(settings: PostgresSettings) -> Config:
     config.attributes["schema"] = settings.postgres_schema
     config.attributes["aggregator_role"] = settings.postgres_aggregator_role
     config.attributes["api_role"] = settings.postgres_api_role
+    from ..warehouse.settings import ExportSettings, catalog_schema  # revision 0009_export
+
+    export = ExportSettings()
+    config.attributes["exporter_role"] = export.postgres_role
+    config.attributes["export_catalog_schema"] = catalog_schema(settings, export)
     # The libpq-style URL as given (sslmode, sslrootcert...): env.py hands it to asyncpg itself,
     # since SQLAlchemy's asyncpg dialect would pass such parameters on as unknown arguments.
     config.attributes["postgres_url"] = require(settings.postgres_url, "postgres_url")
