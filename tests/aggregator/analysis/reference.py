@@ -62,7 +62,7 @@ def learner_paths(seed: int, learners: int = 40, weeks: int = 8) -> list[Event]:
         events.append(Event(user, t * US, kind, uuid.UUID(int=rng.getrandbits(128)), props))
 
     for n in range(learners):
-        user = f"k1:{n:04x}" + "0" * 60
+        user = f"k1:{n:032x}"
         t = start_s + rng.randrange(weeks * 7 * DAY_S // 2)
         sessions = 1 + (rng.random() < 0.5) + (rng.random() < 0.3) * rng.randrange(1, 4)
         for _ in range(sessions):
