@@ -31,7 +31,9 @@ from rich.progress import Progress, TaskID
 
 from ..instrumentation.settings import Settings
 
-BENCH_MODULES: tuple[str, ...] = ("instrumentation", "exporter", "aggregator", "scaling", "end_to_end", "api")
+BENCH_MODULES: tuple[str, ...] = (
+    "instrumentation", "exporter", "aggregator", "scaling", "end_to_end", "api", "analysis"
+)
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 
 _SAFE = re.compile(r"[^a-z0-9_]")
