@@ -82,44 +82,98 @@ def _exclusion_rows(store: EventStore, definition: FunnelDefinition, step: int) 
     return np.unique(np.concatenate(rows))
 
 
+def _from_predecessors(
+    store: EventStore,
+    definition: FunnelDefinition,
+    k: int,
+    cand: I64,
+    pred_pos: I64,
+    pred_start: I64,
+    excluded: I64 | None,
+) -> tuple[I64, I64]:
+    """Step ``k`` driven by the predecessors, when no later step has a per-step window or exclusion.
+
+    Strict: the row right after each predecessor. Ordered: the first step-``k`` row after each
+    predecessor. A later one has the same start and fewer rows after it, meets this step's own
+    window and exclusions no better, and no later step bounds the time or rows from it, so it can
+    never do better (and the earliest valid row, the learner's first reach, is always one of these). Cost O(predecessors · log candidates): the rows of the step's
+    type are never scanned, so steps most learners never reach cost almost nothing.
+    """
+    step = definition.steps[k]
+    time, learner = store.time, store.learner
+    if not len(cand):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if definition.order == "strict":
+        rows = pred_pos + 1
+        idx = np.searchsorted(cand, rows)
+        idxc = np.minimum(idx, len(cand) - 1)
+        ok = (idx < len(cand)) & (cand[idxc] == rows)
+    else:
+        idx = np.searchsorted(cand, pred_pos, side="right")
+        ok = idx < len(cand)
+        rows = cand[np.minimum(idx, len(cand) - 1)]
+    rows = np.minimum(rows, len(store) - 1)
+    ok &= learner[rows] == learner[pred_pos]
+    ok &= time[rows] - pred_start <= definition.window_s * US
+    if step.within_s is not None:
+        ok &= time[rows] - time[pred_pos] <= step.within_s * US
+    if excluded is not None and len(excluded):
+        # an excluded row strictly between the predecessor and the row
+        ok &= np.searchsorted(excluded, pred_pos, side="right") == np.searchsorted(excluded, rows)
+    rows, starts = rows[ok], pred_start[ok]
+    # Several predecessors may lead to one row: keep the latest start (the last of the run).
+    last = np.ones(len(rows), bool)
+    last[:-1] = rows[1:] != rows[:-1]
+    return rows[last], starts[last]
+
+
 def _step_candidates(
     store: EventStore, definition: FunnelDefinition, k: int, pred_pos: I64, pred_start: I64, t0: int
 ) -> tuple[I64, I64]:
     """Rows of step ``k`` that end a valid chain, and the latest start of such a chain."""
     step = definition.steps[k]
-    cand = store.positions(step)
     time, learner = store.time, store.learner
-    cand = cand[time[cand] >= t0]
-    if not len(cand) or not len(pred_pos):
+    if not len(pred_pos):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    cand = store.positions(step)
+    excluded = _exclusion_rows(store, definition, k)
+    later_bounds = any(
+        definition.steps[j].within_s is not None or _exclusion_rows(store, definition, j) is not None
+        for j in range(k + 1, len(definition.steps))
+    )
+    if definition.order == "strict" or not later_bounds:
+        return _from_predecessors(store, definition, k, cand, pred_pos, pred_start, excluded)
+    # Cheap cut before any binary search (per-learner tables, small and cache-resident): a
+    # candidate needs a predecessor row before it and must lie within the window of the
+    # learner's latest start (starts never decrease along a learner's predecessors).
+    pred_learner = learner[pred_pos]
+    first_pred = np.full(store.learner_count, np.iinfo(np.int64).max, np.int64)
+    last_start = np.full(store.learner_count, np.iinfo(np.int64).min // 2, np.int64)
+    first_pred[pred_learner[::-1]] = pred_pos[::-1]
+    last_start[pred_learner] = pred_start
+    cand_learner = learner[cand]
+    cand = cand[(cand > first_pred[cand_learner])
+                & (time[cand] <= last_start[cand_learner] + definition.window_s * US)]
+    if not len(cand):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     tc = time[cand]
     lstart = store.offsets[learner[cand]]
     window = definition.window_s * US
-    if definition.order == "strict":
-        prev = cand - 1
-        idx = np.searchsorted(pred_pos, prev)
-        idxc = np.minimum(idx, len(pred_pos) - 1)
-        ok = (idx < len(pred_pos)) & (pred_pos[idxc] == prev) & (prev >= lstart)
-        best = pred_start[idxc]
-        if step.within_s is not None:
-            ok &= tc - time[np.maximum(prev, 0)] <= step.within_s * US
-    else:
-        hi = np.searchsorted(pred_pos, cand, side="left") - 1
-        lo_row = lstart
-        if step.within_s is not None:
-            lo_row = _first_at_or_after(time, lstart, cand, tc - step.within_s * US)
-        excluded = _exclusion_rows(store, definition, k)
-        if excluded is not None and len(excluded):
-            j = np.searchsorted(excluded, cand) - 1
-            last = excluded[np.maximum(j, 0)]
-            # strictly between: the excluded row itself may still be the predecessor
-            after = np.where((j >= 0) & (last >= lstart), last, lstart)
-            lo_row = np.maximum(lo_row, after)
-        lo = np.searchsorted(pred_pos, lo_row, side="left")
-        ok = hi >= lo
-        # Starts never decrease along a learner's predecessors (module doc), so the latest
-        # start among the allowed predecessors [lo, hi] is the last one's.
-        best = np.where(ok, pred_start[np.maximum(hi, 0)], np.iinfo(np.int64).min)
+    hi = np.searchsorted(pred_pos, cand, side="left") - 1
+    lo_row = lstart
+    if step.within_s is not None:
+        lo_row = _first_at_or_after(time, lstart, cand, tc - step.within_s * US)
+    if excluded is not None and len(excluded):
+        j = np.searchsorted(excluded, cand) - 1
+        last = excluded[np.maximum(j, 0)]
+        # strictly between: the excluded row itself may still be the predecessor
+        after = np.where((j >= 0) & (last >= lstart), last, lstart)
+        lo_row = np.maximum(lo_row, after)
+    lo = np.searchsorted(pred_pos, lo_row, side="left")
+    ok = hi >= lo
+    # Starts never decrease along a learner's predecessors (module doc), so the latest
+    # start among the allowed predecessors [lo, hi] is the last one's.
+    best = np.where(ok, pred_start[np.maximum(hi, 0)], np.iinfo(np.int64).min)
     ok &= best >= tc - window
     return cand[ok], best[ok]
 
