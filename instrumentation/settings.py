@@ -311,7 +311,10 @@ class Settings(BaseSettings):
         description="Funnels and retention: a cell counting fewer learners (1 to k-1) is suppressed",
     )
     analysis_breakdown_limit: int = Field(
-        default=20, ge=1, le=100, description="Funnels: breakdown values shown at most (the rest as '(other)')"
+        default=20,
+        ge=1,
+        le=100,
+        description="Funnels: breakdown values shown at most (the rest as '(other)')",
     )
     api_max_body_bytes: int = Field(
         default=512 * 1024,

@@ -96,8 +96,9 @@ def _from_predecessors(
     Strict: the row right after each predecessor. Ordered: the first step-``k`` row after each
     predecessor. A later one has the same start and fewer rows after it, meets this step's own
     window and exclusions no better, and no later step bounds the time or rows from it, so it can
-    never do better (and the earliest valid row, the learner's first reach, is always one of these). Cost O(predecessors · log candidates): the rows of the step's
-    type are never scanned, so steps most learners never reach cost almost nothing.
+    never do better (and the earliest valid row, the learner's first reach, is always one of
+    these). Cost O(predecessors · log candidates): the rows of the step's type are never
+    scanned, so steps most learners never reach cost almost nothing.
     """
     step = definition.steps[k]
     time, learner = store.time, store.learner
@@ -152,8 +153,10 @@ def _step_candidates(
     first_pred[pred_learner[::-1]] = pred_pos[::-1]
     last_start[pred_learner] = pred_start
     cand_learner = learner[cand]
-    cand = cand[(cand > first_pred[cand_learner])
-                & (time[cand] <= last_start[cand_learner] + definition.window_s * US)]
+    cand = cand[
+        (cand > first_pred[cand_learner])
+        & (time[cand] <= last_start[cand_learner] + definition.window_s * US)
+    ]
     if not len(cand):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     tc = time[cand]

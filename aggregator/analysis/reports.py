@@ -164,9 +164,14 @@ def funnel_report(
         labels = sorted(set(per_learner), key=lambda v: (v == OTHER, v))
         index = {label: i for i, label in enumerate(labels)}
         code = np.array([index[v] for v in per_learner], dtype=np.int64)
-        group_counts = np.stack(
-            [np.bincount(code[lf.reached[s]], minlength=len(labels)) for s in range(len(required))], axis=1
-        ).astype(np.int64) if len(labels) else group_counts
+        group_counts = (
+            np.stack(
+                [np.bincount(code[lf.reached[s]], minlength=len(labels)) for s in range(len(required))],
+                axis=1,
+            ).astype(np.int64)
+            if labels
+            else group_counts
+        )
     shown_all, shown_groups = funnel_shown(overall, group_counts, required, k)
     groups = [_group(definition, None, overall, shown_all, _step_times(lf, everyone, required))]
     for g, label in enumerate(labels):
@@ -208,5 +213,9 @@ def retention_report(store: EventStore, definition: RetentionDefinition, k: int)
             )
         )
     return RetentionResult(
-        period=definition.period, mode=definition.mode, metric=definition.metric, min_group_size=k, cohorts=cohorts
+        period=definition.period,
+        mode=definition.mode,
+        metric=definition.metric,
+        min_group_size=k,
+        cohorts=cohorts,
     )

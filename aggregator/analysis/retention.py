@@ -66,7 +66,8 @@ def _first_session_ends(store: EventStore, rows: I64) -> np.ndarray:
 
 
 def _metric_rows(store: EventStore, definition: RetentionDefinition) -> tuple[I64, np.ndarray]:
-    """Rows carrying the metric and their values: XP of ``xp_awarded``, minutes of each session's first end."""
+    """Rows carrying the metric, and their values: XP of ``xp_awarded``, or minutes of each
+    session's first end."""
     name = "xp_awarded" if definition.metric == "xp" else "session_end"
     code = store.types.codes.get(name)
     if code is None:
@@ -96,14 +97,6 @@ def _keys(
     return np.where((period >= 0) & (period < span), keys, -1), rows
 
 
-def _lookup(sorted_keys: I64, keys: I64) -> tuple[np.ndarray, I64]:
-    idx = np.searchsorted(sorted_keys, keys)
-    idxc = np.minimum(idx, max(len(sorted_keys) - 1, 0))
-    if not len(sorted_keys):
-        return np.zeros(len(keys), bool), idxc
-    return (idx < len(sorted_keys)) & (sorted_keys[idxc] == keys), idxc
-
-
 def retention_counts(store: EventStore, definition: RetentionDefinition) -> RetentionCounts:
     tz, unit = definition.timezone, definition.period
     first = period_number(definition.start, unit)
@@ -121,28 +114,29 @@ def retention_counts(store: EventStore, definition: RetentionDefinition) -> Rete
     learners = store.learner[starts].astype(np.int64)
     start_period = periods(store.time[starts], unit, tz) - first
     in_range = (start_period >= 0) & (start_period < definition.cohorts)
-    members = np.unique(learners[in_range] * span + start_period[in_range])
+    # Dense (learner, period) tables: learners x (cohorts + periods + 1) cells, no sort needed.
+    cells = store.learner_count * span
+    member = np.zeros(cells, bool)
+    member[learners[in_range] * span + start_period[in_range]] = True
     ret_keys, _ = _keys(store, _return_rows(store, definition), definition, first, span)
-    ret_unique = np.unique(ret_keys[ret_keys >= 0])
-    metric_keys, metric_values = np.empty(0, np.int64), np.empty(0, F)
+    returned = np.zeros(cells, bool)
+    returned[ret_keys[ret_keys >= 0]] = True
+    value = np.zeros(cells, F)
     if definition.metric is not None:
         rows, values = _metric_rows(store, definition)
         near = np.isin(rows, _near(store, rows, definition, first, span), assume_unique=True)
         keys, _ = _keys(store, rows[near], definition, first, span)
-        metric_keys, inverse = np.unique(keys[keys >= 0], return_inverse=True)
-        metric_values = np.bincount(inverse, weights=values[near][keys >= 0], minlength=len(metric_keys))
+        value = np.bincount(keys[keys >= 0], weights=values[near][keys >= 0], minlength=cells).astype(F)
     cohorts = definition.cohorts
-    sizes = np.bincount(members % span, minlength=cohorts)[:cohorts].astype(np.int64)
+    member2 = member.reshape(-1, span)[:, :cohorts]
+    returned2, value2 = returned.reshape(-1, span), value.reshape(-1, span)
+    sizes = member2.sum(axis=0).astype(np.int64)
     retained = np.zeros((cohorts, definition.periods + 1), np.int64)
     metric_sum = np.zeros((cohorts, definition.periods + 1), F)
     retained[:, 0] = sizes
     for n in range(1, definition.periods + 1):
-        shifted = members + n
-        hit, _ = _lookup(ret_unique, shifted)
-        cohort = members[hit] % span
-        retained[:, n] = np.bincount(cohort, minlength=cohorts)[:cohorts]
+        hit = member2 & returned2[:, n : n + cohorts]
+        retained[:, n] = hit.sum(axis=0)
         if definition.metric is not None:
-            has, idx = _lookup(metric_keys, shifted[hit])
-            weights = np.where(has, metric_values[idx] if len(metric_values) else 0.0, 0.0)
-            metric_sum[:, n] = np.bincount(cohort, weights=weights, minlength=cohorts)[:cohorts]
+            metric_sum[:, n] = np.where(hit, value2[:, n : n + cohorts], 0.0).sum(axis=0)
     return RetentionCounts(cohort_ids, sizes, retained, metric_sum)

@@ -136,8 +136,11 @@ class EventStore:
 
     def merge(self, batch: EventBatch) -> None:
         """Add ``batch``'s rows (API requests and rows without a learner are left out)."""
-        keep = [i for i, (u, t) in enumerate(zip(batch.user, batch.event_type, strict=True))
-                if u and t not in ("api_request", "system_metric")]
+        keep = [
+            i
+            for i, (u, t) in enumerate(zip(batch.user, batch.event_type, strict=True))
+            if u and t not in ("api_request", "system_metric")
+        ]
         if not keep:
             return
         idx = np.asarray(keep, dtype=np.int64)
@@ -187,6 +190,9 @@ class EventStore:
     def first_time(self) -> I64:
         """Each learner's first event time (learners without rows: a huge value)."""
         empty = self.offsets[:-1] == self.offsets[1:]
-        first = self.time[np.minimum(self.offsets[:-1], max(len(self) - 1, 0))] if len(self) else (
-            np.zeros(self.learner_count, np.int64))
+        first = (
+            self.time[np.minimum(self.offsets[:-1], max(len(self) - 1, 0))]
+            if len(self)
+            else (np.zeros(self.learner_count, np.int64))
+        )
         return np.where(empty, np.iinfo(np.int64).max, first)

@@ -49,8 +49,13 @@ class Event:
         return int.from_bytes(self.event_id.bytes[:8], "big", signed=True)
 
     def row(self) -> dict[str, Any]:
-        return {"user_hash": self.user_hash, "time_us": self.time_us, "event_type": self.event_type,
-                "tie": self.tie, **self.props}
+        return {
+            "user_hash": self.user_hash,
+            "time_us": self.time_us,
+            "event_type": self.event_type,
+            "tie": self.tie,
+            **self.props,
+        }
 
 
 def learner_paths(seed: int, learners: int = 40, weeks: int = 8) -> list[Event]:
@@ -79,8 +84,13 @@ def learner_paths(seed: int, learners: int = 40, weeks: int = 8) -> list[Event]:
                     t += rng.choice((0, 2, 60, 900, 3 * DAY_S))
                     add(user, t, "material_complete", material_id=material, material_type=kind)
                     if rng.random() < 0.7:
-                        add(user, t + rng.choice((0, 1)), "xp_awarded", xp_amount=rng.choice((10, 25)),
-                            xp_reason="quiz")
+                        add(
+                            user,
+                            t + rng.choice((0, 1)),
+                            "xp_awarded",
+                            xp_amount=rng.choice((10, 25)),
+                            xp_reason="quiz",
+                        )
             if rng.random() < 0.25:
                 t += rng.choice((0, 40))
                 add(user, t, "ai_coach_interaction", topic_category=rng.choice(TOPICS))
@@ -138,8 +148,11 @@ def _chain_states(d: FunnelDefinition, seq: list[Event], included: list[int]) ->
                     continue
                 if step.within_s is not None and seq[n].time_us - seq[i].time_us > step.within_s * US:
                     continue
-                if any(ex.from_step < j + 1 <= ex.to_step and matches(ex, seq[m])
-                       for ex in d.exclusions for m in range(i + 1, n)):
+                if any(
+                    ex.from_step < j + 1 <= ex.to_step and matches(ex, seq[m])
+                    for ex in d.exclusions
+                    for m in range(i + 1, n)
+                ):
                     continue
                 nxt.add((n, s))
         states = nxt
@@ -239,9 +252,10 @@ def retention_truth(
         ret = d.return_event
         returns = set()
         for e in seq:
-            if ret.kind == "any_activity" or (ret.kind == "material_complete" and e.event_type == ret.kind):
-                returns.add(_period(e.time_us, d.period, d.timezone) - first)
-            elif ret.kind == "event" and ret.matcher is not None and matches(ret.matcher, e):
+            counted = ret.kind == "any_activity" or (
+                ret.kind == "material_complete" and e.event_type == ret.kind
+            )
+            if counted or (ret.kind == "event" and ret.matcher is not None and matches(ret.matcher, e)):
                 returns.add(_period(e.time_us, d.period, d.timezone) - first)
         if ret.kind == "session":
             for e in first_ends:

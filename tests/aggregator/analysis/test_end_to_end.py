@@ -51,15 +51,29 @@ def _spans(events: list[Event], rng: random.Random) -> list[SpanRecord]:
         events[i] = Event(e.user_hash, e.time_us, e.event_type, event_id(trace, span, 0), e.props)
         attributes = {semconv.FIELD_ATTRIBUTES[k]: v for k, v in e.props.items()}
         ns = e.time_us * 1000
-        spans.append(SpanRecord(trace, span, None, "studyin.event", wire.SPAN_KIND_INTERNAL, ns - 1000, ns, 0,
-                                {"user.hash": e.user_hash}, [EventRecord(semconv.event_name(e.event_type), ns,
-                                                                         attributes)], {"service.name": "e2e"}))
+        spans.append(
+            SpanRecord(
+                trace,
+                span,
+                None,
+                "studyin.event",
+                wire.SPAN_KIND_INTERNAL,
+                ns - 1000,
+                ns,
+                0,
+                {"user.hash": e.user_hash},
+                [EventRecord(semconv.event_name(e.event_type), ns, attributes)],
+                {"service.name": "e2e"},
+            )
+        )
     return spans
 
 
 def _entries(spans: list[SpanRecord]) -> list[dict[object, object]]:
-    return [wire.entry_fields(wire.encode_records(spans[i : i + 25]), len(spans[i : i + 25]))
-            for i in range(0, len(spans), 25)]
+    return [
+        wire.entry_fields(wire.encode_records(spans[i : i + 25]), len(spans[i : i + 25]))
+        for i in range(0, len(spans), 25)
+    ]
 
 
 async def test_funnels_and_retention_through_the_aggregator_equal_the_brute_force(migrated: Settings) -> None:
@@ -88,20 +102,32 @@ async def test_funnels_and_retention_through_the_aggregator_equal_the_brute_forc
     assert len(live.store) == len(fresh.store) == len(events)
     start = NOW - timedelta(days=81)
     funnel = FunnelDefinition(
-        steps=(FunnelStep(event="session_start"), FunnelStep(event="material_view"),
-               FunnelStep(event="material_progress", optional=True), FunnelStep(event="material_complete"),
-               FunnelStep(event="xp_awarded", within_s=1)),
-        start=start, end=NOW,
+        steps=(
+            FunnelStep(event="session_start"),
+            FunnelStep(event="material_view"),
+            FunnelStep(event="material_progress", optional=True),
+            FunnelStep(event="material_complete"),
+            FunnelStep(event="xp_awarded", within_s=1),
+        ),
+        start=start,
+        end=NOW,
     )
     truth = funnel_truth(funnel, events)
     for store in (live.store, fresh.store):
         lf = learner_funnel(store, funnel)
         assert sorted(store.learners.values[c] for c in lf.learners) == sorted(truth)
         assert [int(x) for x in lf.reached.sum(axis=1)] == [
-            sum(t.reached[s] for t in truth.values()) for s in range(5)]
-    retention = RetentionDefinition(start=start.date(), cohorts=12, period="week", periods=11,
-                                    return_event=ReturnEvent(kind="session", min_session_minutes=5),
-                                    metric="study_minutes", timezone="Europe/Berlin")
+            sum(t.reached[s] for t in truth.values()) for s in range(5)
+        ]
+    retention = RetentionDefinition(
+        start=start.date(),
+        cohorts=12,
+        period="week",
+        periods=11,
+        return_event=ReturnEvent(kind="session", min_session_minutes=5),
+        metric="study_minutes",
+        timezone="Europe/Berlin",
+    )
     sizes, retained, _ = retention_truth(retention, events)
     for store in (live.store, fresh.store):
         counts = retention_counts(store, retention)

@@ -39,8 +39,16 @@ from .reference import (
     retention_truth,
 )
 
-TYPES = ("session_start", "material_view", "material_progress", "material_complete", "xp_awarded",
-         "ai_coach_interaction", "session_end", "achievement_unlocked")
+TYPES = (
+    "session_start",
+    "material_view",
+    "material_progress",
+    "material_complete",
+    "xp_awarded",
+    "ai_coach_interaction",
+    "session_end",
+    "achievement_unlocked",
+)
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -61,10 +69,25 @@ def matchers(draw: st.DrawFn, cls: type = FunnelStep, types: tuple[str, ...] = T
     filters: tuple[PropertyFilter, ...] = ()
     if event.startswith("material") and draw(st.booleans()):
         if draw(st.booleans()):
-            filters = (PropertyFilter(property="material_type", values=tuple(draw(
-                st.lists(st.sampled_from(sorted(set(MATERIALS.values()))), min_size=1, max_size=2, unique=True)))),)
+            filters = (
+                PropertyFilter(
+                    property="material_type",
+                    values=tuple(
+                        draw(
+                            st.lists(
+                                st.sampled_from(sorted(set(MATERIALS.values()))),
+                                min_size=1,
+                                max_size=2,
+                                unique=True,
+                            )
+                        )
+                    ),
+                ),
+            )
         else:
-            filters = (PropertyFilter(property="material_id", values=(draw(st.sampled_from(sorted(MATERIALS))),)),)
+            filters = (
+                PropertyFilter(property="material_id", values=(draw(st.sampled_from(sorted(MATERIALS))),)),
+            )
     return cls(event=event, filters=filters)
 
 
@@ -87,13 +110,17 @@ def funnels(draw: st.DrawFn) -> FunnelDefinition:
     if order == "ordered" and draw(st.booleans()):
         ex = draw(matchers(Exclusion))
         lo = draw(st.integers(1, n - 1))
-        exclusions.append(Exclusion(event=ex.event, filters=ex.filters, from_step=lo,
-                                    to_step=draw(st.integers(lo + 1, n))))
+        exclusions.append(
+            Exclusion(event=ex.event, filters=ex.filters, from_step=lo, to_step=draw(st.integers(lo + 1, n)))
+        )
     start = EPOCH + timedelta(days=draw(st.integers(0, 20)))
     return FunnelDefinition(
-        steps=tuple(steps), order=order, exclusions=tuple(exclusions),
+        steps=tuple(steps),
+        order=order,
+        exclusions=tuple(exclusions),
         window_s=draw(st.sampled_from((60, 3600, 86_400, 14 * 86_400))),
-        start=start, end=start + timedelta(days=draw(st.integers(1, 40))),
+        start=start,
+        end=start + timedelta(days=draw(st.integers(1, 40))),
         breakdown=draw(st.sampled_from((None, "material_type", "cohort_week"))),
         timezone=draw(st.sampled_from(("UTC", "Europe/Berlin", "Asia/Kathmandu"))),
     )
@@ -118,8 +145,11 @@ def _check_funnel(d: FunnelDefinition, events: list[Event], store: EventStore) -
         expected = sum(t.reached[s] for t in truth.values())
         assert step.learners == expected
         if s > 0 and d.order != "any":
-            diffs = [t.first_us[s] - t.first_us[prev] for t in truth.values()  # type: ignore[operator]
-                     if t.reached[s]]
+            diffs = [
+                t.first_us[s] - t.first_us[prev]
+                for t in truth.values()  # type: ignore[operator]
+                if t.reached[s]
+            ]
             assert step.median_s == (nearest_rank(diffs, 0.5) / 1e6 if diffs else None)
             assert step.p90_s == (nearest_rank(diffs, 0.9) / 1e6 if diffs else None)
         if not d.steps[s].optional:
@@ -142,10 +172,16 @@ def test_funnels_on_many_seeds_with_a_fixed_pathway() -> None:
         store = build_store(events, seed)
         for order in ("strict", "ordered"):
             d = FunnelDefinition(
-                steps=(FunnelStep(event="session_start"), FunnelStep(event="material_view"),
-                       FunnelStep(event="material_progress", optional=True),
-                       FunnelStep(event="material_complete", within_s=3600), FunnelStep(event="xp_awarded")),
-                order=order, start=EPOCH, end=EPOCH + timedelta(days=60),
+                steps=(
+                    FunnelStep(event="session_start"),
+                    FunnelStep(event="material_view"),
+                    FunnelStep(event="material_progress", optional=True),
+                    FunnelStep(event="material_complete", within_s=3600),
+                    FunnelStep(event="xp_awarded"),
+                ),
+                order=order,
+                start=EPOCH,
+                end=EPOCH + timedelta(days=60),
             )
             _check_funnel(d, events, store)
 
@@ -155,9 +191,15 @@ def test_most_learners_do_not_convert() -> None:
     events = learner_paths(7, learners=400)
     store = build_store(events)
     d = FunnelDefinition(
-        steps=(FunnelStep(event="material_view"), FunnelStep(event="material_progress", within_s=60),
-               FunnelStep(event="material_complete", within_s=600), FunnelStep(event="xp_awarded", within_s=1)),
-        start=EPOCH, end=EPOCH + timedelta(days=60), window_s=3600,
+        steps=(
+            FunnelStep(event="material_view"),
+            FunnelStep(event="material_progress", within_s=60),
+            FunnelStep(event="material_complete", within_s=600),
+            FunnelStep(event="xp_awarded", within_s=1),
+        ),
+        start=EPOCH,
+        end=EPOCH + timedelta(days=60),
+        window_s=3600,
     )
     counts = [s.learners or 0 for s in funnel_report(store, d, 5, 10).groups[0].steps]
     assert counts[0] > counts[1] > counts[2] > counts[3] > 0
@@ -167,15 +209,20 @@ def test_most_learners_do_not_convert() -> None:
 @st.composite
 def retentions(draw: st.DrawFn) -> RetentionDefinition:
     kind = draw(st.sampled_from(("any_activity", "material_complete", "session", "event")))
-    ret = ReturnEvent(kind=kind, min_session_minutes=draw(st.sampled_from((1.0, 15.0))),
-                      matcher=draw(matchers(EventMatcher)) if kind == "event" else None)
+    ret = ReturnEvent(
+        kind=kind,
+        min_session_minutes=draw(st.sampled_from((1.0, 15.0))),
+        matcher=draw(matchers(EventMatcher)) if kind == "event" else None,
+    )
     return RetentionDefinition(
         start=(EPOCH + timedelta(days=draw(st.integers(-3, 10)))).date(),
-        cohorts=draw(st.integers(1, 6)), periods=draw(st.integers(1, 8)),
+        cohorts=draw(st.integers(1, 6)),
+        periods=draw(st.integers(1, 8)),
         period=draw(st.sampled_from(("day", "week", "month"))),
         mode=draw(st.sampled_from(("first_time", "recurring"))),
         start_event=draw(st.none() | matchers(EventMatcher)),
-        return_event=ret, metric=draw(st.sampled_from((None, "xp", "study_minutes"))),
+        return_event=ret,
+        metric=draw(st.sampled_from((None, "xp", "study_minutes"))),
         timezone=draw(st.sampled_from(("UTC", "Europe/Berlin", "America/St_Johns", "Pacific/Chatham"))),
     )
 
@@ -206,7 +253,8 @@ def test_arrival_order_and_batching_do_not_matter() -> None:
         other = build_store(events, seed=seed, batches=7)
         names = [other.learners.values[c] for c in other.learner]
         assert names == [one.learners.values[c] for c in one.learner] or sorted(set(names)) == sorted(
-            set(one.learners.values))
+            set(one.learners.values)
+        )
         for code, name in enumerate(one.learners.values):
             a = one.time[one.offsets[code] : one.offsets[code + 1]]
             c2 = other.learners.codes[name]
@@ -224,18 +272,28 @@ def bounded_funnels(draw: st.DrawFn) -> FunnelDefinition:
     n = draw(st.integers(2, 5))
     events = sorted(draw(st.lists(st.sampled_from(range(5)), min_size=n, max_size=n)))
     steps = [
-        FunnelStep(event=pathway[e], optional=0 < k < n - 1 and draw(st.booleans()),
-                   within_s=draw(st.sampled_from((None, 1, 5, 20, 30, 300))) if k else None)
+        FunnelStep(
+            event=pathway[e],
+            optional=0 < k < n - 1 and draw(st.booleans()),
+            within_s=draw(st.sampled_from((None, 1, 5, 20, 30, 300))) if k else None,
+        )
         for k, e in enumerate(events)
     ]
     lo = draw(st.integers(1, n - 1))
-    exclusion = Exclusion(event=draw(st.sampled_from(("ai_coach_interaction", "material_progress", "xp_awarded",
-                                                      "session_end"))),
-                          from_step=lo, to_step=draw(st.integers(lo + 1, n)))
+    exclusion = Exclusion(
+        event=draw(
+            st.sampled_from(("ai_coach_interaction", "material_progress", "xp_awarded", "session_end"))
+        ),
+        from_step=lo,
+        to_step=draw(st.integers(lo + 1, n)),
+    )
     return FunnelDefinition(
-        steps=tuple(steps), order="ordered", exclusions=(exclusion,) if draw(st.booleans()) else (),
+        steps=tuple(steps),
+        order="ordered",
+        exclusions=(exclusion,) if draw(st.booleans()) else (),
         window_s=draw(st.sampled_from((5, 30, 301, 3600, 86_400 * 3))),
-        start=EPOCH, end=EPOCH + timedelta(days=draw(st.integers(1, 40))),
+        start=EPOCH,
+        end=EPOCH + timedelta(days=draw(st.integers(1, 40))),
     )
 
 

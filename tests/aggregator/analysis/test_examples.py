@@ -29,8 +29,11 @@ def reached(store: EventStore, *steps: FunnelStep, **kw: object) -> list[int]:
     return [int(x) for x in learner_funnel(store, d).reached.sum(axis=1)]
 
 
-V, P, C = FunnelStep(event="material_view"), FunnelStep(event="material_progress"), FunnelStep(
-    event="material_complete")
+V, P, C = (
+    FunnelStep(event="material_view"),
+    FunnelStep(event="material_progress"),
+    FunnelStep(event="material_complete"),
+)
 
 
 def test_window_is_inclusive_and_the_latest_start_counts() -> None:
@@ -49,44 +52,70 @@ def test_ties_are_ordered_by_event_id() -> None:
 
 
 def test_strict_order_allows_nothing_between() -> None:
-    store = store_of(("a", 0, "material_view"), ("a", 1, "xp_awarded"), ("a", 2, "material_complete"),
-                     ("b", 0, "material_view"), ("b", 2, "material_complete"))
+    store = store_of(
+        ("a", 0, "material_view"),
+        ("a", 1, "xp_awarded"),
+        ("a", 2, "material_complete"),
+        ("b", 0, "material_view"),
+        ("b", 2, "material_complete"),
+    )
     assert reached(store, V, C, order="strict") == [2, 1]
     assert reached(store, V, C, order="ordered") == [2, 2]
 
 
 def test_per_step_window_may_need_a_later_step_event() -> None:
     # The first progress is 100 s before the complete, the second 10 s: a 30 s step window is met.
-    store = store_of(("a", 0, "material_view"), ("a", 1, "material_progress"), ("a", 91, "material_progress"),
-                     ("a", 101, "material_complete"))
+    store = store_of(
+        ("a", 0, "material_view"),
+        ("a", 1, "material_progress"),
+        ("a", 91, "material_progress"),
+        ("a", 101, "material_complete"),
+    )
     within = FunnelStep(event="material_complete", within_s=30)
     assert reached(store, V, P, within) == [1, 1, 1]
 
 
 def test_optional_step_may_be_skipped() -> None:
-    store = store_of(("a", 0, "material_view"), ("a", 5, "material_complete"),
-                     ("b", 0, "material_view"), ("b", 2, "material_progress"), ("b", 5, "material_complete"))
+    store = store_of(
+        ("a", 0, "material_view"),
+        ("a", 5, "material_complete"),
+        ("b", 0, "material_view"),
+        ("b", 2, "material_progress"),
+        ("b", 5, "material_complete"),
+    )
     assert reached(store, V, P.model_copy(update={"optional": True}), C) == [2, 1, 2]
 
 
 def test_an_exclusion_between_steps_breaks_that_chain_only() -> None:
-    store = store_of(("a", 0, "material_view"), ("a", 1, "ai_coach_interaction"), ("a", 2, "material_complete"),
-                     ("b", 0, "material_view"), ("b", 1, "ai_coach_interaction"), ("b", 2, "material_view"),
-                     ("b", 3, "material_complete"))
+    store = store_of(
+        ("a", 0, "material_view"),
+        ("a", 1, "ai_coach_interaction"),
+        ("a", 2, "material_complete"),
+        ("b", 0, "material_view"),
+        ("b", 1, "ai_coach_interaction"),
+        ("b", 2, "material_view"),
+        ("b", 3, "material_complete"),
+    )
     ex = Exclusion(event="ai_coach_interaction", from_step=1, to_step=2)
     assert reached(store, V, C, exclusions=(ex,)) == [2, 1]
 
 
 def test_any_order_counts_distinct_steps_in_one_window() -> None:
-    store = store_of(("a", 0, "material_complete"), ("a", 10, "material_view"),
-                     ("b", 0, "material_view"), ("b", 500, "material_complete"))
+    store = store_of(
+        ("a", 0, "material_complete"),
+        ("a", 10, "material_view"),
+        ("b", 0, "material_view"),
+        ("b", 500, "material_complete"),
+    )
     assert reached(store, V, C, order="any", window_s=60) == [2, 1]
 
 
 def test_api_requests_never_enter_the_store() -> None:
-    rows = [{"user_hash": "a", "time_us": T0 * US, "event_type": "material_view", "tie": 1},
-            {"user_hash": "a", "time_us": (T0 + 1) * US, "event_type": "api_request", "tie": 2},
-            {"user_hash": "a", "time_us": (T0 + 2) * US, "event_type": "material_complete", "tie": 3}]
+    rows = [
+        {"user_hash": "a", "time_us": T0 * US, "event_type": "material_view", "tie": 1},
+        {"user_hash": "a", "time_us": (T0 + 1) * US, "event_type": "api_request", "tie": 2},
+        {"user_hash": "a", "time_us": (T0 + 2) * US, "event_type": "material_complete", "tie": 3},
+    ]
     store = EventStore()
     store.merge(EventBatch.of_rows(rows))
     assert len(store) == 2
