@@ -15,58 +15,111 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import asyncpg
 import numpy as np
 
-from .store import PROPERTIES, EventBatch, EventStore
+from .store import PROPERTIES, Coded, EventBatch, EventStore
 
 VIEW = "analysis_events"
-COLUMNS = ("user_hash", "time_us", "event_type", "tie", *PROPERTIES, "xp_amount", "duration_s")
-CHUNK = 100_000
+TEXT = ("user_hash", "event_type", *PROPERTIES)
+_NUMBER = r"^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$"
+# Fixed-width rows only, so binary COPY output is read by numpy directly: texts travel as 64-bit
+# hashes (0: none) and are named by one dictionary query in the same snapshot.
+FIXED = (
+    ("time_us", "time_us", ">i8"),
+    ("tie", "tie", ">i8"),
+    *((name, f"coalesce(hashtextextended({name}, 0), 0)", ">i8") for name in TEXT),
+    *(
+        (name, f"CASE WHEN {name} ~ '{_NUMBER}' THEN {name}::float8 ELSE 0 END", ">f8")
+        for name in ("xp_amount", "duration_s")
+    ),
+)
+ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        *(field for name, _, kind in FIXED for field in ((f"len_{name}", ">i4"), (name, kind))),
+    ]
+)
+HEADER, TRAILER = 19, 2
 
 
-def _number(value: str | None) -> float:
-    if value is None:
-        return 0.0
-    try:
-        number = float(value)
-    except ValueError:
-        return 0.0
-    return number if np.isfinite(number) else 0.0
+class _Rows:
+    """Collects binary ``COPY`` output in whole rows (chunks do not align to rows)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.pending = b""
+        self.skip = HEADER
+
+    async def __call__(self, chunk: bytes) -> None:
+        data = self.pending + bytes(chunk)
+        if self.skip:
+            cut = min(self.skip, len(data))
+            data, self.skip = data[cut:], self.skip - cut
+        whole = len(data) // ROW.itemsize * ROW.itemsize
+        if whole:
+            self.parts.append(np.frombuffer(data[:whole], ROW).copy())
+        self.pending = data[whole:]
+
+    def rows(self) -> np.ndarray:
+        if self.pending not in (b"", b"\xff\xff"):
+            raise ValueError("analysis_events: unexpected binary COPY layout")
+        return np.concatenate(self.parts) if self.parts else np.empty(0, ROW)
 
 
-def batch_of(records: list[Any]) -> EventBatch:
-    """An :class:`EventBatch` of ``analysis_events`` records (columns in :data:`COLUMNS` order)."""
-    columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
-    by_name = dict(zip(COLUMNS, columns, strict=True))
-    return EventBatch(
-        user=list(by_name["user_hash"]),
-        time_us=np.asarray(by_name["time_us"], dtype=np.int64),
-        event_type=list(by_name["event_type"]),
-        tie=np.asarray(by_name["tie"], dtype=np.int64),
-        props={p: list(by_name[p]) for p in PROPERTIES},
-        xp=np.fromiter((_number(v) for v in by_name["xp_amount"]), np.float64, len(records)),
-        duration_s=np.fromiter((_number(v) for v in by_name["duration_s"]), np.float64, len(records)),
+def _coded(hashes: np.ndarray, names: dict[int, str]) -> Coded:
+    uniques, inverse = np.unique(hashes, return_inverse=True)
+    values: list[str | None] = [None if int(h) == 0 else names[int(h)] for h in uniques]
+    return Coded(values, np.where(hashes == 0, -1, inverse).astype(np.int32))
+
+
+async def _dictionaries(conn: asyncpg.Connection, where: str, args: list[int]) -> dict[str, dict[int, str]]:
+    """Per text column: hash -> text of every value in the range (one scan, grouping sets)."""
+    sets = ", ".join(f"({name})" for name in TEXT)
+    value = f"coalesce({', '.join(TEXT)})"
+    grouping = f"GROUPING({', '.join(TEXT)})"
+    query = (
+        f"SELECT {grouping} AS g, {value} AS v, hashtextextended({value}, 0) AS h "
+        f"FROM {VIEW} WHERE {where} GROUP BY GROUPING SETS ({sets})"
     )
+    out: dict[str, dict[int, str]] = {name: {} for name in TEXT}
+    width = len(TEXT)
+    for record in await conn.fetch(query, *args):
+        if record["v"] is None:
+            continue
+        # GROUPING sets a bit (first column = most significant) for every column *not* grouped.
+        column = next(i for i in range(width) if not (record["g"] >> (width - 1 - i)) & 1)
+        names = out[TEXT[column]]
+        h = int(record["h"])
+        if h == 0 or names.setdefault(h, record["v"]) != record["v"]:
+            raise ValueError(f"analysis_events: two {TEXT[column]} values share a 64-bit hash")
+    return out
 
 
 async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[EventBatch, int]:
     """Rows stored since ``watermark`` (all rows when ``None``) and the next watermark."""
-    records: list[Any] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         horizon = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
         where = "stored_xid < $1" if watermark is None else "stored_xid >= $2 AND stored_xid < $1"
         args: list[int] = [horizon] if watermark is None else [horizon, watermark]
-        query = f"SELECT {', '.join(COLUMNS)} FROM {VIEW} WHERE {where}"
-        cursor = await conn.cursor(query, *args)
-        while True:
-            chunk = await cursor.fetch(CHUNK)
-            if not chunk:
-                break
-            records.extend(tuple(r) for r in chunk)
-    return batch_of(records), horizon
+        names = await _dictionaries(conn, where, args)
+        sink = _Rows()
+        columns = ", ".join(expression for _, expression, _ in FIXED)
+        await conn.copy_from_query(
+            f"SELECT {columns} FROM {VIEW} WHERE {where}", *args, output=sink, format="binary"
+        )
+    rows = sink.rows()
+    batch = EventBatch(
+        user=_coded(rows["user_hash"], names["user_hash"]),
+        time_us=rows["time_us"].astype(np.int64),
+        event_type=_coded(rows["event_type"], names["event_type"]),
+        tie=rows["tie"].astype(np.int64),
+        props={p: _coded(rows[p], names[p]) for p in PROPERTIES},
+        xp=rows["xp_amount"].astype(np.float64),
+        duration_s=rows["duration_s"].astype(np.float64),
+    )
+    return batch, horizon
 
 
 class AnalysisStore:

@@ -29,14 +29,34 @@ PROPERTIES: tuple[str, ...] = (*FILTER_PROPERTIES, "session_id")
 
 
 @dataclass
+class Coded:
+    """A text column as a local dictionary: ``values[codes[i]]`` is row i's text (code -1: none)."""
+
+    values: list[str | None]
+    codes: I32
+
+    @classmethod
+    def of(cls, texts: list[str | None]) -> Coded:
+        index: dict[str | None, int] = {}
+        codes = np.fromiter((index.setdefault(t, len(index)) for t in texts), np.int32, len(texts))
+        values = list(index)
+        if None in index:
+            codes[codes == index[None]] = -1
+        return cls(values, codes)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass
 class EventBatch:
     """New rows, column by column (any order; the store sorts)."""
 
-    user: list[str]
+    user: Coded
     time_us: I64
-    event_type: list[str]
+    event_type: Coded
     tie: I64
-    props: dict[str, list[str | None]]
+    props: dict[str, Coded]
     xp: F64
     duration_s: F64
 
@@ -45,13 +65,13 @@ class EventBatch:
 
     @classmethod
     def of_rows(cls, rows: list[dict[str, Any]]) -> EventBatch:
-        """From dicts with ``user_hash, time_us, event_type, tie`` and the property names (tests, loader)."""
+        """From dicts with ``user_hash, time_us, event_type, tie`` and the property names (tests)."""
         return cls(
-            user=[r["user_hash"] for r in rows],
+            user=Coded.of([r["user_hash"] or None for r in rows]),
             time_us=np.fromiter((r["time_us"] for r in rows), np.int64, len(rows)),
-            event_type=[r["event_type"] for r in rows],
+            event_type=Coded.of([r["event_type"] for r in rows]),
             tie=np.fromiter((r["tie"] for r in rows), np.int64, len(rows)),
-            props={p: [_text(r.get(p)) for r in rows] for p in PROPERTIES},
+            props={p: Coded.of([_text(r.get(p)) for r in rows]) for p in PROPERTIES},
             xp=np.fromiter((_number(r.get("xp_amount")) for r in rows), np.float64, len(rows)),
             duration_s=np.fromiter((_number(r.get("duration_s")) for r in rows), np.float64, len(rows)),
         )
@@ -88,6 +108,13 @@ class Dictionary:
                 values_list.append(value)
             out[i] = code
         return out
+
+    def encode_coded(self, column: Coded) -> I32:
+        """Codes of a locally coded column (its dictionary encoded once, then gathered)."""
+        local = self.encode(column.values)
+        return np.where(
+            column.codes >= 0, local[np.maximum(column.codes, 0)] if len(local) else -1, -1
+        ).astype(np.int32)
 
     def lookup(self, values: tuple[str, ...]) -> I32:
         return np.array([self.codes[v] for v in values if v in self.codes], dtype=np.int32)
@@ -136,24 +163,24 @@ class EventStore:
 
     def merge(self, batch: EventBatch) -> None:
         """Add ``batch``'s rows (API requests and rows without a learner are left out)."""
-        keep = [
-            i
-            for i, (u, t) in enumerate(zip(batch.user, batch.event_type, strict=True))
-            if u and t not in ("api_request", "system_metric")
+        not_learning = [
+            i for i, t in enumerate(batch.event_type.values) if t in ("api_request", "system_metric")
         ]
-        if not keep:
+        types = batch.event_type.codes
+        keep_mask = (batch.user.codes >= 0) & (types >= 0) & ~np.isin(types, not_learning)
+        if not keep_mask.any():
             return
-        idx = np.asarray(keep, dtype=np.int64)
+        idx = np.flatnonzero(keep_mask)
         new: dict[str, npt.NDArray[Any]] = {
-            "learner": self.learners.encode([batch.user[i] for i in keep]),
+            "learner": self.learners.encode_coded(batch.user)[idx],
             "time": batch.time_us[idx].astype(np.int64),
             "tie": batch.tie[idx].astype(np.int64),
-            "etype": self.types.encode([batch.event_type[i] for i in keep]).astype(np.int16),
+            "etype": self.types.encode_coded(batch.event_type)[idx].astype(np.int16),
             "xp": batch.xp[idx].astype(np.float32),
             "duration_s": batch.duration_s[idx].astype(np.float32),
         }
         for p in PROPERTIES:
-            new[p] = self.props[p].encode([batch.props[p][i] for i in keep])
+            new[p] = self.props[p].encode_coded(batch.props[p])[idx]
         old = self.columns
         touched = np.unique(new["learner"])
         moved = np.isin(old["learner"], touched) if len(old["learner"]) else np.zeros(0, bool)
