@@ -125,8 +125,10 @@ async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[Eve
 class AnalysisStore:
     """The API's store: refreshed lazily, at most every ``max_staleness_s``."""
 
-    def __init__(self, max_staleness_s: float = 5.0) -> None:
+    def __init__(self, max_staleness_s: float = 5.0, retention_days: int | None = None) -> None:
         self.store = EventStore()
+        self.retention_days = retention_days
+        """Rows older than this many days are forgotten at each refresh (the raw table's retention)."""
         self.watermark: int | None = None
         self.max_staleness_s = max_staleness_s
         self.refreshed_at = float("-inf")
@@ -141,6 +143,9 @@ class AnalysisStore:
             if len(batch):
                 # numpy releases the GIL for the sorts; the merge runs off the event loop.
                 await asyncio.to_thread(self.store.merge, batch)
+            if self.retention_days is not None:
+                cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
+                await asyncio.to_thread(self.store.drop_before, cutoff)
             self.watermark = horizon
             self.refreshed_at = time.monotonic()
             return len(batch)

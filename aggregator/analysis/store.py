@@ -195,6 +195,17 @@ class EventStore:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._by_type = None
 
+    def drop_before(self, time_us: int) -> int:
+        """Forget rows older than ``time_us`` (raw retention dropped their partitions); rows removed."""
+        keep = self.columns["time"] >= time_us
+        removed = int(len(keep) - keep.sum())
+        if removed:
+            self.columns = {name: column[keep] for name, column in self.columns.items()}
+            counts = np.bincount(self.columns["learner"], minlength=len(self.learners.values))
+            self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            self._by_type = None
+        return removed
+
     def _type_index(self) -> tuple[I64, I64]:
         if self._by_type is None:
             etype = self.columns["etype"]

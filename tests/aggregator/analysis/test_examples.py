@@ -127,3 +127,15 @@ def test_an_exclusion_must_lie_strictly_between() -> None:
     store = store_of(("a", 0, "material_view"), ("a", 1, "material_view"), ("a", 2, "material_complete"))
     ex = Exclusion(event="material_view", from_step=1, to_step=2)
     assert reached(store, V, C, exclusions=(ex,)) == [1, 1]
+
+
+def test_rows_past_retention_are_forgotten_and_the_rest_still_answers() -> None:
+    store = store_of(
+        ("a", 0, "material_view"),
+        ("a", 5, "material_complete"),
+        ("b", 10, "material_view"),
+        ("b", 20, "material_complete"),
+    )
+    assert store.drop_before((T0 + 8) * US) == 2
+    assert len(store) == 2 and store.offsets.tolist() == [0, 0, 2]
+    assert reached(store, V, C) == [1, 1]
