@@ -183,8 +183,11 @@ def _step_candidates(
 
 def _first_per_learner(store: EventStore, rows: I64) -> tuple[I64, I64]:
     """(learner codes, first row) of sorted ``rows``."""
-    learners, index = np.unique(store.learner[rows], return_index=True)
-    return learners.astype(np.int64), rows[index]
+    # Rows are sorted, so their learners are too: the first of each run, without a sort.
+    learners = store.learner[rows].astype(np.int64)
+    first = np.ones(len(rows), bool)
+    first[1:] = learners[1:] != learners[:-1]
+    return learners[first], rows[first]
 
 
 def _ordered(store: EventStore, definition: FunnelDefinition) -> LearnerFunnel:
