@@ -40,6 +40,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "api",
     "lrs",
     "warehouse",
+    "analysis",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 

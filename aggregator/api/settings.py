@@ -27,6 +27,18 @@ class ApiSettings(ExporterSettings, PostgresSettings, LoggingSettings, HttpServe
     jwt_audience: str = Field(default="studyin-analytics", description="Required `aud` of API tokens")
     jwt_issuer: str = Field(default="studyin", description="Required `iss` of API tokens")
     staff_role: str = Field(default="staff", description="Role claim value that grants staff views")
+    min_cohort_size: int = Field(
+        default=5,
+        ge=2,
+        le=1000,
+        description="Funnels and retention: a cell counting fewer learners (1 to k-1) is suppressed",
+    )
+    analysis_breakdown_limit: int = Field(
+        default=20,
+        ge=1,
+        le=100,
+        description="Funnels: breakdown values shown at most (the rest as '(other)')",
+    )
     api_max_body_bytes: int = Field(
         default=512 * 1024,
         ge=1024,

@@ -1,0 +1,151 @@
+"""The event-sequence store's refresh from PostgreSQL: every learning event exactly once.
+
+Reads the ``analysis_events`` view (revision 0009, the API role's only access to raw events)
+on the commit-ordered watermark of revision 0008: a refresh takes ``horizon =
+pg_snapshot_xmin(pg_current_snapshot())`` and reads ``stored_xid >= watermark AND stored_xid <
+horizon``, then keeps ``horizon`` as the next watermark. Every transaction below a snapshot's
+xmin has ended, and none at or above the previous horizon was read before, so each stored row
+is read once, whatever order the aggregator's rounds committed in (docs/aggregator.md).
+
+:class:`AnalysisStore` is what the API holds: one store, refreshed at most every
+``max_staleness_s`` before a query, one refresh at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import numpy as np
+
+from .store import PROPERTIES, Coded, EventBatch, EventStore
+
+VIEW = "analysis_events"
+TEXT = ("user_hash", "event_type", *PROPERTIES)
+_NUMBER = r"^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$"
+# Fixed-width rows only, so binary COPY output is read by numpy directly: texts travel as 64-bit
+# hashes (0: none) and are named by one dictionary query in the same snapshot.
+FIXED = (
+    ("time_us", "time_us", ">i8"),
+    ("tie", "tie", ">i8"),
+    *((name, f"coalesce(hashtextextended({name}, 0), 0)", ">i8") for name in TEXT),
+    *(
+        (name, f"CASE WHEN {name} ~ '{_NUMBER}' THEN {name}::float8 ELSE 0 END", ">f8")
+        for name in ("xp_amount", "duration_s")
+    ),
+)
+ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        *(field for name, _, kind in FIXED for field in ((f"len_{name}", ">i4"), (name, kind))),
+    ]
+)
+HEADER, TRAILER = 19, 2
+
+
+class _Rows:
+    """Collects binary ``COPY`` output in whole rows (chunks do not align to rows)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.pending = b""
+        self.skip = HEADER
+
+    async def __call__(self, chunk: bytes) -> None:
+        data = self.pending + bytes(chunk)
+        if self.skip:
+            cut = min(self.skip, len(data))
+            data, self.skip = data[cut:], self.skip - cut
+        whole = len(data) // ROW.itemsize * ROW.itemsize
+        if whole:
+            self.parts.append(np.frombuffer(data[:whole], ROW).copy())
+        self.pending = data[whole:]
+
+    def rows(self) -> np.ndarray:
+        if self.pending not in (b"", b"\xff\xff"):
+            raise ValueError("analysis_events: unexpected binary COPY layout")
+        return np.concatenate(self.parts) if self.parts else np.empty(0, ROW)
+
+
+def _coded(hashes: np.ndarray, names: dict[int, str]) -> Coded:
+    uniques, inverse = np.unique(hashes, return_inverse=True)
+    values: list[str | None] = [None if int(h) == 0 else names[int(h)] for h in uniques]
+    return Coded(values, np.where(hashes == 0, -1, inverse).astype(np.int32))
+
+
+async def _dictionaries(conn: asyncpg.Connection, where: str, args: list[int]) -> dict[str, dict[int, str]]:
+    """Per text column: hash -> text of every value in the range (one scan, grouping sets)."""
+    sets = ", ".join(f"({name})" for name in TEXT)
+    value = f"coalesce({', '.join(TEXT)})"
+    grouping = f"GROUPING({', '.join(TEXT)})"
+    query = (
+        f"SELECT {grouping} AS g, {value} AS v, hashtextextended({value}, 0) AS h "
+        f"FROM {VIEW} WHERE {where} GROUP BY GROUPING SETS ({sets})"
+    )
+    out: dict[str, dict[int, str]] = {name: {} for name in TEXT}
+    width = len(TEXT)
+    for record in await conn.fetch(query, *args):
+        if record["v"] is None:
+            continue
+        # GROUPING sets a bit (first column = most significant) for every column *not* grouped.
+        column = next(i for i in range(width) if not (record["g"] >> (width - 1 - i)) & 1)
+        names = out[TEXT[column]]
+        h = int(record["h"])
+        if h == 0 or names.setdefault(h, record["v"]) != record["v"]:
+            raise ValueError(f"analysis_events: two {TEXT[column]} values share a 64-bit hash")
+    return out
+
+
+async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[EventBatch, int]:
+    """Rows stored since ``watermark`` (all rows when ``None``) and the next watermark."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        horizon = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+        where = "stored_xid < $1" if watermark is None else "stored_xid >= $2 AND stored_xid < $1"
+        args: list[int] = [horizon] if watermark is None else [horizon, watermark]
+        names = await _dictionaries(conn, where, args)
+        sink = _Rows()
+        columns = ", ".join(expression for _, expression, _ in FIXED)
+        await conn.copy_from_query(
+            f"SELECT {columns} FROM {VIEW} WHERE {where}", *args, output=sink, format="binary"
+        )
+    rows = sink.rows()
+    batch = EventBatch(
+        user=_coded(rows["user_hash"], names["user_hash"]),
+        time_us=rows["time_us"].astype(np.int64),
+        event_type=_coded(rows["event_type"], names["event_type"]),
+        tie=rows["tie"].astype(np.int64),
+        props={p: _coded(rows[p], names[p]) for p in PROPERTIES},
+        xp=rows["xp_amount"].astype(np.float64),
+        duration_s=rows["duration_s"].astype(np.float64),
+    )
+    return batch, horizon
+
+
+class AnalysisStore:
+    """The API's store: refreshed lazily, at most every ``max_staleness_s``."""
+
+    def __init__(self, max_staleness_s: float = 5.0, retention_days: int | None = None) -> None:
+        self.store = EventStore()
+        self.retention_days = retention_days
+        """Rows older than this many days are forgotten at each refresh (the raw table's retention)."""
+        self.watermark: int | None = None
+        self.max_staleness_s = max_staleness_s
+        self.refreshed_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, conn: asyncpg.Connection, force: bool = False) -> int:
+        """Read what was stored since the last refresh; the number of rows added."""
+        async with self._lock:
+            if not force and time.monotonic() - self.refreshed_at < self.max_staleness_s:
+                return 0
+            batch, horizon = await read_new(conn, self.watermark)
+            if len(batch):
+                # numpy releases the GIL for the sorts; the merge runs off the event loop.
+                await asyncio.to_thread(self.store.merge, batch)
+            if self.retention_days is not None:
+                cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
+                await asyncio.to_thread(self.store.drop_before, cutoff)
+            self.watermark = horizon
+            self.refreshed_at = time.monotonic()
+            return len(batch)

@@ -1,0 +1,38 @@
+"""The analysis benchmark in quick mode: it runs, and its rows carry SQL baselines and targets."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.progress import Progress
+
+from studyin_analytics.aggregator.cli.settings import Settings
+from studyin_analytics.benchmarks import analysis as analysis_bench
+from studyin_analytics.benchmarks import runner
+from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
+
+
+async def test_quick_analysis_bench_rows(settings: Settings) -> None:
+    ctx = BenchContext(
+        settings=runner.bench_settings(settings),
+        quick=True,
+        progress=Progress(console=Console(file=io.StringIO())),
+    )
+    try:
+        rows = await analysis_bench.analysis(ctx)
+    finally:
+        await runner.cleanup(ctx.settings, ctx.isolated)
+    assert REGISTRY["analysis"] is analysis_bench.analysis
+    by_name = {row.name: row for row in rows}
+    five = by_name["analysis p95 5-step ordered funnel, 30 days"]
+    assert five.unit == "ms" and five.value > 0 and five.baseline is not None and five.baseline > 0
+    assert by_name["analysis p95 12-week retention, weekly cohorts"].baseline is not None
+    assert by_name["analysis p95 20-step ordered funnel, 30 days"].target == "<= 2x the 5-step p95"
+    assert by_name["analysis store load"].value > 0
+
+
+def test_the_generated_paths_drop_off_at_every_step() -> None:
+    names, cols = analysis_bench.generate(50_000, 200)
+    counts = [int((cols["type"] == names.index(step)).sum()) for step in analysis_bench.PATHWAY]
+    assert counts[0] == counts[1] > counts[2] > counts[3] > counts[4] > 0
