@@ -28,9 +28,8 @@ from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation import semconv
-
-from ..workload import push
-from .reference import US, Event, funnel_truth, learner_paths, retention_truth
+from tests.support.analysis.reference import US, Event, funnel_truth, learner_paths, retention_truth
+from tests.support.workload.build import push
 
 NOW = datetime.now(UTC)
 

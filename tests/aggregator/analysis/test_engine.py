@@ -28,8 +28,7 @@ from studyin_analytics.aggregator.analysis.funnels import learner_funnel
 from studyin_analytics.aggregator.analysis.reports import funnel_report, retention_report
 from studyin_analytics.aggregator.analysis.retention import retention_counts
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
-
-from .reference import (
+from tests.support.analysis.reference import (
     EPOCH,
     MATERIALS,
     Event,

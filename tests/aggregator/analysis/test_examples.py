@@ -7,8 +7,7 @@ from datetime import timedelta
 from studyin_analytics.aggregator.analysis.definitions import Exclusion, FunnelDefinition, FunnelStep
 from studyin_analytics.aggregator.analysis.funnels import learner_funnel
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
-
-from .reference import EPOCH, US
+from tests.support.analysis.reference import EPOCH, US
 
 T0 = int(EPOCH.timestamp())
 

@@ -13,8 +13,8 @@ from studyin_analytics.aggregator.analysis.reports import (
     retention_report,
 )
 from studyin_analytics.aggregator.analysis.suppression import small
+from tests.support.analysis.reference import learner_paths
 
-from .reference import learner_paths
 from .test_engine import build_store, funnels, retentions
 
 
