@@ -26,6 +26,7 @@ import redis
 from studyin_analytics.aggregator.cli.settings import Settings, redact_url
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
 from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
+from tests.support.fresh_venv import FreshVenv, fresh_venv
 
 
 def _check_redis(url: str) -> None:
@@ -159,3 +160,10 @@ async def migrated(settings: Settings) -> AsyncIterator[Settings]:
 
     await asyncio.to_thread(migrate, settings)
     yield settings
+
+
+@pytest.fixture(scope="session")
+def new_user_venv() -> FreshVenv:
+    """A virtualenv with only this package's wheel and its dependencies (see ``fresh_venv.py``);
+    used by the instrumentation's zero-code tests and the real-app system tests."""
+    return fresh_venv()

@@ -12,14 +12,7 @@ from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConvent
 from studyin_analytics.instrumentation import (
     StudyInTracker,
 )
-from tests.support.fresh_venv import FreshVenv, fresh_venv
 from tests.support.pipeline import PSEUDONYMIZER, Pipeline
-
-
-@pytest.fixture(scope="session")
-def new_user_venv() -> FreshVenv:
-    """A virtualenv with only this package's wheel and its dependencies (see ``fresh_venv.py``)."""
-    return fresh_venv()
 
 
 @pytest.fixture
