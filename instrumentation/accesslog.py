@@ -38,7 +38,8 @@ from typing import Literal, get_args
 from opentelemetry import trace
 
 from . import semconv
-from .privacy import scrub_emails, strip_query
+from .emails import scrub_emails
+from .privacy import strip_query
 from .settings import Settings, load_settings
 
 ACCESS_LOGGER = "uvicorn.access"

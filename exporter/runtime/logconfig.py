@@ -21,7 +21,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ...instrumentation.privacy import scrub_emails
+from ...instrumentation.emails import scrub_emails
 from .correlation import correlated, correlation_id, new_correlation_id
 
 _scrub = scrub_emails  # the privacy rules' scrubber: internationalized and percent-encoded addresses too

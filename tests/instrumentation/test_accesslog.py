@@ -25,7 +25,7 @@ from studyin_analytics.instrumentation.accesslog import (
     install_access_log_filter,
     scrub_line,
 )
-from studyin_analytics.instrumentation.privacy import EMAIL_PLACEHOLDER
+from studyin_analytics.instrumentation.emails import EMAIL_PLACEHOLDER
 from tests.support import ROOT
 from tests.support.exporter import stop_process
 

@@ -11,7 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, StatusCode
 
 from studyin_analytics.instrumentation import GuardedSpanExporter, PrivacyGuard, Pseudonymizer, semconv
-from studyin_analytics.instrumentation.privacy import EMAIL_PLACEHOLDER, is_pseudonym
+from studyin_analytics.instrumentation.emails import EMAIL_PLACEHOLDER
+from studyin_analytics.instrumentation.privacy import is_pseudonym
 
 pytestmark = pytest.mark.unit
 

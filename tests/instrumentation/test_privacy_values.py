@@ -31,12 +31,8 @@ from studyin_analytics.instrumentation import (
     events,
     semconv,
 )
-from studyin_analytics.instrumentation.privacy import (
-    EMAIL_PLACEHOLDER,
-    MAX_VALUE_DEPTH,
-    is_pseudonym,
-    scrub_emails,
-)
+from studyin_analytics.instrumentation.emails import EMAIL_PLACEHOLDER, scrub_emails
+from studyin_analytics.instrumentation.privacy import MAX_VALUE_DEPTH, is_pseudonym
 from tests.support.planted import TEXT, Case, ascii_emails, cases, idn_emails, survivors, texts, walk
 
 PSEUDONYMIZER = Pseudonymizer({"k1": b"a" * 20}, "k1")
