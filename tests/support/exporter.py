@@ -57,9 +57,12 @@ def stream_span_names(client: redis.Redis, key: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def private_redis(directory: Path, *, appendonly: bool = False) -> Iterator[EmbeddedRedis]:
+def private_redis(
+    directory: Path, *, appendonly: bool = False, bundled: bool = False
+) -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own (the system's 7.x if installed; ``bundled``: the wheel's 6.2)."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedRedis(directory, appendonly=appendonly)
+    server = EmbeddedRedis(directory, appendonly=appendonly, bundled=bundled)
     server.start()
     try:
         yield server
