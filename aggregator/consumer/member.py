@@ -23,6 +23,7 @@ from ...exporter.connection import AsyncClient, async_client
 from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import create_pool
 from . import rollups
+from .availability import POSTGRES, REDIS, ServiceStates, install_pool_floor_filter
 from .batches import BatchResult, Round
 from .settings import AggregatorSettings as Settings
 
@@ -51,8 +52,9 @@ class Member:
         self.started_at = time.time()
         self.last_batch_at: float | None = None
         self.last_error: str | None = None
-        self.redis_ok = False
-        self.postgres_ok = False
+        self.services = ServiceStates(_log)
+        """Redis and PostgreSQL available or not (``redis_ok``, ``postgres_ok``): a change is logged once."""
+        self._remove_floor_filter: Callable[[], None] | None = None
         self._next_claim = 0.0
         self._entered_at = time.monotonic()
         self._alive_at = 0.0
@@ -74,9 +76,26 @@ class Member:
         self.on_transaction: Callable[[int, int, float], None] | None = None
         """Called with (rows, rows inserted, seconds) after each committed transaction (self-telemetry)."""
 
+    @property
+    def redis_ok(self) -> bool:
+        return self.services.is_up(REDIS)
+
+    @redis_ok.setter
+    def redis_ok(self, ok: bool) -> None:
+        self.services.set(REDIS, ok, self.last_error)
+
+    @property
+    def postgres_ok(self) -> bool:
+        return self.services.is_up(POSTGRES)
+
+    @postgres_ok.setter
+    def postgres_ok(self, ok: bool) -> None:
+        self.services.set(POSTGRES, ok, self.last_error)
+
     async def __aenter__(self) -> Self:
         self._entered_at = time.monotonic()
         self._keeper_stopping = False
+        self._remove_floor_filter = install_pool_floor_filter(self.services)
         self.redis = async_client(
             self.settings, socket_timeout=15, socket_connect_timeout=5, health_check_interval=15
         )
@@ -115,6 +134,9 @@ class Member:
             ) from exc
 
     async def close(self) -> None:
+        if self._remove_floor_filter is not None:
+            self._remove_floor_filter()
+            self._remove_floor_filter = None
         if self._keeper is not None:
             # The flag, not only the cancellation, ends the heartbeat loop: redis-py's pipeline can
             # swallow a CancelledError that lands while it returns its connection (measured: ~1 in 4
