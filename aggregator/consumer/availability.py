@@ -54,7 +54,7 @@ class ServiceStates:
         if not up:
             self._since[service] = time.monotonic()
             self._log.warning(
-                "%s unavailable (%s): retrying with backoff, entries wait on the bus",
+                "%s unavailable (%s): reconnecting with backoff, entries wait on the bus",
                 service,
                 reason or "no reason given",
             )
