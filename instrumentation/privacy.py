@@ -1,10 +1,10 @@
 """Privacy rules of studyin-analytics: the one module that decides what may leave a process.
 
-* :class:`Pseudonymizer` turns a StudyIn user id into ``<key id>:<HMAC-SHA256 hex>`` (``user.hash``;
-  with an LRS key of its own also ``user.lrs_hash``, the only other identity attribute allowed out). The key
-  comes from settings; the key id travels with the pseudonym so keys can rotate, and a
-  pseudonym can be verified against every configured key. A bare hash of an id would be
-  enumerable; an HMAC without the key is not.
+* :class:`Pseudonymizer` turns a StudyIn user id into ``<key id>:<32 hex>``, the first 32 hex characters
+  (128 bits) of HMAC-SHA256(key, ``str(user_id)`` as UTF-8) (``user.hash``; with an LRS key of its own
+  also ``user.lrs_hash``, the only other identity attribute allowed out). The key comes from settings;
+  the key id travels with the pseudonym so keys can rotate, and a pseudonym can be verified against
+  every configured key. A bare hash of an id would be enumerable; an HMAC without the key is not.
 * :class:`PrivacyGuard` cleans span attributes before any exporter sees them: identity
   attributes are hashed or dropped, client addresses, query strings, credentials and
   headers are dropped, e-mail-like values are scrubbed, undeclared ``studyin.*`` attributes

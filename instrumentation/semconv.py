@@ -22,7 +22,8 @@ SCOPE_NAME: Final = "studyin_analytics"
 
 # Identity.
 USER_HASH: Final = "user.hash"
-"""Keyed pseudonym of the StudyIn user, ``<key id>:<hex>`` (see privacy.Pseudonymizer)."""
+"""Keyed pseudonym of the StudyIn user, ``<key id>:<32 hex>``: HMAC-SHA256 truncated to 128 bits
+(see privacy.Pseudonymizer)."""
 USER_LRS_HASH: Final = "user.lrs_hash"
 """The learner's pseudonym for a Learning Record Store: same format, under the LRS key (its own, never
 rotated with the analytics key), set only when one is configured (docs/xapi.md, "The actor")."""

@@ -66,6 +66,10 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         return EXIT_OK if info["healthy"] else EXIT_FAILURE
 
     async def main() -> int:
+        if args.wait_for_services:  # before the signal handlers: a SIGTERM meanwhile just ends it
+            from ..consumer.startup import wait_for_services
+
+            await wait_for_services(settings, args.wait_for_services)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,25 +136,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="studyin-analytics",
-        description=(
-            "StudyIn analytics pipeline: app -> OpenTelemetry spans -> Redis stream bus -> "
-            "aggregator -> PostgreSQL -> query API. Configured by STUDYIN_ANALYTICS_* variables "
-            "(REDIS_URL, POSTGRES_URL, PSEUDONYM_KEYS, ...); see README.md."
-        ),
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, not {text}")
+    return value
 
-    p = sub.add_parser(
-        "migrate",
-        help="create or upgrade the analytics schema",
-        description="Run the alembic migrations up to head. Safe to run twice and concurrently.",
-    )
-    p.set_defaults(func=cmd_migrate)
 
+def _add_aggregator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "aggregator",
         help="consume the bus into PostgreSQL until SIGTERM",
@@ -175,7 +171,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print health and lag of the group as JSON and exit (1 if Redis or PostgreSQL is unreachable)",
     )
+    p.add_argument(
+        "--wait-for-services",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="at start-up wait up to SECONDS for Redis and PostgreSQL (reachable, migrated, the "
+        "aggregator's role created) instead of exiting 1 at once, so start-up order does not matter "
+        "(default 0: no waiting)",
+    )
     p.set_defaults(func=cmd_aggregator, default_log_level="INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studyin-analytics",
+        description=(
+            "StudyIn analytics pipeline: app -> OpenTelemetry spans -> Redis stream bus -> "
+            "aggregator -> PostgreSQL -> query API. Configured by STUDYIN_ANALYTICS_* variables "
+            "(REDIS_URL, POSTGRES_URL, PSEUDONYM_KEYS, ...); see README.md."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the analytics schema",
+        description="Run the alembic migrations up to head. Safe to run twice and concurrently.",
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    _add_aggregator_parser(sub)
 
     p = sub.add_parser(
         "api",

@@ -159,8 +159,8 @@ class Careful(Liveness):
                 if not is_transient(exc):
                     raise
                 self.last_error = describe(exc)
-                _log.warning("PostgreSQL unavailable (%s); retrying the batch", self.last_error)
-                await self._drop_pool()
+                _log.debug("PostgreSQL unavailable (%s); retrying the batch", self.last_error)
+                await self._drop_pool()  # logged once per outage (postgres_ok)
                 if stop is not None and stop.is_set():
                     raise
                 await backoff.sleep(stop)

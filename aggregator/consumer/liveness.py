@@ -57,7 +57,7 @@ class Liveness(Reader):
         """Heartbeat while the consume loop turns (a loop stuck for ``claim_idle_ms`` lets it lapse)."""
         period_s = self.settings.claim_idle_ms / 3000
         failing: str | None = None
-        while True:
+        while not self._keeper_stopping:
             if time.monotonic() - self._alive_at < 2 * period_s:
                 try:
                     await self.heartbeat()
@@ -66,6 +66,8 @@ class Liveness(Reader):
                     if not is_transient(exc) and describe(exc) != failing:
                         failing = describe(exc)  # e.g. an ACL refusing SET: the others would take over
                         _log.warning("heartbeat not written (%s): other members may take over", failing)
+            if self._keeper_stopping:  # cancelled during the heartbeat, the cancellation swallowed
+                return
             await asyncio.sleep(period_s)
 
     async def _alive(self, key: str) -> bool:

@@ -150,6 +150,7 @@ class Aggregator(Rounds):
         if batch.streams:  # redelivered entries
             with correlated(batch.cid):
                 await self._commit_batch(batch, stop)
+                _log_careful(batch)
         else:
             self._add_totals(batch.result)
         return batch
@@ -211,8 +212,8 @@ class Aggregator(Rounds):
                         await self._settle_closing()
                     self._pending_dirty = True
                     self.last_error = describe(exc)
-                    if is_transient(exc):
-                        _log.warning("connection problem (%s); reconnecting", self.last_error)
+                    if is_transient(exc):  # logged once per outage (redis_ok, postgres_ok)
+                        _log.debug("connection problem (%s); reconnecting", self.last_error)
                         if isinstance(
                             exc, (RedisConnectionError, RedisTimeoutError, *CLUSTER_TRANSIENT_ERRORS)
                         ):
@@ -224,3 +225,17 @@ class Aggregator(Rounds):
                     await backoff.sleep(stop)
         finally:
             await self._finish(stop)
+
+
+def _log_careful(batch: Batch) -> None:
+    """One INFO line per redelivered batch (an operator sees a crash or a failed round recovered)."""
+    counts = [n for prepared in batch.streams for n in prepared.counts.values()]
+    result = batch.result
+    _log.info(
+        "%d redelivered entries (delivered up to %d times) committed the careful way: "
+        "%d of %d events new, the others stored already",
+        result.entries,
+        max(counts, default=1),
+        result.events_inserted,
+        result.events_seen - result.events_expired,
+    )

@@ -51,6 +51,7 @@ class AggregatorTelemetry:
         self.duplicates = 0
         self.status: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         t = self.telemetry
         t.observe(AGG_EVENTS_COMMITTED, lambda: self._total("events_inserted"))
         t.observe(AGG_EVENTS_DUPLICATE, lambda: [Observation(self.duplicates)])
@@ -100,17 +101,21 @@ class AggregatorTelemetry:
             self._task = asyncio.create_task(self._refresh_loop(export_interval_s()))
 
     async def _refresh_loop(self, interval_s: float) -> None:
-        while True:
+        # Ends on ``_closing`` too: redis-py can swallow a cancellation that lands during a
+        # command (the status refresh reads Redis), and the loop would then run on forever.
+        while not self._closing:
             try:
                 await self.refresh()
             except Exception as exc:  # never let telemetry take the aggregator down
                 _log.warning("self-telemetry refresh failed: %s", type(exc).__name__)
-            await asyncio.sleep(interval_s)
+            if not self._closing:
+                await asyncio.sleep(interval_s)
 
     async def close(self) -> None:
         if self._task is not None:
+            self._closing = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({self._task}, timeout=5)
             self._task = None
         await asyncio.to_thread(self.telemetry.shutdown)

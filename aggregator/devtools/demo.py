@@ -29,10 +29,15 @@ from ...instrumentation.privacy import Pseudonymizer
 from ..api.app import create_app
 from ..cli.settings import Settings
 from ..consumer.service import Aggregator
+from ..consumer.startup import wait_for_services
 from ..storage.db import connect
 from ..storage.schema import migrate
 from .embedded import servers_for
 from .simulation import Ledger, new_user_ids, simulate_students
+
+DEMO_WAIT_S = 60.0
+"""How long the demo waits for configured Redis and PostgreSQL servers to answer (e.g. containers
+started with it), as the aggregator's ``--wait-for-services``."""
 
 SYSTEM_METRICS_SQL = """
 SELECT route, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
@@ -88,6 +93,9 @@ async def run_demo(settings: Settings, *, students: int = 8, console: Console | 
         if need_redis or need_postgres:
             console.print("[dim]no Redis/PostgreSQL URL configured: using embedded servers[/]")
         settings = _demo_settings(stack.enter_context(servers_for(settings)))
+        if not (need_redis and need_postgres):  # configured servers may still be starting
+            with console.status("waiting for Redis and PostgreSQL"):
+                await wait_for_services(settings, DEMO_WAIT_S, migrated=False)
         with console.status("migrating the analytics schema"):
             await asyncio.to_thread(migrate, settings)
 

@@ -7,7 +7,9 @@ the real error, which the aggregator then took for a data error: the entries wer
 alone and dead-lettered within seconds. The failure is injected for real: the probe is held
 on a lock taken by another connection and cancelled from a third one (``pg_cancel_backend``:
 ``QueryCanceledError``, the server's "try again later"), while the session and its
-transaction stay open, as with a coordinator that lost a worker for a moment.
+transaction stay open, as with a coordinator that lost a worker for a moment. The
+end-to-end test also terminates the probing backends (``pg_terminate_backend``: the connection
+itself fails, the aggregator drops its pool and reconnects).
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def _records(fields: dict[Any, Any]) -> list[Any]:
     return raw_records([row for rec in wire.decode_entry(fields) for row in rows_from_span(rec)])
 
 
-async def _cancel_probes(settings: Settings, until: asyncio.Event, cancelled: list[int]) -> None:
-    """Hold the raw partitions locked and cancel every probe that waits on them, until ``until``.
+async def _cancel_probes(
+    settings: Settings, until: asyncio.Event, cancelled: list[int], how: str = "pg_cancel_backend"
+) -> None:
+    """Hold the raw partitions locked and cancel every probe that waits on them, until ``until``
+    (``how``: ``pg_cancel_backend`` cancels the statement, ``pg_terminate_backend`` the connection).
 
     Only the partitions: the parent stays free for what a new connection of the aggregator
     runs first (its temporary tables are ``LIKE analytics_events``).
@@ -69,7 +74,7 @@ async def _cancel_probes(settings: Settings, until: asyncio.Event, cancelled: li
                     _PROBE_MARK,
                 )
                 for row in pids:
-                    if await killer.fetchval("SELECT pg_cancel_backend($1)", row["pid"]):
+                    if await killer.fetchval(f"SELECT {how}($1)", row["pid"]):
                         cancelled.append(row["pid"])
                 await asyncio.sleep(0.02)
     finally:
@@ -99,8 +104,9 @@ async def test_a_cancelled_probe_raises_its_own_transient_error(migrated: Settin
     assert is_transient(caught.value)
 
 
+@pytest.mark.parametrize("how", ["pg_cancel_backend", "pg_terminate_backend"])
 async def test_redelivered_entries_survive_cancelled_probes_and_are_not_dead_lettered(
-    migrated: Settings,
+    migrated: Settings, how: str
 ) -> None:
     settings = migrated.with_overrides(max_delivery_attempts=3)
     wl = _workload(settings)
@@ -121,7 +127,7 @@ async def test_redelivered_entries_survive_cancelled_probes_and_are_not_dead_let
         client.close()
 
     stop_chaos, cancelled = asyncio.Event(), list[int]()
-    chaos = asyncio.create_task(_cancel_probes(settings, stop_chaos, cancelled))
+    chaos = asyncio.create_task(_cancel_probes(settings, stop_chaos, cancelled, how))
     stop = asyncio.Event()
     async with Aggregator(settings) as agg:
         runner = asyncio.create_task(agg.run(stop))
