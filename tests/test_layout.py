@@ -22,7 +22,6 @@ MODULE_LINES = 500
 FUNCTION_LINES = 80
 
 PRIVATE_IMPORTS_ALLOWED: set[str] = {
-    # instrumentor.py reads the ASGI middleware's settings and scope mark (issue 15 names it).
     # The CLI's bus printers, tested one by one.
     "tests/aggregator/cli/test_console_output.py: studyin_analytics.aggregator.cli.bus._recent",
     "tests/aggregator/cli/test_console_output.py: studyin_analytics.aggregator.cli.bus._stats",
