@@ -9,21 +9,25 @@ import json
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..cli.settings import Settings, load_settings
-from .runner import Exporter, StepReport
 from .settings import ExportSettings
-from .sources import select_sources
+
+if TYPE_CHECKING:  # the writers import pyarrow, pandas and pyiceberg (~190 ms, ~60 MB): only when exporting
+    from .runner import Exporter, StepReport
 
 _log = logging.getLogger(__name__)
 
 
 def _exporter(args: argparse.Namespace, *, dry_run: bool = False, wait: bool = False) -> Exporter:
+    from .runner import Exporter
+    from .sources import select_sources
+
     settings: Settings = load_settings()
     export = ExportSettings()
     if args.format:
