@@ -133,8 +133,8 @@ class ParquetStep:
         self.columns = partition_columns(source)
         self.chunks = 0
         self.written = Written()
-        with self._errors():
-            self.step.mkdir(parents=True, exist_ok=True)
+        # The staging folder is made by the first chunk: most follow steps carry no rows, and a
+        # step stopped between an eager mkdir and its commit left an empty folder behind.
 
     def _errors(self) -> _Refused:
         return _Refused(f"Parquet files of {self.source.table} under {self.target.root}")
@@ -143,6 +143,7 @@ class ParquetStep:
         if not chunk.num_rows:
             return
         with self._errors():
+            self.step.mkdir(parents=True, exist_ok=True)
             ds.write_dataset(
                 with_partition_columns(self.source, chunk),
                 self.step,
