@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Worker processes of `make test` (pytest-xdist; one test module stays on one worker). Most tests wait on
+# Redis, PostgreSQL or a child process, so 3 workers fit a 2-core machine; TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test test-unit lint typecheck linktree bench bench-quick install system-deps clean
 
@@ -35,7 +38,7 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The server-free unit tests (marker `unit`, see tests/conftest.py): no Redis, no PostgreSQL, seconds.
 test-unit: $(STAMP)

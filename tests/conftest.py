@@ -68,6 +68,17 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return "pytest.mark.unit" not in collection_path.read_text()
 
 
+# The first test of a run to ask for the fresh venv may build it from nothing (every dependency from
+# the package registry: minutes on a loaded 2-core machine) or wait for another worker that does.
+FRESH_VENV_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "new_user_venv" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(FRESH_VENV_TIMEOUT_S))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A unit test that asks for a server fails before any server is started or reached."""

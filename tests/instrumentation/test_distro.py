@@ -23,6 +23,7 @@ from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.distro import DEFAULTS, DISTRO_NAME, StudyInConfigurator, StudyInDistro
 from tests.instrumentation.test_zero_code import free_port, read_spans, wait_listening
 from tests.support import ROOT
+from tests.support.filelock import locked
 from tests.support.fresh_venv import CACHE, FreshVenv, clean_env, stop
 
 README = (ROOT / "README.md").read_text()
@@ -125,10 +126,13 @@ def other_distro(venv: FreshVenv) -> Path:
     (on ``PYTHONPATH``, so the fresh venv itself keeps only this package)."""
     version = venv.version_of("opentelemetry-instrumentation")
     target = CACHE / f"opentelemetry-distro-{version}"
-    if not (target / ".ready").exists():
-        shutil.rmtree(target, ignore_errors=True)
-        venv.pip("install", "-q", "--no-deps", "--target", str(target), f"opentelemetry-distro=={version}")
-        (target / ".ready").touch()
+    with locked(target.with_name(target.name + ".lock")):
+        if not (target / ".ready").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            venv.pip(
+                "install", "-q", "--no-deps", "--target", str(target), f"opentelemetry-distro=={version}"
+            )
+            (target / ".ready").touch()
     return target
 
 

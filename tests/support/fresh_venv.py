@@ -2,7 +2,8 @@
 
 Built once per set of dependencies under ``.test-cache/`` (git-ignored): the venv is keyed by a
 hash of ``pyproject.toml`` and the Python version, and the project's wheel is rebuilt and
-reinstalled into it on every test session, so it always runs the code under test. Dependencies
+reinstalled into it once per test run (once for all pytest-xdist workers: they take a lock and
+the first records the run's id), so it always runs the code under test. Dependencies
 come from the package registry through pip (its cache keeps this fast); nothing is taken from the
 development venv. Also: third-party files fetched at test time (sdists), cached beside it.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import ROOT
+from tests.support.filelock import locked
 
 CACHE = ROOT / ".test-cache"
 PIP_TIMEOUT_S = 900
@@ -118,9 +120,24 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
+def _run_id() -> str:
+    """The id of this test run, the same in every pytest-xdist worker; the process id without xdist."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}"
+
+
 def fresh_venv() -> FreshVenv:
-    """The cached fresh venv, with the current work tree's wheel installed."""
+    """The cached fresh venv, with the current work tree's wheel installed (once per test run)."""
     venv = FreshVenv(CACHE / f"venv-{_venv_key()}")
+    with locked(CACHE / "fresh-venv.lock"):
+        installed_by = venv.path / ".studyin-run"
+        if installed_by.exists() and installed_by.read_text() == _run_id():
+            return venv
+        _install_work_tree(venv)
+        installed_by.write_text(_run_id())
+    return venv
+
+
+def _install_work_tree(venv: FreshVenv) -> None:
     wheel = build_wheel(CACHE / "wheel")
     ready = venv.path / ".studyin-ready"
     if not ready.exists():
@@ -131,12 +148,16 @@ def fresh_venv() -> FreshVenv:
         ready.touch()
     else:
         venv.pip("install", "-q", "--no-deps", "--force-reinstall", str(wheel))
-    return venv
 
 
 def fetch_sdist(venv: FreshVenv, distribution: str, version: str) -> Path:
     """The source distribution of ``distribution==version`` from the package registry (cached)."""
     folder = CACHE / "sdists"
+    with locked(CACHE / "sdists.lock"):
+        return _fetch_sdist(venv, folder, distribution, version)
+
+
+def _fetch_sdist(venv: FreshVenv, folder: Path, distribution: str, version: str) -> Path:
     found = sorted(folder.glob(f"{distribution}-{version}.tar.gz"))
     if found:
         return found[0]
