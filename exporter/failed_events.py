@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..instrumentation.custom_schemas import EventError
+from ..instrumentation.custom_schemas import IDENTITY_TOKENS, EventError
 from ..instrumentation.emails import scrub_emails
+from ..instrumentation.privacy import is_pseudonym
 from .bus import failed_events_key
 from .settings import BusSettings
 
@@ -102,3 +104,25 @@ def add_commands(settings: BusSettings, failed: Iterable[FailedEvent]) -> list[t
     """``(key, fields)`` of the ``XADD`` of each failed event (with ``maxlen=MAX_LEN, approximate=True``)."""
     key = failed_events_key(settings)
     return [(key, event.fields()) for event in failed]
+
+
+def protected(
+    properties: Mapping[str, Any],
+    compiled_pseudonymous: frozenset[str] | None,
+    pseudonymize: Callable[[str], str] | None,
+) -> dict[str, Any]:
+    """``properties`` as a failed event may keep them: a property the schema marks pseudonymous, or (no
+    schema known) whose name looks like identity, is HMAC'd (dropped without a key); e-mails are scrubbed
+    later (:meth:`FailedEvent.fields`)."""
+    out: dict[str, Any] = {}
+    for key, value in properties.items():
+        identity = (
+            key in compiled_pseudonymous
+            if compiled_pseudonymous is not None
+            else bool(set(re.split(r"[_\d]+", str(key))) & IDENTITY_TOKENS)
+        )
+        if not identity:
+            out[key] = value
+        elif pseudonymize is not None and isinstance(value, str | int) and not isinstance(value, bool):
+            out[key] = value if is_pseudonym(value) else pseudonymize(str(value))
+    return out

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import redis
 
+from ...exporter import custom_registry
 from ...exporter.snapshots import publish_snapshot
 from ...instrumentation.custom_schemas import (
     CompiledSchema,
@@ -26,7 +27,7 @@ from ...instrumentation.custom_schemas import (
     parse_version,
 )
 
-SNAPSHOT_KIND = "custom-schemas"
+SNAPSHOT_KIND = custom_registry.SNAPSHOT_KIND
 """``kind`` of the registry's snapshot (``{stream_prefix}:snapshot:custom-schemas``)."""
 
 
