@@ -134,3 +134,9 @@ class SnapshotFollower(Generic[T]):
             self._thread.join(timeout=5.0)
             self._thread = None
         self._client.close()
+
+
+async def publish_snapshot_async(client: Any, prefix: str, kind: str, payload: bytes) -> int:
+    """:func:`publish_snapshot` with an asyncio client (the API)."""
+    key, channel = (k.format(prefix=prefix, kind=kind) for k in SNAPSHOT_KEYS)
+    return int(await client.eval(_PUBLISH, 1, key, payload, channel))
