@@ -20,7 +20,7 @@ from . import audit
 from .auth import ApiProblem
 from .days import today
 from .deps import PREFIX, Caller, Db, require_staff_audited
-from .models import FieldError
+from .models import FieldError, Problem
 from .problems import ERROR_RESPONSES, READ_RESPONSES
 
 SCHEMAS_PATH = f"{PREFIX}/custom-events/schemas"
@@ -66,7 +66,15 @@ async def list_schemas(
 
 
 @router.post(
-    SCHEMAS_PATH, status_code=201, response_model=SchemaVersionOut, responses=ERROR_RESPONSES, tags=["staff"]
+    SCHEMAS_PATH,
+    status_code=201,
+    response_model=SchemaVersionOut,
+    responses={
+        **ERROR_RESPONSES,
+        400: {"model": Problem, "description": "Body is not decodable (e.g. not UTF-8)"},
+        413: {"model": Problem, "description": "Body larger than the configured limit"},
+    },
+    tags=["staff"],
 )
 async def register_schema(request: Request, caller: Caller, db: Db, body: RegisterRequest) -> dict[str, Any]:
     """Register a schema version; refused (422, every reason with its JSON pointer) when it leaves the
