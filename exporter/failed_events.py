@@ -111,15 +111,13 @@ def protected(
     compiled_pseudonymous: frozenset[str] | None,
     pseudonymize: Callable[[str], str] | None,
 ) -> dict[str, Any]:
-    """``properties`` as a failed event may keep them: a property the schema marks pseudonymous, or (no
-    schema known) whose name looks like identity, is HMAC'd (dropped without a key); e-mails are scrubbed
+    """``properties`` as a failed event may keep them: a property the schema marks pseudonymous, or whose
+    name looks like identity (declared or not), is HMAC'd (dropped without a key); e-mails are scrubbed
     later (:meth:`FailedEvent.fields`)."""
     out: dict[str, Any] = {}
     for key, value in properties.items():
-        identity = (
-            key in compiled_pseudonymous
-            if compiled_pseudonymous is not None
-            else bool(set(re.split(r"[_\d]+", str(key))) & IDENTITY_TOKENS)
+        identity = key in (compiled_pseudonymous or ()) or bool(
+            set(re.split(r"[_\d]+", str(key))) & IDENTITY_TOKENS
         )
         if not identity:
             out[key] = value

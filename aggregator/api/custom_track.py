@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ...exporter.failed_events import MAX_LEN, FailedEvent, add_commands
+from ...exporter.failed_events import MAX_LEN, FailedEvent, add_commands, protected
 from ...instrumentation.custom_schemas import EventError, default_registry, validate_event
 from ...instrumentation.tracker import EventRejected, StudyInTracker
 from .auth import Principal
@@ -48,12 +48,21 @@ def custom_errors(index: int, event_type: str, data: dict[str, Any]) -> tuple[An
     return version, properties, errors
 
 
+def _protected(event_type: str, version: Any, properties: Any, tracker: StudyInTracker) -> dict[str, Any]:
+    """What a failed event may keep of ``properties`` (identifiers HMAC'd: failed_events.protected)."""
+    if not isinstance(properties, dict):
+        return {}
+    compiled = default_registry().get(event_type, version) if isinstance(version, str) else None
+    pseudonymous = compiled.pseudonymous if compiled is not None else None
+    return protected(properties, pseudonymous, tracker.pseudonymizer.pseudonymize)
+
+
 async def track_custom(
     request: Request, caller: Principal, index: int, event_type: str, data: dict[str, Any]
 ) -> TrackItemResult:
     version, properties, errors = custom_errors(index, event_type, data)
+    tracker: StudyInTracker = request.app.state.tracker
     if not errors:
-        tracker: StudyInTracker = request.app.state.tracker
         try:
             tracker.custom(event_type, version, properties, user_id=caller.user_id)
             return TrackItemResult(index=index, type=event_type, status="accepted")
@@ -65,7 +74,7 @@ async def track_custom(
         str(event_type),
         str(version) if version is not None else "",
         tuple(errors),
-        properties if isinstance(properties, dict) else {},
+        _protected(event_type, version, properties, tracker),
         caller.user_hash,
         None,
         "track",
