@@ -264,3 +264,40 @@ def test_any_properties_validate_without_crashing_or_quoting_values(props: dict[
         for value in props.values():
             if isinstance(value, str) and len(value) > 3:
                 assert value not in error.reason
+
+
+WIDENINGS = [
+    lambda s: s["properties"]["case_id"].update(maxLength=100),
+    lambda s: s["properties"]["score"].update(maximum=1000),
+    lambda s: s["properties"]["score"].update(minimum=-5),
+    lambda s: s["properties"]["level"].update(enum=["easy", "hard", "expert"]),
+    lambda s: s["properties"]["tags"].update(maxItems=9),
+    lambda s: s["properties"].update(hint={"type": "boolean"}),
+    lambda s: s["properties"]["attempts"].pop("minimum"),
+]
+valid_data = st.fixed_dictionaries(
+    {"case_id": st.text(max_size=64), "score": st.floats(0, 100) | st.integers(0, 100)},
+    optional={
+        "passed": st.booleans(),
+        "level": st.sampled_from(["easy", "hard"]),
+        "tags": st.lists(st.from_regex(r"^[a-z]+$", fullmatch=True), max_size=3),
+        "attempts": st.integers(1, 10**6),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, len(WIDENINGS) - 1)), st.lists(valid_data, min_size=1, max_size=5))
+def test_an_accepted_addition_keeps_all_historical_data_valid(
+    changes: set[int], data: list[dict[str, Any]]
+) -> None:
+    old = base()
+    new = copy.deepcopy(old)
+    for i in sorted(changes):
+        WIDENINGS[i](new)
+    assert check_registration(NAME, "1-0-1", new, {"1-0-0": old}) == "ADDITION"
+    before = CompiledSchema.compile(NAME, "1-0-0", old)
+    after = CompiledSchema.compile(NAME, "1-0-1", new)
+    for item in data:
+        assert before.errors(item) == []
+        assert after.errors(item) == []
