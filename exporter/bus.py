@@ -48,6 +48,7 @@ _PAGE = 200
 
 
 CLUSTER_SLOTS = 16384
+SNAPSHOT_KEYS = ("{prefix}snapshot:{kind}", "{prefix}snapshot-changed:{kind}")  # hash, channel: .snapshots
 
 
 @functools.cache
@@ -491,3 +492,7 @@ async def stats(client: AsyncClient, settings: BusSettings) -> BusStats:
     dead = sum([int(await client.xlen(key)) for key in dead_letter_keys(settings)])
     writers = await writer_stats(client, settings)
     return BusStats(version, streams, dead, writers, summarize(list(writers.values())))
+
+
+def failed_events_key(settings: BusSettings) -> str:  # custom events refused by validation (replayable)
+    return f"{settings.stream_prefix}:failed-events"

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
 from . import semconv
+from .custom_schemas import RegistrySource, allow_custom, default_registry
 from .emails import scrub_emails
 from .settings import ConfigurationError, PseudonymKeySettings
 
@@ -203,7 +204,7 @@ strip_query = _strip_query
 
 
 # What the rules say about a key. _KEEP and _KEEP_URL come first: the common case is one compare.
-_KEEP, _KEEP_URL, _STRING, _INT, _DOUBLE, _STRINGS, _USER_HASH, _IDENTITY, _DROP, _REJECT = range(10)
+_KEEP, _KEEP_URL, _STRING, _INT, _DOUBLE, _STRINGS, _USER_HASH, _IDENTITY, _DROP, _REJECT, _CUSTOM = range(11)
 _DECLARED_ACTIONS = {
     semconv.AttributeType.STRING: _STRING,
     semconv.AttributeType.INT: _INT,
@@ -230,6 +231,8 @@ def _classify_key(key: Any) -> int:
         action = _DROP  # listed, or a key that holds an e-mail address: the name itself is data
     elif key in (semconv.USER_HASH, semconv.USER_LRS_HASH):  # pseudonyms, or nothing
         action = _USER_HASH
+    elif key.startswith(semconv.CUSTOM_NAMESPACE):  # as the registered schema declares (allow_custom)
+        action = _CUSTOM
     elif key.startswith(semconv.NAMESPACE):
         declared = semconv.ATTRIBUTE_TYPES.get(key)
         action = _REJECT if declared is None else _DECLARED_ACTIONS[declared]
@@ -243,8 +246,11 @@ def _classify_key(key: Any) -> int:
 class PrivacyGuard:
     """Cleans attribute mappings; see the module docstring for the rules."""
 
-    def __init__(self, pseudonymizer: Pseudonymizer | None = None) -> None:
+    def __init__(
+        self, pseudonymizer: Pseudonymizer | None = None, custom_registry: RegistrySource = default_registry
+    ) -> None:
         self.pseudonymizer = pseudonymizer
+        self.custom_registry = custom_registry
         self.stats = GuardStats()
 
     def clean(self, attributes: Mapping[str, Any] | None, depth: int = 0) -> dict[str, Any]:
@@ -257,6 +263,7 @@ class PrivacyGuard:
         if not attributes:
             return out
         hashed = dropped = scrubbed = rejected = mistyped = 0
+        custom: dict[str, Any] | None = None
         for key, value in attributes.items():
             action = _KEY_ACTIONS.get(key)
             if action is None:
@@ -313,8 +320,14 @@ class PrivacyGuard:
                     dropped += 1
             elif action == _DROP:
                 dropped += 1
+            elif action == _CUSTOM:
+                custom = {} if custom is None else custom
+                custom[key] = value
             else:
                 rejected += 1
+        if custom is not None:
+            pseudonymize = None if self.pseudonymizer is None else self.pseudonymizer.pseudonymize
+            rejected += allow_custom(self.custom_registry(), custom, out, pseudonymize, is_pseudonym, _scrub)
         if hashed or dropped or scrubbed or rejected or mistyped:
             self.stats.add(hashed, dropped, scrubbed, rejected, mistyped)
         return out

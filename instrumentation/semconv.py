@@ -108,6 +108,15 @@ ATTRIBUTE_TYPES: Final[dict[str, AttributeType]] = {
 DECLARED_ATTRIBUTES: Final[frozenset[str]] = frozenset(ATTRIBUTE_TYPES)
 """Every ``studyin.*`` attribute that may leave the process."""
 
+# Custom events (registered schemas, docs/custom-events.md): one span event ``studyin.custom`` each, naming
+# its schema and SchemaVer version; each property travels as ``studyin.custom.p.<name>``, which the privacy
+# guard allows exactly as the registered schema declares it (custom_schemas.allow_custom), else refuses.
+CUSTOM_EVENT_TYPE: Final = "custom"
+CUSTOM_NAMESPACE: Final = "studyin.custom."
+CUSTOM_SCHEMA: Final = "studyin.custom.schema"
+CUSTOM_VERSION: Final = "studyin.custom.version"
+CUSTOM_PROPERTY_PREFIX: Final = "studyin.custom.p."
+
 # HTTP server spans (auto-instrumentation). The aggregator reads these standard names.
 HTTP_ROUTE: Final = "http.route"
 UNMATCHED_ROUTE: Final = "_OTHER"

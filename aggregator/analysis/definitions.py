@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...instrumentation.custom_schemas import NAME_PATTERN as CUSTOM_NAME
 from ...instrumentation.events import EVENT_TYPES
 
 MIN_STEPS, MAX_STEPS = 2, 20
@@ -50,7 +51,7 @@ class PropertyFilter(_Model):
 
 
 def _check_event(value: str) -> str:
-    if value not in LEARNING_EVENT_TYPES:
+    if value not in LEARNING_EVENT_TYPES and not CUSTOM_NAME.match(value):  # custom events: their schema name
         raise ValueError(f"unknown learning event type (one of: {', '.join(LEARNING_EVENT_TYPES)})")
     return value
 

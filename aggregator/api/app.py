@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from ...exporter import RedisStreamSpanExporter
 from ...exporter.connection import async_client
+from ...exporter.custom_registry import follow_custom_schemas
 from ...exporter.runtime import correlation
 from ...exporter.runtime.http_metrics import HTTPServerMetrics
 from ...exporter.runtime.selftelemetry import METRICS_PATH
@@ -32,7 +33,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, gamification, health, learning, system_metrics, tracking
+from . import cohort, custom_events, gamification, health, learning, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -54,6 +55,7 @@ ROUTERS = (
     system_metrics.router,
     cohort.router,
     tracking.router,
+    custom_events.router,
     health.router,
 )
 """The areas' routers, in the order of the OpenAPI document (the dashboard's come last)."""
@@ -76,9 +78,11 @@ def _lifespan(settings: Settings, pseudonymizer: Pseudonymizer, telemetry: ApiTe
         app.state.tracer_provider = provider
         app.state.tracer = provider.get_tracer(semconv.SCOPE_NAME)
         app.state.tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
+        app.state.custom_schemas = follow_custom_schemas(settings)  # custom events: the registry
         try:
             yield
         finally:
+            app.state.custom_schemas.close()
             provider.shutdown()
             await app.state.live_hub.close()
             await app.state.pool.close()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ...instrumentation import events, semconv
 from ...instrumentation.tracker import EventRejected, StudyInTracker
 from .auth import Principal
+from .custom_track import is_custom_type, track_custom
 from .deps import PREFIX, AppSettings, Caller
 from .models import FieldError, Problem, TrackItemResult, TrackRequest, TrackResponse
 from .problems import ERROR_RESPONSES
@@ -119,6 +120,9 @@ async def track_events(
     results: list[TrackItemResult] = []
     valid: Valid = []
     for index, item in enumerate(body.events):
+        if is_custom_type(item.type):  # custom events: custom_track.py
+            results.append(await track_custom(request, caller, index, item.type, item.data))
+            continue
         model, errors = client_item_errors(settings, index, item.type, item.data)
         if errors or model is None:
             results.append(TrackItemResult(index=index, type=item.type, status="rejected", errors=errors))

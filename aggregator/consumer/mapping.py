@@ -33,6 +33,7 @@ from ...exporter.event_types import SERVER_SPAN_INDEX, micros_of, span_events, t
 from ...exporter.wire import SpanRecord
 from ...instrumentation import semconv
 from ...instrumentation.privacy import is_pseudonym
+from .custom_events import custom_row
 from .sessions import RECORDED_START
 
 __all__ = [
@@ -179,6 +180,8 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             session_id = span_session
         else:
             session_id = _session(session_text) or span_session
+        if event_type == semconv.CUSTOM_EVENT_TYPE:  # named by its schema, its own properties
+            event_type, properties = custom_row(attributes)
         rows.append(
             EventRow(
                 event_id(trace_id, span_id, index),

@@ -25,6 +25,7 @@ from ..storage.db import create_pool
 from . import rollups
 from .availability import POSTGRES, REDIS, ServiceStates, install_pool_floor_filter
 from .batches import BatchResult, Round
+from .custom_events import CustomGate
 from .settings import AggregatorSettings as Settings
 
 _log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Member:
         self._stop: asyncio.Event | None = None
         self._events_per_entry = 50.0  # running estimate, sizes the reads
         self._pending_dirty = True
+        self.custom_gate = CustomGate()  # custom events: validation against the registry (custom_events.py)
         """Own pending entries may exist that no batch in hand holds (start, claims, failures)."""
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""

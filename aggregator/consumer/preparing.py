@@ -98,6 +98,7 @@ class Preparing(Careful):
                 await self._dead_letter(stream, entry_id, fields, describe(exc), attempts)
                 result.dead_lettered += 1
                 continue
+            rows = await self.custom_gate.split(self.pool, self.redis, self.settings, rows)  # invalid: failed
             result.events_seen += len(rows)
             self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * max(1, len(rows))
             screened = screen(rows, window)

@@ -67,6 +67,7 @@ from .counting import (
     Counts,
     RollupInputError,
 )
+from .custom_events import apply_custom_daily
 from .mapping import RAW_COLUMNS, RawRecord, rows_of
 from .rollup_sql import (
     AI,
@@ -220,6 +221,7 @@ class Rollup(Counts):
                     await conn.execute(upsert)
         if study.takes_back_study:
             await conn.execute(CLEAR_STUDY_RESIDUES)
+        await apply_custom_daily(conn, self.by_type)  # custom events per type and day (custom_events.py)
 
     async def _apply_sessions(self, conn: asyncpg.Connection) -> StudyDeltas:
         """Merge the sessions (see :mod:`.sessions`); returns what they change in the rollups.

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,16 +49,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...instrumentation import semconv
+from ...instrumentation.custom_schemas import default_registry
 from ...instrumentation.privacy import MAX_VALUE_DEPTH, PrivacyGuard, Pseudonymizer
 from ...instrumentation.settings_base import require
 from .. import replication, wire
 from ..admission import EventWindow
 from ..bus import shard_index, stream_keys
 from ..connection import UNAVAILABLE_ERRORS, AsyncClient, async_client, unavailable
+from ..custom_registry import follow_custom_schemas
+from ..failed_events import MAX_LEN as FAILED_MAX_LEN
+from ..failed_events import FailedEvent, add_commands
 from ..runtime import correlation
 from ..runtime.http_metrics import HTTPServerMetrics
 from ..runtime.selftelemetry import METRICS_PATH
 from ..writer_stats import STATS_TTL_S, WriterStats, stats_key
+from .custom_check import screen_custom
 from .otlp_decode import (
     INVALID_ARGUMENT,
     UNAVAILABLE,
@@ -247,6 +252,9 @@ class Gateway:
         self.client: AsyncClient | None = None
         self._next_trim = 0.0
 
+    def _pseudonymize(self) -> Any:
+        return None if self.guard.pseudonymizer is None else self.guard.pseudonymizer.pseudonymize
+
     async def open(self) -> None:
         # No retries in the client: a 503 makes the collector retry (on a cluster, the next
         # request finds the promoted replica).
@@ -319,8 +327,9 @@ class Gateway:
                     if not message.get("more_body", False):
                         return
 
-    async def write(self, records: list[wire.SpanRecord]) -> None:
-        """All records in one round trip (one XADD per shard), with this process's counters."""
+    async def write(self, records: list[wire.SpanRecord], failed: Sequence[FailedEvent] = ()) -> None:
+        """All records in one round trip (one XADD per shard), with this process's counters (and the failed
+        custom events, custom_check.py)."""
         assert self.client is not None
         if len(self.streams) == 1:
             groups = {0: records}
@@ -335,6 +344,8 @@ class Gateway:
         if self.settings.redis_wait_replicas:  # durable writes: WAIT on every node written
             targets = await replication.wait_targets_async(self.client, keys)
         pipe = self.client.pipeline(transaction=False)
+        for key, fields in add_commands(self.settings, failed):
+            pipe.xadd(key, fields, maxlen=FAILED_MAX_LEN, approximate=True)  # type: ignore[arg-type]
         for shard, group in sorted(groups.items()):
             blob = wire.encode_records(group, self.guard)
             pipe.xadd(
@@ -375,9 +386,10 @@ class Gateway:
             # The only client is a collector: a refusal means a misconfiguration or a bug there.
             _log.warning("refused OTLP request: %d %s", exc.status, exc.reason)
             return self._error(exc, PROTOBUF if media != JSON else JSON)
-        if records:
+        records, failed, custom_reasons = screen_custom(records, default_registry(), self._pseudonymize())
+        if records or failed:
             try:
-                await self.write(records)
+                await self.write(records, failed)
             except UNAVAILABLE_ERRORS as exc:
                 self.unavailable += 1
                 self.stats.export_failures += 1
@@ -389,13 +401,18 @@ class Gateway:
                     headers={"retry-after": str(self.settings.gateway_retry_after_s)},
                 )
         response = ExportTraceServiceResponse()
+        if custom_reasons:  # not spans: the events were kept as failed events, to replay
+            count = custom_reasons.total()
+            response.partial_success.error_message = (
+                f"{count} custom events failed: {rejection_reasons(custom_reasons)}; "
+            )
         if rejected:
             count = rejected.total()
             reasons = rejection_reasons(rejected)
             _log.warning("rejected %d of %d spans: %s", count, count + len(records), reasons)
             self.spans_rejected += count
             response.partial_success.rejected_spans = count
-            response.partial_success.error_message = f"{count} spans rejected: {reasons}"
+            response.partial_success.error_message += f"{count} spans rejected: {reasons}"
         if media == JSON:
             return Response(json_format.MessageToJson(response, indent=None), media_type=JSON)
         return Response(response.SerializeToString(), media_type=PROTOBUF)
@@ -420,9 +437,11 @@ def create_gateway(settings: Settings, *, guard: PrivacyGuard | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.open()
+        custom_schemas = follow_custom_schemas(settings)  # custom events: the registry
         try:
             yield
         finally:
+            custom_schemas.close()
             await gateway.close()
             await asyncio.to_thread(telemetry.telemetry.shutdown)
 

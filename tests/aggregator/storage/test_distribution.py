@@ -24,6 +24,8 @@ SYSTEM_WIDE = {
     "hourly_analytics_summary": "per hour over all learners (the dashboard): no user",
     "access_audit_log": "pseudonyms of actor and subject, append-only: stays on the coordinator",
     "alembic_version": "migration bookkeeping",
+    "custom_event_schemas": "the custom event registry (a few rows per type): no user",
+    "custom_event_daily": "per day and custom event type over all learners: no user",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 

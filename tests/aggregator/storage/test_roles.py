@@ -215,6 +215,9 @@ async def test_grants_are_exactly_the_documented_ones(migrated: Settings) -> Non
         "analytics_events": {aggregator: {"SELECT", "INSERT"}, api: set()},
         "access_audit_log": {aggregator: set(), api: {"SELECT", "INSERT"}},
         "alembic_version": {aggregator: set(), api: set()},
+        # Custom events (0012): the API registers versions and may set deprecated_at only (a column grant).
+        "custom_event_schemas": {aggregator: {"SELECT"}, api: {"SELECT", "INSERT"}},
+        "custom_event_daily": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
         **{t: {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}} for t in ROLLUPS},
     }
     admin = await _admin(migrated)
