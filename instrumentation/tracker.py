@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
+from .experiments import ExperimentExposures
 from .privacy import Pseudonymizer
 from .sessions import LearningSession, SessionTicket, current_session
 from .settings import get_settings
@@ -83,7 +84,7 @@ class EventRejected(ValueError):
 # --- the tracker ---------------------------------------------------------------------------
 
 
-class StudyInTracker:
+class StudyInTracker(ExperimentExposures):
     """Emits StudyIn domain events.
 
     ``lenient=True`` is for production: an invalid event is counted in :attr:`dropped_events`
