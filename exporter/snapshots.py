@@ -63,6 +63,7 @@ class SnapshotFollower(Generic[T]):
         self._decode = decode
         self._value = empty
         self._version: int | None = None
+        self._payload: bytes | None = None
         self._interval = refresh_interval_s
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -89,14 +90,14 @@ class SnapshotFollower(Generic[T]):
                 return True  # nothing published yet: ``empty`` stands
             version = int(version_raw)
             payload = payload if isinstance(payload, bytes) else str(payload).encode()
-            if version == self._version:
-                return True
+            if version == self._version and payload == self._payload:
+                return True  # (the payload too: a Redis that lost its data counts versions from 1 again)
             try:
                 value = self._decode(payload)
             except Exception as exc:  # a bad payload: keep the last good one
                 _log.warning("snapshot %s version %d refused: %s", self._data_key, version, exc)
                 return False
-            self._value, self._version = value, version
+            self._value, self._version, self._payload = value, version, payload
             return True
 
     def start(self) -> None:

@@ -24,6 +24,8 @@ SYSTEM_WIDE = {
     "hourly_analytics_summary": "per hour over all learners (the dashboard): no user",
     "access_audit_log": "pseudonyms of actor and subject, append-only: stays on the coordinator",
     "alembic_version": "migration bookkeeping",
+    "experiment_versions": "experiment definitions, a few rows: a reference table",
+    "experiment_variant_sums": "per experiment, variant and metric over all learners: no user",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 
@@ -92,6 +94,7 @@ async def test_every_per_user_table_carries_the_distribution_column(migrated: Se
         "gamification_stats",
         "user_activity_hourly",
         "ai_coach_metrics",
+        "experiment_learners",
     }
     # Co-location needs one type for the distribution column everywhere.
     types = {catalog[name].columns[DISTRIBUTION_COLUMN][0] for name in per_user}
