@@ -127,7 +127,7 @@ async def _prepare(settings: Settings, learners: int) -> ExperimentDefinition:
     definition = ExperimentDefinition.model_validate(
         {
             "key": KEY,
-            "variants": [{"name": "control", "weight": 1}, {"name": "treatment", "weight": 1}],
+            "variants": {"control": 1, "treatment": 1},
             "starts_at": "2026-01-01T00:00:00Z",
             "primary_metric": METRIC_NAMES[0],
             "guardrail_metrics": list(METRIC_NAMES[1:]),

@@ -8,7 +8,7 @@ only the per-variant sums (``experiment_variant_sums``), never per-learner rows.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from ..experiments.report import analyse
 from . import audit
 from .auth import ApiProblem
 from .deps import PREFIX, AppSettings, Caller, Db, require_staff_audited
+from .models import Problem
 from .problems import ERROR_RESPONSES, READ_RESPONSES
 
 EXPERIMENTS_PATH = f"{PREFIX}/experiments"
@@ -29,6 +30,7 @@ ANALYSIS_PATH = f"{PREFIX}/experiments/{{key}}/analysis"
 Key = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The experiment's key")]
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
+    400: {"model": Problem, "description": "The body is not JSON"},
     404: {"description": "No such experiment (or none running, for stop)"},
     409: {"description": "The change would alter a running version: start a new version"},
 }
@@ -46,13 +48,19 @@ def _not_found(key: str) -> ApiProblem:
 
 
 @router.get(EXPERIMENTS_PATH, responses=READ_RESPONSES, tags=["experiments"])
-async def list_experiments(caller: Caller, db: Db) -> JSONResponse:
-    """The latest version of every experiment. Staff only."""
+async def list_experiments(
+    caller: Caller,
+    db: Db,
+    status: Annotated[
+        Literal["running", "stopped"] | None, Query(description="Only versions in this state")
+    ] = None,
+) -> JSONResponse:
+    """The latest version of every experiment (optionally only running or stopped ones). Staff only."""
     await require_staff_audited(db, caller, EXPERIMENTS_PATH, "cohort")
     async with db.acquire() as conn:
         versions = await store.latest(conn)
         await audit.record(conn, caller, EXPERIMENTS_PATH, subject=None, scope="cohort")
-    return JSONResponse({"experiments": [v.as_json() for v in versions]})
+    return JSONResponse({"experiments": [v.as_json() for v in versions if status in (None, v.status)]})
 
 
 @router.post(EXPERIMENTS_PATH, status_code=201, responses=WRITE_RESPONSES, tags=["experiments"])

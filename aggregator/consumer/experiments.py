@@ -228,7 +228,7 @@ def _first_exposures(
 
 async def _definitions(conn: asyncpg.Connection) -> dict[tuple[str, int], set[str]]:
     return {
-        (r["experiment_key"], r["version"]): {v["name"] for v in orjson.loads(r["definition"])["variants"]}
+        (r["experiment_key"], r["version"]): set(orjson.loads(r["definition"])["variants"])
         for r in await conn.fetch(_DEFINED)
     }
 

@@ -9,7 +9,7 @@ whose ``loc`` names the field (the API answers 422 problem+json naming it, the C
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -60,48 +60,67 @@ METRICS: dict[str, Metric] = {
 MetricName = Literal["completion_rate", "study_minutes", "sessions", "xp", "ai_coach_rating", "day7_return"]
 
 
-class Variant(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Slug
-    weight: Annotated[int, Field(ge=1, le=10_000)]
+Weight = Annotated[int, Field(ge=1, le=10_000)]
 
 
 class ExperimentDefinition(BaseModel):
-    """One version of an experiment, as staff define it."""
+    """One version of an experiment, as staff define it.
+
+    ``variants`` maps each variant's name to its whole-number weight, the control first (a JSON object: the
+    names are distinct by construction). The experiment runs ``duration_days`` from ``starts_at`` (open-ended
+    when unset). Guardrail metrics that repeat or name the primary metric are dropped.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: Slug
-    variants: Annotated[list[Variant], Field(min_length=2, max_length=10)]
+    variants: Annotated[
+        dict[Slug, Weight],
+        # Names other than slugs are refused: said in the schema (patternProperties alone would allow them).
+        Field(min_length=2, max_length=10, json_schema_extra={"additionalProperties": False}),
+    ]
     starts_at: AwareDatetime
-    ends_at: AwareDatetime | None = None
+    duration_days: Annotated[int, Field(ge=1, le=3650)] | None = None
     primary_metric: MetricName
     guardrail_metrics: Annotated[list[MetricName], Field(max_length=5)] = []
     minimum_effect: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 0.05
     """Relative minimum effect the sample size is planned for (0.05: +5 % over control)."""
 
-    @field_validator("variants")
+    # What the OpenAPI schema says is what is accepted: no number as a time, no string as a number.
+    @field_validator("starts_at", mode="before")
     @classmethod
-    def _distinct_variants(cls, value: list[Variant]) -> list[Variant]:
-        if len({v.name for v in value}) != len(value):
-            raise ValueError("variant names must be distinct")
+    def _time_as_text(cls, value: object) -> object:
+        if not isinstance(value, str | datetime):
+            raise ValueError("must be an ISO 8601 date-time with a time zone")
         return value
 
-    @field_validator("ends_at")
+    @field_validator("duration_days", "minimum_effect", mode="before")
     @classmethod
-    def _after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        starts_at = info.data.get("starts_at")
-        if value is not None and starts_at is not None and value <= starts_at:
-            raise ValueError("must be after starts_at")
+    def _number_as_number(cls, value: object) -> object:
+        if isinstance(value, str | bool):
+            raise ValueError("must be a number")
+        return value
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _weights_as_numbers(cls, value: object) -> object:
+        if isinstance(value, dict) and any(isinstance(w, str | bool) for w in value.values()):
+            raise ValueError("weights must be whole numbers")
         return value
 
     @field_validator("guardrail_metrics")
     @classmethod
     def _distinct_metrics(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("primary_metric") in value or len(set(value)) != len(value):
-            raise ValueError("must be distinct and differ from primary_metric")
-        return value
+        primary = info.data.get("primary_metric")
+        return [m for i, m in enumerate(value) if m != primary and m not in value[:i]]
+
+    @property
+    def ends_at(self) -> datetime | None:
+        return None if self.duration_days is None else self.starts_at + timedelta(days=self.duration_days)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.variants)
 
     @property
     def metrics(self) -> list[str]:
@@ -109,14 +128,14 @@ class ExperimentDefinition(BaseModel):
 
     @property
     def weights(self) -> tuple[int, ...]:
-        return tuple(v.weight for v in self.variants)
+        return tuple(self.variants.values())
 
     def spec(self, version: int) -> ExperimentSpec:
         """What apps need to assign learners to this version."""
         return ExperimentSpec(
             self.key,
             version,
-            tuple(v.name for v in self.variants),
+            tuple(self.variants),
             self.weights,
             self.starts_at.timestamp(),
             self.ends_at.timestamp() if self.ends_at is not None else None,

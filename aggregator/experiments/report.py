@@ -75,7 +75,7 @@ def _covariate_varies(rows: list[SumsRow | None]) -> bool:
 def _rate_comparisons(
     definition: ExperimentDefinition, metric: str, raw: list[SumsRow | None], k: int, alpha: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    names, weights = [v.name for v in definition.variants], definition.weights
+    names, weights = definition.names, definition.weights
     minimum = st.MinimumEffect(definition.minimum_effect, relative=True)
     sums = [_rate_sums(r) for r in raw]
     rows = [
@@ -103,7 +103,7 @@ def _rate_comparisons(
 def _mean_comparisons(
     definition: ExperimentDefinition, metric: str, raw: list[SumsRow | None], k: int, alpha: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    names, weights = [v.name for v in definition.variants], definition.weights
+    names, weights = definition.names, definition.weights
     minimum = st.MinimumEffect(definition.minimum_effect, relative=True)
     cuped = _covariate_varies(raw)
     sums = [_mean_sums(r, METRICS[metric].scale, cuped) for r in raw]
@@ -140,7 +140,7 @@ def _metric(
     alpha: float,
 ) -> dict[str, Any]:
     info = METRICS[metric]
-    raw = [rows.get((v.name, metric)) for v in definition.variants]
+    raw = [rows.get((name, metric)) for name in definition.names]
     build = _rate_comparisons if info.kind == "rate" else _mean_comparisons
     variants, comparisons = build(definition, metric, raw, k, alpha)
     return {
@@ -163,7 +163,7 @@ def analyse(
     alpha: float = st.DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """The analysis as plain JSON data: ``exposed`` learners per variant, ``rows`` by (variant, metric)."""
-    names = [v.name for v in definition.variants]
+    names = definition.names
     counts = [int(exposed.get(name, 0)) for name in names]
     srm = st.sample_ratio_check(counts, [float(w) for w in definition.weights], min_learners=k)
     return {

@@ -106,7 +106,7 @@ async def create(
         versions = [StoredVersion.from_record(r) for r in rows]
         running = [v for v in versions if v.status == "running"]
         if running and not new_version:
-            same = running[-1].definition.variants == definition.variants
+            same = list(running[-1].definition.variants.items()) == list(definition.variants.items())
             field = "key" if same else "variants"
             raise ExperimentConflict(
                 field,
@@ -122,7 +122,7 @@ async def create(
             )
         record = await conn.fetchrow(
             "INSERT INTO experiment_versions (experiment_key, version, definition, status, created_by) "
-            f"VALUES ($1, $2, $3::text::jsonb, 'running', $4) RETURNING {_COLUMNS}",
+            f"VALUES ($1, $2, $3::text::json, 'running', $4) RETURNING {_COLUMNS}",
             definition.key,
             (versions[-1].version + 1) if versions else 1,
             definition.model_dump_json(),

@@ -40,7 +40,7 @@ def definition(
 ) -> dict[str, Any]:
     return {
         "key": key,
-        "variants": [{"name": v, "weight": 1} for v in variants],
+        "variants": dict.fromkeys(variants, 1),
         "starts_at": "2020-01-01T00:00:00Z",
         "primary_metric": "study_minutes",
         "guardrail_metrics": ["completion_rate", "sessions", "xp", "ai_coach_rating", "day7_return"],

@@ -43,7 +43,7 @@ def upgrade() -> None:
         CREATE TABLE experiment_versions (
             experiment_key    text        NOT NULL,
             version           integer     NOT NULL CHECK (version >= 1),
-            definition        jsonb       NOT NULL,
+            definition        json        NOT NULL,  -- json: keeps the variants' order (control first)
             status            text        NOT NULL CHECK (status IN ('running', 'stopped')),
             created_at        timestamptz NOT NULL DEFAULT now(),
             created_by        text        NOT NULL,
