@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 import pytest
@@ -141,6 +142,12 @@ def test_snapshot_round_trips(values: list[ExperimentSpec]) -> None:
 def test_bad_snapshots_are_refused(payload: bytes) -> None:
     with pytest.raises(ValueError, match="not an experiments snapshot"):
         decode_snapshot(payload)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=16, max_size=200), st.binary(max_size=300))
+def test_the_assignment_hmac_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    assert Assigner(key).digest(message) == hmac.digest(key, message, "sha256")
 
 
 def test_a_short_assignment_key_is_refused() -> None:
