@@ -42,6 +42,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "warehouse",
     "analysis",
     "custom_events",
+    "experiments",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 

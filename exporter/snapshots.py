@@ -61,6 +61,8 @@ class SnapshotFollower(Generic[T]):
         self._current = empty
         self.version = 0
         """Version of :meth:`current` (0: nothing loaded yet)."""
+        self._payload: bytes | None = None
+        # The payload is compared too: a Redis that lost its data counts versions from 1 again.
         self._interval = refresh_interval_s
         self._client: redis.Redis = redis.Redis.from_url(
             redis_url, socket_timeout=max(refresh_interval_s, 5.0), socket_connect_timeout=5.0
@@ -87,17 +89,18 @@ class SnapshotFollower(Generic[T]):
         except (KeyError, ValueError):
             _log.warning("snapshot %s: no version, kept the last good one", self._key)
             return False
+        payload = fields.get(b"payload", b"")
         with self._lock:
-            if version == self.version:
+            if version == self.version and payload == self._payload:
                 return True
             try:
-                decoded = self._decode(fields.get(b"payload", b""))
+                decoded = self._decode(payload)
             except Exception as exc:  # a bad payload must never replace a good snapshot
                 _log.warning(
                     "snapshot %s v%d does not decode (%s): kept v%d", self._key, version, exc, self.version
                 )
                 return False
-            self._current, self.version = decoded, version
+            self._current, self.version, self._payload = decoded, version, payload
         return True
 
     def start(self) -> None:

@@ -210,6 +210,18 @@ class AiCoachFeedback(DomainEvent):
     rating: Annotated[int, Strict(), Field(ge=1, le=5)]
 
 
+# --- experiments ---------------------------------------------------------------------------
+
+
+class ExperimentExposure(DomainEvent):
+    """A learner saw a variant of an experiment (``tracker.variant``); the first one counts."""
+
+    event_type: ClassVar[str] = "experiment_exposure"
+    experiment_key: Slug
+    experiment_version: Annotated[int, Strict(), Field(ge=1, le=1_000_000)]
+    variant: Slug
+
+
 # --- system metrics --------------------------------------------------------------------------
 
 

@@ -84,6 +84,13 @@ class PseudonymKeySettings(StudyInSettings):
         default=None, description="Id of the LRS key used for new LRS pseudonyms (default: the first listed)"
     )
 
+    experiment_assignment_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="HMAC key of experiment assignment (tracker.variant), its own: never a pseudonym key, "
+        "never rotated while an experiment runs (a new key reshuffles learners; docs/experiments.md)",
+    )
+
     @field_validator("pseudonym_keys", "lrs_pseudonym_keys", mode="before")
     @classmethod
     def _keys_from_text(cls, value: Any) -> Any:
@@ -116,6 +123,11 @@ class PseudonymKeySettings(StudyInSettings):
             s.get_secret_value() for s in self.lrs_pseudonym_keys.values()
         } & {s.get_secret_value() for s in self.pseudonym_keys.values()}:
             raise ValueError("lrs_pseudonym_keys must share no key id and no secret with pseudonym_keys")
+        assignment = self.experiment_assignment_key
+        if assignment is not None and assignment.get_secret_value() in {
+            s.get_secret_value() for s in (*self.pseudonym_keys.values(), *self.lrs_pseudonym_keys.values())
+        }:
+            raise ValueError("experiment_assignment_key must differ from every pseudonym key")
         return self
 
     @property

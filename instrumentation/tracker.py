@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
 from .custom_tracking import CustomEventsMixin
+from .experiments import ExperimentExposures
 from .privacy import Pseudonymizer
 from .sessions import LearningSession, SessionTicket, current_session
 from .settings import get_settings
@@ -84,7 +85,7 @@ class EventRejected(ValueError):
 # --- the tracker ---------------------------------------------------------------------------
 
 
-class StudyInTracker(CustomEventsMixin):  # custom events: tracker.custom(...), custom_tracking.py
+class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (custom_tracking.py), experiments
     """Emits StudyIn domain events.
 
     ``lenient=True`` is for production: an invalid event is counted in :attr:`dropped_events`

@@ -33,7 +33,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, custom_events, gamification, health, learning, system_metrics, tracking
+from . import cohort, custom_events, experiments, gamification, health, learning, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -54,6 +54,7 @@ ROUTERS = (
     gamification.router,
     system_metrics.router,
     cohort.router,
+    experiments.router,
     tracking.router,
     custom_events.router,
     health.router,

@@ -94,14 +94,26 @@ async def http_problem(request: Request, exc: Exception) -> JSONResponse:
     code = getattr(exc, "code", None) or HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     extra = getattr(exc, "extra", {})
     log_refusal(request, exc.status_code, code)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
+        headers = {**(headers or {}), "Allow": _allowed(request)}
     return problem_response(
         exc.status_code,
         code,
         str(exc.detail),
         instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers,
         errors=extra.get("errors"),
     )
+
+
+def _allowed(request: Request) -> str:
+    path, methods = request.url.path, set()
+    for route in request.app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 async def validation_problem(request: Request, exc: Exception) -> JSONResponse:

@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
     from ..lrs.commands import register as register_lrs
     from ..warehouse.command import register as register_export
-    from . import bus, custom, gateway
+    from . import bus, custom, experiments, gateway
 
     bus.register(sub)
+    experiments.register(sub)
     gateway.register(sub)
     custom.register(sub)  # schemas, failed-events
     register_lrs(sub)

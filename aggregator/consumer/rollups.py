@@ -41,7 +41,7 @@ events) makes the entry fail with :class:`RollupInputError` naming the event typ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -68,7 +68,8 @@ from .counting import (
     RollupInputError,
 )
 from .custom_events import apply_custom_daily
-from .mapping import RAW_COLUMNS, RawRecord, rows_of
+from .experiments import INPUT_TYPES, ExperimentInput, apply_experiments
+from .mapping import RAW_COLUMNS, EventRow, RawRecord, rows_of
 from .rollup_sql import (
     AI,
     CLEAR_STUDY_RESIDUES,
@@ -192,19 +193,35 @@ class Rollup(Counts):
     type and hour, the only per-event count it needs of its own.
     """
 
-    __slots__ = ()
+    __slots__ = ("experiment_inputs",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experiment_inputs: list[ExperimentInput] = []
+        """The new events experiments read (:mod:`.experiments`), with a learner."""
+
+    def add(self, rows: Iterable[EventRow]) -> None:
+        rows = rows if isinstance(rows, list) else list(rows)
+        super().add(rows)
+        self.experiment_inputs += [
+            (r.user_hash, r.event_type, r.time_us, r.event_id, r.properties)
+            for r in rows
+            if r.user_hash is not None and r.event_type in INPUT_TYPES
+        ]
 
     async def apply(self, conn: asyncpg.Connection) -> None:
         """Merge the deltas into the tables (inside the batch transaction), in the fixed order.
 
         Sessions first: what they change in the per-learner rollups depends on the stored
-        sessions (:meth:`_apply_sessions`). Then each table's deltas travel by binary ``COPY``
+        sessions (:meth:`_apply_sessions`); then the experiments' per-learner state and variant sums
+        (:mod:`.experiments`, under per-learner locks). Then each table's deltas travel by binary ``COPY``
         into the connection's delta table (emptied at commit), and one ``INSERT ... SELECT ...
         ON CONFLICT DO UPDATE`` merges them (the hourly table's with the summary's, which counts
         the learners that became active in each hour). Nothing in ``self`` changes: a rolled-back
         transaction may apply the same rollup again.
         """
         study = await self._apply_sessions(conn) if self.sessions else StudyDeltas()
+        await apply_experiments(conn, self.experiment_inputs)
         hourly = self._hourly_with(study)
         deltas = (
             (DAILY, self._daily_rows(study), UPSERT_DAILY),

@@ -38,6 +38,11 @@ VALID: dict[str, dict[str, object]] = {
         "topic_category": "cardiology",
     },
     "ai_coach_feedback": {"interaction_id": uuid.uuid4(), "rating": 5},
+    "experiment_exposure": {
+        "experiment_key": "coach-prompt",
+        "experiment_version": 1,
+        "variant": "treatment",
+    },
     "api_request": {"route": "/items/{item_id}", "method": "GET", "status_code": 200, "duration_ms": 3.2},
     "system_metric": {"metric_name": "queue.depth", "metric_value": 42, "metric_unit": "1"},
 }

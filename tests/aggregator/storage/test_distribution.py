@@ -26,6 +26,8 @@ SYSTEM_WIDE = {
     "alembic_version": "migration bookkeeping",
     "custom_event_schemas": "the custom event registry (a few rows per type): no user",
     "custom_event_daily": "per day and custom event type over all learners: no user",
+    "experiment_versions": "experiment definitions, a few rows: a reference table",
+    "experiment_variant_sums": "per experiment, variant and metric over all learners: no user",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 
@@ -94,6 +96,7 @@ async def test_every_per_user_table_carries_the_distribution_column(migrated: Se
         "gamification_stats",
         "user_activity_hourly",
         "ai_coach_metrics",
+        "experiment_learners",
     }
     # Co-location needs one type for the distribution column everywhere.
     types = {catalog[name].columns[DISTRIBUTION_COLUMN][0] for name in per_user}

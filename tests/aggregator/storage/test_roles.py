@@ -219,6 +219,10 @@ async def test_grants_are_exactly_the_documented_ones(migrated: Settings) -> Non
         "custom_event_schemas": {aggregator: {"SELECT"}, api: {"SELECT", "INSERT"}},
         "custom_event_daily": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
         **{t: {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}} for t in ROLLUPS},
+        # Experiments (0013): staff define versions through the API; per-learner state is the aggregator's.
+        "experiment_versions": {aggregator: {"SELECT"}, api: {"SELECT", "INSERT", "UPDATE"}},
+        "experiment_learners": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: set()},
+        "experiment_variant_sums": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
     }
     admin = await _admin(migrated)
     try:
