@@ -32,7 +32,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, gamification, health, learning, system_metrics, tracking
+from . import cohort, gamification, health, learners, learning, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -53,6 +53,7 @@ ROUTERS = (
     gamification.router,
     system_metrics.router,
     cohort.router,
+    learners.router,
     tracking.router,
     health.router,
 )

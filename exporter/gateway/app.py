@@ -58,6 +58,7 @@ from ..connection import UNAVAILABLE_ERRORS, AsyncClient, async_client, unavaila
 from ..runtime import correlation
 from ..runtime.http_metrics import HTTPServerMetrics
 from ..runtime.selftelemetry import METRICS_PATH
+from ..tombstone import Tombstone
 from ..writer_stats import STATS_TTL_S, WriterStats, stats_key
 from .otlp_decode import (
     INVALID_ARGUMENT,
@@ -246,6 +247,7 @@ class Gateway:
         self.unavailable = 0
         self.client: AsyncClient | None = None
         self._next_trim = 0.0
+        self.tombstone = Tombstone(settings)  # erased learners' late spans are dropped (docs/privacy.md)
 
     async def open(self) -> None:
         # No retries in the client: a 503 makes the collector retry (on a cluster, the next
@@ -322,6 +324,10 @@ class Gateway:
     async def write(self, records: list[wire.SpanRecord]) -> None:
         """All records in one round trip (one XADD per shard), with this process's counters."""
         assert self.client is not None
+        await self.tombstone.refresh(self.client)
+        records = self.tombstone.keep_records(records)
+        if not records:
+            return
         if len(self.streams) == 1:
             groups = {0: records}
         else:
