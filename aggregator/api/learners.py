@@ -2,9 +2,10 @@
 
 The learner's id travels in the JSON body (never in the URL, so no access log or proxy keeps
 it); the API computes the pseudonyms in-process and forgets the id. Both routes are audited with
-the learner named by pseudonym (export) or by its tombstone digest (erase, whose receipt is the
-audit row the erasure itself writes). They connect to PostgreSQL as the login user (``admin``,
-not the API's read-only role): deleting rows is the erasure's job alone (docs/privacy.md).
+the learner named by its tombstone digest ``erased:<digest>`` (an audited export of an erased
+learner must not put the pseudonym back; the erasure's receipt is the audit row it writes itself).
+They connect to PostgreSQL as the login user (``admin``, not the API's read-only role): deleting
+rows is the erasure's job alone (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ async def export_learner(body: LearnerRequest, caller: Caller, db: Db, settings:
 
     await require_staff_audited(db, caller, EXPORT_PATH, "user")
     learner = learner_of(body.user_id, settings)
-    await audit.record(db, caller, EXPORT_PATH, subject=learner.user_hashes[0], scope="user")
+    # Named by its digest, not its pseudonym: an export of an erased learner must not bring it back.
+    await audit.record(db, caller, EXPORT_PATH, subject=learner.reference, scope="user")
     out = io.StringIO()
     await erasure.write_export(settings, learner, out)
     return Response(out.getvalue(), media_type="application/x-ndjson")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ...exporter.tombstone import REFRESH_S
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .settings import ConfigurationError, load_settings
 
@@ -37,7 +38,9 @@ def cmd_learner(args: argparse.Namespace) -> int:
         return EXIT_OK
     actor = args.actor or f"operator:{getpass.getuser()}"
     report = asyncio.run(
-        erasure.erase_learner(settings, learner, actor=actor, lock_wait_s=args.lock_wait, say=_say)
+        erasure.erase_learner(
+            settings, learner, actor=actor, lock_wait_s=args.lock_wait, settle_s=args.settle, say=_say
+        )
     )
     print(json.dumps({"clean": report.clean, **report.detail()}, sort_keys=True))
     if not report.clean:
@@ -82,6 +85,14 @@ def register(sub: Any) -> None:
         default=60.0,
         metavar="SECONDS",
         help="erase: how long to wait for the warehouse exporter's lock (default 60)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=REFRESH_S + 0.5,
+        metavar="SECONDS",
+        help=f"erase: wait after the tombstone, before deleting, so every process has re-read it "
+        f"(default {REFRESH_S + 0.5}; lower only when no writer or reader runs)",
     )
     p.set_defaults(func=cmd_learner)
 
