@@ -91,6 +91,8 @@ def _warehouse_find(
         catalog = warehouse.catalog_of(settings, export)
         for place, _row in warehouse.iceberg_rows(catalog, export.namespace, learner):
             out["iceberg"][place] = out["iceberg"].get(place, 0) + 1
+        for place, count in warehouse.iceberg_bounds(catalog, export.namespace, learner).items():
+            out["iceberg"][f"{place} manifest bounds"] = count
     return out
 
 

@@ -104,6 +104,23 @@ def iceberg_rows(catalog: Any, namespace: str, learner: Learner) -> Iterator[tup
                 yield source.table, row
 
 
+def iceberg_bounds(catalog: Any, namespace: str, learner: Learner) -> dict[str, int]:
+    """Manifest entries of any snapshot (deleted ones too) whose column bounds start like a pseudonym
+    (Iceberg truncates string bounds to 16 characters), per table."""
+    prefixes = [p.encode()[:16] for p in learner.pseudonyms]
+    out: dict[str, int] = {}
+    for source in _per_user():
+        table = _load(catalog, f"{namespace}.{source.table}")
+        for snapshot in [] if table is None else table.snapshots():
+            for manifest in snapshot.manifests(table.io):
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                    data = entry.data_file
+                    bounds = [*(data.lower_bounds or {}).values(), *(data.upper_bounds or {}).values()]
+                    if any(p in b for b in bounds for p in prefixes):
+                        out[source.table] = out.get(source.table, 0) + 1
+    return out
+
+
 def _load(catalog: Any, identifier: str) -> Any:
     try:
         return catalog.load_table(identifier)
@@ -127,6 +144,12 @@ def erase_iceberg(catalog: Any, namespace: str, learner: Learner) -> dict[str, i
         table.delete(delete_filter=member_of("user_hash", set(learner.user_hashes)))
         table = catalog.load_table(f"{namespace}.{source.table}")
         out[source.table] = before - _rows(table)
+        # The delete's snapshot keeps a manifest of DELETED entries: the removed files' paths and
+        # column bounds (a 16-character prefix of the pseudonym). An empty fast append starts a
+        # snapshot that carries only the manifests of live files; the expiry below drops the rest.
+        with table.transaction() as transaction, transaction.update_snapshot().fast_append():
+            pass
+        table = catalog.load_table(f"{namespace}.{source.table}")
         current = table.current_snapshot().snapshot_id
         old = [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]
         if old:

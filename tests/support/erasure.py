@@ -3,12 +3,19 @@ code with ``aggregator/learners``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import redis
+
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.cli.settings import Settings
+from tests.support.workload import Workload
+from tests.support.workload.compare import mismatches
+from tests.support.workload.truth import truth_of
 
 
 def redis_hits(url: str, prefix: str, needles: list[str]) -> list[str]:
@@ -72,3 +79,30 @@ def files_with(root: Path, needles: list[str]) -> list[str]:
         if hit:
             found.append(str(path.relative_to(root)))
     return found
+
+
+def others_truth(wl: Workload, victim: str) -> Any:
+    """Ground truth with the victim's events gone from the per-learner tables and the raw events;
+    the cohort- and system-level aggregates stay as they were (docs/privacy.md)."""
+    full = truth_of(wl)
+    events = [e for e in wl.events if e.user != victim]
+    sessions = {k: v for k, v in wl.sessions.items() if v[0] != victim}
+    others = truth_of(Workload(wl.entries, events, sessions))
+    return dataclasses.replace(
+        others, summary=full.summary, system=full.system, api_durations=full.api_durations
+    )
+
+
+async def rollup_mismatches(settings: Settings, truth: Any) -> list[str]:
+    from studyin_analytics.aggregator.storage.db import connect
+
+    conn = await connect(settings)  # the JSON codecs the comparison expects
+    try:
+        return await mismatches(conn, truth)
+    finally:
+        await conn.close()
+
+
+async def drain(settings: Settings) -> None:
+    async with Aggregator(settings) as aggregator:
+        await aggregator.drain(timeout_s=60)
