@@ -32,7 +32,7 @@ def _pseudonym(n: int) -> str:
 
 
 async def _fill(conn: asyncpg.Connection, rows: int) -> None:
-    """``rows`` raw events of :data:`LEARNERS` learners over three UTC days, and their rollup rows."""
+    """``rows`` raw events of :data:`LEARNERS` learners over the last two days, and their rollup rows."""
     await conn.execute(
         "SELECT create_events_partition($1::date - i) FROM generate_series(-1, 2) AS i", date.today()
     )
@@ -42,7 +42,7 @@ async def _fill(conn: asyncpg.Connection, rows: int) -> None:
             f"""
             INSERT INTO analytics_events
                 (event_id, occurred_at, event_type, user_hash, session_id, properties)
-            SELECT gen_random_uuid(), now() - (i % 259000) * interval '1 second', 'material_view',
+            SELECT gen_random_uuid(), now() - (i % 172000) * interval '1 second', 'material_view',
                    'k1:' || lpad(to_hex(i % {LEARNERS}), 32, '0'), NULL,
                    jsonb_build_object('material_id', 'm' || (i % 300))
             FROM generate_series($1::bigint, $2::bigint) AS i

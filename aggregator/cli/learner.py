@@ -33,10 +33,11 @@ def cmd_learner(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "learner.jsonl").open("w", encoding="utf-8") as out:
             counts = asyncio.run(erasure.write_export(settings, learner, out))
+        asyncio.run(erasure.audit_export(settings, learner, _actor(args), counts))
         (out_dir / "README.md").write_text(erasure.EXPORT_README, encoding="utf-8")
         print(json.dumps({"records": counts, "file": str(out_dir / "learner.jsonl")}, sort_keys=True))
         return EXIT_OK
-    actor = args.actor or f"operator:{getpass.getuser()}"
+    actor = _actor(args)
     report = asyncio.run(
         erasure.erase_learner(
             settings, learner, actor=actor, lock_wait_s=args.lock_wait, settle_s=args.settle, say=_say
@@ -48,6 +49,10 @@ def cmd_learner(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print("verification: nothing found in any sink", file=sys.stderr)
     return EXIT_OK
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.actor or f"operator:{getpass.getuser()}")
 
 
 def _say(line: str) -> None:
@@ -78,7 +83,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--output", default="learner-export", help="export: folder written (default learner-export)"
     )
-    p.add_argument("--actor", help="erase: who asked, as kept in the receipt (default operator:<login>)")
+    p.add_argument("--actor", help="who asked, as the audit log keeps it (default operator:<login>)")
     p.add_argument(
         "--lock-wait",
         type=float,

@@ -210,6 +210,15 @@ async def write_export(
     return counts
 
 
+async def audit_export(settings: Settings, learner: Learner, actor: str, counts: dict[str, int]) -> None:
+    """The command line's access export, in the audit log like the API's (no raw id, no pseudonym)."""
+    conn = await connect(settings, "admin")
+    try:
+        await postgres.record_receipt(conn, learner, actor, {"records": counts}, postgres.EXPORT_ENDPOINT)
+    finally:
+        await conn.close()
+
+
 EXPORT_README = """\
 # Access export of one learner (JSON Lines)
 

@@ -88,17 +88,26 @@ async def erase(conn: asyncpg.Connection, learner: Learner) -> dict[str, int]:
     return out
 
 
+EXPORT_ENDPOINT = "learner export"
+"""The audit log's ``endpoint`` of an access export made with the command line."""
+
+
 async def record_receipt(
-    conn: asyncpg.Connection, learner: Learner, actor: str, detail: dict[str, Any]
+    conn: asyncpg.Connection,
+    learner: Learner,
+    actor: str,
+    detail: dict[str, Any],
+    endpoint: str = RECEIPT_ENDPOINT,
 ) -> None:
-    """Append the erasure receipt to the audit log: who, when (the row's time), what and where."""
+    """Append the erasure receipt (or an export's record) to the audit log: who, when (the row's
+    time), what and where; the learner named by :attr:`Learner.reference`."""
     await conn.execute(
         f"""
         INSERT INTO {AUDIT_TABLE} (actor_hash, actor_role, endpoint, subject_hash, scope, outcome, detail)
         VALUES ($1, 'staff', $2, $3, 'user', 'allowed', $4::text::jsonb)
         """,
         actor,
-        RECEIPT_ENDPOINT,
+        endpoint,
         learner.reference,
         json.dumps(detail, sort_keys=True),
     )

@@ -27,13 +27,17 @@ from .test_erasure import SEED, VICTIM, scan_everything
 CLI = str(Path(sys.executable).with_name("studyin-analytics"))
 
 
-def _erase(wh: Warehouse, kill_after: str | None) -> subprocess.CompletedProcess[str] | None:
-    env = {
+def _env(wh: Warehouse) -> dict[str, str]:
+    return {
         **os.environ,
         **wh.env(),
         "STUDYIN_ANALYTICS_STREAM_PREFIX": wh.settings.stream_prefix,
         "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": f"t1={TEST_PSEUDONYM_KEY}",
     }
+
+
+def _erase(wh: Warehouse, kill_after: str | None) -> subprocess.CompletedProcess[str] | None:
+    env = _env(wh)
     args = [CLI, "learner", "erase", "--user-id", "-", "--settle", "0", "--actor", "test"]
     if kill_after is None:
         return subprocess.run(
@@ -78,3 +82,33 @@ def test_killed_midway_then_run_again_ends_as_one_run(warehouse: Warehouse, kill
     found = asyncio.run(rollup_mismatches(settings, others_truth(wl, learner.user_hashes[0])))
     # The victim's events still on the bus were never counted into the cohort and system aggregates.
     assert [m for m in found if not m.startswith(("summary", "system"))] == []
+
+
+def test_the_documented_export_command_line(warehouse: Warehouse, tmp_path: Path) -> None:
+    """``echo "$USER_ID" | studyin-analytics learner export --user-id - --output DIR`` (docs/privacy.md)."""
+    wh = warehouse
+    wl = build(Pseudonymizer.from_settings(wh.settings), users=3, seed=SEED, spans_per_entry=5)
+    push(wh.settings.redis_url or "", stream_keys(wh.settings)[0], wl.entries)
+    asyncio.run(drain(wh.settings))
+    out = tmp_path / "learner-42"
+    args = [CLI, "learner", "export", "--user-id", "-", "--output", str(out), "--actor", "dpo:ticket-1"]
+    done = subprocess.run(
+        args, input=f"wl-user-{SEED}-1\n", env=_env(wh), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (out / "learner.jsonl").read_text().splitlines()]
+    assert lines and {r["sink"] for r in lines} == {"postgresql", "redis"}  # acked entries stay on the bus
+    assert "`sink`" in (out / "README.md").read_text()
+    assert f"wl-user-{SEED}-1" not in (out / "learner.jsonl").read_text() + done.stdout + done.stderr
+    audit = asyncio.run(_audit_rows(wh))
+    assert audit == [("dpo:ticket-1", "learner export")]
+
+
+async def _audit_rows(wh: Warehouse) -> list[tuple[str, str]]:
+    from studyin_analytics.aggregator.storage.db import connect
+
+    conn = await connect(wh.settings)
+    try:
+        return [tuple(r) for r in await conn.fetch("SELECT actor_hash, endpoint FROM access_audit_log")]
+    finally:
+        await conn.close()
