@@ -234,10 +234,9 @@ class RedisStreamSpanExporter(SpanExporter):
 
     def _without_erased(self, spans: Sequence[ReadableSpan]) -> Sequence[ReadableSpan]:
         """``spans`` without erased learners' (the tombstone, re-read at most every 5 s; docs/privacy.md)."""
-        client = self._client
-        if client is not None and time.monotonic() >= self._down_until:
+        if time.monotonic() >= self._down_until:
             with contextlib.suppress(Exception):  # Redis away: the readers check the tombstone too
-                self._tombstone.refresh_sync(client)
+                self._tombstone.refresh_sync(self._connection())
         if not self._tombstone.digests:
             return spans
         return [span for span in spans if not self._tombstone.span_erased(span)]
