@@ -43,6 +43,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "analysis",
     "custom_events",
     "experiments",
+    "erasure",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 

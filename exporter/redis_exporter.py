@@ -46,6 +46,7 @@ from .bus import shard_index, stream_keys
 from .connection import UNAVAILABLE_ERRORS, SyncClient, sync_client, unavailable
 from .settings import ExporterSettings, get_settings
 from .spool import Spool, default_base
+from .tombstone import Tombstone
 from .writer_stats import STATS_TTL_S, WriterStats, stats_key
 
 _log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class RedisStreamSpanExporter(SpanExporter):
         """Batches still spooled when this exporter shut down (on disk, for the next one)."""
         self._last_failure: str | None = None
         self.stats = WriterStats()
+        self._tombstone = Tombstone(self._settings)
         self._open_process_resources()
         ref = weakref.ref(self)
 
@@ -186,6 +188,9 @@ class RedisStreamSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         self._check_pid()
         started = time.monotonic()
+        spans = self._without_erased(spans)
+        if not spans:
+            return SpanExportResult.SUCCESS
         batches = self._encode(spans)
         with self._lock:
             return self._deliver(batches, started + self._retry_s, started + self._deadline_s, started)
@@ -227,6 +232,15 @@ class RedisStreamSpanExporter(SpanExporter):
 
     # --- internals ----------------------------------------------------------------------------------
 
+    def _without_erased(self, spans: Sequence[ReadableSpan]) -> Sequence[ReadableSpan]:
+        """``spans`` without erased learners' (the tombstone, re-read at most every 5 s; docs/privacy.md)."""
+        if time.monotonic() >= self._down_until:
+            with contextlib.suppress(Exception):  # Redis away: the readers check the tombstone too
+                self._tombstone.refresh_sync(self._connection())
+        if not self._tombstone.digests:
+            return spans
+        return [span for span in spans if not self._tombstone.span_erased(span)]
+
     def _encode(self, spans: Sequence[ReadableSpan]) -> list[Batch]:
         if len(self._streams) == 1:
             return [(self._streams[0], len(spans), wire.encode_readable_spans(spans, self._guard))]
@@ -237,6 +251,23 @@ class RedisStreamSpanExporter(SpanExporter):
             (self._streams[shard], len(group), wire.encode_readable_spans(group, self._guard))
             for shard, group in sorted(groups.items())
         ]
+
+    def _scrubbed(self, batches: list[Batch]) -> list[Batch]:
+        """Spooled ``batches`` without erased learners' spans: a spool replayed after an erasure
+        (days later, perhaps) never brings the learner back (docs/privacy.md)."""
+        with contextlib.suppress(Exception):  # Redis away: the write fails next, the readers check too
+            self._tombstone.refresh_sync(self._connection())
+        if not self._tombstone.digests:
+            return batches
+        out: list[Batch] = []
+        for stream, count, blob in batches:
+            records = wire.decode_batch(blob)
+            kept = self._tombstone.keep_records(records)
+            if len(kept) == len(records):
+                out.append((stream, count, blob))
+            elif kept:
+                out.append((stream, len(kept), wire.encode_records(kept)))
+        return out
 
     def _write(self, batches: list[Batch], *, replayed: bool) -> None:
         """One round trip: the batches, the periodic hard cap and the counters."""
@@ -295,7 +326,9 @@ class RedisStreamSpanExporter(SpanExporter):
             chunk = list(self._spool.peek(REPLAY_CHUNK))
             if not chunk:
                 break
-            self._write([(b.stream, b.spans, b.blob) for b in chunk], replayed=True)
+            writes = self._scrubbed([(b.stream, b.spans, b.blob) for b in chunk])
+            if writes:
+                self._write(writes, replayed=True)
             for batch in chunk:
                 self._spool.remove(batch)
             if time.monotonic() >= deadline and len(self._spool):

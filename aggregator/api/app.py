@@ -33,7 +33,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, custom_events, experiments, gamification, health, learning, system_metrics, tracking
+from . import cohort, custom_events, experiments, gamification, health, learners, learning, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -55,6 +55,7 @@ ROUTERS = (
     system_metrics.router,
     cohort.router,
     experiments.router,
+    learners.router,
     tracking.router,
     custom_events.router,
     health.router,

@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from ...exporter.bus import stream_keys
 from ...exporter.connection import AsyncClient, async_client
+from ...exporter.tombstone import Tombstone
 from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import create_pool
 from . import rollups
@@ -69,6 +70,8 @@ class Member:
         self._pending_dirty = True
         self.custom_gate = CustomGate()  # custom events: validation against the registry (custom_events.py)
         """Own pending entries may exist that no batch in hand holds (start, claims, failures)."""
+        self.tombstone = Tombstone(settings)
+        """Erased learners: their late events are dropped as entries are mapped (docs/privacy.md)."""
         self.on_committed: Callable[[str, list[bytes]], None] | None = None
         """Called with (stream, entry ids) right after their transaction committed (benchmarks)."""
         self._round: Round | None = None

@@ -80,6 +80,7 @@ class Preparing(Careful):
         prepared = Prepared(stream, counts=counts, careful=batch.redelivered)
         gone: list[bytes] = []
         window = EventWindow.of(self.settings)
+        await self.tombstone.refresh(self.redis)
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while it was pending
                 gone.append(entry_id)
@@ -93,7 +94,8 @@ class Preparing(Careful):
                 continue
             try:
                 spans = wire.decode_entry(fields)
-                rows = [row for record in spans for row in rows_from_span(record)]
+                kept_spans = self.tombstone.keep_records(spans)  # erased learners' late events go
+                rows = [row for record in kept_spans for row in rows_from_span(record)]
             except Exception as exc:  # undecodable or unmappable: retrying cannot help
                 await self._dead_letter(stream, entry_id, fields, describe(exc), attempts)
                 result.dead_lettered += 1

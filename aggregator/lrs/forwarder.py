@@ -27,7 +27,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import asyncpg
@@ -39,13 +38,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ...exporter import wire
 from ...exporter.bus import group_lag, stream_keys
 from ...exporter.connection import AsyncClient, async_client
+from ...exporter.tombstone import Tombstone
 from ..consumer.mapping import EventRow, rows_from_span
 from ..storage.db import create_pool
 from . import catchup, keys
 from .auth import lrs_auth
 from .batches import Batch, InvalidEvent, Plan, plan_batches
 from .delivery import HttpSender, LrsMisconfigured, LrsUnavailable, Outcome, deliver
-from .reports import Totals, dead_letters, probe_lrs, probe_postgres
+from .reports import Totals, dead_letters
 from .settings import LrsSettings
 from .xapi import StatementMapper
 
@@ -92,6 +92,7 @@ class Forwarder:
         self._gone: set[str] = set()
         """Streams where an entry was trimmed while pending here: a gap too."""
         self._backoff_s = BACKOFF_INITIAL_S
+        self.tombstone = Tombstone(settings)
 
     # --- connections -------------------------------------------------------------------------
 
@@ -233,7 +234,8 @@ class Forwarder:
                 out.append((entry_id, []))
                 continue
             try:
-                rows = [row for record in wire.decode_entry(fields) for row in rows_from_span(record)]
+                records = self.tombstone.keep_records(wire.decode_entry(fields))
+                rows = [row for record in records for row in rows_from_span(record)]
             except Exception:  # the aggregator dead-letters undecodable entries; nothing to send
                 self.totals.undecodable_entries += 1
                 rows = []
@@ -308,6 +310,8 @@ class Forwarder:
 
     async def forward(self, stream: str, entries: list[Entry], stop: asyncio.Event | None) -> Plan:
         """Deliver and acknowledge ``entries`` of ``stream`` (raises :class:`Stopped` on stop)."""
+        if self.redis is not None:  # erased learners' late events are never sent (docs/privacy.md)
+            await self.tombstone.refresh(self.redis)
         rows = self._rows_of(stream, entries)
         if self._gone:  # entries trimmed while pending: the catch-up is recorded before they are acked
             await self.check_gaps()
@@ -487,34 +491,7 @@ class Forwarder:
                     await self.connect()
 
     async def status(self) -> dict[str, Any]:
-        """Health and lag (what ``--status`` prints and ``/status`` serves)."""
-        info: dict[str, Any] = {
-            "consumer": self.consumer,
-            "group": self.group,
-            "streams": self.streams,
-            "lrs_url": self.statements_url,
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "last_delivery_at": self.last_delivery_at,
-            "last_error": self.last_error,
-            "totals": {**asdict(self.totals), "skipped": dict(self.totals.skipped)},
-        }
-        try:
-            assert self.redis is not None
-            info["lag"] = await self.lag()
-            lags = [await group_lag(self.redis, s, self.group) for s in self.streams]
-            info["pending"] = sum(lag.pending for lag in lags if lag is not None)
-            dead = keys.dead_letter_keys(self.settings, self.streams)
-            info["dead_letter_length"] = sum([int(await self.redis.xlen(key)) for key in dead])
-            current = await self.redis.hget(self.state_key, keys.CATCHUP_FIELD)
-            info["catch_up"] = None if current is None else asdict(catchup.CatchUp.loads(current))
-            info["redis"] = "ok"
-        except Exception as exc:  # report, never raise, from a health probe
-            info["redis"] = f"{type(exc).__name__}: {exc}"[:300]
-        info["postgres"] = await probe_postgres(self.pool) if self.catch_up_enabled else "unused"
-        info["lrs"] = self.lrs_state
-        if self.lrs_state == "unknown" and self.http is not None:  # nothing sent yet: ask the LRS
-            info["lrs"] = await probe_lrs(self.http, self.statements_url)
-        info["healthy"] = (
-            info["redis"] == "ok" and info["lrs"] == "ok" and info["postgres"] in ("ok", "unused")
-        )
-        return info
+        """Health and lag (what ``--status`` prints and ``/status`` serves; :mod:`.status`)."""
+        from .status import forwarder_status
+
+        return await forwarder_status(self)

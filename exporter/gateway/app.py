@@ -62,6 +62,7 @@ from ..failed_events import FailedEvent, add_commands
 from ..runtime import correlation
 from ..runtime.http_metrics import HTTPServerMetrics
 from ..runtime.selftelemetry import METRICS_PATH
+from ..tombstone import Tombstone
 from ..writer_stats import STATS_TTL_S, WriterStats, stats_key
 from .custom_check import screen_custom
 from .otlp_decode import (
@@ -251,6 +252,7 @@ class Gateway:
         self.unavailable = 0
         self.client: AsyncClient | None = None
         self._next_trim = 0.0
+        self.tombstone = Tombstone(settings)  # erased learners' late spans are dropped (docs/privacy.md)
 
     def _pseudonymize(self) -> Any:
         return None if self.guard.pseudonymizer is None else self.guard.pseudonymizer.pseudonymize
@@ -331,6 +333,10 @@ class Gateway:
         """All records in one round trip (one XADD per shard), with this process's counters (and the failed
         custom events, custom_check.py)."""
         assert self.client is not None
+        await self.tombstone.refresh(self.client)
+        records = self.tombstone.keep_records(records)
+        if not records:
+            return
         if len(self.streams) == 1:
             groups = {0: records}
         else:

@@ -1,0 +1,75 @@
+"""The staff endpoints of access export and erasure: the same semantics as ``learner export|erase``,
+staff only, audited, the raw id in the body only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from studyin_analytics.aggregator import Aggregator
+from studyin_analytics.aggregator.api.learners import ERASE_PATH, EXPORT_PATH
+from studyin_analytics.aggregator.learners.identity import learner_of
+from studyin_analytics.exporter.bus import stream_keys
+from studyin_analytics.instrumentation.privacy import Pseudonymizer
+from tests.support.api import STAFF, Api
+from tests.support.workload import build, push
+
+SEED = 11
+VICTIM = f"wl-user-{SEED}-2"
+
+
+@pytest.fixture(autouse=True)
+def _export_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STUDYIN_ANALYTICS_EXPORT_PARQUET_DIR", str(tmp_path / "parquet"))
+    monkeypatch.setenv("STUDYIN_ANALYTICS_EXPORT_WAREHOUSE", str(tmp_path / "iceberg"))
+
+
+async def test_a_learner_is_refused_and_the_attempt_audited(api: Api) -> None:
+    for path in (EXPORT_PATH, ERASE_PATH):
+        response = await api.client.post(path, json={"user_id": VICTIM}, headers=api.auth("learner-x"))
+        assert response.status_code == 403
+        assert response.headers["content-type"].startswith("application/problem+json")
+    async with api.app.state.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT endpoint, outcome FROM access_audit_log ORDER BY id")
+    assert [tuple(r) for r in rows] == [(EXPORT_PATH, "denied"), (ERASE_PATH, "denied")]
+
+
+async def test_a_missing_user_id_is_a_problem_naming_the_field(api: Api) -> None:
+    response = await api.client.post(EXPORT_PATH, json={}, headers=api.auth(STAFF, roles=["staff"]))
+    assert response.status_code == 422
+    assert "user_id" in response.text
+
+
+async def test_staff_export_then_erase_then_nothing_is_left(api: Api) -> None:
+    settings = api.settings
+    wl = build(Pseudonymizer.from_settings(settings), users=5, seed=SEED, spans_per_entry=5)
+    push(settings.redis_url or "", stream_keys(settings)[0], wl.entries)
+    async with Aggregator(settings) as aggregator:
+        await aggregator.drain(timeout_s=60)
+    staff = api.auth(STAFF, roles=["staff"])
+    learner = learner_of(VICTIM, settings)
+
+    response = await api.client.post(EXPORT_PATH, json={"user_id": VICTIM}, headers=staff)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    tables = {r["place"] for r in lines if r["sink"] == "postgresql"}
+    assert {"analytics_events", "gamification_stats", "learning_sessions"} <= tables
+    assert {r["sink"] for r in lines} == {"postgresql", "redis"}  # the bus keeps entries until retention
+    assert VICTIM not in response.text
+
+    response = await api.client.post(ERASE_PATH, json={"user_id": VICTIM}, headers=staff)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["clean"] and report["erased"]["postgresql"]["analytics_events"] > 0
+    again = await api.client.post(EXPORT_PATH, json={"user_id": VICTIM}, headers=staff)
+    assert again.text == ""
+    async with api.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT endpoint, subject_hash, detail::text FROM access_audit_log ORDER BY id"
+        )
+    assert [r["endpoint"] for r in rows] == [EXPORT_PATH, "learner erase", EXPORT_PATH]
+    assert {r["subject_hash"] for r in rows} == {learner.reference}
+    assert all(p not in str([tuple(r) for r in rows]) for p in learner.pseudonyms)
+    assert VICTIM not in str([tuple(r) for r in rows])
