@@ -41,6 +41,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "lrs",
     "warehouse",
     "analysis",
+    "rebuild",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 
