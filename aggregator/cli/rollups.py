@@ -54,12 +54,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Recompute rollup tables from the raw events of each UTC day from --from to the last day "
-            "with raw events (at least today), one day per transaction, while aggregators keep running.\n\n"
+            "with raw events (at least today), one day at a time, while aggregators keep running.\n\n"
             "Handover: every aggregator transaction takes a shared advisory lock before it merges rollup "
-            "deltas; a rebuild's day takes it exclusively, so it sees each event either with its deltas "
-            "merged or not stored yet. It replaces the day's rows, and the merges that waited add to the "
-            "rebuilt rows: no event is counted twice or missed. Aggregators keep reading and copying raw "
-            "events; their merges wait for at most one day's transaction.\n\n"
+            "deltas. A day is read and counted without a lock first; then, holding the lock exclusively, "
+            "the rebuild adds the day's events committed since that read, replaces the day's rows and "
+            "commits. It sees each event either with its deltas merged or not stored yet, and the merges "
+            "that waited add to the rebuilt rows: no event is counted twice or missed. Aggregators keep "
+            "reading and copying raw events; their merges wait only for a day's locked step.\n\n"
             "Resumable: each day commits with its progress (table rollup_rebuilds); killed, run the same "
             "command again to resume after the last committed day. Running a completed rebuild again "
             "gives the same rows.\n\n"

@@ -1,18 +1,20 @@
-"""``rollups rebuild``: recompute rollups from raw events, one UTC day per transaction, while live
-rounds keep merging.
+"""``rollups rebuild``: recompute rollups from raw events, one UTC day at a time (its rows replaced
+in one transaction), while live rounds keep merging.
 
 **Handover.** Every transaction that merges rollup deltas takes the rollups' advisory lock in
 *shared* mode first (:data:`.rollup_sql.LOCK_ROLLUPS_SHARED`, in :meth:`.rollups.Rollup.apply`)
-and holds it to its commit; a rebuild's day takes it *exclusively*
-(:data:`.rollup_sql.LOCK_ROLLUPS_EXCLUSIVE`) as its first statement. Once it holds it, every
-transaction that merged deltas has committed (its raw events and its deltas are both visible)
-and every other one has not merged yet (its raw events are not visible: a transaction inserts
-its raw events and merges their deltas together, or not at all). The day's rows are then
-deleted and recomputed from the raw events the day's statements see, and committed; the
-transactions that waited merge their deltas into the rebuilt rows. So each event is counted
-once, either by the rebuild or by its own transaction: no double count, no gap. Live rounds do
-not stop reading or copying raw events meanwhile; their merges wait for at most one day's
-rebuild transaction (measured in docs/aggregator.md).
+and holds it to its commit. A rebuilt day first reads and counts its raw events without any lock,
+in a read-only snapshot S1 (the long part). Then, in one transaction, it takes the lock
+*exclusively* (:data:`.rollup_sql.LOCK_ROLLUPS_EXCLUSIVE`). Once it holds it, every transaction
+that merged deltas has committed (its raw events and its deltas are both visible) and every other
+one has not merged yet (its raw events are not visible: a transaction inserts its raw events and
+merges their deltas together, or not at all). It adds the day's raw events S1 did not see (their
+``stored_xid`` is not visible in S1: committed since), reads the stored sessions, deletes the
+day's rows and writes the recomputed ones, and commits; the transactions that waited merge their
+deltas into the rebuilt rows. So each event is counted once, either by the rebuild or by its own
+transaction: no double count, no gap. Live rounds do not stop reading or copying raw events; their
+merges wait only for the locked part of a day (the events committed since S1, the sessions, the
+day's rows).
 
 **Resumable and idempotent.** Each day commits with its progress (``rollup_rebuilds``: the day the
 rebuild began at and the last day committed, per table). A rebuild killed at any point leaves
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -50,6 +52,14 @@ FETCH_ROWS = 20_000
 _EVENTS = f"""
 SELECT {", ".join(RAW_COLUMNS)} FROM analytics_events WHERE occurred_at >= $1 AND occurred_at < $2
 """
+_EVENTS_SINCE = (
+    _EVENTS
+    + """AND stored_xid >= pg_snapshot_xmin($3::text::pg_snapshot)::text::bigint
+AND NOT pg_visible_in_snapshot(stored_xid::text::xid8, $3::text::pg_snapshot)
+"""
+)
+"""The day's raw events stored by transactions the snapshot ``$3`` did not see (the BRIN index on
+``stored_xid`` skips the older part of the partition)."""
 _SESSIONS = """
 SELECT user_hash, started_at, start_event_id, ended_at, end_event_id, duration_s, study_s,
        xp_earned, materials_touched, end_reason
@@ -60,6 +70,8 @@ WHERE (started_at >= $1 AND started_at < $2)
 """Sessions that count in the day: started in it, or with study time that may reach into it."""
 
 _log = logging.getLogger(__name__)
+
+AfterRead = Callable[[date], Awaitable[None]]
 
 
 class RebuildRefused(ConfigurationError):
@@ -122,9 +134,13 @@ async def rebuild(
     *,
     today: date | None = None,
     on_day: Callable[[date, int, int], None] | None = None,
+    after_read: AfterRead | None = None,
 ) -> RebuildReport:
     """Rebuild ``tables`` (all rebuildable ones by default) from ``from_day`` to the last day with
-    a raw partition (at least today), resuming an interrupted rebuild of the same ``from_day``."""
+    a raw partition (at least today), resuming an interrupted rebuild of the same ``from_day``.
+
+    ``on_day(day, events, rows)`` follows each committed day; ``after_read(day)`` runs between a
+    day's unlocked read and its locked transaction (tests force interleavings with it)."""
     chosen = select_tables(tables)
     report = RebuildReport([r.table for r in chosen])
     started = time.monotonic()
@@ -152,7 +168,7 @@ async def rebuild(
         )
         while day <= last:
             due = [r for r in chosen if resume[r.table] <= day]
-            events, rows = await _rebuild_day(conn, due, day)
+            events, rows = await _rebuild_day(conn, due, day, after_read)
             report.days, report.events, report.rows = (
                 report.days + 1,
                 report.events + events,
@@ -194,18 +210,35 @@ async def _resume_points(conn: asyncpg.Connection, chosen: list[Rebuild], from_d
     return resume
 
 
-async def _rebuild_day(conn: asyncpg.Connection, due: list[Rebuild], day: date) -> tuple[int, int]:
-    """One day of ``due`` tables in one transaction (see the module docstring); (events, rows)."""
+async def _rebuild_day(
+    conn: asyncpg.Connection, due: list[Rebuild], day: date, after_read: AfterRead | None = None
+) -> tuple[int, int]:
+    """One day of ``due`` tables (see the module docstring); (events, rows).
+
+    The day's raw events are read and counted first, outside the lock, in a read-only snapshot;
+    then, holding the lock, only the events of transactions that snapshot did not see (committed
+    since: ``stored_xid`` not visible in it, revision 0008) are added, and the rows replaced.
+    """
     start, end = day_bounds(day)
     events = rows = 0
+    recount: Recount | None = None
+    snapshot = ""
+    if any(r.rows is not None for r in due):
+        recount = Recount(day)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            events = await _count_events(conn, recount, _EVENTS, start, end)
+        if after_read is not None:
+            await after_read(day)
     async with conn.transaction():
         await conn.execute(LOCK_ROLLUPS_EXCLUSIVE)
         oldest = min(await existing_partitions(conn), default=None)
         if oldest is None or day < oldest:
             raise RebuildRefused(f"the raw events of {day} were dropped (raw retention) during the rebuild")
-        recount: Recount | None = None
-        if any(r.rows is not None for r in due):
-            recount, events = await _recount(conn, day, start, end)
+        if recount is not None:
+            events += await _count_events(conn, recount, _EVENTS_SINCE, start, end, snapshot)
+            for record in await conn.fetch(_SESSIONS, start, end):
+                recount.add_session(record["user_hash"], Session.from_record(record))
         for r in due:
             await conn.execute(r.delete_sql, *r.bounds(day))
             if r.rows is not None:
@@ -226,19 +259,14 @@ async def _rebuild_day(conn: asyncpg.Connection, due: list[Rebuild], day: date) 
     return events, rows
 
 
-async def _recount(
-    conn: asyncpg.Connection, day: date, start: datetime, end: datetime
-) -> tuple[Recount, int]:
-    """The day's raw events counted as the live rounds count them, and the sessions counting in it."""
-    recount = Recount(day)
+async def _count_events(conn: asyncpg.Connection, recount: Recount, query: str, *args: Any) -> int:
+    """Count the raw events ``query`` selects (inside a transaction), as the live rounds count them."""
     events = 0
-    cursor = await conn.cursor(_EVENTS, start, end)
+    cursor = await conn.cursor(query, *args)
     while chunk := await cursor.fetch(FETCH_ROWS):
         recount.add(rows_of(chunk))
         events += len(chunk)
-    for record in await conn.fetch(_SESSIONS, start, end):
-        recount.add_session(record["user_hash"], Session.from_record(record))
-    return recount, events
+    return events
 
 
 def _count_of(status: Any) -> int:

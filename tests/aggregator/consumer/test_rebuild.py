@@ -130,16 +130,18 @@ def _records(wl: Workload) -> list[Any]:
     return raw_records(rows)
 
 
-@pytest.mark.parametrize("merged_first", [True, False], ids=["merged-before-rebuild", "merged-after-rebuild"])
+@pytest.mark.parametrize("when", ["merged-before-rebuild", "merged-after-rebuild", "committed-after-read"])
 async def test_a_transaction_in_flight_is_counted_once_whichever_side_of_the_rebuild(
-    migrated: Settings, merged_first: bool
+    migrated: Settings, when: str
 ) -> None:
     """The handover, forced: a live transaction holds new events of the day being rebuilt, uncommitted.
 
-    merged first: its deltas are merged (it holds the shared lock); the rebuild must wait for its
+    Merged before: its deltas are merged (it holds the shared lock); the rebuild must wait for its
     commit and count its events from raw (without the lock it would delete the merged rows and
     write them back without those events). Merged after: only its raw events are copied when the
     rebuild runs; the rebuild does not see them and its merge adds them to the rebuilt rows.
+    Committed after read: it merges and commits between the rebuild's unlocked read of the day and
+    its locked part, which must add the events the read did not see.
     """
     settings = migrated
     pseudonymizer = Pseudonymizer.from_settings(settings)
@@ -154,21 +156,33 @@ async def test_a_transaction_in_flight_is_counted_once_whichever_side_of_the_reb
         records = _records(late)
         oldest = await _oldest_day(conn)
         transaction = live.transaction()
+        committed: list[date] = []
+
+        async def commit_late(day: date) -> None:
+            if day == records[0][1].date() and not committed:  # the late events' day
+                assert await insert_events(live, records, None) == late.event_count
+                await transaction.commit()
+                committed.append(day)
+
         await transaction.start()
-        if merged_first:
-            assert await insert_events(live, records, None) == late.event_count
+        if when == "committed-after-read":
+            await rebuild(settings, oldest, after_read=commit_late)
+            assert committed
         else:
-            await live.copy_records_to_table("analytics_events", records=records, columns=RAW_COLUMNS)
-        task = asyncio.create_task(rebuild(settings, oldest))
-        await asyncio.sleep(1.0)
-        assert task.done() is not merged_first  # waits for the merged transaction only
-        if not merged_first:
+            if when == "merged-before-rebuild":
+                assert await insert_events(live, records, None) == late.event_count
+            else:
+                await live.copy_records_to_table("analytics_events", records=records, columns=RAW_COLUMNS)
+            task = asyncio.create_task(rebuild(settings, oldest))
+            await asyncio.sleep(1.0)
+            assert task.done() is (when == "merged-after-rebuild")  # waits for a merged transaction only
+            if when == "merged-after-rebuild":
+                await task
+                rollup = Rollup()
+                rollup.add(rows_of(records))
+                await rollup.apply(live)
+            await transaction.commit()
             await task
-            rollup = Rollup()
-            rollup.add(rows_of(records))
-            await rollup.apply(live)
-        await transaction.commit()
-        await task
         assert await mismatches(conn, truth_of(first + late)) == []
     finally:
         await live.close()
