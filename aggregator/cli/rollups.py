@@ -32,7 +32,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         data(
             f"rebuilt {', '.join(report.tables)} for {report.first_day} .. {report.last_day}{resumed}: "
             f"{report.days} days, {report.events} raw events, {report.rows} rows in {report.seconds:.1f} s "
-            f"({report.events_per_s:,.0f} events/s)"
+            f"({report.events_per_s:,.0f} events/s); live merges waited at most {report.longest_lock_s:.2f} s"
         )
     )
     return EXIT_OK

@@ -88,6 +88,8 @@ class RebuildReport:
     events: int = 0
     rows: int = 0
     seconds: float = 0.0
+    longest_lock_s: float = 0.0
+    """The longest a day held the rollups' lock (live merges waited at most this long)."""
 
     @property
     def events_per_s(self) -> float:
@@ -168,7 +170,8 @@ async def rebuild(
         )
         while day <= last:
             due = [r for r in chosen if resume[r.table] <= day]
-            events, rows = await _rebuild_day(conn, due, day, after_read)
+            events, rows, locked_s = await _rebuild_day(conn, due, day, after_read)
+            report.longest_lock_s = max(report.longest_lock_s, locked_s)
             report.days, report.events, report.rows = (
                 report.days + 1,
                 report.events + events,
@@ -176,7 +179,12 @@ async def rebuild(
             )
             report.last_day = day
             _log.info(
-                "rebuilt %s: %d raw events, %d rows (%s)", day, events, rows, ", ".join(r.table for r in due)
+                "rebuilt %s: %d raw events, %d rows, lock held %.3f s (%s)",
+                day,
+                events,
+                rows,
+                locked_s,
+                ", ".join(r.table for r in due),
             )
             if on_day is not None:
                 on_day(day, events, rows)
@@ -212,8 +220,8 @@ async def _resume_points(conn: asyncpg.Connection, chosen: list[Rebuild], from_d
 
 async def _rebuild_day(
     conn: asyncpg.Connection, due: list[Rebuild], day: date, after_read: AfterRead | None = None
-) -> tuple[int, int]:
-    """One day of ``due`` tables (see the module docstring); (events, rows).
+) -> tuple[int, int, float]:
+    """One day of ``due`` tables (see the module docstring); (events, rows, seconds the lock was held).
 
     The day's raw events are read and counted first, outside the lock, in a read-only snapshot;
     then, holding the lock, only the events of transactions that snapshot did not see (committed
@@ -232,6 +240,7 @@ async def _rebuild_day(
             await after_read(day)
     async with conn.transaction():
         await conn.execute(LOCK_ROLLUPS_EXCLUSIVE)
+        locked = time.monotonic()
         oldest = min(await existing_partitions(conn), default=None)
         if oldest is None or day < oldest:
             raise RebuildRefused(f"the raw events of {day} were dropped (raw retention) during the rebuild")
@@ -256,7 +265,7 @@ async def _rebuild_day(
             [r.table for r in due],
             day,
         )
-    return events, rows
+    return events, rows, time.monotonic() - locked
 
 
 async def _count_events(conn: asyncpg.Connection, recount: Recount, query: str, *args: Any) -> int:
