@@ -46,6 +46,12 @@ from .sessions import Session
 __all__ = ["RebuildRefused", "RebuildReport", "rebuild", "select_tables"]
 
 PROGRESS_TABLE = "rollup_rebuilds"
+LOCK_WAIT_S = 5.0
+LOCK_ATTEMPTS = 60
+"""A day waits at most :data:`LOCK_WAIT_S` for the rollups' lock (``lock_timeout``), then lets the
+merges queued behind its request through and tries again, up to :data:`LOCK_ATTEMPTS` times: a
+transaction stuck while holding the shared lock never stalls every aggregator's merges behind a
+waiting rebuild for longer than that."""
 FETCH_ROWS = 20_000
 """Raw events fetched and counted at a time (a day is never held in memory, only its keys)."""
 
@@ -228,7 +234,7 @@ async def _rebuild_day(
     since: ``stored_xid`` not visible in it, revision 0008) are added, and the rows replaced.
     """
     start, end = day_bounds(day)
-    events = rows = 0
+    events = 0
     recount: Recount | None = None
     snapshot = ""
     if any(r.rows is not None for r in due):
@@ -238,34 +244,66 @@ async def _rebuild_day(
             events = await _count_events(conn, recount, _EVENTS, start, end)
         if after_read is not None:
             await after_read(day)
-    async with conn.transaction():
-        await conn.execute(LOCK_ROLLUPS_EXCLUSIVE)
-        locked = time.monotonic()
-        oldest = min(await existing_partitions(conn), default=None)
-        if oldest is None or day < oldest:
-            raise RebuildRefused(f"the raw events of {day} were dropped (raw retention) during the rebuild")
-        if recount is not None:
-            events += await _count_events(conn, recount, _EVENTS_SINCE, start, end, snapshot)
-            for record in await conn.fetch(_SESSIONS, start, end):
-                recount.add_session(record["user_hash"], Session.from_record(record))
-        for r in due:
-            await conn.execute(r.delete_sql, *r.bounds(day))
-            if r.rows is not None:
-                assert recount is not None
-                records = r.rows(recount)
-                if records:
-                    await conn.copy_records_to_table(r.table, records=records, columns=r.columns)
-                rows += len(records)
-            else:
-                assert r.insert_sql is not None
-                rows += _count_of(await conn.execute(r.insert_sql, start, end))
-        await conn.execute(
-            f"UPDATE {PROGRESS_TABLE} SET done_through = $2, updated_at = now() "
-            "WHERE table_name = ANY($1::text[])",
-            [r.table for r in due],
-            day,
-        )
-    return events, rows, time.monotonic() - locked
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
+                await conn.execute(LOCK_ROLLUPS_EXCLUSIVE)
+                await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+                locked = time.monotonic()
+                events, rows = await _replace_day(conn, due, day, recount, snapshot, events)
+            return events, rows, time.monotonic() - locked
+        except asyncpg.LockNotAvailableError:
+            _log.warning(
+                "%s: the rollups' lock was not free within %.1f s (attempt %d of %d): a transaction "
+                "holds it; letting the merges behind it through",
+                day,
+                LOCK_WAIT_S,
+                attempt,
+                LOCK_ATTEMPTS,
+            )
+    raise RebuildRefused(
+        f"{day}: the rollups' lock was not free in {LOCK_ATTEMPTS} attempts of {LOCK_WAIT_S:g} s; "
+        "look for a transaction stuck while merging (pg_locks, locktype advisory) and run again"
+    )
+
+
+async def _replace_day(
+    conn: asyncpg.Connection,
+    due: list[Rebuild],
+    day: date,
+    recount: Recount | None,
+    snapshot: str,
+    events: int,
+) -> tuple[int, int]:
+    """Holding the lock: the events committed since the snapshot, the sessions, the day's rows."""
+    start, end = day_bounds(day)
+    rows = 0
+    oldest = min(await existing_partitions(conn), default=None)
+    if oldest is None or day < oldest:
+        raise RebuildRefused(f"the raw events of {day} were dropped (raw retention) during the rebuild")
+    if recount is not None:
+        events += await _count_events(conn, recount, _EVENTS_SINCE, start, end, snapshot)
+        for record in await conn.fetch(_SESSIONS, start, end):
+            recount.add_session(record["user_hash"], Session.from_record(record))
+    for r in due:
+        await conn.execute(r.delete_sql, *r.bounds(day))
+        if r.rows is not None:
+            assert recount is not None
+            records = r.rows(recount)
+            if records:
+                await conn.copy_records_to_table(r.table, records=records, columns=r.columns)
+            rows += len(records)
+        else:
+            assert r.insert_sql is not None
+            rows += _count_of(await conn.execute(r.insert_sql, start, end))
+    await conn.execute(
+        f"UPDATE {PROGRESS_TABLE} SET done_through = $2, updated_at = now() "
+        "WHERE table_name = ANY($1::text[])",
+        [r.table for r in due],
+        day,
+    )
+    return events, rows
 
 
 async def _count_events(conn: asyncpg.Connection, recount: Recount, query: str, *args: Any) -> int:

@@ -21,9 +21,11 @@ import pytest
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.cli.main import main as cli_main
 from studyin_analytics.aggregator.cli.settings import Settings
+from studyin_analytics.aggregator.consumer import rebuild as rebuild_module
 from studyin_analytics.aggregator.consumer.mapping import RAW_COLUMNS, raw_records, rows_from_span, rows_of
 from studyin_analytics.aggregator.consumer.rebuild import RebuildRefused, rebuild
 from studyin_analytics.aggregator.consumer.rebuild_tables import REBUILDS, Rebuild
+from studyin_analytics.aggregator.consumer.rollup_sql import LOCK_ROLLUPS_SHARED
 from studyin_analytics.aggregator.consumer.rollups import Rollup, insert_events, setup_connection
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import existing_partitions
@@ -187,6 +189,41 @@ async def test_a_transaction_in_flight_is_counted_once_whichever_side_of_the_reb
     finally:
         await live.close()
         await conn.close()
+
+
+async def test_a_stuck_merge_never_stalls_the_others_behind_a_waiting_rebuild(
+    migrated: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holding the shared lock and never ending: the rebuild waits at most LOCK_WAIT_S
+    per attempt (other merges get the shared lock in between), then gives up, changing nothing."""
+    settings = migrated
+    wl = build(Pseudonymizer.from_settings(settings), users=4, seed=46, spans_per_entry=10)
+    push(settings.redis_url or "", stream_keys(settings)[0], wl.entries)
+    async with Aggregator(settings) as aggregator:
+        await aggregator.drain(timeout_s=60)
+    monkeypatch.setattr(rebuild_module, "LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(rebuild_module, "LOCK_ATTEMPTS", 3)
+    stuck, other = await connect(settings, "aggregator"), await connect(settings, "aggregator")
+    conn = await connect(settings)
+    try:
+        before = await snapshot(conn)
+        await stuck.execute("BEGIN")
+        await stuck.execute(LOCK_ROLLUPS_SHARED)
+        task = asyncio.create_task(rebuild(settings, await _oldest_day(conn)))
+        await asyncio.sleep(0.1)
+
+        async def merge() -> None:  # a merge arriving while the rebuild waits: through within an attempt
+            async with other.transaction():
+                await other.execute(LOCK_ROLLUPS_SHARED)
+
+        await asyncio.wait_for(merge(), timeout=2.0)
+        assert not task.done()
+        with pytest.raises(RebuildRefused, match="lock was not free in 3 attempts"):
+            await task
+        assert await snapshot(conn) == before
+    finally:
+        for c in (stuck, other, conn):
+            await c.close()
 
 
 async def test_refusals_change_nothing(migrated: Settings) -> None:
