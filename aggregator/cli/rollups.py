@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             + "; ".join(f"{name} ({why})" for name, why in NOT_REBUILDABLE.items())
             + ".\n\nRuns as STUDYIN_ANALYTICS_POSTGRES_REBUILD_ROLE (created by `migrate`; the login "
             "user of STUDYIN_ANALYTICS_POSTGRES_URL must be a member). Exit 2 if --from is before raw "
-            "retention or a table is not rebuildable (nothing changed)."
+            "retention or a table is not rebuildable (nothing changed); exit 1 if it stops midway (the lock "
+            "not free, PostgreSQL gone): the days committed stay, run it again to resume."
         ),
     )
     r.add_argument(

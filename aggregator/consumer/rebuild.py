@@ -43,7 +43,7 @@ from .rebuild_tables import NOT_REBUILDABLE, REBUILDS, Rebuild, Recount, day_bou
 from .rollup_sql import LOCK_ROLLUPS_EXCLUSIVE
 from .sessions import Session
 
-__all__ = ["RebuildRefused", "RebuildReport", "rebuild", "select_tables"]
+__all__ = ["RebuildRefused", "RebuildReport", "RebuildStopped", "rebuild", "select_tables"]
 
 PROGRESS_TABLE = "rollup_rebuilds"
 LOCK_WAIT_S = 5.0
@@ -81,7 +81,11 @@ AfterRead = Callable[[date], Awaitable[None]]
 
 
 class RebuildRefused(ConfigurationError):
-    """The rebuild cannot be done as asked (nothing was changed): the message says why."""
+    """The rebuild cannot be done as asked (nothing was changed; exit 2): the message says why."""
+
+
+class RebuildStopped(RuntimeError):
+    """The rebuild stopped midway (exit 1): the days committed before stay; run it again to resume."""
 
 
 @dataclass(slots=True)
@@ -262,7 +266,7 @@ async def _rebuild_day(
                 attempt,
                 LOCK_ATTEMPTS,
             )
-    raise RebuildRefused(
+    raise RebuildStopped(
         f"{day}: the rollups' lock was not free in {LOCK_ATTEMPTS} attempts of {LOCK_WAIT_S:g} s; "
         "look for a transaction stuck while merging (pg_locks, locktype advisory) and run again"
     )
@@ -281,7 +285,7 @@ async def _replace_day(
     rows = 0
     oldest = min(await existing_partitions(conn), default=None)
     if oldest is None or day < oldest:
-        raise RebuildRefused(f"the raw events of {day} were dropped (raw retention) during the rebuild")
+        raise RebuildStopped(f"the raw events of {day} were dropped (raw retention) during the rebuild")
     if recount is not None:
         events += await _count_events(conn, recount, _EVENTS_SINCE, start, end, snapshot)
         for record in await conn.fetch(_SESSIONS, start, end):

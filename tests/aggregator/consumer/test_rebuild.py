@@ -23,7 +23,7 @@ from studyin_analytics.aggregator.cli.main import main as cli_main
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import rebuild as rebuild_module
 from studyin_analytics.aggregator.consumer.mapping import RAW_COLUMNS, raw_records, rows_from_span, rows_of
-from studyin_analytics.aggregator.consumer.rebuild import RebuildRefused, rebuild
+from studyin_analytics.aggregator.consumer.rebuild import RebuildRefused, RebuildStopped, rebuild
 from studyin_analytics.aggregator.consumer.rebuild_tables import REBUILDS, Rebuild
 from studyin_analytics.aggregator.consumer.rollup_sql import LOCK_ROLLUPS_SHARED
 from studyin_analytics.aggregator.consumer.rollups import Rollup, insert_events, setup_connection
@@ -218,7 +218,7 @@ async def test_a_stuck_merge_never_stalls_the_others_behind_a_waiting_rebuild(
 
         await asyncio.wait_for(merge(), timeout=2.0)
         assert not task.done()
-        with pytest.raises(RebuildRefused, match="lock was not free in 3 attempts"):
+        with pytest.raises(RebuildStopped, match="lock was not free in 3 attempts"):
             await task
         assert await snapshot(conn) == before
     finally:
