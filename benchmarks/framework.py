@@ -44,6 +44,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "custom_events",
     "experiments",
     "erasure",
+    "rebuild",
 )
 """Modules of this package that define benchmarks, in the order they run (missing ones are absent)."""
 

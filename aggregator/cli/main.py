@@ -229,13 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
     from ..lrs.commands import register as register_lrs
     from ..warehouse.command import register as register_export
-    from . import bus, custom, experiments, gateway, learner
+    from . import bus, custom, experiments, gateway, learner, rollups
 
     bus.register(sub)
     experiments.register(sub)
     gateway.register(sub)
     custom.register(sub)  # schemas, failed-events
     learner.register(sub)
+    rollups.register(sub)
     register_lrs(sub)
     register_export(sub)
     for plugin in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda ep: ep.name):

@@ -317,3 +317,12 @@ CLEAR_STUDY_RESIDUES = ";\n".join(
 """After study time was taken back: what is left of it below :data:`STUDY_EPSILON_S` becomes 0
 (rows of this transaction only, locked already). A row left with no events and no study time
 stays, all zero: the aggregator may not delete (docs/aggregator.md), and readers skip it."""
+
+ROLLUP_LOCK_SPACE = 0x5374_5242  # "StRB": the first key of the two-key advisory lock below
+_ROLLUP_LOCK = f"({ROLLUP_LOCK_SPACE}, current_schema()::regnamespace::oid::int)"
+LOCK_ROLLUPS_SHARED = f"SELECT pg_advisory_xact_lock_shared{_ROLLUP_LOCK}"
+"""Taken by every transaction before it merges rollup deltas (:meth:`.rollups.Rollup.apply`),
+held to its commit: many live transactions hold it at once, a rebuild's day (which takes it
+exclusively, :data:`LOCK_ROLLUPS_EXCLUSIVE`) waits for them and they for it. Keyed by the
+analytics schema, so schemas of one database do not share it (``rebuild.py`` explains the handover)."""
+LOCK_ROLLUPS_EXCLUSIVE = f"SELECT pg_advisory_xact_lock{_ROLLUP_LOCK}"

@@ -77,6 +77,7 @@ from .rollup_sql import (
     DELTA_TABLES,
     GAMIFICATION,
     HOURLY,
+    LOCK_ROLLUPS_SHARED,
     SESSIONS,
     STUDY_EPSILON_S,
     SUMMARY,
@@ -218,8 +219,10 @@ class Rollup(Counts):
         into the connection's delta table (emptied at commit), and one ``INSERT ... SELECT ...
         ON CONFLICT DO UPDATE`` merges them (the hourly table's with the summary's, which counts
         the learners that became active in each hour). Nothing in ``self`` changes: a rolled-back
-        transaction may apply the same rollup again.
+        transaction may apply the same rollup again. First the rollups' shared lock: a rebuild
+        replaces a day's rows only while no merge is under way (``rebuild.py``).
         """
+        await conn.execute(LOCK_ROLLUPS_SHARED)
         study = await self._apply_sessions(conn) if self.sessions else StudyDeltas()
         await apply_experiments(conn, self.experiment_inputs)
         hourly = self._hourly_with(study)

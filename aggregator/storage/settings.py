@@ -31,6 +31,11 @@ class PostgresSettings(StudyInSettings):
         pattern=_ROLE,
         description="Role the migration grants the API's rights to (read + audit insert); the API SETs it",
     )
+    postgres_rebuild_role: str = Field(
+        default="studyin_rebuilder",
+        pattern=_ROLE,
+        description="Role the migration grants `rollups rebuild` its rights to; the command SETs it",
+    )
     postgres_schema: str = Field(
         default="studyin_analytics",
         pattern=_ROLE,

@@ -28,6 +28,7 @@ SYSTEM_WIDE = {
     "custom_event_daily": "per day and custom event type over all learners: no user",
     "experiment_versions": "experiment definitions, a few rows: a reference table",
     "experiment_variant_sums": "per experiment, variant and metric over all learners: no user",
+    "rollup_rebuilds": "a rebuild's progress per table (0016_rebuild): no user",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 
