@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..storage.variant import LEARNERLESS_TABLE
+
 RAW = "analytics_events"
+RAW_WITH_LEARNERLESS = f"(SELECT * FROM {RAW} UNION ALL SELECT * FROM {LEARNERLESS_TABLE}) AS {RAW}"
+"""What the raw source reads on the citus schema variant, whose events without a learner are in a
+table of their own (same columns, ``aggregator/storage/variant.py``): exported as one table."""
 
 
 @dataclass(frozen=True)
@@ -60,21 +65,36 @@ def select_list(columns: list[tuple[str, str]]) -> str:
     return ", ".join(out)
 
 
-def range_query(source: Source, columns: list[tuple[str, str]], lo: int, hi: int, where: str = "") -> str:
+def relation(source: Source, learnerless: bool = False) -> str:
+    """What ``source`` is read from (``learnerless``: the schema has the learner-less raw table)."""
+    return RAW_WITH_LEARNERLESS if learnerless and source.is_raw else source.table
+
+
+def range_query(
+    source: Source,
+    columns: list[tuple[str, str]],
+    lo: int,
+    hi: int,
+    where: str = "",
+    learnerless: bool = False,
+) -> str:
     """Rows of ``source`` whose watermark is in ``[lo, hi)``: exactly what changed between two steps."""
     if not (isinstance(lo, int) and isinstance(hi, int)):
         raise TypeError("watermarks are integers")
     extra = f" AND ({where})" if where else ""
     return (
-        f"SELECT {select_list(columns)} FROM {source.table} "
+        f"SELECT {select_list(columns)} FROM {relation(source, learnerless)} "
         f"WHERE {source.xid_column} >= {lo} AND {source.xid_column} < {hi}{extra}"
     )
 
 
-def count_query(source: Source, lo: int, hi: int | None = None, where: str = "") -> str:
+def count_query(
+    source: Source, lo: int, hi: int | None = None, where: str = "", learnerless: bool = False
+) -> str:
     upper = f" AND {source.xid_column} < {int(hi)}" if hi is not None else ""
     extra = f" AND ({where})" if where else ""
-    return f"SELECT count(*) FROM {source.table} WHERE {source.xid_column} >= {int(lo)}{upper}{extra}"
+    lower = f"{source.xid_column} >= {int(lo)}"
+    return f"SELECT count(*) FROM {relation(source, learnerless)} WHERE {lower}{upper}{extra}"
 
 
 def select_sources(names: list[str] | None, aggregates_only: bool) -> list[Source]:

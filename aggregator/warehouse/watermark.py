@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from ..storage.variant import LEARNERLESS_TABLE
 from .sources import Source, count_query, range_query
 
 EXPORT_LOCK_CLASS = 0x5345_5850
@@ -39,6 +40,7 @@ class Postgres:
         from adbc_driver_postgresql import dbapi
 
         self._conn = dbapi.connect(url, autocommit=True)
+        self._learnerless: bool | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -72,14 +74,20 @@ class Postgres:
             )
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def learnerless(self) -> bool:
+        """The schema is the citus variant: raw events without a learner are in a table of their own."""
+        if self._learnerless is None:
+            self._learnerless = self.scalar(f"SELECT to_regclass('{LEARNERLESS_TABLE}')::text") is not None
+        return self._learnerless
+
     def count(self, source: Source, lo: int, hi: int | None = None, where: str = "") -> int:
-        return int(str(self.scalar(count_query(source, lo, hi, where))))
+        return int(str(self.scalar(count_query(source, lo, hi, where, self.learnerless()))))
 
     def read(
         self, source: Source, lo: int, hi: int, chunk_rows: int, where: str = ""
     ) -> tuple[pa.Schema, Iterator[pa.Table]]:
         """The rows of ``[lo, hi)`` as Arrow tables of about ``chunk_rows`` rows (streamed)."""
-        sql = range_query(source, self.columns(source.table), lo, hi, where)
+        sql = range_query(source, self.columns(source.table), lo, hi, where, self.learnerless())
         cursor = self._conn.cursor()
         cursor.execute(sql)
         reader = cursor.fetch_record_batch()

@@ -216,7 +216,10 @@ async def test_grants_are_exactly_the_documented_ones(migrated: Settings) -> Non
         "access_audit_log": {aggregator: set(), api: {"SELECT", "INSERT"}},
         "alembic_version": {aggregator: set(), api: set()},
         **{t: {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}} for t in ROLLUPS},
+        "schema_variant": {aggregator: {"SELECT"}, api: {"SELECT"}},
     }
+    if migrated.postgres_schema_variant == "citus":  # 0017_citus_variant
+        expected["analytics_system_events"] = {aggregator: {"SELECT", "INSERT"}, api: set()}
     admin = await _admin(migrated)
     try:
         tables = await admin.fetch(
