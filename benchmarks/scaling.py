@@ -18,7 +18,13 @@ On the 2-core machine of the notes, the aggregator process and its PostgreSQL ba
 keep both cores busy with one worker, so the curve is expected to flatten early: the figure
 shows how much the second core and row-lock contention between members leave.
 
-Run alone: ``studyin-analytics bench --only aggregator_scaling [--quick]``.
+The second bench, ``aggregator_schema_variant``, runs one such process on the Citus-ready schema
+variant (``STUDYIN_ANALYTICS_POSTGRES_SCHEMA_VARIANT=citus``: raw events keyed by learner,
+learner-less events in their own table) against the plain schema, on plain PostgreSQL, the two
+alternating in the same run: the cost of the variant's keys on one machine.
+
+Run alone: ``studyin-analytics bench --only aggregator_scaling [--quick]`` (or
+``--only aggregator_schema_variant``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from redis.exceptions import ResponseError
 
 from ..aggregator.cli.settings import Settings, require
 from ..aggregator.consumer.mapping import rows_from_span
+from ..aggregator.storage.schema import migrate
+from ..aggregator.storage.variant import LEARNERLESS_TABLE, Variant
 from ..exporter.bus import group_lag, shard_index, stream_keys
 from ..exporter.wire import SpanRecord
 from .aggregator import entries_of, make_spans, users_of
@@ -159,6 +167,8 @@ async def _rate(
     )
     try:
         stored = await conn.fetchval("SELECT count(*) FROM analytics_events")
+        if await conn.fetchval("SELECT to_regclass($1)", LEARNERLESS_TABLE) is not None:  # citus variant
+            stored += await conn.fetchval(f"SELECT count(*) FROM {LEARNERLESS_TABLE}")
     finally:
         await conn.close()
     if stored != events:
@@ -208,4 +218,38 @@ async def scaling(ctx: BenchContext) -> list[Measurement]:
             samples=rates[workers, own],
         )
         for workers, own in configs
+    ]
+
+
+@bench("aggregator_schema_variant")
+async def schema_variant(ctx: BenchContext) -> list[Measurement]:
+    """Throughput of one aggregator process on the citus schema variant against the plain schema."""
+    events = ctx.scale(200_000, 20_000)
+    rng = random.Random(20261203)
+    users = users_of(ctx.settings, ctx.scale(5_000, 500))
+    spans = make_spans(rng, users, events)
+    rows = sum(len(rows_from_span(span)) for span in spans)
+    variants: tuple[Variant, Variant] = ("plain", "citus")
+    rates: dict[Variant, list[float]] = {variant: [] for variant in variants}
+    async with ctx.task("aggregator on the citus schema variant", total=ctx.repeat_count * 2) as task:
+        for repeat in range(ctx.repeat_count):
+            for variant in variants if repeat % 2 == 0 else variants[::-1]:  # alternate against drift
+                settings = ctx.isolated_settings(f"agg variant {variant}").with_overrides(
+                    stream_shards=SHARDS, postgres_schema_variant=variant
+                )
+                await asyncio.to_thread(migrate, settings)
+                entries = _entries_by_stream(settings, spans)
+                rates[variant].append(await _rate(settings, 1, entries, rows, False))
+                ctx.advance(task)
+    medians = {variant: sorted(r)[len(r) // 2] for variant, r in rates.items()}
+    return [
+        Measurement(
+            "aggregator on the citus schema variant (plain PostgreSQL, 1 worker process)",
+            medians["citus"],
+            "events/s",
+            baseline=medians["plain"],
+            baseline_name="plain schema, same run",
+            notes=f"{rows:,} events; keys (user_hash, event_id, occurred_at), learner-less events apart",
+            samples=rates["citus"],
+        )
     ]

@@ -197,6 +197,7 @@ class StudyInSettings(BaseSettings):
                 "stream_shards",
                 "postgres_url",
                 "postgres_schema",
+                "postgres_schema_variant",
             )
             if name in type(self).model_fields
         )

@@ -6,6 +6,11 @@ Every test gets its own PostgreSQL schema and its own Redis key prefix, so runs 
 and overlap. A server that cannot be reached FAILS the test with the URL and the reason;
 nothing is skipped.
 
+``STUDYIN_TEST_SCHEMA_VARIANT=citus`` runs every test on the Citus-ready schema variant (the
+``settings`` of each test name it, so every migration and aggregator of the test uses it); the
+default is ``plain``. Tests that must cover the citus variant in every run ask for
+``citus_settings`` or ``citus_migrated``.
+
 Tests marked ``unit`` (``make test-unit``) are server-free: they may use ``offline_settings`` and
 ``test_id``, and one that asks for a server fixture (``server_urls``, ``settings``, ``migrated``...)
 fails at collection.
@@ -27,6 +32,9 @@ from studyin_analytics.aggregator.cli.settings import Settings, redact_url
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedServers
 from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, ServerUrls
 from tests.support.fresh_venv import FreshVenv, fresh_venv
+
+SCHEMA_VARIANT = os.environ.get("STUDYIN_TEST_SCHEMA_VARIANT", "plain")
+"""The schema variant every test's ``settings`` names (see the module docstring)."""
 
 
 def _check_redis(url: str) -> None:
@@ -143,6 +151,7 @@ def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
         pseudonym_keys={"t1": TEST_PSEUDONYM_KEY},  # type: ignore[arg-type]
         jwt_secret=TEST_JWT_SECRET,  # type: ignore[arg-type]
         consumer_name=f"c-{test_id}",
+        postgres_schema_variant=SCHEMA_VARIANT,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
     yield value
@@ -171,6 +180,21 @@ async def migrated(settings: Settings) -> AsyncIterator[Settings]:
 
     await asyncio.to_thread(migrate, settings)
     yield settings
+
+
+@pytest.fixture
+def citus_settings(settings: Settings) -> Settings:
+    """``settings`` naming the citus schema variant, whatever ``STUDYIN_TEST_SCHEMA_VARIANT`` says."""
+    return settings.with_overrides(postgres_schema_variant="citus")
+
+
+@pytest.fixture
+async def citus_migrated(citus_settings: Settings) -> AsyncIterator[Settings]:
+    """``citus_settings`` with the analytics schema migrated (as the citus variant)."""
+    from studyin_analytics.aggregator.storage.schema import migrate
+
+    await asyncio.to_thread(migrate, citus_settings)
+    yield citus_settings
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     migrate(settings)
     _console.print(f"schema [bold]{escape(settings.postgres_schema)}[/] is up to date")
+    if args.distribute:
+        from ..storage.citus import distribute
+        from ..warehouse.settings import ExportSettings
+
+        roles = (
+            settings.postgres_aggregator_role,
+            settings.postgres_api_role,
+            ExportSettings().postgres_role,
+        )
+        for statement in asyncio.run(distribute(settings, roles)):
+            _console.print(escape(statement), highlight=False)
     return EXIT_OK
 
 
@@ -199,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         help="create or upgrade the analytics schema",
         description="Run the alembic migrations up to head. Safe to run twice and concurrently.",
+    )
+    p.add_argument(
+        "--distribute",
+        action="store_true",
+        help="then, on a Citus coordinator, distribute the per-learner tables of the citus schema variant "
+        "by user_hash and give the service roles LOGIN (docs/scaling-postgres.md); refused (exit 2) "
+        "without the citus extension",
     )
     p.set_defaults(func=cmd_migrate)
 

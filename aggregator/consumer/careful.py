@@ -23,6 +23,7 @@ from .mapping import (
     RawRecord,
     Refusal,
 )
+from .raw import is_duplicate_key
 from .retry import Backoff, describe, is_transient
 from .rollups import Rollup
 
@@ -176,12 +177,14 @@ class Careful(Liveness):
             for attempt in range(RACE_ATTEMPTS):
                 try:
                     async with conn.transaction():
-                        inserted = await rollups.insert_events(conn, rows, rollup, careful=careful)
+                        inserted = await rollups.insert_events(
+                            conn, rows, rollup, careful=careful, variant=self.settings.postgres_schema_variant
+                        )
                     break
-                except asyncpg.UniqueViolationError:
+                except asyncpg.PostgresError as exc:
                     # Stored already (redelivered) or inserted by another member meanwhile (see
                     # rollups): again, leaving out what is stored by then.
-                    if attempt == RACE_ATTEMPTS - 1:
+                    if not is_duplicate_key(exc) or attempt == RACE_ATTEMPTS - 1:
                         raise
                     careful = True
         self.postgres_ok = True

@@ -23,6 +23,7 @@ from ...exporter.connection import AsyncClient, async_client
 from ...exporter.tombstone import Tombstone
 from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import create_pool
+from ..storage.variant import check_variant
 from . import rollups
 from .availability import POSTGRES, REDIS, ServiceStates, install_pool_floor_filter
 from .batches import BatchResult, Round
@@ -129,7 +130,7 @@ class Member:
         # Every connection gets its delta tables (see rollups.setup_connection); one holds the
         # open round, one the round committing, one creates partitions, one answers status probes.
         try:
-            return await create_pool(
+            pool = await create_pool(
                 self.settings, "aggregator", min_size=1, max_size=4, setup_session=rollups.setup_connection
             )
         except asyncpg.UndefinedTableError as exc:
@@ -137,6 +138,15 @@ class Member:
                 f"schema {self.settings.postgres_schema!r} has no analytics tables ({exc}): "
                 "run `studyin-analytics migrate` first"
             ) from exc
+        try:  # the raw tables and probes of the schema's variant, or a clear refusal
+            async with pool.acquire() as conn:
+                await check_variant(
+                    conn, self.settings.postgres_schema, self.settings.postgres_schema_variant
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
 
     async def close(self) -> None:
         if self._remove_floor_filter is not None:

@@ -48,6 +48,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..storage.variant import Variant
 from .counting import (
     DAY_SESSIONS,
     DAY_STUDY_SECONDS,
@@ -69,7 +70,8 @@ from .counting import (
 )
 from .custom_events import apply_custom_daily
 from .experiments import INPUT_TYPES, ExperimentInput, apply_experiments
-from .mapping import RAW_COLUMNS, EventRow, RawRecord, rows_of
+from .mapping import EventRow, RawRecord, rows_of
+from .raw import copy_raw, probe_stored
 from .rollup_sql import (
     AI,
     CLEAR_STUDY_RESIDUES,
@@ -129,17 +131,13 @@ async def setup_connection(conn: asyncpg.Connection) -> None:
 
 # --- the raw insert ------------------------------------------------------------------------------
 
-_PROBE_STORED = """
-SELECT s.event_id
-FROM unnest($1::uuid[], $2::timestamptz[]) AS n(event_id, occurred_at)
-JOIN analytics_events AS s ON s.event_id = n.event_id AND s.occurred_at = n.occurred_at
-"""
-"""Events of a batch that are stored already: one primary-key probe each (run as a nested loop:
-a hash or merge join would read whole day partitions)."""
 
-
-async def stored_event_ids(conn: asyncpg.Connection, records: Sequence[RawRecord]) -> set[Any]:
-    """Ids of ``records`` already in ``analytics_events`` (as this transaction sees it).
+async def stored_event_ids(
+    conn: asyncpg.Connection, records: Sequence[RawRecord], variant: Variant = "plain"
+) -> set[Any]:
+    """Ids of ``records`` already stored (as this transaction sees it), by primary-key probes
+    (:mod:`.raw`: the key of the ``variant``), run as nested loops: a hash or merge join would
+    read whole day partitions.
 
     The planner settings are reset after a successful probe only: a probe that fails leaves
     the transaction aborted (the caller rolls back, which undoes ``SET LOCAL`` anyway), and a
@@ -147,9 +145,9 @@ async def stored_event_ids(conn: asyncpg.Connection, records: Sequence[RawRecord
     which must be retried) with ``InFailedSQLTransactionError``.
     """
     await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-    found = await conn.fetch(_PROBE_STORED, [r[0] for r in records], [r[1] for r in records])
+    found = await probe_stored(conn, records, variant)
     await conn.execute("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT")
-    return {row[0] for row in found}
+    return found
 
 
 async def insert_events(
@@ -158,25 +156,27 @@ async def insert_events(
     rollup: Rollup | None,
     *,
     careful: bool = False,
+    variant: Variant = "plain",
 ) -> int:
     """Inside the batch transaction: insert raw events and roll up the new ones.
 
     ``rollup`` is the accumulated rollup of ``records`` (``None``: computed here). Returns the
-    number of events that were new. Not ``careful``, an event that is stored already, or twice
-    in ``records``, raises ``asyncpg.UniqueViolationError``: roll back and call again with
+    number of events that were new; ``variant``: the schema's (:mod:`.raw`). Not ``careful``, an
+    event that is stored already, or twice in ``records``, raises a duplicate-key error
+    (:func:`.raw.is_duplicate_key`): roll back and call again with
     ``careful=True``, which keeps one row per event id and leaves stored events out (and raises
     the same only if another transaction inserted one of them meanwhile: roll back and call
     again).
     """
     if careful and records:
         unique = list({r[0]: r for r in records}.values())  # an entry may repeat another's spans
-        stored = await stored_event_ids(conn, unique)
+        stored = await stored_event_ids(conn, unique, variant)
         if stored or len(unique) < len(records):
             records = [r for r in unique if r[0] not in stored]
             rollup = None
     if not records:
         return 0
-    await conn.copy_records_to_table("analytics_events", records=records, columns=RAW_COLUMNS)
+    await copy_raw(conn, records, variant)
     if rollup is None:
         rollup = Rollup()
         rollup.add(rows_of(records))

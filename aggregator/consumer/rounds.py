@@ -23,14 +23,12 @@ import logging
 import time
 from datetime import date
 
-import asyncpg
-
 from ...exporter.runtime.logconfig import correlated, new_correlation_id
 from ..storage.schema import existing_partitions
 from .batches import Batch, Round, uncount_rereads
 from .maintenance import PartitionsMissing
-from .mapping import RAW_COLUMNS
 from .preparing import Preparing
+from .raw import copy_raw, is_duplicate_key
 from .retry import describe, is_transient
 
 ROUND_MAX_EVENTS = 250_000
@@ -100,9 +98,7 @@ class Rounds(Preparing):
             if not days <= self._partitions:
                 raise PartitionsMissing(sorted(days - self._partitions))
         for prepared in batch.streams:
-            await round_.conn.copy_records_to_table(
-                "analytics_events", records=prepared.rows, columns=RAW_COLUMNS
-            )
+            await copy_raw(round_.conn, prepared.rows, self.settings.postgres_schema_variant)
             round_.events += len(prepared.rows)
             batch.result.events_inserted += len(prepared.rows)  # counted in the totals at the commit
             # Only the ids stay for the acknowledgement: the round holds no event once copied.
@@ -161,7 +157,7 @@ class Rounds(Preparing):
             self._pending_dirty = True
             if exc is not None:
                 self.last_error = describe(exc)
-                if isinstance(exc, asyncpg.UniqueViolationError):
+                if is_duplicate_key(exc):
                     _log.info("a round met stored events (redelivered or racing entries): re-reading them")
                 elif isinstance(exc, PartitionsMissing):
                     _log.info("%s: rolling the round back, re-reading its entries to create them first", exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ...instrumentation.settings_base import StudyInSettings
@@ -40,4 +42,12 @@ class PostgresSettings(StudyInSettings):
         default="studyin_analytics",
         pattern=_ROLE,
         description="Schema that holds the analytics tables",
+    )
+    postgres_schema_variant: Literal["plain", "citus"] = Field(
+        default="plain",
+        description=(
+            "Schema variant, chosen at the first migration and recorded in the database: plain (one "
+            "PostgreSQL) or citus (raw events keyed by user_hash, learner-less events in a table of "
+            "their own; docs/scaling-postgres.md); every service must name the recorded one"
+        ),
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..storage.variant import LEARNERLESS_TABLE
+
 RAW = "analytics_events"
 
 
@@ -60,21 +62,59 @@ def select_list(columns: list[tuple[str, str]]) -> str:
     return ", ".join(out)
 
 
-def range_query(source: Source, columns: list[tuple[str, str]], lo: int, hi: int, where: str = "") -> str:
+def relation(
+    source: Source, columns: list[tuple[str, str]], learnerless: frozenset[str] | None = None
+) -> str:
+    """What ``source`` is read from. ``learnerless``: the columns of ``analytics_system_events``, the
+    citus schema variant's raw events without a learner (``aggregator/storage/variant.py``), read
+    with ``analytics_events`` as one table (a column only the latter has is ``NULL`` for them)."""
+    if learnerless is None or not source.is_raw:
+        return source.table
+    names = [_quoted(name) for name, _ in columns]
+    other = [
+        q if name in learnerless else f"NULL AS {q}" for (name, _), q in zip(columns, names, strict=True)
+    ]
+    return (
+        f"(SELECT {', '.join(names)} FROM {RAW} "
+        f"UNION ALL SELECT {', '.join(other)} FROM {LEARNERLESS_TABLE}) AS {RAW}"
+    )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def range_query(
+    source: Source,
+    columns: list[tuple[str, str]],
+    lo: int,
+    hi: int,
+    where: str = "",
+    learnerless: frozenset[str] | None = None,
+) -> str:
     """Rows of ``source`` whose watermark is in ``[lo, hi)``: exactly what changed between two steps."""
     if not (isinstance(lo, int) and isinstance(hi, int)):
         raise TypeError("watermarks are integers")
     extra = f" AND ({where})" if where else ""
     return (
-        f"SELECT {select_list(columns)} FROM {source.table} "
+        f"SELECT {select_list(columns)} FROM {relation(source, columns, learnerless)} "
         f"WHERE {source.xid_column} >= {lo} AND {source.xid_column} < {hi}{extra}"
     )
 
 
-def count_query(source: Source, lo: int, hi: int | None = None, where: str = "") -> str:
+def count_query(
+    source: Source,
+    lo: int,
+    hi: int | None = None,
+    where: str = "",
+    columns: list[tuple[str, str]] | None = None,
+    learnerless: frozenset[str] | None = None,
+) -> str:
     upper = f" AND {source.xid_column} < {int(hi)}" if hi is not None else ""
     extra = f" AND ({where})" if where else ""
-    return f"SELECT count(*) FROM {source.table} WHERE {source.xid_column} >= {int(lo)}{upper}{extra}"
+    lower = f"{source.xid_column} >= {int(lo)}"
+    table = source.table if columns is None else relation(source, columns, learnerless)
+    return f"SELECT count(*) FROM {table} WHERE {lower}{upper}{extra}"
 
 
 def select_sources(names: list[str] | None, aggregates_only: bool) -> list[Source]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from ..storage.variant import LEARNERLESS_TABLE
 from .sources import Source, count_query, range_query
 
 EXPORT_LOCK_CLASS = 0x5345_5850
@@ -39,6 +40,8 @@ class Postgres:
         from adbc_driver_postgresql import dbapi
 
         self._conn = dbapi.connect(url, autocommit=True)
+        self._learnerless: frozenset[str] | None = None
+        self._looked_for_learnerless = False
 
     def close(self) -> None:
         self._conn.close()
@@ -72,14 +75,24 @@ class Postgres:
             )
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def learnerless(self) -> frozenset[str] | None:
+        """Columns of the citus variant's learner-less raw table (``None``: the plain variant)."""
+        if not self._looked_for_learnerless:
+            if self.scalar(f"SELECT to_regclass('{LEARNERLESS_TABLE}')::text") is not None:
+                self._learnerless = frozenset(name for name, _ in self.columns(LEARNERLESS_TABLE))
+            self._looked_for_learnerless = True
+        return self._learnerless
+
     def count(self, source: Source, lo: int, hi: int | None = None, where: str = "") -> int:
-        return int(str(self.scalar(count_query(source, lo, hi, where))))
+        learnerless = self.learnerless() if source.is_raw else None
+        columns = self.columns(source.table) if learnerless is not None else None
+        return int(str(self.scalar(count_query(source, lo, hi, where, columns, learnerless))))
 
     def read(
         self, source: Source, lo: int, hi: int, chunk_rows: int, where: str = ""
     ) -> tuple[pa.Schema, Iterator[pa.Table]]:
         """The rows of ``[lo, hi)`` as Arrow tables of about ``chunk_rows`` rows (streamed)."""
-        sql = range_query(source, self.columns(source.table), lo, hi, where)
+        sql = range_query(source, self.columns(source.table), lo, hi, where, self.learnerless())
         cursor = self._conn.cursor()
         cursor.execute(sql)
         reader = cursor.fetch_record_batch()

@@ -27,6 +27,7 @@ from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer import rollups
 from studyin_analytics.aggregator.consumer.mapping import raw_records, rows_from_span
+from studyin_analytics.aggregator.consumer.raw import PROBE_MARK
 from studyin_analytics.aggregator.consumer.service import is_transient
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import ensure_partitions, existing_partitions
@@ -35,7 +36,7 @@ from studyin_analytics.exporter.bus import dead_letter_key, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from tests.support.workload import Workload, build, mismatches, push, truth_of
 
-_PROBE_MARK = "unnest($1::uuid[], $2::timestamptz[])"
+_PROBE_MARK = PROBE_MARK  # opens every stored-events probe, on both schema variants
 CHAOS_S = 6.0
 """How long every probe is cancelled (the entries were dead-lettered in about 7 s before the fix)."""
 
@@ -93,7 +94,7 @@ async def test_a_cancelled_probe_raises_its_own_transient_error(migrated: Settin
         await asyncio.sleep(0.3)  # the lock is held
         with pytest.raises(asyncpg.PostgresError) as caught:
             async with conn.transaction():
-                await rollups.stored_event_ids(conn, records)
+                await rollups.stored_event_ids(conn, records, migrated.postgres_schema_variant)
     finally:
         stop.set()
         await chaos

@@ -20,6 +20,18 @@ POSTGRES_URL: str = config.attributes["postgres_url"]
 MIGRATION_LOCK_ID = 0x5374_7564_7949_6E00  # "StudyIn\0": fits a signed bigint
 
 
+def _check_variant(connection: Connection) -> None:
+    """A schema migrated as one variant is never migrated on as another (see storage/variant.py)."""
+    from studyin_analytics.aggregator.storage.variant import VARIANT_TABLE, mismatch
+
+    if connection.execute(text("SELECT to_regclass(:t)"), {"t": VARIANT_TABLE}).scalar() is None:
+        return
+    recorded = connection.execute(text(f"SELECT variant FROM {VARIANT_TABLE}")).scalar()
+    error = mismatch(SCHEMA, str(recorded), config.attributes.get("schema_variant", "plain"))
+    if error is not None:
+        raise error
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -31,6 +43,7 @@ def _run(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"'))
         connection.execute(text(f'SET LOCAL search_path TO "{SCHEMA}", public'))
+        _check_variant(connection)
         context.run_migrations()
 
 

@@ -229,13 +229,15 @@ def test_the_rule_in_any_arrival_order_counts_the_brute_force_answer(evs: list[E
 # --- the same on PostgreSQL, as the aggregator applies it -------------------------------------------
 
 
-async def _apply(conn: asyncpg.Connection, records: list[RawRecord]) -> None:
+async def _apply(conn: asyncpg.Connection, records: list[RawRecord], settings: Settings) -> None:
     """One transaction, as the consumer commits it: the fast path, then the careful one."""
     careful = False
     for _ in range(20):
         try:
             async with conn.transaction():
-                await rollups.insert_events(conn, records, None, careful=careful)
+                await rollups.insert_events(
+                    conn, records, None, careful=careful, variant=settings.postgres_schema_variant
+                )
             return
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             careful = True  # stored already, or racing the other connection
@@ -313,7 +315,7 @@ async def _run(settings: Settings, evs: list[Ev], rng: random.Random) -> Truth:
 
         async def lane(conn: asyncpg.Connection, mine: list[list[RawRecord]]) -> None:
             for batch in mine:
-                await _apply(conn, batch)
+                await _apply(conn, batch, settings)
 
         await asyncio.gather(lane(lanes[0], batches[0::2]), lane(lanes[1], batches[1::2]))
         return await _stored(admin)

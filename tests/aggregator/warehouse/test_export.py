@@ -54,6 +54,17 @@ ROLLUP_COMPARE = {
 }
 
 
+def raw_relation(wh: Warehouse) -> str:
+    """The raw events as the export reads them: on the citus schema variant with the learner-less ones."""
+    if postgres(wh, "SELECT to_regclass('analytics_system_events')::text")[0][0] is None:
+        return "analytics_events"
+    columns = "event_id, occurred_at, event_type, user_hash"
+    return (
+        f"(SELECT {columns} FROM analytics_events "
+        f"UNION ALL SELECT {columns} FROM analytics_system_events) AS r"
+    )
+
+
 def _norm(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     return [
         tuple(round(v, 6) if isinstance(v, float) else (str(v) if v is not None else None) for v in r)
@@ -63,9 +74,10 @@ def _norm(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
 
 def assert_equal_to_postgres(wh: Warehouse, *, rollups: bool = True) -> None:
     """Raw events row for row, per day and per learner; every rollup's newest versions = its rows."""
-    pg_ids = {r[0] for r in postgres(wh, "SELECT event_id::text FROM analytics_events")}
-    pg_day = _norm(postgres(wh, PER_DAY.format(t="analytics_events")))
-    pg_learner = _norm(postgres(wh, PER_LEARNER.format(t="analytics_events")))
+    raw = raw_relation(wh)
+    pg_ids = {r[0] for r in postgres(wh, f"SELECT event_id::text FROM {raw}")}
+    pg_day = _norm(postgres(wh, PER_DAY.format(t=raw)))
+    pg_learner = _norm(postgres(wh, PER_LEARNER.format(t=raw)))
     for con in (parquet(wh, "analytics_events"), iceberg(wh, "analytics_events")):
         ids = [r[0] for r in con.execute("SELECT event_id FROM t").fetchall()]
         assert len(ids) == len(set(ids)), "a raw event was exported twice"
@@ -173,7 +185,7 @@ def test_a_directory_that_refuses_writes_commits_nothing(warehouse: Warehouse, t
     after = sorted(str(p) for p in Path(wh.root).rglob("*"))
     assert after == listing, (set(after) ^ set(listing), str(failure.value))
     export_all(wh, sources=[raw])  # writable again: the export catches up, exactly once
-    pg = {r[0] for r in postgres(wh, "SELECT event_id::text FROM analytics_events")}
+    pg = {r[0] for r in postgres(wh, f"SELECT event_id::text FROM {raw_relation(wh)}")}
     con = parquet(wh, raw.table) if target == "parquet" else iceberg(wh, raw.table)
     ids = [r[0] for r in con.execute("SELECT event_id FROM t").fetchall()]
     assert sorted(ids) == sorted(pg)
@@ -186,7 +198,9 @@ def test_dry_run_status_and_aggregates_only(warehouse: Warehouse) -> None:
         report = exporter.step()
         assert report.outcomes == []
         lag = exporter.lag()
-    assert lag["analytics_events"]["iceberg"] == postgres(wh, "SELECT count(*) FROM analytics_events")[0][0]
+    assert (
+        lag["analytics_events"]["iceberg"] == postgres(wh, f"SELECT count(*) FROM {raw_relation(wh)}")[0][0]
+    )
     assert not Path(wh.export.parquet_dir).exists() and not Path(wh.export.warehouse).exists()
     aggregates = select_sources(None, aggregates_only=True)
     assert {s.table for s in aggregates} == {"system_metrics", "hourly_analytics_summary"}
@@ -267,7 +281,7 @@ def test_follow_serves_health_and_lag_and_stops_on_sigterm(warehouse: Warehouse)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         assert status["rows_exported"] == len(wh.export.formats) * sum(  # rows written, summed over targets
             r[0]
-            for t in ROLLUP_COMPARE | {"analytics_events": ()}
+            for t in [*ROLLUP_COMPARE, raw_relation(wh)]
             for r in postgres(wh, f"SELECT count(*) FROM {t}")
         )
     finally:

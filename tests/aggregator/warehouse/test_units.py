@@ -155,3 +155,18 @@ def test_prefetch_keeps_order_and_passes_errors_on() -> None:
 
     with pytest.raises(OSError, match="connection lost"):
         list(prefetch(failing()))
+
+
+def test_the_citus_variant_reads_learnerless_raw_events_with_the_others() -> None:
+    columns = [("event_id", "uuid"), ("app_version", "text")]
+    sql = range_query(RAW, columns, 5, 9, learnerless=frozenset({"event_id"}))
+    assert (
+        '(SELECT "event_id", "app_version" FROM analytics_events UNION ALL '
+        'SELECT "event_id", NULL AS "app_version" FROM analytics_system_events) AS analytics_events'
+    ) in sql
+    assert "analytics_system_events" in count_query(RAW, 1, 2, columns=columns, learnerless=frozenset())
+    # Rollups and the plain variant: the table itself.
+    assert "UNION" not in range_query(HOURLY, columns, 5, 9, learnerless=frozenset({"event_id"}))
+    assert count_query(RAW, 1, 2, columns=columns) == (
+        "SELECT count(*) FROM analytics_events WHERE stored_xid >= 1 AND stored_xid < 2"
+    )

@@ -6,6 +6,7 @@ import asyncpg
 
 from studyin_analytics.aggregator.consumer import histogram
 
+from ..raw import raw_count
 from .build import NS
 from .truth import Truth
 
@@ -19,7 +20,7 @@ def _close(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-6) -> bool:
 async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
     """Every difference between the rollup tables and the truth (empty when exact)."""
     bad: list[str] = []
-    raw = await conn.fetchval("SELECT count(*) FROM analytics_events")
+    raw = await raw_count(conn)
     if raw != t.raw:
         bad.append(f"raw events {raw} != {t.raw}")
 
