@@ -32,7 +32,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, gamification, health, learning, system_metrics, tracking
+from . import analysis, cohort, gamification, health, learning, saved_funnels, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -53,6 +53,8 @@ ROUTERS = (
     gamification.router,
     system_metrics.router,
     cohort.router,
+    analysis.router,
+    saved_funnels.router,
     tracking.router,
     health.router,
 )
@@ -76,9 +78,11 @@ def _lifespan(settings: Settings, pseudonymizer: Pseudonymizer, telemetry: ApiTe
         app.state.tracer_provider = provider
         app.state.tracer = provider.get_tracer(semconv.SCOPE_NAME)
         app.state.tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
+        background = saved_funnels.start_background(app)  # loads the funnels' store, warms saved ones
         try:
             yield
         finally:
+            await saved_funnels.stop_background(background)
             provider.shutdown()
             await app.state.live_hub.close()
             await app.state.pool.close()
@@ -139,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.system_cache = {}
     app.state.block_cache = BlockCache()
     app.state.live_hub = LiveHub(settings)
+    analysis.open_store(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(HTTPServerMetrics, **telemetry.middleware_options())  # outermost: sees 413s too
     app.state.telemetry = telemetry
