@@ -18,7 +18,7 @@ from ..analysis.loader import AnalysisStore
 from ..analysis.reports import FunnelResult, RetentionResult, funnel_report, retention_report
 from . import audit
 from .deps import PREFIX, AppSettings, Caller, Db, require_staff_audited
-from .problems import ERROR_RESPONSES
+from .problems import BODY_RESPONSES
 from .settings import ApiSettings
 
 FUNNEL_PATH = f"{PREFIX}/analysis/funnels"
@@ -46,7 +46,7 @@ async def answer(request: Request, compute: Any) -> tuple[Any, int]:
     return result, generation
 
 
-@router.post(FUNNEL_PATH, response_model=FunnelResult, responses=ERROR_RESPONSES, tags=["staff"])
+@router.post(FUNNEL_PATH, response_model=FunnelResult, responses=BODY_RESPONSES, tags=["staff"])
 async def funnel(
     request: Request, caller: Caller, db: Db, settings: AppSettings, definition: FunnelDefinition
 ) -> FunnelResult:
@@ -60,7 +60,7 @@ async def funnel(
     return result
 
 
-@router.post(RETENTION_PATH, response_model=RetentionResult, responses=ERROR_RESPONSES, tags=["staff"])
+@router.post(RETENTION_PATH, response_model=RetentionResult, responses=BODY_RESPONSES, tags=["staff"])
 async def retention(
     request: Request, caller: Caller, db: Db, settings: AppSettings, definition: RetentionDefinition
 ) -> RetentionResult:

@@ -1,6 +1,6 @@
 """Saved funnel routes (staff): named, versioned definitions, answered from warmed answers.
 
-``PUT .../saved-funnels/{name}`` stores a definition as the name's next version;
+``POST .../saved-funnels/{name}/versions`` stores a definition as the name's next version;
 ``GET .../saved-funnels`` lists the latest versions; ``GET .../saved-funnels/{name}`` answers
 one (the latest, or ``?version=``). Answers come from ``analysis/saved.py``'s cache, keyed by
 the version and the store's generation and recomputed by this module's background task right
@@ -27,10 +27,12 @@ from ..analysis.reports import FunnelResult
 from . import audit
 from .auth import ApiProblem
 from .deps import PREFIX, AppSettings, Caller, Db, require_staff_audited
-from .problems import ERROR_RESPONSES, bad_request
+from .problems import BODY_RESPONSES, ERROR_RESPONSES, bad_request
 
 SAVED_PATH = f"{PREFIX}/analysis/saved-funnels"
 ONE_PATH = f"{SAVED_PATH}/{{name}}"
+VERSIONS_PATH = f"{ONE_PATH}/versions"
+"""One method per path: a path with two would answer OPTIONS with one of them in ``Allow``."""
 MIN_WARM_INTERVAL_S = 0.5
 
 _log = logging.getLogger("studyin_analytics.aggregator.api.app")
@@ -114,12 +116,16 @@ async def stop_background(task: asyncio.Task[None]) -> None:
         await task
 
 
-@router.put(
-    ONE_PATH, response_model=SavedFunnelVersion, status_code=201, responses=ERROR_RESPONSES, tags=["staff"]
+@router.post(
+    VERSIONS_PATH,
+    response_model=SavedFunnelVersion,
+    status_code=201,
+    responses=BODY_RESPONSES,
+    tags=["staff"],
 )
 async def save_funnel(caller: Caller, db: Db, name: Name, definition: FunnelDefinition) -> SavedFunnelVersion:
     """Store ``definition`` as the next version of the saved funnel ``name`` (1 if new). Staff only."""
-    await require_staff_audited(db, caller, ONE_PATH, "cohort")
+    await require_staff_audited(db, caller, VERSIONS_PATH, "cohort")
     async with db.acquire() as conn:
         try:
             stored = await saved.save(conn, name, definition, caller.user_hash)

@@ -8,7 +8,6 @@ reference computed from the generated events (tests/support/analysis/reference.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -27,9 +26,9 @@ from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.instrumentation import Pseudonymizer
 from tests.aggregator.analysis.test_engine import build_store
-from tests.support.analysis.loading import store_events, until_loaded
+from tests.support.analysis.loading import opened_api, store_events, until_loaded
 from tests.support.analysis.reference import EPOCH, Event, funnel_truth, learner_paths, retention_truth
-from tests.support.api import LEARNER_A, STAFF, Api, open_api
+from tests.support.api import LEARNER_A, STAFF
 
 PATHWAY = ("session_start", "material_view", "material_progress", "material_complete", "xp_awarded")
 FUNNEL: dict[str, Any] = {
@@ -41,13 +40,13 @@ FUNNEL: dict[str, Any] = {
 RETENTION: dict[str, Any] = {"start": EPOCH.date().isoformat(), "cohorts": 6, "periods": 5, "period": "week"}
 
 
-def _api(settings: Settings) -> AsyncIterator[Api]:
-    return open_api(settings.with_overrides(min_cohort_size=2, analysis_refresh_s=0))
+def _settings(settings: Settings) -> Settings:
+    return settings.with_overrides(min_cohort_size=2, analysis_refresh_s=0)
 
 
 async def test_ad_hoc_funnel_and_retention_equal_the_brute_force(migrated: Settings) -> None:
     events = await store_events(migrated, learner_paths(7, learners=80))
-    async for api in _api(migrated):
+    async with opened_api(_settings(migrated)) as api:
         await until_loaded(api.app.state.analysis, len(events))
         staff = api.auth(STAFF, roles=["staff"])
         response = await api.client.post(FUNNEL_PATH, json=FUNNEL, headers=staff)
@@ -87,7 +86,7 @@ async def test_ad_hoc_funnel_and_retention_equal_the_brute_force(migrated: Setti
 async def test_staff_only_and_every_read_audited_with_cohort_scope(migrated: Settings) -> None:
     await store_events(migrated, learner_paths(3, learners=10))
     pseudonymizer = Pseudonymizer.from_settings(migrated)
-    async for api in _api(migrated):
+    async with opened_api(_settings(migrated)) as api:
         learner = api.auth(LEARNER_A)
         for path, body in ((FUNNEL_PATH, FUNNEL), (RETENTION_PATH, RETENTION)):
             response = await api.client.post(path, json=body, headers=learner)
@@ -132,7 +131,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
 
 
 async def test_invalid_definitions_are_422_problems_naming_field_and_reason(migrated: Settings) -> None:
-    async for api in _api(migrated):
+    async with opened_api(_settings(migrated)) as api:
         staff = api.auth(STAFF, roles=["staff"])
         for body, field, reason in INVALID:
             response = await api.client.post(FUNNEL_PATH, json=body, headers=staff)
@@ -161,7 +160,7 @@ def _mutations() -> st.SearchStrategy[dict[str, Any]]:
 def test_any_body_is_answered_or_refused_never_a_server_error(migrated: Settings) -> None:
     async def ask(bodies: list[Any]) -> list[int]:
         statuses = []
-        async for api in _api(migrated):
+        async with opened_api(_settings(migrated)) as api:
             staff = api.auth(STAFF, roles=["staff"])
             for body in bodies:
                 for path in (FUNNEL_PATH, RETENTION_PATH):
@@ -186,7 +185,7 @@ async def test_the_store_loads_at_start_up_and_only_new_events_are_read_later(mi
         Event(e.user_hash.replace("k1:", "k2:"), e.time_us, e.event_type, e.event_id, e.props) for e in second
     ]
     first = await store_events(migrated, first)
-    async for api in _api(migrated):
+    async with opened_api(_settings(migrated)) as api:
         store: AnalysisStore = api.app.state.analysis
         await until_loaded(store, len(first))  # in the background, before any query
         assert len(store.store) == len(first)

@@ -19,10 +19,10 @@ from studyin_analytics.aggregator.api.analysis import FUNNEL_PATH, RETENTION_PAT
 from studyin_analytics.aggregator.api.saved_funnels import SAVED_PATH
 from studyin_analytics.aggregator.cli.settings import Settings
 from tests.aggregator.analysis.test_engine import funnels, retentions
-from tests.support.analysis.loading import store_events
+from tests.support.analysis.loading import opened_api, store_events
 from tests.support.analysis.reference import learner_paths
 from tests.support.analysis.safety import columns_are_safe, row_is_safe
-from tests.support.api import STAFF, open_api
+from tests.support.api import STAFF
 
 EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -52,7 +52,7 @@ async def _ask(
     settings_: Settings, seed: int, learners: int, k: int, f: FunnelDefinition, r: RetentionDefinition
 ) -> None:
     await store_events(settings_, learner_paths(seed, learners=learners), replace=True)
-    async for api in open_api(settings_.with_overrides(min_cohort_size=k, analysis_refresh_s=0)):
+    async with opened_api(settings_.with_overrides(min_cohort_size=k, analysis_refresh_s=0)) as api:
         api.app.state.analysis = AnalysisStore(max_staleness_s=0)  # this example's events only
         staff = api.auth(STAFF, roles=["staff"])
         response = await api.client.post(FUNNEL_PATH, json=f.model_dump(mode="json"), headers=staff)
@@ -62,7 +62,9 @@ async def _ask(
         assert response.status_code == 200, response.text
         _check_retention(response.json(), k)
         name = f"p{seed}"
-        response = await api.client.put(f"{SAVED_PATH}/{name}", json=f.model_dump(mode="json"), headers=staff)
+        response = await api.client.post(
+            f"{SAVED_PATH}/{name}/versions", json=f.model_dump(mode="json"), headers=staff
+        )
         assert response.status_code == 201, response.text
         response = await api.client.get(f"{SAVED_PATH}/{name}", headers=staff)
         assert response.status_code == 200, response.text

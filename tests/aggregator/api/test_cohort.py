@@ -18,7 +18,8 @@ from studyin_analytics.aggregator.analysis.suppression import small
 from studyin_analytics.aggregator.api.cohort import COHORT_PATH
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
-from tests.support.api import STAFF, open_api
+from tests.support.analysis.loading import opened_api
+from tests.support.api import STAFF
 
 DAYS = 6
 
@@ -51,7 +52,7 @@ async def _write(settings_: Settings, learners: list[int], peaks: list[int]) -> 
 
 async def _check(settings_: Settings, learners: list[int], peaks: list[int], k: int) -> None:
     await _write(settings_, learners, peaks)
-    async for api in open_api(settings_.with_overrides(min_cohort_size=k)):
+    async with opened_api(settings_.with_overrides(min_cohort_size=k)) as api:
         response = await api.client.get(
             COHORT_PATH, params={"days": DAYS}, headers=api.auth(STAFF, roles=["staff"])
         )

@@ -12,9 +12,9 @@ from studyin_analytics.aggregator.api.analysis import FUNNEL_PATH
 from studyin_analytics.aggregator.api.saved_funnels import SAVED_PATH
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
-from tests.support.analysis.loading import store_events, until_loaded
+from tests.support.analysis.loading import opened_api, store_events, until_loaded
 from tests.support.analysis.reference import EPOCH, Event, funnel_truth, learner_paths
-from tests.support.api import LEARNER_A, STAFF, open_api
+from tests.support.api import LEARNER_A, STAFF
 
 PATHWAY = ("session_start", "material_view", "material_progress", "material_complete")
 DEFINITION: dict[str, Any] = {
@@ -32,10 +32,10 @@ def _renamed(events: list[Event], prefix: str) -> list[Event]:
 
 async def test_a_saved_funnel_gives_the_ad_hoc_numbers_and_follows_new_events(migrated: Settings) -> None:
     first = await store_events(migrated, learner_paths(21, learners=60))
-    async for api in open_api(migrated.with_overrides(min_cohort_size=3, analysis_refresh_s=0)):
+    async with opened_api(migrated.with_overrides(min_cohort_size=3, analysis_refresh_s=0)) as api:
         await until_loaded(api.app.state.analysis, len(first))
         staff = api.auth(STAFF, roles=["staff"])
-        put = await api.client.put(f"{SAVED_PATH}/pathway", json=DEFINITION, headers=staff)
+        put = await api.client.post(f"{SAVED_PATH}/pathway/versions", json=DEFINITION, headers=staff)
         assert put.status_code == 201, put.text
         assert put.json()["version"] == 1
         saved = await api.client.get(f"{SAVED_PATH}/pathway", headers=staff)
@@ -56,7 +56,7 @@ async def test_a_saved_funnel_gives_the_ad_hoc_numbers_and_follows_new_events(mi
 
         # A new version; the old one stays readable.
         changed = {**DEFINITION, "order": "strict", "breakdown": None}
-        put = await api.client.put(f"{SAVED_PATH}/pathway", json=changed, headers=staff)
+        put = await api.client.post(f"{SAVED_PATH}/pathway/versions", json=changed, headers=staff)
         assert put.status_code == 201 and put.json()["version"] == 2
         latest = (await api.client.get(f"{SAVED_PATH}/pathway", headers=staff)).json()
         old = (await api.client.get(f"{SAVED_PATH}/pathway", params={"version": 1}, headers=staff)).json()
@@ -67,15 +67,19 @@ async def test_a_saved_funnel_gives_the_ad_hoc_numbers_and_follows_new_events(mi
 
 
 async def test_saved_funnel_routes_refuse_and_audit(migrated: Settings) -> None:
-    async for api in open_api(migrated):
+    async with opened_api(migrated) as api:
         staff, learner = api.auth(STAFF, roles=["staff"]), api.auth(LEARNER_A)
-        assert (await api.client.put(f"{SAVED_PATH}/x", json=DEFINITION, headers=learner)).status_code == 403
+        assert (
+            await api.client.post(f"{SAVED_PATH}/x/versions", json=DEFINITION, headers=learner)
+        ).status_code == 403
         assert (await api.client.get(f"{SAVED_PATH}/x", headers=learner)).status_code == 403
         missing = await api.client.get(f"{SAVED_PATH}/nothing-here", headers=staff)
         assert missing.status_code == 404 and missing.json()["code"] == "saved_funnel_not_found"
-        bad_name = await api.client.put(f"{SAVED_PATH}/Bad%20Name", json=DEFINITION, headers=staff)
+        bad_name = await api.client.post(f"{SAVED_PATH}/Bad%20Name/versions", json=DEFINITION, headers=staff)
         assert bad_name.status_code == 422 and "name" in bad_name.json()["errors"][0]["loc"]
-        bad = await api.client.put(f"{SAVED_PATH}/x", json={**DEFINITION, "window_s": 0}, headers=staff)
+        bad = await api.client.post(
+            f"{SAVED_PATH}/x/versions", json={**DEFINITION, "window_s": 0}, headers=staff
+        )
         assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == "window_s"
     conn = await connect(migrated)
     try:
@@ -85,9 +89,9 @@ async def test_saved_funnel_routes_refuse_and_audit(migrated: Settings) -> None:
 
 
 async def test_the_api_role_may_add_versions_but_never_change_or_delete_them(migrated: Settings) -> None:
-    async for api in open_api(migrated):
-        put = await api.client.put(
-            f"{SAVED_PATH}/kept", json=DEFINITION, headers=api.auth(STAFF, roles=["staff"])
+    async with opened_api(migrated) as api:
+        put = await api.client.post(
+            f"{SAVED_PATH}/kept/versions", json=DEFINITION, headers=api.auth(STAFF, roles=["staff"])
         )
         assert put.status_code == 201
     conn = await connect(migrated, "api")
@@ -105,10 +109,12 @@ async def test_the_api_role_may_add_versions_but_never_change_or_delete_them(mig
 
 async def test_a_saved_read_is_a_cache_hit_in_milliseconds(migrated: Settings) -> None:
     events = await store_events(migrated, learner_paths(5, learners=200))
-    async for api in open_api(migrated.with_overrides(analysis_refresh_s=60)):
+    async with opened_api(migrated.with_overrides(analysis_refresh_s=1)) as api:
         await until_loaded(api.app.state.analysis, len(events))
         staff = api.auth(STAFF, roles=["staff"])
-        assert (await api.client.put(f"{SAVED_PATH}/fast", json=DEFINITION, headers=staff)).status_code == 201
+        assert (
+            await api.client.post(f"{SAVED_PATH}/fast/versions", json=DEFINITION, headers=staff)
+        ).status_code == 201
         await api.client.get(f"{SAVED_PATH}/fast", headers=staff)  # computes and caches
         cache = api.app.state.saved_answers
         hits = cache.hits

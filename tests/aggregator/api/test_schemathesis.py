@@ -40,6 +40,10 @@ async def _schemathesis(base: str, bearer: str, workdir: Path) -> tuple[int, str
         f"Authorization: Bearer {bearer}",
         "--exclude-path",
         "/api/analytics/live",
+        # The funnel and retention bodies are large nested models: their coverage phase alone
+        # took > 60 s here. tests/aggregator/api/test_analysis.py fuzzes them instead (hypothesis).
+        "--exclude-path-regex",
+        "^/api/analytics/analysis/",
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
@@ -75,5 +79,5 @@ async def test_schemathesis_with_every_check_finds_nothing(migrated: Settings, t
         for bearer in (token(migrated, LEARNER_A), token(migrated, STAFF, roles=["staff"])):
             code, output = await _schemathesis(base, bearer, tmp_path)
             assert code == 0, output
-            assert "Operations:" in output and "9 total" in output, output  # the whole spec was read
+            assert "Operations:" in output and "14 total" in output, output  # the whole spec was read
             assert " passed" in output and "failed" not in output.split("SUMMARY")[-1], output

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from studyin_analytics.aggregator.analysis.loader import AnalysisStore
@@ -17,6 +19,7 @@ from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import ensure_partitions
 
+from ..api import Api, open_api
 from .reference import US, Event
 
 COLUMNS = ["event_id", "occurred_at", "event_type", "user_hash", "properties"]
@@ -66,3 +69,14 @@ async def until_loaded(store: AnalysisStore, rows: int, timeout_s: float = 60) -
     while len(store.store) < rows:
         assert asyncio.get_running_loop().time() < deadline, f"store has {len(store.store)} of {rows} rows"
         await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def opened_api(settings: Settings) -> AsyncIterator[Api]:
+    """``open_api`` as a context manager: the app's lifespan ends in this task even when the body
+    fails (an ``async for`` left by an exception would leave it to the garbage collector)."""
+    generator = open_api(settings)
+    try:
+        yield await anext(generator)
+    finally:
+        await generator.aclose()
