@@ -24,6 +24,7 @@ SYSTEM_WIDE = {
     "hourly_analytics_summary": "per hour over all learners (the dashboard): no user",
     "access_audit_log": "pseudonyms of actor and subject, append-only: stays on the coordinator",
     "alembic_version": "migration bookkeeping",
+    "saved_funnels": "staff's funnel definitions by name (created_by: the author's pseudonym): no learner",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 
