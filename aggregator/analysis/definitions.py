@@ -35,7 +35,13 @@ FILTER_PROPERTIES: tuple[str, ...] = FilterProperty.__args__  # type: ignore[att
 BreakdownProperty = Literal[
     "material_type", "material_id", "achievement_id", "topic_category", "xp_reason", "cohort_week"
 ]
-EventName = Annotated[str, Field(min_length=1, max_length=64)]
+EventName = Annotated[
+    str, Field(min_length=1, max_length=64, json_schema_extra={"enum": list(LEARNING_EVENT_TYPES)})
+]
+"""A learning event type (an enum in the OpenAPI document; validated by name)."""
+TimeZone = Annotated[
+    str, Field(min_length=1, max_length=64, description="IANA time zone name, e.g. Europe/Berlin")
+]
 Value = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -99,7 +105,7 @@ def _check_timezone(value: str) -> str:
 class _Ranged(_Model):
     start: datetime
     end: datetime
-    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    timezone: TimeZone = "UTC"
 
     @field_validator("start", "end")
     @classmethod
@@ -181,7 +187,7 @@ class RetentionDefinition(_Model):
     """None: cohorts by first activity (any learning event)."""
     return_event: ReturnEvent = ReturnEvent()
     metric: Literal["study_minutes", "xp"] | None = None
-    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    timezone: TimeZone = "UTC"
 
     @field_validator("timezone")
     @classmethod

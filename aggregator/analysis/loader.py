@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import asyncpg
 import numpy as np
@@ -42,6 +44,7 @@ ROW = np.dtype(
     ]
 )
 HEADER, TRAILER = 19, 2
+T = TypeVar("T")
 
 
 class _Rows:
@@ -132,20 +135,39 @@ class AnalysisStore:
         self.watermark: int | None = None
         self.max_staleness_s = max_staleness_s
         self.refreshed_at = float("-inf")
+        self.generation = 0
+        """Changes exactly when the store's rows change (a cache key: same generation, same answers)."""
         self._lock = asyncio.Lock()
 
     async def refresh(self, conn: asyncpg.Connection, force: bool = False) -> int:
         """Read what was stored since the last refresh; the number of rows added."""
         async with self._lock:
-            if not force and time.monotonic() - self.refreshed_at < self.max_staleness_s:
-                return 0
-            batch, horizon = await read_new(conn, self.watermark)
-            if len(batch):
-                # numpy releases the GIL for the sorts; the merge runs off the event loop.
-                await asyncio.to_thread(self.store.merge, batch)
-            if self.retention_days is not None:
-                cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
-                await asyncio.to_thread(self.store.drop_before, cutoff)
-            self.watermark = horizon
-            self.refreshed_at = time.monotonic()
-            return len(batch)
+            return await self._refresh(conn, force)
+
+    async def query(self, conn: asyncpg.Connection, compute: Callable[[EventStore], T]) -> tuple[T, int]:
+        """Refresh if stale, then ``compute(store)`` off the event loop, with the store's generation.
+
+        One at a time with refreshes: a merge never runs under a query.
+        """
+        async with self._lock:
+            await self._refresh(conn, False)
+            generation = self.generation
+            return await asyncio.to_thread(compute, self.store), generation
+
+    async def _refresh(self, conn: asyncpg.Connection, force: bool) -> int:
+        if not force and time.monotonic() - self.refreshed_at < self.max_staleness_s:
+            return 0
+        batch, horizon = await read_new(conn, self.watermark)
+        before = len(self.store)
+        if len(batch):
+            # numpy releases the GIL for the sorts; the merge runs off the event loop.
+            await asyncio.to_thread(self.store.merge, batch)
+        removed = 0
+        if self.retention_days is not None:
+            cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
+            removed = await asyncio.to_thread(self.store.drop_before, cutoff)
+        if removed or len(self.store) != before:
+            self.generation += 1
+        self.watermark = horizon
+        self.refreshed_at = time.monotonic()
+        return len(batch)

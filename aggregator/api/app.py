@@ -33,7 +33,7 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import cohort, custom_events, experiments, gamification, health, learners, learning, system_metrics, tracking
+from . import analysis, cohort, custom_events, experiments, gamification, health, learners, learning, saved_funnels, system_metrics, tracking
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
@@ -56,6 +56,8 @@ ROUTERS = (
     cohort.router,
     experiments.router,
     learners.router,
+    analysis.router,
+    saved_funnels.router,
     tracking.router,
     custom_events.router,
     health.router,
@@ -81,9 +83,11 @@ def _lifespan(settings: Settings, pseudonymizer: Pseudonymizer, telemetry: ApiTe
         app.state.tracer = provider.get_tracer(semconv.SCOPE_NAME)
         app.state.tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
         app.state.custom_schemas = follow_custom_schemas(settings)  # custom events: the registry
+        background = saved_funnels.start_background(app)  # loads the funnels' store, warms saved ones
         try:
             yield
         finally:
+            await saved_funnels.stop_background(background)
             app.state.custom_schemas.close()
             provider.shutdown()
             await app.state.live_hub.close()
@@ -145,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.system_cache = {}
     app.state.block_cache = BlockCache()
     app.state.live_hub = LiveHub(settings)
+    analysis.open_store(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(HTTPServerMetrics, **telemetry.middleware_options())  # outermost: sees 413s too
     app.state.telemetry = telemetry

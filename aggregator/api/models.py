@@ -168,19 +168,27 @@ class SystemMetrics(_Model):
 
 class CohortDay(_Model):
     day: date
-    peak_hourly_active_users: int = Field(description="Largest count of distinct learners active in one hour")
-    sessions: int
-    study_minutes: float
-    materials_viewed: int
-    materials_completed: int
-    xp: int
-    ai_interactions: int
+    learners: int | None = Field(
+        description="Distinct learners active that day; null when 1 to k-1 (the day is then suppressed)"
+    )
+    suppressed: bool = Field(description="The day counted 1 to k-1 learners: every figure of it is null")
+    peak_hourly_active_users: int | None = Field(
+        description="Largest count of distinct learners active in one hour (null when 1 to k-1)"
+    )
+    sessions: int | None
+    study_minutes: float | None
+    materials_viewed: int | None
+    materials_completed: int | None
+    xp: int | None
+    ai_interactions: int | None
 
 
 class CohortOverview(_Model):
     days: int
     since: date
     until: date
+    min_group_size: int = Field(description="k: a day counting 1 to k-1 learners is suppressed")
+    suppressed_days: int = Field(description="Days suppressed; the totals below leave them out")
     sessions: int
     study_minutes: float
     materials_viewed: int

@@ -28,6 +28,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": Problem, "description": "Valid token without the right (code says why)"},
     422: {"model": Problem, "description": "Invalid parameters; errors[].loc is the field path"},
 }
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    400: {"model": Problem, "description": "Body is not JSON"},
+}
 READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     304: {"description": "Not modified (If-None-Match matched the ETag)"},

@@ -7,13 +7,15 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from ...exporter.settings import ExporterSettings, HttpServerSettings, LoggingSettings
+from ...exporter.settings import EventWindowSettings, ExporterSettings, HttpServerSettings, LoggingSettings
 from ..storage.settings import PostgresSettings
 
 JWT_SECRET_MIN_BYTES = 32
 
 
-class ApiSettings(ExporterSettings, PostgresSettings, LoggingSettings, HttpServerSettings):
+class ApiSettings(
+    ExporterSettings, PostgresSettings, EventWindowSettings, LoggingSettings, HttpServerSettings
+):
     """Everything ``studyin-analytics api`` reads (a service: ``.env`` of the working directory too)."""
 
     model_config = SettingsConfigDict(env_file=".env")
@@ -31,13 +33,21 @@ class ApiSettings(ExporterSettings, PostgresSettings, LoggingSettings, HttpServe
         default=5,
         ge=2,
         le=1000,
-        description="Funnels and retention: a cell counting fewer learners (1 to k-1) is suppressed",
+        description="Funnels, retention and the cohort overview: a cell counting fewer learners "
+        "(1 to k-1) is suppressed",
     )
     analysis_breakdown_limit: int = Field(
         default=20,
         ge=1,
         le=100,
         description="Funnels: breakdown values shown at most (the rest as '(other)')",
+    )
+    analysis_refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Funnels and retention: the API's event-sequence store reads new events at most this "
+        "often (a query may see events stored up to this long ago)",
     )
     api_max_body_bytes: int = Field(
         default=512 * 1024,

@@ -124,6 +124,7 @@ async function loadStaff() {
     }, { label: "ms" }],
   });
   $("chart-latency").dataset.points = routes.length;
+  if (window.loadAnalysis) window.loadAnalysis();
   return true;
 }
 

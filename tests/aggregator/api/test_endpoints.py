@@ -215,7 +215,7 @@ async def test_read_endpoints_serve_pipeline_rollups_and_audit_each_read(migrate
     a_hash = pseudonymizer.pseudonymize(LEARNER_A)
     b_hash = pseudonymizer.pseudonymize(LEARNER_B)
 
-    async for api in open_api(settings):
+    async for api in open_api(settings.with_overrides(min_cohort_size=2)):  # A and B: a day of 2
         as_a = api.auth(LEARNER_A)
         get = api.client.get
         overview = await _check_overview(get, as_a, a_hash)

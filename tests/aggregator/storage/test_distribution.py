@@ -31,6 +31,7 @@ SYSTEM_WIDE = {
     "experiment_variant_sums": "per experiment, variant and metric over all learners: no user",
     "rollup_rebuilds": "a rebuild's progress per table (0016_rebuild): no user",
     "schema_variant": "the variant the schema was migrated as (one row)",
+    "saved_funnels": "staff's funnel definitions by name (created_by: the author's pseudonym): no learner",
 }
 """Tables without the distribution column, and why (reference or coordinator-local under Citus)."""
 
