@@ -33,7 +33,19 @@ from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
 from ...instrumentation.tracker import StudyInTracker
 from ..storage.db import create_pool
-from . import analysis, cohort, custom_events, experiments, gamification, health, learners, learning, saved_funnels, system_metrics, tracking
+from . import (
+    analysis,
+    cohort,
+    custom_events,
+    experiments,
+    gamification,
+    health,
+    learners,
+    learning,
+    saved_funnels,
+    system_metrics,
+    tracking,
+)
 from .auth import TokenVerifier, forbidden
 from .bodylimit import BodySizeLimit
 from .dashboard import mount_dashboard
