@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time  # noqa: F401  (tests patch tracker.time.monotonic, the clock of sessions)
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -41,6 +40,7 @@ from pydantic import ValidationError
 
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
+from .clock import SYSTEM_CLOCK, Clock, datetime_of, stamp
 from .privacy import Pseudonymizer
 from .sessions import LearningSession, SessionTicket, current_session
 from .settings import get_settings
@@ -98,9 +98,11 @@ class StudyInTracker:
         pseudonymizer: Pseudonymizer | None = None,
         lenient: bool = False,
         carrier: EventCarrier | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(semconv.SCOPE_NAME, __version__, tracer_provider=tracer_provider)
-        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer)
+        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer, clock)
+        self.clock: Clock = clock or SYSTEM_CLOCK  # event and session times (a simulation's, or the system's)
         self._pseudonymizer = pseudonymizer
         self.lenient = lenient
         self.dropped_by_type: Counter[str] = Counter()
@@ -270,7 +272,7 @@ class StudyInTracker:
         session_id: uuid.UUID | None = None,
     ) -> SessionTicket:
         """Stateless start: record ``session_start`` now, keep nothing; see :meth:`end_session`."""
-        ticket = SessionTicket(session_id or uuid.uuid4(), datetime.now(UTC))
+        ticket = SessionTicket(session_id or uuid.uuid4(), datetime_of(self.clock))
         self.emit(
             events.SessionStart,
             user_id=user_id,
@@ -295,11 +297,10 @@ class StudyInTracker:
         Records a ``studyin.learning_session`` span from ``started_at`` to now carrying
         ``session_end``; the duration runs to ``last_activity_at`` when given (timeouts).
         """
-        now = datetime.now(UTC)
         if started_at.tzinfo is None:
             self._reject(EventRejected(events.SessionEnd.event_type, "started_at: must be timezone-aware"))
             return None
-        until = last_activity_at or now
+        until = last_activity_at or datetime_of(self.clock)
         duration = (until - started_at).total_seconds()
         rejected: EventRejected | None = None
         event: events.DomainEvent | None = None
@@ -331,8 +332,8 @@ class StudyInTracker:
         span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
         start_ns = int(started_at.timestamp() * 1e9)
         span = self.carrier.start_session_span(span_attributes, start_time_ns=start_ns)
-        span.add_event(semconv.event_name(events.SessionEnd.event_type), attributes)
-        span.end()
+        span.add_event(semconv.event_name("session_end"), attributes, timestamp=stamp(self.clock))
+        span.end(end_time=stamp(self.clock))
         return event
 
     # --- materials --------------------------------------------------------------------------
