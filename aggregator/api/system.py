@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 
 from ..consumer import histogram
 
@@ -30,36 +31,17 @@ BLOCK_TTL_S = 600.0
 KEEP = timedelta(hours=25)
 """Cached blocks older than this are dropped (the longest window is 24 h)."""
 
-# One row per (bucket, route, method) with totals, and the merged maps flattened to
-# (bucket, route, method, kind, key, count) rows: set-based merging in PostgreSQL. ``{table}`` and
-# ``{at}`` are the minute or the hourly rollup and its time column (constants of this module).
-_TOTALS_SQL = """
-SELECT CASE WHEN $3 THEN date_bin($4::interval, {at}, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-            ELSE $1 END AS bucket, route, method,
-       sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
-       sum(client_errors)::bigint AS client_errors, max(latency_max_ms) AS max_ms
-FROM {table} WHERE {at} >= $1 AND {at} < $2
-GROUP BY 1, 2, 3
-"""
-
-_MAPS_SQL = """
-WITH w AS (
-    SELECT CASE WHEN $3 THEN date_bin($4::interval, {at}, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-            ELSE $1 END AS bucket, route, method,
-           latency_hist, errors_by_type
-    FROM {table} WHERE {at} >= $1 AND {at} < $2
-)
-SELECT bucket, route, method, 'h' AS kind, b.key, sum(b.value::bigint)::bigint AS n
-FROM w, jsonb_each_text(w.latency_hist) b GROUP BY 1, 2, 3, 5
-UNION ALL
-SELECT bucket, route, method, 'e' AS kind, b.key, sum(b.value::bigint)::bigint AS n
-FROM w, jsonb_each_text(w.errors_by_type) b GROUP BY 1, 2, 3, 5
-"""
-
-BUCKET_TOTALS_SQL = _TOTALS_SQL.format(table="system_metrics", at="minute")
-BUCKET_MAPS_SQL = _MAPS_SQL.format(table="system_metrics", at="minute")
-HOUR_TOTALS_SQL = _TOTALS_SQL.format(table="system_metrics_hourly", at="hour")
-HOUR_MAPS_SQL = _MAPS_SQL.format(table="system_metrics_hourly", at="hour")
+# One read per request whatever it needs (a UNION ALL of segments), the maps as JSON text merged in
+# Python (orjson), which measured 10-15x faster than merging them with jsonb_each_text in SQL.
+_SEGMENT_SQL = """
+SELECT {index} AS segment, {bucket} AS bucket, route, method, requests, errors, client_errors,
+       latency_max_ms AS max_ms, latency_hist::text AS hist, errors_by_type::text AS by_type
+FROM {table} WHERE {at} >= ${start} AND {at} < ${end}"""
+_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+MINUTES, BLOCKS, HOURS = "minutes", "blocks", "hours"
+Segment = tuple[datetime, datetime, str]
+"""``(start, end, kind)``: ``minutes`` (one bucket at ``start``), ``blocks`` (a bucket per :data:`BLOCK`
+of minute rows) or ``hours`` (a bucket per hourly row; ``start`` and ``end`` on whole hours)."""
 HOUR = timedelta(hours=1)
 
 RouteKey = tuple[str, str]
@@ -94,27 +76,39 @@ class RouteTotals:
 Buckets = dict[datetime, dict[RouteKey, RouteTotals]]
 
 
-async def read_buckets(
-    conn: asyncpg.Connection, start: datetime, end: datetime, *, blocks: bool, hours: bool = False
-) -> Buckets:
-    """Routes' totals in ``[start, end)``: per :data:`BLOCK` if ``blocks``, else one bucket at ``start``.
+def _segment_sql(index: int, position: int, kind: str) -> str:
+    """The select of segment ``index``, its bounds the ``position``-th pair of parameters."""
+    bucket = {
+        MINUTES: f"${2 * position + 1}::timestamptz",
+        BLOCKS: f"date_bin('{int(BLOCK.total_seconds())} seconds'::interval, minute, {_ORIGIN})",
+        HOURS: "hour",
+    }[kind]
+    table, at = ("system_metrics_hourly", "hour") if kind == HOURS else ("system_metrics", "minute")
+    return _SEGMENT_SQL.format(
+        index=index, bucket=bucket, table=table, at=at, start=2 * position + 1, end=2 * position + 2
+    )
 
-    From the minute rows, or with ``hours`` from the hourly rows (``start`` and ``end`` on whole
-    hours; buckets per hour).
-    """
-    out: Buckets = {}
-    if end <= start:
+
+async def read_segments(conn: asyncpg.Connection, segments: list[Segment]) -> list[Buckets]:
+    """Routes' totals of each segment (see :data:`Segment`), in one query."""
+    out: list[Buckets] = [{} for _ in segments]
+    wanted = [(i, seg) for i, seg in enumerate(segments) if seg[0] < seg[1]]
+    if not wanted:
         return out
-    totals_sql, maps_sql = (HOUR_TOTALS_SQL, HOUR_MAPS_SQL) if hours else (BUCKET_TOTALS_SQL, BUCKET_MAPS_SQL)
-    width = HOUR if hours else BLOCK
-    for r in await conn.fetch(totals_sql, start, end, blocks, width):
-        out.setdefault(r["bucket"], {})[(r["route"], r["method"])] = RouteTotals(
-            requests=r["requests"], errors=r["errors"], client_errors=r["client_errors"], max_ms=r["max_ms"]
+    sql = "\nUNION ALL".join(_segment_sql(i, j, kind) for j, (i, (_s, _e, kind)) in enumerate(wanted))
+    args = [bound for _i, (start, end, _kind) in wanted for bound in (start, end)]
+    loads = orjson.loads
+    for r in await conn.fetch(sql, *args):
+        routes = out[r["segment"]].setdefault(r["bucket"], {})
+        key = (r["route"], r["method"])
+        row = RouteTotals(
+            r["requests"], r["errors"], r["client_errors"], r["max_ms"], loads(r["by_type"]), loads(r["hist"])
         )
-    for r in await conn.fetch(maps_sql, start, end, blocks, width):
-        totals = out.setdefault(r["bucket"], {}).setdefault((r["route"], r["method"]), RouteTotals())
-        target = totals.latency_hist if r["kind"] == "h" else totals.errors_by_type
-        target[r["key"]] = target.get(r["key"], 0) + r["n"]
+        totals = routes.get(key)
+        if totals is None:
+            routes[key] = row
+        else:
+            totals.add(row)
     return out
 
 
@@ -162,52 +156,43 @@ class BlockCache:
     async def window(
         self, conn: asyncpg.Connection, since: datetime, until: datetime
     ) -> dict[RouteKey, RouteTotals]:
-        """Every route's totals over ``[since, until)``."""
+        """Every route's totals over ``[since, until)`` (one query)."""
         first_full = _floor_block(since)
         if first_full < since:
             first_full += BLOCK
         # Only settled blocks come from the cache: the newest ones are still read as minutes, so
         # the merged span of whole blocks stays valid (and cached) for a whole block's time.
         last_full_end = min(_floor_block(until - SETTLE), _floor_block(until))
-        pieces: list[dict[RouteKey, RouteTotals]] = []
         if first_full >= last_full_end:  # no whole block inside: minutes only
-            pieces.extend((await read_buckets(conn, since, until, blocks=False)).values())
-        else:
-            pieces.extend((await read_buckets(conn, since, first_full, blocks=False)).values())
-            pieces.extend((await read_buckets(conn, last_full_end, until, blocks=False)).values())
-            pieces.append(await self._span(conn, first_full, last_full_end, until))
-        return _merge(pieces)
-
-    async def _span(
-        self, conn: asyncpg.Connection, start: datetime, end: datetime, now: datetime
-    ) -> dict[RouteKey, RouteTotals]:
-        """Whole pieces ``[start, end)`` merged; kept while every piece in it is cached and settled."""
+            (minutes,) = await read_segments(conn, [(since, until, MINUTES)])
+            return _merge(list(minutes.values()))
+        ends: list[Segment] = [(since, first_full, MINUTES), (last_full_end, until, MINUTES)]
         mono = time.monotonic()
-        cached = self._spans.get((start, end))
+        cached = self._spans.get((first_full, last_full_end))
         if cached is not None and cached[0] > mono:
-            return cached[1]
-        wanted = pieces_of(start, end)
-        merged = _merge(await self._whole_pieces(conn, wanted, now))
-        expiry = min(self._pieces[p][0] for p in wanted)
-        self._spans = {(start, end): (expiry, merged)} if expiry > mono else {}
-        return merged
-
-    async def _whole_pieces(
-        self, conn: asyncpg.Connection, wanted: list[tuple[datetime, timedelta]], now: datetime
-    ) -> list[dict[RouteKey, RouteTotals]]:
-        mono = time.monotonic()
+            head, tail = await read_segments(conn, ends)
+            return _merge([*head.values(), *tail.values(), cached[1]])
+        wanted = pieces_of(first_full, last_full_end)
         missing = [p for p in wanted if p not in self._pieces or self._pieces[p][0] < mono]
+        head, tail, *fills = await read_segments(conn, ends + _segments_of(missing))
         fresh: Buckets = {}
-        hours = [at for at, width in missing if width == HOUR]
-        if hours:  # one read from the hourly rows
-            fresh.update(await read_buckets(conn, hours[0], hours[-1] + HOUR, blocks=True, hours=True))
-        run: list[datetime] = []
-        for at, width in [*missing, (datetime.max.replace(tzinfo=UTC), HOUR)]:
-            if run and (width != BLOCK or at != run[-1] + BLOCK):  # one read per run of blocks
-                fresh.update(await read_buckets(conn, run[0], run[-1] + BLOCK, blocks=True))
-                run = []
-            if width == BLOCK:
-                run.append(at)
+        for buckets in fills:
+            fresh.update(buckets)
+        self._keep(missing, fresh, wanted, until, mono)
+        merged = _merge([self._pieces[p][1] for p in wanted])
+        expiry = min(self._pieces[p][0] for p in wanted)
+        self._spans = {(first_full, last_full_end): (expiry, merged)} if expiry > mono else {}
+        return _merge([*head.values(), *tail.values(), merged])
+
+    def _keep(
+        self,
+        missing: list[tuple[datetime, timedelta]],
+        fresh: Buckets,
+        wanted: list[tuple[datetime, timedelta]],
+        now: datetime,
+        mono: float,
+    ) -> None:
+        """Cache the pieces just read; drop pieces older than :data:`KEEP` this window does not use."""
         for piece in missing:
             at, width = piece
             settled = at + width + SETTLE <= now
@@ -217,4 +202,19 @@ class BlockCache:
         keep = set(wanted)
         for piece in [p for p in self._pieces if p[0] < oldest and p not in keep]:
             del self._pieces[piece]
-        return [self._pieces[p][1] for p in wanted]
+
+
+def _segments_of(missing: list[tuple[datetime, timedelta]]) -> list[Segment]:
+    """The reads that fill ``missing`` pieces: one over their hours, one per run of blocks."""
+    segments: list[Segment] = []
+    hours = [at for at, width in missing if width == HOUR]
+    if hours:
+        segments.append((hours[0], hours[-1] + HOUR, HOURS))
+    run: list[datetime] = []
+    for at, width in [*missing, (datetime.max.replace(tzinfo=UTC), HOUR)]:
+        if run and (width != BLOCK or at != run[-1] + BLOCK):
+            segments.append((run[0], run[-1] + BLOCK, BLOCKS))
+            run = []
+        if width == BLOCK:
+            run.append(at)
+    return segments
