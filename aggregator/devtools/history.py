@@ -231,6 +231,9 @@ class HistoryPlayer:
         self, rng: random.Random, learner: Learner, state: LearnerState, sid: str
     ) -> list[Callable[[int], Any]]:
         """The requests of one session between its start and end, as functions of their time."""
+        # Hooks for rooms that land later: a pathway (``learner.pathway``) adds its next steps here, in
+        # order, so its funnel fills; an experiment (``learner.arm``) records the exposure here and
+        # shifts one chance by a small true effect (e.g. the completion chance in :meth:`_material`).
         pool = [m for m in MATERIALS if learner.flashcards or m[1] != "flashcards"]
         steps: list[Callable[[int], Any]] = []
         for material_id, material_type in rng.sample(pool, k=rng.choice((1, 1, 2, 2, 2, 3))):

@@ -16,6 +16,8 @@ from pathlib import Path
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 1000}
 VIEWS = {"learner": "dashboard-learner.png", "staff": "dashboard-staff.png"}
+SETTLE_MS = {"learner": 2_000, "staff": 8_000}
+"""After the page is ready: charts drawn; for staff, a few seconds of the live events-per-second feed."""
 
 
 def chromium() -> str:
@@ -35,7 +37,7 @@ async def take_screenshots(base: str, tokens: dict[str, str], directory: Path) -
                 page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
                 await page.goto(f"{base}/dashboard#token={tokens[view]}")
                 await page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-                await page.wait_for_timeout(1500)  # charts drawn, a few live items in
+                await page.wait_for_timeout(SETTLE_MS[view])
                 path = directory / name
                 await page.screenshot(path=str(path), full_page=True)
                 taken.append(path)

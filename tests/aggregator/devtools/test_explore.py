@@ -1,7 +1,8 @@
 """``studyin-analytics demo --serve`` as a user runs it: a real process, real servers, Ctrl-C.
 
-It plays a (small) history, checks it, then serves the API and the dashboard with sign-in links
-and live simulated traffic; SIGINT stops everything it started and the command exits 0.
+It plays a (small) history, checks it, takes the dashboard pictures (``--screenshots``, headless
+Chromium), then serves the API and the dashboard with sign-in links and live simulated traffic;
+SIGINT stops everything it started and the command exits 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from queue import Empty, Queue
 
 import httpx
@@ -55,12 +57,14 @@ def _requests_last_hour(client: httpx.Client, base: str, staff: str) -> int:
     return sum(r["requests"] for r in response.json()["routes"])
 
 
-def test_demo_serve_serves_the_dashboard_with_data_and_stops_on_sigint(settings: Settings) -> None:
+def test_demo_serve_serves_the_dashboard_with_data_and_stops_on_sigint(
+    settings: Settings, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
     env.update(settings.environment())
     command = [sys.executable, "-m", "studyin_analytics.aggregator.cli", "demo", "--serve", "--port", "0"]
     proc = subprocess.Popen(
-        [*command, "--students", "12", "--days", "8"],
+        [*command, "--students", "12", "--days", "8", "--screenshots", str(tmp_path)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -72,6 +76,9 @@ def test_demo_serve_serves_the_dashboard_with_data_and_stops_on_sigint(settings:
     try:
         links = _wait_for_links(lines, seen)
         assert any("every number above matches" in line for line in seen), "".join(seen)
+        for name in ("dashboard-learner.png", "dashboard-staff.png"):
+            picture = (tmp_path / name).read_bytes()
+            assert picture.startswith(b"\x89PNG") and len(picture) > 20_000, name
         base, learner = links["learner"]
         staff = links["staff"][1]
         with httpx.Client(timeout=10) as client:
