@@ -119,6 +119,18 @@ ROLLUP_SQL: tuple[tuple[str, str], ...] = (
     ),
     ("system_metrics", ""),  # built by _system_metrics_sql()
     (
+        "system_metrics_hourly",
+        """
+        INSERT INTO system_metrics_hourly
+            (hour, route, method, requests, errors, client_errors, errors_by_type, latency_sum_ms,
+             latency_min_ms, latency_max_ms, latency_hist)
+        SELECT date_trunc('hour', minute), route, method, sum(requests), sum(errors), sum(client_errors),
+               count_map_sum(errors_by_type), sum(latency_sum_ms), min(latency_min_ms),
+               max(latency_max_ms), count_map_sum(latency_hist)
+        FROM system_metrics GROUP BY 1, 2, 3
+        """,
+    ),
+    (
         "hourly_analytics_summary",
         """
         INSERT INTO hourly_analytics_summary

@@ -38,6 +38,7 @@ from opentelemetry.trace import TracerProvider
 from .accesslog import install_access_log_filter
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .attribution import UserIdHook, default_user_id_hook, load_user_id_hook
+from .clock import Clock
 from .deferred import DeferredDurations
 from .middleware import DEFAULT_AUTH_PATTERNS, SCOPE_MARK, StudyInASGIMiddleware
 from .privacy import Pseudonymizer
@@ -101,6 +102,7 @@ def instrument_app(
     excluded_urls: str | None = None,
     metrics_only: bool | Iterable[str] | None = None,
     settings: Settings | None = None,
+    clock: Clock | None = None,
 ) -> Any:
     """Instrument ``app`` for StudyIn telemetry and return it.
 
@@ -109,7 +111,8 @@ def instrument_app(
     object; any other ASGI callable is returned wrapped. Unset options come from ``settings``
     (default: the environment): ``STUDYIN_ANALYTICS_AUTH_PATHS``, ``_METRICS_ONLY_PATHS``,
     ``_USER_ID_HOOK``. Excluded URLs default to ``OTEL_PYTHON_ASGI_EXCLUDED_URLS`` (then
-    ``OTEL_PYTHON_EXCLUDED_URLS``).
+    ``OTEL_PYTHON_EXCLUDED_URLS``). ``clock`` (a simulation's, see :mod:`.clock`) times the
+    request spans; by default the SDK reads the system clock.
     """
     effective = settings if settings is not None else env_settings()
     # uvicorn's access log writes client addresses, query strings and raw paths.
@@ -123,6 +126,7 @@ def instrument_app(
         auth_patterns=tuple(auth_patterns) if auth_patterns is not None else None,
         excluded_urls=excluded_urls,
         metrics_only=metrics_only,
+        clock=clock,
     )
     if settings is not None and "pseudonymizer" not in options:
         options["pseudonymizer"] = lambda: Pseudonymizer.from_settings(settings)

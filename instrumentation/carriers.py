@@ -13,6 +13,7 @@ from opentelemetry.trace import Link, Span
 from . import semconv
 
 if TYPE_CHECKING:
+    from .clock import Clock
     from .sessions import LearningSession
 
 __all__ = ["SESSION_SPAN_EVENT_CAP", "EventCarrier", "SpanEventCarrier"]
@@ -43,28 +44,31 @@ class SpanEventCarrier:
     * with no recording span, on the session's span (up to :data:`SESSION_SPAN_EVENT_CAP`);
     * else on a short ``studyin.event`` span of its own.
 
-    Events carry their ``studyin.session.id`` wherever they travel.
+    Events carry their ``studyin.session.id`` wherever they travel. With a ``clock``, events and
+    the spans started here carry its times (else the SDK reads the system clock).
     """
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, clock: Clock | None = None) -> None:
         self._tracer = tracer
+        self._clock = clock
 
     def record(
         self, name: str, attributes: dict[str, Any], session: LearningSession | None, *, lifecycle: bool
     ) -> None:
+        at = None if self._clock is None else self._clock.time_ns()
         if session is not None and lifecycle and session.span.is_recording():
-            session.span.add_event(name, attributes)
+            session.span.add_event(name, attributes, timestamp=at)
             return
         current = trace.get_current_span()
         if current.is_recording():
-            current.add_event(name, attributes)
+            current.add_event(name, attributes, timestamp=at)
             return
         if session is not None and session.span.is_recording() and session._claim_event_slot():
-            session.span.add_event(name, attributes)
+            session.span.add_event(name, attributes, timestamp=at)
             return
-        span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN)
-        span.add_event(name, attributes)
-        span.end()
+        span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN, start_time=at)
+        span.add_event(name, attributes, timestamp=at)
+        span.end(end_time=at)
 
     def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span:
         # A session outlives the request that starts it: it is the root of its own trace,
@@ -76,5 +80,7 @@ class SpanEventCarrier:
             context=otel_context.Context(),
             attributes=attributes,
             links=links,
-            start_time=start_time_ns,
+            start_time=start_time_ns
+            if start_time_ns is not None or self._clock is None
+            else self._clock.time_ns(),
         )

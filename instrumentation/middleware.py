@@ -25,6 +25,7 @@ from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_exclud
 from . import semconv
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .attribution import UserIdHook, current_request_slot, default_user_id_hook, resolve_user_id_hook
+from .clock import Clock
 from .deferred import DeferredDurations
 from .http_attributes import HttpAttributes
 from .privacy import Pseudonymizer
@@ -86,6 +87,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         excluded_urls: str | ExcludeList | None = None,
         metrics_only: bool | Iterable[str] = False,
         routed_app: Any = None,
+        clock: Clock | None = None,
     ) -> None:
         if excluded_urls is None:
             excluded_urls = get_excluded_urls("ASGI")
@@ -99,6 +101,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
             exclude_spans=["receive", "send"],
         )
         self._pseudonymizer_source = pseudonymizer
+        self._clock = clock
         self._pseudonymizer: Pseudonymizer | None = (
             pseudonymizer if isinstance(pseudonymizer, Pseudonymizer) else None
         )
@@ -243,7 +246,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         span, token = _start_internal_or_server_span(  # type: ignore[no-untyped-call]
             tracer=self.tracer,
             span_name=span_method or "HTTP",
-            start_time=None,
+            start_time=None if self._clock is None else self._clock.time_ns(),
             context_carrier=scope,
             context_getter=asgi_getter,
             attributes=attributes,
@@ -280,7 +283,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
                 return
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                response_end_ns = time.time_ns()
+                response_end_ns = time.time_ns() if self._clock is None else self._clock.time_ns()
 
         request_token = _CURRENT_REQUEST.set(request)
         try:
@@ -306,6 +309,8 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
             finally:
                 if token is not None:
                     context.detach(token)
+                if response_end_ns is None and self._clock is not None:
+                    response_end_ns = self._clock.time_ns()
                 span.end(end_time=response_end_ns)
 
 

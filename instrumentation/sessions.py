@@ -5,12 +5,11 @@ session current in a ``with tracker.session(...)`` block (:func:`current_session
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from opentelemetry.trace import Span
 
 from . import events
 from .carriers import SESSION_SPAN_EVENT_CAP
+from .clock import datetime_of, stamp
 
 if TYPE_CHECKING:
     from .tracker import StudyInTracker
@@ -44,6 +44,7 @@ class LearningSession:
     """
 
     __slots__ = (
+        "_clock",
         "_cv_token",
         "_ended",
         "_events_on_span",
@@ -73,8 +74,9 @@ class LearningSession:
         self.session_id = session_id
         self.user_hash = user_hash
         self.lrs_hash = lrs_hash
-        self.started_at = datetime.now(UTC)
-        self._started = self._last_activity = time.monotonic()
+        self._clock = tracker.clock
+        self.started_at = datetime_of(self._clock)
+        self._started = self._last_activity = self._clock.monotonic()
         self._ended = False
         self._xp = 0
         self._materials: dict[str, None] = {}
@@ -99,11 +101,11 @@ class LearningSession:
         return tuple(self._materials)
 
     def elapsed_s(self) -> float:
-        return time.monotonic() - self._started
+        return self._clock.monotonic() - self._started
 
     def idle_s(self) -> float:
         """Seconds since the last event of this session."""
-        return time.monotonic() - self._last_activity
+        return self._clock.monotonic() - self._last_activity
 
     def _claim_event_slot(self) -> bool:
         with self._lock:
@@ -114,7 +116,7 @@ class LearningSession:
 
     def _tally(self, event: events.DomainEvent) -> None:
         with self._lock:
-            self._last_activity = time.monotonic()
+            self._last_activity = self._clock.monotonic()
             material_id = getattr(event, "material_id", None)
             if material_id is not None and len(self._materials) < 200:
                 self._materials[material_id] = None
@@ -138,7 +140,7 @@ class LearningSession:
                 return None
             self._ended = True
         reason = events.SessionEndReason(end_reason) if isinstance(end_reason, str) else end_reason
-        until = self._last_activity if reason is events.SessionEndReason.TIMEOUT else time.monotonic()
+        until = self._last_activity if reason is events.SessionEndReason.TIMEOUT else self._clock.monotonic()
         try:
             return self._tracker.emit(
                 events.SessionEnd,
@@ -150,7 +152,7 @@ class LearningSession:
                 end_reason=reason,
             )
         finally:
-            self.span.end()
+            self.span.end(end_time=stamp(self._clock))
             self._tracker._closed(self)
 
     def abandon(self) -> events.DomainEvent | None:

@@ -4,13 +4,11 @@ Events are validated by their pydantic model (:mod:`.events`), then handed to a 
 carrier of today, :class:`SpanEventCarrier`, records them as OpenTelemetry span events: on the
 learning-session span when there is one, else on the current recording span (typically the
 HTTP server span), else on a short ``studyin.event`` span of their own. The event model knows
-nothing of spans, so a log-record carrier can replace this one when OpenTelemetry deprecates
-span events.
+nothing of spans, so a log-record carrier can replace this one (span events are deprecated).
 
 The user id is pseudonymized here, before anything is recorded. Nothing in this module does
-I/O: exporting happens later, off the hot path, in the span processor's worker. Every method is
-a plain, non-blocking call, so sync and async code use the same API (sessions are also async
-context managers).
+I/O: exporting happens later, off the hot path, in the span processor's worker. Every method is a
+plain, non-blocking call, so sync and async code use the same API (sessions are async too).
 
 Two ways to run a learning session:
 
@@ -28,11 +26,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time  # noqa: F401  (tests patch tracker.time.monotonic, the clock of sessions)
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -41,6 +38,7 @@ from pydantic import ValidationError
 
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
+from .clock import SYSTEM_CLOCK, Clock, datetime_of, stamp
 from .custom_tracking import CustomEventsMixin
 from .experiments import ExperimentExposures
 from .privacy import Pseudonymizer
@@ -85,7 +83,7 @@ class EventRejected(ValueError):
 # --- the tracker ---------------------------------------------------------------------------
 
 
-class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (custom_tracking.py), experiments
+class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .variant(): own modules
     """Emits StudyIn domain events.
 
     ``lenient=True`` is for production: an invalid event is counted in :attr:`dropped_events`
@@ -100,9 +98,11 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (
         pseudonymizer: Pseudonymizer | None = None,
         lenient: bool = False,
         carrier: EventCarrier | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(semconv.SCOPE_NAME, __version__, tracer_provider=tracer_provider)
-        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer)
+        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer, clock)
+        self.clock: Clock = clock or SYSTEM_CLOCK  # event and session times (a simulation's, or the system's)
         self._pseudonymizer = pseudonymizer
         self.lenient = lenient
         self.dropped_by_type: Counter[str] = Counter()
@@ -272,7 +272,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (
         session_id: uuid.UUID | None = None,
     ) -> SessionTicket:
         """Stateless start: record ``session_start`` now, keep nothing; see :meth:`end_session`."""
-        ticket = SessionTicket(session_id or uuid.uuid4(), datetime.now(UTC))
+        ticket = SessionTicket(session_id or uuid.uuid4(), datetime_of(self.clock))
         self.emit(
             events.SessionStart,
             user_id=user_id,
@@ -297,11 +297,10 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (
         Records a ``studyin.learning_session`` span from ``started_at`` to now carrying
         ``session_end``; the duration runs to ``last_activity_at`` when given (timeouts).
         """
-        now = datetime.now(UTC)
         if started_at.tzinfo is None:
             self._reject(EventRejected(events.SessionEnd.event_type, "started_at: must be timezone-aware"))
             return None
-        until = last_activity_at or now
+        until = last_activity_at or datetime_of(self.clock)
         duration = (until - started_at).total_seconds()
         rejected: EventRejected | None = None
         event: events.DomainEvent | None = None
@@ -333,8 +332,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # custom events (
         span_attributes = {semconv.FIELD_ATTRIBUTES["session_id"]: str(sid), semconv.USER_HASH: user_hash}
         start_ns = int(started_at.timestamp() * 1e9)
         span = self.carrier.start_session_span(span_attributes, start_time_ns=start_ns)
-        span.add_event(semconv.event_name(events.SessionEnd.event_type), attributes)
-        span.end()
+        span.add_event(semconv.event_name("session_end"), attributes, timestamp=stamp(self.clock))
+        span.end(end_time=stamp(self.clock))
         return event
 
     # --- materials --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import asyncpg
 import redis
@@ -140,7 +141,20 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..devtools.demo import run_demo
 
-    report = asyncio.run(run_demo(_settings(), students=args.students, console=Console(emoji=False)))
+    demo = run_demo(
+        _settings(),
+        students=args.students,
+        days=args.days,
+        console=Console(emoji=False),
+        serve=args.serve,
+        host=args.host,
+        port=args.port,
+        screenshots=args.screenshots,
+    )
+    try:
+        report = asyncio.run(demo)
+    except KeyboardInterrupt:  # --serve ends with Ctrl-C, after everything it started has stopped
+        return EXIT_OK
     return EXIT_OK if report.matches_ground_truth else EXIT_FAILURE
 
 
@@ -233,14 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline once with simulated students",
+        help="run the whole pipeline on weeks of simulated study",
         description=(
-            "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, simulate "
-            "students using an instrumented backend, aggregate, and print the learning overview "
-            "and system metrics. Exits 1 if the rollups differ from the simulation's own count."
+            "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, play weeks of "
+            "simulated study through an instrumented backend with a simulated clock, aggregate, and "
+            "print learners, cohort and API routes as the query API and the rollups give them. "
+            "Exits 1 if any printed number differs from the simulation's own count."
         ),
     )
-    p.add_argument("--students", type=int, default=8, help="number of simulated students (default 8)")
+    p.add_argument("--students", type=int, default=200, help="number of simulated learners (default 200)")
+    p.add_argument("--days", type=int, default=60, help="days of history, ending now (default 60)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the API, the dashboard and live simulated traffic running until Ctrl-C",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="--serve: bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="--serve: port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--screenshots",
+        type=Path,
+        metavar="DIR",
+        help="then take the README's dashboard screenshots into DIR",
+    )
     p.set_defaults(func=cmd_demo)
 
     # The bus and gateway commands live beside this module; commands of layers above the

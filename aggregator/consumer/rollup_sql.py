@@ -107,6 +107,13 @@ SYSTEM = DeltaTable(
     ),
     ("minute", "route", "method"),
 )
+SYSTEM_HOURLY = DeltaTable(
+    "system_metrics_hourly",
+    ("hour", *SYSTEM.columns[1:]),
+    ("hour", "route", "method"),
+)
+"""The per-minute route rollup summed by UTC hour (revision 0011_route_hours): merged from the same
+deltas in the same transaction, so each of its rows equals the sum of its hour's minute rows."""
 HOURLY = DeltaTable(
     "user_activity_hourly",
     (
@@ -139,7 +146,7 @@ SUMMARY = DeltaTable(
     ),  # active_users: from the hourly upsert
     ("hour",),
 )
-DELTA_TABLES = (SESSIONS, DAILY, GAMIFICATION, AI, SYSTEM, HOURLY, SUMMARY)
+DELTA_TABLES = (SESSIONS, DAILY, GAMIFICATION, AI, SYSTEM, SYSTEM_HOURLY, HOURLY, SUMMARY)
 """In the order they are merged, always: a fixed table order keeps concurrent aggregators free of
 deadlocks (the hourly summary, the hottest row, last)."""
 
@@ -250,6 +257,20 @@ UPSERT_AI = (
 
 UPSERT_SYSTEM = (
     _insert(SYSTEM, "m")
+    + f"""
+    requests = m.requests + EXCLUDED.requests,
+    errors = m.errors + EXCLUDED.errors,
+    client_errors = m.client_errors + EXCLUDED.client_errors,
+    errors_by_type = {_merge("m.errors_by_type", "EXCLUDED.errors_by_type")},
+    latency_sum_ms = m.latency_sum_ms + EXCLUDED.latency_sum_ms,
+    latency_min_ms = least(m.latency_min_ms, EXCLUDED.latency_min_ms),
+    latency_max_ms = greatest(m.latency_max_ms, EXCLUDED.latency_max_ms),
+    latency_hist = {_merge("m.latency_hist", "EXCLUDED.latency_hist")}
+"""
+)
+
+UPSERT_SYSTEM_HOURLY = (
+    _insert(SYSTEM_HOURLY, "m")
     + f"""
     requests = m.requests + EXCLUDED.requests,
     errors = m.errors + EXCLUDED.errors,

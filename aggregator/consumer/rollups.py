@@ -84,6 +84,7 @@ from .rollup_sql import (
     STUDY_EPSILON_S,
     SUMMARY,
     SYSTEM,
+    SYSTEM_HOURLY,
     UPDATE_SESSIONS,
     UPSERT_AI,
     UPSERT_DAILY,
@@ -91,6 +92,7 @@ from .rollup_sql import (
     UPSERT_HOURLY_AND_SUMMARY,
     UPSERT_SESSIONS,
     UPSERT_SYSTEM,
+    UPSERT_SYSTEM_HOURLY,
 )
 from .sessions import Session, StudyDeltas
 
@@ -231,6 +233,7 @@ class Rollup(Counts):
             (GAMIFICATION, self._gamification_rows(), UPSERT_GAMIFICATION),
             (AI, self._ai_rows(), UPSERT_AI),
             (SYSTEM, self._system_rows(), UPSERT_SYSTEM),
+            (SYSTEM_HOURLY, self._system_hourly_rows(), UPSERT_SYSTEM_HOURLY),
             (HOURLY, [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in hourly.items()], None),
             (SUMMARY, self._summary_rows(hourly), UPSERT_HOURLY_AND_SUMMARY),
         )
@@ -334,6 +337,27 @@ class Rollup(Counts):
                 _json(c[7]),
             )
             for (minute, route, method), c in self.system.items()
+        ]
+
+    def _system_hourly_rows(self) -> list[tuple[Any, ...]]:
+        """The per-minute route deltas summed by hour (the rows of ``system_metrics_hourly``)."""
+        hours: dict[tuple[int, str, str], list[Any]] = {}
+        for (minute, route, method), c in self.system.items():
+            key = (minute * MINUTE_US // HOUR_US, route, method)
+            h = hours.get(key)
+            if h is None:
+                hours[key] = [c[0], c[1], c[2], dict(c[3]), c[4], c[5], max(0.0, c[6]), dict(c[7])]
+                continue
+            for i in (0, 1, 2, 4):
+                h[i] += c[i]
+            h[5] = min(h[5], c[5])
+            h[6] = max(h[6], c[6])
+            for target, source in ((h[3], c[3]), (h[7], c[7])):
+                for k, n in source.items():
+                    target[k] = target.get(k, 0) + n
+        return [
+            (_datetime(hour * HOUR_US), route, method, *h[:3], _json(h[3]), h[4], h[5], h[6], _json(h[7]))
+            for (hour, route, method), h in hours.items()
         ]
 
     def _summary_rows(self, hourly: dict[tuple[str, int], list[Any]]) -> list[tuple[Any, ...]]:

@@ -1,8 +1,13 @@
-"""``studyin-analytics demo``: the whole pipeline, end to end, on one machine.
+"""``studyin-analytics demo``: the whole pipeline, end to end, on one machine, with weeks of history.
 
-Simulated students use an instrumented StudyIn-like backend; spans go through the Redis
-exporter to the bus, the aggregator rolls them into PostgreSQL, and the query API answers.
-Without configured URLs it starts embedded Redis and PostgreSQL in a temporary directory.
+A few hundred simulated learners study over the last 60 days (:mod:`.learners`, :mod:`.history`):
+their requests go through an instrumented StudyIn-like backend with a simulated clock, the spans
+through the Redis exporter to the bus, the aggregator rolls them into PostgreSQL, and the query
+API answers. Every number printed is checked against the simulation's own count (exit 1 on any
+difference). Without configured URLs it starts embedded Redis and PostgreSQL in a temporary
+directory. ``--serve`` then keeps the API, the dashboard and a trickle of live traffic running
+(:mod:`.explore`); ``--screenshots DIR`` takes the README's pictures from this data
+(:mod:`.screenshots`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -20,11 +27,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from rich.progress import Progress
 
 from ...exporter import RedisStreamSpanExporter
 from ...instrumentation import StudyInTracker
+from ...instrumentation.clock import ManualClock
 from ...instrumentation.privacy import Pseudonymizer
 from ..api.app import create_app
 from ..cli.settings import Settings
@@ -32,23 +39,30 @@ from ..consumer.service import Aggregator
 from ..consumer.startup import wait_for_services
 from ..storage.db import connect
 from ..storage.schema import migrate
+from .drivers import AsgiClient
 from .embedded import servers_for
-from .simulation import Ledger, new_user_ids, simulate_students
+from .history import HistoryLedger, HistoryPlayer, SimulatedLatency
+from .learners import MATERIALS, PlannedSession, learners, plan
+from .report import print_report
+from .simulation import build_backend
 
 DEMO_WAIT_S = 60.0
 """How long the demo waits for configured Redis and PostgreSQL servers to answer (e.g. containers
 started with it), as the aggregator's ``--wait-for-services``."""
+QUEUE_SIZE = 1 << 20
+"""Spans the batch processor may hold: the history is played faster than real time, and a span
+dropped for a full queue would be a difference from the truth."""
 
 SYSTEM_METRICS_SQL = """
-SELECT route, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+SELECT route, method, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
        hist_quantile(count_map_sum(latency_hist), 0.5) AS p50,
        hist_quantile(count_map_sum(latency_hist), 0.95) AS p95,
        hist_quantile(count_map_sum(latency_hist), 0.99) AS p99
-FROM system_metrics
-GROUP BY route ORDER BY 2 DESC
+FROM system_metrics_hourly
+GROUP BY route, method ORDER BY 3 DESC, 1, 2
 """
-"""Per-route API metrics from the ``system_metrics`` rollup: per-minute DDSketch histograms
-summed over the whole run (percentiles within 1 % relative error, see histogram.py)."""
+"""Per-route API metrics of the whole history from the hourly route rollup (DDSketch histograms
+summed: percentiles within 1 % relative error, see histogram.py)."""
 
 
 @dataclass
@@ -58,6 +72,18 @@ class DemoReport:
     events_inserted: int
     matches_ground_truth: bool
     seconds: float
+
+
+@dataclass
+class Backfill:
+    """What the history left: the truth, the learners, and the live pieces ``--serve`` reuses."""
+
+    ledger: HistoryLedger
+    user_ids: list[str]
+    days: int
+    sessions: list[PlannedSession]
+    player: HistoryPlayer
+    provider: TracerProvider
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -71,20 +97,87 @@ def _demo_settings(settings: Settings) -> Settings:
     return settings.with_overrides(**changes) if changes else settings
 
 
-def _token(settings: Settings, user_id: str) -> str:
+def token(settings: Settings, user_id: str, *, staff: bool = False, minutes: int = 5) -> str:
+    """A signed bearer token for ``user_id`` (the demo's own secret)."""
     assert settings.jwt_secret is not None
     now = datetime.now(UTC)
-    claims = {
+    claims: dict[str, Any] = {
         "sub": user_id,
         "aud": settings.jwt_audience,
         "iss": settings.jwt_issuer,
         "iat": now,
-        "exp": now + timedelta(minutes=5),
+        "exp": now + timedelta(minutes=minutes),
     }
+    if staff:
+        claims["roles"] = [settings.staff_role]
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
-async def run_demo(settings: Settings, *, students: int = 8, console: Console | None = None) -> DemoReport:
+async def backfill(settings: Settings, console: Console, *, people: int, days: int, seed: int) -> Backfill:
+    """Play the history through the backend (an aggregator running beside it consumes the bus)."""
+    until = datetime.now(UTC) - timedelta(minutes=2)
+    cast = learners(people, days, seed)
+    sessions = plan(cast, days, until, seed)
+    clock = ManualClock(until)
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    provider = TracerProvider(resource=Resource.create({"service.name": "studyin-demo-backend"}))
+    exporter = RedisStreamSpanExporter(settings)
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=100)
+    )
+    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer, clock=clock)
+    backend = build_backend(
+        tracker, pseudonymizer, materials=MATERIALS, tracer_provider=provider, clock=clock
+    )
+    ledger = HistoryLedger()
+    player = HistoryPlayer(AsgiClient(backend), clock, ledger)
+    backend.add_middleware(SimulatedLatency, clock=clock, latency_ns=player.latency_ns)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{people} learners study for {days} days", total=len(sessions))
+        for number, session in enumerate(sessions):
+            await player.play(session)
+            await asyncio.sleep(0)  # the aggregator consumes as the history is played
+            if number % 20 == 0:
+                progress.update(task, completed=number)
+    await asyncio.to_thread(provider.force_flush)
+    return Backfill(ledger, [learner.user_id for learner in cast], days, sessions, player, provider)
+
+
+async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
+    """What the query API and the rollups say: per learner, and per route for the whole history."""
+    app = create_app(settings)
+    overviews: dict[str, dict[str, Any]] = {}
+    progress: dict[str, dict[str, Any]] = {}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            for user_id in data.user_ids:
+                headers = {"authorization": f"Bearer {token(settings, user_id)}"}
+                params = {"days": data.days + 1}
+                for path, into in (("learning/overview", overviews), ("gamification/progress", progress)):
+                    response = await client.get(f"/api/analytics/{path}", params=params, headers=headers)
+                    response.raise_for_status()
+                    into[user_id] = response.json()
+    conn = await connect(settings)
+    try:
+        routes = [dict(r) for r in await conn.fetch(SYSTEM_METRICS_SQL)]
+    finally:
+        await conn.close()
+    return {"overviews": overviews, "progress": progress, "routes": routes}
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    students: int = 200,
+    days: int = 60,
+    seed: int = 7,
+    console: Console | None = None,
+    serve: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    screenshots: Path | None = None,
+) -> DemoReport:
     console = console or Console()
     started = time.monotonic()
     need_redis = settings.redis_url is None
@@ -98,109 +191,32 @@ async def run_demo(settings: Settings, *, students: int = 8, console: Console | 
                 await wait_for_services(settings, DEMO_WAIT_S, migrated=False)
         with console.status("migrating the analytics schema"):
             await asyncio.to_thread(migrate, settings)
-
-        pseudonymizer = Pseudonymizer.from_settings(settings)
-        provider = TracerProvider(resource=Resource.create({"service.name": "studyin-demo-backend"}))
-        exporter = RedisStreamSpanExporter(settings)
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
-        tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
-        from .simulation import build_backend
-
-        backend = build_backend(tracker, pseudonymizer, tracer_provider=provider)
-        user_ids = new_user_ids(students)
-
         async with Aggregator(settings) as aggregator:
             stop = asyncio.Event()
             consumer = asyncio.create_task(aggregator.run(stop))
-            with console.status(f"{students} simulated students are studying"):
-                ledger = await simulate_students(backend, user_ids)
-                await asyncio.to_thread(provider.force_flush)
+            data = await backfill(settings, console, people=students, days=days, seed=seed)
             stop.set()
             await consumer
             with console.status("aggregating"):
-                totals = await aggregator.drain()
-        provider.shutdown()
+                totals = await aggregator.drain(timeout_s=120)
+        answers = await read_back(settings, data)
+        pseudonymizer = Pseudonymizer.from_settings(settings)
+        ok = print_report(console, data.ledger, data.user_ids, data.days, answers, pseudonymizer)
+        report = DemoReport(
+            students=students,
+            requests=data.ledger.requests,
+            events_inserted=totals.events_inserted,
+            matches_ground_truth=ok,
+            seconds=time.monotonic() - started,
+        )
+        console.print(
+            f"[bold]{report.requests:,}[/] requests, [bold]{report.events_inserted:,}[/] events "
+            f"aggregated in {report.seconds:.1f}s; every number above "
+            f"{'matches' if ok else '[red]DOES NOT match[/]'} the simulation's own count."
+        )
+        if ok and (serve or screenshots is not None):
+            from .explore import explore
 
-        app = create_app(settings)
-        overviews: dict[str, dict[str, object]] = {}
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-                for user_id in user_ids:
-                    response = await client.get(
-                        "/api/analytics/learning/overview",
-                        params={"days": 30},
-                        headers={"authorization": f"Bearer {_token(settings, user_id)}"},
-                    )
-                    response.raise_for_status()
-                    overviews[user_id] = response.json()
-        conn = await connect(settings)
-        try:
-            system_rows = await conn.fetch(SYSTEM_METRICS_SQL)
-        finally:
-            await conn.close()
-
-    ok = _print_report(console, user_ids, overviews, ledger, pseudonymizer, system_rows)
-    report = DemoReport(
-        students=students,
-        requests=ledger.requests,
-        events_inserted=totals.events_inserted,
-        matches_ground_truth=ok,
-        seconds=time.monotonic() - started,
-    )
-    console.print(
-        f"[bold]{report.requests}[/] requests, [bold]{report.events_inserted}[/] events aggregated in "
-        f"{report.seconds:.1f}s; rollups {'match' if ok else '[red]DO NOT match[/]'} "
-        "the simulation's own count."
-    )
+            await explore(settings, data, console, host=host, port=port, screenshots=screenshots, serve=serve)
+        data.provider.shutdown()
     return report
-
-
-def _print_report(
-    console: Console,
-    user_ids: list[str],
-    overviews: dict[str, dict[str, object]],
-    ledger: Ledger,
-    pseudonymizer: Pseudonymizer,
-    system_rows: list[object],
-) -> bool:
-    table = Table(title="Learning overview (last 30 days), from GET /api/analytics/learning/overview")
-    for column in ("student (pseudonym)", "sessions", "study min", "viewed", "completed", "XP", "truth"):
-        table.add_column(column, justify="right" if column != "student (pseudonym)" else "left")
-    all_ok = True
-    for user_id in user_ids:
-        o = overviews[user_id]
-        truth = (
-            ledger.sessions.get(user_id, 0),
-            ledger.materials_viewed.get(user_id, 0),
-            ledger.materials_completed.get(user_id, 0),
-            ledger.xp.get(user_id, 0),
-        )
-        got = (o["sessions"], o["materials_viewed"], o["materials_completed"], o["xp"])
-        ok = truth == got
-        all_ok &= ok
-        table.add_row(
-            pseudonymizer.pseudonymize(user_id)[:20] + "…",
-            str(o["sessions"]),
-            f"{o['study_minutes']:.2f}",
-            str(o["materials_viewed"]),
-            str(o["materials_completed"]),
-            str(o["xp"]),
-            "[green]✓[/]" if ok else "[red]✗[/]",
-        )
-    console.print(table)
-    system = Table(title="System metrics (system_metrics rollup: per-minute latency histograms, summed)")
-    for column in ("route", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"):
-        system.add_column(column, justify="left" if column == "route" else "right")
-    for row in system_rows:
-        r = dict(row)  # type: ignore[call-overload]
-        system.add_row(
-            Text(str(r["route"])),  # data: no markup, no emoji codes
-            str(r["requests"]),
-            str(r["errors"]),
-            f"{r['p50']:.2f}",
-            f"{r['p95']:.2f}",
-            f"{r['p99']:.2f}",
-        )
-    console.print(system)
-    return all_ok

@@ -139,7 +139,11 @@ def _session_routes(app: FastAPI, backend: _Backend) -> None:
 
     @app.post("/sessions")
     async def start_session(request: Request) -> dict[str, str]:
-        session = tracker.start_session(backend.user_of(request))
+        user = backend.user_of(request)
+        body = await request.json() if await request.body() else {}
+        if body.get("streak_broken"):  # the app noticed a missed day when the learner came back
+            tracker.streak_broken(user, int(body["streak_broken"]))
+        session = tracker.start_session(user)
         backend.sessions[str(session.session_id)] = session
         return {"session_id": str(session.session_id)}
 
@@ -151,9 +155,12 @@ def _session_routes(app: FastAPI, backend: _Backend) -> None:
             raise HTTPException(status_code=404, detail="no such session")
         body = await request.json()
         session.end(xp_earned=0)
-        tracker.emit(events.StreakUpdated, user_id=user, streak_days=int(body["streak_days"]))
+        if "streak_days" in body:
+            tracker.emit(events.StreakUpdated, user_id=user, streak_days=int(body["streak_days"]))
         for achievement in body.get("achievements", []):
             tracker.emit(events.AchievementUnlocked, user_id=user, achievement_id=str(achievement))
+        if "level" in body:
+            tracker.level_up(user, int(body["level"]), int(body["total_xp"]))
         return {"ok": True}
 
 
@@ -256,11 +263,17 @@ def _coach_routes(app: FastAPI, backend: _Backend) -> None:
         return {"ok": True}
 
 
-def build_backend(tracker: StudyInTracker, pseudonymizer: Pseudonymizer, **instrument_kwargs: Any) -> Any:
-    """The instrumented simulated StudyIn backend (an ASGI app)."""
+def build_backend(
+    tracker: StudyInTracker,
+    pseudonymizer: Pseudonymizer,
+    *,
+    materials: list[tuple[str, str]] | None = None,
+    **instrument_kwargs: Any,
+) -> Any:
+    """The instrumented simulated StudyIn backend (an ASGI app) serving ``materials`` (id, type)."""
     app = FastAPI(title="Simulated StudyIn backend")
     app.add_middleware(_DemoAuth)
-    backend = _Backend(tracker)
+    backend = _Backend(tracker, material_types=dict(materials or MATERIALS))
     _session_routes(app, backend)
     _material_routes(app, backend)
     _coach_routes(app, backend)

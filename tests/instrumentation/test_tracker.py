@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,10 +79,8 @@ def test_exception_in_session_block_ends_it_abandoned(pipeline: Pipeline, tracke
 def test_timeout_duration_runs_to_last_activity(
     pipeline: Pipeline, tracker: StudyInTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from studyin_analytics.instrumentation import tracker as tracker_module
-
-    clock = [50.0]
-    monkeypatch.setattr(tracker_module.time, "monotonic", lambda: clock[0])
+    clock = [50.0]  # the system clock's monotonic time, as sessions read it (instrumentation/clock.py)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     session = tracker.start_session(USER)
     clock[0] += 120
     tracker.material_view(USER, "cardio-101", "video", session=session)
@@ -342,10 +341,8 @@ def test_failing_log_handler_prints_no_value(pipeline: Pipeline, capsys: pytest.
 def test_idle_sessions_expire_as_timeouts(
     pipeline: Pipeline, tracker: StudyInTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from studyin_analytics.instrumentation import tracker as tracker_module
-
     clock = [1000.0]  # a fake monotonic clock: no dependence on real timing
-    monkeypatch.setattr(tracker_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     idle = tracker.start_session(USER)
     busy = tracker.start_session("student-busy")
     assert tracker.open_sessions == 2 and tracker.open_session(str(idle.session_id)) is idle

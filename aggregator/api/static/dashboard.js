@@ -222,4 +222,11 @@ $("token-form").addEventListener("submit", (e) => {
   start();
 });
 $("sign-out").addEventListener("click", () => signOut());
+// A sign-in link (`/dashboard#token=...`, as `demo --serve` prints it): the fragment never reaches
+// a server; it is moved to session storage and taken out of the address bar.
+const linked = new URLSearchParams(location.hash.slice(1)).get("token");
+if (linked) {
+  sessionStorage.setItem(TOKEN_KEY, linked);
+  history.replaceState(null, "", location.pathname);
+}
 if (token()) start();

@@ -22,6 +22,7 @@ DISTRIBUTION_COLUMN = "user_hash"
 
 SYSTEM_WIDE = {
     "system_metrics": "per minute, route and method: no user",
+    "system_metrics_hourly": "per hour, route and method (the minutes summed): no user",
     "hourly_analytics_summary": "per hour over all learners (the dashboard): no user",
     "access_audit_log": "pseudonyms of actor and subject, append-only: stays on the coordinator",
     "alembic_version": "migration bookkeeping",

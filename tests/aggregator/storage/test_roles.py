@@ -41,6 +41,7 @@ ROLLUPS = (
     "user_activity_hourly",
     "ai_coach_metrics",
     "system_metrics",
+    "system_metrics_hourly",
     "hourly_analytics_summary",
 )
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")

@@ -200,4 +200,20 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
             or abs(r["started_at"].timestamp() - want["start_ns"] / NS) > 1e-3
         ):
             bad.append(f"session {sid} differs")
+    # The hourly route rollup (0011_route_hours) is the minute rows summed by hour, exactly.
+    hourly = await conn.fetch(
+        """
+        SELECT hour, route, method FROM (
+            SELECT date_trunc('hour', minute) AS hour, route, method, sum(requests) AS requests,
+                   sum(errors) AS errors, sum(client_errors) AS client_errors,
+                   count_map_sum(errors_by_type) AS by_type, max(latency_max_ms) AS mx,
+                   min(latency_min_ms) AS mn, count_map_sum(latency_hist) AS hist
+            FROM system_metrics GROUP BY 1, 2, 3) m
+        FULL JOIN system_metrics_hourly h USING (hour, route, method)
+        WHERE (m.requests, m.errors, m.client_errors, m.by_type, m.mx, m.mn, m.hist)
+              IS DISTINCT FROM (h.requests, h.errors, h.client_errors, h.errors_by_type,
+                                h.latency_max_ms, h.latency_min_ms, h.latency_hist)
+        """
+    )
+    bad.extend(f"system hour {tuple(r)} is not the sum of its minutes" for r in hourly)
     return bad[:20]

@@ -1,0 +1,47 @@
+"""The README's dashboard pictures, taken with headless Chromium from a running demo.
+
+``studyin-analytics demo --screenshots docs/img`` plays the history, serves the API and the
+dashboard (:mod:`.explore`), signs in through the dashboard's sign-in links as the top learner and
+as staff, waits until every view has loaded, and saves ``dashboard-learner.png`` and
+``dashboard-staff.png`` (full pages). Playwright is a development dependency (``make demo``
+installs it); Chromium is the system's (``make system-deps``), or ``STUDYIN_DEMO_CHROMIUM``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+VIEWPORT = {"width": 1280, "height": 1000}
+VIEWS = {"learner": "dashboard-learner.png", "staff": "dashboard-staff.png"}
+SETTLE_MS = {"learner": 2_000, "staff": 8_000}
+"""After the page is ready: charts drawn; for staff, a few seconds of the live events-per-second feed."""
+
+
+def chromium() -> str:
+    return os.environ.get("STUDYIN_DEMO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+async def take_screenshots(base: str, tokens: dict[str, str], directory: Path) -> list[Path]:
+    """One full-page picture per view (``tokens``: view -> bearer token) into ``directory``."""
+    from playwright.async_api import async_playwright
+
+    directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  (once, before the browser starts)
+    taken: list[Path] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            for view, name in VIEWS.items():
+                page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+                await page.goto(f"{base}/dashboard#token={tokens[view]}")
+                await page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+                await page.wait_for_timeout(SETTLE_MS[view])
+                path = directory / name
+                await page.screenshot(path=str(path), full_page=True)
+                taken.append(path)
+                await page.close()
+        finally:
+            await browser.close()
+    return taken
