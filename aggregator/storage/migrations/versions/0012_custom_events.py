@@ -1,7 +1,7 @@
 """Custom events: the schema registry (full history) and the per-type daily rollup.
 
 Revision ID: 0012_custom_events
-Revises: 0010_analysis
+Revises: 0011_route_hours
 Create Date: 2026-12-03
 
 Custom events themselves are stored in ``analytics_events`` (``event_type`` is the schema's vendor-
@@ -16,7 +16,7 @@ both, registers versions and may set ``deprecated_at`` only (a registered schema
 from alembic import context, op
 
 revision = "0012_custom_events"
-down_revision = "0010_analysis"
+down_revision = "0011_route_hours"
 branch_labels = None
 depends_on = None
 

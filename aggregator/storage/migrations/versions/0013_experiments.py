@@ -1,7 +1,7 @@
 """Experiments: definitions with history, per-learner state and exact per-variant sums.
 
 Revision ID: 0013_experiments
-Revises: 0010_analysis
+Revises: 0012_custom_events
 Create Date: 2026-12-03
 
 ``experiment_versions`` holds every version of every experiment (the history: a version is never
@@ -21,7 +21,7 @@ aggregator reads the per-learner rows.
 from alembic import context, op
 
 revision = "0013_experiments"
-down_revision = "0010_analysis"
+down_revision = "0012_custom_events"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Saved funnels: named, versioned funnel definitions staff keep and re-read.
 
 Revision ID: 0014_saved_funnels
-Revises: 0010_analysis
+Revises: 0013_experiments
 Create Date: 2026-12-03
 
 One row per (name, version); a new version is a new row, rows are never changed or deleted
@@ -13,7 +13,7 @@ the funnel definition as the API validated it (JSON); ``created_by`` the staff p
 from alembic import context, op
 
 revision = "0014_saved_funnels"
-down_revision = "0010_analysis"
+down_revision = "0013_experiments"
 branch_labels = None
 depends_on = None
 

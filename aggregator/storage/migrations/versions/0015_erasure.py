@@ -1,7 +1,7 @@
 """Erasure of a learner: the audit log may forget a learner's pseudonym, and keeps erasure receipts.
 
 Revision ID: 0015_erasure
-Revises: 0010_analysis
+Revises: 0014_saved_funnels
 Create Date: 2026-12-03
 
 ``access_audit_log`` stays append-only with one exception: ``learner erase`` replaces an erased
@@ -15,7 +15,7 @@ pseudonym). The erasure runs as the migrating (admin) user; no service role gets
 from alembic import op
 
 revision = "0015_erasure"
-down_revision = "0010_analysis"
+down_revision = "0014_saved_funnels"
 branch_labels = None
 depends_on = None
 

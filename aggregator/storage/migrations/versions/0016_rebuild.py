@@ -1,7 +1,7 @@
 """Rollup rebuilds: a role with exactly the rights a rebuild needs, and its progress table.
 
 Revision ID: 0016_rebuild
-Revises: 0010_analysis
+Revises: 0015_erasure
 Create Date: 2026-12-03
 
 ``studyin-analytics rollups rebuild`` recomputes the rollups raw events can rebuild, one UTC day
@@ -32,7 +32,7 @@ import re
 from alembic import context, op
 
 revision = "0016_rebuild"
-down_revision = "0010_analysis"
+down_revision = "0015_erasure"
 branch_labels = None
 depends_on = None
 

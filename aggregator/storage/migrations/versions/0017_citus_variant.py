@@ -1,7 +1,7 @@
 """The schema variant (plain or citus), recorded; the citus variant's keys and learner-less table.
 
 Revision ID: 0017_citus_variant
-Revises: 0010_analysis
+Revises: 0016_rebuild
 Create Date: 2026-12-03
 
 ``STUDYIN_ANALYTICS_POSTGRES_SCHEMA_VARIANT`` (``aggregator/storage/variant.py``) is read here,
@@ -27,7 +27,7 @@ import re
 from alembic import context, op
 
 revision = "0017_citus_variant"
-down_revision = "0010_analysis"
+down_revision = "0016_rebuild"
 branch_labels = None
 depends_on = None
 
