@@ -208,6 +208,35 @@ def _add_aggregator_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.set_defaults(func=cmd_aggregator, default_log_level="INFO")
 
 
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on weeks of simulated study",
+        description=(
+            "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, play weeks of "
+            "simulated study through an instrumented backend with a simulated clock, aggregate, and "
+            "print learners, cohort and API routes as the query API and the rollups give them. "
+            "Exits 1 if any printed number differs from the simulation's own count."
+        ),
+    )
+    p.add_argument("--students", type=int, default=200, help="number of simulated learners (default 200)")
+    p.add_argument("--days", type=int, default=60, help="days of history, ending now (default 60)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the API, the dashboard and live simulated traffic running until Ctrl-C",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="--serve: bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="--serve: port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--screenshots",
+        type=Path,
+        metavar="DIR",
+        help="then take the README's dashboard screenshots into DIR",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studyin-analytics",
@@ -245,32 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_API_PORT)")
     p.set_defaults(func=cmd_api, default_log_level="INFO")
 
-    p = sub.add_parser(
-        "demo",
-        help="run the whole pipeline on weeks of simulated study",
-        description=(
-            "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, play weeks of "
-            "simulated study through an instrumented backend with a simulated clock, aggregate, and "
-            "print learners, cohort and API routes as the query API and the rollups give them. "
-            "Exits 1 if any printed number differs from the simulation's own count."
-        ),
-    )
-    p.add_argument("--students", type=int, default=200, help="number of simulated learners (default 200)")
-    p.add_argument("--days", type=int, default=60, help="days of history, ending now (default 60)")
-    p.add_argument(
-        "--serve",
-        action="store_true",
-        help="then keep the API, the dashboard and live simulated traffic running until Ctrl-C",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="--serve: bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="--serve: port (default 8000; 0: any free port)")
-    p.add_argument(
-        "--screenshots",
-        type=Path,
-        metavar="DIR",
-        help="then take the README's dashboard screenshots into DIR",
-    )
-    p.set_defaults(func=cmd_demo)
+    _add_demo_parser(sub)
 
     # The bus and gateway commands live beside this module; commands of layers above the
     # aggregator (the benchmarks) are found through an entry point, so nothing here imports them.
