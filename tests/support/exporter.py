@@ -119,3 +119,15 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = ["free_port"]
+
+
+def follow(replica: EmbeddedRedis, primary: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(replica.url)
+    try:
+        client.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+    finally:
+        client.close()
