@@ -35,7 +35,6 @@ BIG_MODULES_ALLOWED: dict[str, int] = {
     # Test modules: one per module tested, to be split by theme.
     "tests/aggregator/experiments/test_statistics.py": 605,
     "tests/deploy/test_deploy.py": 574,
-    "tests/exporter/runtime/test_selftelemetry.py": 513,
 }
 """File -> its line count today: modules over MODULE_LINES still to split."""
 
