@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,6 +55,16 @@ def partition_columns(source: Source) -> list[str]:
     return [] if source.time_column is None else ["day"]
 
 
+def utc_days(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The UTC day of each timestamp. A UTC-zoned column is first viewed as naive (its stored
+    values are UTC already, so this is free): a zoned cast to ``date32`` converts each value
+    through the time zone database and costs ~20 times more (measured: 40 ms per million)."""
+    kind = times.type
+    if pa.types.is_timestamp(kind) and kind.tz in ("UTC", "+00:00", "Etc/UTC"):
+        times = times.cast(pa.timestamp(kind.unit))
+    return pc.cast(times, pa.date32())
+
+
 def with_partition_columns(source: Source, chunk: pa.Table) -> pa.Table:
     """The hive partition columns, derived from the row's time (UTC day)."""
     if source.time_column is None:
@@ -61,8 +72,7 @@ def with_partition_columns(source: Source, chunk: pa.Table) -> pa.Table:
     name = "event_date" if source.is_raw else "day"
     if name in chunk.column_names:  # daily tables: the key column ``day`` is the partition itself
         return chunk
-    days = pc.cast(chunk.column(source.time_column), pa.date32())
-    return chunk.append_column(name, days)
+    return chunk.append_column(name, utc_days(chunk.column(source.time_column)))
 
 
 class ParquetTarget:
@@ -133,6 +143,8 @@ class ParquetStep:
         self.columns = partition_columns(source)
         self.chunks = 0
         self.written = Written()
+        self._syncing: list[Future[None]] = []
+        self._syncer: ThreadPoolExecutor | None = None
         # The staging folder is made by the first chunk: most follow steps carry no rows, and a
         # step stopped between an eager mkdir and its commit left an empty folder behind.
 
@@ -144,6 +156,7 @@ class ParquetStep:
             return
         with self._errors():
             self.step.mkdir(parents=True, exist_ok=True)
+            files: list[str] = []
             ds.write_dataset(
                 with_partition_columns(self.source, chunk),
                 self.step,
@@ -153,21 +166,54 @@ class ParquetStep:
                 basename_template=f"part-{self.lo}-{self.hi}-{self.chunks}-{{i}}.parquet",
                 existing_data_behavior="overwrite_or_ignore",
                 max_rows_per_group=256 * 1024,
+                file_visitor=lambda written: files.append(written.path),
             )
+        self._sync_soon(files)
         self.chunks += 1
         self.written.rows += chunk.num_rows
 
+    def _sync_soon(self, files: list[str]) -> None:
+        """Start fsyncing this chunk's files (complete once written) while the next chunks are
+        read and written; :meth:`commit` waits for them before its manifest: the commit still
+        follows the durability of every file it names, only the waiting overlaps the work."""
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="export-fsync")
+        self._syncing += [self._syncer.submit(_fsync, Path(f)) for f in files]
+
+    def _synced(self) -> None:
+        """Every fsync started has ended (its ``OSError`` raised here); the pool is gone."""
+        try:
+            for future in self._syncing:
+                future.result()
+        finally:
+            self._syncing = []
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True, cancel_futures=True)
+                self._syncer = None
+
     def abort(self) -> None:
-        shutil.rmtree(self.step, ignore_errors=True)
+        try:
+            self._synced()
+        except OSError:
+            pass  # the step is thrown away
+        finally:
+            shutil.rmtree(self.step, ignore_errors=True)
 
     def commit(self) -> Written:
         if self.written.rows == 0:
             shutil.rmtree(self.step, ignore_errors=True)
             return self.written
         with self._errors():
+            self._synced()
             files = sorted(self.step.rglob("*.parquet"))
-            for path in files:
-                _fsync(path)
+            # The staged names too (recover() rolls them forward after a crash): every folder
+            # from the step's own down to the files'.
+            for folder in [
+                self.step.parent,
+                self.step,
+                *sorted(p for p in self.step.rglob("*") if p.is_dir()),
+            ]:
+                _fsync(folder)
             manifest = {
                 "source": self.source.table,
                 "range": [self.lo, self.hi],

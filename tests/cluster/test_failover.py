@@ -40,7 +40,7 @@ from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from tests.faults.test_fault_injection import aggregators
+from tests.support.aggregator_group import aggregators
 from tests.support.cluster import SHARDS, bus_entries, cluster_client, records_of, slot_owners
 from tests.support.workload import build, mismatches, truth_of
 

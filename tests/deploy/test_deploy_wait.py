@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from studyin_analytics.aggregator.cli.main import build_parser
-from tests.deploy.test_deploy import aggregator_argv, by_kind, workload_containers
+from tests.support.deploy import aggregator_argv, by_kind, workload_containers
 
 
 def test_deployed_aggregators_wait_for_their_services_and_probes_give_them_the_time() -> None:

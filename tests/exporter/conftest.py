@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis
+from tests.support.exporter import follow
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +19,18 @@ def redis_62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary, replica = EmbeddedRedis(tmp_path / "primary"), EmbeddedRedis(tmp_path / "replica")
+    primary.start()
+    replica.start()
+    try:
+        follow(replica, primary)
+        yield primary, replica
+    finally:
+        replica.stop()
+        primary.stop()

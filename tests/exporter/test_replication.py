@@ -8,8 +8,6 @@ The same on a real Redis Cluster with a failover: ``tests/cluster/test_durable_w
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,36 +21,9 @@ from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedis
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
-from tests.support.exporter import make_spans
+from tests.support.exporter import follow, make_spans
 
 PB = {"content-type": "application/x-protobuf"}
-
-
-def follow(replica: EmbeddedRedis, primary: EmbeddedRedis) -> None:
-    client = redis.Redis.from_url(replica.url)
-    try:
-        client.replicaof("127.0.0.1", primary.port)
-        deadline = time.monotonic() + 30
-        while client.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
-    (tmp_path / "primary").mkdir()
-    (tmp_path / "replica").mkdir()
-    primary, replica = EmbeddedRedis(tmp_path / "primary"), EmbeddedRedis(tmp_path / "replica")
-    primary.start()
-    replica.start()
-    try:
-        follow(replica, primary)
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
 
 
 def span_names(url: str, settings: Settings) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +57,17 @@ def no_network() -> Iterator[None]:
         for name, original in originals.items():
             setattr(socket.socket, name, original)
     assert calls == []
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No STUDYIN_ANALYTICS_* variable; the working directory is an empty temporary one."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("STUDYIN_ANALYTICS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "STUDYIN_ANALYTICS_STREAM_PREFIX=from-dotenv\nSTUDYIN_ANALYTICS_ACCESS_LOG=off\n"
+    )
+    return tmp_path

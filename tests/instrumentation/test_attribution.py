@@ -27,7 +27,8 @@ from studyin_analytics.aggregator.cli.settings import ConfigurationError, Settin
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer, instrument_app, semconv, set_user
 from studyin_analytics.instrumentation.attribution import HOOK_SETTING, resolve_user_id_hook
-from tests.instrumentation.test_zero_code import ROOT, free_port, read_spans, wait_listening
+from tests.support import ROOT
+from tests.support.instrumented_app import free_port, read_spans, wait_listening
 from tests.support.pipeline import PSEUDONYMIZER, Pipeline
 
 SECRET = "jwt-secret-for-the-attribution-test-0123456789"

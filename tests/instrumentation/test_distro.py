@@ -21,22 +21,21 @@ from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer
 from studyin_analytics.instrumentation.distro import DEFAULTS, DISTRO_NAME, StudyInConfigurator, StudyInDistro
-from tests.instrumentation.test_zero_code import free_port, read_spans, wait_listening
 from tests.support import ROOT
 from tests.support.filelock import locked
 from tests.support.fresh_venv import CACHE, FreshVenv, clean_env, stop
+from tests.support.instrumented_app import (
+    analytics_env,
+    free_port,
+    read_spans,
+    readme_command,
+    wait_listening,
+)
 
 README = (ROOT / "README.md").read_text()
 DOC = (ROOT / "docs" / "instrumentation.md").read_text()
 APP = ROOT / "tests" / "support" / "zero_code_app.py"  # an app with no analytics code at all
 USER = "distro-canary-user-8080"
-
-
-def readme_command() -> str:
-    """The README's zero-code command line (the one place it is written there)."""
-    commands = set(re.findall(r"`([^`\n]*opentelemetry-instrument [^`\n]*)`", README))
-    assert len(commands) == 1, f"one zero-code command expected in README.md, found {commands}"
-    return commands.pop()
 
 
 def doc_script() -> tuple[dict[str, str], str]:
@@ -54,11 +53,6 @@ def doc_script() -> tuple[dict[str, str], str]:
             commands.append(line)
     assert len(commands) == 1 and "opentelemetry-instrument" in commands[0], commands
     return exports, commands[0]
-
-
-def analytics_env(settings: Settings) -> dict[str, str]:
-    """Where this test's bus is, and its pseudonym key (the README's configuration)."""
-    return {**settings.environment(), **settings.environment("pseudonym_keys")}
 
 
 def run_command(

@@ -19,20 +19,6 @@ from studyin_analytics.instrumentation.settings_base import DOTENV_VARIABLE, Stu
 SERVICES = (InstrumentationSettings, ExporterSettings, GatewaySettings, AggregatorSettings, ApiSettings)
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No STUDYIN_ANALYTICS_* variable; the working directory is an empty temporary one."""
-    import os
-
-    for name in [k for k in os.environ if k.startswith("STUDYIN_ANALYTICS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text(
-        "STUDYIN_ANALYTICS_STREAM_PREFIX=from-dotenv\nSTUDYIN_ANALYTICS_ACCESS_LOG=off\n"
-    )
-    return tmp_path
-
-
 def test_each_field_is_defined_once() -> None:
     owners: dict[str, str] = {}
     for cls in Settings.__mro__:

@@ -4,59 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from studyin_analytics.aggregator.cli.settings import Settings
-from studyin_analytics.exporter.bus import stream_keys
-from studyin_analytics.exporter.wire import SPAN_KIND_SERVER, SpanRecord, decode_entry
+from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer
 from tests.support import ROOT
+from tests.support.instrumented_app import free_port, read_spans, wait_listening
 
 USER = "zero-code-user-31337"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app exited early: {process.communicate()[1].decode()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"app did not listen on {port} within {timeout_s} s")
-
-
-def read_spans(settings: Settings, want: int, timeout_s: float = 20.0) -> list[SpanRecord]:
-    client = redis.Redis.from_url(settings.redis_url or "")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            spans = [
-                span
-                for key in stream_keys(settings)
-                for _entry_id, fields in client.xrange(key)
-                for span in decode_entry(fields)
-            ]
-            if len(spans) >= want or time.monotonic() > deadline:
-                return spans
-            time.sleep(0.2)
-    finally:
-        client.close()
 
 
 def test_unmodified_fastapi_app_under_opentelemetry_instrument(settings: Settings) -> None:

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import redis
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -119,3 +121,31 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = ["free_port"]
+
+
+def follow(replica: EmbeddedRedis, primary: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(replica.url)
+    try:
+        client.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+class OtlpReceiverHandler(BaseHTTPRequestHandler):
+    """Records each POST (path, body) in ``bodies`` (set on a subclass) and answers 200."""
+
+    bodies: list[tuple[str, bytes]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length", "0"))
+        self.bodies.append((self.path, self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass

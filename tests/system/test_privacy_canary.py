@@ -40,6 +40,34 @@ IDN_EMAIL = "kanarie.9f8e7d@bücher.example"
 CANARIES = (RAW_ID, EMAIL, IDN_EMAIL, "canary.9f8e7d", "kanarie.9f8e7d", "9f8e7d6c5b4a")
 
 
+def track_a_session(tracker: StudyInTracker, user: str) -> str:
+    """Every tracker call of one study session (one with a rejected value), as the app makes them."""
+    with tracker.session(user, material_id="cardio-101") as session:
+        tracker.material_view(user, "cardio-101", "video")
+        tracker.material_progress(user, "cardio-101", "video", 0.5)
+        tracker.material_complete(user, "cardio-101", "video", score=0.9)
+        tracker.xp_awarded(user, 20, "material_complete")
+        tracker.material_view(user, EMAIL, "video")  # lenient: dropped, counted, logged w/o value
+        interaction = tracker.ai_coach_interaction(
+            user,
+            latency_ms=900.0,
+            tokens_in=50,
+            tokens_out=200,
+            model="gpt-4o-mini",
+            topic_category="cardiology",
+            session=session,
+        )
+    assert interaction is not None
+    tracker.ai_coach_feedback(user, interaction.interaction_id, 5)
+    tracker.achievement_unlocked(user, "first-session")
+    tracker.streak_updated(user, 1)
+    tracker.level_up(user, 2, 120)
+    tracker.system_metric("profile.cache_hit_ratio", 0.5, user_id=user)
+    ticket = tracker.begin_session(user)
+    tracker.end_session(user, ticket.session_id, started_at=ticket.started_at - timedelta(minutes=3))
+    return str(session.session_id)
+
+
 def build_backend(tracker: StudyInTracker, provider: TracerProvider, pseudonymizer: Pseudonymizer) -> Any:
     app = FastAPI()
     tracer = provider.get_tracer("studyin.backend")
@@ -69,31 +97,7 @@ def build_backend(tracker: StudyInTracker, provider: TracerProvider, pseudonymiz
 
     @app.post("/sessions")
     async def start(request: Request) -> dict[str, str]:
-        user = request.state.user_id
-        with tracker.session(user, material_id="cardio-101") as session:
-            tracker.material_view(user, "cardio-101", "video")
-            tracker.material_progress(user, "cardio-101", "video", 0.5)
-            tracker.material_complete(user, "cardio-101", "video", score=0.9)
-            tracker.xp_awarded(user, 20, "material_complete")
-            tracker.material_view(user, EMAIL, "video")  # lenient: dropped, counted, logged w/o value
-            interaction = tracker.ai_coach_interaction(
-                user,
-                latency_ms=900.0,
-                tokens_in=50,
-                tokens_out=200,
-                model="gpt-4o-mini",
-                topic_category="cardiology",
-                session=session,
-            )
-        assert interaction is not None
-        tracker.ai_coach_feedback(user, interaction.interaction_id, 5)
-        tracker.achievement_unlocked(user, "first-session")
-        tracker.streak_updated(user, 1)
-        tracker.level_up(user, 2, 120)
-        tracker.system_metric("profile.cache_hit_ratio", 0.5, user_id=user)
-        ticket = tracker.begin_session(user)
-        tracker.end_session(user, ticket.session_id, started_at=ticket.started_at - timedelta(minutes=3))
-        return {"session_id": str(session.session_id)}
+        return {"session_id": track_a_session(tracker, request.state.user_id)}
 
     @app.get("/materials/{material_id}")
     async def material(material_id: str) -> dict[str, str]:

@@ -26,10 +26,9 @@ import pytest
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.instrumentation import Pseudonymizer
-from tests.instrumentation.test_distro import analytics_env, readme_command
-from tests.instrumentation.test_zero_code import free_port, wait_listening
 from tests.support import postgres_dump, redis_dump
 from tests.support.fresh_venv import FreshVenv, clean_env, extract, fetch_sdist, stop
+from tests.support.instrumented_app import analytics_env, free_port, readme_command, wait_listening
 
 CANARY_ID = "canary-learner-77123"
 CANARY_EMAIL = "canary.learner77123@example.org"

@@ -321,6 +321,29 @@ async def _client_backends(owner_url: str) -> list[asyncpg.Record]:
         await admin.close()
 
 
+def _collector_request(pseudonymizer: Pseudonymizer) -> bytes:
+    """What a collector forwards for an app's session (xp 20), as an OTLP/protobuf body."""
+    captured = InMemorySpanExporter()
+    collector_side = TracerProvider()
+    collector_side.add_span_processor(SimpleSpanProcessor(captured))
+    other = StudyInTracker(tracer_provider=collector_side, pseudonymizer=pseudonymizer)
+    with other.session("tls-learner") as session:
+        other.xp_awarded("tls-learner", 20, "quiz", session=session)
+    collector_side.shutdown()
+    return encode_spans(captured.get_finished_spans()).SerializeToString()
+
+
+async def _post_to_gateway(settings: Settings, otlp: bytes) -> None:
+    gateway = create_gateway(settings)
+    async with gateway.router.lifespan_context(gateway):
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            response = await client.post(
+                "/v1/traces", content=otlp, headers={"content-type": "application/x-protobuf"}
+            )
+            assert response.status_code == 200, response.text
+
+
 def test_pipeline_over_tls_with_an_acl_user(
     tls_redis: int, tls_postgres: str, certificates: Certificates, tmp_path: Path
 ) -> None:
@@ -359,25 +382,10 @@ def test_pipeline_over_tls_with_an_acl_user(
     assert not any((tmp_path / "spool").glob("*")), "the exporter spooled: Redis over TLS refused it"
 
     # An app behind a collector: its spans reach the bus through the gateway.
-    captured = InMemorySpanExporter()
-    collector_side = TracerProvider()
-    collector_side.add_span_processor(SimpleSpanProcessor(captured))
-    other = StudyInTracker(tracer_provider=collector_side, pseudonymizer=pseudonymizer)
-    with other.session("tls-learner") as session:
-        other.xp_awarded("tls-learner", 20, "quiz", session=session)
-    collector_side.shutdown()
-    otlp = encode_spans(captured.get_finished_spans()).SerializeToString()
+    otlp = _collector_request(pseudonymizer)
 
     async def run() -> None:
-        gateway = create_gateway(settings)
-        async with gateway.router.lifespan_context(gateway):
-            transport = httpx.ASGITransport(app=gateway)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                response = await client.post(
-                    "/v1/traces", content=otlp, headers={"content-type": "application/x-protobuf"}
-                )
-                assert response.status_code == 200, response.text
-
+        await _post_to_gateway(settings, otlp)
         async with Aggregator(settings) as aggregator:
             totals = await aggregator.drain(timeout_s=20)
             assert totals.events_inserted == 6  # two sessions: start, xp, end each

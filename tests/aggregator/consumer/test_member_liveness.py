@@ -24,7 +24,7 @@ from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter.bus import group_lag, stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from tests.faults.test_fault_injection import aggregators, check_exact
+from tests.support.aggregator_group import aggregators, check_exact
 from tests.support.workload import Workload, build
 
 pytestmark = pytest.mark.slow

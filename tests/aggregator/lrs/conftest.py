@@ -3,13 +3,14 @@ Ralph's xAPI models as a validator. Anything that cannot be set up FAILS the tes
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from studyin_analytics.aggregator.lrs.xapi import Statement
+from studyin_analytics.aggregator.lrs.xapi import MAPPED_EVENT_TYPES, Statement
 from tests.support.lrs.ralph import (
     RalphServer,
     RalphUnavailable,
@@ -17,6 +18,7 @@ from tests.support.lrs.ralph import (
     ensure_venv,
     validate_statements,
 )
+from tests.support.lrs.samples import mapped
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +60,10 @@ def reports(
     flat = [s for group in samples.values() for s in group]
     verdicts = iter(ralph_validate(flat))  # one run of Ralph's models for all rows
     return {event_type: [next(verdicts) for _ in group] for event_type, group in samples.items()}
+
+
+@pytest.fixture(scope="module")
+def samples() -> dict[str, list[Statement]]:
+    # A learner of this module run only: the session's Ralph keeps what other modules sent.
+    user = f"learner-{uuid.uuid4().hex[:8]}"
+    return {event_type: mapped(event_type, user) for event_type in sorted(MAPPED_EVENT_TYPES)}

@@ -12,27 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from studyin_analytics.aggregator.lrs.xapi import MAPPED_EVENT_TYPES, Skipped, Statement, StatementMapper
+from studyin_analytics.aggregator.lrs.xapi import MAPPED_EVENT_TYPES, Skipped, Statement
 from tests.support.lrs.ralph import RalphServer, Validator, as_sent
-from tests.support.lrs.samples import CONFIG, rows_through_pipeline, sample_rows
+from tests.support.lrs.samples import MAPPER, mapped, rows_through_pipeline
 from tests.support.lrs.strategies import learning_events
 
 pytestmark = pytest.mark.timeout(1200)  # the first test of a machine creates Ralph's venv (~35-90 s)
-
-MAPPER = StatementMapper(CONFIG)
-
-
-def mapped(event_type: str, user: str = "learner-4711") -> list[Statement]:
-    out = [MAPPER.map(row) for row in sample_rows(event_type, user)]
-    assert out and not any(isinstance(s, Skipped) for s in out)
-    return out  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def samples() -> dict[str, list[Statement]]:
-    # A learner of this module run only: the session's Ralph keeps what other modules sent.
-    user = f"learner-{uuid.uuid4().hex[:8]}"
-    return {event_type: mapped(event_type, user) for event_type in sorted(MAPPED_EVENT_TYPES)}
 
 
 def assert_stored_unchanged(ralph: RalphServer, statements: Sequence[Statement]) -> None:

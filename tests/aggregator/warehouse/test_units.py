@@ -8,7 +8,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.warehouse.parquet import (
@@ -16,6 +19,7 @@ from studyin_analytics.aggregator.warehouse.parquet import (
     STAGING,
     ParquetTarget,
     partition_columns,
+    utc_days,
     with_partition_columns,
 )
 from studyin_analytics.aggregator.warehouse.runner import prefetch
@@ -65,6 +69,19 @@ def test_partition_columns_are_utc_days() -> None:
     assert with_partition_columns(DAILY, daily) is daily  # the key column is the partition
     hourly = pa.table({"hour": pa.array(moments[:1], pa.timestamp("us", tz="UTC"))})
     assert with_partition_columns(HOURLY, hourly).column("day").to_pylist() == [date(2026, 12, 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**50), 2**50), max_size=40), st.sampled_from(["us", "ns", "ms"]))
+def test_utc_days_equal_the_zoned_cast(values: list[int], unit: str) -> None:
+    """The fast path (a UTC column viewed as naive) gives the days the zoned cast gives,
+    before 1970 and at midnight too; other zones and naive columns keep the plain cast."""
+    values = [*values, 0, -1, 86_400 * 10**6 - 1, 86_400 * 10**6]
+    for tz in ("UTC", "+00:00", None):
+        times = pa.chunked_array([pa.array(values, pa.timestamp(unit, tz=tz))])
+        assert utc_days(times).equals(pc.cast(times, pa.date32()))
+    zoned = pa.chunked_array([pa.array(values, pa.timestamp(unit, tz="Europe/Berlin"))])
+    assert utc_days(zoned).equals(pc.cast(zoned, pa.date32()))
 
 
 def _chunk(n: int, start: int = 0) -> pa.Table:

@@ -35,7 +35,7 @@ from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.gateway.app import create_gateway
-from tests.exporter.gateway.test_app_robustness import otlp_json
+from tests.support.gateway import otlp_json
 
 FUZZ_EXAMPLES = int(os.environ.get("STUDYIN_FUZZ_EXAMPLES", "250"))
 NOW_NS = time.time_ns()

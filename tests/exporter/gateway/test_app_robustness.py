@@ -14,10 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -25,29 +23,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.gateway.otlp_decode import parse_json
 from tests.support.exporter import free_port, gateway_env, make_spans, stop_process, wait_listening
-from tests.support.gateway import PB, bus_records, client_for, request_bytes
+from tests.support.gateway import PB, bus_records, client_for, otlp_json, request_bytes
 
 JSON = {"content-type": "application/json"}
 DAY_NS = 86_400 * 1_000_000_000
-
-
-def otlp_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
-    """``request`` as OTLP/JSON: protobuf's JSON mapping with enums as integers and hex ids, as
-    the OTLP specification's deviations say (``json_format`` from opentelemetry-proto's protobuf)."""
-    document = json_format.MessageToDict(request, use_integers_for_enums=True)
-    for resource_spans in document.get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for span in scope_spans.get("spans", []):
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if key in span:
-                        span[key] = _hex(span[key])
-    return document
-
-
-def _hex(b64: str) -> str:
-    import base64
-
-    return base64.b64decode(b64).hex()
 
 
 def one_span_document(**changes: Any) -> dict[str, Any]:

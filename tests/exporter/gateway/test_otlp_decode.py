@@ -22,8 +22,8 @@ from studyin_analytics.exporter.gateway.otlp_decode import (
     parse_json,
     parse_protobuf,
 )
-from tests.exporter.gateway.test_app_robustness import otlp_json
 from tests.support.exporter import make_spans
+from tests.support.gateway import otlp_json
 
 pytestmark = pytest.mark.unit
 

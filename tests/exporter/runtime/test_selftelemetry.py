@@ -8,15 +8,11 @@ no user value reaches any metric, and OTEL_METRICS_EXPORTER behaves as documente
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +46,7 @@ from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, sem
 from tests.support import ROOT
 from tests.support.api import LEARNER_A, Api, open_api
 from tests.support.exporter import free_port, make_spans, wait_listening
+from tests.support.gateway import serving
 
 DOC = ROOT / "docs" / "operations-metrics.md"
 TABLE_START = "<!-- metrics-table:start (generated from exporter/runtime/selftelemetry.py CATALOGUE) -->"
@@ -237,23 +234,6 @@ def test_aggregator_command_serves_and_pushes_its_metrics(
 # --- gateway ----------------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """``app`` with its lifespan entered, and a client on it."""
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client,
-    ):
-        yield client
-
-
-@pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_gateway(settings)
-    async with serving(app) as client:
-        yield client
-
-
 async def test_gateway_metrics_count_requests_spans_and_bytes(gateway: httpx.AsyncClient) -> None:
     body = encode_spans(make_spans(5, prefix="m")).SerializeToString()
     assert (await gateway.post("/v1/traces", content=body, headers=PB)).status_code == 200
@@ -419,34 +399,6 @@ def test_cli_exits_2_on_an_unknown_exporter(settings: Settings) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert b"OTEL_METRICS_EXPORTER" in result.stderr
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    bodies: list[tuple[str, bytes]]
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length", "0"))
-        self.bodies.append((self.path, self.rfile.read(length)))
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
-    bodies: list[tuple[str, bytes]] = []
-    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], bodies
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def test_otlp_pushes_the_same_metrics(

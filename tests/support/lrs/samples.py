@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from studyin_analytics.aggregator.consumer.mapping import EventRow, rows_from_span
-from studyin_analytics.aggregator.lrs.xapi import XapiConfig
+from studyin_analytics.aggregator.lrs.xapi import Skipped, Statement, StatementMapper, XapiConfig
 from studyin_analytics.exporter.wire import decode_batch, encode_readable_spans
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker, events
 from studyin_analytics.instrumentation.privacy import PrivacyGuard
@@ -126,3 +126,12 @@ def all_sample_rows() -> list[EventRow]:
 
 def by_type(rows: Sequence[EventRow], event_type: str) -> list[EventRow]:
     return [row for row in rows if row.event_type == event_type]
+
+
+MAPPER = StatementMapper(CONFIG)
+
+
+def mapped(event_type: str, user: str = "learner-4711") -> list[Statement]:
+    out = [MAPPER.map(row) for row in sample_rows(event_type, user)]
+    assert out and not any(isinstance(s, Skipped) for s in out)
+    return out  # type: ignore[return-value]
