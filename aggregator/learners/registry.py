@@ -33,6 +33,9 @@ LEARNER_TABLES: tuple[LearnerTable, ...] = (
     LearnerTable("gamification_stats", "user_hash"),
     LearnerTable("user_activity_hourly", "hour"),
     LearnerTable("ai_coach_metrics", "day"),
+    # A learner's exposure and metric totals per experiment (0013); the per-variant sums they fed stay,
+    # like every aggregate of at least k learners (docs/privacy.md).
+    LearnerTable("experiment_learners", "experiment_key, version"),
 )
 """Every per-learner table: rows deleted by an erasure, written by an access export."""
 

@@ -19,10 +19,8 @@ def _close(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-6) -> bool:
 
 async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
     """Every difference between the rollup tables and the truth (empty when exact)."""
-    bad: list[str] = []
     raw = await raw_count(conn)
-    if raw != t.raw:
-        bad.append(f"raw events {raw} != {t.raw}")
+    bad: list[str] = [] if raw == t.raw else [f"raw events {raw} != {t.raw}"]
 
     rows = await conn.fetch("SELECT * FROM daily_activity_summary")
     got = {(r["user_hash"], r["day"]): r for r in rows}
@@ -200,7 +198,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
             or abs(r["started_at"].timestamp() - want["start_ns"] / NS) > 1e-3
         ):
             bad.append(f"session {sid} differs")
-    # The hourly route rollup (0011_route_hours) is the minute rows summed by hour, exactly.
+    bad.extend(await hourly_route_mismatches(conn))
+    return bad[:20]
+
+
+async def hourly_route_mismatches(conn: asyncpg.Connection) -> list[str]:
+    """The hourly route rollup (0011_route_hours) is the minute rows summed by hour, exactly."""
     hourly = await conn.fetch(
         """
         SELECT hour, route, method FROM (
@@ -215,5 +218,4 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
                                 h.latency_max_ms, h.latency_min_ms, h.latency_hist)
         """
     )
-    bad.extend(f"system hour {tuple(r)} is not the sum of its minutes" for r in hourly)
-    return bad[:20]
+    return [f"system hour {tuple(r)} is not the sum of its minutes" for r in hourly]
