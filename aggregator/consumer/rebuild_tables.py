@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from .counting import HOUR_EVENTS, HOUR_SESSIONS, HOUR_STUDY_SECONDS
-from .rollup_sql import AI, DAILY, HOURLY, STUDY_EPSILON_S, SUMMARY, SYSTEM
+from .rollup_sql import AI, DAILY, HOURLY, STUDY_EPSILON_S, SUMMARY, SYSTEM, SYSTEM_HOURLY
 from .rollups import DAY_US, HOUR_US, Rollup
 from .sessions import Session, StudyDeltas
 
@@ -143,6 +143,33 @@ register(Rebuild(AI.table, "day", "date", AI.columns, Recount.ai_rows))
 register(Rebuild(SYSTEM.table, "minute", "timestamptz", SYSTEM.columns, Recount.system_rows))
 register(
     Rebuild(SUMMARY.table, "hour", "timestamptz", (*SUMMARY.columns, "active_users"), Recount.summary_rows)
+)
+# The hourly route rollup (0011) is its hour's minute rows summed, so it is rebuilt from the minute rows
+# the same transaction has just rebuilt (registered after them).
+register(
+    Rebuild(
+        SYSTEM_HOURLY.table,
+        "hour",
+        "timestamptz",
+        insert_sql=f"""
+        INSERT INTO {SYSTEM_HOURLY.table} ({", ".join(SYSTEM_HOURLY.columns)})
+        SELECT date_trunc('hour', minute), route, method, sum(requests), sum(errors), sum(client_errors),
+               count_map_sum(errors_by_type), sum(latency_sum_ms), min(latency_min_ms), max(latency_max_ms),
+               count_map_sum(latency_hist)
+        FROM {SYSTEM.table} WHERE minute >= $1 AND minute < $2 GROUP BY 1, 2, 3""",
+    )
+)
+# Custom events (0012): one row per day and registered type, counted from their raw rows.
+register(
+    Rebuild(
+        "custom_event_daily",
+        "day",
+        "date",
+        insert_sql="""
+        INSERT INTO custom_event_daily (day, event_type, events)
+        SELECT (occurred_at AT TIME ZONE 'UTC')::date, event_type, count(*) FROM analytics_events
+        WHERE occurred_at >= $1 AND occurred_at < $2 AND event_type LIKE '%/%' GROUP BY 1, 2""",
+    )
 )
 
 NOT_REBUILDABLE = {

@@ -41,8 +41,11 @@ KEYS = {
     "ai_coach_metrics": ("user_hash", "day"),
     "system_metrics": ("minute", "route", "method"),
     "hourly_analytics_summary": ("hour",),
+    "system_metrics_hourly": ("hour", "route", "method"),
+    "custom_event_daily": ("day", "event_type"),
 }
 DAMAGE = (
+    "UPDATE system_metrics_hourly SET requests = requests + 3",
     "UPDATE daily_activity_summary SET events = events + 7, xp = xp + 1",
     "DELETE FROM user_activity_hourly WHERE ctid IN (SELECT ctid FROM user_activity_hourly LIMIT 5)",
     "UPDATE ai_coach_metrics SET tokens_in = tokens_in * 2, models = '{}'",

@@ -43,6 +43,8 @@ REBUILDABLE_TABLES = (
     "ai_coach_metrics",
     "system_metrics",
     "hourly_analytics_summary",
+    "system_metrics_hourly",
+    "custom_event_daily",
 )
 """The tables of ``aggregator.consumer.rebuild_tables.REBUILDS`` when this revision was written
 (a test keeps them in step; a later rollup grants its own table in its own revision)."""
