@@ -38,6 +38,7 @@ from ...instrumentation.settings_base import ConfigurationError
 from ..storage.db import connect_kwargs
 from ..storage.schema import existing_partitions
 from ..storage.settings import PostgresSettings
+from ..storage.variant import LEARNERLESS_TABLE
 from .mapping import RAW_COLUMNS, rows_of
 from .rebuild_tables import NOT_REBUILDABLE, REBUILDS, Rebuild, Recount, day_bounds
 from .rollup_sql import LOCK_ROLLUPS_EXCLUSIVE
@@ -158,6 +159,13 @@ async def rebuild(
     started = time.monotonic()
     conn = await connect_rebuilder(settings)
     try:
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", LEARNERLESS_TABLE):
+            # The citus variant keeps API requests in a table of their own, which the day's read
+            # does not include yet: system_metrics would be rebuilt without them.
+            raise RebuildRefused(
+                "the citus schema variant is not supported yet: its learner-less events "
+                f"({LEARNERLESS_TABLE}) are not read by the rebuild"
+            )
         partitions = sorted(await existing_partitions(conn))
         if not partitions:
             raise RebuildRefused("no raw events are stored (analytics_events has no partition)")

@@ -442,3 +442,10 @@ def test_cli_refuses_a_day_before_raw_retention_with_exit_2(
     # aggregator's maintenance does), so any day is refused for lack of raw events.
     assert cli_main(["rollups", "rebuild", "--from", "2000-01-01"]) == 2
     assert cli_main(["rollups", "rebuild", "--from", "2000-01-01", "--table", "learning_sessions"]) == 2
+
+
+async def test_the_citus_variant_is_refused_until_its_learnerless_events_are_read(
+    citus_migrated: Settings,
+) -> None:
+    with pytest.raises(RebuildRefused, match="citus schema variant is not supported yet"):
+        await rebuild(citus_migrated, date(2026, 1, 1))
