@@ -128,8 +128,16 @@ async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[Eve
 class AnalysisStore:
     """The API's store: refreshed lazily, at most every ``max_staleness_s``."""
 
-    def __init__(self, max_staleness_s: float = 5.0, retention_days: int | None = None) -> None:
+    def __init__(
+        self,
+        max_staleness_s: float = 5.0,
+        retention_days: int | None = None,
+        erased: Callable[[str], bool] | None = None,
+    ) -> None:
         self.store = EventStore()
+        self.erased = erased
+        """Learners (pseudonyms) whose rows must go: the tombstone of erased learners. An erasure
+        tombstones first and deletes the rows after, so rows read in between are dropped here."""
         self.retention_days = retention_days
         """Rows older than this many days are forgotten at each refresh (the raw table's retention)."""
         self.watermark: int | None = None
@@ -143,6 +151,20 @@ class AnalysisStore:
         """Read what was stored since the last refresh; the number of rows added."""
         async with self._lock:
             return await self._refresh(conn, force)
+
+    async def forget_erased(self) -> int:
+        """Drop the rows of learners the tombstone names now (after it changed); rows removed."""
+        async with self._lock:
+            removed = await asyncio.to_thread(self._drop_erased)
+            if removed:
+                self.generation += 1
+            return removed
+
+    def _drop_erased(self) -> int:
+        if self.erased is None:
+            return 0
+        codes = {code for code, value in enumerate(self.store.learners.values) if self.erased(value)}
+        return self.store.drop_learners(codes) if codes else 0
 
     async def query(self, conn: asyncpg.Connection, compute: Callable[[EventStore], T]) -> tuple[T, int]:
         """Refresh if stale, then ``compute(store)`` off the event loop, with the store's generation.
@@ -166,6 +188,7 @@ class AnalysisStore:
         if self.retention_days is not None:
             cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
             removed = await asyncio.to_thread(self.store.drop_before, cutoff)
+        removed += await asyncio.to_thread(self._drop_erased)
         if removed or len(self.store) != before:
             self.generation += 1
         self.watermark = horizon

@@ -197,7 +197,14 @@ class EventStore:
 
     def drop_before(self, time_us: int) -> int:
         """Forget rows older than ``time_us`` (raw retention dropped their partitions); rows removed."""
-        keep = self.columns["time"] >= time_us
+        return self._keep(self.columns["time"] >= time_us)
+
+    def drop_learners(self, codes: set[int]) -> int:
+        """Forget every row of the learners coded ``codes`` (erased learners); rows removed."""
+        return self._keep(~np.isin(self.columns["learner"], np.fromiter(codes, np.int32, len(codes))))
+
+    def _keep(self, keep: np.ndarray) -> int:
+        """Keep the rows where ``keep`` is true (the order stays sorted); rows removed."""
         removed = int(len(keep) - keep.sum())
         if removed:
             self.columns = {name: column[keep] for name, column in self.columns.items()}

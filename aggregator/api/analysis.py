@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
+from ...exporter.tombstone import Tombstone
 from ..analysis.definitions import FunnelDefinition, RetentionDefinition
 from ..analysis.loader import AnalysisStore
 from ..analysis.reports import FunnelResult, RetentionResult, funnel_report, retention_report
@@ -29,8 +30,11 @@ router = APIRouter()
 
 def open_store(app: FastAPI, settings: ApiSettings) -> None:
     """Give ``app`` its (empty) store; ``saved_funnels.start_background`` fills it."""
+    app.state.erased_learners = Tombstone(settings)  # refreshed by saved_funnels' background task
     app.state.analysis = AnalysisStore(
-        max_staleness_s=settings.analysis_refresh_s, retention_days=settings.raw_retention_days
+        max_staleness_s=settings.analysis_refresh_s,
+        retention_days=settings.raw_retention_days,
+        erased=app.state.erased_learners.erased,
     )
 
 

@@ -86,6 +86,15 @@ async def warm(app: FastAPI) -> int:
     return len(results)
 
 
+async def _forget_erased(app: FastAPI, store: AnalysisStore) -> None:
+    """Re-read the tombstone (when its version moved) and drop newly erased learners' rows."""
+    erased = app.state.erased_learners
+    before = erased.digests
+    await erased.refresh(app.state.redis)
+    if erased.digests != before and (removed := await store.forget_erased()):
+        _log.info("analysis store: %d rows of erased learners dropped", removed)
+
+
 async def _background(app: FastAPI) -> None:
     store: AnalysisStore = app.state.analysis
     interval = max(app.state.settings.analysis_refresh_s, MIN_WARM_INTERVAL_S)
@@ -97,6 +106,7 @@ async def _background(app: FastAPI) -> None:
                     added = await store.refresh(conn, force=True)
                 _log.info("analysis store loaded: %d events, %d bytes", added, store.store.nbytes())
                 loaded = True
+            await _forget_erased(app, store)
             await warm(app)
         except asyncio.CancelledError:
             raise

@@ -141,8 +141,12 @@ LRS_ACTOR_FIELD: Final = _LRS_ACTOR_FIELD
 """Event property holding the learner's LRS pseudonym (``<lrs key id>:<32 hex>``), computed by the app
 under the LRS key and carried on the wire as the attribute ``user.lrs_hash`` (docs/xapi.md)."""
 
-SYSTEM_EVENT_TYPES: Final = frozenset({events.ApiRequest.event_type, events.SystemMetric.event_type})
-"""Operational events: never learning records, never forwarded whatever the selection says."""
+SYSTEM_EVENT_TYPES: Final = frozenset(
+    {events.ApiRequest.event_type, events.SystemMetric.event_type, events.ExperimentExposure.event_type}
+)
+"""Operational events: never learning records, never forwarded whatever the selection says. An
+experiment exposure is one too: which arm a learner was put in is the experiment's, not a learning
+experience, and an LRS (often shared with a school) has no business holding it."""
 
 RATING_MIN, RATING_MAX = 1, 5  # events.AiCoachFeedback.rating
 

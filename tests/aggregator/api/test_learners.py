@@ -3,7 +3,9 @@ staff only, audited, the raw id in the body only."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,36 @@ async def test_staff_export_then_erase_then_nothing_is_left(api: Api) -> None:
     assert {r["subject_hash"] for r in rows} == {learner.reference}
     assert all(p not in str([tuple(r) for r in rows]) for p in learner.pseudonyms)
     assert VICTIM not in str([tuple(r) for r in rows])
+
+
+async def test_the_funnels_store_forgets_an_erased_learner_without_a_restart(api: Api) -> None:
+    """The API's in-memory event store (funnels, retention) reads the view afresh after an erasure."""
+    settings = api.settings
+    wl = build(Pseudonymizer.from_settings(settings), users=5, seed=SEED, spans_per_entry=5)
+    push(settings.redis_url or "", stream_keys(settings)[0], wl.entries)
+    async with Aggregator(settings) as aggregator:
+        await aggregator.drain(timeout_s=60)
+    store = api.app.state.analysis
+    victim = learner_of(VICTIM, settings)
+
+    def held() -> int:
+        """The victim's rows in the store."""
+        codes = [store.store.learners.codes.get(p) for p in victim.pseudonyms]
+        rows = store.store.columns["learner"]
+        return sum(int((rows == code).sum()) for code in codes if code is not None)
+
+    deadline = time.monotonic() + 60
+    while not held():  # the background task loads the store; the horizon may lag other transactions
+        assert time.monotonic() < deadline, "the store never loaded the learner's events"
+        async with api.app.state.pool.acquire() as conn:
+            await store.refresh(conn, force=True)
+        await asyncio.sleep(0.2)
+    response = await api.client.post(
+        ERASE_PATH, json={"user_id": VICTIM}, headers=api.auth(STAFF, roles=["staff"])
+    )
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 30
+    while held():
+        assert time.monotonic() < deadline, "the erased learner's events stayed in the API's store"
+        await asyncio.sleep(0.2)
+    assert len(store.store) > 0  # the others are still there

@@ -111,6 +111,9 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         {"route": "/api/materials/{id}", "method": "GET", "status_code": 200, "duration_ms": 12.0}
     ],
     "system_metric": [{"metric_name": "queue.depth", "metric_value": 3.0}],
+    "experiment_exposure": [
+        {"experiment_key": "coach-prompt", "experiment_version": 1, "variant": "control"}
+    ],
 }
 """Fields of events of every type (several variants where the mapping branches)."""
 
