@@ -23,6 +23,7 @@ from studyin_analytics.instrumentation.custom_schemas import (
     level_of,
     validate_event,
 )
+from tests.support.custom_events import case_schema
 
 pytestmark = pytest.mark.unit
 
@@ -30,20 +31,16 @@ NAME = "org.example/case_completed"
 
 
 def base() -> dict[str, Any]:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["case_id", "score"],
-        "properties": {
-            "case_id": {"type": "string", "maxLength": 64},
-            "score": {"type": "number", "minimum": 0, "maximum": 100},
-            "passed": {"type": "boolean"},
+    """The case schema of tests/support/custom_events.py with one property of every other kind."""
+    schema = case_schema()
+    schema["properties"].update(
+        {
             "level": {"type": "string", "enum": ["easy", "hard"]},
             "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "pattern": "^[a-z]+$"}},
             "attempts": {"type": "integer", "minimum": 1},
-        },
-    }
+        }
+    )
+    return schema
 
 
 def reasons(schema: Any) -> list[str]:

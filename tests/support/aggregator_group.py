@@ -3,7 +3,6 @@ liveness, failover) and the exactness check against the workload's brute-force t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -14,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from studyin_analytics.aggregator.cli.settings import Settings
-from studyin_analytics.aggregator.storage.db import connect
-from tests.support.workload import Workload, mismatches, truth_of
+from tests.support.aggregator_process import exact
+from tests.support.workload import Workload
 
 
 class Aggregators:
@@ -109,11 +108,5 @@ def aggregators(settings: Settings, logs: Path, **env: str) -> Iterator[Aggregat
 
 
 def check_exact(settings: Settings, wl: Workload) -> list[str]:
-    async def run() -> list[str]:
-        conn = await connect(settings)
-        try:
-            return await mismatches(conn, truth_of(wl))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    """Every difference between the rollups and the workload's truth (empty when exact)."""
+    return exact(settings, wl)
