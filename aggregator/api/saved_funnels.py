@@ -95,11 +95,16 @@ async def _forget_erased(app: FastAPI, store: AnalysisStore) -> None:
         _log.info("analysis store: %d rows of erased learners dropped", removed)
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _background(app: FastAPI) -> None:
     store: AnalysisStore = app.state.analysis
     interval = max(app.state.settings.analysis_refresh_s, MIN_WARM_INTERVAL_S)
     loaded = False
-    while True:
+    while not _cancelling():  # a cancel swallowed by a client still ends the loop
         try:
             if not loaded:
                 async with app.state.pool.acquire() as conn:
@@ -111,6 +116,10 @@ async def _background(app: FastAPI) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # PostgreSQL away: queries refresh themselves; try again later
+            # A client may turn our cancellation into an error of its own (redis-py's asyncio client
+            # does, mid-command): a pending cancel still ends the loop, or the app never shuts down.
+            if _cancelling():
+                raise asyncio.CancelledError from exc
             _log.warning("analysis store refresh failed (%s)", type(exc).__name__)
         await asyncio.sleep(interval)
 
@@ -120,10 +129,14 @@ def start_background(app: FastAPI) -> asyncio.Task[None]:
     return asyncio.create_task(_background(app))
 
 
+STOP_TIMEOUT_S = 10.0
+
+
 async def stop_background(task: asyncio.Task[None]) -> None:
+    """Cancel the task and wait for it, at most :data:`STOP_TIMEOUT_S`: a shutdown never hangs on it."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, STOP_TIMEOUT_S)
 
 
 @router.post(
