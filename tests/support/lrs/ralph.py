@@ -16,6 +16,7 @@ the reason; the fixtures turn it into a test failure, never a skip.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -24,14 +25,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
-
-from tests.support.filelock import locked
 
 RALPH_VERSION = "5.1.0"
 REQUIREMENTS = (
@@ -67,6 +67,19 @@ def _stamp_text() -> str:
     return json.dumps({"requirements": REQUIREMENTS, "python": sys.version}, sort_keys=True)
 
 
+# The bench loads this file by path (benchmarks/lrs.py), outside the tests package: it keeps this copy of
+# tests/support/filelock.py's lock rather than import it.
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _run(command: Sequence[str], what: str, timeout: float) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
@@ -82,7 +95,7 @@ def ensure_venv() -> Path:
     target = venv_dir()
     python = target / "bin" / "python"
     stamp = target / ".studyin-ready"
-    with locked(target.with_name(target.name + ".lock")):
+    with _locked(target.with_name(target.name + ".lock")):
         if stamp.is_file() and stamp.read_text() == _stamp_text() and python.exists():
             return python
         started = time.perf_counter()
