@@ -132,7 +132,7 @@ def test_no_password_survives_redaction(password: str, encode: bool, form: str) 
         quoted = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
         url, rest = (
             f"host=db.internal port=5432 password={quoted} user=app",
-            "host=db.internal port=5432  user=app",
+            "host=db.internal port=5432 password=*** user=app",
         )
     else:
         if form == "query":
@@ -141,6 +141,8 @@ def test_no_password_survives_redaction(password: str, encode: bool, form: str) 
         query = f"?sslmode=require&password={shown}&application_name=x" if form in ("query", "both") else ""
         url = f"postgresql://{userinfo}db.internal:5432/analytics{query}"
         rest = "postgresql://app:@db.internal:5432/analytics?sslmode=require&password=&application_name=x"
+    # ``rest`` is everything the redacted form may show besides the password (a password such as
+    # "pass" or "word" is a substring of the keyword "password" itself).
     assume(password not in rest and shown not in rest and password not in "***")
     redacted = redact_url(url)
     assert password not in redacted and shown not in redacted, (url, redacted)
