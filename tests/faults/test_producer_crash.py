@@ -37,7 +37,7 @@ def _ledger(path: Path) -> dict[str, float]:
 
 
 def run_and_kill(settings: Settings, carrier: str, tmp_path: Path) -> tuple[dict[str, float], float]:
-    """Start the producer, let it emit ``EVENTS_BEFORE_KILL`` events, SIGKILL it; the ledger and the kill time."""
+    """Run the producer until it emitted ``EVENTS_BEFORE_KILL`` events, SIGKILL it; ledger and kill time."""
     ledger = tmp_path / f"{carrier}.ledger"
     ledger.touch()
     keys = ",".join(f"{k}={v.get_secret_value()}" for k, v in settings.pseudonym_keys.items())
@@ -80,7 +80,8 @@ async def _stored(settings: Settings) -> tuple[set[str], dict[str, int]]:
     try:
         schema = settings.postgres_schema
         rows = await conn.fetch(
-            f"SELECT properties->>'material_id' FROM \"{schema}\".analytics_events WHERE event_type = 'material_view'"
+            f"SELECT properties->>'material_id' FROM \"{schema}\".analytics_events"
+            " WHERE event_type = 'material_view'"
         )
         by_type = dict(
             await conn.fetch(f'SELECT event_type, count(*) FROM "{schema}".analytics_events GROUP BY 1')
