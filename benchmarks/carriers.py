@@ -82,7 +82,7 @@ def _rows(ctx: BenchContext) -> list[Measurement]:
     tracer = tracer_provider.get_tracer("bench.carriers")
     logger = logger_provider.get_logger("bench.carriers")
     a = semconv.FIELD_ATTRIBUTES
-    attributes = {
+    attributes: dict[str, Any] = {
         semconv.EVENT_VERSION: 1,
         a["material_id"]: "cardio-101",
         a["material_type"]: "video",

@@ -1,4 +1,4 @@
-"""The carriers benchmark runs (quick) and returns one row per case against a same-run baseline (no timing asserted)."""
+"""The carriers benchmark runs (quick): a row per case against a same-run baseline (no timing asserted)."""
 
 from __future__ import annotations
 
