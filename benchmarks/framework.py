@@ -33,6 +33,7 @@ from ..aggregator.cli.settings import Settings
 
 BENCH_MODULES: tuple[str, ...] = (
     "instrumentation",
+    "carriers",
     "exporter",
     "aggregator",
     "scaling",

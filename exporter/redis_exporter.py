@@ -70,8 +70,12 @@ def default_guard(settings: PseudonymKeySettings) -> PrivacyGuard:
     return PrivacyGuard(Pseudonymizer.from_settings(settings))
 
 
-def _user_key(span: ReadableSpan) -> Any:
-    """What a span is sharded by: its user pseudonym, else its trace id."""
+def _user_key(span: Any) -> Any:
+    """What a span is sharded by: its user pseudonym, else its trace id (a log event's uid)."""
+    if type(span) is wire.SpanRecord:  # a log event of the logs exporter
+        record = span
+        user = record.events[0].attributes.get(semconv.USER_HASH) if record.events else None
+        return record.trace_id if user is None else user
     attributes = span.attributes or {}
     value = attributes.get(semconv.USER_HASH)
     if value is None:
@@ -97,7 +101,9 @@ class RedisStreamSpanExporter(SpanExporter):
         *,
         guard: PrivacyGuard | None = None,
         client: SyncClient | None = None,
+        role: str = "exporter",
     ) -> None:
+        self._role = role  # names this writer's counters (the logs exporter writes through one too)
         self._settings = settings or get_settings()
         self._url = require(self._settings.redis_url, "redis_url")
         self._streams = stream_keys(self._settings)
@@ -132,7 +138,7 @@ class RedisStreamSpanExporter(SpanExporter):
         # at start-up must cost a spooled batch, not the app's start.
         self._client: SyncClient | None = self._given_client
         self._spool = Spool(self._spool_base, self._settings.spool_max_bytes)
-        self._stats_key = stats_key(self._settings, "exporter", self._pid)
+        self._stats_key = stats_key(self._settings, self._role, self._pid)
         self._down_until = 0.0
         self._next_trim = 0.0
         self._replayer: threading.Thread | None = None

@@ -1,4 +1,4 @@
-"""The bus wire format: how a batch of spans is laid out in one Redis stream entry.
+"""The bus wire format: how a batch of spans and log-record events is laid out in one Redis stream entry.
 
 Shared by the Redis exporter (writes), the OTLP gateway (writes) and the aggregator and bus
 readers (read); nothing else knows the layout.
@@ -20,6 +20,20 @@ OTLP's encode time, and the whole export call 5× less CPU than the stock OTLP/H
 exporter. One ~200 KB entry per batch keeps Redis at one round trip per batch. Figures and
 method: docs/bus.md.
 
+Version 2 (issue 16, the log-record carrier; shared with the per-batch work): the same
+fields with ``v = b"2"``; ``n`` counts spans + log events; ``d`` is msgpack of ``[resources,
+spans, logs]``, resources and span rows exactly as in version 1, each log row ``[event_uid
+(16 random bytes, assigned when the event was emitted), trace_id (16 B)|nil, span_id (8 B)|nil,
+event_name, time_unix_nano, attributes, resource_index]``. Writers always write version 2
+(a span-only batch carries an empty ``logs`` list: one byte more, one layout to write and
+test); readers accept 1 and 2.
+
+Readers see a log row as a :class:`SpanRecord` of its own (:func:`log_record`): one event
+named ``event_name``, trace id ``event_uid``, span id :data:`LOG_SPAN_ID`, and ``log`` holding
+the correlation ids. Everything that maps span events to rows (the aggregator's deterministic
+event ids, bus reads, erasure, the LRS forwarder) thus reads log events unchanged, and
+:func:`encode` writes such a record back as a log row (a rewrite keeps the layout).
+
 A reader that meets another ``v`` raises :class:`WireFormatError` (the aggregator
 dead-letters the entry); a new layout gets a new version, and readers learn it first.
 """
@@ -35,7 +49,9 @@ from ..instrumentation.privacy import PrivacyGuard
 
 _MISSING: Any = object()
 
-WIRE_VERSION = b"1"
+WIRE_VERSION = b"2"
+WIRE_VERSION_1 = b"1"
+READABLE_VERSIONS = (WIRE_VERSION_1, WIRE_VERSION)
 FIELD_VERSION = b"v"
 FIELD_COUNT = b"n"
 FIELD_DATA = b"d"
@@ -61,8 +77,22 @@ class EventRecord(NamedTuple):
     attributes: dict[str, Any]
 
 
+class LogOrigin(NamedTuple):
+    """Where a log-record event was emitted: the span current then (ids), if any."""
+
+    trace_id: bytes | None
+    span_id: bytes | None
+
+
+LOG_SPAN_ID = b"\x00studlog"
+"""The span id of the record a log event is read as (no real span has it: ids are random)."""
+LOG_RECORD_NAME = "studyin.log_record"
+"""The name of the record a log event is read as (never written on the wire)."""
+
+
 class SpanRecord(NamedTuple):
-    """One span as it travels on the bus (already through the privacy guard)."""
+    """One span as it travels on the bus (already through the privacy guard), or one log-record
+    event read as a span with that one event (``log`` set; :func:`log_record`)."""
 
     trace_id: bytes
     span_id: bytes
@@ -75,6 +105,35 @@ class SpanRecord(NamedTuple):
     attributes: dict[str, Any]
     events: list[EventRecord]
     resource: dict[str, Any]
+    log: LogOrigin | None = None
+
+
+def log_record(
+    event_uid: bytes,
+    trace_id: bytes | None,
+    span_id: bytes | None,
+    event_name: str,
+    time_unix_nano: int,
+    attributes: dict[str, Any],
+    resource: dict[str, Any],
+) -> SpanRecord:
+    """A log-record event as readers see it: ``event_uid`` as the trace id, so the aggregator's
+    event id (trace id, span id, index 0) is fixed when the event is emitted and survives
+    redelivery and re-export."""
+    return SpanRecord(
+        event_uid,
+        LOG_SPAN_ID,
+        None,
+        LOG_RECORD_NAME,
+        SPAN_KIND_INTERNAL,
+        time_unix_nano,
+        time_unix_nano,
+        STATUS_UNSET,
+        {},
+        [EventRecord(event_name, time_unix_nano, attributes)],
+        resource,
+        LogOrigin(trace_id, span_id),
+    )
 
 
 def _packable(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,19 +174,39 @@ def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
     """The one encoder of the layout: a batch of spans -> the ``d`` field of an entry.
 
     ``spans`` are SDK ``ReadableSpan`` objects (the exporter) or :class:`SpanRecord` objects (the
-    gateway, tools and tests). ``guard`` is applied to every attribute map (nested kvlists, arrays
-    and bytes included: the SDK accepts any ``AnyValue`` as a span attribute) and to span and
-    event names; without one (tests and tools only) attributes are packed as they are.
+    gateway, the logs exporter, tools and tests; those with ``log`` set become log rows).
+    ``guard`` is applied to every attribute map (nested kvlists, arrays and bytes included: the
+    SDK accepts any ``AnyValue`` as a span attribute) and to span and event names; without one
+    (tests and tools only) attributes are packed as they are.
     """
     resources: list[dict[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows: list[list[Any]] = []
+    logs: list[list[Any]] = []
     append = rows.append
     clean: Any = guard.clean if guard is not None else _packable
     clean_name: Any = guard.clean_name if guard is not None else _same
     for span in spans:
         if type(span) is SpanRecord:
             resource: Any = span.resource
+            if span.log is not None:  # a log-record event: a log row (layout in the module docstring)
+                index = resource_index.get(id(resource))
+                if index is None:
+                    index = resource_index[id(resource)] = len(resources)
+                    resources.append(clean(resource))
+                event = span.events[0]
+                logs.append(
+                    [
+                        span.trace_id,
+                        span.log.trace_id,
+                        span.log.span_id,
+                        clean_name(event.name),
+                        event.time_unix_nano,
+                        clean(event.attributes),
+                        index,
+                    ]
+                )
+                continue
             resource_attributes: Any = resource
             trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
             kind, start, end, status = span.kind, span.start_unix_nano, span.end_unix_nano, span.status_code
@@ -169,7 +248,7 @@ def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
                 index,
             ]
         )
-    return msgpack.packb([resources, rows], use_bin_type=True)
+    return msgpack.packb([resources, rows, logs], use_bin_type=True)
 
 
 encode_readable_spans = encode
@@ -179,26 +258,56 @@ encode_records = encode
 
 
 def entry_fields(blob: bytes, count: int) -> dict[Any, Any]:
-    """The stream entry fields for one encoded batch."""
-    return {FIELD_VERSION: WIRE_VERSION, FIELD_COUNT: str(count).encode(), FIELD_DATA: blob}
+    """The stream entry fields for one encoded batch. The version follows the blob's layout (a
+    msgpack array of 2 or 3): a version-1 blob spooled before an upgrade is still written as one."""
+    version = WIRE_VERSION_1 if blob[:1] == _ARRAY_OF_2 else WIRE_VERSION
+    return {FIELD_VERSION: version, FIELD_COUNT: str(count).encode(), FIELD_DATA: blob}
+
+
+_ARRAY_OF_2 = b"\x92"  # msgpack fixarray header of length 2
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> list[SpanRecord]:
-    """Decode one stream entry; raises :class:`WireFormatError` for anything malformed."""
+    """Decode one stream entry (version 1 or 2); raises :class:`WireFormatError` for anything malformed."""
     version = fields.get(FIELD_VERSION)
-    if version != WIRE_VERSION:
+    if version not in READABLE_VERSIONS:
         raise WireFormatError(f"unsupported wire version {version!r}")
     blob = fields.get(FIELD_DATA)
     if blob is None:
         raise WireFormatError("entry has no data field")
-    return decode_batch(blob)
+    return decode_batch(blob, version)
 
 
-def decode_batch(blob: bytes) -> list[SpanRecord]:
+def _log_records(rows: Any, resources: Any) -> list[SpanRecord]:
+    records = []
+    for event_uid, trace_id, span_id, name, time, attrs, index in rows:
+        if len(event_uid) != 16 or (trace_id is not None and len(trace_id) != 16):
+            raise WireFormatError("bad event uid or trace id length")
+        if (span_id is not None and len(span_id) != 8) or not isinstance(attrs, dict):
+            raise WireFormatError("bad log layout")
+        if not isinstance(name, str) or not isinstance(event_uid, bytes):
+            raise WireFormatError("bad log layout")
+        records.append(log_record(event_uid, trace_id, span_id, name, int(time), attrs, resources[index]))
+    return records
+
+
+_LAYOUT_LENGTH: dict[bytes, int] = {WIRE_VERSION_1: 2, WIRE_VERSION: 3}
+
+
+def decode_batch(blob: bytes, version: bytes | None = None) -> list[SpanRecord]:
+    """The records of one ``d`` field of ``version`` (without one: the version its layout has):
+    spans first, then log events (as records)."""
     try:
         # Tuples, not lists: ~35 % cheaper to build (sequence attribute values arrive as tuples,
         # as the SDK hands them over).
-        resources, rows = msgpack.unpackb(blob, raw=False, strict_map_key=True, use_list=False)
+        batch = msgpack.unpackb(blob, raw=False, strict_map_key=True, use_list=False)
+        if version is not None and len(batch) != _LAYOUT_LENGTH[version]:
+            raise WireFormatError("layout does not match the wire version")
+        if len(batch) == 2:  # version 1
+            resources, rows = batch
+            logs: Any = ()
+        else:
+            resources, rows, logs = batch
         records = []
         for row in rows:
             (trace_id, span_id, parent, name, kind, start, end, status, attrs, events, index) = row
@@ -221,6 +330,8 @@ def decode_batch(blob: bytes) -> list[SpanRecord]:
                     resources[index],
                 )
             )
+        if logs:
+            records.extend(_log_records(logs, resources))
         return records
     except WireFormatError:
         raise

@@ -1,7 +1,7 @@
 """Self-telemetry of the bus writers (exporter and gateway): counters kept in process and
 mirrored to a small Redis hash with a TTL, written in the same round trip as the batch.
 
-Key: ``{prefix}:stats:{role}:{host}:{pid}`` (``role`` is ``exporter`` or ``gateway``).
+Key: ``{prefix}:stats:{role}:{host}:{pid}`` (``role`` is ``exporter``, ``log-exporter`` or ``gateway``).
 Values are cumulative since the process started; ``bus stats`` sums them over all live
 writers. A hash disappears ``STATS_TTL_S`` after its writer's last successful write.
 

@@ -13,6 +13,7 @@
 
 from .asgi import StudyInASGIMiddleware, instrument_app
 from .attribution import set_user
+from .carriers import LogRecordCarrier
 from .instrumentor import StudyInInstrumentor
 from .privacy import GuardedSpanExporter, PrivacyGuard, Pseudonymizer
 from .settings import Settings, get_settings
@@ -30,6 +31,7 @@ __all__ = [
     "EventRejected",
     "GuardedSpanExporter",
     "LearningSession",
+    "LogRecordCarrier",
     "PrivacyGuard",
     "Pseudonymizer",
     "SessionTicket",

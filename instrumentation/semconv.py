@@ -38,6 +38,9 @@ LEARNING_SESSION_SPAN: Final = "studyin.learning_session"
 """Name of the span that covers one learning session (its duration is the session's)."""
 STANDALONE_EVENT_SPAN: Final = "studyin.event"
 """Name of the short span that carries an event emitted while no span is recording."""
+EVENT_UID: Final = "studyin.event.uid"
+"""Log-record events: 32 hex digits, random, drawn when the event is emitted; the exporters move it
+into the wire's log row (the event's identity on the bus), never into the event's properties."""
 
 
 class AttributeType(StrEnum):

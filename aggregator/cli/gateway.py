@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve OTLP/HTTP ``POST /v1/traces`` into the bus."""
+"""The ``gateway`` command: serve OTLP/HTTP ``POST /v1/traces`` and ``POST /v1/logs`` into the bus."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.gateway_port
     app = create_gateway(settings)
     new_console(stderr=True).print(
-        data(f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces -> bus {settings.stream_prefix}")
+        data(f"OTLP/HTTP gateway on http://{host}:{port}/v1/traces, /v1/logs -> bus {settings.stream_prefix}")
     )
     serve(app, settings, host, port)  # header and body read deadlines
     return EXIT_OK
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``gateway`` command to the ``studyin-analytics`` parser."""
     p = subparsers.add_parser(
         "gateway",
-        help="serve OTLP/HTTP POST /v1/traces into the bus",
+        help="serve OTLP/HTTP POST /v1/traces and /v1/logs (studyin.* events) into the bus",
         description=(
             "OTLP/HTTP receiver for a collector's otlphttp exporter: protobuf or JSON, gzip, partial "
             "success; 503 with Retry-After while Redis is unreachable. Applies the privacy guard (needs "

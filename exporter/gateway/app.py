@@ -1,4 +1,4 @@
-"""The OTLP/HTTP gateway: ``POST /v1/traces`` into the Redis stream bus.
+"""The OTLP/HTTP gateway: ``POST /v1/traces`` and ``POST /v1/logs`` (:mod:`.logs`) into the Redis stream bus.
 
 For routing through an OpenTelemetry Collector (its ``otlphttp`` exporter points here).
 Follows the OTLP/HTTP specification:
@@ -65,6 +65,7 @@ from ..runtime.selftelemetry import METRICS_PATH
 from ..tombstone import Tombstone
 from ..writer_stats import STATS_TTL_S, WriterStats, stats_key
 from .custom_check import screen_custom
+from .logs import LOGS, LOGS_PATH, Signal
 from .otlp_decode import (
     INVALID_ARGUMENT,
     UNAVAILABLE,
@@ -187,7 +188,21 @@ def rejection_reasons(rejected: Counter[str]) -> str:
 
 
 def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
-    return parse_protobuf(body) if media == PROTOBUF else parse_json(body)
+    request: ExportTraceServiceRequest = parse_protobuf(body) if media == PROTOBUF else parse_json(body)
+    return request
+
+
+def _reject_spans(response: ExportTraceServiceResponse, count: int) -> None:
+    response.partial_success.rejected_spans = count
+
+
+TRACES = Signal(
+    lambda body, json: parse_json(body) if json else parse_protobuf(body),
+    records_of,
+    ExportTraceServiceResponse,
+    _reject_spans,
+    "spans",
+)
 
 
 def _status_bytes(code: int, message: str) -> bytes:
@@ -379,13 +394,21 @@ class Gateway:
         stats.observe_latency(time.monotonic() - started)
 
     async def traces(self, request: Request) -> Response:
+        return await self.receive(request, TRACES)
+
+    async def logs(self, request: Request) -> Response:
+        return await self.receive(request, LOGS)
+
+    async def receive(self, request: Request, signal: Signal) -> Response:
         self.requests += 1
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         try:
             if media not in (PROTOBUF, JSON):
                 raise _unread(RequestRefused(415, INVALID_ARGUMENT, "unsupported content-type", quoted=media))
             body = await self.read_body(request)
-            records, rejected = records_of(parse_request(body, media), EventWindow.of(self.settings))
+            records, rejected = signal.records(
+                signal.parse(body, media == JSON), EventWindow.of(self.settings)
+            )
         except RequestRefused as exc:
             if exc.unread:
                 await self.drain(request)
@@ -406,7 +429,7 @@ class Gateway:
                     media,
                     headers={"retry-after": str(self.settings.gateway_retry_after_s)},
                 )
-        response = ExportTraceServiceResponse()
+        response = signal.response()
         if custom_reasons:  # not spans: the events were kept as failed events, to replay
             count = custom_reasons.total()
             response.partial_success.error_message = (
@@ -415,10 +438,10 @@ class Gateway:
         if rejected:
             count = rejected.total()
             reasons = rejection_reasons(rejected)
-            _log.warning("rejected %d of %d spans: %s", count, count + len(records), reasons)
+            _log.warning("rejected %d of %d %s: %s", count, count + len(records), signal.noun, reasons)
             self.spans_rejected += count
-            response.partial_success.rejected_spans = count
-            response.partial_success.error_message += f"{count} spans rejected: {reasons}"
+            signal.reject(response, count)
+            response.partial_success.error_message += f"{count} {signal.noun} rejected: {reasons}"
         if media == JSON:
             return Response(json_format.MessageToJson(response, indent=None), media_type=JSON)
         return Response(response.SerializeToString(), media_type=PROTOBUF)
@@ -454,6 +477,7 @@ def create_gateway(settings: Settings, *, guard: PrivacyGuard | None = None) -> 
     app = Starlette(
         routes=[
             Route(TRACES_PATH, gateway.traces, methods=["POST"]),
+            Route(LOGS_PATH, gateway.logs, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route(METRICS_PATH, telemetry.telemetry.metrics_endpoint, methods=["GET"]),
         ],

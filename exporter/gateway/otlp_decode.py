@@ -99,12 +99,13 @@ def gunzip(data: bytes, limit: int) -> bytes:
 # --- protobuf ---------------------------------------------------------------------------------------
 
 
-def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
+def parse_protobuf(body: bytes, message: Any = ExportTraceServiceRequest) -> Any:
+    """``body`` as ``message`` (an OTLP export request: traces by default, or logs)."""
+    request = message()
     try:
         request.ParseFromString(body)
     except (DecodeError, ValueError, RuntimeError):  # upb: DecodeError, including its depth limit
-        raise bad_request("body is not an ExportTraceServiceRequest (protobuf)") from None
+        raise bad_request(f"body is not an {message.__name__} (protobuf)") from None
     return request
 
 
@@ -115,7 +116,7 @@ _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*")
 _NUMBERS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
 _INT32 = 2**31
-_PARSER_PATH = re.compile(r" at ExportTraceServiceRequest\.([\w.\[\]]*\w\]?)")
+_PARSER_PATH = re.compile(r" at Export\w+ServiceRequest\.([\w.\[\]]*\w\]?)")
 _fields_cache: dict[str, dict[str, FieldDescriptor]] = {}
 
 
@@ -171,12 +172,10 @@ def _scalar(field: FieldDescriptor, value: Any, where: str) -> Any:
     return value
 
 
-def _check(document: dict[str, Any]) -> None:
+def _check(document: dict[str, Any], root: Descriptor) -> None:
     """Walk the document along the request's schema (iteratively), refusing what the OTLP
     mapping forbids and protobuf's parser would take, and turning hex ids into base64."""
-    stack: list[tuple[dict[str, Any], Descriptor, str, int]] = [
-        (document, ExportTraceServiceRequest.DESCRIPTOR, "", 1)
-    ]
+    stack: list[tuple[dict[str, Any], Descriptor, str, int]] = [(document, root, "", 1)]
     while stack:
         node, descriptor, path, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -205,7 +204,8 @@ def _check(document: dict[str, Any]) -> None:
                         value[index] = checked
 
 
-def parse_json(body: bytes) -> ExportTraceServiceRequest:
+def parse_json(body: bytes, message: Any = ExportTraceServiceRequest) -> Any:
+    """``body`` as ``message`` in OTLP/JSON (module docstring)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -213,8 +213,8 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         raise bad_request("body is nested deeper than 1024 levels" if deep else "body is not JSON") from None
     if not isinstance(document, dict):
         raise bad_request("body is not a JSON object")
-    _check(document)
-    request = ExportTraceServiceRequest()
+    _check(document, message.DESCRIPTOR)
+    request = message()
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True, max_recursion_depth=MAX_DEPTH)
     except Exception as exc:  # ParseError mostly; whatever the parser refuses is the client's problem

@@ -40,7 +40,7 @@ def test_every_referenced_component_is_defined() -> None:
         assert extension in config["extensions"], extension
     assert service["pipelines"], "no pipeline"
     for name, pipeline in service["pipelines"].items():
-        assert name.split("/")[0] == "traces"
+        assert name.split("/")[0] in ("traces", "logs")
         for section in ("receivers", "processors", "exporters"):
             assert pipeline[section], f"{name} has no {section}"
             for component in pipeline[section]:
@@ -56,14 +56,17 @@ def test_every_referenced_component_is_defined() -> None:
 
 def test_processor_order_and_delivery_guarantees() -> None:
     config = load()
-    (pipeline,) = config["service"]["pipelines"].values()
-    processors = pipeline["processors"]
-    assert processors[0] == "memory_limiter"  # first, per the collector's guidance
-    assert processors[-1] == "batch"
-    exporter = config["exporters"][pipeline["exporters"][0]]
-    assert exporter["retry_on_failure"]["enabled"] is True
-    assert exporter["sending_queue"]["enabled"] is True
-    assert exporter["sending_queue"]["storage"].startswith("file_storage")
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "logs"}  # log-record events take the same route (issue 16)
+    for pipeline in pipelines.values():
+        processors = pipeline["processors"]
+        assert processors[0] == "memory_limiter"  # first, per the collector's guidance
+        assert processors[-1] == "batch"
+        exporter = config["exporters"][pipeline["exporters"][0]]
+        assert exporter["retry_on_failure"]["enabled"] is True
+        assert exporter["sending_queue"]["enabled"] is True
+        assert exporter["sending_queue"]["storage"].startswith("file_storage")
+    assert pipelines["logs"] == pipelines["traces"]
 
 
 def test_endpoints_agree_with_the_gateway_defaults() -> None:
@@ -73,7 +76,7 @@ def test_endpoints_agree_with_the_gateway_defaults() -> None:
     endpoint = urlsplit(config["exporters"][exporter_name]["endpoint"])
     assert endpoint.scheme == "http"
     assert (endpoint.hostname, endpoint.port) == (host, port)
-    assert endpoint.path in ("", "/")  # otlphttp appends /v1/traces, the gateway's path
+    assert endpoint.path in ("", "/")  # otlphttp appends /v1/traces and /v1/logs, the gateway's paths
     protocols = config["receivers"]["otlp"]["protocols"]
     receiver_ports = {int(p["endpoint"].rsplit(":", 1)[1]) for p in protocols.values()}
     assert receiver_ports == {4317, 4318}
