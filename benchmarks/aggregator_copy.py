@@ -6,7 +6,7 @@ hand), into two temporary tables of the raw columns' types on one connection, in
 sending, ``time.process_time``: PostgreSQL's work and other processes' are left out, so the noise
 of a shared machine mostly is too); baseline: asyncpg's ``copy_records_to_table`` of the same
 records. No target: the ratio decides whether the columnar payload earns a place on the
-aggregator's path (docs/aggregator.md#per-batch-work-measured). ``headline=False``.
+aggregator's path (docs/aggregator.md#per-batch-work-measured-issue-25). ``headline=False``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ parts of every row (field count, lengths, event id, time) laid out in one NumPy 
 and each row concatenated from its parts by one ``binary_join_element_wise``, whose data buffer,
 rows back to back, is the payload.
 
-**Not on the aggregator's path** (measured, docs/aggregator.md#per-batch-work-measured): from row
+**Not on the aggregator's path** (measured, docs/aggregator.md#per-batch-work-measured-issue-25): from row
 tuples it costs the aggregator as much CPU as asyncpg's per-row ``COPY`` (~1.3 us a row either
 way, sending included): pulling the columns out of the tuples and converting them is most of it.
 It is here for a columnar wire, whose columns arrive as arrays (``studyin-analytics bench --only
