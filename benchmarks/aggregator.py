@@ -44,6 +44,7 @@ from ..exporter import wire
 from ..exporter.bus import group_lag, stream_keys
 from ..exporter.wire import EventRecord, SpanRecord
 from ..instrumentation.privacy import Pseudonymizer
+from .aggregator_copy import copy_encoding
 from .framework import BenchContext, Measurement, at_least, at_most, bench, median
 
 TARGET_EVENTS_PER_S = 100_000.0
@@ -485,5 +486,12 @@ async def memory(ctx: BenchContext) -> list[Measurement]:
 
 @bench("aggregator")
 async def aggregator_bench(ctx: BenchContext) -> list[Measurement]:
-    """Throughput vs bare COPY, freshness at 5k events/s, RSS under load."""
-    return [*await throughput(ctx), *await freshness(ctx), *await memory(ctx)]
+    """Throughput vs bare COPY, the raw COPY per column vs per row, freshness at 5k events/s, RSS."""
+    spans = make_spans(random.Random(3), users_of(ctx.settings, 1000), ctx.scale(100_000, 5_000))
+    rows = [row for span in spans for row in rows_from_span(span)]
+    return [
+        *await throughput(ctx),
+        *await copy_encoding(ctx, rows),
+        *await freshness(ctx),
+        *await memory(ctx),
+    ]

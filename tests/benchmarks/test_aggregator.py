@@ -29,6 +29,8 @@ async def test_quick_aggregator_bench_rows(settings: Settings) -> None:
     assert throughput.unit == "events/s" and throughput.value > 0
     assert throughput.baseline is not None and throughput.baseline > 0  # the bare COPY, same run
     assert throughput.met is not None and throughput.target is not None
+    copy = by_name["raw COPY built per column"]  # against asyncpg's per-row COPY, same rows
+    assert copy.unit == "us/row" and copy.value > 0 and copy.baseline is not None and copy.baseline > 0
     p50, p99 = by_name["aggregator freshness p50"], by_name["aggregator freshness p99"]
     assert 0 < p50.value <= p99.value
     memory = by_name["aggregator peak RSS under sustained load"]
