@@ -160,7 +160,7 @@ async def erase_learner(
     report = Report()
     started = time.monotonic()
     client = async_client(settings, socket_timeout=30.0, socket_connect_timeout=5.0)
-    conn = await connect(settings, "admin")
+    conn = await connect(settings, "erasure")
     try:
         added = await tombstone.add(client, settings, learner.pseudonyms)
         report.erased["tombstone"] = {"pseudonyms added": added}
@@ -203,7 +203,7 @@ async def learner_records(
     """Every record held about ``learner``, one dict per JSON line (see :data:`EXPORT_README`)."""
     export = export or ExportSettings()
     lrs_settings = lrs_settings or LrsSettings()
-    conn = await connect(settings, "admin")
+    conn = await connect(settings, "erasure")
     try:
         async for table, row in postgres.rows(conn, learner):
             yield {"sink": "postgresql", "place": table, "record": row}
@@ -255,7 +255,7 @@ async def write_export(
 
 async def audit_export(settings: Settings, learner: Learner, actor: str, counts: dict[str, int]) -> None:
     """The command line's access export, in the audit log like the API's (no raw id, no pseudonym)."""
-    conn = await connect(settings, "admin")
+    conn = await connect(settings, "erasure")
     try:
         await postgres.record_receipt(conn, learner, actor, {"records": counts}, postgres.EXPORT_ENDPOINT)
     finally:
