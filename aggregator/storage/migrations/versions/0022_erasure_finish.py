@@ -92,7 +92,8 @@ def downgrade() -> None:
                 EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', '{schema}', '{role}');
                 EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', '{schema}', '{role}');
                 EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I '
-                               'REVOKE SELECT, UPDATE ON TABLES FROM %I', '{exporter}', '{catalog}', '{role}');
+                               'REVOKE SELECT, UPDATE ON TABLES FROM %I',
+                               '{exporter}', '{catalog}', '{role}');
                 EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', '{catalog}', '{role}');
                 EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', '{catalog}', '{role}');
             END IF;
