@@ -18,6 +18,7 @@ from studyin_analytics.aggregator.learners import lrs as lrs_pass
 from studyin_analytics.aggregator.learners.identity import Learner
 from studyin_analytics.aggregator.lrs.forwarder import Forwarder
 from studyin_analytics.aggregator.lrs.settings import LrsSettings
+from tests.support.erasure import redis_hits
 from tests.support.lrs.forwarding import PSEUDONYMIZER, learning_emissions, lrs_settings, publish
 from tests.support.lrs.ralph import RalphServer
 
@@ -38,9 +39,10 @@ def learner_of_user(user: str) -> Learner:
     return Learner(tuple(PSEUDONYMIZER.pseudonyms(user)), tuple(PSEUDONYMIZER.lrs.pseudonyms(user)))
 
 
-async def forward(settings: LrsSettings) -> None:
+async def forward(settings: LrsSettings) -> int:
+    """Run the forwarder until the bus is drained; returns the entries it read."""
     async with Forwarder(settings) as forwarder:
-        await forwarder.drain(120)
+        return (await forwarder.drain(120)).entries
 
 
 def test_erasure_voids_every_statement_sent_and_the_export_lists_them(
@@ -78,6 +80,16 @@ def test_erasure_voids_every_statement_sent_and_the_export_lists_them(
     assert report.found["lrs"] == {lrs_pass.STILL_VOIDED: 10}
     assert not report.clean
     assert [s for s in stored(ralph) if s["id"] not in theirs and s not in voiding] == others_before
+
+    # Every bus entry held the victim (4 learners interleaved), so the erasure re-added all of them
+    # without the victim: the forwarder reads them again and the LRS still holds each statement once.
+    assert sum(report.erased["redis"].values()) == asyncio.run(forward(settings)) > 0
+    counts = ralph.stored_ids()
+    assert redis_hits(wh.settings.redis_url or "", wh.settings.stream_prefix, list(learner.pseudonyms)) == []
+    assert all(counts[s["id"]] == 1 for s in others_before)
+    assert {s["id"] for s in stored(ralph)} == {s["id"] for s in others_before} | theirs | {
+        s["id"] for s in voiding
+    }
 
     again = asyncio.run(
         erasure.erase_learner(
