@@ -4,8 +4,10 @@ The learner's id travels in the JSON body (never in the URL, so no access log or
 it); the API computes the pseudonyms in-process and forgets the id. Both routes are audited with
 the learner named by its tombstone digest ``erased:<digest>`` (an audited export of an erased
 learner must not put the pseudonym back; the erasure's receipt is the audit row it writes itself).
-They connect to PostgreSQL as the login user (``admin``, not the API's read-only role): deleting
-rows is the erasure's job alone (docs/privacy.md).
+They connect to PostgreSQL as the erasure role (revision 0022_erasure_finish: read and delete the
+per-learner tables, append to the audit log and replace an erased pseudonym in it, commit to the
+Iceberg catalog), with ``erasure_postgres_url`` or else the API's own login, which must then be a
+member of that role; the API process never needs the owner's login (docs/privacy.md).
 """
 
 from __future__ import annotations

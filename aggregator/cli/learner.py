@@ -66,10 +66,11 @@ def register(sub: Any) -> None:
         description=(
             "Compute the learner's pseudonyms under every configured key (the raw id is never "
             "stored or logged), then `export` every row held about them (PostgreSQL, the bus, the "
-            "Parquet and Iceberg exports) as JSON Lines with a README of the fields, or `erase` "
-            "them everywhere: tombstone (late events never come back), PostgreSQL, warehouse "
-            "exports, bus entries; a verification pass then searches every sink and an erasure "
-            "receipt goes to the audit log. Idempotent and resumable: run it again after a failure. "
+            "Parquet and Iceberg exports, the LRS's statements) as JSON Lines with a README of the "
+            "fields, or `erase` them everywhere: tombstone (late events never come back), PostgreSQL, "
+            "warehouse exports, LRS statements voided, bus entries; a verification pass then searches "
+            "every sink and an erasure receipt goes to the audit log. Runs as the erasure role "
+            "(POSTGRES_ERASURE_ROLE). Idempotent and resumable: run it again after a failure. "
             "Exit 1 if the verification still finds the learner. See docs/privacy.md."
         ),
     )

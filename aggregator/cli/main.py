@@ -303,6 +303,7 @@ SERVICE_OF_COMMAND: dict[str, Service] = {
     "aggregator": "aggregator",
     "api": "api",
     "lrs-forward": "aggregator",  # reads raw events for a catch-up (the aggregator role may)
+    "learner": "erasure",  # the erasure role (revision 0022_erasure_finish)
 }
 """Commands that connect to PostgreSQL as a service of their own (the others as ``admin``)."""
 

@@ -7,8 +7,9 @@ Erasure, step by step (each idempotent, so a run killed anywhere is finished by 
 2. PostgreSQL: every per-learner table of the registry and the raw events, one transaction;
    the audit log keeps its rows with the pseudonym replaced (:mod:`.postgres`);
 3. the warehouse exports, under the exporter's lock (:mod:`.warehouse`);
-4. the bus: entries rewritten without the learner (:mod:`.bus`);
-5. the verification pass over every sink, then the receipt in the audit log.
+4. the LRS: every statement it returns for the learner voided (:mod:`.lrs`);
+5. the bus: entries rewritten without the learner (:mod:`.bus`);
+6. the verification pass over every sink, then the receipt in the audit log.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import asyncpg
+import httpx
 
 from ...exporter import tombstone
 from ...exporter.connection import AsyncClient, async_client
 from ..api.settings import ApiSettings as Settings
+from ..lrs.delivery import LrsMisconfigured, LrsUnavailable
+from ..lrs.settings import LrsSettings
 from ..storage.db import connect
 from ..warehouse.settings import ExportSettings
 from ..warehouse.watermark import EXPORT_LOCK_CLASS
-from . import bus, postgres, warehouse
+from . import bus, lrs, postgres, warehouse
 from .identity import Learner
 
 Say = Callable[[str], None]
@@ -43,6 +47,7 @@ class Report:
     erased: dict[str, dict[str, int]] = field(default_factory=dict)
     found: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    not_configured: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -54,6 +59,7 @@ class Report:
             "erased": self.erased,
             "found_after": self.found,
             "skipped": self.skipped,
+            "not_configured": self.not_configured,
             "seconds": self.seconds,
         }
 
@@ -96,12 +102,30 @@ def _warehouse_find(
     return out
 
 
+LRS_ERRORS = (httpx.HTTPError, LrsUnavailable, LrsMisconfigured, lrs.LrsRefused)
+"""What an unreachable or refusing LRS raises: the LRS pass is reported skipped, the rest goes on."""
+
+
+async def _lrs_erase(lrs_settings: LrsSettings, learner: Learner, report: Report, say: Say) -> None:
+    if not lrs.configured(lrs_settings):
+        report.not_configured.append("lrs")
+        say("lrs: not configured (STUDYIN_ANALYTICS_LRS_URL unset): nothing to void")
+        return
+    try:
+        report.erased["lrs"] = await lrs.void(lrs_settings, learner)
+        say(f"lrs: {report.erased['lrs']}")
+    except LRS_ERRORS as exc:
+        report.skipped["lrs"] = f"{type(exc).__name__}: {exc}"[:300]
+        say(f"lrs: SKIPPED ({report.skipped['lrs']}); run again once the LRS answers")
+
+
 async def verify(
     settings: Settings,
     export: ExportSettings,
     learner: Learner,
     client: AsyncClient,
     conn: asyncpg.Connection,
+    lrs_settings: LrsSettings | None = None,
 ) -> dict[str, dict[str, int]]:
     """Search every sink for the learner's pseudonyms: what is found, per sink and place (0s dropped)."""
     found: dict[str, dict[str, int]] = {
@@ -111,6 +135,11 @@ async def verify(
     found.update(await asyncio.to_thread(_warehouse_find, settings, export, learner))
     if not await tombstone.contains(client, settings, learner.pseudonyms):
         found["redis"]["tombstone missing"] = 1
+    if lrs_settings is not None and lrs.configured(lrs_settings):
+        try:
+            found["lrs"] = await lrs.find(lrs_settings, learner)
+        except LRS_ERRORS as exc:
+            found["lrs"] = {f"not searched: {type(exc).__name__}"[:200]: 1}
     return found
 
 
@@ -120,16 +149,18 @@ async def erase_learner(
     *,
     actor: str,
     export: ExportSettings | None = None,
+    lrs_settings: LrsSettings | None = None,
     lock_wait_s: float = 60.0,
     settle_s: float = tombstone.REFRESH_S + 0.5,
     say: Say = lambda _line: None,
 ) -> Report:
     """Erase ``learner`` everywhere (idempotent, resumable), verify, and write the receipt."""
     export = export or ExportSettings()
+    lrs_settings = lrs_settings or LrsSettings()
     report = Report()
     started = time.monotonic()
     client = async_client(settings, socket_timeout=30.0, socket_connect_timeout=5.0)
-    conn = await connect(settings, "admin")
+    conn = await connect(settings, "erasure")
     try:
         added = await tombstone.add(client, settings, learner.pseudonyms)
         report.erased["tombstone"] = {"pseudonyms added": added}
@@ -151,9 +182,10 @@ async def erase_learner(
         else:
             report.skipped["warehouse"] = "the exporter held its lock: stop `export --follow` and run again"
             say(f"warehouse: SKIPPED ({report.skipped['warehouse']})")
+        await _lrs_erase(lrs_settings, learner, report, say)
         report.erased["redis"] = await bus.erase(client, settings, learner)
         say(f"bus: {report.erased['redis']}")
-        report.found = await verify(settings, export, learner, client, conn)
+        report.found = await verify(settings, export, learner, client, conn, lrs_settings)
         report.seconds = round(time.monotonic() - started, 3)
         await postgres.record_receipt(conn, learner, actor, report.detail())
     finally:
@@ -163,11 +195,15 @@ async def erase_learner(
 
 
 async def learner_records(
-    settings: Settings, learner: Learner, export: ExportSettings | None = None
+    settings: Settings,
+    learner: Learner,
+    export: ExportSettings | None = None,
+    lrs_settings: LrsSettings | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every record held about ``learner``, one dict per JSON line (see :data:`EXPORT_README`)."""
     export = export or ExportSettings()
-    conn = await connect(settings, "admin")
+    lrs_settings = lrs_settings or LrsSettings()
+    conn = await connect(settings, "erasure")
     try:
         async for table, row in postgres.rows(conn, learner):
             yield {"sink": "postgresql", "place": table, "record": row}
@@ -189,6 +225,9 @@ async def learner_records(
         )
         for place, row in found:
             yield {"sink": "iceberg", "place": place, "record": row}
+    if lrs.configured(lrs_settings):
+        for statement in await lrs.records(lrs_settings, learner):
+            yield {"sink": "lrs", "place": "statements", "record": statement}
 
 
 def _default(value: Any) -> Any:
@@ -200,11 +239,15 @@ def _default(value: Any) -> Any:
 
 
 async def write_export(
-    settings: Settings, learner: Learner, out: TextIO, export: ExportSettings | None = None
+    settings: Settings,
+    learner: Learner,
+    out: TextIO,
+    export: ExportSettings | None = None,
+    lrs_settings: LrsSettings | None = None,
 ) -> dict[str, int]:
     """Write the access export as JSON Lines to ``out``; returns records per sink."""
     counts: dict[str, int] = {}
-    async for record in learner_records(settings, learner, export):
+    async for record in learner_records(settings, learner, export, lrs_settings):
         out.write(json.dumps(record, default=_default, sort_keys=True) + "\n")
         counts[record["sink"]] = counts.get(record["sink"], 0) + 1
     return counts
@@ -212,7 +255,7 @@ async def write_export(
 
 async def audit_export(settings: Settings, learner: Learner, actor: str, counts: dict[str, int]) -> None:
     """The command line's access export, in the audit log like the API's (no raw id, no pseudonym)."""
-    conn = await connect(settings, "admin")
+    conn = await connect(settings, "erasure")
     try:
         await postgres.record_receipt(conn, learner, actor, {"records": counts}, postgres.EXPORT_ENDPOINT)
     finally:
@@ -225,9 +268,10 @@ EXPORT_README = """\
 One JSON object per line, one line per record held about the learner, from every sink:
 
 - `sink`: where it is held: `postgresql` (the analytics database), `redis` (the event bus, still
-  waiting for its retention), `parquet` and `iceberg` (the warehouse exports).
-- `place`: the table (PostgreSQL, Iceberg), the stream key (Redis) or the file (Parquet, relative
-  to the export's root).
+  waiting for its retention), `parquet` and `iceberg` (the warehouse exports), `lrs` (the school's
+  Learning Record Store, when one is configured).
+- `place`: the table (PostgreSQL, Iceberg), the stream key (Redis), the file (Parquet, relative
+  to the export's root) or `statements` (the LRS).
 - `record`: the record itself, field by field as stored. PostgreSQL tables are described in
   docs/aggregator.md: `analytics_events` (one row per event: `event_id`, `occurred_at`,
   `event_type`, `user_hash` the learner's pseudonym, `session_id`, `properties` the event's
@@ -236,6 +280,8 @@ One JSON object per line, one line per record held about the learner, from every
   read the learner's data, when, through which endpoint). Redis records are spans as sent by the
   apps (`trace_id`, `span_id`, `name`, times in Unix nanoseconds, `attributes`, `events`).
   Warehouse rows are copies of the PostgreSQL rows (a rollup row once per exported version).
+  LRS records are xAPI 1.0.3 statements as the LRS returns them for the learner's account
+  (`actor.account.name` is the learner's LRS pseudonym; `stored` and `authority` added by the LRS).
 
 Times are UTC (ISO 8601, or Unix nanoseconds where named so). The learner appears only as keyed
 pseudonyms (`user_hash`, and `lrs_actor` for the Learning Record Store); no raw id is held anywhere.

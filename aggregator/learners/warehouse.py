@@ -197,7 +197,16 @@ def remove_unreachable(table: Any) -> int:
 
 
 def catalog_of(settings: Any, export: Any) -> Any:
-    """The export's Iceberg catalog (never created here)."""
-    from ..warehouse.settings import catalog_url
+    """The export's Iceberg catalog (never created here), as the erasure role: revision
+    0022_erasure_finish grants it the catalog's tables, so no exporter or owner login is needed."""
+    from ..storage.db import service_url
+    from ..warehouse.settings import catalog_schema, with_options
 
-    return open_catalog(export.catalog_name, catalog_url(settings, export), export.warehouse, create=False)
+    url = export.catalog_uri
+    if not url:
+        url = with_options(
+            service_url(settings, "erasure"), settings.postgres_erasure_role, catalog_schema(settings, export)
+        )
+        scheme, rest = url.split("://", 1)
+        url = f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else url
+    return open_catalog(export.catalog_name, url, export.warehouse, create=False)

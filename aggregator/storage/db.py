@@ -24,7 +24,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-Service = Literal["aggregator", "api", "admin"]
+Service = Literal["aggregator", "api", "erasure", "admin"]
 """Who connects: each service has its own URL setting (falling back to ``postgres_url``)."""
 
 
@@ -34,6 +34,9 @@ def service_url(settings: PostgresSettings, service: Service) -> str:
         return settings.aggregator_postgres_url
     if service == "api" and settings.api_postgres_url:
         return settings.api_postgres_url
+    if service == "erasure" and (settings.erasure_postgres_url or settings.api_postgres_url):
+        # The API's staff endpoints erase with the API's own login (a member of the erasure role).
+        return str(settings.erasure_postgres_url or settings.api_postgres_url)
     return str(require(settings.postgres_url, "postgres_url"))
 
 
@@ -43,6 +46,8 @@ def service_role(settings: PostgresSettings, service: Service) -> str | None:
         return settings.postgres_aggregator_role
     if service == "api":
         return settings.postgres_api_role
+    if service == "erasure":
+        return settings.postgres_erasure_role
     return None
 
 
@@ -60,10 +65,9 @@ def connect_kwargs(settings: PostgresSettings, service: Service = "admin") -> di
 
 def _role_error(settings: PostgresSettings, service: Service, exc: Exception) -> ConfigurationError:
     """Why the login user could not assume the service's role, naming the settings to fix."""
-    url_field = f"{service}_postgres_url" if getattr(settings, f"{service}_postgres_url") else "postgres_url"
     role_field = f"postgres_{service}_role"
     return ConfigurationError(
-        f"the login user of {ENV_PREFIX}{url_field.upper()} ({redact_url(service_url(settings, service))}) "
+        f"the login user of {url_setting(settings, service)} ({redact_url(service_url(settings, service))}) "
         f"cannot assume role {service_role(settings, service)!r} ({ENV_PREFIX}{role_field.upper()}): {exc}. "
         "Run `studyin-analytics migrate` (it creates the role) and make the login user a member "
         f"(GRANT {service_role(settings, service)} TO <login user>)"
@@ -121,6 +125,8 @@ def url_setting(settings: PostgresSettings, service: Service) -> str:
     """The variable that holds the URL ``service`` connects with (for error messages)."""
     if service != "admin" and getattr(settings, f"{service}_postgres_url"):
         return f"{ENV_PREFIX}{service.upper()}_POSTGRES_URL"
+    if service == "erasure" and settings.api_postgres_url:
+        return f"{ENV_PREFIX}API_POSTGRES_URL"
     return f"{ENV_PREFIX}POSTGRES_URL"
 
 

@@ -37,6 +37,7 @@ def alembic_config(settings: PostgresSettings) -> Config:
     config.attributes["aggregator_role"] = settings.postgres_aggregator_role
     config.attributes["api_role"] = settings.postgres_api_role
     config.attributes["rebuild_role"] = settings.postgres_rebuild_role  # revision 0016_rebuild
+    config.attributes["erasure_role"] = settings.postgres_erasure_role  # revision 0022_erasure_finish
     config.attributes["schema_variant"] = settings.postgres_schema_variant  # 0017_citus_variant
     from ..warehouse.settings import ExportSettings, catalog_schema  # revision 0009_export
 

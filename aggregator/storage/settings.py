@@ -38,6 +38,17 @@ class PostgresSettings(StudyInSettings):
         pattern=_ROLE,
         description="Role the migration grants `rollups rebuild` its rights to; the command SETs it",
     )
+    postgres_erasure_role: str = Field(
+        default="studyin_eraser",
+        pattern=_ROLE,
+        description="Role the migration grants `learner export|erase` (command and staff endpoints) their "
+        "rights to; they SET it",
+    )
+    erasure_postgres_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL `learner export|erase` connect with, a member of the erasure role "
+        "(default: api_postgres_url, then postgres_url)",
+    )
     postgres_schema: str = Field(
         default="studyin_analytics",
         pattern=_ROLE,

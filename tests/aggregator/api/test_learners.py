@@ -108,3 +108,41 @@ async def test_the_funnels_store_forgets_an_erased_learner_without_a_restart(api
         assert time.monotonic() < deadline, "the erased learner's events stayed in the API's store"
         await asyncio.sleep(0.2)
     assert len(store.store) > 0  # the others are still there
+
+
+async def test_the_endpoints_erase_with_the_apis_own_login_and_no_owner_url(api: Api, test_id: str) -> None:
+    """The API process of the deployment examples: only API_POSTGRES_URL, a login in studyin_api and the
+    erasure role; no POSTGRES_URL (the owner's) at all."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from studyin_analytics.aggregator.storage.db import connect
+    from tests.support.api import open_api
+
+    owner = api.settings
+    login = f"t_{test_id}_api"
+    wl = build(Pseudonymizer.from_settings(owner), users=4, seed=SEED, spans_per_entry=5)
+    push(owner.redis_url or "", stream_keys(owner)[0], wl.entries)
+    async with Aggregator(owner) as aggregator:
+        await aggregator.drain(timeout_s=60)
+    admin = await connect(owner)
+    roles = f"{owner.postgres_api_role}, {owner.postgres_erasure_role}"
+    await admin.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'pw-{login}' IN ROLE {roles}")
+    try:
+        parts = urlsplit(owner.postgres_url or "")
+        netloc = f"{login}:pw-{login}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        settings = owner.with_overrides(postgres_url=None, api_postgres_url=url)
+        assert settings.postgres_url is None
+        async for own in open_api(settings):
+            staff = own.auth(STAFF, roles=["staff"])
+            response = await own.client.post(ERASE_PATH, json={"user_id": VICTIM}, headers=staff)
+            assert response.status_code == 200, response.text
+            assert (
+                response.json()["clean"] and response.json()["erased"]["postgresql"]["analytics_events"] > 0
+            )
+            exported = await own.client.post(EXPORT_PATH, json={"user_id": VICTIM}, headers=staff)
+            assert exported.status_code == 200 and exported.text == ""
+    finally:
+        await admin.execute(f"DROP OWNED BY {login}")
+        await admin.execute(f"DROP ROLE {login}")
+        await admin.close()
