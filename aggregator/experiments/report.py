@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from . import statistics as st
-from .definitions import METRICS, ExperimentDefinition
+from .definitions import ExperimentDefinition, metric_of
 
 __all__ = ["SumsRow", "analyse", "as_number"]
 
@@ -106,7 +106,7 @@ def _mean_comparisons(
     names, weights = definition.names, definition.weights
     minimum = st.MinimumEffect(definition.minimum_effect, relative=True)
     cuped = _covariate_varies(raw)
-    sums = [_mean_sums(r, METRICS[metric].scale, cuped) for r in raw]
+    sums = [_mean_sums(r, metric_of(metric).scale, cuped) for r in raw]
     rows = [
         {"variant": n, **_plain(st.summarise_means(s, min_learners=k))}
         for n, s in zip(names, sums, strict=True)
@@ -139,7 +139,7 @@ def _metric(
     k: int,
     alpha: float,
 ) -> dict[str, Any]:
-    info = METRICS[metric]
+    info = metric_of(metric)
     raw = [rows.get((name, metric)) for name in definition.names]
     build = _rate_comparisons if info.kind == "rate" else _mean_comparisons
     variants, comparisons = build(definition, metric, raw, k, alpha)
