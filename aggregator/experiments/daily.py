@@ -29,7 +29,7 @@ def running_totals(
     for row in rows:
         by_day.setdefault(row["day"], []).append(row)
     totals: dict[str, dict[str, Any]] = {v: dict.fromkeys(SUM_FIELDS, 0) for v in variants}
-    out = []
+    out: list[tuple[date, dict[str, SumsRow]]] = []
     for day in sorted(by_day):
         for row in by_day[day]:
             if row["variant"] in totals:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -65,7 +66,7 @@ async def stored(settings: Settings) -> int:
 async def test_a_retried_post_is_replayed_once(migrated: Settings) -> None:
     settings = migrated
     if time.time() % 60 > 50:  # the keyless retry below must fall in the same minute
-        time.sleep(61 - time.time() % 60)
+        await asyncio.sleep(61 - time.time() % 60)
     await post(settings, body(10, 20), "request-1")
     await post(settings, body(10, 20), "request-1")  # the client's retry: same key
     await post(settings, body(10, 20), "request-2")  # a new request with the same content: new events
