@@ -16,7 +16,7 @@ from typing import Any
 
 from . import statistics as st
 from .definitions import ExperimentDefinition, metric_of
-from .report import SumsRow, _covariate_varies, _mean_sums, _plain, _rate_sums
+from .report import SumsRow, covariate_varies, mean_sums, plain, rate_sums
 
 SUM_FIELDS = ("n", "successes", "sum", "sum_squares", "covariate_sum", "covariate_sum_squares", "cross_sum")
 
@@ -57,15 +57,15 @@ def daily_looks(
         comparisons = []
         for index, name in enumerate(names[1:], start=1):
             if info.kind == "rate":
-                control, treatment = _rate_sums(raw[0]), _rate_sums(raw[index])
+                control, treatment = rate_sums(raw[0]), rate_sums(raw[index])
                 look = st.sequential_rates(control, treatment, alpha=alpha, min_learners=k)
             else:
-                cuped = _covariate_varies(raw)
-                means = [_mean_sums(r, info.scale, cuped) for r in raw]
+                cuped = covariate_varies(raw)
+                means = [mean_sums(r, info.scale, cuped) for r in raw]
                 look = st.sequential_means(means[0], means[index], alpha=alpha, cuped=cuped, min_learners=k)
             looks[name].append(look)
             comparisons.append(
-                {"variant": name, "sequential": _plain(look), "watched": _plain(st.watch(looks[name]))}
+                {"variant": name, "sequential": plain(look), "watched": plain(st.watch(looks[name]))}
             )
         out.append(
             {
