@@ -22,7 +22,13 @@ def follow_custom_schemas(
     """Start following the registry's snapshot and make it this process's default registry."""
     url = settings.redis_url or ""
     follower = SnapshotFollower(
-        url, f"{settings.stream_prefix}:", SNAPSHOT_KIND, decode_snapshot, EMPTY_REGISTRY, refresh_interval_s
+        url,
+        f"{settings.stream_prefix}:",
+        SNAPSHOT_KIND,
+        decode_snapshot,
+        EMPTY_REGISTRY,
+        refresh_interval_s,
+        cluster=settings.redis_cluster,
     )
     follower.start()
     set_default_registry(follower.current)

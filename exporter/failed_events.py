@@ -100,6 +100,38 @@ class FailedEvent:
         )
 
 
+PIN_TTL_S = 7 * 86_400
+"""How long a tracked failed event's first time is remembered (the bus's retention): a retry within it
+is kept with the same id and time, so replay stores it once."""
+PIN_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"""
+"""Pin a failed event's time: the first writer's time, returned to every later one (one key: Cluster safe)."""
+
+
+def pin_key(settings: BusSettings, event_id: uuid.UUID) -> str:
+    """The key that holds the first time of the failed event ``event_id`` (:data:`PIN_SCRIPT`)."""
+    return f"{failed_events_key(settings)}:pin:{event_id}"
+
+
+def tracked_event_id(
+    user_hash: str, idempotency_key: str | None, index: int, content: Mapping[str, str], minute: int
+) -> uuid.UUID:
+    """Deterministic id of a custom event the track endpoint refused, so a retried POST keeps one id.
+
+    With the client's ``Idempotency-Key``: from the caller, the key and the item's index. Without: from
+    the caller, the index, what is kept of the event (``content``: schema, version, the protected and
+    scrubbed properties, so no raw identity is hashed) and the minute of receipt, so a retry within
+    the same minute is recognised (later ones are stored again: send the header)."""
+    if idempotency_key is not None:
+        parts = ["key", user_hash, idempotency_key, str(index)]
+    else:
+        parts = ["content", user_hash, str(index), str(minute), json.dumps(content, sort_keys=True)]
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16, person=b"studyin-track").digest()
+    return uuid.UUID(bytes=digest)
+
+
 def add_commands(settings: BusSettings, failed: Iterable[FailedEvent]) -> list[tuple[str, dict[str, str]]]:
     """``(key, fields)`` of the ``XADD`` of each failed event (with ``maxlen=MAX_LEN, approximate=True``)."""
     key = failed_events_key(settings)

@@ -8,6 +8,11 @@ Redis is away or a published payload does not decode. Keys (:data:`.bus.SNAPSHOT
 ``{prefix}snapshot-changed:{kind}`` that carries the new version. Pub/Sub may lose a message (a
 reconnect); the periodic poll (``refresh_interval_s``) bounds how stale a follower can be.
 
+Redis Cluster safe: the snapshot is one key (version and payload in one hash, so no multi-key
+operation ever spans slots), the script names it as its only key, and a channel is not a key (a
+classic ``PUBLISH`` reaches subscribers on every node). A follower given ``cluster=True`` uses a
+cluster client, built lazily so an app can start while the cluster is away.
+
 Used for the custom event registry (``kind="custom-schemas"``) and the experiments' assignments.
 """
 
@@ -21,6 +26,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from .bus import SNAPSHOT_KEYS
 
@@ -35,7 +42,7 @@ return v
 """
 
 
-def publish_snapshot(client: redis.Redis, prefix: str, kind: str, payload: bytes) -> int:
+def publish_snapshot(client: redis.Redis | RedisCluster, prefix: str, kind: str, payload: bytes) -> int:
     """Store ``payload`` as the snapshot of ``kind``, bump its version and notify; returns the version.
 
     One Lua script: followers never see a new version with an old payload.
@@ -55,6 +62,8 @@ class SnapshotFollower(Generic[T]):
         decode: Callable[[bytes], T],
         empty: T,
         refresh_interval_s: float = 30.0,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._key, self._channel = (k.format(prefix=prefix, kind=kind) for k in SNAPSHOT_KEYS)
         self._decode = decode
@@ -64,9 +73,8 @@ class SnapshotFollower(Generic[T]):
         self._payload: bytes | None = None
         # The payload is compared too: a Redis that lost its data counts versions from 1 again.
         self._interval = refresh_interval_s
-        self._client: redis.Redis = redis.Redis.from_url(
-            redis_url, socket_timeout=max(refresh_interval_s, 5.0), socket_connect_timeout=5.0
-        )
+        self._url, self._cluster = redis_url, cluster
+        self._client: Any = None  # built on first use: a cluster client connects when built
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -78,8 +86,8 @@ class SnapshotFollower(Generic[T]):
     def refresh_now(self) -> bool:
         """Load the published snapshot once; ``False`` when Redis is away or the payload is bad."""
         try:
-            fields: dict[bytes, bytes] = self._client.hgetall(self._key)  # type: ignore[assignment]
-        except (redis.RedisError, OSError) as exc:
+            fields: dict[bytes, bytes] = self._connected().hgetall(self._key)
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             _log.debug("snapshot %s: Redis unavailable (%s)", self._key, type(exc).__name__)
             return False
         if not fields:
@@ -103,6 +111,19 @@ class SnapshotFollower(Generic[T]):
             self._current, self.version, self._payload = decoded, version, payload
         return True
 
+    def _connected(self) -> Any:
+        if self._client is None:
+            options: dict[str, Any] = {
+                "socket_timeout": max(self._interval, 5.0),
+                "socket_connect_timeout": 5.0,
+            }
+            self._client = (
+                RedisCluster.from_url(self._url, **options)
+                if self._cluster
+                else redis.Redis.from_url(self._url, **options)
+            )
+        return self._client
+
     def start(self) -> None:
         """Load once, then follow changes in a daemon thread."""
         if self._thread is not None:
@@ -115,7 +136,7 @@ class SnapshotFollower(Generic[T]):
         while not self._stop.is_set():
             pubsub: Any = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
+                pubsub = self._connected().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self._channel)
                 self.refresh_now()  # a change between the last load and the subscription
                 last = time.monotonic()
@@ -124,7 +145,7 @@ class SnapshotFollower(Generic[T]):
                     if message is not None or time.monotonic() - last >= self._interval:
                         self.refresh_now()  # a change, or the periodic poll (one HGETALL)
                         last = time.monotonic()
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, RedisClusterException, OSError):
                 self._stop.wait(min(self._interval, 1.0))
             finally:
                 if pubsub is not None:
@@ -136,7 +157,8 @@ class SnapshotFollower(Generic[T]):
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 async def publish_snapshot_async(client: Any, prefix: str, kind: str, payload: bytes) -> int:

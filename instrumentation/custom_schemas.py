@@ -341,6 +341,10 @@ EMPTY_REGISTRY: Final = CustomRegistry()
 
 def validate_event(registry: CustomRegistry, name: Any, version: Any, properties: Any) -> list[EventError]:
     """The one validation of a custom event: empty when valid, else every error (pointer + reason)."""
+    if type(name) is str and type(version) is str:  # the hot path: a registered schema, no regex
+        compiled = registry.schemas.get((name, version))
+        if compiled is not None:
+            return compiled.errors(properties)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         return [EventError("", "schema name is not vendor-qualified")]
     if not isinstance(version, str) or not VERSION_PATTERN.match(version):

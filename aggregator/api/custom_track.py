@@ -4,11 +4,14 @@ schema name carries ``data = {"version": "1-0-0", "properties": {...}}``.
 Validated by the one validation (``instrumentation/custom_schemas.validate_event``) against the API
 process's registry snapshot; a valid item is recorded through ``tracker.custom``; an invalid one is
 rejected with each error (its ``loc`` ends with the JSON pointer's parts) and written to the failed-events
-stream with the caller's pseudonym, so it can be replayed once its schema is registered or fixed.
+stream with the caller's pseudonym, so it can be replayed once its schema is registered or fixed. Its id is
+deterministic (``failed_events.tracked_event_id``: from the ``Idempotency-Key`` header when the client sends
+one) and its time the first attempt's (pinned in Redis), so a retried POST is replayed once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -16,7 +19,16 @@ from typing import Any
 
 from fastapi import Request
 
-from ...exporter.failed_events import MAX_LEN, FailedEvent, add_commands, protected
+from ...exporter.failed_events import (
+    MAX_LEN,
+    PIN_SCRIPT,
+    PIN_TTL_S,
+    FailedEvent,
+    add_commands,
+    pin_key,
+    protected,
+    tracked_event_id,
+)
 from ...instrumentation.custom_schemas import EventError, default_registry, validate_event
 from ...instrumentation.tracker import EventRejected, StudyInTracker
 from .auth import Principal
@@ -57,8 +69,28 @@ def _protected(event_type: str, version: Any, properties: Any, tracker: StudyInT
     return protected(properties, pseudonymous, tracker.pseudonymizer.pseudonymize)
 
 
+async def _keep_failed(request: Request, failed: FailedEvent) -> None:
+    """Pin the event's first time (a retry gets the same id and time: replay stores it once), then keep it."""
+    settings = request.app.state.settings
+    client = request.app.state.redis
+    try:
+        pinned = await client.eval(
+            PIN_SCRIPT, 1, pin_key(settings, failed.event_id), failed.time_us, PIN_TTL_S
+        )
+        failed = dataclasses.replace(failed, time_us=int(pinned))
+        for key, fields in add_commands(settings, [failed]):
+            await client.xadd(key, fields, maxlen=MAX_LEN, approximate=True)
+    except Exception as exc:  # the answer still names the errors; the loss is logged
+        _log.warning("a failed custom event could not be kept: %s", type(exc).__name__)
+
+
 async def track_custom(
-    request: Request, caller: Principal, index: int, event_type: str, data: dict[str, Any]
+    request: Request,
+    caller: Principal,
+    index: int,
+    event_type: str,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
 ) -> TrackItemResult:
     version, properties, errors = custom_errors(index, event_type, data)
     tracker: StudyInTracker = request.app.state.tracker
@@ -68,9 +100,10 @@ async def track_custom(
             return TrackItemResult(index=index, type=event_type, status="accepted")
         except EventRejected as exc:  # the tracker's own snapshot disagrees (cannot: same registry)
             errors = [EventError("", exc.reasons)]
+    now_us = time.time_ns() // 1000
     failed = FailedEvent(
-        uuid.uuid4(),
-        time.time_ns() // 1000,
+        uuid.UUID(int=0),
+        now_us,
         str(event_type),
         str(version) if version is not None else "",
         tuple(errors),
@@ -79,11 +112,10 @@ async def track_custom(
         None,
         "track",
     )
-    try:
-        for key, fields in add_commands(request.app.state.settings, [failed]):
-            await request.app.state.redis.xadd(key, fields, maxlen=MAX_LEN, approximate=True)
-    except Exception as exc:  # the answer still names the errors; the loss is logged
-        _log.warning("a failed custom event could not be kept: %s", type(exc).__name__)
+    kept = failed.fields()
+    content = {k: kept[k] for k in ("schema", "version", "properties")}
+    event_id = tracked_event_id(caller.user_hash, idempotency_key, index, content, now_us // 60_000_000)
+    await _keep_failed(request, dataclasses.replace(failed, event_id=event_id))
     return TrackItemResult(
         index=index,
         type=event_type,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
 from ..experiments import store
+from ..experiments.daily import daily_looks
 from ..experiments.definitions import ExperimentDefinition
 from ..experiments.report import analyse
 from . import audit
@@ -26,6 +27,7 @@ EXPERIMENTS_PATH = f"{PREFIX}/experiments"
 EXPERIMENT_PATH = f"{PREFIX}/experiments/{{key}}"
 STOP_PATH = f"{PREFIX}/experiments/{{key}}/stop"
 ANALYSIS_PATH = f"{PREFIX}/experiments/{{key}}/analysis"
+DAYS_PATH = f"{PREFIX}/experiments/{{key}}/analysis/days"
 
 Key = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The experiment's key")]
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -38,6 +40,11 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 _SUMS_SQL = """
 SELECT variant, metric, n, successes, sum, sum_squares, covariate_sum, covariate_sum_squares, cross_sum
 FROM experiment_variant_sums WHERE experiment_key = $1 AND version = $2
+"""
+
+_DAY_SUMS_SQL = """
+SELECT variant, day, n, successes, sum, sum_squares, covariate_sum, covariate_sum_squares, cross_sum
+FROM experiment_variant_day_sums WHERE experiment_key = $1 AND version = $2 AND metric = $3
 """
 
 router = APIRouter()
@@ -131,4 +138,32 @@ async def experiment_analysis(
     exposed = {r["variant"]: int(r["n"]) for r in rows if r["metric"] == "sessions"}
     result = analyse(chosen.definition, exposed, by_key, k=settings.min_cohort_size)
     body = {"key": key, "version": chosen.version, "status": chosen.status, **result}
+    return JSONResponse(body, headers={"Cache-Control": "private, max-age=30", "Vary": "Authorization"})
+
+
+@router.get(DAYS_PATH, responses=WRITE_RESPONSES, tags=["experiments"])
+async def experiment_days(
+    caller: Caller,
+    db: Db,
+    settings: AppSettings,
+    key: Key,
+    metric: Annotated[str | None, Query(max_length=200, description="Default: the primary metric")] = None,
+    version: Annotated[int | None, Query(ge=1, description="Default: the latest version")] = None,
+) -> JSONResponse:
+    """The always-valid sequential result of one metric looked at each day (UTC), from the exact per-day
+    sums: each day's look and the watched result through it; variants under k learners show no numbers.
+    404 when the experiment, the version or the metric (in its definition) does not exist. Staff only."""
+    await require_staff_audited(db, caller, DAYS_PATH, "cohort")
+    async with db.acquire() as conn:
+        versions = await store.history(conn, key)
+        chosen = next((v for v in reversed(versions) if version is None or v.version == version), None)
+        if chosen is None:
+            raise _not_found(key)
+        wanted = metric or chosen.definition.primary_metric
+        if wanted not in chosen.definition.metrics:
+            raise ApiProblem(404, "not_found", f"experiment {key!r} has no metric {wanted!r}")
+        rows = await conn.fetch(_DAY_SUMS_SQL, key, chosen.version, wanted)
+        await audit.record(conn, caller, DAYS_PATH, subject=None, scope="cohort")
+    looks = daily_looks(chosen.definition, wanted, rows, k=settings.min_cohort_size)
+    body = {"key": key, "version": chosen.version, "metric": wanted, "days": looks}
     return JSONResponse(body, headers={"Cache-Control": "private, max-age=30", "Vary": "Authorization"})

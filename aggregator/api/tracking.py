@@ -6,9 +6,9 @@ They take the backend's path: tracker -> span events -> privacy guard -> Redis e
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import ValidationError
 
 from ...instrumentation import events, semconv
@@ -110,7 +110,20 @@ def _emit(request: Request, caller: Principal, valid: Valid, results: list[Track
     tags=["events"],
 )
 async def track_events(
-    request: Request, caller: Caller, settings: AppSettings, body: TrackRequest
+    request: Request,
+    caller: Caller,
+    settings: AppSettings,
+    body: TrackRequest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Same value on a retry of the same POST: a refused custom event keeps one id "
+            "(so `failed-events replay` stores it once)",
+        ),
+    ] = None,
 ) -> TrackResponse:
     """Record frontend events for the caller; each item is validated on its own.
 
@@ -121,7 +134,7 @@ async def track_events(
     valid: Valid = []
     for index, item in enumerate(body.events):
         if is_custom_type(item.type):  # custom events: custom_track.py
-            results.append(await track_custom(request, caller, index, item.type, item.data))
+            results.append(await track_custom(request, caller, index, item.type, item.data, idempotency_key))
             continue
         model, errors = client_item_errors(settings, index, item.type, item.data)
         if errors or model is None:

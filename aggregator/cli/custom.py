@@ -29,10 +29,10 @@ def _redis(settings: Settings) -> Any:
     return sync_client(settings, socket_connect_timeout=3, socket_timeout=10)
 
 
-async def _with_conn(settings: Settings, work: Any) -> Any:
+async def _with_conn(settings: Settings, work: Any, service: Any = "admin") -> Any:
     from ..storage.db import connect
 
-    conn = await connect(settings)
+    conn = await connect(settings, service)
     try:
         return await work(conn)
     finally:
@@ -126,7 +126,8 @@ def cmd_failed_events(args: argparse.Namespace) -> int:
             async def work(conn: Any) -> Any:
                 return await replay(conn, client, settings, event_type=args.type, since=since)
 
-            result = await _with_conn(settings, work)
+            # As the aggregator: replay does what it does (insert raw events, roll them up), no more.
+            result = await _with_conn(settings, work, "aggregator")
             print(dumps(result.as_dict()))
             return EXIT_OK
         finally:

@@ -40,12 +40,26 @@ def is_custom(event_type: str) -> bool:
     return "/" in event_type or event_type == semconv.CUSTOM_EVENT_TYPE
 
 
+_QUALIFIED: dict[str, bool] = {}
+_QUALIFIED_MAX = 10_000
+
+
+def _qualified(name: str) -> bool:
+    """``NAME_PATTERN`` matches ``name``, remembered: a stream names few schemas, each many times."""
+    known = _QUALIFIED.get(name)
+    if known is None:
+        if len(_QUALIFIED) >= _QUALIFIED_MAX:  # bounded: a stream of made-up names cannot grow it
+            _QUALIFIED.clear()
+        known = _QUALIFIED[name] = NAME_PATTERN.match(name) is not None
+    return known
+
+
 def custom_row(attributes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The event type and stored properties of a custom event's span-event attributes."""
     name, version = attributes.get(semconv.CUSTOM_SCHEMA), attributes.get(semconv.CUSTOM_VERSION)
     properties: dict[str, Any] = {VERSION_FIELD: version if isinstance(version, str) else ""}
     properties.update(custom_properties(attributes))
-    if isinstance(name, str) and NAME_PATTERN.match(name):
+    if isinstance(name, str) and _qualified(name):
         return name, properties
     properties[CLAIMED_FIELD] = name[:200] if isinstance(name, str) else ""
     return semconv.CUSTOM_EVENT_TYPE, properties

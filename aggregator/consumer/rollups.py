@@ -209,8 +209,8 @@ class Rollup(Counts):
         self.experiment_inputs += [
             (r.user_hash, r.event_type, r.time_us, r.event_id, r.properties)
             for r in rows
-            if r.user_hash is not None and r.event_type in INPUT_TYPES
-        ]
+            if r.user_hash is not None and (r.event_type in INPUT_TYPES or "/" in r.event_type)
+        ]  # custom types ("/"): experiments' custom:T metrics
 
     async def apply(self, conn: asyncpg.Connection) -> None:
         """Merge the deltas into the tables (inside the batch transaction), in the fixed order.

@@ -55,9 +55,35 @@ METRICS: dict[str, Metric] = {
         Metric("day7_return", "rate", "learners active on day 7 after exposure", "share"),
     )
 }
-"""The catalogue (issue 19). Custom event counts join it once custom events exist."""
+"""The catalogue (issue 19); plus, per registered custom event type T, ``custom:T`` (:func:`metric_of`)."""
 
-MetricName = Literal["completion_rate", "study_minutes", "sessions", "xp", "ai_coach_rating", "day7_return"]
+CUSTOM_METRIC_PREFIX = "custom:"
+CatalogueMetric = Literal[
+    "completion_rate", "study_minutes", "sessions", "xp", "ai_coach_rating", "day7_return"
+]
+CustomMetric = Annotated[
+    str,
+    StringConstraints(
+        # custom_schemas.NAME_PATTERN after the prefix (a test keeps them equal)
+        pattern=r"^custom:[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+/[a-z][a-z0-9_]{0,63}$",
+        max_length=200,
+    ),
+]
+"""``custom:`` + a custom event type (``custom:org.example/case_completed``): its events per learner."""
+MetricName = CatalogueMetric | CustomMetric
+
+
+def custom_event_type(metric: str) -> str | None:
+    """The custom event type a ``custom:`` metric counts (``None``: a catalogue metric)."""
+    return metric[len(CUSTOM_METRIC_PREFIX) :] if metric.startswith(CUSTOM_METRIC_PREFIX) else None
+
+
+def metric_of(name: str) -> Metric:
+    """The catalogue's metric, or the count of a custom event type (a mean per learner, with CUPED)."""
+    event_type = custom_event_type(name)
+    if event_type is None:
+        return METRICS[name]
+    return Metric(name, "mean", f"{event_type} events per learner", "events")
 
 
 Weight = Annotated[int, Field(ge=1, le=10_000)]

@@ -5,6 +5,7 @@ Part of :mod:`.statistics` (its public API); see docs/experiments.md.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
@@ -93,6 +94,7 @@ def guarded(compute: Callable[[], T], unavailable: Callable[[Status, str], T]) -
     return result
 
 
+@functools.lru_cache(maxsize=1024)  # one analysis asks for the same variant's moments ~6 times (exact: slow)
 def variant_moments(sums: MeanSums, label: str) -> Moments:
     if sums.n < 2:
         raise Unavailable(Status.INSUFFICIENT_DATA, f"{label} needs at least 2 learners for a variance")

@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from . import statistics as st
-from .definitions import METRICS, ExperimentDefinition
+from .definitions import ExperimentDefinition, metric_of
 
 __all__ = ["SumsRow", "analyse", "as_number"]
 
@@ -36,15 +36,15 @@ def as_number(value: Any, scale: int = 1) -> int | float:
     return float(Fraction(value) / scale) if isinstance(value, numbers.Rational) else float(value) / scale
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
-def _mean_sums(row: SumsRow | None, scale: int, with_covariate: bool) -> st.MeanSums:
+def mean_sums(row: SumsRow | None, scale: int, with_covariate: bool) -> st.MeanSums:
     if row is None:
         return st.MeanSums(0, 0, 0)
     covariate = None
@@ -59,11 +59,11 @@ def _mean_sums(row: SumsRow | None, scale: int, with_covariate: bool) -> st.Mean
     )
 
 
-def _rate_sums(row: SumsRow | None) -> st.RateSums:
+def rate_sums(row: SumsRow | None) -> st.RateSums:
     return st.RateSums(0, 0) if row is None else st.RateSums(int(row["n"]), int(row["successes"]))
 
 
-def _covariate_varies(rows: list[SumsRow | None]) -> bool:
+def covariate_varies(rows: list[SumsRow | None]) -> bool:
     total = sum(int(r["n"]) for r in rows if r is not None)
     if total < 2:
         return False
@@ -77,9 +77,9 @@ def _rate_comparisons(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     names, weights = definition.names, definition.weights
     minimum = st.MinimumEffect(definition.minimum_effect, relative=True)
-    sums = [_rate_sums(r) for r in raw]
+    sums = [rate_sums(r) for r in raw]
     rows = [
-        {"variant": n, **_plain(st.summarise_rates(s, min_learners=k))}
+        {"variant": n, **plain(st.summarise_rates(s, min_learners=k))}
         for n, s in zip(names, sums, strict=True)
     ]
     comparisons = []
@@ -87,15 +87,15 @@ def _rate_comparisons(
         control, treatment = sums[0], sums[index]
         entry = {
             "variant": names[index],
-            "comparison": _plain(st.compare_rates(control, treatment, alpha=alpha, min_learners=k)),
-            "sequential": _plain(st.sequential_rates(control, treatment, alpha=alpha, min_learners=k)),
+            "comparison": plain(st.compare_rates(control, treatment, alpha=alpha, min_learners=k)),
+            "sequential": plain(st.sequential_rates(control, treatment, alpha=alpha, min_learners=k)),
         }
         if metric == definition.primary_metric:
             pair = (float(weights[0]), float(weights[index]))
             size = st.sample_size_rates(
                 control, treatment, minimum, weights=pair, alpha=alpha, min_learners=k
             )
-            entry["sample_size"] = _plain(size)
+            entry["sample_size"] = plain(size)
         comparisons.append(entry)
     return rows, comparisons
 
@@ -105,10 +105,10 @@ def _mean_comparisons(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     names, weights = definition.names, definition.weights
     minimum = st.MinimumEffect(definition.minimum_effect, relative=True)
-    cuped = _covariate_varies(raw)
-    sums = [_mean_sums(r, METRICS[metric].scale, cuped) for r in raw]
+    cuped = covariate_varies(raw)
+    sums = [mean_sums(r, metric_of(metric).scale, cuped) for r in raw]
     rows = [
-        {"variant": n, **_plain(st.summarise_means(s, min_learners=k))}
+        {"variant": n, **plain(st.summarise_means(s, min_learners=k))}
         for n, s in zip(names, sums, strict=True)
     ]
     comparisons = []
@@ -117,8 +117,8 @@ def _mean_comparisons(
         compare = st.compare_means_cuped if cuped else st.compare_means
         entry = {
             "variant": names[index],
-            "comparison": _plain(compare(control, treatment, alpha=alpha, min_learners=k)),
-            "sequential": _plain(
+            "comparison": plain(compare(control, treatment, alpha=alpha, min_learners=k)),
+            "sequential": plain(
                 st.sequential_means(control, treatment, alpha=alpha, cuped=cuped, min_learners=k)
             ),
         }
@@ -127,7 +127,7 @@ def _mean_comparisons(
             size = st.sample_size_means(
                 control, treatment, minimum, weights=pair, alpha=alpha, min_learners=k
             )
-            entry["sample_size"] = _plain(size)
+            entry["sample_size"] = plain(size)
         comparisons.append(entry)
     return rows, comparisons
 
@@ -139,7 +139,7 @@ def _metric(
     k: int,
     alpha: float,
 ) -> dict[str, Any]:
-    info = METRICS[metric]
+    info = metric_of(metric)
     raw = [rows.get((name, metric)) for name in definition.names]
     build = _rate_comparisons if info.kind == "rate" else _mean_comparisons
     variants, comparisons = build(definition, metric, raw, k, alpha)
@@ -174,7 +174,7 @@ def analyse(
         "suppressed": any(0 < c < k for c in counts) or not all(counts),
         "min_learners": k,
         "alpha": alpha,
-        "sample_ratio": _plain(srm),
+        "sample_ratio": plain(srm),
         "trustworthy": srm.mismatch is not True,
         "metrics": [_metric(definition, metric, rows, k, alpha) for metric in definition.metrics],
     }

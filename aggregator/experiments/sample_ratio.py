@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from scipy import stats
+from scipy import special
 
 from .inputs import (
     DEFAULT_MIN_LEARNERS,
@@ -58,8 +58,12 @@ def sample_ratio_check(
     if total < min_exposures:
         reason = f"fewer than {min_exposures} exposed learners: the sample-ratio check has not started"
         return SampleRatioCheck(Status.INSUFFICIENT_DATA, reason, None, expected_shares)
-    test = stats.chisquare(observed, [total * share for share in expected_shares])
-    p_value, statistic = float(test.pvalue), float(test.statistic)
+    # Pearson's statistic and scipy's chi-square survival function: what scipy.stats.chisquare computes,
+    # without its ~2 ms of argument handling per call (the analysis endpoint's largest cost).
+    statistic = math.fsum(
+        (n - total * share) ** 2 / (total * share) for n, share in zip(observed, expected_shares, strict=True)
+    )
+    p_value = float(special.chdtrc(len(observed) - 1, statistic))
     mismatch = p_value < threshold
     reason = (
         f"sample ratio mismatch (p < {threshold}): the split differs from the weights; results untrustworthy"

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-import redis
 
+from ...exporter.connection import sync_client
 from ...exporter.settings import BusSettings
 from ...exporter.snapshots import publish_snapshot
 from ...instrumentation.experiments import SNAPSHOT_KIND, ExperimentSpec, encode_snapshot
@@ -167,10 +167,10 @@ async def running_snapshot(conn: asyncpg.Connection) -> bytes:
 async def publish(conn: asyncpg.Connection, settings: BusSettings) -> int:
     """Publish the running versions as the ``experiments`` snapshot; its new version."""
     payload = await running_snapshot(conn)
-    url = require(settings.redis_url, "redis_url")
+    require(settings.redis_url, "redis_url")
 
     def send() -> int:
-        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        client = sync_client(settings, socket_timeout=5.0, socket_connect_timeout=5.0)
         try:
             return publish_snapshot(client, settings.stream_prefix, SNAPSHOT_KIND, payload)
         finally:

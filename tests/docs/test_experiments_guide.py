@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from studyin_analytics.aggregator.cli.main import build_parser
-from studyin_analytics.aggregator.experiments.definitions import METRICS, ExperimentDefinition
+from studyin_analytics.aggregator.experiments.definitions import METRICS, ExperimentDefinition, metric_of
 from tests.support import ROOT
 
 pytestmark = pytest.mark.unit
@@ -37,3 +37,8 @@ def test_the_command_lines_parse() -> None:
 def test_the_catalogue_table_is_the_catalogue() -> None:
     rows = re.findall(r"^\| `([a-z0-9_]+)` \| (mean|rate)", DOC, re.M)
     assert {name: kind for name, kind in rows} == {m.name: m.kind for m in METRICS.values()}
+
+
+def test_the_catalogue_table_names_custom_event_counts() -> None:
+    assert re.search(r"^\| `custom:T` .*\| mean \|", DOC, re.M)
+    assert metric_of("custom:org.example/case_completed").kind == "mean"

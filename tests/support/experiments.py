@@ -14,6 +14,7 @@ from typing import Any
 
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
+from studyin_analytics.instrumentation.custom_tracking import custom_attributes
 
 DAY_NS = 86_400 * 10**9
 METRIC_TYPES = ("session_start", "session_end", "material_complete", "xp_awarded", "ai_coach_feedback")
@@ -64,9 +65,17 @@ def _props(rng: random.Random, kind: str) -> dict[str, Any]:
 
 
 def build(
-    rng: random.Random, users: list[str], key: str, start_ns: int, *, exposures_per_user: int = 2
+    rng: random.Random,
+    users: list[str],
+    key: str,
+    start_ns: int,
+    *,
+    exposures_per_user: int = 2,
+    custom_type: str | None = None,
 ) -> Workload:
-    """Learners with events over ~20 days around their exposures; some learners are never exposed."""
+    """Learners with events over ~20 days around their exposures; some learners are never exposed.
+    With ``custom_type`` (registered with tests.support.custom_events.case_schema), some events are of it."""
+    kinds = METRIC_TYPES + ((custom_type,) if custom_type else ())
     wl = Workload()
     for user in users:
         if rng.random() < 0.85:
@@ -86,11 +95,17 @@ def build(
                     )
                 )
         for _ in range(rng.randint(0, 25)):
-            kind = rng.choice(METRIC_TYPES)
+            kind = rng.choice(kinds)
             at = start_ns - 5 * DAY_NS + rng.randrange(0, 25 * DAY_NS) // 1000 * 1000
-            wl.events.append(Ev(user, kind, at, _props(rng, kind)))
+            props = (
+                custom_attributes(kind, "1-0-0", {"case_id": "c1", "score": rng.randint(0, 100)})
+                if "/" in kind
+                else _props(rng, kind)
+            )
+            wl.events.append(Ev(user, kind, at, props))
     for ev in wl.events:  # one span per event, in its own trace: any order of arrival is possible
         attrs = {"user.hash": ev.user, "studyin.event.version": 1, **ev.props}
+        name = "studyin." + ("custom" if "/" in ev.kind else ev.kind)
         wl.spans.append(
             SpanRecord(
                 rng.randbytes(16),
@@ -102,7 +117,7 @@ def build(
                 ev.ns + 1000,
                 0,
                 {"user.hash": ev.user},
-                [EventRecord("studyin." + ev.kind, ev.ns, attrs)],
+                [EventRecord(name, ev.ns, attrs)],
                 {"service.name": "test"},
             )
         )
@@ -128,6 +143,8 @@ def _value(kind: str, props: dict[str, Any], metric: str) -> Decimal | None:
     }
     if metric == "day7_return":
         return Decimal(1)
+    if metric.startswith("custom:"):
+        return Decimal(1) if kind == metric.removeprefix("custom:") else None
     event_type, attribute = wanted[metric]
     if kind != event_type:
         return None
@@ -135,7 +152,7 @@ def _value(kind: str, props: dict[str, Any], metric: str) -> Decimal | None:
 
 
 def reference_sums(
-    events: list[Ev], variants: tuple[str, ...] = ("control", "treatment")
+    events: list[Ev], variants: tuple[str, ...] = ("control", "treatment"), custom: tuple[str, ...] = ()
 ) -> dict[SumsKey, tuple[Any, ...]]:
     """Brute force: per learner, the first exposure, then each metric's (y, x) from all their events."""
     day_us, window_us = 86_400 * 10**6, 14 * 86_400 * 10**6
@@ -158,6 +175,7 @@ def reference_sums(
             "xp",
             "ai_coach_rating",
             "day7_return",
+            *custom,
         ):
             y: list[Decimal] = []
             x: list[Decimal] = []
@@ -196,3 +214,37 @@ async def stored_sums(conn: Any, key: str) -> dict[SumsKey, tuple[Any, ...]]:
         key,
     )
     return {(r[0], r[1], r[2], r[3]): tuple(r[4:]) for r in rows if r["n"] != 0 or any(v != 0 for v in r[5:])}
+
+
+def reference_day_sums(
+    events: list[Ev], days: range, custom: tuple[str, ...] = ()
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Brute force per UTC day D: the sums as they stood at D's end are :func:`reference_sums` of the
+    events that happened before it (exposures after D do not count yet; covariates precede exposures)."""
+    out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for day in days:
+        for k, v in reference_sums(
+            [ev for ev in events if ev.ns < (day + 1) * DAY_NS], custom=custom
+        ).items():
+            out[(*k, day)] = v
+    return out
+
+
+async def stored_day_sums(conn: Any, key: str, days: range) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The running totals of ``experiment_variant_day_sums`` at the end of each of ``days``."""
+    rows = await conn.fetch(
+        "SELECT experiment_key, version, variant, metric, (day - DATE '1970-01-01') AS day, n, successes, "
+        "sum, sum_squares, covariate_sum, covariate_sum_squares, cross_sum FROM experiment_variant_day_sums "
+        "WHERE experiment_key = $1",
+        key,
+    )
+    out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for day in days:
+        totals: dict[tuple[Any, ...], list[Any]] = {}
+        for r in rows:
+            if r["day"] <= day:
+                row = totals.setdefault((r[0], r[1], r[2], r[3], day), [0, 0] + [Decimal(0)] * 5)
+                for i in range(7):
+                    row[i] += r[5 + i]
+        out.update({k: tuple(v) for k, v in totals.items() if v[0] != 0 or any(x != 0 for x in v[1:])})
+    return out

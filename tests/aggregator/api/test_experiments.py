@@ -170,6 +170,17 @@ async def test_real_pipeline_sums_are_exact_and_the_analysis_reads_them(api: Api
     primary = body["metrics"][0]
     assert primary["primary"] and "sample_size" in primary["comparisons"][0]
     assert body["sample_ratio"]["mismatch"] is None  # fewer than 100 exposures: not checked yet
+    # Day by day (all events today here): the last look reads the same sums as the analysis.
+    staff = api.auth(STAFF, roles=["staff"])
+    days = await api.client.get(f"{PATH}/coach-prompt/analysis/days", params={"metric": "xp"}, headers=staff)
+    assert days.status_code == 200, days.text
+    last = days.json()["days"][-1]
+    assert sum(last["learners"].values()) == 60
+    assert last["comparisons"][0]["sequential"] == xp["comparisons"][0]["sequential"]
+    missing = await api.client.get(
+        f"{PATH}/coach-prompt/analysis/days", params={"metric": "nope"}, headers=staff
+    )
+    assert missing.status_code == 404
 
 
 async def test_variants_under_k_learners_show_no_numbers(api: Api) -> None:

@@ -10,19 +10,33 @@ import pytest
 
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.cli.settings import Settings
+from studyin_analytics.aggregator.custom import registry
 from studyin_analytics.aggregator.experiments import store
 from studyin_analytics.aggregator.experiments.definitions import ExperimentDefinition
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from tests.support.experiments import DAY_NS, build, definition, entries, reference_sums, stored_sums
+from tests.support.custom_events import CASE, case_schema
+from tests.support.experiments import (
+    DAY_NS,
+    build,
+    definition,
+    entries,
+    reference_day_sums,
+    reference_sums,
+    stored_day_sums,
+    stored_sums,
+)
 from tests.support.workload import push
 
+CUSTOM = (f"custom:{CASE}",)
+"""The custom-event-count metric the sums test's definition names (a guardrail)."""
 
-async def _define(settings: Settings, key: str) -> None:
+
+async def _define(settings: Settings, key: str, **extra: object) -> None:
     conn = await connect(settings)
     try:
-        await store.create(conn, ExperimentDefinition.model_validate(definition(key)), "test")
+        await store.create(conn, ExperimentDefinition.model_validate(definition(key, **extra)), "test")
     finally:
         await conn.close()
 
@@ -40,8 +54,14 @@ async def test_sums_equal_brute_force_under_any_arrival(migrated: Settings, seed
     pseudonymizer = Pseudonymizer.from_settings(settings)
     users = [pseudonymizer.pseudonymize(f"learner-{seed}-{i}") for i in range(40)]
     start_ns = (time.time_ns() - 30 * DAY_NS) // 1000 * 1000
-    wl = build(rng, users, "coach-prompt", start_ns)
-    await _define(settings, "coach-prompt")
+    wl = build(rng, users, "coach-prompt", start_ns, custom_type=CASE)
+    guardrails = ["completion_rate", "sessions", "xp", "ai_coach_rating", *CUSTOM]
+    await _define(settings, "coach-prompt", guardrail_metrics=guardrails)
+    conn = await connect(settings)
+    try:
+        await registry.register(conn, CASE, "1-0-0", case_schema(), "test")
+    finally:
+        await conn.close()
     stream = stream_keys(settings)[0]
     batches = entries(rng, wl.spans, per_entry=rng.randint(1, 7))
     # Shuffled events (exposures after the events that follow them, later exposures first), in
@@ -54,9 +74,15 @@ async def test_sums_equal_brute_force_under_any_arrival(migrated: Settings, seed
     assert inserted == len(wl.events)
     conn = await connect(settings)
     try:
-        expected = reference_sums(wl.events)
+        expected = reference_sums(wl.events, custom=CUSTOM)
         assert expected, "the workload exposes learners"
+        assert any(k[3] == CUSTOM[0] and v[2] > 0 for k, v in expected.items()), "custom events count"
         assert await stored_sums(conn, "coach-prompt") == expected
+        # Per day: the running totals of the day rows equal the brute-force sums at each day's end.
+        days = range(start_ns // DAY_NS - 6, start_ns // DAY_NS + 27)
+        by_day = reference_day_sums(wl.events, days, custom=CUSTOM)
+        assert await stored_day_sums(conn, "coach-prompt", days) == by_day
+        assert {k[:4]: v for k, v in by_day.items() if k[4] == days[-1]} == expected
     finally:
         await conn.close()
 

@@ -41,7 +41,7 @@ async def failed(settings: Settings) -> list[Any]:
 
 async def run_replay(settings: Settings, event_type: str | None = None) -> dict[str, Any]:
     client = aioredis.Redis.from_url(settings.redis_url or "")
-    conn = await connect(settings)
+    conn = await connect(settings, "aggregator")  # the role the CLI replays with
     try:
         return (await replay(conn, client, settings, event_type=event_type)).as_dict()
     finally:

@@ -30,6 +30,7 @@ SYSTEM_WIDE = {
     "custom_event_daily": "per day and custom event type over all learners: no user",
     "experiment_versions": "experiment definitions, a few rows: a reference table",
     "experiment_variant_sums": "per experiment, variant and metric over all learners: no user",
+    "experiment_variant_day_sums": "per experiment, variant, metric and day over all learners: no user",
     "rollup_rebuilds": "a rebuild's progress per table (0016_rebuild): no user",
     "schema_variant": "the variant the schema was migrated as (one row)",
     "saved_funnels": "staff's funnel definitions by name (created_by: the author's pseudonym): no learner",
