@@ -62,11 +62,13 @@ async def _schemathesis(base: str, bearer: str, workdir: Path) -> tuple[int, str
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    # 173 s measured at load average 19 on 2 cores (120 s timed out there).
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=540)
     assert process.returncode is not None
     return process.returncode, output.decode(errors="replace")
 
 
+@pytest.mark.timeout(600)
 async def test_schemathesis_with_every_check_finds_nothing(migrated: Settings, tmp_path: Path) -> None:
     """A learner (own data; staff views refused) and a staff member (system and cohort views)."""
 

@@ -30,7 +30,7 @@ import re
 from alembic import context, op
 
 revision = "0022_erasure_finish"
-down_revision = "0017_citus_variant"
+down_revision = "0021_exp_custom_finish"
 branch_labels = None
 depends_on = None
 
