@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from studyin_analytics.aggregator.cli.settings import Settings
