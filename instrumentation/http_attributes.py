@@ -13,15 +13,15 @@ from opentelemetry.instrumentation._semconv import (
     _set_http_method,
     _set_http_scheme,
 )
-from opentelemetry.instrumentation.asgi import ASGIGetter
 from opentelemetry.instrumentation.utils import http_status_to_status_code
+from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.http import sanitize_method
 
 from . import semconv
 from .asgi_types import Scope
 
-__all__ = ["ATTRIBUTE_CACHE_SIZE", "SCOPE_HEADERS", "HttpAttributes", "ScopeHeaderGetter"]
+__all__ = ["ATTRIBUTE_CACHE_SIZE", "HttpAttributes", "sampler_reads_attributes"]
 
 ATTRIBUTE_CACHE_SIZE = 4096
 """Metric attribute sets kept per middleware (routes x statuses x methods), cleared when full."""
@@ -38,27 +38,27 @@ _HTTP_FLAVOR = "http.flavor"
 _NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 
 
-def _decode(value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except ValueError:  # as the stock getter does (ASGI's encoding rules)
-        return value.decode("unicode_escape")
+_BLIND_SAMPLING = (StaticSampler.should_sample, TraceIdRatioBased.should_sample)
+_PARENT_BASED_DELEGATES = (
+    "_root",
+    "_remote_parent_sampled",
+    "_remote_parent_not_sampled",
+    "_local_parent_sampled",
+    "_local_parent_not_sampled",
+)
 
 
-class ScopeHeaderGetter(ASGIGetter):
-    """The stock ASGI getter, but decoding only the headers that match (it decodes every name,
-    for every key a propagator asks for). Header names are ASCII tokens: ``bytes.lower`` suffices."""
-
-    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
-        headers = carrier.get("headers")
-        if not headers:
-            return None
-        wanted = key.lower().encode("utf-8")
-        found = [_decode(value) for name, value in headers if name == wanted or name.lower() == wanted]
-        return found or None
-
-
-SCOPE_HEADERS = ScopeHeaderGetter()
+def sampler_reads_attributes(sampler: object) -> bool:
+    """Whether ``sampler`` may decide on the attributes a span starts with. The SDK's always-on/off,
+    ratio and parent-based samplers do not (their ``should_sample``, not a subclass's); then the
+    middleware sets the request attributes with the response's, in one call (one cleaning pass of the
+    SDK instead of two). Anything else, or a tracer without a ``sampler``, gets them at start."""
+    method = getattr(type(sampler), "should_sample", None)
+    if method in _BLIND_SAMPLING:
+        return False
+    if method is ParentBased.should_sample:
+        return any(sampler_reads_attributes(getattr(sampler, name, None)) for name in _PARENT_BASED_DELEGATES)
+    return True
 
 
 class HttpAttributes:

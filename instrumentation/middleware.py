@@ -16,7 +16,6 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_set
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.metrics import MeterProvider, get_meter_provider
-from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls
 
@@ -25,8 +24,9 @@ from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .attribution import UserIdHook, current_request_slot, default_user_id_hook, resolve_user_id_hook
 from .clock import Clock
 from .deferred import DeferredDurations
-from .http_attributes import SCOPE_HEADERS, HttpAttributes
+from .http_attributes import HttpAttributes, sampler_reads_attributes
 from .privacy import Pseudonymizer
+from .propagation import extract_parent
 from .routes import RouteResolver
 from .settings import ConfigurationError, get_settings
 
@@ -123,6 +123,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         self._start_cache: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
         self._response_cache: dict[tuple[int, str], tuple[dict[str, Any], bool]] = {}
         self._deferred = DeferredDurations.for_meter(self.meter)
+        self._attributes_at_response = not sampler_reads_attributes(getattr(self.tracer, "sampler", None))
         self._histograms = (self.duration_histogram_new, self.duration_histogram_old)
         self._tracer_provider_for_flush = tracer_provider or trace.get_tracer_provider()
         self._meter_provider_for_flush = meter_provider or get_meter_provider()
@@ -242,20 +243,22 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         # of two (extracted parent, then the span) and a header scan that decodes only matches.
         parent = context.get_current()
         if trace.get_current_span(parent) is trace.INVALID_SPAN:
-            parent = extract(scope, context=parent, getter=SCOPE_HEADERS)  # type: ignore[misc]
+            parent = extract_parent(scope, parent)
             kind = SpanKind.SERVER
         else:
             kind = SpanKind.INTERNAL
         # The route template is not known before routing; the raw path is never used (ids).
+        at_response = self._attributes_at_response  # the sampler does not read them: set them later
         span = self.tracer.start_span(
             span_method,
             context=parent,
             kind=kind,
-            attributes=attributes,
+            attributes=None if at_response else attributes,
             start_time=None if self._clock is None else self._clock.time_ns(),
         )
         anonymous = self._auth is not None and self._auth.search(path) is not None
         request = _TracedRequest(self, span, anonymous, scope, send, path, span_method)
+        request.start_attributes = attributes if at_response else None
         span_context = trace.set_span_in_context(span, parent)
         token = context.attach(span_context)
         request_token = _CURRENT_REQUEST.set(request)
@@ -274,6 +277,8 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
                 if route is None:  # no response went out: still counted, under its route
                     route = self._routes.resolve(scope, request.entry_root_path, path)
                     if span.is_recording():
+                        if request.start_attributes is not None:
+                            span.set_attributes(request.start_attributes)
                         self._name_span(span, span_method, route)
                 # Recorded at collection, as in metrics-only mode: the SDK's histogram recording
                 # was a third of this request path (docs/instrumentation.md).
@@ -294,10 +299,15 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         span = request.span
         if span.is_recording():
             attributes, failed = self._response_attributes(status, route)
-            if not request.anonymous and not request.attributed:
-                pseudonym = self._user_pseudonym(request.scope)
+            start = request.start_attributes
+            pseudonym = (
+                None if request.anonymous or request.attributed else self._user_pseudonym(request.scope)
+            )
+            if start is not None or pseudonym is not None:
+                attributes = {**start, **attributes} if start is not None else dict(attributes)
                 if pseudonym is not None:
-                    attributes = {**attributes, semconv.USER_HASH: pseudonym}
+                    attributes[semconv.USER_HASH] = pseudonym
+                request.start_attributes = None
             span.set_attributes(attributes)
             if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
                 span.update_name(f"{request.span_method} {route}")
@@ -327,6 +337,7 @@ class _TracedRequest:
         "scope",
         "span",
         "span_method",
+        "start_attributes",
         "status",
     )
 
@@ -351,6 +362,7 @@ class _TracedRequest:
         # root_path as the request entered: mounts change it in the scope (see .routes)
         self.entry_root_path = str(scope.get("root_path", ""))
         self.status = 0
+        self.start_attributes: dict[str, Any] | None = None  # set with the response's (see the middleware)
         self.route: str | None = None
         # The span ends when the app returns (so an exception raised after the response, as
         # Starlette's ServerErrorMiddleware does, still lands on it) but is timed to the last
