@@ -1,4 +1,4 @@
-"""Metrics-only requests' durations, recorded into the histograms at collection time, off the request."""
+"""Request durations, recorded into the histograms at collection time, off the request."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import NonRecordingSpan, SpanContext, set_span_in_context
 
 __all__ = ["DeferredDurations"]
 
 
 class DeferredDurations:
-    """Metrics-only requests hand their duration here; it reaches the histogram at collection.
+    """Requests hand their duration here; it reaches the histogram at collection.
 
-    A request appends its duration and attribute set to a deque (well under a microsecond);
+    A request appends its duration and attribute set (and, with a span, that span's context, so
+    the histogram's exemplars still point at the request's trace) to a deque (well under a
+    microsecond);
     the values are recorded into the stock duration histograms, every one of them (exact counts
     and sums, no sampling), by the callback of an observable gauge, which the SDK runs at each
     collection just before it reads the histograms, and at shutdown. The SDK's per-measurement
@@ -29,13 +32,15 @@ class DeferredDurations:
     GAUGE = "studyin.http.server.deferred_durations"
 
     def __init__(self, meter: Any, max_pending: int = 100_000) -> None:
-        self._pending: deque[tuple[Any, Any, float, dict[str, Any], dict[str, Any]]] = deque()
+        self._pending: deque[tuple[Any, Any, float, dict[str, Any], dict[str, Any], SpanContext | None]] = (
+            deque()
+        )
         self.max_pending = max_pending
         meter.create_observable_gauge(
             self.GAUGE,
             callbacks=[self._on_collect],
             unit="{request}",
-            description="Metrics-only request durations recorded at this collection",
+            description="Request durations recorded at this collection",
         )
 
     @classmethod
@@ -47,9 +52,14 @@ class DeferredDurations:
             return entry[1]
 
     def add(
-        self, histograms: tuple[Any, Any], duration_s: float, new: dict[str, Any], old: dict[str, Any]
+        self,
+        histograms: tuple[Any, Any],
+        duration_s: float,
+        new: dict[str, Any],
+        old: dict[str, Any],
+        span_context: SpanContext | None = None,
     ) -> None:
-        self._pending.append((histograms[0], histograms[1], duration_s, new, old))
+        self._pending.append((histograms[0], histograms[1], duration_s, new, old, span_context))
         if len(self._pending) > self.max_pending:
             self.flush()
 
@@ -62,13 +72,14 @@ class DeferredDurations:
         count = 0
         while True:
             try:
-                histogram_new, histogram_old, duration_s, new, old = pending.popleft()
+                histogram_new, histogram_old, duration_s, new, old, span_context = pending.popleft()
             except IndexError:
                 return count
+            ctx = None if span_context is None else set_span_in_context(NonRecordingSpan(span_context))
             if histogram_new is not None:
-                histogram_new.record(duration_s, new)
+                histogram_new.record(duration_s, new, context=ctx)
             if histogram_old is not None:
-                histogram_old.record(max(round(duration_s * 1000), 0), old)
+                histogram_old.record(max(round(duration_s * 1000), 0), old, context=ctx)
             count += 1
 
     def _on_collect(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -6,23 +6,22 @@ functions: the per-request calls cost what they did before the split).
 
 from __future__ import annotations
 
-from timeit import default_timer
 from typing import Any
 
-from opentelemetry import context
 from opentelemetry.instrumentation._semconv import (
     _set_http_flavor_version,
     _set_http_method,
     _set_http_scheme,
 )
 from opentelemetry.instrumentation.utils import http_status_to_status_code
+from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.http import sanitize_method
 
 from . import semconv
 from .asgi_types import Scope
 
-__all__ = ["ATTRIBUTE_CACHE_SIZE", "HttpAttributes"]
+__all__ = ["ATTRIBUTE_CACHE_SIZE", "HttpAttributes", "sampler_reads_attributes"]
 
 ATTRIBUTE_CACHE_SIZE = 4096
 """Metric attribute sets kept per middleware (routes x statuses x methods), cleared when full."""
@@ -39,6 +38,29 @@ _HTTP_FLAVOR = "http.flavor"
 _NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 
 
+_BLIND_SAMPLING = (StaticSampler.should_sample, TraceIdRatioBased.should_sample)
+_PARENT_BASED_DELEGATES = (
+    "_root",
+    "_remote_parent_sampled",
+    "_remote_parent_not_sampled",
+    "_local_parent_sampled",
+    "_local_parent_not_sampled",
+)
+
+
+def sampler_reads_attributes(sampler: object) -> bool:
+    """Whether ``sampler`` may decide on the attributes a span starts with. The SDK's always-on/off,
+    ratio and parent-based samplers do not (their ``should_sample``, not a subclass's); then the
+    middleware sets the request attributes with the response's, in one call (one cleaning pass of the
+    SDK instead of two). Anything else, or a tracer without a ``sampler``, gets them at start."""
+    method = getattr(type(sampler), "should_sample", None)
+    if method in _BLIND_SAMPLING:
+        return False
+    if method is ParentBased.should_sample:
+        return any(sampler_reads_attributes(getattr(sampler, name, None)) for name in _PARENT_BASED_DELEGATES)
+    return True
+
+
 class HttpAttributes:
     """Span and metric attributes of a request; state set by the middleware's ``__init__``."""
 
@@ -46,6 +68,8 @@ class HttpAttributes:
     _new: bool
     _old: bool
     _attribute_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]]
+    _start_cache: dict[tuple[Any, ...], tuple[dict[str, Any], str]]
+    _response_cache: dict[tuple[int, str], tuple[dict[str, Any], bool]]
     duration_histogram_new: Any
     duration_histogram_old: Any
 
@@ -60,6 +84,39 @@ class HttpAttributes:
         if flavor:
             _set_http_flavor_version(attributes, flavor, mode)
         return attributes
+
+    def _start_attributes(self, scope: Scope, method: str) -> tuple[dict[str, Any], str]:
+        """The span's attributes at start and its name before routing, cached per method, scheme and
+        version (the SDK copies the attributes: the cached dict is never changed)."""
+        key = (method, scope.get("scheme"), scope.get("http_version"))
+        cached = self._start_cache.get(key)
+        if cached is None:
+            span_method = sanitize_method(method)
+            if span_method == "_OTHER":
+                span_method = "HTTP"
+            if len(self._start_cache) >= ATTRIBUTE_CACHE_SIZE:  # methods come from clients: bounded
+                self._start_cache.clear()
+            cached = self._start_cache[key] = (self._request_attributes(scope, method), span_method or "HTTP")
+        return cached
+
+    def _response_attributes(self, status: int, route: str) -> tuple[dict[str, Any], bool]:
+        """The attributes the span gets when the response starts (route, status, ``error.type`` of a
+        5xx), and whether its status is an error; cached per status and route."""
+        key = (status, route)
+        cached = self._response_cache.get(key)
+        if cached is None:
+            attributes: dict[str, Any] = {semconv.HTTP_ROUTE: route}
+            if self._old:
+                attributes[_HTTP_STATUS_CODE] = status
+            if self._new:
+                attributes[_HTTP_RESPONSE_STATUS_CODE] = status
+            failed = http_status_to_status_code(status, server_span=True) is StatusCode.ERROR
+            if failed:
+                attributes[semconv.ERROR_TYPE] = str(status)
+            if len(self._response_cache) >= ATTRIBUTE_CACHE_SIZE:  # bounded: routes x statuses
+                self._response_cache.clear()
+            cached = self._response_cache[key] = (attributes, failed)
+        return cached
 
     def _metric_attributes(
         self, method: str, scope: Scope, status: int, route: str | None, error_type: str | None
@@ -99,23 +156,6 @@ class HttpAttributes:
             self._attribute_cache.clear()
         self._attribute_cache[key] = (new, old)
         return new, old
-
-    def _record_duration(
-        self,
-        start: float,
-        method: str,
-        scope: Scope,
-        status: int,
-        route: str,
-        error_type: str | None,
-        ctx: context.Context | None,
-    ) -> None:
-        duration_s = max(default_timer() - start, 0.0)
-        new, old = self._metric_attributes(method, scope, status, route, error_type)
-        if self.duration_histogram_new is not None:
-            self.duration_histogram_new.record(duration_s, new, context=ctx)
-        if self.duration_histogram_old is not None:
-            self.duration_histogram_old.record(max(round(duration_s * 1000), 0), old, context=ctx)
 
     def _record_exception(self, span: Span, error_type: str, *, responded: bool) -> None:
         if not responded and getattr(span, "kind", None) == SpanKind.SERVER:

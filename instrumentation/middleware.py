@@ -12,23 +12,21 @@ from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.instrumentation._semconv import _report_new, _report_old
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_getter, asgi_setter
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_setter
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.instrumentation.utils import (
-    _start_internal_or_server_span,
-    is_http_instrumentation_enabled,
-)
+from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.metrics import MeterProvider, get_meter_provider
-from opentelemetry.trace import Span, TracerProvider
-from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls, sanitize_method
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls
 
 from . import semconv
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .attribution import UserIdHook, current_request_slot, default_user_id_hook, resolve_user_id_hook
 from .clock import Clock
 from .deferred import DeferredDurations
-from .http_attributes import HttpAttributes
+from .http_attributes import HttpAttributes, sampler_reads_attributes
 from .privacy import Pseudonymizer
+from .propagation import extract_parent
 from .routes import RouteResolver
 from .settings import ConfigurationError, get_settings
 
@@ -122,7 +120,10 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
             getattr(self.excluded_urls, "_excluded_urls", True)
         )
         self._attribute_cache: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._start_cache: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+        self._response_cache: dict[tuple[int, str], tuple[dict[str, Any], bool]] = {}
         self._deferred = DeferredDurations.for_meter(self.meter)
+        self._attributes_at_response = not sampler_reads_attributes(getattr(self.tracer, "sampler", None))
         self._histograms = (self.duration_histogram_new, self.duration_histogram_old)
         self._tracer_provider_for_flush = tracer_provider or trace.get_tracer_provider()
         self._meter_provider_for_flush = meter_provider or get_meter_provider()
@@ -144,21 +145,20 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
             self._pseudonymizer = pseudonymizer
         return pseudonymizer.pseudonymize(str(user_id))
 
-    def _attribute_user(self, span: Span, scope: Scope) -> None:
+    def _user_pseudonym(self, scope: Scope) -> str | None:
+        """The pseudonym of the user the hook finds in the scope, if any."""
         if self._hook is None:
-            return
+            return None
         try:
             user_id = self._hook(scope)
         except Exception as exc:  # a broken hook must not break the request, nor leak
             self.hook_failures += 1
             if self.hook_failures == 1:
                 _log.warning("user_id_hook failed (%s); requests stay unattributed", type(exc).__name__)
-            return
+            return None
         if user_id is None or isinstance(user_id, bool) or user_id == "":
-            return
-        pseudonym = self._pseudonym(user_id)
-        if pseudonym is not None:
-            span.set_attribute(semconv.USER_HASH, pseudonym)
+            return None
+        return self._pseudonym(user_id)
 
     # --- the request -----------------------------------------------------------------------------
 
@@ -238,92 +238,147 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
     async def _traced_request(
         self, start: float, method: str, path: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        attributes = self._request_attributes(scope, method)
-        span_method = sanitize_method(method)
-        if span_method == "_OTHER":
-            span_method = "HTTP"
+        attributes, span_method = self._start_attributes(scope, method)
+        # What the stock _start_internal_or_server_span does, with one context attach instead
+        # of two (extracted parent, then the span) and a header scan that decodes only matches.
+        parent = context.get_current()
+        if trace.get_current_span(parent) is trace.INVALID_SPAN:
+            parent = extract_parent(scope, parent)
+            kind = SpanKind.SERVER
+        else:
+            kind = SpanKind.INTERNAL
         # The route template is not known before routing; the raw path is never used (ids).
-        span, token = _start_internal_or_server_span(  # type: ignore[no-untyped-call]
-            tracer=self.tracer,
-            span_name=span_method or "HTTP",
+        at_response = self._attributes_at_response  # the sampler does not read them: set them later
+        span = self.tracer.start_span(
+            span_method,
+            context=parent,
+            kind=kind,
+            attributes=None if at_response else attributes,
             start_time=None if self._clock is None else self._clock.time_ns(),
-            context_carrier=scope,
-            context_getter=asgi_getter,
-            attributes=attributes,
         )
-        request = _TracedRequest(self, span, self._auth is not None and self._auth.search(path) is not None)
-        entry_root_path = str(scope.get("root_path", ""))
-        status = 0
-        route: str | None = None
-        error_type: str | None = None
-        # The span ends when the app returns (so an exception raised after the response, as
-        # Starlette's ServerErrorMiddleware does, still lands on it) but is timed to the last
-        # body message, like the stock middleware (background tasks are not request latency).
-        response_end_ns: int | None = None
-
-        async def traced_send(message: Message) -> None:
-            nonlocal status, route, response_end_ns
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                route = self._routes.resolve(scope, entry_root_path, path)
-                if span.is_recording():
-                    self._name_span(span, span_method, route)
-                    self._set_status(span, status)
-                    if not request.anonymous and not request.attributed:
-                        self._attribute_user(span, scope)
-                propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]
-                if propagator:
-                    propagator.inject(
-                        message,
-                        context=trace.set_span_in_context(span, context.Context()),
-                        setter=asgi_setter,
-                    )
-                await send(message)
-                return
-            await send(message)
-            if kind == "http.response.body" and not message.get("more_body", False):
-                response_end_ns = time.time_ns() if self._clock is None else self._clock.time_ns()
-
+        anonymous = self._auth is not None and self._auth.search(path) is not None
+        request = _TracedRequest(self, span, anonymous, scope, send, path, span_method)
+        request.start_attributes = attributes if at_response else None
+        span_context = trace.set_span_in_context(span, parent)
+        token = context.attach(span_context)
         request_token = _CURRENT_REQUEST.set(request)
+        error_type: str | None = None
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                await self.app(scope, receive, traced_send)
+            await self.app(scope, receive, request.send)
         except BaseException as exc:
             error_type = type(exc).__qualname__
             if span.is_recording():
-                self._record_exception(span, error_type, responded=status != 0)
+                self._record_exception(span, error_type, responded=request.status != 0)
             raise
         finally:
             _CURRENT_REQUEST.reset(request_token)
             try:
+                route = request.route
                 if route is None:  # no response went out: still counted, under its route
-                    route = self._routes.resolve(scope, entry_root_path, path)
+                    route = self._routes.resolve(scope, request.entry_root_path, path)
                     if span.is_recording():
+                        if request.start_attributes is not None:
+                            span.set_attributes(request.start_attributes)
                         self._name_span(span, span_method, route)
-                self._record_duration(
-                    start, method, scope, status, route, error_type, trace.set_span_in_context(span)
-                )
+                # Recorded at collection, as in metrics-only mode: the SDK's histogram recording
+                # was a third of this request path (docs/instrumentation.md).
+                duration_s = max(default_timer() - start, 0.0)
+                new, old = self._metric_attributes(method, scope, request.status, route, error_type)
+                self._deferred.add(self._histograms, duration_s, new, old, span.get_span_context())
             finally:
-                if token is not None:
-                    context.detach(token)
+                context.detach(token)
+                response_end_ns = request.response_end_ns
                 if response_end_ns is None and self._clock is not None:
                     response_end_ns = self._clock.time_ns()
                 span.end(end_time=response_end_ns)
 
+    def _on_response_start(self, request: _TracedRequest, message: Message) -> None:
+        """Status, route, span name and user, set in one call when the response starts."""
+        status = request.status = message["status"]
+        route = request.route = self._routes.resolve(request.scope, request.entry_root_path, request.path)
+        span = request.span
+        if span.is_recording():
+            attributes, failed = self._response_attributes(status, route)
+            start = request.start_attributes
+            pseudonym = (
+                None if request.anonymous or request.attributed else self._user_pseudonym(request.scope)
+            )
+            if start is not None or pseudonym is not None:
+                attributes = {**start, **attributes} if start is not None else dict(attributes)
+                if pseudonym is not None:
+                    attributes[semconv.USER_HASH] = pseudonym
+                request.start_attributes = None
+            span.set_attributes(attributes)
+            if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
+                span.update_name(f"{request.span_method} {route}")
+            if failed:
+                span.set_status(Status(StatusCode.ERROR))
+        propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]
+        if propagator:
+            propagator.inject(
+                message, context=trace.set_span_in_context(span, context.Context()), setter=asgi_setter
+            )
+
 
 class _TracedRequest:
-    """The request a span measures, as :func:`~.attribution.set_user` finds it (context variable)."""
+    """The request a span measures: its state, the ``send`` the app calls, and what
+    :func:`~.attribution.set_user` finds (context variable). A bound method, not a closure per
+    request."""
 
-    __slots__ = ("anonymous", "attributed", "middleware", "span")
+    __slots__ = (
+        "anonymous",
+        "attributed",
+        "downstream",
+        "entry_root_path",
+        "middleware",
+        "path",
+        "response_end_ns",
+        "route",
+        "scope",
+        "span",
+        "span_method",
+        "start_attributes",
+        "status",
+    )
 
-    def __init__(self, middleware: StudyInASGIMiddleware, span: Span, anonymous: bool) -> None:
+    def __init__(
+        self,
+        middleware: StudyInASGIMiddleware,
+        span: Span,
+        anonymous: bool,
+        scope: Scope,
+        downstream: Send,
+        path: str,
+        span_method: str,
+    ) -> None:
         self.middleware = middleware
         self.span = span
         self.anonymous = anonymous
         self.attributed = False
+        self.scope = scope
+        self.downstream = downstream
+        self.path = path
+        self.span_method = span_method
+        # root_path as the request entered: mounts change it in the scope (see .routes)
+        self.entry_root_path = str(scope.get("root_path", ""))
+        self.status = 0
+        self.start_attributes: dict[str, Any] | None = None  # set with the response's (see the middleware)
+        self.route: str | None = None
+        # The span ends when the app returns (so an exception raised after the response, as
+        # Starlette's ServerErrorMiddleware does, still lands on it) but is timed to the last
+        # body message, like the stock middleware (background tasks are not request latency).
+        self.response_end_ns: int | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.middleware._on_response_start(self, message)
+            await self.downstream(message)
+            return
+        await self.downstream(message)
+        if kind == "http.response.body" and not message.get("more_body", False):
+            clock = self.middleware._clock
+            self.response_end_ns = time.time_ns() if clock is None else clock.time_ns()
 
     def attribute(self, user_id: str | int) -> bool:
         if self.anonymous:  # authentication paths are never attributed

@@ -4,27 +4,45 @@ session current in a ``with tracker.session(...)`` block (:func:`current_session
 
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
-from . import events
+from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP
-from .clock import datetime_of, stamp
+from .clock import stamp
 
 if TYPE_CHECKING:
     from .tracker import StudyInTracker
 
-__all__ = ["LearningSession", "SessionTicket", "current_session"]
+__all__ = ["LearningSession", "SessionTicket", "current_session", "new_session_id"]
 
 _current_session: ContextVar[LearningSession | None] = ContextVar("studyin_learning_session", default=None)
+
+_SESSION_START = semconv.event_name(events.SessionStart.event_type)
+_SESSION_END = semconv.event_name(events.SessionEnd.event_type)
+_SESSION_ID = semconv.FIELD_ATTRIBUTES["session_id"]
+_END_ATTRIBUTES = tuple(
+    semconv.FIELD_ATTRIBUTES[name]
+    for name in ("duration_s", "xp_earned", "materials_touched", "end_reason")  # SessionEnd's order
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_XP_EARNED = 10_000_000
+"""``SessionEnd.xp_earned``'s bound (``events.Count``): above it, the event is validated (and refused)."""
+
+
+def new_session_id() -> uuid.UUID:
+    """A random (version 4) UUID drawn as the SDK draws trace ids (``random``, reseeded after a fork):
+    ``uuid4()`` makes a system call per session; a session id must be unique, not secret."""
+    return uuid.UUID(int=random.getrandbits(128), version=4)
 
 
 @dataclass(frozen=True)
@@ -51,13 +69,15 @@ class LearningSession:
         "_last_activity",
         "_lock",
         "_materials",
+        "_plain",
+        "_session_key",
         "_started",
+        "_started_ns",
         "_tracker",
         "_xp",
         "lrs_hash",
         "session_id",
         "span",
-        "started_at",
         "user_hash",
     )
 
@@ -75,7 +95,10 @@ class LearningSession:
         self.user_hash = user_hash
         self.lrs_hash = lrs_hash
         self._clock = tracker.clock
-        self.started_at = datetime_of(self._clock)
+        self._started_ns = self._clock.time_ns()  # started_at, made into a datetime when asked for
+        self._session_key = str(session_id)
+        # what the lifecycle events' fast paths need: nothing of the caller's left unvalidated
+        self._plain = isinstance(session_id, uuid.UUID) and bool(user_hash)
         self._started = self._last_activity = self._clock.monotonic()
         self._ended = False
         self._xp = 0
@@ -87,6 +110,11 @@ class LearningSession:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def started_at(self) -> datetime:
+        """When the session started, by the tracker's clock (UTC, microsecond precision)."""
+        return _EPOCH + timedelta(microseconds=self._started_ns // 1000)
 
     @property
     def ticket(self) -> SessionTicket:
@@ -123,6 +151,61 @@ class LearningSession:
             if isinstance(event, events.XpAwarded):
                 self._xp += event.xp_amount
 
+    def record_start(self, material_id: str | None = None) -> None:
+        """Record ``session_start``. Without a material id nothing here came from the caller
+        unchecked (the id is a UUID, the user already pseudonymized), so the event is built
+        without the model's validation: the hot path of ``tracker.session()``."""
+        if material_id is None and self._plain:
+            self._last_activity = self._clock.monotonic()
+            attributes = {semconv.EVENT_VERSION: events.SessionStart.version, _SESSION_ID: self._session_key}
+            self._deliver(_SESSION_START, attributes, lifecycle=False)
+            return
+        self._tracker.emit(
+            events.SessionStart, session=self, session_id=self.session_id, material_id=material_id
+        )
+
+    def _deliver(self, name: str, attributes: dict[str, Any], *, lifecycle: bool) -> None:
+        """What ``tracker.emit`` does once an event is valid: the user's pseudonyms, then the carrier."""
+        attributes[semconv.USER_HASH] = self.user_hash
+        if self.lrs_hash is not None:
+            attributes[semconv.USER_LRS_HASH] = self.lrs_hash
+        self._tracker.carrier.record(name, attributes, self, lifecycle=lifecycle)
+
+    def _end_is_valid(self, duration_s: float, reason: object) -> bool:
+        """Whether ``session_end`` from this session's tally (validated events) is valid as it is."""
+        return (
+            self._plain
+            and isinstance(reason, events.SessionEndReason)
+            and isinstance(duration_s, float)
+            and duration_s <= events.MAX_SECONDS
+            and self._xp <= MAX_XP_EARNED
+        )
+
+    def _record_end(
+        self, duration_s: float, reason: events.SessionEndReason, *, build_event: bool
+    ) -> events.DomainEvent | None:
+        """``session_end`` as ``SessionEnd(...).attributes()`` gives it, without validating again; the
+        event object is built only for a caller that gets it back (:meth:`end`, not ``with``)."""
+        attributes: dict[str, Any] = {
+            semconv.EVENT_VERSION: events.SessionEnd.version,
+            _SESSION_ID: self._session_key,
+        }
+        duration, xp, materials, end_reason = _END_ATTRIBUTES
+        attributes[duration] = duration_s
+        attributes[xp] = self._xp
+        attributes[materials] = list(self._materials)
+        attributes[end_reason] = reason.value
+        self._deliver(_SESSION_END, attributes, lifecycle=True)
+        if not build_event:
+            return None
+        return events.SessionEnd.model_construct(
+            session_id=self.session_id,
+            duration_s=duration_s,
+            xp_earned=self._xp,
+            materials_touched=tuple(self._materials),
+            end_reason=reason,
+        )
+
     def end(
         self,
         *,
@@ -135,18 +218,35 @@ class LearningSession:
         ``xp_earned`` and ``materials_touched`` default to what was emitted on this session. For
         ``end_reason="timeout"`` the duration runs to the last activity, not to now.
         """
+        return self._end(xp_earned, materials_touched, end_reason, build_event=True)
+
+    def _end(
+        self,
+        xp_earned: int | None,
+        materials_touched: Iterable[str] | None,
+        end_reason: events.SessionEndReason | str,
+        *,
+        build_event: bool,
+    ) -> events.DomainEvent | None:
         with self._lock:
             if self._ended:
                 return None
             self._ended = True
-        reason = events.SessionEndReason(end_reason) if isinstance(end_reason, str) else end_reason
+        reason = (
+            events.SessionEndReason(end_reason)
+            if isinstance(end_reason, str) and not isinstance(end_reason, events.SessionEndReason)
+            else end_reason
+        )
         until = self._last_activity if reason is events.SessionEndReason.TIMEOUT else self._clock.monotonic()
+        duration_s = max(until - self._started, 0.0)
         try:
+            if xp_earned is None and materials_touched is None and self._end_is_valid(duration_s, reason):
+                return self._record_end(duration_s, reason, build_event=build_event)
             return self._tracker.emit(
                 events.SessionEnd,
                 session=self,
                 session_id=self.session_id,
-                duration_s=max(until - self._started, 0.0),
+                duration_s=duration_s,
                 xp_earned=self._xp if xp_earned is None else xp_earned,
                 materials_touched=tuple(self._materials if materials_touched is None else materials_touched),
                 end_reason=reason,
@@ -173,12 +273,9 @@ class LearningSession:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if not self._ended:
-                self.end(
-                    end_reason=events.SessionEndReason.ABANDONED
-                    if exc_type
-                    else events.SessionEndReason.COMPLETED
-                )
+            if not self._ended:  # the with statement drops the event: none is built
+                reason = events.SessionEndReason.ABANDONED if exc_type else events.SessionEndReason.COMPLETED
+                self._end(None, None, reason, build_event=False)
         finally:
             if self._cv_token is not None:
                 _current_session.reset(self._cv_token)

@@ -42,7 +42,7 @@ from .clock import SYSTEM_CLOCK, Clock, datetime_of, stamp
 from .custom_tracking import CustomEventsMixin
 from .experiments import ExperimentExposures
 from .privacy import Pseudonymizer
-from .sessions import LearningSession, SessionTicket, current_session
+from .sessions import LearningSession, SessionTicket, current_session, new_session_id
 from .settings import get_settings
 from .version import __version__
 
@@ -210,7 +210,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         In lenient mode an invalid start still returns a session (so app code need not branch);
         its ``session_start`` is dropped and counted.
         """
-        session_id = session_id or uuid.uuid4()
+        session_id = session_id or new_session_id()
         rejected: EventRejected | None = None
         user_hash: str | None = None
         lrs_hash: str | None = None
@@ -229,7 +229,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         with self._open_lock:
             self._open[session_id] = session
         if user_hash is not None:
-            self.emit(events.SessionStart, session=session, session_id=session_id, material_id=material_id)
+            session.record_start(material_id)
         return session
 
     session = start_session  # ``with tracker.session(user_id) as s:`` reads better

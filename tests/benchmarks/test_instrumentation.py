@@ -25,5 +25,10 @@ async def test_quick_run_returns_rows_with_same_run_baselines(settings: Settings
         if row.name != "ASGI bare Starlette app":
             assert row.baseline is not None and row.baseline > 0 and row.baseline_name, row
     targets = {row.name: row for row in rows if row.target}
-    assert set(targets) == {"ASGI StudyIn middleware, spans", "ASGI overhead: StudyIn metrics-only"}
+    assert set(targets) == {
+        "ASGI StudyIn middleware, spans",
+        "ASGI overhead: StudyIn with spans",
+        "ASGI overhead: StudyIn metrics-only",
+        "tracker.session (start + end)",
+    }
     assert all(row.met is not None for row in targets.values())

@@ -327,3 +327,28 @@ async def test_lifespan_shutdown_records_pending_durations(pipeline: Pipeline) -
     await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert deferred.pending() == 0
+
+
+async def test_traced_durations_recorded_at_collection_keep_their_exemplar(
+    pipeline: Pipeline, stable_semconv: None
+) -> None:
+    """With spans too, the histogram is recorded at collection (off the request), every request
+    counted, and its exemplar still points at the request's span."""
+    app = instrumented(pipeline)
+    await call(app, "GET", "/materials/m-1", user=USER)
+    deferred = DeferredDurations.for_meter(app.middleware_stack.meter)
+    assert deferred.pending() == 1
+    span = pipeline.span("GET /materials/{material_id}")
+    data = pipeline.reader.get_metrics_data()
+    assert data is not None and deferred.pending() == 0
+    (point,) = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "http.server.request.duration"
+        for p in m.data.data_points
+    ]
+    assert point.count == 1  # type: ignore[union-attr]
+    (exemplar,) = point.exemplars  # type: ignore[union-attr]
+    assert (exemplar.trace_id, exemplar.span_id) == (span.context.trace_id, span.context.span_id)
