@@ -32,13 +32,16 @@ from rich.progress import Progress
 from ...exporter import RedisStreamSpanExporter
 from ...instrumentation import StudyInTracker
 from ...instrumentation.clock import ManualClock
+from ...instrumentation.experiments import ExperimentSpec
 from ...instrumentation.privacy import Pseudonymizer
 from ..api.app import create_app
 from ..cli.settings import Settings
 from ..consumer.service import Aggregator
 from ..consumer.startup import wait_for_services
+from ..experiments import store as experiment_store
 from ..storage.db import connect
 from ..storage.schema import migrate
+from . import experiment, pathway
 from .drivers import AsgiClient
 from .embedded import servers_for
 from .history import HistoryLedger, HistoryPlayer, SimulatedLatency
@@ -49,6 +52,7 @@ from .simulation import build_backend
 DEMO_WAIT_S = 60.0
 """How long the demo waits for configured Redis and PostgreSQL servers to answer (e.g. containers
 started with it), as the aggregator's ``--wait-for-services``."""
+STAFF_USER = "demo-staff"
 QUEUE_SIZE = 1 << 20
 """Spans the batch processor may hold: the history is played faster than real time, and a span
 dropped for a full queue would be a difference from the truth."""
@@ -84,6 +88,10 @@ class Backfill:
     sessions: list[PlannedSession]
     player: HistoryPlayer
     provider: TracerProvider
+    start: datetime
+    """Midnight (UTC) of the history's first day: the experiment's start, the funnels' too."""
+    until: datetime
+    """The end of the history: the funnels' end."""
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -113,9 +121,37 @@ def token(settings: Settings, user_id: str, *, staff: bool = False, minutes: int
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
-async def backfill(settings: Settings, console: Console, *, people: int, days: int, seed: int) -> Backfill:
-    """Play the history through the backend (an aggregator running beside it consumes the bus)."""
+def history_span(days: int) -> tuple[datetime, datetime]:
+    """The history's first midnight (UTC) and its end (a little before now)."""
     until = datetime.now(UTC) - timedelta(minutes=2)
+    first = until.date() - timedelta(days=days - 1)
+    return datetime(first.year, first.month, first.day, tzinfo=UTC), until
+
+
+async def start_experiment(settings: Settings, start: datetime) -> ExperimentSpec:
+    """Define the demo's experiment (a new version if it exists) before any event is aggregated."""
+    conn = await connect(settings)
+    try:
+        stored = await experiment_store.create(
+            conn, experiment.definition(start), "studyin-demo", new_version=True
+        )
+    finally:
+        await conn.close()
+    return stored.spec()
+
+
+async def backfill(
+    settings: Settings,
+    console: Console,
+    *,
+    people: int,
+    days: int,
+    seed: int,
+    span: tuple[datetime, datetime],
+    spec: ExperimentSpec,
+) -> Backfill:
+    """Play the history through the backend (an aggregator running beside it consumes the bus)."""
+    start, until = span
     cast = learners(people, days, seed)
     sessions = plan(cast, days, until, seed)
     clock = ManualClock(until)
@@ -126,8 +162,15 @@ async def backfill(settings: Settings, console: Console, *, people: int, days: i
         BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=100)
     )
     tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer, clock=clock)
+    # The running experiment as the app would follow it; a throw-away assignment key (demo only).
+    tracker.use_experiments(lambda: {spec.key: spec}, assignment_key=secrets.token_bytes(32))
     backend = build_backend(
-        tracker, pseudonymizer, materials=MATERIALS, tracer_provider=provider, clock=clock
+        tracker,
+        pseudonymizer,
+        materials=MATERIALS + pathway.materials(),
+        experiments=(spec.key,),
+        tracer_provider=provider,
+        clock=clock,
     )
     ledger = HistoryLedger()
     player = HistoryPlayer(AsgiClient(backend), clock, ledger)
@@ -140,7 +183,8 @@ async def backfill(settings: Settings, console: Console, *, people: int, days: i
             if number % 20 == 0:
                 progress.update(task, completed=number)
     await asyncio.to_thread(provider.force_flush)
-    return Backfill(ledger, [learner.user_id for learner in cast], days, sessions, player, provider)
+    users = [learner.user_id for learner in cast]
+    return Backfill(ledger, users, days, sessions, player, provider, start, until)
 
 
 async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
@@ -158,12 +202,35 @@ async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
                     response = await client.get(f"/api/analytics/{path}", params=params, headers=headers)
                     response.raise_for_status()
                     into[user_id] = response.json()
+            views = await _staff_views(settings, client, data)
     conn = await connect(settings)
     try:
         routes = [dict(r) for r in await conn.fetch(SYSTEM_METRICS_SQL)]
     finally:
         await conn.close()
-    return {"overviews": overviews, "progress": progress, "routes": routes}
+    return {"overviews": overviews, "progress": progress, "routes": routes, **views}
+
+
+async def _staff_views(settings: Settings, client: httpx.AsyncClient, data: Backfill) -> dict[str, Any]:
+    """The pathways saved as funnels (what the staff dashboard shows) and their answers; the
+    experiment's analysis."""
+    staff = {"authorization": f"Bearer {token(settings, STAFF_USER, staff=True)}"}
+    saved = "/api/analytics/analysis/saved-funnels"
+    funnels: dict[str, Any] = {}
+    for course in pathway.PATHWAYS.values():
+        definition = pathway.funnel_definition(course, data.start, data.until)
+        response = await client.post(
+            f"{saved}/{course.name}/versions",
+            content=definition.model_dump_json(),
+            headers={**staff, "content-type": "application/json"},
+        )
+        response.raise_for_status()
+        response = await client.get(f"{saved}/{course.name}", headers=staff)
+        response.raise_for_status()
+        funnels[course.name] = response.json()["result"]
+    response = await client.get(f"/api/analytics/experiments/{experiment.KEY}/analysis", headers=staff)
+    response.raise_for_status()
+    return {"funnels": funnels, "experiment": response.json()}
 
 
 async def run_demo(
@@ -191,17 +258,23 @@ async def run_demo(
                 await wait_for_services(settings, DEMO_WAIT_S, migrated=False)
         with console.status("migrating the analytics schema"):
             await asyncio.to_thread(migrate, settings)
+        span = history_span(days)
+        spec = await start_experiment(settings, span[0])
         async with Aggregator(settings) as aggregator:
             stop = asyncio.Event()
             consumer = asyncio.create_task(aggregator.run(stop))
-            data = await backfill(settings, console, people=students, days=days, seed=seed)
+            data = await backfill(
+                settings, console, people=students, days=days, seed=seed, span=span, spec=spec
+            )
             stop.set()
             await consumer
             with console.status("aggregating"):
                 totals = await aggregator.drain(timeout_s=120)
         answers = await read_back(settings, data)
         pseudonymizer = Pseudonymizer.from_settings(settings)
-        ok = print_report(console, data.ledger, data.user_ids, data.days, answers, pseudonymizer)
+        ok = print_report(
+            console, data.ledger, data.user_ids, data.days, answers, pseudonymizer, (data.start, data.until)
+        )
         report = DemoReport(
             students=students,
             requests=data.ledger.requests,
