@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,11 +39,13 @@ from ...instrumentation.experiments import ExperimentSpec
 from ...instrumentation.privacy import Pseudonymizer
 from ..api.app import create_app
 from ..cli.settings import Settings
+from ..consumer.raw import RAW_TABLE
 from ..consumer.service import Aggregator
 from ..consumer.startup import wait_for_services
 from ..experiments import store as experiment_store
 from ..storage.db import connect
 from ..storage.schema import migrate
+from ..storage.variant import LEARNERLESS_TABLE
 from . import experiment, pathway
 from .drivers import AsgiClient
 from .embedded import servers_for
@@ -53,6 +58,9 @@ DEMO_WAIT_S = 60.0
 """How long the demo waits for configured Redis and PostgreSQL servers to answer (e.g. containers
 started with it), as the aggregator's ``--wait-for-services``."""
 STAFF_USER = "demo-staff"
+READERS = 8
+"""Concurrent reads of the learners' answers (they overlap their PostgreSQL round trips)."""
+AGGREGATOR_STOP_S = 30.0
 QUEUE_SIZE = 1 << 20
 """Spans the batch processor may hold: the history is played faster than real time, and a span
 dropped for a full queue would be a difference from the truth."""
@@ -92,6 +100,40 @@ class Backfill:
     """Midnight (UTC) of the history's first day: the experiment's start, the funnels' too."""
     until: datetime
     """The end of the history: the funnels' end."""
+
+
+def _aggregator_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """``studyin-analytics aggregator`` on the demo's bus and tables (no health port)."""
+    env = {**os.environ, **settings.environment(), "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "studyin_analytics.aggregator.cli", "aggregator"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: the aggregator commits and acknowledges its open round, then exits."""
+    process.terminate()
+    try:
+        process.wait(AGGREGATOR_STOP_S)
+    except subprocess.TimeoutExpired:
+        process.kill()  # its unacknowledged entries stay pending: this process's drain claims them
+        process.wait()
+
+
+async def _stored_events(settings: Settings) -> int:
+    """Raw events in PostgreSQL (both tables of the Citus-ready variant)."""
+    conn = await connect(settings)
+    try:
+        total = 0
+        for table in (RAW_TABLE, LEARNERLESS_TABLE):
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                total += await conn.fetchval(f"SELECT count(*) FROM {table}")
+        return int(total)
+    finally:
+        await conn.close()
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -179,7 +221,6 @@ async def backfill(
         task = progress.add_task(f"{people} learners study for {days} days", total=len(sessions))
         for number, session in enumerate(sessions):
             await player.play(session)
-            await asyncio.sleep(0)  # the aggregator consumes as the history is played
             if number % 20 == 0:
                 progress.update(task, completed=number)
     await asyncio.to_thread(provider.force_flush)
@@ -192,16 +233,21 @@ async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
     app = create_app(settings)
     overviews: dict[str, dict[str, Any]] = {}
     progress: dict[str, dict[str, Any]] = {}
+    readers = asyncio.Semaphore(READERS)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-            for user_id in data.user_ids:
+
+            async def read(user_id: str) -> None:
                 headers = {"authorization": f"Bearer {token(settings, user_id)}"}
                 params = {"days": data.days + 1}
                 for path, into in (("learning/overview", overviews), ("gamification/progress", progress)):
-                    response = await client.get(f"/api/analytics/{path}", params=params, headers=headers)
+                    async with readers:
+                        response = await client.get(f"/api/analytics/{path}", params=params, headers=headers)
                     response.raise_for_status()
                     into[user_id] = response.json()
+
+            await asyncio.gather(*(read(user_id) for user_id in data.user_ids))
             views = await _staff_views(settings, client, data)
     conn = await connect(settings)
     try:
@@ -260,16 +306,19 @@ async def run_demo(
             await asyncio.to_thread(migrate, settings)
         span = history_span(days)
         spec = await start_experiment(settings, span[0])
-        async with Aggregator(settings) as aggregator:
-            stop = asyncio.Event()
-            consumer = asyncio.create_task(aggregator.run(stop))
+        # An aggregator process consumes while the history plays (the playing takes this process's
+        # core); this process's own aggregator then takes whatever is left, so nothing depends on it.
+        helper = _aggregator_process(settings)
+        try:
             data = await backfill(
                 settings, console, people=students, days=days, seed=seed, span=span, spec=spec
             )
-            stop.set()
-            await consumer
+        finally:
+            await asyncio.to_thread(_stop, helper)
+        async with Aggregator(settings) as aggregator:
             with console.status("aggregating"):
-                totals = await aggregator.drain(timeout_s=120)
+                await aggregator.drain(timeout_s=120)
+        events = await _stored_events(settings)
         answers = await read_back(settings, data)
         pseudonymizer = Pseudonymizer.from_settings(settings)
         ok = print_report(
@@ -278,7 +327,7 @@ async def run_demo(
         report = DemoReport(
             students=students,
             requests=data.ledger.requests,
-            events_inserted=totals.events_inserted,
+            events_inserted=events,
             matches_ground_truth=ok,
             seconds=time.monotonic() - started,
         )
