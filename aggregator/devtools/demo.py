@@ -1,11 +1,12 @@
 """``studyin-analytics demo``: the whole pipeline, end to end, on one machine, with weeks of history.
 
-A few hundred simulated learners study over the last 60 days (:mod:`.learners`, :mod:`.history`):
-their requests go through an instrumented StudyIn-like backend with a simulated clock, the spans
-through the Redis exporter to the bus, the aggregator rolls them into PostgreSQL, and the query
-API answers. Every number printed is checked against the simulation's own count (exit 1 on any
-difference). Without configured URLs it starts embedded Redis and PostgreSQL in a temporary
-directory. ``--serve`` then keeps the API, the dashboard and a trickle of live traffic running
+150 simulated learners study over the last 60 days (:mod:`.learners`, :mod:`.history`), walk two
+pathways (:mod:`.pathway`) and take part in one experiment (:mod:`.experiment`): their requests go
+through an instrumented StudyIn-like backend with a simulated clock, the spans through the Redis
+exporter to the bus, an aggregator process rolls them into PostgreSQL, and the query API answers.
+Every number printed is checked against the simulation's own count (exit 1 on any difference).
+Without configured URLs it starts embedded Redis and PostgreSQL in a temporary directory.
+``--serve`` then keeps the API, the dashboard and a trickle of live traffic running
 (:mod:`.explore`); ``--screenshots DIR`` takes the README's pictures from this data
 (:mod:`.screenshots`).
 """
@@ -204,8 +205,9 @@ async def backfill(
         BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=100)
     )
     tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer, clock=clock)
-    # The running experiment as the app would follow it; a throw-away assignment key (demo only).
-    tracker.use_experiments(lambda: {spec.key: spec}, assignment_key=secrets.token_bytes(32))
+    # The running experiment as the app would follow it; the assignment key is the seed's, so the
+    # same seed gives the same split (demo only: a real key is a secret).
+    tracker.use_experiments(lambda: {spec.key: spec}, assignment_key=f"studyin-demo-assignment-{seed}")
     backend = build_backend(
         tracker,
         pseudonymizer,
@@ -282,7 +284,7 @@ async def _staff_views(settings: Settings, client: httpx.AsyncClient, data: Back
 async def run_demo(
     settings: Settings,
     *,
-    students: int = 200,
+    students: int = 150,
     days: int = 60,
     seed: int = 7,
     console: Console | None = None,

@@ -88,7 +88,8 @@ def learners(count: int, days: int, seed: int) -> list[Learner]:
                 weekday=min(0.9, 0.1 + 0.65 * diligence),
                 weekend=min(0.8, (0.1 + 0.65 * diligence) * rng.uniform(0.3, 0.9)),
                 minutes=rng.lognormvariate(math.log(18), 0.35),
-                joined=0 if rng.random() < 0.75 else rng.randint(1, days // 2),
+                # Sign-ups spread over the weeks (cohorts for the retention view), a third on the first day.
+                joined=0 if rng.random() < 0.35 else rng.randint(1, days * 2 // 3),
                 dropped=dropped,
                 returned=returned,
                 flashcards=rng.random() < 0.6,
