@@ -62,6 +62,9 @@ STAFF_USER = "demo-staff"
 READERS = 8
 """Concurrent reads of the learners' answers (they overlap their PostgreSQL round trips)."""
 AGGREGATOR_STOP_S = 30.0
+ANALYSIS_WAIT_S = 60.0
+"""How long the reads wait for the API's analysis store to hold every stored learning event: it reads
+on a commit-ordered watermark, which a long transaction anywhere on the server holds back."""
 QUEUE_SIZE = 1 << 20
 """Spans the batch processor may hold: the history is played faster than real time, and a span
 dropped for a full queue would be a difference from the truth."""
@@ -250,6 +253,7 @@ async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
                     into[user_id] = response.json()
 
             await asyncio.gather(*(read(user_id) for user_id in data.user_ids))
+            await _analysis_loaded(settings, app)
             views = await _staff_views(settings, client, data)
     conn = await connect(settings)
     try:
@@ -257,6 +261,19 @@ async def read_back(settings: Settings, data: Backfill) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"overviews": overviews, "progress": progress, "routes": routes, **views}
+
+
+async def _analysis_loaded(settings: Settings, app: Any) -> None:
+    """Wait (bounded) until the API's analysis store holds every learning event stored; if it does
+    not, the funnel checks fail, saying what they saw."""
+    conn = await connect(settings)
+    try:
+        stored = int(await conn.fetchval("SELECT count(*) FROM analysis_events"))
+    finally:
+        await conn.close()
+    deadline = time.monotonic() + ANALYSIS_WAIT_S
+    while len(app.state.analysis.store) < stored and time.monotonic() < deadline:  # noqa: ASYNC110  (no event to wait on)
+        await asyncio.sleep(0.2)
 
 
 async def _staff_views(settings: Settings, client: httpx.AsyncClient, data: Backfill) -> dict[str, Any]:
