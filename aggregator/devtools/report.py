@@ -223,8 +223,13 @@ def _funnel_table(
     all_ok = len(got) == len(labels)
     last_shown: int | None = None
     for index, (label, n) in enumerate(zip(labels, got, strict=False)):
-        if n is None:  # hidden: only a small count, or a small difference from the last shown one
-            ok = 0 < want[index] < k or (last_shown is not None and 0 < last_shown - want[index] < k)
+        if n is None:  # hidden: a small entering count hides the row; else a small count or difference
+            row_hidden = got[0] is None and 0 < want[0] < k
+            ok = (
+                row_hidden
+                or 0 < want[index] < k
+                or (last_shown is not None and 0 < last_shown - want[index] < k)
+            )
         else:
             ok = n == want[index]
             last_shown = want[index]
