@@ -219,7 +219,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "Exits 1 if any printed number differs from the simulation's own count."
         ),
     )
-    p.add_argument("--students", type=int, default=200, help="number of simulated learners (default 200)")
+    p.add_argument("--students", type=int, default=150, help="number of simulated learners (default 150)")
     p.add_argument("--days", type=int, default=60, help="days of history, ending now (default 60)")
     p.add_argument(
         "--serve",

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -287,11 +288,14 @@ class EmbeddedServers:
             if self._want_redis:
                 (self.directory / "redis").mkdir()
                 self.redis = EmbeddedRedis(self.directory / "redis")
-                self.redis.start()
             if self._want_postgres:
                 (self.directory / "postgres").mkdir()
                 self.postgres = EmbeddedPostgres(self.directory / "postgres")
-                self.postgres.start()
+            # Both at once: PostgreSQL's start (initdb included) is the long one.
+            with ThreadPoolExecutor(2) as pool:
+                starting = [pool.submit(s.start) for s in (self.redis, self.postgres) if s is not None]
+            for started in starting:
+                started.result()
         except BaseException:
             self.close()
             raise

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .demo import Backfill
 
 TOKEN_MINUTES = 12 * 60
-STAFF_USER = "demo-staff"
 TRICKLE_PAUSE_S = (1.0, 4.0)
 """Real seconds between two live sessions."""
 
@@ -80,7 +79,7 @@ async def explore(
     serve: bool,
 ) -> None:
     """Serve the API and dashboard over the demo's data (see the module docstring)."""
-    from .demo import token
+    from .demo import STAFF_USER, token
 
     sock = _listen(host, port)
     bound = sock.getsockname()[1]

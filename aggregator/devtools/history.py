@@ -10,10 +10,12 @@ bus, aggregator) is the real pipeline. What the learners did is counted in a
 :class:`HistoryLedger` as it happens, independently of the pipeline: the truth the demo checks
 every printed number against.
 
-Inside a session: one to three materials (viewed, sometimes worked through, often completed),
-flashcard reviews for those who use them, the AI coach with ratings for some, now and then a
-failing or a mistyped request. Around sessions: streaks that grow on consecutive days and
-break after a missed one, XP from completions and correct cards, level-ups and achievements.
+Inside a session: for learners on a pathway, sometimes its next module (:mod:`.pathway`); one to
+three everyday materials (viewed, sometimes worked through, often completed: a little more often
+in the experiment's treatment, :mod:`.experiment`), flashcard reviews for those who use them, the
+AI coach with ratings for some, now and then a failing or a mistyped request. Around sessions:
+streaks that grow on consecutive days and break after a missed one, XP from completions and
+correct cards, level-ups and achievements.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ from typing import Any
 
 from ...exporter.event_types import API_REQUEST
 from ...instrumentation.clock import ManualClock
+from ...instrumentation.experiments import EXPOSURE_EVENT
 from ..consumer import histogram
+from . import experiment
 from .drivers import Client
 from .learners import MATERIALS, Learner, PlannedSession
+from .pathway import PATHWAYS, PathwayState, next_module
 from .simulation import FLASHCARD_XP, Ledger
 
 COMPLETION_XP = 10
+COMPLETION_CHANCE = 0.55
+"""Of an everyday material viewed in a session (a pathway's modules have their own chances)."""
+MIN_GAP_NS = 1_000_000
+"""Between two requests of a session: events of different requests never share a microsecond, so
+their order is their time's (the funnel's truth relies on it)."""
 XP_PER_LEVEL = 200
 COACH_TOPICS = ("cardiology", "pharmacology", "nephrology", "neurology", "endocrinology")
 
@@ -64,6 +74,9 @@ class LearnerState:
     coach_used: bool = False
     last_day: date | None = None
     level: int = 1
+    pathway: PathwayState = field(default_factory=PathwayState)
+    variant: str | None = None
+    """The learner's variant of :data:`.experiment.KEY`, as the backend answered it."""
 
 
 @dataclass
@@ -74,6 +87,11 @@ class HistoryLedger(Ledger):
     learners: dict[str, LearnerState] = field(default_factory=dict)
     routes: dict[tuple[str, str], RouteTruth] = field(default_factory=dict)
     coach_ratings: list[int] = field(default_factory=list)
+    variants: dict[str, str] = field(default_factory=dict)
+    """Exposed learners of :data:`.experiment.KEY` and their variants."""
+    pathway_events: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
+    """Pathway -> learner -> (funnel step, time in µs): the first module's views (step 0) and
+    each module's completion (step i + 1)."""
 
     def study_minutes(self, user_id: str, since: date) -> float:
         """As the overview sums them: per UTC day, rounded to 3 decimals, then summed."""
@@ -174,14 +192,17 @@ class HistoryPlayer:
         body = {"streak_broken": broken} if broken else None
         started = await self.call(start_ns, "POST", "/sessions", "/sessions", user, body, _ms(rng, 18))
         sid = started["session_id"]
+        self._exposed(state, user, started.get("variants", {}).get(experiment.KEY))
         ledger.add(ledger.sessions, user)
         ledger.count("session_start")
         if broken:
             ledger.count("streak_broken")
             state.streak = 0
-        steps = self._steps(rng, learner, state, sid)
+        steps = self._steps(rng, learner, state, sid, day)
         total_ns = round(planned.minutes * 60 * 1e9)
         offsets = sorted(rng.randint(5_000_000_000, total_ns - 5_000_000_000) for _ in steps)
+        for i in range(1, len(offsets)):
+            offsets[i] = max(offsets[i], offsets[i - 1] + MIN_GAP_NS)
         for offset, step in zip(offsets, steps, strict=True):
             await step(start_ns + offset)
         end_body = self._gamification(state, day, first_today)
@@ -193,6 +214,12 @@ class HistoryPlayer:
         key = (user, day)
         ledger.study_seconds[key] = ledger.study_seconds.get(key, 0.0) + total_ns / 1e9
         state.last_day = day
+
+    def _exposed(self, state: LearnerState, user: str, variant: str | None) -> None:
+        if variant is not None and user not in self.ledger.variants:  # the backend records it once
+            self.ledger.variants[user] = variant
+            self.ledger.count(EXPOSURE_EVENT)
+        state.variant = variant
 
     def _gamification(self, state: LearnerState, day: date, first_today: bool) -> dict[str, Any]:
         """The end request's body: streak (first session of a day), new achievements, a level-up."""
@@ -228,16 +255,15 @@ class HistoryPlayer:
         return body
 
     def _steps(
-        self, rng: random.Random, learner: Learner, state: LearnerState, sid: str
+        self, rng: random.Random, learner: Learner, state: LearnerState, sid: str, day: date
     ) -> list[Callable[[int], Any]]:
         """The requests of one session between its start and end, as functions of their time."""
-        # Hooks for rooms that land later: a pathway (``learner.pathway``) adds its next steps here, in
-        # order, so its funnel fills; an experiment (``learner.arm``) records the exposure here and
-        # shifts one chance by a small true effect (e.g. the completion chance in :meth:`_material`).
         pool = [m for m in MATERIALS if learner.flashcards or m[1] != "flashcards"]
-        steps: list[Callable[[int], Any]] = []
+        steps = self._pathway(rng, learner, state, sid, day)
+        chance = COMPLETION_CHANCE + (experiment.EFFECT if state.variant == experiment.TREATMENT else 0.0)
         for material_id, material_type in rng.sample(pool, k=rng.choice((1, 1, 2, 2, 2, 3))):
-            steps.extend(self._material(rng, learner, state, sid, material_id, material_type))
+            completed = rng.random() < chance
+            steps.extend(self._material(rng, learner, state, sid, material_id, material_type, completed))
         if learner.coach and rng.random() < 0.35:
             steps.extend(self._coach(rng, learner, state))
         if rng.random() < 0.04:
@@ -250,9 +276,40 @@ class HistoryPlayer:
             ))  # fmt: skip
         return steps
 
-    def _material(
-        self, rng: random.Random, learner: Learner, state: LearnerState, sid: str, material_id: str, kind: str
+    def _pathway(
+        self, rng: random.Random, learner: Learner, state: LearnerState, sid: str, day: date
     ) -> list[Callable[[int], Any]]:
+        """This session's work on the learner's pathway, if any: the next module, viewed, maybe completed."""
+        if learner.pathway is None:
+            return []
+        work = next_module(rng, PATHWAYS[learner.pathway], state.pathway, day)
+        if work is None:
+            return []
+        events = self.ledger.pathway_events.setdefault(learner.pathway, {}).setdefault(learner.user_id, [])
+
+        def mark(action: str, at_ns: int) -> None:
+            if action == "complete":
+                events.append((work.index + 1, at_ns // 1000))
+            elif work.index == 0:
+                events.append((0, at_ns // 1000))
+
+        return self._material(
+            rng, learner, state, sid, work.material_id, work.material_type, work.completed, mark
+        )
+
+    def _material(
+        self,
+        rng: random.Random,
+        learner: Learner,
+        state: LearnerState,
+        sid: str,
+        material_id: str,
+        kind: str,
+        completed: bool,
+        mark: Callable[[str, int], None] | None = None,
+    ) -> list[Callable[[int], Any]]:
+        """View, maybe progress (or flashcard reviews), complete if ``completed``; ``mark`` sees each
+        view and completion with its time."""
         ledger, user = self.ledger, learner.user_id
         base = f"/sessions/{sid}/materials/{material_id}"
         route = "/sessions/{session_id}/materials/{material_id}/{action}"
@@ -262,6 +319,8 @@ class HistoryPlayer:
             await self.call(at, "POST", f"{base}/view", route, user, None, _ms(rng, 25))
             ledger.add(ledger.materials_viewed, user)
             ledger.count("material_view")
+            if mark is not None:
+                mark("view", at)
 
         steps.append(view)
         if kind == "flashcards":
@@ -287,10 +346,12 @@ class HistoryPlayer:
                 ledger.count("material_progress", len(checkpoints))
 
             steps.append(progress)
-        if rng.random() < 0.55:
+        if completed:
 
             async def complete(at: int) -> None:
                 await self.call(at, "POST", f"{base}/complete", route, user, None, _ms(rng, 30))
+                if mark is not None:
+                    mark("complete", at)
                 ledger.add(ledger.materials_completed, user)
                 ledger.add(ledger.xp, user, COMPLETION_XP)
                 ledger.count("material_complete")

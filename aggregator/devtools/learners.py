@@ -6,9 +6,9 @@ after the start, some drop out, and a few of those come back. :func:`plan` turns
 session start times and lengths over the last ``days`` days, ending before ``until``; what
 happens inside a session is decided while it is played (:mod:`.history`).
 
-Hooks for what other rooms add later: :attr:`Learner.pathway` (the funnel a learner walks) and
-:attr:`Learner.arm` (an experiment's variant) are drawn here, deterministically, so a pathway or
-an experiment can be played from them without changing who studies when.
+:attr:`Learner.pathway` (the course a learner works through, :mod:`.pathway`) is drawn here too,
+deterministically; the learner's variant of the demo's experiment is not: the backend asks the real
+``tracker.variant`` (:mod:`.experiment`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ MATERIALS: list[tuple[str, str]] = [
     ("micro-video", "video"),
     ("path-notes", "pdf"),
 ]
-ARMS = ("control", "treatment")
 PATHWAYS = ("cardiology-basics", "pharmacology-core", None)
 
 
@@ -55,7 +54,6 @@ class Learner:
     flashcards: bool
     coach: bool
     pathway: str | None
-    arm: str
 
     def active_on(self, day: int) -> bool:
         if day < self.joined:
@@ -90,13 +88,13 @@ def learners(count: int, days: int, seed: int) -> list[Learner]:
                 weekday=min(0.9, 0.1 + 0.65 * diligence),
                 weekend=min(0.8, (0.1 + 0.65 * diligence) * rng.uniform(0.3, 0.9)),
                 minutes=rng.lognormvariate(math.log(18), 0.35),
-                joined=0 if rng.random() < 0.75 else rng.randint(1, days // 2),
+                # Sign-ups spread over the weeks (cohorts for the retention view), a third on the first day.
+                joined=0 if rng.random() < 0.35 else rng.randint(1, days * 2 // 3),
                 dropped=dropped,
                 returned=returned,
                 flashcards=rng.random() < 0.6,
                 coach=rng.random() < 0.55,
                 pathway=rng.choice(PATHWAYS),
-                arm=ARMS[rng.getrandbits(1)],
             )
         )
     return out

@@ -3,6 +3,9 @@
 Every learner's overview and progress is compared (not only the rows shown); every number printed
 is one that was compared. Study minutes are compared to the precision the API gives them (per day,
 rounded to thousandths of a minute); percentiles to the DDSketch estimate of the true latencies.
+The staff views are checked too: each pathway's funnel (every step's learners; a hidden step must
+be one the small-group rule hides, docs/analytics.md) and the experiment's learners and metric
+means per variant, with the primary metric's relative lift.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from rich.text import Text
 
 from ...instrumentation.privacy import Pseudonymizer
 from ..consumer import histogram
+from . import experiment, pathway
 from .history import HistoryLedger, LearnerState
 
 SHOWN_LEARNERS = 12
@@ -78,8 +82,10 @@ def print_report(
     days: int,
     answers: dict[str, Any],
     pseudonymizer: Pseudonymizer,
+    span: tuple[datetime, datetime],
 ) -> bool:
-    """Print the learners, the cohort and the routes; ``True`` when every figure matches."""
+    """Print the learners, the cohort, the routes, the pathways' funnels and the experiment;
+    ``True`` when every figure matches."""
     today = datetime.now(UTC).date()
     since = today - timedelta(days=days)
     rows = []
@@ -91,11 +97,18 @@ def print_report(
     _learner_table(console, rows, pseudonymizer, days)
     cohort_ok = _cohort_table(console, rows)
     routes_ok = _route_table(console, ledger, answers["routes"])
+    funnels_ok = all(
+        [
+            _funnel_table(console, ledger, course, answers["funnels"][name], span)
+            for name, course in pathway.PATHWAYS.items()
+        ]
+    )
+    experiment_ok = _experiment_table(console, ledger, answers["experiment"])
     console.print(
         f"learners checked: {sum(ok for *_, ok in rows)}/{len(rows)} match the simulation "
         f"(all {len(rows)} compared, {min(SHOWN_LEARNERS, len(rows))} shown)"
     )
-    return learners_ok and cohort_ok and routes_ok
+    return learners_ok and cohort_ok and routes_ok and funnels_ok and experiment_ok
 
 
 def _mark(ok: bool) -> str:
@@ -182,3 +195,102 @@ def _route_table(console: Console, ledger: HistoryLedger, routes: list[dict[str,
         )
     console.print(table)
     return all_ok
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def _funnel_table(
+    console: Console,
+    ledger: HistoryLedger,
+    course: pathway.Pathway,
+    result: dict[str, Any],
+    span: tuple[datetime, datetime],
+) -> bool:
+    """One pathway's saved funnel as the API answers it, each step against the simulation."""
+    labels = [f"view {course.modules[0][0]}", *(f"complete {m}" for m, _ in course.modules)]
+    events = list(ledger.pathway_events.get(course.name, {}).values())
+    want = pathway.funnel_truth(events, len(labels), _us(span[0]), _us(span[1]))
+    k = int(result["min_group_size"])
+    steps = result["groups"][0]["steps"] if result["groups"] else []
+    got = [s["learners"] for s in steps] if steps else [0] * len(labels)
+    table = Table(
+        title=f"Pathway {course.name}: saved funnel, {pathway.FUNNEL_WINDOW_S // 86_400}-day window"
+    )
+    for column in ("step", "learners", "simulation", "of entering", "truth"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    all_ok = len(got) == len(labels)
+    last_shown: int | None = None
+    for index, (label, n) in enumerate(zip(labels, got, strict=False)):
+        if n is None:  # hidden: a small entering count hides the row; else a small count or difference
+            row_hidden = got[0] is None and 0 < want[0] < k
+            ok = (
+                row_hidden
+                or 0 < want[index] < k
+                or (last_shown is not None and 0 < last_shown - want[index] < k)
+            )
+        else:
+            ok = n == want[index]
+            last_shown = want[index]
+        all_ok &= ok
+        share = "–" if n is None or not want[0] else f"{100 * n / want[0]:.0f} %"
+        table.add_row(label, "hidden" if n is None else f"{n:,}", f"{want[index]:,}", share, _mark(ok))
+    console.print(table)
+    return all_ok
+
+
+def _experiment_table(console: Console, ledger: HistoryLedger, analysis: dict[str, Any]) -> bool:
+    """The experiment's learners and metric means per variant, and the primary metric's lift."""
+    want = experiment.truth(ledger.variants, ledger.xp, ledger.sessions, _seconds_by_learner(ledger))
+    metrics = {m["metric"]: m for m in analysis["metrics"]}
+    k = int(analysis["min_learners"])
+    table = Table(title=f"Experiment {experiment.KEY}: per variant, API / simulation")
+    for column in ("variant", "learners", *experiment.METRICS, "truth"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    all_ok = True
+    for index, row in enumerate(analysis["variants"]):
+        truth = want[row["variant"]]
+        ok = row["learners"] == truth.learners or (row["learners"] is None and 0 < truth.learners < k)
+        cells = [f"{_show(row['learners'], '{:,}')} / {truth.learners:,}"]
+        for name in experiment.METRICS:
+            mean = metrics[name]["variants"][index]["mean"]
+            tolerance = MINUTES_TOLERANCE if name == "study_minutes" else 1e-9
+            ok &= (mean is None and truth.learners < k) or (
+                mean is not None and math.isclose(mean, truth.means[name], rel_tol=1e-9, abs_tol=tolerance)
+            )
+            cells.append(f"{_show(mean, '{:,.2f}')} / {truth.means[name]:,.2f}")
+        all_ok &= ok
+        table.add_row(Text(str(row["variant"])), *cells, _mark(ok))
+    console.print(table)
+    primary = metrics[experiment.METRICS[0]]["comparisons"][0]["comparison"]["relative_lift"]
+    control, treatment = (
+        want[v].means[experiment.METRICS[0]] for v in (experiment.CONTROL, experiment.TREATMENT)
+    )
+    expected = treatment / control - 1 if control else None
+    lift_ok = (
+        (primary is None and expected is None)
+        or (
+            primary is not None
+            and expected is not None
+            and math.isclose(primary, expected, rel_tol=1e-6, abs_tol=1e-9)
+        )
+        or (primary is None and min(want[v].learners for v in want) < k)
+    )
+    console.print(
+        f"{experiment.KEY}: {experiment.METRICS[0]} lift of {experiment.TREATMENT} over "
+        f"{experiment.CONTROL}: {_show(primary, '{:+.1%}')} "
+        f"(simulation {_show(expected, '{:+.1%}')}) {_mark(lift_ok)}"
+    )
+    return all_ok and lift_ok
+
+
+def _show(value: float | None, spec: str) -> str:
+    return "hidden" if value is None else spec.format(value)
+
+
+def _seconds_by_learner(ledger: HistoryLedger) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (user, _day), seconds in ledger.study_seconds.items():
+        out[user] = out.get(user, 0.0) + seconds
+    return out

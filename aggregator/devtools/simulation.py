@@ -107,6 +107,8 @@ class _Backend:
     tracker: StudyInTracker
     sessions: dict[str, LearningSession] = field(default_factory=dict)
     material_types: dict[str, str] = field(default_factory=lambda: dict(MATERIALS))
+    experiments: tuple[str, ...] = ()
+    """Experiment keys whose variant a session start asks for (``tracker.use_experiments`` first)."""
 
     @staticmethod
     def user_of(request: Request) -> str:
@@ -138,14 +140,17 @@ def _session_routes(app: FastAPI, backend: _Backend) -> None:
         return {"token": str(body["email"]).split("@")[0]}
 
     @app.post("/sessions")
-    async def start_session(request: Request) -> dict[str, str]:
+    async def start_session(request: Request) -> dict[str, Any]:
         user = backend.user_of(request)
         body = await request.json() if await request.body() else {}
         if body.get("streak_broken"):  # the app noticed a missed day when the learner came back
             tracker.streak_broken(user, int(body["streak_broken"]))
+        # The app decides what this learner sees (and records the exposure) as the session starts.
+        chosen = {key: tracker.variant(user, key) for key in backend.experiments}
         session = tracker.start_session(user)
         backend.sessions[str(session.session_id)] = session
-        return {"session_id": str(session.session_id)}
+        variants = {key: value for key, value in chosen.items() if value is not None}
+        return {"session_id": str(session.session_id), "variants": variants}
 
     @app.post("/sessions/{session_id}/end")
     async def end_session(request: Request, session_id: str) -> dict[str, bool]:
@@ -268,12 +273,14 @@ def build_backend(
     pseudonymizer: Pseudonymizer,
     *,
     materials: list[tuple[str, str]] | None = None,
+    experiments: tuple[str, ...] = (),
     **instrument_kwargs: Any,
 ) -> Any:
-    """The instrumented simulated StudyIn backend (an ASGI app) serving ``materials`` (id, type)."""
+    """The instrumented simulated StudyIn backend (an ASGI app) serving ``materials`` (id, type);
+    a session start answers the learner's variant of each of ``experiments`` that runs."""
     app = FastAPI(title="Simulated StudyIn backend")
     app.add_middleware(_DemoAuth)
-    backend = _Backend(tracker, material_types=dict(materials or MATERIALS))
+    backend = _Backend(tracker, material_types=dict(materials or MATERIALS), experiments=experiments)
     _session_routes(app, backend)
     _material_routes(app, backend)
     _coach_routes(app, backend)

@@ -1,11 +1,40 @@
 // Staff dashboard: a learning funnel (uPlot bars) and a weekly retention triangle (table), from
-// POST /api/analytics/analysis/funnels and /retention. Suppressed cells (null) are drawn as
-// hidden, never as numbers. Reloaded at most once a minute (the store refreshes on its own).
+// POST /api/analytics/analysis/funnels and /retention. The funnel is the first saved funnel (a pathway
+// staff saved, GET .../saved-funnels/{name}) when there is one, else the generic learning funnel of the
+// last 30 days. Suppressed cells (null) are drawn as hidden, never as numbers. Reloaded at most once a
+// minute (the store refreshes on its own).
 "use strict";
 
 const ANALYSIS_EVERY_MS = 60000;
 const PATHWAY = ["session_start", "material_view", "material_progress", "material_complete", "xp_awarded"];
 let analysisAt = 0;
+
+async function get(path) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.json();
+}
+
+function stepLabel(step) {
+  const values = (step.filters || []).flatMap((f) => f.values);
+  return values.length ? `${step.event.replace(/^material_/, "")} ${values.join("|")}` : step.event;
+}
+
+// {title, labels, result}: the first saved funnel, or the generic one over [start, end).
+async function loadFunnel(start, end) {
+  const saved = await get("/api/analytics/analysis/saved-funnels");
+  if (saved.length) {
+    const answer = await get(`/api/analytics/analysis/saved-funnels/${encodeURIComponent(saved[0].name)}`);
+    const d = answer.definition;
+    const days = Math.round(d.window_s / 86400);
+    return { title: `Saved funnel "${answer.name}" (${d.start.slice(0, 10)} to ${d.end.slice(0, 10)}, ${days}-day window)`,
+      labels: d.steps.map(stepLabel), result: answer.result };
+  }
+  const result = await post("/api/analytics/analysis/funnels", {
+    steps: PATHWAY.map((event) => ({ event })), start: start.toISOString(), end: end.toISOString(),
+  });
+  return { title: null, labels: PATHWAY, result };
+}
 
 async function post(path, body) {
   const response = await fetch(path, {
@@ -24,22 +53,23 @@ function mondayWeeksAgo(weeks) {
   return d.toISOString().slice(0, 10);
 }
 
-function renderFunnel(result) {
-  const steps = result.groups[0].steps;
+function renderFunnel({ title, labels, result }) {
+  if (title) $("funnel-title").textContent = title;
+  const steps = result.groups.length ? result.groups[0].steps : [];
   const xs = steps.map((_, i) => i);
   const shown = steps.map((s) => s.learners); // null (hidden): no bar, never a number
   chart("chart-funnel", [{ label: "learners", stroke: "#2f6fed", fill: "#2f6fed88", paths: bars() }], [xs, shown], {
     scales: { x: { time: false, range: [-0.5, steps.length - 0.5] }, y: { range: (u, lo, hi) => [0, Math.max(hi, 1)] } },
-    axes: [{ splits: () => xs, values: (u, splits) => splits.map((i) => (steps[i] ? steps[i].event : "")) }, { label: "learners" }],
+    axes: [{ splits: () => xs, values: (u, splits) => splits.map((i) => (steps[i] ? labels[i] : "")), size: 60 }, { label: "learners" }],
   });
   const el = $("chart-funnel");
   el.dataset.steps = steps.length;
   el.dataset.learners = JSON.stringify(steps.map((s) => s.learners));
   el.dataset.suppressed = steps.filter((s) => s.suppressed).length;
-  $("funnel-note").textContent = steps.map((s) => {
-    if (s.suppressed) return `${s.event}: hidden (fewer than ${result.min_group_size} learners)`;
+  $("funnel-note").textContent = steps.map((s, i) => {
+    if (s.suppressed) return `${labels[i]}: hidden (fewer than ${result.min_group_size} learners)`;
     const conv = s.conversion_from_start === null ? "" : ` (${(100 * s.conversion_from_start).toFixed(1)} %)`;
-    return `${s.event}: ${s.learners}${conv}`;
+    return `${labels[i]}: ${s.learners}${conv}`;
   }).join(" · ");
 }
 
@@ -84,9 +114,7 @@ window.loadAnalysis = async function loadAnalysis() {
   const weeks = 8;
   try {
     const [funnel, retention] = await Promise.all([
-      post("/api/analytics/analysis/funnels", {
-        steps: PATHWAY.map((event) => ({ event })), start: start.toISOString(), end: end.toISOString(),
-      }),
+      loadFunnel(start, end),
       post("/api/analytics/analysis/retention", { start: mondayWeeksAgo(weeks - 1), cohorts: weeks, periods: weeks - 1, period: "week" }),
     ]);
     renderFunnel(funnel);
