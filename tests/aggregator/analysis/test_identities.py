@@ -26,6 +26,7 @@ from studyin_analytics.aggregator.analysis.reports import funnel_report, retenti
 from studyin_analytics.aggregator.analysis.retention import retention_counts
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
 from tests.support.analysis.reference import EPOCH, Event, learner_paths, retention_truth
+from tests.support.analysis.rotation import rotated
 
 pytestmark = pytest.mark.unit
 
@@ -61,28 +62,6 @@ RETENTIONS = (
         timezone="Europe/Berlin",
     ),
 )
-
-
-def _new_name(user: str) -> str:
-    return "k2:" + user.partition(":")[2]
-
-
-def rotated(events: list[Event], seed: int) -> tuple[list[Event], dict[str, str]]:
-    """Each learner's events from a random one of them on under its ``k2`` pseudonym; the links."""
-    rng = random.Random(seed)
-    by_user: dict[str, list[Event]] = {}
-    for e in sorted(events, key=lambda e: (e.time_us, e.tie)):
-        by_user.setdefault(e.user_hash, []).append(e)
-    out: list[Event] = []
-    links: dict[str, str] = {}
-    for user, seq in by_user.items():
-        cut = rng.randrange(len(seq) + 1)  # 0: only the new key; len: never rotated
-        for i, e in enumerate(seq):
-            name = _new_name(user) if i >= cut else user
-            out.append(Event(name, e.time_us, e.event_type, e.event_id, e.props))
-        if cut < len(seq):
-            links[_new_name(user)] = user
-    return out, links
 
 
 def _store(events: list[Event], links: dict[str, str], firsts: dict[str, int], seed: int) -> EventStore:
