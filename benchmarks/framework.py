@@ -41,6 +41,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "lrs",
     "warehouse",
     "analysis",
+    "analysis_http",
     "custom_events",
     "experiments",
     "erasure",

@@ -82,9 +82,7 @@ def _entries(spans: list[SpanRecord]) -> list[dict[object, object]]:
     ]
 
 
-async def _refreshed(
-    store: AnalysisStore, api: asyncpg.Connection, rows: int, timeout_s: float = 90
-) -> None:
+async def _refreshed(store: AnalysisStore, api: asyncpg.Connection, rows: int, timeout_s: float = 90) -> None:
     """Refresh until the store holds ``rows`` rows: a row becomes readable once every older
     transaction on the whole (shared) server has ended, which other work can hold back a while."""
     deadline = time.monotonic() + timeout_s
