@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from ..aggregator.api.app import create_app
-from .api import _token, load_dataset, p95
+from .api import load_dataset, p95, staff_or_learner_token
 from .framework import BenchContext, Measurement, at_most, bench, median
 
 PREFIX = "/api/analytics/analysis"
@@ -89,7 +89,7 @@ async def analysis_http(ctx: BenchContext) -> list[Measurement]:
     """Saved and ad hoc funnels and retention through the HTTP API, the API bench's data set."""
     settings = await ctx.migrated_settings("analysis_http")
     data = await load_dataset(ctx, settings, ctx.scale(10_000_000, 100_000), ctx.scale(10_000, 500))
-    headers = {"authorization": f"Bearer {_token(settings, 'bench-staff', staff=True)}"}
+    headers = {"authorization": f"Bearer {staff_or_learner_token(settings, 'bench-staff', staff=True)}"}
     now = datetime.now(UTC)
     bodies = _bodies(now)
     saved_count = ctx.scale(SAVED_REQUESTS, QUICK_SAVED_REQUESTS)
