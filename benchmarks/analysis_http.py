@@ -84,6 +84,10 @@ async def _p95(send: Callable[[], Any], count: int) -> float:
     return p95(samples)
 
 
+def _poster(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Callable[[], Any]:
+    return lambda: client.post(path, json=body)
+
+
 @bench("analysis_http")
 async def analysis_http(ctx: BenchContext) -> list[Measurement]:
     """Saved and ad hoc funnels and retention through the HTTP API, the API bench's data set."""
@@ -109,7 +113,7 @@ async def analysis_http(ctx: BenchContext) -> list[Measurement]:
                 raise RuntimeError(f"saving the funnel answered {saved.status_code}: {saved.text[:200]}")
             sends: dict[str, Callable[[], Any]] = {
                 names[0]: lambda: client.get(f"{PREFIX}/saved-funnels/{SAVED_NAME}"),
-                **{n: (lambda p=p, b=b: client.post(p, json=b)) for n, (p, b) in bodies.items()},
+                **{n: _poster(client, p, b) for n, (p, b) in bodies.items()},
             }
             async with ctx.task("timing analysis requests", total=ctx.repeat_count * len(names)) as task:
                 for _ in range(ctx.repeat_count):
