@@ -316,7 +316,7 @@ def _system_metrics_sql() -> str:
     """
 
 
-def _token(settings: Settings, sub: str, staff: bool) -> str:
+def staff_or_learner_token(settings: Settings, sub: str, staff: bool) -> str:
     assert settings.jwt_secret is not None, "the bench needs STUDYIN_ANALYTICS_JWT_SECRET (or the runner's)"
     now = datetime.now(UTC)
     claims = {
@@ -396,8 +396,8 @@ async def measure(ctx: BenchContext, data: Dataset) -> list[Measurement]:
     settings = data.settings
     rng = random.Random(SEED + 1)
     requests = ctx.scale(REQUESTS_PER_REPEAT, QUICK_REQUESTS)
-    learner_tokens = [_token(settings, u, staff=False) for u in data.user_ids[:500]]
-    staff_token = _token(settings, "bench-staff", staff=True)
+    learner_tokens = [staff_or_learner_token(settings, u, staff=False) for u in data.user_ids[:500]]
+    staff_token = staff_or_learner_token(settings, "bench-staff", staff=True)
     app = create_app(settings)
     rows: list[Measurement] = []
     async with app.router.lifespan_context(app):

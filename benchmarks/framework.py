@@ -42,6 +42,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "lrs",
     "warehouse",
     "analysis",
+    "analysis_http",
     "custom_events",
     "experiments",
     "erasure",

@@ -49,6 +49,9 @@ must not recurse without bound (a self-containing list, or a hostile OTLP body).
 class Pseudonymizer:
     """Keyed, rotatable pseudonyms for user identifiers."""
 
+    previous_key_id: str | None = None
+    """A key rotation's transition only: the retired key of ``user.previous_hash`` (:meth:`link`)."""
+
     def __init__(
         self, keys: Mapping[str, bytes], active_key_id: str, *, lrs: Pseudonymizer | None = None
     ) -> None:
@@ -76,11 +79,22 @@ class Pseudonymizer:
         if lrs_key_id is not None:
             lrs_keys = {k: s.get_secret_value().encode() for k, s in settings.lrs_pseudonym_keys.items()}
             lrs = cls(lrs_keys, lrs_key_id)
-        return cls(keys, key_id, lrs=lrs)
+        pseudonymizer = cls(keys, key_id, lrs=lrs)
+        pseudonymizer.previous_key_id = settings.pseudonym_previous_key_id  # checked by the settings
+        return pseudonymizer
 
     def lrs_pseudonymize(self, user_id: str | int) -> str | None:
         """``user_id``'s LRS pseudonym (``user.lrs_hash``), or ``None`` without an LRS key."""
         return None if self.lrs is None else self.lrs.pseudonymize(str(user_id))
+
+    def link(self, user_id: str | int | None) -> dict[str, str]:
+        """``{user.previous_hash: <pseudonym under the retired key>}`` during a key rotation's transition
+        (:attr:`previous_key_id`), else nothing (docs/analytics.md, "Key rotation")."""
+        kid = self.previous_key_id
+        if kid is None or user_id is None:
+            return {}
+        digest = hmac.new(self._keys[kid], str(user_id).encode(), hashlib.sha256).hexdigest()
+        return {USER_PREVIOUS_HASH: f"{kid}:{digest[:_DIGEST_HEX_CHARS]}"}
 
     def identity(self, user_id: str | int) -> dict[str, str]:
         """The identity attributes of ``user_id``: ``user.hash``, and ``user.lrs_hash`` with an LRS key."""
@@ -229,7 +243,7 @@ def _classify_key(key: Any) -> int:
         action = _IDENTITY
     elif key in DROPPED_ATTRIBUTES or key.startswith(_DROPPED_PREFIXES) or _scrub(key) != key:
         action = _DROP  # listed, or a key that holds an e-mail address: the name itself is data
-    elif key in (semconv.USER_HASH, semconv.USER_LRS_HASH):  # pseudonyms, or nothing
+    elif key in (semconv.USER_HASH, semconv.USER_LRS_HASH, USER_PREVIOUS_HASH):  # pseudonyms, or nothing
         action = _USER_HASH
     elif key.startswith(semconv.CUSTOM_NAMESPACE):  # as the registered schema declares (allow_custom)
         action = _CUSTOM
@@ -316,6 +330,8 @@ class PrivacyGuard:
                     hashed += 1
                     if self.pseudonymizer.lrs is not None and USER_LRS_HASH not in attributes:
                         out[USER_LRS_HASH] = self.pseudonymizer.lrs.pseudonymize(str(value))
+                    if USER_PREVIOUS_HASH not in attributes:
+                        out.update(self.pseudonymizer.link(value))
                 else:  # no key to hash with, or not an id (a list, a kvlist...)
                     dropped += 1
             elif action == _DROP:
@@ -404,6 +420,7 @@ def _typed(value: Any, action: int) -> Any:
 
 USER_HASH = semconv.USER_HASH
 USER_LRS_HASH = semconv.USER_LRS_HASH
+USER_PREVIOUS_HASH = semconv.USER_PREVIOUS_HASH
 
 
 def check_declared(attributes: Iterable[str]) -> None:

@@ -27,6 +27,10 @@ USER_HASH: Final = "user.hash"
 USER_LRS_HASH: Final = "user.lrs_hash"
 """The learner's pseudonym for a Learning Record Store: same format, under the LRS key (its own, never
 rotated with the analytics key), set only when one is configured (docs/xapi.md, "The actor")."""
+USER_PREVIOUS_HASH: Final = "user.previous_hash"
+"""The learner's pseudonym under the previous analytics key, sent only during a key rotation's
+transition (``pseudonym_previous_key_id``): it links the two pseudonyms of one learner
+(docs/analytics.md, "Key rotation")."""
 
 # Envelope of every domain event.
 EVENT_PREFIX: Final = "studyin."

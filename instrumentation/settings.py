@@ -75,6 +75,11 @@ class PseudonymKeySettings(StudyInSettings):
     pseudonym_key_id: str | None = Field(
         default=None, description="Id of the key used for new pseudonyms (default: the first key listed)"
     )
+    pseudonym_previous_key_id: str | None = Field(
+        default=None,
+        description="During a key rotation's transition only: id of the retired key whose pseudonym events "
+        "also carry (user.previous_hash), so funnels and retention keep one learner one (docs/analytics.md)",
+    )
     lrs_pseudonym_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
         description="HMAC keys of the learners' LRS pseudonyms (user.lrs_hash), as 'lrs1=secret' or JSON; "
@@ -115,6 +120,9 @@ class PseudonymKeySettings(StudyInSettings):
     def _check_active_key(self) -> Self:
         if self.pseudonym_key_id is not None and self.pseudonym_key_id not in self.pseudonym_keys:
             raise ValueError(f"pseudonym_key_id {self.pseudonym_key_id!r} is not among pseudonym_keys")
+        previous = self.pseudonym_previous_key_id
+        if previous is not None and (previous not in self.pseudonym_keys or previous == self.active_key_id):
+            raise ValueError(f"pseudonym_previous_key_id {previous!r} is not a retired key of pseudonym_keys")
         lrs_id = self.lrs_pseudonym_key_id
         if lrs_id is not None and lrs_id not in self.lrs_pseudonym_keys:
             raise ValueError(f"lrs_pseudonym_key_id {lrs_id!r} is not among lrs_pseudonym_keys")

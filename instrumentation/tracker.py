@@ -190,6 +190,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
             attributes[semconv.USER_HASH] = user_hash
             if lrs_hash is not None:
                 attributes[semconv.USER_LRS_HASH] = lrs_hash
+            attributes.update(self.pseudonymizer.link(user_id))  # a key rotation's transition only
         if session is not None:
             session._tally(event)
         lifecycle = model is events.SessionEnd
@@ -436,10 +437,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         interaction_id: uuid.UUID | None = None,
         session: LearningSession | None = None,
     ) -> events.DomainEvent | None:
-        """One AI-coach exchange, measured; there is no parameter for the message text.
-
-        Returns the event; its ``interaction_id`` is what :meth:`ai_coach_feedback` refers to.
-        """
+        """One AI-coach exchange, measured (no parameter for the message text); returns the event,
+        whose ``interaction_id`` is what :meth:`ai_coach_feedback` refers to."""
         return self.emit(
             events.AiCoachInteraction,
             user_id=user_id,

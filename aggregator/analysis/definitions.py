@@ -7,11 +7,12 @@ problem+json). Semantics: docs/analytics.md.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ...instrumentation.custom_schemas import NAME_PATTERN as CUSTOM_NAME
 from ...instrumentation.events import EVENT_TYPES
@@ -43,6 +44,28 @@ TimeZone = Annotated[
     str, Field(min_length=1, max_length=64, description="IANA time zone name, e.g. Europe/Berlin")
 ]
 Value = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _json_kind(label: str, *kinds: type) -> BeforeValidator:
+    """Only what the OpenAPI schema says: pydantic alone would take ``0`` as a date (a Unix time),
+    ``"12"`` as a number or ``1`` as true, which the schema calls invalid (schemathesis checks it)."""
+
+    def check(value: object) -> object:
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"must be {label}")
+        if date in kinds and isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+            raise ValueError(f"must be {label}")
+        return value
+
+    return BeforeValidator(check)
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+Int = Annotated[int, _json_kind("an integer", int)]
+Number = Annotated[float, _json_kind("a number", int, float)]
+Flag = Annotated[bool, _json_kind("true or false", bool)]
+Time = Annotated[datetime, _json_kind("an ISO 8601 date-time with a UTC offset", str, datetime)]
+Day = Annotated[date, _json_kind("a date as YYYY-MM-DD", str, date)]
 
 
 class _Model(BaseModel):
@@ -81,17 +104,17 @@ class EventMatcher(_Model):
 
 
 class FunnelStep(EventMatcher):
-    optional: bool = False
+    optional: Flag = False
     """The step may be skipped: later steps may follow the previous matched step directly."""
-    within_s: Annotated[int, Field(ge=1, le=MAX_WINDOW_S)] | None = None
+    within_s: Annotated[Int, Field(ge=1, le=MAX_WINDOW_S)] | None = None
     """Per-step window: at most this long after the previous matched step."""
 
 
 class Exclusion(EventMatcher):
     """A chain with this event strictly between its steps ``from_step`` and ``to_step`` does not count."""
 
-    from_step: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 1
-    to_step: Annotated[int, Field(ge=2, le=MAX_STEPS)] = MAX_STEPS
+    from_step: Annotated[Int, Field(ge=1, le=MAX_STEPS)] = 1
+    to_step: Annotated[Int, Field(ge=2, le=MAX_STEPS)] = MAX_STEPS
 
 
 def _check_timezone(value: str) -> str:
@@ -103,8 +126,8 @@ def _check_timezone(value: str) -> str:
 
 
 class _Ranged(_Model):
-    start: datetime
-    end: datetime
+    start: Time
+    end: Time
     timezone: TimeZone = "UTC"
 
     @field_validator("start", "end")
@@ -133,7 +156,7 @@ class FunnelDefinition(_Ranged):
 
     steps: Annotated[tuple[FunnelStep, ...], Field(min_length=MIN_STEPS, max_length=MAX_STEPS)]
     order: Literal["strict", "ordered", "any"] = "ordered"
-    window_s: Annotated[int, Field(ge=1, le=MAX_WINDOW_S)] = DEFAULT_WINDOW_S
+    window_s: Annotated[Int, Field(ge=1, le=MAX_WINDOW_S)] = DEFAULT_WINDOW_S
     exclusions: Annotated[tuple[Exclusion, ...], Field(max_length=MAX_EXCLUSIONS)] = ()
     breakdown: BreakdownProperty | None = None
 
@@ -163,7 +186,7 @@ class ReturnEvent(_Model):
     least ``min_session_minutes`` (its ``session_end``), or one event type with filters."""
 
     kind: Literal["any_activity", "material_complete", "session", "event"] = "any_activity"
-    min_session_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 10.0
+    min_session_minutes: Annotated[Number, Field(gt=0, le=24 * 60)] = 10.0
     matcher: EventMatcher | None = None
 
     @model_validator(mode="after")
@@ -176,11 +199,11 @@ class ReturnEvent(_Model):
 class RetentionDefinition(_Model):
     """Cohorts of learners by the period they started in; who comes back in later periods."""
 
-    start: date
+    start: Day
     """First cohort period: the period containing this date (in ``timezone``)."""
-    cohorts: Annotated[int, Field(ge=1, le=90)] = 12
+    cohorts: Annotated[Int, Field(ge=1, le=90)] = 12
     period: Literal["day", "week", "month"] = "week"
-    periods: Annotated[int, Field(ge=1, le=90)] = 12
+    periods: Annotated[Int, Field(ge=1, le=90)] = 12
     """Periods after the cohort's own (cells 1..periods; cell 0 is the cohort itself)."""
     mode: Literal["first_time", "recurring"] = "first_time"
     start_event: EventMatcher | None = None

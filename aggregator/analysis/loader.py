@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
@@ -100,8 +101,37 @@ async def _dictionaries(conn: asyncpg.Connection, where: str, args: list[int]) -
     return out
 
 
-async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[EventBatch, int]:
-    """Rows stored since ``watermark`` (all rows when ``None``) and the next watermark."""
+LEARNERS = """
+SELECT user_hash, (extract(epoch FROM first_activity_at) * 1000000)::bigint AS first_us, previous_hash
+FROM analysis_learners WHERE $1::text[] IS NULL OR user_hash = ANY($1::text[])
+"""
+"""First activity and key link of the learners a batch touches (all at the first load): the aggregator
+changes a learner's row only in the transaction that stores one of its events (revision
+0020_funnels_finish), so the rows a batch touches are every row that changed."""
+
+
+@dataclass
+class Learners:
+    users: list[str]
+    first_us: np.ndarray
+    previous: list[str | None]
+
+
+NO_LEARNERS = Learners([], np.empty(0, np.int64), [])
+
+
+async def _learners(conn: asyncpg.Connection, users: list[str] | None) -> Learners:
+    records = await conn.fetch(LEARNERS, users)
+    return Learners(
+        [r["user_hash"] for r in records],
+        np.fromiter((r["first_us"] for r in records), np.int64, len(records)),
+        [r["previous_hash"] for r in records],
+    )
+
+
+async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[EventBatch, int, Learners]:
+    """Rows stored since ``watermark`` (all rows when ``None``), the next watermark, and the
+    ``analysis_learners`` rows of the learners they touch (all of them when ``None``)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         horizon = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
         where = "stored_xid < $1" if watermark is None else "stored_xid >= $2 AND stored_xid < $1"
@@ -112,7 +142,9 @@ async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[Eve
         await conn.copy_from_query(
             f"SELECT {columns} FROM {VIEW} WHERE {where}", *args, output=sink, format="binary"
         )
-    rows = sink.rows()
+        rows = sink.rows()
+        touched = None if watermark is None else list(names["user_hash"].values())
+        learners = await _learners(conn, touched) if touched is None or touched else NO_LEARNERS
     batch = EventBatch(
         user=_coded(rows["user_hash"], names["user_hash"]),
         time_us=rows["time_us"].astype(np.int64),
@@ -122,7 +154,7 @@ async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[Eve
         xp=rows["xp_amount"].astype(np.float64),
         duration_s=rows["duration_s"].astype(np.float64),
     )
-    return batch, horizon
+    return batch, horizon, learners
 
 
 class AnalysisStore:
@@ -179,17 +211,23 @@ class AnalysisStore:
     async def _refresh(self, conn: asyncpg.Connection, force: bool) -> int:
         if not force and time.monotonic() - self.refreshed_at < self.max_staleness_s:
             return 0
-        batch, horizon = await read_new(conn, self.watermark)
+        batch, horizon, learners = await read_new(conn, self.watermark)
+        changed = False
         before = len(self.store)
         if len(batch):
             # numpy releases the GIL for the sorts; the merge runs off the event loop.
             await asyncio.to_thread(self.store.merge, batch)
+        if learners.users:
+            await asyncio.to_thread(
+                self.store.set_learners, learners.users, learners.first_us, learners.previous
+            )
+            changed = True
         removed = 0
         if self.retention_days is not None:
             cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
             removed = await asyncio.to_thread(self.store.drop_before, cutoff)
         removed += await asyncio.to_thread(self._drop_erased)
-        if removed or len(self.store) != before:
+        if changed or removed or len(self.store) != before:
             self.generation += 1
         self.watermark = horizon
         self.refreshed_at = time.monotonic()

@@ -16,7 +16,7 @@ import numpy as np
 
 from .definitions import RetentionDefinition
 from .periods import US, period_number, period_start, periods
-from .store import I64, EventStore
+from .store import I64, NEVER, EventStore
 
 F = np.float64
 
@@ -102,17 +102,20 @@ def retention_counts(store: EventStore, definition: RetentionDefinition) -> Rete
     first = period_number(definition.start, unit)
     cohort_ids = list(range(first, first + definition.cohorts))
     span = definition.cohorts + definition.periods + 1
-    if definition.mode == "first_time":
-        if definition.start_event is None:
-            # Rows are sorted by learner then time: each learner's first row is its first activity.
-            starts = store.offsets[:-1][store.offsets[:-1] < store.offsets[1:]]
-        else:
+    if definition.mode == "first_time" and definition.start_event is None:
+        # First activity: the first row, or the first learning event ever when raw retention
+        # dropped it (``analysis_learners``), over every pseudonym of the learner.
+        first_times = store.first_time()
+        learners = np.flatnonzero(first_times != NEVER).astype(np.int64)
+        start_times = first_times[learners]
+    else:
+        if definition.mode == "first_time":
             starts = _start_rows(store, definition)
             starts = starts[np.unique(store.learner[starts], return_index=True)[1]]
-    else:
-        starts = _near(store, _start_rows(store, definition), definition, first, span)
-    learners = store.learner[starts].astype(np.int64)
-    start_period = periods(store.time[starts], unit, tz) - first
+        else:
+            starts = _near(store, _start_rows(store, definition), definition, first, span)
+        learners, start_times = store.learner[starts].astype(np.int64), store.time[starts]
+    start_period = periods(start_times, unit, tz) - first
     in_range = (start_period >= 0) & (start_period < definition.cohorts)
     # Dense (learner, period) tables: learners x (cohorts + periods + 1) cells, no sort needed.
     cells = store.learner_count * span

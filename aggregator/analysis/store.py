@@ -20,7 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .definitions import FILTER_PROPERTIES, EventMatcher
+from .identities import roots
 
+NEVER = np.iinfo(np.int64).max
+"""A first activity not known (no row, no ``analysis_learners`` row)."""
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 F64 = npt.NDArray[np.float64]
@@ -141,6 +144,12 @@ class EventStore:
     props: dict[str, Dictionary] = field(default_factory=lambda: {p: Dictionary() for p in PROPERTIES})
     columns: dict[str, npt.NDArray[Any]] = field(default_factory=_empty_columns)
     offsets: I64 = field(default_factory=lambda: np.zeros(1, np.int64))
+    canonical: I32 = field(default_factory=lambda: np.empty(0, np.int32))
+    """Per learner code: the code its rows are kept under (the root of its key-rotation chain,
+    ``identities.py``); itself unless a newer pseudonym of a learner who had an older one."""
+    first_seen: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    """Per learner code: its first learning event ever (``analysis_learners``, outliving raw
+    retention), or ``NEVER`` when not known."""
     _by_type: tuple[I64, I64] | None = None
 
     def __len__(self) -> int:
@@ -171,8 +180,10 @@ class EventStore:
         if not keep_mask.any():
             return
         idx = np.flatnonzero(keep_mask)
+        codes = self.learners.encode_coded(batch.user)
+        self._grow()
         new: dict[str, npt.NDArray[Any]] = {
-            "learner": self.learners.encode_coded(batch.user)[idx],
+            "learner": self.canonical[np.maximum(codes[idx], 0)],
             "time": batch.time_us[idx].astype(np.int64),
             "tie": batch.tie[idx].astype(np.int64),
             "etype": self.types.encode_coded(batch.event_type)[idx].astype(np.int16),
@@ -181,36 +192,76 @@ class EventStore:
         }
         for p in PROPERTIES:
             new[p] = self.props[p].encode_coded(batch.props[p])[idx]
+        self._resort(np.unique(new["learner"]), new)
+
+    def _resort(self, touched: I32, new: dict[str, npt.NDArray[Any]] | None = None) -> None:
+        """Re-sort the rows of the ``touched`` learners (with ``new`` rows), the others kept in order."""
         old = self.columns
-        touched = np.unique(new["learner"])
         moved = np.isin(old["learner"], touched) if len(old["learner"]) else np.zeros(0, bool)
         stay = ~moved
-        resorted = {name: np.concatenate([old[name][moved], new[name]]) for name in old}
+        resorted = {
+            name: np.concatenate([old[name][moved], new[name]]) if new else old[name][moved] for name in old
+        }
         order = np.lexsort((resorted["tie"], resorted["time"], resorted["learner"]))
         combined = {name: np.concatenate([old[name][stay], resorted[name][order]]) for name in old}
         # Two runs each sorted by learner: the stable sort merges them in linear time.
         final = np.argsort(combined["learner"], kind="stable")
         self.columns = {name: column[final] for name, column in combined.items()}
+        self._reindex()
+
+    def _reindex(self) -> None:
         counts = np.bincount(self.columns["learner"], minlength=len(self.learners.values))
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._by_type = None
+
+    def _grow(self) -> None:
+        """Give learner codes added to the dictionary their own code and no first activity yet."""
+        n, have = len(self.learners.values), len(self.canonical)
+        if n > have:
+            self.canonical = np.concatenate([self.canonical, np.arange(have, n, dtype=np.int32)])
+            self.first_seen = np.concatenate([self.first_seen, np.full(n - have, NEVER, np.int64)])
+
+    def set_learners(self, users: list[str], first_us: I64, previous: list[str | None]) -> None:
+        """Record learners' first activity and links (rows of ``analysis_learners``); rows of a learner
+        whose pseudonyms became linked move to the chain's root."""
+        codes = self.learners.encode(list(users))
+        links = self.learners.encode(list(previous))
+        self._grow()
+        self.first_seen[codes] = first_us
+        known = np.full(len(self.canonical), -1, np.int32)
+        linked = np.flatnonzero(self.canonical != np.arange(len(self.canonical)))
+        known[linked] = self.canonical[linked]  # links seen before stay (their rows moved already)
+        known[codes[links >= 0]] = links[links >= 0]
+        fresh = roots(known)
+        changed = np.flatnonzero(fresh != self.canonical)
+        self.canonical = fresh
+        if len(changed) and len(self):
+            learner = self.columns["learner"]
+            touched = np.isin(learner, changed)
+            if touched.any():
+                self.columns["learner"] = np.where(touched, fresh[learner], learner).astype(np.int32)
+                self._resort(np.unique(fresh[changed]))
+        self._reindex()
 
     def drop_before(self, time_us: int) -> int:
         """Forget rows older than ``time_us`` (raw retention dropped their partitions); rows removed."""
         return self._keep(self.columns["time"] >= time_us)
 
     def drop_learners(self, codes: set[int]) -> int:
-        """Forget every row of the learners coded ``codes`` (erased learners); rows removed."""
-        return self._keep(~np.isin(self.columns["learner"], np.fromiter(codes, np.int32, len(codes))))
+        """Forget every row and the first activity of the learners coded ``codes`` (erased learners),
+        with every pseudonym linked to them; rows removed."""
+        self._grow()
+        wanted = self.canonical[np.fromiter(codes, np.int32, len(codes))]
+        gone = np.isin(self.canonical, wanted)
+        self.first_seen[gone] = NEVER
+        return self._keep(~np.isin(self.columns["learner"], wanted))
 
     def _keep(self, keep: np.ndarray) -> int:
         """Keep the rows where ``keep`` is true (the order stays sorted); rows removed."""
         removed = int(len(keep) - keep.sum())
         if removed:
             self.columns = {name: column[keep] for name, column in self.columns.items()}
-            counts = np.bincount(self.columns["learner"], minlength=len(self.learners.values))
-            self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            self._by_type = None
+            self._reindex()
         return removed
 
     def _type_index(self) -> tuple[I64, I64]:
@@ -233,11 +284,17 @@ class EventStore:
         return pos
 
     def first_time(self) -> I64:
-        """Each learner's first event time (learners without rows: a huge value)."""
+        """Each learner's first activity: its first row, or its first learning event ever when
+        ``analysis_learners`` knows an earlier one, over all its pseudonyms (``NEVER``: none, or a
+        pseudonym whose learner is kept under another code)."""
+        self._grow()
         empty = self.offsets[:-1] == self.offsets[1:]
         first = (
             self.time[np.minimum(self.offsets[:-1], max(len(self) - 1, 0))]
             if len(self)
             else (np.zeros(self.learner_count, np.int64))
         )
-        return np.where(empty, np.iinfo(np.int64).max, first)
+        first = np.where(empty, NEVER, first)
+        np.minimum.at(first, self.canonical, self.first_seen)
+        first[self.canonical != np.arange(len(self.canonical))] = NEVER
+        return first

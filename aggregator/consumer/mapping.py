@@ -58,6 +58,9 @@ _UNSET: Any = object()
 
 LRS_ACTOR_FIELD = "lrs_actor"
 """Property holding the learner's LRS pseudonym (``user.lrs_hash`` on the wire; docs/xapi.md)."""
+PREVIOUS_HASH_FIELD = "previous_user_hash"
+"""Property holding the learner's pseudonym under the previous analytics key (``user.previous_hash``,
+a key rotation's transition only): the link ``analysis_learners`` keeps (docs/analytics.md)."""
 _INDEX_BYTES = tuple(i.to_bytes(4, "big") for i in range(256))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -175,6 +178,11 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
         lrs_actor = attributes.get(semconv.USER_LRS_HASH, record.attributes.get(semconv.USER_LRS_HASH))
         if lrs_actor is not None and type(lrs_actor) is str and _valid_pseudonym(lrs_actor):
             properties[LRS_ACTOR_FIELD] = lrs_actor
+        previous = attributes.get(
+            semconv.USER_PREVIOUS_HASH, record.attributes.get(semconv.USER_PREVIOUS_HASH)
+        )
+        if previous is not None and type(previous) is str and _valid_pseudonym(previous):
+            properties[PREVIOUS_HASH_FIELD] = previous
         session_text = properties.get("session_id")
         if session_text is None or session_text == span_session_text:
             session_id = span_session

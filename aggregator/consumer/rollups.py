@@ -70,6 +70,7 @@ from .counting import (
 )
 from .custom_events import apply_custom_daily
 from .experiments import INPUT_TYPES, ExperimentInput, apply_experiments
+from .learners import LearnerFirsts
 from .mapping import EventRow, RawRecord, rows_of
 from .raw import copy_raw, probe_stored
 from .rollup_sql import (
@@ -196,16 +197,19 @@ class Rollup(Counts):
     type and hour, the only per-event count it needs of its own.
     """
 
-    __slots__ = ("experiment_inputs",)
+    __slots__ = ("experiment_inputs", "learners")
 
     def __init__(self) -> None:
         super().__init__()
         self.experiment_inputs: list[ExperimentInput] = []
         """The new events experiments read (:mod:`.experiments`), with a learner."""
+        self.learners = LearnerFirsts()
+        """First learning events and key links per pseudonym (:mod:`.learners`)."""
 
     def add(self, rows: Iterable[EventRow]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
         super().add(rows)
+        self.learners.add(rows)
         self.experiment_inputs += [
             (r.user_hash, r.event_type, r.time_us, r.event_id, r.properties)
             for r in rows
@@ -245,6 +249,7 @@ class Rollup(Counts):
         if study.takes_back_study:
             await conn.execute(CLEAR_STUDY_RESIDUES)
         await apply_custom_daily(conn, self.by_type)  # custom events per type and day (custom_events.py)
+        await self.learners.apply(conn)
 
     async def _apply_sessions(self, conn: asyncpg.Connection) -> StudyDeltas:
         """Merge the sessions (see :mod:`.sessions`); returns what they change in the rollups.

@@ -36,6 +36,8 @@ LEARNER_TABLES: tuple[LearnerTable, ...] = (
     # A learner's exposure and metric totals per experiment (0013); the per-variant sums they fed stay,
     # like every aggregate of at least k learners (docs/privacy.md).
     LearnerTable("experiment_learners", "experiment_key, version"),
+    # First activity and key link per pseudonym (0020_funnels_finish): funnels and retention.
+    LearnerTable("analysis_learners", "user_hash"),
 )
 """Every per-learner table: rows deleted by an erasure, written by an access export."""
 

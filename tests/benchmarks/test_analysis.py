@@ -9,7 +9,7 @@ from rich.progress import Progress
 
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.benchmarks import analysis as analysis_bench
-from studyin_analytics.benchmarks import runner
+from studyin_analytics.benchmarks import analysis_http, runner
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
 
 
@@ -30,6 +30,25 @@ async def test_quick_analysis_bench_rows(settings: Settings) -> None:
     assert by_name["analysis p95 12-week retention, weekly cohorts"].baseline is not None
     assert by_name["analysis p95 20-step ordered funnel, 30 days"].target == "<= 2x the 5-step p95"
     assert by_name["analysis store load"].value > 0
+
+
+async def test_quick_analysis_http_bench_rows(settings: Settings) -> None:
+    """Saved and ad hoc analysis requests over HTTP on the api bench's data: every row has its target."""
+    ctx = BenchContext(
+        settings=runner.bench_settings(settings),
+        quick=True,
+        progress=Progress(console=Console(file=io.StringIO())),
+    )
+    try:
+        rows = await analysis_http.analysis_http(ctx)
+    finally:
+        await runner.cleanup(ctx.settings, ctx.isolated)
+    assert REGISTRY["analysis_http"] is analysis_http.analysis_http
+    by_name = {row.name: row for row in rows}
+    saved = by_name["analysis http p95 GET saved-funnels/{name} (warm)"]
+    assert saved.target == "<= 25 ms" and saved.value > 0 and saved.baseline is not None
+    assert by_name["analysis http p95 POST funnels 20 steps, 30 days"].target == "<= 2x the 5-step p95"
+    assert by_name["analysis http p95 POST retention 12 weekly cohorts"].value > 0
 
 
 def test_the_generated_paths_drop_off_at_every_step() -> None:

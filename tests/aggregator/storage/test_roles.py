@@ -221,6 +221,8 @@ async def test_grants_are_exactly_the_documented_ones(migrated: Settings) -> Non
         "custom_event_daily": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
         "rollup_rebuilds": {aggregator: set(), api: set()},  # the rebuild role's (0016_rebuild)
         "saved_funnels": {aggregator: set(), api: {"SELECT", "INSERT"}},  # versions: never changed
+        # First activity and key links per pseudonym (0020_funnels_finish): the aggregator's, read by the API.
+        "analysis_learners": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
         **{t: {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}} for t in ROLLUPS},
         # Experiments (0013): staff define versions through the API; per-learner state is the aggregator's.
         "experiment_versions": {aggregator: {"SELECT"}, api: {"SELECT", "INSERT", "UPDATE"}},

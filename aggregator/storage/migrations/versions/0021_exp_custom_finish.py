@@ -19,7 +19,7 @@ Rights as for ``experiment_variant_sums``: the aggregator writes, the query API 
 from alembic import context, op
 
 revision = "0021_exp_custom_finish"
-down_revision = "0017_citus_variant"
+down_revision = "0020_funnels_finish"
 branch_labels = None
 depends_on = None
 
