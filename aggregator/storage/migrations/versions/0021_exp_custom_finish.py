@@ -1,7 +1,7 @@
 """Experiments: exact sums per variant, metric and day; custom event counts as experiment metrics.
 
 Revision ID: 0021_exp_custom_finish
-Revises: 0017_citus_variant
+Revises: 0020_funnels_finish
 Create Date: 2026-12-04
 
 ``experiment_variant_day_sums`` holds, per variant, metric and UTC day (of event time), the change of

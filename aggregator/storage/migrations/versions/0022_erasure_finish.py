@@ -2,7 +2,7 @@
 the API's staff endpoints run as the schema's owner.
 
 Revision ID: 0022_erasure_finish
-Revises: 0017_citus_variant
+Revises: 0021_exp_custom_finish
 Create Date: 2026-12-04
 
 The erasure role (``STUDYIN_ANALYTICS_POSTGRES_ERASURE_ROLE``, default ``studyin_eraser``;
@@ -42,6 +42,7 @@ LEARNER_TABLES = (
     "user_activity_hourly",
     "ai_coach_metrics",
     "experiment_learners",
+    "analysis_learners",
 )
 """``aggregator.learners.registry.LEARNER_TABLES`` when this revision was written (a test keeps them
 in step; a later per-learner table grants the erasure role in its own revision)."""
