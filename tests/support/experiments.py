@@ -8,10 +8,13 @@ must equal it whatever the arrival order, duplication or batching.
 from __future__ import annotations
 
 import random
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 
@@ -196,3 +199,17 @@ async def stored_sums(conn: Any, key: str) -> dict[SumsKey, tuple[Any, ...]]:
         key,
     )
     return {(r[0], r[1], r[2], r[3]): tuple(r[4:]) for r in rows if r["n"] != 0 or any(v != 0 for v in r[5:])}
+
+
+ExperimentsCli = Callable[..., subprocess.CompletedProcess[str]]
+"""``studyin-analytics experiments ARGS...`` run in-process (the ``experiments_cli`` fixture)."""
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the command line at the test's servers, schema and key prefix."""
+    return {
+        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
+        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
+        "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
+    }
