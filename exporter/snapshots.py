@@ -115,7 +115,7 @@ class SnapshotFollower(Generic[T]):
         while not self._stop.is_set():
             pubsub: Any = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
                 pubsub.subscribe(self._channel)
                 self.refresh_now()  # a change between the last load and the subscription
                 last = time.monotonic()

@@ -1,4 +1,5 @@
-"""Fixtures of the consumer tests (the aggregator process's helpers: tests/support/aggregator_process.py)."""
+"""Fixtures shared by the aggregator's test folders (the helpers of the tests that run a real
+aggregator or API process: tests/support/aggregator_process.py)."""
 
 from __future__ import annotations
 
