@@ -133,6 +133,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
+    if args.wait_for_services:
+        from ..consumer.startup import wait_for_services
+
+        asyncio.run(wait_for_services(settings, args.wait_for_services, service="api"))
     asyncio.run(check_login(settings, "api"))  # a refused login is one line and exit 1, not a traceback
     serve(create_app(settings), settings, host, port)  # header and body read deadlines
     return EXIT_OK
@@ -272,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="bind address (default: STUDYIN_ANALYTICS_API_HOST)")
     p.add_argument("--port", type=int, help="port (default: STUDYIN_ANALYTICS_API_PORT)")
+    p.add_argument(
+        "--wait-for-services",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="at start-up wait up to SECONDS for PostgreSQL (reachable, migrated, the API's role "
+        "created) instead of exiting 1 at once, so start-up order does not matter (default 0: no waiting)",
+    )
     p.set_defaults(func=cmd_api, default_log_level="INFO")
 
     _add_demo_parser(sub)

@@ -1,9 +1,12 @@
-"""``studyin-analytics aggregator --wait-for-services SECONDS``: start-up waits for its servers.
+"""``studyin-analytics aggregator|api --wait-for-services SECONDS``: start-up waits for its servers.
 
 Started before Redis or PostgreSQL (or before ``migrate`` created its role and tables), the
-aggregator used to exit 1 and needed a supervisor to try again. With a wait it starts once both
-are ready, or fails after the wait with the same one-line error as without it. Used by the
-systemd unit, the Kubernetes manifest and the demo (for servers it did not start itself).
+aggregator used to exit 1 and needed a supervisor to try again; so did the query API, which
+needs PostgreSQL at start-up (its Redis clients connect when first used). With a wait a
+service starts once its servers are ready, or fails after the wait with the same one-line error
+as without it. Used by the systemd units, the Kubernetes manifest and the demo (for servers it
+did not start itself). The gateway needs no wait: it starts without Redis and answers 503 until
+Redis is back.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from ...exporter.connection import async_client
 from ...instrumentation.settings_base import ConfigurationError
-from ..storage.db import check_login, connect, service_url
+from ..storage.db import Service, check_login, connect, service_url
 from .availability import POSTGRES, REDIS, describe, server_of
 from .retry import is_transient
 from .settings import AggregatorSettings as Settings
@@ -40,9 +43,9 @@ async def _redis_answers(settings: Settings) -> None:
         await client.aclose()
 
 
-async def _postgres_ready(settings: Settings) -> None:
-    """The aggregator's login and role work and the analytics schema is migrated."""
-    conn = await connect(settings, "aggregator")  # a missing role: ConfigurationError
+async def _postgres_ready(settings: Settings, service: Service) -> None:
+    """The service's login and role work and the analytics schema is migrated."""
+    conn = await connect(settings, service)  # a missing role: ConfigurationError
     try:
         if await conn.fetchval("SELECT to_regclass('analytics_events')") is None:
             raise NotReady(
@@ -59,8 +62,10 @@ def _worth_waiting(exc: Exception) -> bool:
     return is_transient(exc) or isinstance(exc, ConfigurationError)
 
 
-async def wait_for_services(settings: Settings, timeout_s: float, *, migrated: bool = True) -> None:
-    """Wait until Redis answers and PostgreSQL is ready for the aggregator, at most ``timeout_s``.
+async def wait_for_services(
+    settings: Settings, timeout_s: float, *, migrated: bool = True, service: Service = "aggregator"
+) -> None:
+    """Wait until Redis answers and PostgreSQL is ready for ``service``, at most ``timeout_s``.
 
     Waited out: a server unreachable, starting up or shutting down, and a PostgreSQL whose
     schema or aggregator role the migration has not created yet (``migrate`` may run at the
@@ -68,17 +73,19 @@ async def wait_for_services(settings: Settings, timeout_s: float, *, migrated: b
     once, and so is the last error once the time is up (the CLI exits 1 naming the server, or
     2 with the missing role). One line when waiting for a server starts, one when it answers.
     Not ``migrated``: PostgreSQL only has to accept the admin login (the demo, which migrates).
+    The ``api`` waits for PostgreSQL only (its login, the schema migrated).
     """
     deadline = time.monotonic() + timeout_s
-    postgres_url = server_of(service_url(settings, "aggregator" if migrated else "admin"))
+    postgres_url = server_of(service_url(settings, service if migrated else "admin"))
     checks: list[tuple[str, str, Callable[[], Awaitable[None]]]] = [
-        (REDIS, server_of(settings.redis_url or ""), lambda: _redis_answers(settings)),
         (
             POSTGRES,
             postgres_url,
-            lambda: _postgres_ready(settings) if migrated else check_login(settings, "admin"),
+            lambda: _postgres_ready(settings, service) if migrated else check_login(settings, "admin"),
         ),
     ]
+    if service != "api":
+        checks.insert(0, (REDIS, server_of(settings.redis_url or ""), lambda: _redis_answers(settings)))
     for name, where, check in checks:
         interval = WAIT_INTERVAL_S
         waiting_since: float | None = None

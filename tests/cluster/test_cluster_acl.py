@@ -17,11 +17,7 @@ import asyncio
 import json
 import re
 import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -34,133 +30,24 @@ from redis.exceptions import RedisClusterException
 
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.service import Aggregator
-from studyin_analytics.aggregator.devtools.embedded import EmbeddedRedisCluster
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.connection import async_client, sync_client
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
-from tests.support import documented_acl
 from tests.support.cluster import CLI, SHARDS, cli_env
+from tests.support.cluster_acl import (
+    ACL,
+    APP_PASSWORD,
+    TRANSACTION_RULES,
+    AclCluster,
+    admin,
+    as_user,
+    command_of,
+    without,
+)
 from tests.support.workload import build, mismatches, truth_of
-
-APP_PASSWORD = "cluster-app-password-0123456789"
-TRANSACTION_RULES = ["+multi", "+exec"]
-"""The aggregator moves an entry to the dead letter with XADD + XACK in one MULTI/EXEC."""
-ADMIN = "admin"
-ADMIN_PASSWORD = "cluster-admin-password-0123456789"
-
-
-ACL = documented_acl()
-
-
-def without(rule: str) -> str:
-    """The name of the user that has every documented rule but ``rule``."""
-    return "without-" + re.sub(r"\W+", "-", rule).strip("-")
-
-
-def setuser_args(rules: list[str]) -> list[str]:
-    return [f">{APP_PASSWORD}" if rule == ">PASSWORD" else rule for rule in rules]
-
-
-def command_of(rule: str) -> list[str]:
-    """``+cluster|slots`` -> ``["CLUSTER", "SLOTS"]`` (what the rule allows)."""
-    assert rule.startswith("+") and "@" not in rule, f"not a single-command rule: {rule}"
-    return rule[1:].upper().split("|")
-
-
-def node_address(address: str) -> tuple[str, int]:
-    host, port = address.rsplit(":", 1)
-    return host, int(port)
-
-
-def as_user(address: str, user: str | None, password: str | None) -> redis.Redis:
-    """A plain client of one node (never follows MOVED) logged in as ``user``."""
-    host, port = node_address(address)
-    return redis.Redis(host=host, port=port, username=user, password=password, socket_timeout=5)
-
-
-def admin(address: str) -> redis.Redis:
-    return as_user(address, ADMIN, ADMIN_PASSWORD)
-
-
-@dataclass
-class AclCluster:
-    cluster: EmbeddedRedisCluster
-    addresses: list[str]
-
-    def url(self, user: str) -> str:
-        """What a service is given: ``redis://user:password@node/0`` of one node."""
-        return f"redis://{user}:{APP_PASSWORD}@{self.addresses[0]}/0"
-
-    def acl_log(self) -> dict[str, list[dict[str, Any]]]:
-        """Every node's ``ACL LOG`` (what was refused, to whom)."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for address in self.addresses:
-            client = admin(address)
-            try:
-                out[address] = client.acl_log()
-            finally:
-                client.close()
-        return out
-
-    def reset_acl_log(self) -> None:
-        for address in self.addresses:
-            client = admin(address)
-            try:
-                client.acl_log_reset()
-            finally:
-                client.close()
-
-
-def _wait_replicated(addresses: list[str], timeout_s: float = 30.0) -> None:
-    """Every replica linked to its primary again (it now logs in as the admin) and the cluster ok."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states: dict[str, tuple[str, str]] = {}
-        for address in addresses:
-            client = admin(address)
-            try:
-                replication = client.info("replication")
-                info = client.execute_command("CLUSTER", "INFO").decode()
-            finally:
-                client.close()
-            link = (
-                "primary" if replication["role"] == "master" else str(replication.get("master_link_status"))
-            )
-            states[address] = (link, "ok" if "cluster_state:ok" in info else "not ok")
-        if all(link in ("primary", "up") and state == "ok" for link, state in states.values()):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"cluster unhealthy after the ACL setup: {states}", pytrace=False)
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def acl_cluster(redis_cluster: EmbeddedRedisCluster) -> Iterator[AclCluster]:
-    """The module's cluster with, on EVERY node: an admin, the documented user, one user per cluster
-    rule lacking just that rule, one lacking ``+multi +exec``, and ``default`` off (replicas log in
-    to their primary as the admin).
-    """
-    addresses = [node.address for node in redis_cluster.nodes]
-    users = {ACL.user: ACL.rules + ACL.cluster_rules} | {
-        without(rule): ACL.rules + [r for r in ACL.cluster_rules if r != rule] for rule in ACL.cluster_rules
-    }
-    users[without("multi-exec")] = [r for r in ACL.rules if r not in TRANSACTION_RULES] + ACL.cluster_rules
-    for address in addresses:
-        client = as_user(address, None, None)
-        try:
-            client.execute_command("ACL", "SETUSER", ADMIN, "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all")
-            client.config_set("masteruser", ADMIN)
-            client.config_set("masterauth", ADMIN_PASSWORD)
-            for name, rules in users.items():
-                client.execute_command("ACL", "SETUSER", name, "reset", *setuser_args(rules))
-            client.execute_command("ACL", "SETUSER", "default", "off")
-        finally:
-            client.close()
-    _wait_replicated(addresses)
-    yield AclCluster(redis_cluster, addresses)
 
 
 def acl_settings(settings: Settings, cluster: AclCluster, user: str, tmp_path: Path) -> Settings:

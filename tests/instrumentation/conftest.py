@@ -13,12 +13,17 @@ from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConvent
 from studyin_analytics.instrumentation import (
     StudyInTracker,
 )
-from tests.support.pipeline import PSEUDONYMIZER, Pipeline
+from studyin_analytics.instrumentation.attribution import resolve_user_id_hook
+from tests.support.pipeline import PSEUDONYMIZER, STATIC_FILE, Pipeline
 
 
 @pytest.fixture
-def pipeline() -> Pipeline:
-    return Pipeline()
+def pipeline() -> Iterator[Pipeline]:
+    # The user-id hook named by a setting is resolved once per process: a test that names another
+    # (tests/instrumentation/test_attribution.py) must not leave it, or find another's, in the cache.
+    resolve_user_id_hook.cache_clear()
+    yield Pipeline()
+    resolve_user_id_hook.cache_clear()
 
 
 @pytest.fixture
@@ -70,4 +75,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (tmp_path / ".env").write_text(
         "STUDYIN_ANALYTICS_STREAM_PREFIX=from-dotenv\nSTUDYIN_ANALYTICS_ACCESS_LOG=off\n"
     )
+    return tmp_path
+
+
+@pytest.fixture
+def static_dir(tmp_path: Path) -> Path:
+    """A directory with one file (STATIC_FILE) for an app's static mount."""
+    (tmp_path / STATIC_FILE).write_text("static")
     return tmp_path

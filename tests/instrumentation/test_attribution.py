@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from fastapi.security import OAuth2PasswordBearer
 from studyin_analytics.aggregator.cli.settings import ConfigurationError, Settings
 from studyin_analytics.exporter.wire import SPAN_KIND_SERVER
 from studyin_analytics.instrumentation import Pseudonymizer, instrument_app, semconv, set_user
-from studyin_analytics.instrumentation.attribution import HOOK_SETTING, resolve_user_id_hook
+from studyin_analytics.instrumentation.attribution import HOOK_SETTING
 from tests.support import ROOT
 from tests.support.instrumented_app import free_port, read_spans, wait_listening
 from tests.support.pipeline import PSEUDONYMIZER, Pipeline
@@ -76,14 +75,6 @@ def build_app() -> FastAPI:
     return app
 
 
-@pytest.fixture
-def pipeline() -> Iterator[Pipeline]:
-    attributed.clear()
-    resolve_user_id_hook.cache_clear()
-    yield Pipeline()
-    resolve_user_id_hook.cache_clear()
-
-
 def bearer(user: str) -> dict[str, str]:
     return {"authorization": f"Bearer {jwt.encode({'sub': user, 'email': EMAIL}, SECRET, algorithm='HS256')}"}
 
@@ -95,6 +86,7 @@ async def call(app: Any, method: str, path: str, headers: dict[str, str] | None 
 
 
 def instrumented(pipeline: Pipeline, **kw: Any) -> Any:
+    attributed.clear()  # each test builds one app: its record of set_user calls starts here
     options: dict[str, Any] = {"pseudonymizer": PSEUDONYMIZER, **kw}
     return instrument_app(
         build_app(),

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import APIRouter, FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,9 +23,7 @@ from starlette.routing import Host, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from studyin_analytics.instrumentation import StudyInInstrumentor, instrument_app, semconv
-from tests.support.pipeline import PSEUDONYMIZER, Pipeline
-
-STATIC_FILE = "probe.txt"
+from tests.support.pipeline import PSEUDONYMIZER, STATIC_FILE, Pipeline
 
 
 def _plain(request: Request) -> PlainTextResponse:
@@ -112,12 +109,6 @@ CASES = [
     ("GET", "/api/v3/items/i-111", 404, "_OTHER"),
 ]
 RAW_VALUES = ("111", "222", "333", "444", "555", "666", "777", "888", "999", "123", "234", "345", STATIC_FILE)
-
-
-@pytest.fixture
-def static_dir(tmp_path: Path) -> Path:
-    (tmp_path / STATIC_FILE).write_text("static")
-    return tmp_path
 
 
 async def call(app: Any, method: str, path: str, host: str = "studyin.test") -> httpx.Response:

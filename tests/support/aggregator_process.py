@@ -8,32 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from studyin_analytics.aggregator.cli.settings import Settings
-from studyin_analytics.aggregator.devtools.embedded import EmbeddedPostgres
 from studyin_analytics.aggregator.storage.db import connect
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.instrumentation.privacy import Pseudonymizer
 from tests.support.workload import Workload, build, mismatches, truth_of
 
 CONSUMER = "outage-0"
-
-
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    directory = tmp_path / "pg"
-    directory.mkdir()
-    server = EmbeddedPostgres(directory)  # initialised, not started
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start(settings: Settings, log: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -8,10 +8,13 @@ must equal it whatever the arrival order, duplication or batching.
 from __future__ import annotations
 
 import random
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import wire
 from studyin_analytics.exporter.wire import EventRecord, SpanRecord
 from studyin_analytics.instrumentation.custom_tracking import custom_attributes
@@ -248,3 +251,15 @@ async def stored_day_sums(conn: Any, key: str, days: range) -> dict[tuple[Any, .
                     row[i] += r[5 + i]
         out.update({k: tuple(v) for k, v in totals.items() if v[0] != 0 or any(x != 0 for x in v[1:])})
     return out
+ExperimentsCli = Callable[..., subprocess.CompletedProcess[str]]
+"""``studyin-analytics experiments ARGS...`` run in-process (the ``experiments_cli`` fixture)."""
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the command line at the test's servers, schema and key prefix."""
+    return {
+        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
+        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
+        "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
+    }

@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from studyin_analytics.instrumentation import Pseudonymizer
 
 KEY = b"unit-test-key-0123456789"
+STATIC_FILE = "probe.txt"
+"""The one file of the ``static_dir`` fixture (tests/instrumentation/conftest.py)."""
 PSEUDONYMIZER = Pseudonymizer({"k1": KEY}, "k1")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.gateway.app import create_gateway
+from tests.support.tls import Certificates, certificates_in_tempdir, tls_postgres_server, tls_redis_server
 
 
 @pytest.fixture
@@ -30,3 +31,23 @@ def gateway_post(settings: Settings) -> Iterator[Callable[[bytes, str], httpx.Re
         runner.run(client.aclose())
         runner.run(lifespan.__aexit__(None, None, None))
         runner.close()
+
+
+@pytest.fixture(scope="module")
+def certificates() -> Iterator[Certificates]:
+    with certificates_in_tempdir() as value:
+        yield value
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certificates: Certificates) -> Iterator[int]:
+    """Port of a redis-server listening with TLS only; the default user is off, two ACL users exist."""
+    with tls_redis_server(certificates) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(certificates: Certificates) -> Iterator[str]:
+    """Owner URL (with its password, without TLS parameters) of a PostgreSQL that only accepts TLS."""
+    with tls_postgres_server(certificates) as url:
+        yield url

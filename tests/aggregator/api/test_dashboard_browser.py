@@ -8,88 +8,27 @@ Staff: per-route latency and the live events-per-second figure. Screenshots go t
 from __future__ import annotations
 
 import contextlib
-import shutil
-from collections.abc import AsyncIterator
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser
 
-from studyin_analytics.aggregator import Aggregator
 from studyin_analytics.aggregator.cli.settings import Settings
-from studyin_analytics.aggregator.devtools.simulation import build_backend, simulate_students
-from studyin_analytics.exporter import RedisStreamSpanExporter
-from studyin_analytics.instrumentation import Pseudonymizer, StudyInTracker
-from tests.support import ROOT
+from studyin_analytics.instrumentation import StudyInTracker
 from tests.support.api import token
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LEARNER = "dash-learner-0001"
-STAFF = "dash-staff-0002"
-
-
-@pytest.fixture
-async def pipeline(migrated: Settings) -> AsyncIterator[tuple[Settings, StudyInTracker, TracerProvider]]:
-    """Real pipeline data for two students, and a tracker that keeps exporting during the test."""
-    settings = migrated
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(RedisStreamSpanExporter(settings)))
-    pseudonymizer = Pseudonymizer.from_settings(settings)
-    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
-    backend = build_backend(tracker, pseudonymizer, tracer_provider=provider)
-    await simulate_students(backend, [LEARNER, "dash-other-0003"], sessions_per_student=3)
-    tracker.achievement_unlocked(LEARNER, "first-steps")
-    async with Aggregator(settings) as aggregator:
-        await aggregator.drain(timeout_s=30)
-    yield settings, tracker, provider
-    provider.shutdown()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        try:
-            instance = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        except Exception as exc:  # a missing browser is a failure, never a skip
-            pytest.fail(
-                f"cannot start Chromium at {CHROMIUM}: {exc} (apt-get install chromium)", pytrace=False
-            )
-        yield instance
-        await instance.close()
-
-
-def csp_violations(page: Page) -> list[str]:
-    """Console messages of the page that report a Content-Security-Policy violation (live list)."""
-    seen: list[str] = []
-    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
-    return seen
-
-
-async def sign_in(page: Page, base: str, bearer: str) -> None:
-    await page.goto(f"{base}/dashboard")
-    await page.fill("#token", bearer)
-    await page.click("#token-form button")
-    await page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+from tests.support.browser import ARTIFACTS, DASHBOARD_OTHER, csp_violations, sign_in
+from tests.support.browser import DASHBOARD_LEARNER as LEARNER
+from tests.support.browser import DASHBOARD_STAFF as STAFF
 
 
 async def test_learner_sees_charts_live_events_and_no_staff_view(
-    pipeline: tuple[Settings, StudyInTracker, TracerProvider], server: str, browser: Browser
+    dashboard_pipeline: tuple[Settings, StudyInTracker, TracerProvider],
+    dashboard_server: str,
+    browser: Browser,
 ) -> None:
-    settings, tracker, _ = pipeline
+    settings, tracker, _ = dashboard_pipeline
     page = await browser.new_page(viewport={"width": 1280, "height": 1100})
     violations = csp_violations(page)
-    await sign_in(page, server, token(settings, LEARNER))
+    await sign_in(page, dashboard_server, token(settings, LEARNER))
 
     # Charts rendered from the rollups (uPlot draws on canvas).
     assert int(await page.get_attribute("#chart-minutes", "data-points") or 0) >= 1
@@ -105,7 +44,7 @@ async def test_learner_sees_charts_live_events_and_no_staff_view(
     # A new event reaches the page without a reload.
     await page.wait_for_selector("body[data-live='learner']", timeout=10_000)
     tracker.xp_awarded(LEARNER, 42, "live_test")
-    tracker.xp_awarded("dash-other-0003", 7, "not_for_this_learner")
+    tracker.xp_awarded(DASHBOARD_OTHER, 7, "not_for_this_learner")
     item = page.locator("#live-activity li[data-type='xp_awarded']")
     await item.first.wait_for(timeout=10_000)
     text = await page.inner_text("#live-activity")
@@ -126,12 +65,14 @@ async def test_learner_sees_charts_live_events_and_no_staff_view(
 
 
 async def test_staff_sees_routes_and_live_rate(
-    pipeline: tuple[Settings, StudyInTracker, TracerProvider], server: str, browser: Browser
+    dashboard_pipeline: tuple[Settings, StudyInTracker, TracerProvider],
+    dashboard_server: str,
+    browser: Browser,
 ) -> None:
-    settings, tracker, _ = pipeline
+    settings, tracker, _ = dashboard_pipeline
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     violations = csp_violations(page)
-    await sign_in(page, server, token(settings, STAFF, roles=["staff"]))
+    await sign_in(page, dashboard_server, token(settings, STAFF, roles=["staff"]))
     assert await page.is_visible("#staff-content")
     assert not await page.is_visible("#staff-denied")
     assert await page.locator("#routes tbody tr").count() >= 3

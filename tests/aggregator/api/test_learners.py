@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,11 +20,7 @@ from tests.support.workload import build, push
 SEED = 11
 VICTIM = f"wl-user-{SEED}-2"
 
-
-@pytest.fixture(autouse=True)
-def _export_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("STUDYIN_ANALYTICS_EXPORT_PARQUET_DIR", str(tmp_path / "parquet"))
-    monkeypatch.setenv("STUDYIN_ANALYTICS_EXPORT_WAREHOUSE", str(tmp_path / "iceberg"))
+pytestmark = pytest.mark.usefixtures("export_paths")  # conftest: exports into the test's tmp_path
 
 
 async def test_a_learner_is_refused_and_the_attempt_audited(api: Api) -> None:

@@ -184,9 +184,3 @@ def test_any_window_equals_the_minute_only_computation(
             await conn.close()
 
     asyncio.run(check())
-
-
-@pytest.fixture
-def loaded() -> dict[str, Any]:
-    """State shared by the examples of one hypothesis test: the data is loaded once."""
-    return {}

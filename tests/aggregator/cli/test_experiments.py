@@ -5,61 +5,29 @@ with the same environment (a subprocess costs seconds on a loaded CI machine).""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from studyin_analytics.aggregator.cli.main import main
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter.snapshots import SnapshotFollower
 from studyin_analytics.instrumentation.experiments import SNAPSHOT_KIND, decode_snapshot
-from tests.support.experiments import definition
+from tests.support.experiments import ExperimentsCli, cli_env, definition
 
 CLI = [sys.executable, "-m", "studyin_analytics.aggregator.cli"]
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "STUDYIN_ANALYTICS_POSTGRES_URL": settings.postgres_url or "",
-        "STUDYIN_ANALYTICS_POSTGRES_SCHEMA": settings.postgres_schema,
-        "STUDYIN_ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "STUDYIN_ANALYTICS_STREAM_PREFIX": settings.stream_prefix,
-    }
 
 
 def _subprocess(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYIN_ANALYTICS_")}
-    env.update(_env(settings))
+    env.update(cli_env(settings))
     return subprocess.run(
         [*CLI, "experiments", *args], capture_output=True, text=True, env=env, timeout=60, check=False
     )
 
 
-@pytest.fixture
-def run(migrated: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    for name in [k for k in os.environ if k.startswith("STUDYIN_ANALYTICS_")]:
-        monkeypatch.delenv(name)
-    for name, value in _env(migrated).items():
-        monkeypatch.setenv(name, value)
-
-    def call(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
-        code = main(["experiments", *args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
-
-    return call
-
-
-def test_create_list_show_stop(migrated: Settings, run: Run, tmp_path: Path) -> None:
+def test_create_list_show_stop(migrated: Settings, experiments_cli: ExperimentsCli, tmp_path: Path) -> None:
     path = tmp_path / "coach.json"
     path.write_text(json.dumps(definition("coach-prompt")))
     created = _subprocess(migrated, "create", str(path), "--by", "learning-team")
@@ -72,28 +40,28 @@ def test_create_list_show_stop(migrated: Settings, run: Run, tmp_path: Path) -> 
         assert follower.refresh_now() and set(follower.current()) == {"coach-prompt"}
         # Changing a running version needs --new-version.
         changed = definition("coach-prompt", guardrail_metrics=["xp"])
-        refused = run("create", "-", stdin=json.dumps(changed))
+        refused = experiments_cli("create", "-", stdin=json.dumps(changed))
         assert refused.returncode == 1 and "start a new version" in refused.stderr
-        again = run("create", "-", "--new-version", stdin=json.dumps(changed))
+        again = experiments_cli("create", "-", "--new-version", stdin=json.dumps(changed))
         assert again.returncode == 0 and json.loads(again.stdout)["version"] == 2
-        listed = json.loads(run("list").stdout)
+        listed = json.loads(experiments_cli("list").stdout)
         assert [(v["key"], v["version"], v["status"]) for v in listed] == [("coach-prompt", 2, "running")]
-        shown = json.loads(run("show", "coach-prompt").stdout)
+        shown = json.loads(experiments_cli("show", "coach-prompt").stdout)
         assert [(v["version"], v["status"], v["created_by"]) for v in shown] == [
             (1, "stopped", "learning-team"),
             (2, "running", "cli"),
         ]
-        assert run("stop", "coach-prompt").returncode == 0
+        assert experiments_cli("stop", "coach-prompt").returncode == 0
         assert follower.refresh_now() and follower.current() == {}
-        assert run("stop", "coach-prompt").returncode == 1
-        assert run("show", "nothing").returncode == 1
+        assert experiments_cli("stop", "coach-prompt").returncode == 1
+        assert experiments_cli("show", "nothing").returncode == 1
     finally:
         follower.close()
 
 
-def test_an_invalid_definition_names_the_field_and_exits_2(run: Run) -> None:
+def test_an_invalid_definition_names_the_field_and_exits_2(experiments_cli: ExperimentsCli) -> None:
     bad = definition("coach-prompt", primary_metric="revenue")
-    result = run("create", "-", stdin=json.dumps(bad))
+    result = experiments_cli("create", "-", stdin=json.dumps(bad))
     assert result.returncode == 2
     assert "primary_metric" in result.stderr
-    assert json.loads(run("list").stdout) == []
+    assert json.loads(experiments_cli("list").stdout) == []

@@ -23,15 +23,12 @@ from studyin_analytics.exporter.bus import stream_keys
 from tests.support.aggregator_process import (
     CONSUMER,
     exact,
-    postgres,
     start,
     terminate,
     wait_drained,
     workload,
 )
 from tests.support.workload import push
-
-__all__ = ["postgres"]  # the fixture
 
 pytestmark = pytest.mark.slow
 

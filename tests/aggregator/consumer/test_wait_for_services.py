@@ -20,7 +20,6 @@ from studyin_analytics.exporter.bus import stream_keys
 from tests.support.aggregator_process import (
     CONSUMER,
     exact,
-    postgres,
     start,
     terminate,
     wait_drained,
@@ -30,8 +29,6 @@ from tests.support.aggregator_process import (
 from tests.support.workload import push
 
 pytestmark = pytest.mark.slow
-
-__all__ = ["postgres"]  # the fixture
 
 
 def test_the_aggregator_started_before_its_postgres_waits_for_it(

@@ -29,6 +29,17 @@ def ralph_python() -> Path:
         pytest.fail(f"cannot set up Ralph's virtualenv: {exc}", pytrace=False)
 
 
+@pytest.fixture
+def fresh_ralph(ralph_python: Path, tmp_path: Path) -> Iterator[RalphServer]:
+    """A Ralph of the test's own: its file holds only this test's statements."""
+    server = RalphServer(ralph_python, tmp_path / "ralph")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def ralph(ralph_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
     server = RalphServer(ralph_python, tmp_path_factory.mktemp("ralph"))

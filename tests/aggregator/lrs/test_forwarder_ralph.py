@@ -45,17 +45,6 @@ from tests.support.lrs.ralph import RalphServer, as_sent
 pytestmark = pytest.mark.timeout(1200)  # the first test of a machine creates Ralph's venv
 
 
-@pytest.fixture
-def fresh_ralph(ralph_python: Path, tmp_path: Path) -> Any:
-    """A Ralph of the test's own: its file holds only this test's statements."""
-    server = RalphServer(ralph_python, tmp_path / "ralph")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def wait_for(
     condition: Callable[[], bool], timeout_s: float, what: str, tail: Callable[[], str] = str
 ) -> None:

@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from studyin_analytics.aggregator.cli.settings import Settings
 from tests.support import ServerUrls
+
+
+@pytest.fixture(params=["configured", "citus"])
+def each_variant(request: pytest.FixtureRequest) -> Settings:
+    """The schema of ``STUDYIN_TEST_SCHEMA_VARIANT`` (``migrated``), and the citus variant's always."""
+    name = "migrated" if request.param == "configured" else "citus_migrated"
+    value: Settings = request.getfixturevalue(name)
+    return value
 
 
 @pytest.fixture

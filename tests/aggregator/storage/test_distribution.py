@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
-import pytest
 
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.storage.db import connect
@@ -98,16 +97,8 @@ async def _catalog(conn: asyncpg.Connection, schema: str) -> dict[str, Table]:
     return out
 
 
-@pytest.fixture(params=["configured", "citus"])
-def schema(request: pytest.FixtureRequest) -> Settings:
-    """The schema of ``STUDYIN_TEST_SCHEMA_VARIANT`` (``migrated``), and the citus variant's always."""
-    name = "migrated" if request.param == "configured" else "citus_migrated"
-    value: Settings = request.getfixturevalue(name)
-    return value
-
-
-async def test_every_per_user_table_carries_the_distribution_column(schema: Settings) -> None:
-    migrated = schema
+async def test_every_per_user_table_carries_the_distribution_column(each_variant: Settings) -> None:
+    migrated = each_variant
     system_wide, key_gaps = _expected(migrated)
     conn = await connect(migrated)
     try:
@@ -144,8 +135,8 @@ async def test_every_per_user_table_carries_the_distribution_column(schema: Sett
         assert others == (["previous_hash"] if name == "analysis_learners" else []), name
 
 
-async def test_distribution_column_is_in_every_key_except_the_documented_gaps(schema: Settings) -> None:
-    migrated = schema
+async def test_distribution_column_is_in_every_key_except_the_documented_gaps(each_variant: Settings) -> None:
+    migrated = each_variant
     conn = await connect(migrated)
     try:
         catalog = await _catalog(conn, migrated.postgres_schema)

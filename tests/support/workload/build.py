@@ -25,6 +25,7 @@ ROUTES = [("/materials/{id}", "GET"), ("/sessions", "POST"), ("/sessions/{id}/en
 MATERIALS = ["cardio-101", "ecg-basics", "renal-qbank", "pharm-cards", "neuro-cases"]
 MODELS = ["coach-small", "coach-large"]
 TOPICS = ["cardiology", "pharmacology", "anatomy"]
+RESOURCE = {"service.name": "workload"}
 
 
 @dataclass
@@ -71,185 +72,135 @@ def build(
     start_ms = now_ms - hours_ago * 3600 * 1000 - 20 * 60 * 1000
     base_ns = start_ms * 1_000_000 + 500_000  # +0.5 ms: never on a boundary
     spans: list[SpanRecord] = []
-    resource = {"service.name": "workload"}
-
-    def ms(n: int) -> int:
-        return n * 1_000_000
-
+    # The helpers draw from ``rng`` in the order this loop always did: a seed gives the same workload.
     for u in range(users):
         user = pseudonymizer.pseudonymize(f"wl-user-{seed}-{u}")
-        streak_ns = base_ns + ms(rng.randrange(0, 1000)) + u  # unique per user
+        streak_ns = base_ns + _ms(rng.randrange(0, 1000)) + u  # unique per user
         for s in range(rng.randint(1, 3)):
-            start = base_ns + ms(rng.randrange(0, 150 * 60 * 1000))
-            duration_ms = rng.randrange(60_000, 45 * 60 * 1000)
-            end = start + ms(duration_ms)
-            sid = str(uuid.UUID(int=rng.getrandbits(128)))
-            trace_id = rng.randbytes(16)
-            span_id = rng.randbytes(8)
-            evs: list[Ev] = [Ev("session_start", start, user, {"session_id": sid}, sid)]
-            xp_total = 0
-            touched: list[str] = []
-            for k in range(rng.randint(2, 8)):
-                at = start + ms(1000 * (k + 1))
-                material = rng.choice(MATERIALS)
-                touched.append(material)
-                evs.append(Ev("material_view", at, user, {"material_id": material, "session_id": sid}, sid))
-                if rng.random() < 0.5:
-                    evs.append(
-                        Ev(
-                            "material_complete",
-                            at + ms(1),
-                            user,
-                            {"material_id": material, "session_id": sid},
-                            sid,
-                        )
-                    )
-                    amount = rng.choice([5, 10, 25])
-                    xp_total += amount
-                    evs.append(
-                        Ev(
-                            "xp_awarded",
-                            at + ms(2),
-                            user,
-                            {"xp_amount": amount, "xp_reason": "complete"},
-                            sid,
-                        )
-                    )
-            if rng.random() < 0.6:
-                evs.append(
-                    Ev(
-                        "ai_coach_interaction",
-                        start + ms(500),
-                        user,
-                        {
-                            "interaction_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                            "latency_ms": round(rng.lognormvariate(6, 0.7), 3),
-                            "tokens_in": rng.randrange(10, 500),
-                            "tokens_out": rng.randrange(10, 900),
-                            "model": rng.choice(MODELS),
-                            "topic_category": rng.choice(TOPICS),
-                        },
-                        sid,
-                    )
-                )
-                if rng.random() < 0.5:
-                    evs.append(
-                        Ev(
-                            "ai_coach_feedback",
-                            start + ms(600),
-                            user,
-                            {"interaction_id": str(uuid.uuid4()), "rating": rng.randint(1, 5)},
-                            sid,
-                        )
-                    )
-            if s == 0:
-                evs.append(
-                    Ev("level_up", start + ms(700), user, {"level": rng.randint(2, 9), "total_xp": 100})
-                )
-                evs.append(
-                    Ev(
-                        "achievement_unlocked",
-                        start + ms(701),
-                        user,
-                        {"achievement_id": rng.choice(MATERIALS)},
-                    )
-                )
-                if rng.random() < 0.3:
-                    evs.append(
-                        Ev(
-                            "streak_broken",
-                            streak_ns + ms(5),
-                            user,
-                            {"previous_streak_days": rng.randint(1, 40)},
-                        )
-                    )
-                evs.append(
-                    Ev("streak_updated", streak_ns + ms(s * 7), user, {"streak_days": rng.randint(1, 30)})
-                )
-            evs.append(
-                Ev(
-                    "session_end",
-                    end,
-                    user,
-                    {
-                        "session_id": sid,
-                        "duration_s": duration_ms / 1000,
-                        "xp_earned": xp_total,
-                        "materials_touched": sorted(set(touched)),
-                        "end_reason": "completed",
-                    },
-                    sid,
-                )
-            )
-            wl.sessions[sid] = (user, start, end)
-            wl.events.extend(evs)
-            attributes: dict[str, Any] = {"user.hash": user, "studyin.session.id": sid}
-            spans.append(
-                SpanRecord(
-                    trace_id,
-                    span_id,
-                    None,
-                    "studyin.learning_session",
-                    wire.SPAN_KIND_INTERNAL,
-                    start,
-                    end,
-                    0,
-                    attributes,
-                    [EventRecord("studyin." + e.kind, e.ns, _attrs(e.props)) for e in evs],
-                    resource,
-                )
-            )
+            spans.append(_session(rng, wl, user, base_ns, streak_ns if s == 0 else None))
         for _ in range(rng.randint(3, 12)):
-            route, method = rng.choice(ROUTES)
-            start = base_ns + ms(rng.randrange(0, 170 * 60 * 1000))
-            duration_ns = int(rng.lognormvariate(3, 1.0) * 1_000_000) + 1000
-            end = start + duration_ns
-            status = rng.choice([200, 200, 200, 200, 201, 404, 500])
-            attrs: dict[str, Any] = {
-                "http.route": route,
-                "http.request.method": method,
-                "http.response.status_code": status,
-            }
-            if rng.random() < 0.7:
-                attrs["user.hash"] = user
-            error_type = None
-            if status == 500:
-                error_type = rng.choice(["RuntimeError", "500"])
-                attrs["error.type"] = error_type
-            spans.append(
-                SpanRecord(
-                    rng.randbytes(16),
-                    rng.randbytes(8),
-                    None,
-                    f"{method} {route}",
-                    wire.SPAN_KIND_SERVER,
-                    start,
-                    end,
-                    2 if error_type else 0,
-                    attrs,
-                    [],
-                    resource,
-                )
-            )
-            wl.events.append(
-                Ev(
-                    "api_request",
-                    end,
-                    attrs.get("user.hash"),
-                    {
-                        "route": route,
-                        "method": method,
-                        "status_code": status,
-                        "duration_ms": (end - start) / 1e6,
-                        "error_type": error_type,
-                    },
-                )
-            )
+            spans.append(_request(rng, wl, user, base_ns))
     rng.shuffle(spans)
     for i in range(0, len(spans), spans_per_entry):
         chunk = spans[i : i + spans_per_entry]
         wl.entries.append(wire.entry_fields(wire.encode_records(chunk), len(chunk)))
     return wl
+
+
+def _ms(n: int) -> int:
+    return n * 1_000_000
+
+
+def _session(rng: random.Random, wl: Workload, user: str, base_ns: int, streak_ns: int | None) -> SpanRecord:
+    """One learning session span with its events (recorded in ``wl``); ``streak_ns`` is given for
+    the learner's first session, which also carries the gamification events."""
+    start = base_ns + _ms(rng.randrange(0, 150 * 60 * 1000))
+    duration_ms = rng.randrange(60_000, 45 * 60 * 1000)
+    end = start + _ms(duration_ms)
+    sid = str(uuid.UUID(int=rng.getrandbits(128)))
+    trace_id = rng.randbytes(16)
+    span_id = rng.randbytes(8)
+    evs: list[Ev] = [Ev("session_start", start, user, {"session_id": sid}, sid)]
+    xp_total, touched = _materials(rng, evs, user, sid, start)
+    if rng.random() < 0.6:
+        _coach(rng, evs, user, sid, start)
+    if streak_ns is not None:
+        _gamification(rng, evs, user, start, streak_ns)
+    end_props = {
+        "session_id": sid,
+        "duration_s": duration_ms / 1000,
+        "xp_earned": xp_total,
+        "materials_touched": sorted(set(touched)),
+        "end_reason": "completed",
+    }
+    evs.append(Ev("session_end", end, user, end_props, sid))
+    wl.sessions[sid] = (user, start, end)
+    wl.events.extend(evs)
+    attributes: dict[str, Any] = {"user.hash": user, "studyin.session.id": sid}
+    events = [EventRecord("studyin." + e.kind, e.ns, _attrs(e.props)) for e in evs]
+    return SpanRecord(
+        trace_id, span_id, None, "studyin.learning_session", wire.SPAN_KIND_INTERNAL, start, end, 0,
+        attributes, events, RESOURCE,
+    )  # fmt: skip
+
+
+def _materials(rng: random.Random, evs: list[Ev], user: str, sid: str, start: int) -> tuple[int, list[str]]:
+    """Views, and completions with their XP, appended to ``evs``: the XP earned and materials touched."""
+    xp_total = 0
+    touched: list[str] = []
+    for k in range(rng.randint(2, 8)):
+        at = start + _ms(1000 * (k + 1))
+        material = rng.choice(MATERIALS)
+        touched.append(material)
+        evs.append(Ev("material_view", at, user, {"material_id": material, "session_id": sid}, sid))
+        if rng.random() < 0.5:
+            props = {"material_id": material, "session_id": sid}
+            evs.append(Ev("material_complete", at + _ms(1), user, props, sid))
+            amount = rng.choice([5, 10, 25])
+            xp_total += amount
+            evs.append(
+                Ev("xp_awarded", at + _ms(2), user, {"xp_amount": amount, "xp_reason": "complete"}, sid)
+            )
+    return xp_total, touched
+
+
+def _coach(rng: random.Random, evs: list[Ev], user: str, sid: str, start: int) -> None:
+    """An AI-coach interaction, and half the time a rating (of another interaction id), into ``evs``."""
+    props = {
+        "interaction_id": str(uuid.UUID(int=rng.getrandbits(128))),
+        "latency_ms": round(rng.lognormvariate(6, 0.7), 3),
+        "tokens_in": rng.randrange(10, 500),
+        "tokens_out": rng.randrange(10, 900),
+        "model": rng.choice(MODELS),
+        "topic_category": rng.choice(TOPICS),
+    }
+    evs.append(Ev("ai_coach_interaction", start + _ms(500), user, props, sid))
+    if rng.random() < 0.5:
+        feedback = {"interaction_id": str(uuid.uuid4()), "rating": rng.randint(1, 5)}
+        evs.append(Ev("ai_coach_feedback", start + _ms(600), user, feedback, sid))
+
+
+def _gamification(rng: random.Random, evs: list[Ev], user: str, start: int, streak_ns: int) -> None:
+    """Level, achievement and streak events of a learner's first session (no session id), into ``evs``."""
+    evs.append(Ev("level_up", start + _ms(700), user, {"level": rng.randint(2, 9), "total_xp": 100}))
+    evs.append(Ev("achievement_unlocked", start + _ms(701), user, {"achievement_id": rng.choice(MATERIALS)}))
+    if rng.random() < 0.3:
+        evs.append(
+            Ev("streak_broken", streak_ns + _ms(5), user, {"previous_streak_days": rng.randint(1, 40)})
+        )
+    evs.append(Ev("streak_updated", streak_ns, user, {"streak_days": rng.randint(1, 30)}))
+
+
+def _request(rng: random.Random, wl: Workload, user: str, base_ns: int) -> SpanRecord:
+    """One HTTP server span, attributed 70% of the time, and its api_request event (recorded in ``wl``)."""
+    route, method = rng.choice(ROUTES)
+    start = base_ns + _ms(rng.randrange(0, 170 * 60 * 1000))
+    duration_ns = int(rng.lognormvariate(3, 1.0) * 1_000_000) + 1000
+    end = start + duration_ns
+    status = rng.choice([200, 200, 200, 200, 201, 404, 500])
+    attrs: dict[str, Any] = {
+        "http.route": route,
+        "http.request.method": method,
+        "http.response.status_code": status,
+    }
+    if rng.random() < 0.7:
+        attrs["user.hash"] = user
+    error_type = None
+    if status == 500:
+        error_type = rng.choice(["RuntimeError", "500"])
+        attrs["error.type"] = error_type
+    props = {
+        "route": route,
+        "method": method,
+        "status_code": status,
+        "duration_ms": (end - start) / 1e6,
+        "error_type": error_type,
+    }
+    wl.events.append(Ev("api_request", end, attrs.get("user.hash"), props))
+    return SpanRecord(
+        rng.randbytes(16), rng.randbytes(8), None, f"{method} {route}", wire.SPAN_KIND_SERVER, start, end,
+        2 if error_type else 0, attrs, [], RESOURCE,
+    )  # fmt: skip
 
 
 def _attrs(props: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,15 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
     """Every difference between the rollup tables and the truth (empty when exact)."""
     raw = await raw_count(conn)
     bad: list[str] = [] if raw == t.raw else [f"raw events {raw} != {t.raw}"]
+    for table in (_daily, _hourly, _gamification, _coach, _system_minutes, _summary, _sessions):
+        bad.extend(await table(conn, t))
+    bad.extend(await hourly_route_mismatches(conn))
+    return bad[:20]
 
+
+async def _daily(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``daily_activity_summary`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM daily_activity_summary")
     got = {(r["user_hash"], r["day"]): r for r in rows}
     if set(got) != set(t.daily):
@@ -40,7 +48,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         ]
         if have[:1] + have[2:] != want[:1] + want[2:] or not _close(have[1], want[1]):
             bad.append(f"daily {key}: {have} != {want}")
+    return bad
 
+
+async def _hourly(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``user_activity_hourly`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM user_activity_hourly")
     got = {(r["user_hash"], r["hour"]): r for r in rows}
     if set(got) != set(t.hourly):
@@ -60,7 +73,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         ]
         if have[:2] + have[3:] != want[:2] + want[3:] or not _close(have[2], want[2]):
             bad.append(f"hourly {key}: {have} != {want}")
+    return bad
 
+
+async def _gamification(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``gamification_stats`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM gamification_stats")
     got = {r["user_hash"]: r for r in rows}
     if set(got) != set(t.gamification):
@@ -79,7 +97,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         exp = (want["xp"], want["level"], sorted(want["ach"]), want["streak"], want["longest"])
         if have != exp or abs(r["last_activity_at"].timestamp() - want["last"] / NS) > 1e-3:
             bad.append(f"gamification {user}: {have} != {exp}")
+    return bad
 
+
+async def _coach(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``ai_coach_metrics`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM ai_coach_metrics")
     got = {(r["user_hash"], r["day"]): r for r in rows}
     if set(got) != set(t.ai):
@@ -115,7 +138,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         )
         if have != exp or not _close(r["latency_ms_sum"], sum(want["latency"])):
             bad.append(f"ai {key}: {have} != {exp}")
+    return bad
 
+
+async def _system_minutes(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``system_metrics`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM system_metrics")
     got = {(r["minute"], r["route"], r["method"]): r for r in rows}
     if set(got) != set(t.system):
@@ -145,7 +173,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
             or not _close(r["latency_max_ms"], want["max"])
         ):
             bad.append(f"system {key}: {have} != {exp}")
+    return bad
 
+
+async def _summary(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``hourly_analytics_summary`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM hourly_analytics_summary")
     got = {r["hour"]: r for r in rows}
     if set(got) != set(t.summary):
@@ -180,7 +213,12 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
         )
         if have != exp or not _close(r["study_seconds"], want["study_seconds"]):
             bad.append(f"summary {hour}: {have} != {exp}")
+    return bad
 
+
+async def _sessions(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``learning_sessions`` against the truth."""
+    bad: list[str] = []
     rows = await conn.fetch("SELECT * FROM learning_sessions")
     got = {str(r["session_id"]): r for r in rows}
     if set(got) != set(t.sessions):
@@ -198,8 +236,7 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
             or abs(r["started_at"].timestamp() - want["start_ns"] / NS) > 1e-3
         ):
             bad.append(f"session {sid} differs")
-    bad.extend(await hourly_route_mismatches(conn))
-    return bad[:20]
+    return bad
 
 
 async def hourly_route_mismatches(conn: asyncpg.Connection) -> list[str]:
