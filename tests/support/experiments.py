@@ -251,6 +251,8 @@ async def stored_day_sums(conn: Any, key: str, days: range) -> dict[tuple[Any, .
                     row[i] += r[5 + i]
         out.update({k: tuple(v) for k, v in totals.items() if v[0] != 0 or any(x != 0 for x in v[1:])})
     return out
+
+
 ExperimentsCli = Callable[..., subprocess.CompletedProcess[str]]
 """``studyin-analytics experiments ARGS...`` run in-process (the ``experiments_cli`` fixture)."""
 
