@@ -19,6 +19,10 @@ from .settings import PostgresSettings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 EVENTS_TABLE = "analytics_events"
+MIGRATION_LOCK_ID = 0x5374_7564_7949_6E00
+"""Advisory lock of every migration run ("StudyIn\\0": fits a signed bigint); also taken by anything
+else that changes database-level grants, which PostgreSQL cannot update concurrently ("tuple
+concurrently updated")."""
 PARTITION_LOCK_ID = 0x5374_7564_7949_6E01
 PARTITIONS_AHEAD = 3
 """Daily partitions kept created ahead of today by the aggregator's maintenance, and the last

@@ -14,10 +14,11 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from studyin_analytics.aggregator.storage.schema import MIGRATION_LOCK_ID
+
 config = context.config
 SCHEMA: str = config.attributes["schema"]
 POSTGRES_URL: str = config.attributes["postgres_url"]
-MIGRATION_LOCK_ID = 0x5374_7564_7949_6E00  # "StudyIn\0": fits a signed bigint
 
 
 def _check_variant(connection: Connection) -> None:

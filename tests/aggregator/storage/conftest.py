@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from studyin_analytics.aggregator.cli.settings import Settings
+from studyin_analytics.aggregator.storage.schema import MIGRATION_LOCK_ID
 from tests.support import ServerUrls
 
 
@@ -27,8 +28,12 @@ async def login_roles(server_urls: ServerUrls, test_id: str) -> AsyncIterator[li
     conn = await asyncpg.connect(server_urls.postgres_url)
     try:
         for name in names:
-            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
-                await conn.execute(f'DROP OWNED BY "{name}"')  # database-level grants of this test
-                await conn.execute(f'DROP ROLE "{name}"')
+            async with conn.transaction():
+                # Migrations in other workers grant on the database meanwhile: serialized with them
+                # (else "tuple concurrently updated").
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+                    await conn.execute(f'DROP OWNED BY "{name}"')  # database-level grants of this test
+                    await conn.execute(f'DROP ROLE "{name}"')
     finally:
         await conn.close()
