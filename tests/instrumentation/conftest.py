@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import propagate
 from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
 
 from studyin_analytics.instrumentation import (
     StudyInTracker,
 )
 from studyin_analytics.instrumentation.attribution import resolve_user_id_hook
+from tests.support.log_carrier import Carried
 from tests.support.pipeline import PSEUDONYMIZER, STATIC_FILE, Pipeline
 
 
@@ -83,3 +85,17 @@ def static_dir(tmp_path: Path) -> Path:
     """A directory with one file (STATIC_FILE) for an app's static mount."""
     (tmp_path / STATIC_FILE).write_text("static")
     return tmp_path
+
+
+@pytest.fixture
+def carried() -> Carried:
+    """A tracker on the log-record carrier, spans and log records kept in memory."""
+    return Carried()
+
+
+@pytest.fixture
+def default_propagator() -> Iterator[None]:
+    """Restores the global propagator a test replaces."""
+    previous = propagate.get_global_textmap()
+    yield
+    propagate.set_global_textmap(previous)

@@ -3,7 +3,7 @@ attributes a sampler sees at start (only samplers that may read them get them th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -42,13 +42,6 @@ async def get(app: Any, headers: dict[str, str]) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://studyin.test") as client:
         await client.get("/items/i-1", headers=headers)
-
-
-@pytest.fixture
-def default_propagator() -> Iterator[None]:
-    previous = propagate.get_global_textmap()
-    yield
-    propagate.set_global_textmap(previous)
 
 
 @pytest.mark.parametrize("headers", [{}, {"traceparent": PARENT, "baggage": "cohort=c7"}])

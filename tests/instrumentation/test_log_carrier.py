@@ -6,43 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.trace import SpanKind
 
-from studyin_analytics.instrumentation import LogRecordCarrier, StudyInTracker, semconv
-from tests.support.pipeline import PSEUDONYMIZER, Pipeline
+from studyin_analytics.instrumentation import semconv
+from tests.support.log_carrier import Carried
+from tests.support.pipeline import PSEUDONYMIZER
 
 pytestmark = pytest.mark.unit
 
 USER = "student-log-1"
-
-
-class Carried:
-    def __init__(self) -> None:
-        self.pipeline = Pipeline()
-        self.logs = InMemoryLogRecordExporter()
-        self.logger_provider = LoggerProvider()
-        self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.logs))
-        carrier = LogRecordCarrier.create(self.pipeline.tracer_provider, self.logger_provider)
-        self.tracker = StudyInTracker(
-            tracer_provider=self.pipeline.tracer_provider, pseudonymizer=PSEUDONYMIZER, carrier=carrier
-        )
-        self.tracer = self.pipeline.tracer_provider.get_tracer("test")
-
-    def records(self) -> list[ReadableLogRecord]:
-        return list(self.logs.get_finished_logs())
-
-    def names(self) -> list[str]:
-        return [r.log_record.event_name or "" for r in self.records()]
-
-    def span_events(self, name: str) -> list[str]:
-        return [e.name for s in self.pipeline.spans() if s.name == name for e in s.events]
-
-
-@pytest.fixture
-def carried() -> Carried:
-    return Carried()
 
 
 def _attributes(record: ReadableLogRecord) -> dict[str, Any]:
