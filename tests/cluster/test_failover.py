@@ -149,9 +149,10 @@ def test_primary_killed_mid_run_replica_promoted_totals_match_the_bus(
         assert victim not in redis_cluster.primaries()
         wait_drained(settings)
         codes = group.terminate_all()
-        log = (tmp_path / "agg-1.log").read_text()
     assert codes == {"agg-1": 0}, group.log_tail()
-    assert "reconnecting" in log, log[-3000:]  # it did see the primary go, and carried on
+    # Whether the aggregator logs "reconnecting" depends on timing: redis-py's cluster client retries a
+    # command after a connection error on its own (refreshing the slots), so a quick promotion can pass
+    # unseen (CI, 2026-12-04). The proof is below: nothing lost, nothing counted twice.
 
     # Every event on the bus (after the failover, on all shards) is in PostgreSQL and vice versa.
     bus_ids = {
