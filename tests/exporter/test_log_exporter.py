@@ -13,7 +13,7 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
 from studyin_analytics.aggregator import Aggregator
-from studyin_analytics.aggregator.cli.settings import Settings, get_settings
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamLogExporter, wire
 from studyin_analytics.exporter.bus import stream_keys
 from studyin_analytics.exporter.log_exporter import LOG_WRITER_ROLE
@@ -103,19 +103,10 @@ async def test_a_re_exported_event_is_stored_once(migrated: Settings, tmp_path: 
     assert totals.events_seen == 10
 
 
-def test_entry_point_builds_the_exporter_from_the_environment(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("STUDYIN_ANALYTICS_REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("STUDYIN_ANALYTICS_STREAM_PREFIX", settings.stream_prefix)
-    monkeypatch.setenv("STUDYIN_ANALYTICS_PSEUDONYM_KEYS", "t1=test-key-0123456789abcdef")
-    monkeypatch.setenv("STUDYIN_ANALYTICS_SPOOL_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        (entry,) = entry_points(group="opentelemetry_logs_exporter", name="studyin_redis")
-        exporter = entry.load()()
-        assert isinstance(exporter, RedisStreamLogExporter)
-        assert exporter.export([]) is LogRecordExportResult.SUCCESS
-        exporter.shutdown()
-    finally:
-        get_settings.cache_clear()
+@pytest.mark.usefixtures("exporter_environment")
+def test_entry_point_builds_the_exporter_from_the_environment() -> None:
+    (entry,) = entry_points(group="opentelemetry_logs_exporter", name="studyin_redis")
+    exporter = entry.load()()
+    assert isinstance(exporter, RedisStreamLogExporter)
+    assert exporter.export([]) is LogRecordExportResult.SUCCESS
+    exporter.shutdown()

@@ -13,7 +13,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from studyin_analytics.aggregator.cli.settings import Settings, get_settings
+from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.exporter import RedisStreamSpanExporter, wire
 from studyin_analytics.exporter.bus import shard_index, stream_keys
 from studyin_analytics.exporter.writer_stats import stats_key
@@ -37,22 +37,13 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
-def test_entry_point_builds_the_exporter_from_the_environment(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("STUDYIN_ANALYTICS_REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("STUDYIN_ANALYTICS_STREAM_PREFIX", settings.stream_prefix)
-    monkeypatch.setenv("STUDYIN_ANALYTICS_PSEUDONYM_KEYS", "t1=test-key-0123456789abcdef")
-    monkeypatch.setenv("STUDYIN_ANALYTICS_SPOOL_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        (entry,) = entry_points(group="opentelemetry_traces_exporter", name="studyin_redis")
-        exporter = entry.load()()
-        assert isinstance(exporter, RedisStreamSpanExporter)
-        assert exporter.export(make_spans(3)) is SpanExportResult.SUCCESS
-        exporter.shutdown()
-    finally:
-        get_settings.cache_clear()
+@pytest.mark.usefixtures("exporter_environment")
+def test_entry_point_builds_the_exporter_from_the_environment(settings: Settings) -> None:
+    (entry,) = entry_points(group="opentelemetry_traces_exporter", name="studyin_redis")
+    exporter = entry.load()()
+    assert isinstance(exporter, RedisStreamSpanExporter)
+    assert exporter.export(make_spans(3)) is SpanExportResult.SUCCESS
+    exporter.shutdown()
     client = _client(settings.redis_url or "")
     assert stream_span_names(client, f"{settings.stream_prefix}:events") == ["span-0", "span-1", "span-2"]
 

@@ -95,11 +95,7 @@ def drive(settings: Settings, tmp_path: Path) -> None:
     finally:
         logger_provider.shutdown()
         tracer_provider.shutdown()
-        rotel.terminate()
-        try:
-            rotel.wait(10)
-        except subprocess.TimeoutExpired:
-            rotel.kill()
+        stop_process(rotel)
         rotel_log.close()
         stop_process(gateway)
 

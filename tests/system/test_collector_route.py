@@ -148,11 +148,7 @@ def drive_route(settings: Settings, tmp_path: Path) -> None:
         assert len(seen) == expected, f"{len(seen)} of {expected} spans reached the bus"
     finally:
         provider.shutdown()
-        rotel.terminate()
-        try:
-            rotel.wait(10)
-        except subprocess.TimeoutExpired:
-            rotel.kill()
+        stop_process(rotel)
         rotel_log.close()
         stop_process(gateway)
 
