@@ -355,6 +355,8 @@ async def run_demo(
             f"aggregated in {report.seconds:.1f}s; every number above "
             f"{'matches' if ok else '[red]DOES NOT match[/]'} the simulation's own count."
         )
+        if not ok and (serve or screenshots is not None):
+            console.print("[red]not serving and no screenshots[/]: the numbers above differ from the truth")
         if ok and (serve or screenshots is not None):
             from .explore import explore
 
