@@ -61,7 +61,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 changed = await store.stop(conn, args.key)
         except (store.ExperimentConflict, store.ExperimentNotFound) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            hint = ""
+            if isinstance(exc, store.ExperimentConflict) and definition is not None:
+                hint = " (--new-version stops it and starts the next version: a new randomisation)"
+            print(f"error: {exc}{hint}", file=sys.stderr)
             return EXIT_FAILURE
         await store.publish(conn, settings)
         _print(changed.as_json())
