@@ -1,10 +1,10 @@
 """The tracker API: how app code reports StudyIn domain events.
 
-Events are validated by their pydantic model (:mod:`.events`), then handed to a carrier. The
-carrier of today, :class:`SpanEventCarrier`, records them as OpenTelemetry span events: on the
-learning-session span when there is one, else on the current recording span (typically the
-HTTP server span), else on a short ``studyin.event`` span of their own. The event model knows
-nothing of spans, so a log-record carrier can replace this one (span events are deprecated).
+Events are validated by their pydantic model (:mod:`.events`), then handed to a carrier
+(:mod:`.carriers`). Without ``carrier=``, :func:`.carriers.default_carrier` chooses: the
+:class:`LogRecordCarrier` (span events on a short HTTP request span, log records wherever an
+event would wait) when a global SDK LoggerProvider exports log records, else the
+:class:`SpanEventCarrier` (span events only), with a warning. The event model knows neither.
 
 The user id is pseudonymized here, before anything is recorded. Nothing in this module does
 I/O: exporting happens later, off the hot path, in the span processor's worker. Every method is a
@@ -37,7 +37,7 @@ from opentelemetry.trace import TracerProvider
 from pydantic import ValidationError
 
 from . import events, semconv
-from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
+from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier, default_carrier
 from .clock import SYSTEM_CLOCK, Clock, datetime_of, stamp
 from .custom_tracking import CustomEventsMixin
 from .experiments import ExperimentExposures
@@ -101,7 +101,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         clock: Clock | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(semconv.SCOPE_NAME, __version__, tracer_provider=tracer_provider)
-        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer, clock)
+        self.carrier: EventCarrier = carrier or default_carrier(self._tracer, clock)
         self.clock: Clock = clock or SYSTEM_CLOCK  # event and session times (a simulation's, or the system's)
         self._pseudonymizer = pseudonymizer
         self.lenient = lenient
