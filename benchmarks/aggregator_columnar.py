@@ -5,10 +5,11 @@ batches of 100, 1,000 and 10,000 spans, each batch encoded both ways before the 
 
 * **row path** (baseline): what the aggregator does today with an entry, up to the rollup deltas:
   ``wire.decode_batch``, ``rows_from_span`` per span, ``Counts.add`` (every rollup of ``Counts``);
-* **columnar path** (value): ``columnar.load`` (one msgpack call and array views),
-  ``columnar.events`` (event types per distinct name, learners validated by one regex kernel, event ids)
-  and ``columnar_counts.deltas`` (group-bys: daily, hourly, gamification, system minute rows, events
-  per type and hour; results left as Arrow tables).
+* **columnar path** (value, and once more with the exporter's 512-span entries counted per read of
+  20 entries, as the aggregator's reads hold several entries): ``columnar.load`` (one msgpack call
+  and array views), ``columnar.events`` (event types per distinct name, learners validated by one
+  regex kernel, event ids) and ``columnar_counts.deltas`` (group-bys: daily, hourly, gamification,
+  system minute rows, events per type and hour; results left as Arrow tables).
 
 Process CPU (``time.process_time``) per event, under ``tuned_gc()``, the two paths alternating in each
 repeat; median of the repeats. Also: the event ids of a batch three ways (``columnar_ids``), the
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from ..aggregator.consumer import columnar, columnar_counts, columnar_ids
 from ..aggregator.consumer.counting import Counts
@@ -39,6 +41,9 @@ from .aggregator import make_spans, users_of
 from .framework import BenchContext, Measurement, bench, median
 
 BATCH_SPANS = (100, 1_000, 10_000)
+EXPORT_BATCH = 512
+"""The exporter's default batch (spans per entry)."""
+ENTRIES_PER_READ = 20
 
 
 def _row_path(blobs: Sequence[bytes]) -> int:
@@ -66,6 +71,44 @@ def _columnar_path(blobs: Sequence[bytes], stages: list[float] | None = None) ->
             stages[2] += t3 - t2
         events += table.num_rows
     return events
+
+
+def _columnar_reads(blobs: Sequence[bytes], per_read: int) -> int:
+    """Events per entry, group-bys once per read of ``per_read`` entries (as a read of the aggregator
+    holds several exporter batches: the group-bys' fixed cost spread over all of them)."""
+    events = 0
+    for i in range(0, len(blobs), per_read):
+        tables = [columnar.events(columnar.load(blob)) for blob in blobs[i : i + per_read]]
+        table = pa.concat_tables(tables).combine_chunks()  # one chunk: the group-bys run ~1.5x faster
+        columnar_counts.deltas(table)
+        events += table.num_rows
+    return events
+
+
+def _read_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measurement:
+    batches = _batches(spans, EXPORT_BATCH)
+    row_blobs = [wire.encode(batch) for batch in batches]
+    columnar_blobs = [wire_columnar.encode(batch) for batch in batches]
+    by_rows: list[float] = []
+    by_columns: list[float] = []
+    for _ in range(ctx.repeat_count):
+        seconds, events = _cpu(lambda: _row_path(row_blobs))
+        by_rows.append(seconds / events * 1e6)
+        seconds, found = _cpu(lambda: _columnar_reads(columnar_blobs, ENTRIES_PER_READ))
+        if found != events:
+            raise RuntimeError(f"the columnar path found {found} events, the row path {events}")
+        by_columns.append(seconds / events * 1e6)
+    return Measurement(
+        f"columnar decode+map+count, entries of {EXPORT_BATCH} spans, group-bys per read of "
+        f"{ENTRIES_PER_READ} entries (CPU per event)",
+        median(by_columns),
+        "us/event",
+        baseline=median(by_rows),
+        baseline_name="row path: wire.decode_batch + rows_from_span + Counts.add, same entries",
+        notes=f"{events:,} events in {len(batches)} entries; load and events per entry, deltas per read",
+        samples=by_columns,
+        headline=False,
+    )
 
 
 def _cpu(function: Callable[[], int]) -> tuple[float, int]:
@@ -232,6 +275,7 @@ async def aggregator_columnar(ctx: BenchContext) -> list[Measurement]:
             ctx.advance(task)
             rows.extend(_id_rows(ctx, spans, size))
             ctx.advance(task)
+        rows.append(_read_row(ctx, spans))
         rows.append(_properties_row(ctx, spans))
         rows.append(_encode_row(ctx, spans))
         ctx.advance(task)
