@@ -22,8 +22,9 @@ async def test_quick_columnar_bench_rows(offline_settings: Settings) -> None:
     )
     rows = await aggregator_columnar.aggregator_columnar(ctx)
     assert REGISTRY["aggregator_columnar"] is aggregator_columnar.aggregator_columnar
-    decode = [row for row in rows if row.name.startswith("columnar decode+map+count")]
+    decode = [row for row in rows if row.name.startswith("columnar decode+map+count, batches")]
     assert len(decode) == len(aggregator_columnar.BATCH_SPANS)
+    assert any("group-bys per read" in row.name for row in rows)  # exporter-sized entries, per read
     for row in rows:
         assert row.value > 0, row.name
         if row.unit in ("us/event", "us/span"):
