@@ -17,12 +17,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
 import numpy as np
 
-from .store import PROPERTIES, Coded, EventBatch, EventStore
+from ...exporter.admission import oldest_day
+from .periods import US
+from .store import NEVER, PROPERTIES, Coded, EventBatch, EventStore
 
 VIEW = "analysis_events"
 TEXT = ("user_hash", "event_type", *PROPERTIES)
@@ -157,6 +160,21 @@ async def read_new(conn: asyncpg.Connection, watermark: int | None) -> tuple[Eve
     return batch, horizon, learners
 
 
+def retention_cutoff_us(retention_days: int, now_s: float | None = None) -> int:
+    """The first instant raw retention keeps: midnight UTC of its oldest day.
+
+    The aggregator admits events from that day on and drops whole daily partitions before it
+    (``exporter.admission.oldest_day``), so the store forgets at the same granularity: it holds
+    what the raw table holds, and its rows change once a day, not at every refresh (a cutoff
+    moving with the clock dropped a few rows each time, which rewrote every column and made
+    every saved funnel's answer stale).
+    """
+    day = oldest_day(
+        retention_days, datetime.fromtimestamp(time.time() if now_s is None else now_s, UTC).date()
+    )
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * US
+
+
 class AnalysisStore:
     """The API's store: refreshed lazily, at most every ``max_staleness_s``."""
 
@@ -177,6 +195,8 @@ class AnalysisStore:
         self.refreshed_at = float("-inf")
         self.generation = 0
         """Changes exactly when the store's rows change (a cache key: same generation, same answers)."""
+        self._oldest_us = NEVER
+        """No row is older than this (a lower bound: the cutoff is applied only when it can drop rows)."""
         self._lock = asyncio.Lock()
 
     async def refresh(self, conn: asyncpg.Connection, force: bool = False) -> int:
@@ -192,10 +212,13 @@ class AnalysisStore:
                 self.generation += 1
             return removed
 
-    def _drop_erased(self) -> int:
+    def _drop_erased(self, users: list[str | None] | None = None) -> int:
+        """Drop the erased among ``users`` (default: every learner known); rows removed."""
         if self.erased is None:
             return 0
-        codes = {code for code, value in enumerate(self.store.learners.values) if self.erased(value)}
+        known = self.store.learners.codes
+        values = self.store.learners.values if users is None else users
+        codes = {known[v] for v in values if v is not None and v in known and self.erased(v)}
         return self.store.drop_learners(codes) if codes else 0
 
     async def query(self, conn: asyncpg.Connection, compute: Callable[[EventStore], T]) -> tuple[T, int]:
@@ -217,6 +240,7 @@ class AnalysisStore:
         if len(batch):
             # numpy releases the GIL for the sorts; the merge runs off the event loop.
             await asyncio.to_thread(self.store.merge, batch)
+            self._oldest_us = min(self._oldest_us, int(batch.time_us.min()))
         if learners.users:
             await asyncio.to_thread(
                 self.store.set_learners, learners.users, learners.first_us, learners.previous
@@ -224,9 +248,15 @@ class AnalysisStore:
             changed = True
         removed = 0
         if self.retention_days is not None:
-            cutoff = int((time.time() - self.retention_days * 86_400) * 1_000_000)
-            removed = await asyncio.to_thread(self.store.drop_before, cutoff)
-        removed += await asyncio.to_thread(self._drop_erased)
+            cutoff = retention_cutoff_us(self.retention_days)
+            if self._oldest_us < cutoff:
+                removed = await asyncio.to_thread(self.store.drop_before, cutoff)
+                self._oldest_us = cutoff
+        if len(batch) or learners.users:
+            # Only the learners this refresh read can bring erased rows: the tombstone changes
+            # only through forget_erased, which checks every learner then.
+            users = [*batch.user.values, *learners.users]
+            removed += await asyncio.to_thread(self._drop_erased, users)
         if changed or removed or len(self.store) != before:
             self.generation += 1
         self.watermark = horizon
