@@ -7,8 +7,8 @@ horizon``, then keeps ``horizon`` as the next watermark. Every transaction below
 xmin has ended, and none at or above the previous horizon was read before, so each stored row
 is read once, whatever order the aggregator's rounds committed in (docs/aggregator.md).
 
-:class:`AnalysisStore` is what the API holds: one store, refreshed at most every
-``max_staleness_s`` before a query, one refresh at a time.
+:class:`AnalysisStore` is what the API holds: one store, refreshed before a query that finds it
+older than ``max_staleness_s``, one refresh reading at a time, outside the lock queries take.
 """
 
 from __future__ import annotations
