@@ -15,6 +15,7 @@ from opentelemetry._logs import Logger, LoggerProvider, get_logger_provider
 from opentelemetry.trace import Link, Span, SpanKind
 
 from . import semconv
+from .span_events import add_event
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -62,17 +63,17 @@ class SpanEventCarrier:
     ) -> None:
         at = None if self._clock is None else self._clock.time_ns()
         if session is not None and lifecycle and session.span.is_recording():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         current = trace.get_current_span()
         if current.is_recording():
-            current.add_event(name, attributes, timestamp=at)
+            add_event(current, name, attributes, at)
             return
         if session is not None and session.span.is_recording() and session._claim_event_slot():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN, start_time=at)
-        span.add_event(name, attributes, timestamp=at)
+        add_event(span, name, attributes, at)
         span.end(end_time=at)
 
     def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span:
@@ -142,11 +143,11 @@ class LogRecordCarrier:
     ) -> None:
         at = time.time_ns() if self._clock is None else self._clock.time_ns()
         if session is not None and lifecycle and session.span.is_recording():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         current = trace.get_current_span()
         if current.is_recording() and _is_short_request(current):
-            current.add_event(name, attributes, timestamp=at)
+            add_event(current, name, attributes, at)
             return
         context = None
         if session is not None and not current.get_span_context().is_valid:

@@ -19,6 +19,7 @@ from opentelemetry.trace import Span
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP
 from .clock import stamp
+from .span_events import KnownClean
 
 if TYPE_CHECKING:
     from .tracker import StudyInTracker
@@ -34,6 +35,7 @@ _END_ATTRIBUTES = tuple(
     semconv.FIELD_ATTRIBUTES[name]
     for name in ("duration_s", "xp_earned", "materials_touched", "end_reason")  # SessionEnd's order
 )
+_START_VERSION, _END_VERSION = events.SessionStart.version, events.SessionEnd.version
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_XP_EARNED = 10_000_000
 """``SessionEnd.xp_earned``'s bound (``events.Count``): above it, the event is validated (and refused)."""
@@ -157,7 +159,7 @@ class LearningSession:
         without the model's validation: the hot path of ``tracker.session()``."""
         if material_id is None and self._plain:
             self._last_activity = self._clock.monotonic()
-            attributes = {semconv.EVENT_VERSION: events.SessionStart.version, _SESSION_ID: self._session_key}
+            attributes = KnownClean({semconv.EVENT_VERSION: _START_VERSION, _SESSION_ID: self._session_key})
             self._deliver(_SESSION_START, attributes, lifecycle=False)
             return
         self._tracker.emit(
@@ -186,15 +188,17 @@ class LearningSession:
     ) -> events.DomainEvent | None:
         """``session_end`` as ``SessionEnd(...).attributes()`` gives it, without validating again; the
         event object is built only for a caller that gets it back (:meth:`end`, not ``with``)."""
-        attributes: dict[str, Any] = {
-            semconv.EVENT_VERSION: events.SessionEnd.version,
-            _SESSION_ID: self._session_key,
-        }
         duration, xp, materials, end_reason = _END_ATTRIBUTES
-        attributes[duration] = duration_s
-        attributes[xp] = self._xp
-        attributes[materials] = list(self._materials)
-        attributes[end_reason] = reason.value
+        attributes = KnownClean(  # values of the tally (validated events): the SDK need not check them again
+            {
+                semconv.EVENT_VERSION: _END_VERSION,
+                _SESSION_ID: self._session_key,
+                duration: duration_s,
+                xp: self._xp,
+                materials: tuple(self._materials),  # as the SDK keeps a list
+                end_reason: reason.value,
+            }
+        )
         self._deliver(_SESSION_END, attributes, lifecycle=True)
         if not build_event:
             return None

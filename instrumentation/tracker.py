@@ -121,6 +121,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         return self._pseudonymizer
 
     def user_hash(self, user_id: UserId | None) -> str | None:
+        if type(user_id) is str and user_id:  # the common case first: one type test, the cached pseudonym
+            return (self._pseudonymizer or self.pseudonymizer).pseudonymize(user_id)
         if user_id is None:
             return None
         if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
