@@ -38,15 +38,18 @@ class KnownClean(dict[str, Any]):
 
 
 class CleanAttributes(BoundedAttributes):
-    """An immutable ``BoundedAttributes`` over a dict of clean values, taken as it is (no copy, no checks)."""
+    """An immutable ``BoundedAttributes`` over a dict of clean values, taken as it is (no copy, no checks).
+    What never changes on an immutable one is set on the class: nothing drops, nothing is cut, and the lock
+    (which an immutable one takes only to be deep-copied) is shared."""
+
+    dropped = 0
+    max_value_len = None
+    _immutable = True
+    _lock = threading.Lock()
 
     def __init__(self, attributes: dict[str, Any], maxlen: int | None) -> None:  # no super(): no cleaning
         self._dict = attributes
         self.maxlen = maxlen
-        self.dropped = 0
-        self.max_value_len = None
-        self._lock = threading.Lock()
-        self._immutable = True
 
 
 def add_event(span: Span, name: str, attributes: dict[str, Any], timestamp: int | None = None) -> None:

@@ -1,8 +1,9 @@
-"""``add_clean_event`` records what ``Span.add_event`` records (name, timestamp, attributes, dropped count),
-on SDK spans under any limits, and on any other span falls back to ``add_event``."""
+"""``span_events.add_event`` records ``KnownClean`` attributes as ``Span.add_event`` records them (name,
+timestamp, attributes, dropped count) on SDK spans under any limits; anything else takes ``add_event``."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
-from studyin_analytics.instrumentation.span_events import add_clean_event
+from studyin_analytics.instrumentation.span_events import CleanAttributes, KnownClean, add_event
 
 pytestmark = pytest.mark.unit
 
@@ -27,15 +28,20 @@ _VALUES = st.one_of(
 def _recorded(limits: SpanLimits, attributes: dict[str, Any], clean: bool) -> list[tuple[Any, ...]]:
     span = TracerProvider(span_limits=limits).get_tracer("t").start_span("s")
     if clean:
-        add_clean_event(span, "studyin.x", dict(attributes), 123)
-        add_clean_event(span, "studyin.y", dict(attributes))
+        add_event(span, "studyin.x", KnownClean(attributes), 123)
+        add_event(span, "studyin.y", KnownClean(attributes))
     else:
         span.add_event("studyin.x", dict(attributes), timestamp=123)
         span.add_event("studyin.y", dict(attributes))
     span.end()
     events = span.events
     return [
-        (e.name, e.timestamp if e.name == "studyin.x" else None, dict(e.attributes or {}), e.dropped_attributes)
+        (
+            e.name,
+            e.timestamp if e.name == "studyin.x" else None,
+            dict(e.attributes or {}),
+            e.dropped_attributes,
+        )
         for e in events
     ]
 
@@ -55,18 +61,24 @@ def test_clean_events_equal_add_event(
 
 def test_clean_events_are_immutable_and_timed() -> None:
     span = TracerProvider().get_tracer("t").start_span("s")
-    add_clean_event(span, "studyin.x", {"a": 1})
+    add_event(span, "studyin.x", KnownClean({"a": 1}))
+    add_event(
+        span, "studyin.y", {"a": [1, 2]}
+    )  # not marked clean: the SDK cleans it (a list becomes a tuple)
     span.end()
-    (event,) = span.events
-    assert event.timestamp > 0
+    clean, other = span.events
+    assert type(clean.attributes) is CleanAttributes and clean.timestamp > 0
+    assert type(other.attributes) is not CleanAttributes and dict(other.attributes or {}) == {"a": (1, 2)}
     with pytest.raises(TypeError):
-        event.attributes["b"] = 2  # type: ignore[index]
+        clean.attributes["b"] = 2  # type: ignore[index]
+    copied = copy.deepcopy(clean.attributes)
+    assert dict(copied) == {"a": 1} and copied.dropped == 0
 
 
 def test_other_spans_get_add_event() -> None:
     span = NonRecordingSpan(SpanContext(1, 2, is_remote=False))
-    add_clean_event(span, "studyin.x", {"a": 1})  # no error, nothing recorded
+    add_event(span, "studyin.x", KnownClean({"a": 1}))  # no error, nothing recorded
     ended = TracerProvider().get_tracer("t").start_span("s")
     ended.end()
-    add_clean_event(ended, "studyin.x", {"a": 1})  # an ended span: the SDK's warning, nothing recorded
+    add_event(ended, "studyin.x", KnownClean({"a": 1}))  # an ended span: the SDK's warning, nothing recorded
     assert not ended.events
