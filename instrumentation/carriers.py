@@ -18,6 +18,7 @@ from opentelemetry._logs import Logger, LoggerProvider, get_logger_provider
 from opentelemetry.trace import Link, Span, SpanKind
 
 from . import semconv
+from .span_events import add_event
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -82,17 +83,17 @@ class SpanEventCarrier:
     ) -> None:
         at = None if self._clock is None else self._clock.time_ns()
         if session is not None and lifecycle and session.span.is_recording():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         current = trace.get_current_span()
         if current.is_recording():
-            current.add_event(name, attributes, timestamp=at)
+            add_event(current, name, attributes, at)
             return
         if session is not None and session.span.is_recording() and session._claim_event_slot():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         span = self._tracer.start_span(semconv.STANDALONE_EVENT_SPAN, start_time=at)
-        span.add_event(name, attributes, timestamp=at)
+        add_event(span, name, attributes, at)
         span.end(end_time=at)
 
     def start_session_span(self, attributes: dict[str, Any], start_time_ns: int | None = None) -> Span:
@@ -229,12 +230,12 @@ class LogRecordCarrier:
     ) -> None:
         at = time.time_ns() if self._clock is None else self._clock.time_ns()
         if session is not None and lifecycle and session.span.is_recording():
-            session.span.add_event(name, attributes, timestamp=at)
+            add_event(session.span, name, attributes, at)
             return
         context = otel_context.get_current()
         current = trace.get_current_span(context)
         if current.is_recording() and _is_short_request(current):
-            current.add_event(name, attributes, timestamp=at)
+            add_event(current, name, attributes, at)
             return
         if session is not None and not current.get_span_context().is_valid:
             context = trace.set_span_in_context(session.span, context)  # correlate with the session

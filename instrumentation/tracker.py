@@ -107,7 +107,7 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         self.lenient = lenient
         self.dropped_by_type: Counter[str] = Counter()
         self._drop_lock = threading.Lock()
-        self._open: dict[uuid.UUID, LearningSession] = {}
+        self._open: dict[str, LearningSession] = {}  # by session.key (a UUID's hash is Python code)
         self._open_lock = threading.Lock()
 
     @property
@@ -121,6 +121,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         return self._pseudonymizer
 
     def user_hash(self, user_id: UserId | None) -> str | None:
+        if type(user_id) is str and user_id:  # the common case first: one type test, the cached pseudonym
+            return (self._pseudonymizer or self.pseudonymizer).pseudonymize(user_id)
         if user_id is None:
             return None
         if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
@@ -129,7 +131,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
 
     def lrs_hash(self, user_id: UserId | None) -> str | None:
         """``user.lrs_hash`` of a user id :meth:`user_hash` accepted (``None`` without an LRS key)."""
-        return None if user_id is None else self.pseudonymizer.lrs_pseudonymize(str(user_id))
+        lrs = None if user_id is None else (self._pseudonymizer or self.pseudonymizer).lrs
+        return None if lrs is None else lrs.pseudonymize(str(user_id))
 
     # --- the one validation + recording path ------------------------------------------------
 
@@ -211,7 +214,6 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         In lenient mode an invalid start still returns a session (so app code need not branch);
         its ``session_start`` is dropped and counted.
         """
-        session_id = session_id or new_session_id()
         rejected: EventRejected | None = None
         user_hash: str | None = None
         lrs_hash: str | None = None
@@ -222,13 +224,9 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
             rejected = EventRejected(events.SessionStart.event_type, f"user_id: {exc}")
         if rejected is not None:
             self._reject(rejected)
-        attributes: dict[str, Any] = {semconv.FIELD_ATTRIBUTES["session_id"]: str(session_id)}
-        if user_hash is not None:
-            attributes[semconv.USER_HASH] = user_hash
-        span = self.carrier.start_session_span(attributes)
-        session = LearningSession(self, span, session_id, user_hash or "", lrs_hash)
+        session = LearningSession.start(self, session_id or new_session_id(), user_hash, lrs_hash)
         with self._open_lock:
-            self._open[session_id] = session
+            self._open[session.key] = session
         if user_hash is not None:
             session.record_start(material_id)
         return session
@@ -237,12 +235,12 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
 
     def _closed(self, session: LearningSession) -> None:
         with self._open_lock:
-            self._open.pop(session.session_id, None)
+            self._open.pop(session.key, None)
 
     def open_session(self, session_id: uuid.UUID | str) -> LearningSession | None:
         """The running in-process session with this id (started by this tracker), if any."""
         try:
-            key = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+            key = str(session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id)))
         except ValueError:
             return None
         with self._open_lock:
