@@ -7,8 +7,9 @@
   read from PostgreSQL (reloaded every :data:`RELOAD_S`, and at once, at most every
   :data:`UNKNOWN_RELOAD_S`, when a row names a version it does not know); invalid rows go to the failed
   events stream (:mod:`...exporter.failed_events`) instead of being stored;
-* :func:`apply_custom_daily` (a hook in :meth:`.rollups.Rollup.apply`): ``custom_event_daily`` from the
-  round's events per (hour, type), inside the round's transaction, so it is exactly-once like every rollup.
+* ``custom_event_daily`` is merged with the hourly summary (:data:`.rollup_sql.UPSERT_CUSTOM_DAILY`, sent
+  with the summary's upsert by :meth:`.rollups.Rollup.apply`): from the round's events per (hour, type),
+  inside the round's transaction, so it is exactly-once like every rollup.
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ from ...exporter.failed_events import MAX_LEN, VERSION_FIELD, FailedEvent, add_c
 from ...exporter.settings import BusSettings
 from ...instrumentation import semconv
 from ...instrumentation.custom_schemas import EMPTY_REGISTRY, NAME_PATTERN, CustomRegistry, validate_event
-from ...instrumentation.custom_tracking import custom_properties
 
 if TYPE_CHECKING:
     from .mapping import EventRow
 
 RELOAD_S = 10.0
 UNKNOWN_RELOAD_S = 1.0
-DAY_US = 86_400_000_000
-HOUR_US = 3_600_000_000
 CLAIMED_FIELD = "$schema"
 """Property holding the claimed schema name when it is not a vendor-qualified name."""
 
 
+_UNQUALIFIED = semconv.CUSTOM_EVENT_TYPE
+
+
 def is_custom(event_type: str) -> bool:
-    return "/" in event_type or event_type == semconv.CUSTOM_EVENT_TYPE
+    return "/" in event_type or event_type == _UNQUALIFIED
 
 
 _QUALIFIED: dict[str, bool] = {}
@@ -54,11 +55,17 @@ def _qualified(name: str) -> bool:
     return known
 
 
+_PREFIX = semconv.CUSTOM_PROPERTY_PREFIX
+_CUT = len(_PREFIX)
+
+
 def custom_row(attributes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The event type and stored properties of a custom event's span-event attributes."""
     name, version = attributes.get(semconv.CUSTOM_SCHEMA), attributes.get(semconv.CUSTOM_VERSION)
     properties: dict[str, Any] = {VERSION_FIELD: version if isinstance(version, str) else ""}
-    properties.update(custom_properties(attributes))
+    for key, value in attributes.items():  # custom_properties(attributes), in the same pass
+        if key.startswith(_PREFIX):
+            properties[key[_CUT:]] = list(value) if isinstance(value, tuple) else value
     if isinstance(name, str) and _qualified(name):
         return name, properties
     properties[CLAIMED_FIELD] = name[:200] if isinstance(name, str) else ""
@@ -87,36 +94,92 @@ def failed_of(row: EventRow, registry: CustomRegistry, source: str = "aggregator
     )
 
 
+def _forbids_dollar_keys(schema: Mapping[str, Any]) -> bool:
+    """Every object with a ``$`` property fails ``schema``: it forbids additional properties, declares
+    none starting with ``$`` and matches none by pattern (every registrable schema: property names are
+    snake_case, ``additionalProperties`` false)."""
+    properties = schema.get("properties")
+    return (
+        schema.get("additionalProperties") is False
+        and "patternProperties" not in schema
+        and isinstance(properties, Mapping)
+        and not any(str(name).startswith("$") for name in properties)
+    )
+
+
 class CustomGate:
     """The aggregator's registry (from PostgreSQL) and the split of rows into valid and failed."""
 
     def __init__(self) -> None:
         self.registry: CustomRegistry = EMPTY_REGISTRY
+        self._validators: dict[tuple[str, str], Any] = {}
+        """(name, version) -> the compiled validator, for the versions whose schema forbids ``$`` keys."""
         self._loaded_at = -1e9
         self.failed = 0
 
-    async def _registry(self, pool: asyncpg.Pool, rows: list[EventRow]) -> CustomRegistry:
+    async def _reload(self, pool: asyncpg.Pool) -> None:
         from ..custom.registry import all_versions, registry_of
 
-        age = time.monotonic() - self._loaded_at
-        unknown = any(
-            self.registry.get(r.event_type, r.properties.get(VERSION_FIELD, "")) is None for r in rows
-        )
-        if age >= RELOAD_S or (unknown and age >= UNKNOWN_RELOAD_S):
-            async with pool.acquire() as conn:
-                self.registry = registry_of(await all_versions(conn))
-            self._loaded_at = time.monotonic()
-        return self.registry
+        async with pool.acquire() as conn:
+            self.use(registry_of(await all_versions(conn)))
+        self._loaded_at = time.monotonic()
+
+    def use(self, registry: CustomRegistry) -> None:
+        """Validate against ``registry`` from now on (until the next reload)."""
+        self.registry = registry
+        self._validators = {
+            key: compiled.validator
+            for key, compiled in registry.schemas.items()
+            if _forbids_dollar_keys(compiled.schema)
+        }
+
+    def failed_rows(self, custom: list[EventRow]) -> tuple[list[FailedEvent], bool]:
+        """The failed events among ``custom`` rows, and whether one names a version the registry lacks.
+
+        A row of a registered version whose schema forbids ``$`` keys is checked on its own properties
+        less ``$version`` by the schema's validator alone: valid there is valid for :func:`failed_of`
+        (which validates them less every ``$`` key: any other ``$`` key fails the schema, and the row
+        then goes through :func:`failed_of`), without building its errors or a second dictionary.
+        """
+        registry = self.registry
+        schemas, validators = registry.schemas, self._validators
+        failed: list[FailedEvent] = []
+        unknown = False
+        for row in custom:
+            properties = row.properties
+            key = (row.event_type, properties.get(VERSION_FIELD, ""))
+            validator = validators.get(key)
+            if validator is not None:
+                own = properties.copy()
+                own.pop(VERSION_FIELD, None)
+                if validator.is_valid(own):
+                    continue
+            elif schemas.get(key) is None:
+                unknown = True
+            event = failed_of(row, registry)
+            if event is not None:
+                failed.append(event)
+        return failed, unknown
 
     async def split(
         self, pool: asyncpg.Pool | None, redis: Any, settings: BusSettings, rows: list[EventRow]
     ) -> list[EventRow]:
-        """``rows`` without the invalid custom ones, which are written to the failed events stream."""
-        custom = [r for r in rows if is_custom(r.event_type)]
+        """``rows`` without the invalid custom ones, which are written to the failed events stream.
+
+        The registry is reloaded every :data:`RELOAD_S`, and at once (at most every
+        :data:`UNKNOWN_RELOAD_S`) when a row names a version it does not know: the rows are then
+        validated again against the reloaded registry.
+        """
+        custom = [r for r in rows if "/" in r.event_type or r.event_type == _UNQUALIFIED]
         if not custom or pool is None:
             return rows
-        registry = await self._registry(pool, custom)
-        failed = [f for f in (failed_of(r, registry) for r in custom) if f is not None]
+        age = time.monotonic() - self._loaded_at
+        if age >= RELOAD_S:
+            await self._reload(pool)
+        failed, unknown = self.failed_rows(custom)
+        if unknown and UNKNOWN_RELOAD_S <= age < RELOAD_S:
+            await self._reload(pool)
+            failed, _ = self.failed_rows(custom)
         if not failed:
             return rows
         async with redis.pipeline(transaction=False) as pipe:
@@ -126,35 +189,3 @@ class CustomGate:
         self.failed += len(failed)
         bad = {f.event_id for f in failed}
         return [r for r in rows if r.event_id not in bad]
-
-
-_UPSERT_DAILY = """
-INSERT INTO custom_event_daily AS d (day, event_type, events)
-SELECT * FROM unnest($1::date[], $2::text[], $3::bigint[])
-ON CONFLICT (day, event_type) DO UPDATE SET events = d.events + EXCLUDED.events
-"""
-
-
-def custom_daily(by_type: Mapping[tuple[int, str], int]) -> dict[tuple[int, str], int]:
-    """(day, custom type) -> events, from a rollup's (hour, type) counts."""
-    out: dict[tuple[int, str], int] = {}
-    for (hour, event_type), count in by_type.items():
-        if "/" in event_type:
-            key = (hour * HOUR_US // DAY_US, event_type)
-            out[key] = out.get(key, 0) + count
-    return out
-
-
-async def apply_custom_daily(conn: asyncpg.Connection, by_type: Mapping[tuple[int, str], int]) -> None:
-    """Merge a round's custom events into ``custom_event_daily`` (sorted: no deadlock between members)."""
-    import datetime as dt
-
-    daily = sorted(custom_daily(by_type).items())
-    if daily:
-        epoch = dt.date(1970, 1, 1)
-        await conn.execute(
-            _UPSERT_DAILY,
-            [epoch + dt.timedelta(days=day) for (day, _), _ in daily],
-            [t for (_, t), _ in daily],
-            [n for _, n in daily],
-        )

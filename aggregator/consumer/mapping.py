@@ -166,6 +166,11 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
         if span_session_text is _UNSET:
             span_session_text = record.attributes.get(_SESSION_ID_ATTR)
             span_session = _session(span_session_text)
+        if event_type == semconv.CUSTOM_EVENT_TYPE:  # named by its schema, its own properties only
+            rows.append(
+                _custom(record, index, time_us, user_hash, attributes, span_session_text, span_session)
+            )
+            continue
         properties: dict[str, Any] = {}
         for key, value in attributes.items():
             field = fields.get(key)
@@ -188,8 +193,6 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             session_id = span_session
         else:
             session_id = _session(session_text) or span_session
-        if event_type == semconv.CUSTOM_EVENT_TYPE:  # named by its schema, its own properties
-            event_type, properties = custom_row(attributes)
         rows.append(
             EventRow(
                 event_id(trace_id, span_id, index),
@@ -202,6 +205,35 @@ def rows_from_span(record: SpanRecord) -> list[EventRow]:
             )
         )
     return rows
+
+
+def _custom(
+    record: SpanRecord,
+    index: int,
+    time_us: int,
+    user_hash: str | None,
+    attributes: dict[str, Any],
+    span_session_text: Any,
+    span_session: uuid.UUID | None,
+) -> EventRow:
+    """The row of a custom event: what :func:`rows_from_span` makes of any event, with the type and
+    properties of :func:`.custom_events.custom_row` (the built-in fields are not looked for: they
+    would be replaced; the session is the one of the built-in ``session_id`` attribute, as for any event)."""
+    session_text = attributes.get(_SESSION_ID_ATTR)
+    if session_text is None or session_text == span_session_text:
+        session_id = span_session
+    else:
+        session_id = _session(session_text) or span_session
+    event_type, properties = custom_row(attributes)
+    return EventRow(
+        event_id(record.trace_id, record.span_id, index),
+        time_of(time_us),
+        event_type,
+        user_hash,
+        session_id,
+        properties,
+        time_us,
+    )
 
 
 class Refusal(NamedTuple):

@@ -349,6 +349,23 @@ ON CONFLICT (hour) DO UPDATE SET changed_xid = DEFAULT,
 # Every hour of a (user, hour) row also has events or study time of the batch, so the summary
 # holds every hour of ``active``: the LEFT JOIN loses nothing.
 
+UPSERT_CUSTOM_DAILY = f"""
+INSERT INTO custom_event_daily AS d (day, event_type, events)
+SELECT (t.hour AT TIME ZONE 'UTC')::date, e.key, sum(e.value::bigint)
+FROM {SUMMARY.temp} AS t CROSS JOIN LATERAL jsonb_each_text(t.events_by_type) AS e
+WHERE strpos(e.key, '/') > 0
+GROUP BY 1, 2
+ORDER BY 1, 2
+ON CONFLICT (day, event_type) DO UPDATE SET events = d.events + EXCLUDED.events
+"""
+"""``custom_event_daily`` (0012) from the summary's delta rows: a custom type holds a ``/``, and the
+summary counts every event per type and hour. Sent with :data:`UPSERT_HOURLY_AND_SUMMARY` when the
+rollup has custom events (:data:`UPSERT_HOURLY_SUMMARY_AND_CUSTOM`): one round trip for both, the
+custom rows after the summary's (in key order, like every merge), as they were merged when they had a
+statement of their own."""
+
+UPSERT_HOURLY_SUMMARY_AND_CUSTOM = f"{UPSERT_HOURLY_AND_SUMMARY};\n{UPSERT_CUSTOM_DAILY}"
+
 CLEAR_STUDY_RESIDUES = ";\n".join(
     f"UPDATE {delta.table} AS r SET study_seconds = 0 FROM {delta.temp} AS d "
     f"WHERE {' AND '.join(f'r.{k} = d.{k}' for k in delta.key)} "

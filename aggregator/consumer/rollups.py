@@ -68,7 +68,6 @@ from .counting import (
     Counts,
     RollupInputError,
 )
-from .custom_events import apply_custom_daily
 from .experiments import INPUT_TYPES, ExperimentInput, apply_experiments
 from .learners import LearnerFirsts
 from .mapping import EventRow, RawRecord, rows_of
@@ -91,6 +90,7 @@ from .rollup_sql import (
     UPSERT_DAILY,
     UPSERT_GAMIFICATION,
     UPSERT_HOURLY_AND_SUMMARY,
+    UPSERT_HOURLY_SUMMARY_AND_CUSTOM,
     UPSERT_SESSIONS,
     UPSERT_SYSTEM,
     UPSERT_SYSTEM_HOURLY,
@@ -224,7 +224,8 @@ class Rollup(Counts):
         (:mod:`.experiments`, under per-learner locks). Then each table's deltas travel by binary ``COPY``
         into the connection's delta table (emptied at commit), and one ``INSERT ... SELECT ...
         ON CONFLICT DO UPDATE`` merges them (the hourly table's with the summary's, which counts
-        the learners that became active in each hour). Nothing in ``self`` changes: a rolled-back
+        the learners that became active in each hour; ``custom_event_daily``'s from the summary's
+        delta rows, sent with it). Nothing in ``self`` changes: a rolled-back
         transaction may apply the same rollup again. First the rollups' shared lock: a rebuild
         replaces a day's rows only while no merge is under way (``rebuild.py``).
         """
@@ -239,7 +240,7 @@ class Rollup(Counts):
             (SYSTEM, self._system_rows(), UPSERT_SYSTEM),
             (SYSTEM_HOURLY, self._system_hourly_rows(), UPSERT_SYSTEM_HOURLY),
             (HOURLY, [(user, _datetime(hour * HOUR_US), *c) for (user, hour), c in hourly.items()], None),
-            (SUMMARY, self._summary_rows(hourly), UPSERT_HOURLY_AND_SUMMARY),
+            (SUMMARY, self._summary_rows(hourly), self._summary_upsert()),
         )
         for delta, rows, upsert in deltas:
             if rows:
@@ -248,8 +249,14 @@ class Rollup(Counts):
                     await conn.execute(upsert)
         if study.takes_back_study:
             await conn.execute(CLEAR_STUDY_RESIDUES)
-        await apply_custom_daily(conn, self.by_type)  # custom events per type and day (custom_events.py)
         await self.learners.apply(conn)
+
+    def _summary_upsert(self) -> str:
+        """The summary's merge, with ``custom_event_daily``'s when there are custom events (a ``/`` in
+        their type): one statement more in the same round trip (:data:`.rollup_sql.UPSERT_CUSTOM_DAILY`)."""
+        if any("/" in event_type for _hour, event_type in self.by_type):
+            return UPSERT_HOURLY_SUMMARY_AND_CUSTOM
+        return UPSERT_HOURLY_AND_SUMMARY
 
     async def _apply_sessions(self, conn: asyncpg.Connection) -> StudyDeltas:
         """Merge the sessions (see :mod:`.sessions`); returns what they change in the rollups.
