@@ -147,15 +147,17 @@ class CustomGate:
         unknown = False
         for row in custom:
             properties = row.properties
-            key = (row.event_type, properties.get(VERSION_FIELD, ""))
-            validator = validators.get(key)
-            if validator is not None:
-                own = properties.copy()
-                own.pop(VERSION_FIELD, None)
-                if validator.is_valid(own):
-                    continue
-            elif schemas.get(key) is None:
-                unknown = True
+            version = properties.get(VERSION_FIELD, "")
+            if type(version) is str:  # else (a list, a number: a hostile sender) failed_of says why
+                key = (row.event_type, version)
+                validator = validators.get(key)
+                if validator is not None:
+                    own = properties.copy()
+                    own.pop(VERSION_FIELD, None)
+                    if validator.is_valid(own):
+                        continue
+                elif schemas.get(key) is None:
+                    unknown = True
             event = failed_of(row, registry)
             if event is not None:
                 failed.append(event)

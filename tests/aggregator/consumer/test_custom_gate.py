@@ -69,3 +69,25 @@ def test_the_gate_gives_the_verdicts_and_errors_of_the_one_validation() -> None:
         one, one_unknown = gate.failed_rows([row])
         assert one == ([] if verdict is None else [verdict])
         assert one_unknown == (registry.get(row.event_type, row.properties.get("$version", "")) is None)
+
+
+@pytest.mark.parametrize("version", [["1-0-0"], {"v": 1}, 1, None, 1.5])
+def test_a_version_that_is_not_text_is_a_failed_event_not_a_crash(version: Any) -> None:
+    """A hostile sender's ``$version`` (an unhashable list, a number) fails that event alone; the
+    entry is not retried until dead-lettered whole."""
+    registry = _registry()
+    gate = CustomGate()
+    gate.use(registry)
+    time_us = 1_764_800_000_000_000
+    row = EventRow(
+        uuid.UUID(int=7),
+        time_of(time_us),
+        CASE,
+        "k:" + "a" * 32,
+        None,
+        {"$version": version, "case_id": "c1"},
+        time_us,
+    )
+    failed, _ = gate.failed_rows([row])
+    assert failed == [failed_of(row, registry)] and failed[0] is not None
+    assert failed[0].errors and "SchemaVer" in failed[0].errors[0].reason
