@@ -86,6 +86,13 @@ ROLLUP_SQL: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "daily_learners",
+        """
+        INSERT INTO daily_learners (day, learners)
+        SELECT day, count(*) FROM daily_activity_summary GROUP BY day
+        """,
+    ),
+    (
         "user_activity_hourly",
         """
         INSERT INTO user_activity_hourly

@@ -8,7 +8,9 @@ attributes in the same run.
   span (log records).
 
 Span processors discard (SimpleSpanProcessor), log processors are the real batch processor with a
-discarding exporter (its worker thread runs as in an app). ``studyin-analytics bench --only carriers``.
+discarding exporter (its worker thread runs as in an app). Times are CPU time of the measuring thread
+(what the app's thread pays, steady on a loaded machine where wall time counts other processes' turns).
+``studyin-analytics bench --only carriers``.
 """
 
 from __future__ import annotations
@@ -52,16 +54,16 @@ class _DiscardLogs(LogRecordExporter):
 
 
 def _per_event(call: Callable[[], object], n: int, scope: Callable[[], AbstractContextManager[Any]]) -> float:
-    """µs per ``call()``, made inside ``scope()`` (renewed every ``_PER_SPAN`` calls)."""
+    """CPU µs of this thread per ``call()``, made inside ``scope()`` (renewed every ``_PER_SPAN`` calls)."""
     gc.collect()
     elapsed = 0.0
     rounds = max(n // _PER_SPAN, 1)
     for _ in range(rounds):
         with scope():
-            started = time.perf_counter()
+            started = time.thread_time()
             for _ in range(_PER_SPAN):
                 call()
-            elapsed += time.perf_counter() - started
+            elapsed += time.thread_time() - started
     return elapsed / (rounds * _PER_SPAN) * 1e6
 
 
@@ -134,7 +136,7 @@ def _rows(ctx: BenchContext) -> list[Measurement]:
                 unit="µs",
                 baseline=median(baselines),
                 baseline_name="span.add_event, same attributes",
-                notes=f"per event, {n} events x {ctx.repeat_count}",
+                notes=f"CPU time of the calling thread per event, {n} events x {ctx.repeat_count}",
                 samples=values,
             )
         )

@@ -17,6 +17,11 @@ pipeline on this machine.
 Two traffic mixes: the StudyIn mix (the headline, ~3.4 events per request, where the web
 framework's cost per request dominates) and bulk flashcard syncs (~28 events per request),
 which shows what the pipeline itself sustains when the app side is cheap per event.
+
+Carriers (issue 16): the headline runs use the span-event carrier; the StudyIn mix also runs through
+the whole pipeline with the log carrier (its routing rule; every event of this traffic happens in a
+request) and with log records everywhere (every event but ``session_end`` a log record, through the
+logs exporter), each against the same no-op baseline, alternated with it and with exact totals.
 """
 
 from __future__ import annotations
@@ -34,7 +39,18 @@ import redis.asyncio as aioredis
 
 from ..aggregator.cli.settings import require
 from ..aggregator.devtools.simulation import Ledger, new_user_ids
-from .end_to_end_apps import APP_PROCESSES, Traffic, bulk_traffic, merged_ledger, mixed_traffic, run_traffic
+from .end_to_end_apps import (
+    APP_PROCESSES,
+    CARRIERS,
+    LOG_CARRIER,
+    LOG_RECORDS,
+    SPAN_EVENTS,
+    Traffic,
+    bulk_traffic,
+    merged_ledger,
+    mixed_traffic,
+    run_traffic,
+)
 from .end_to_end_pipeline import AggregatorProcesses, CpuMeter, check_totals, drained, wait_ready
 from .framework import BenchContext, Measurement, at_least, bench, median
 
@@ -84,6 +100,7 @@ async def _pipeline(
     on_progress: Callable[[int], None],
     *,
     profile: bool = False,
+    carrier: str = SPAN_EVENTS,
 ) -> Run:
     settings = await ctx.migrated_settings("e2e")
     client = aioredis.Redis.from_url(require(settings.redis_url, "redis_url"))
@@ -107,6 +124,7 @@ async def _pipeline(
                 real_exporter=True,
                 before_go=before_go,
                 profile=app_profile,
+                carrier=carrier,
             )
             flushed = time.perf_counter()
             deadline = flushed + ctx.scale(300, 60)
@@ -131,7 +149,7 @@ async def _pipeline(
         cpu=cpu,
     )
     if run.spans_dropped:
-        run.errors.append(f"the exporter dropped {run.spans_dropped} spans")
+        run.errors.append(f"the exporters dropped {run.spans_dropped} spans or log events")
     run.errors.extend(await check_totals(settings, ledger))
     return run
 
@@ -158,21 +176,29 @@ async def end_to_end(ctx: BenchContext) -> list[Measurement]:
     rows: list[Measurement] = []
     # --quick proves the command works within its minute: the StudyIn mix only.
     mixes = [mixed_traffic(ctx.quick)] if ctx.quick else [mixed_traffic(False), bulk_traffic(False)]
+    # The carriers run on the StudyIn mix; --quick keeps the one that exercises the log pipeline.
+    carriers = (SPAN_EVENTS, LOG_RECORDS) if ctx.quick else CARRIERS
     for traffic in mixes:
-        baselines, pipelines = await _measure(ctx, traffic)
-        rows.extend(_rows(traffic, baselines, pipelines, main=traffic.name == "mixed"))
+        main = traffic.name == "mixed"
+        baselines, pipelines = await _measure(ctx, traffic, carriers if main else (SPAN_EVENTS,))
+        rows.extend(_rows(traffic, baselines, pipelines.pop(SPAN_EVENTS), main=main))
+        rows.extend(
+            row for carrier, runs in pipelines.items() for row in _carrier_rows(carrier, baselines, runs)
+        )
     return rows
 
 
-async def _measure(ctx: BenchContext, traffic: Traffic) -> tuple[list[Run], list[Run]]:
-    """Alternating pairs of runs (app alone, whole pipeline) of the same students."""
+async def _measure(
+    ctx: BenchContext, traffic: Traffic, carriers: tuple[str, ...]
+) -> tuple[list[Run], dict[str, list[Run]]]:
+    """Alternating rounds of runs of the same students: app alone, then the pipeline with each carrier."""
     repeats = ctx.scale(3, 1)
     user_ids = new_user_ids(traffic.students)
     baselines: list[Run] = []
-    pipelines: list[Run] = []
+    pipelines: dict[str, list[Run]] = {carrier: [] for carrier in carriers}
     requests: float | None = None
     for repeat in range(repeats):
-        for kind in ("app alone", "pipeline"):
+        for kind in ("app alone", *carriers):
             label = f"end_to_end {traffic.name} {repeat + 1}/{repeats}: {traffic.students} students, {kind}"
             async with ctx.task(label, total=requests) as task:
 
@@ -184,10 +210,10 @@ async def _measure(ctx: BenchContext, traffic: Traffic) -> tuple[list[Run], list
                     baselines.append(run)
                     requests = float(run.ledger.requests)
                 else:
-                    # With --profile, the first pipeline run of the mixed traffic is profiled (slower).
-                    profile = repeat == 0 and traffic.name == "mixed"
-                    run = await _pipeline(ctx, user_ids, traffic, step, profile=profile)
-                    pipelines.append(run)
+                    # With --profile, the first span-carrier run of the mixed traffic is profiled (slower).
+                    profile = repeat == 0 and traffic.name == "mixed" and kind == SPAN_EVENTS
+                    run = await _pipeline(ctx, user_ids, traffic, step, profile=profile, carrier=kind)
+                    pipelines[kind].append(run)
     return baselines, pipelines
 
 
@@ -272,6 +298,42 @@ def _rows(traffic: Traffic, baselines: list[Run], pipelines: list[Run], *, main:
             unit="s",
             notes="from the app's last flushed span until the group acknowledged the last entry",
             samples=[r.drain_seconds for r in pipelines],
+            headline=False,
+        ),
+    ]
+
+
+def _carrier_rows(carrier: str, baselines: list[Run], pipelines: list[Run]) -> list[Measurement]:
+    """The StudyIn mix through the whole pipeline with another carrier, against the same baseline."""
+    errors = sorted({e for run in pipelines for e in run.errors})
+    error = "; ".join(errors) if errors else None
+    last = pipelines[-1]
+    logs = "the routing rule" if carrier == LOG_CARRIER else "every event but session_end a log record"
+    return [
+        Measurement(
+            name=f"end_to_end throughput, {carrier}",
+            value=median([r.events_per_s for r in pipelines]),
+            unit="events/s",
+            baseline=median([r.events_per_s for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            met=False if error else None,
+            notes=(
+                f"the StudyIn mix ({last.ledger.total_events} events per run) with the {carrier} ({logs}), "
+                f"alternated with the span-event carrier's runs; exact totals checked "
+                f"({'MISMATCH' if error else 'all equal'}); cores busy: {_cores_busy(last)}"
+            ),
+            samples=[r.events_per_s for r in pipelines],
+            error=error,
+            headline=False,
+        ),
+        Measurement(
+            name=f"end_to_end CPU per event, {carrier}",
+            value=median([r.cpu_per_event_us(*PIPELINE_PARTS) for r in pipelines]),
+            unit="µs",
+            baseline=median([r.cpu_per_event_us("app") for r in baselines]),
+            baseline_name="app alone, no-op exporter",
+            notes=f"CPU of app processes + aggregators + Redis/PostgreSQL per event; {_cpu_cost(last)}",
+            samples=[r.cpu_per_event_us(*PIPELINE_PARTS) for r in pipelines],
             headline=False,
         ),
     ]

@@ -1,6 +1,6 @@
 """End to end, the app side: spawned app processes (like uvicorn workers) driving the simulated StudyIn
 backend with their share of the students, through a batch processor into the real exporter or a no-op
-one (the baseline). See end_to_end.py."""
+one (the baseline), with one of the :data:`CARRIERS`. See end_to_end.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -21,8 +24,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from ..aggregator.cli.settings import Settings
 from ..aggregator.devtools.simulation import Ledger, build_backend, simulate_students
 from ..exporter import RedisStreamSpanExporter
-from ..instrumentation import StudyInTracker
+from ..exporter.log_exporter import RedisStreamLogExporter, batch_log_processor
+from ..instrumentation import LogRecordCarrier, SpanEventCarrier, StudyInTracker
+from ..instrumentation.carriers import EventCarrier
 from ..instrumentation.privacy import Pseudonymizer
+from ..instrumentation.sessions import LearningSession
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,16 @@ QUEUE_SIZE = 1 << 20
 """Span queue of the batch processor: large enough that a burst never drops spans."""
 SCHEDULE_DELAY_MS = 200
 
+SPAN_EVENTS = "span-event carrier"
+"""``SpanEventCarrier``: every event a span event (the baseline's carrier too)."""
+LOG_CARRIER = "log carrier"
+"""``LogRecordCarrier``: span events on request spans, log records elsewhere. In this traffic every event
+happens in a request, so it measures the routing rule and an idle log pipeline."""
+LOG_RECORDS = "log records everywhere"
+"""Every event but ``session_end`` a log record, inside requests too: what an app whose events happen on
+long-lived spans (WebSockets, background workers) pays (:class:`LogRecordsEverywhere`)."""
+CARRIERS = (SPAN_EVENTS, LOG_CARRIER, LOG_RECORDS)
+
 
 class NoOpSpanExporter(SpanExporter):
     """Takes every batch and does nothing (the app-side-alone baseline)."""
@@ -66,6 +82,31 @@ class NoOpSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.spans += len(spans)
         return SpanExportResult.SUCCESS
+
+
+class NoOpLogExporter(LogRecordExporter):
+    """Takes every batch of log records and does nothing."""
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class LogRecordsEverywhere(LogRecordCarrier):
+    """The log carrier without its routing rule: every event but ``session_end`` becomes a log record."""
+
+    def record(
+        self, name: str, attributes: dict[str, Any], session: LearningSession | None, *, lifecycle: bool
+    ) -> None:
+        if lifecycle:
+            super().record(name, attributes, session, lifecycle=lifecycle)
+        else:
+            self.emit(name, attributes, time.time_ns(), otel_context.get_current())
 
 
 class ProfiledExporter(SpanExporter):
@@ -99,14 +140,37 @@ class ProfiledExporter(SpanExporter):
             self.profiler.dump_stats(self.path)
 
 
-def _app(settings: Settings, exporter: SpanExporter) -> tuple[Any, TracerProvider]:
+def _app(
+    settings: Settings, exporter: SpanExporter, carrier_name: str, logs: LoggerProvider | None
+) -> tuple[Any, TracerProvider]:
     pseudonymizer = Pseudonymizer.from_settings(settings)
     provider = TracerProvider(resource=Resource.create({"service.name": "studyin-backend-sim"}))
     provider.add_span_processor(
         BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=SCHEDULE_DELAY_MS)
     )
-    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
+    carrier: EventCarrier = SpanEventCarrier.create(provider)
+    if logs is not None:
+        kind = LogRecordsEverywhere if carrier_name == LOG_RECORDS else LogRecordCarrier
+        carrier = kind.create(provider, logs)
+    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer, carrier=carrier)
     return build_backend(tracker, pseudonymizer, tracer_provider=provider), provider
+
+
+def _log_provider(
+    settings: Settings, carrier_name: str, real_exporter: bool
+) -> tuple[LoggerProvider | None, Callable[[], int]]:
+    """The log pipeline of the log carriers (the real logs exporter, or a no-op one; the spans' queue size
+    and schedule delay) and a function of the log events its exporter dropped."""
+    if carrier_name == SPAN_EVENTS:
+        return None, lambda: 0
+    provider = LoggerProvider(resource=Resource.create({"service.name": "studyin-backend-sim"}))
+    options = {"max_queue_size": QUEUE_SIZE, "schedule_delay_millis": SCHEDULE_DELAY_MS}
+    if not real_exporter:
+        provider.add_log_record_processor(batch_log_processor(NoOpLogExporter(), **options))
+        return provider, lambda: 0
+    exporter = RedisStreamLogExporter(settings)
+    provider.add_log_record_processor(batch_log_processor(exporter, **options))
+    return provider, lambda: exporter.bus.spans_dropped
 
 
 @dataclass
@@ -131,8 +195,9 @@ def app_worker(
     results: Any,
     steps: Any,
     profile: str | None = None,
+    carrier: str = SPAN_EVENTS,
 ) -> None:
-    """One app process (like one uvicorn worker): its share of the students, its own provider.
+    """One app process (like one uvicorn worker): its share of the students, its own providers.
 
     With ``profile`` (a path prefix), the event loop thread and the exporting thread are
     profiled into ``<profile>.prof`` and ``<profile>-exporter-thread.prof``.
@@ -140,7 +205,8 @@ def app_worker(
     try:
         real: SpanExporter = RedisStreamSpanExporter(settings) if real_exporter else NoOpSpanExporter()
         exporter = real if profile is None else ProfiledExporter(real, f"{profile}-exporter-thread.prof")
-        backend, provider = _app(settings, exporter)
+        logs, logs_dropped = _log_provider(settings, carrier, real_exporter)
+        backend, provider = _app(settings, exporter, carrier, logs)
     except Exception as exc:
         ready.put(f"{type(exc).__name__}: {exc}")
         return
@@ -176,12 +242,17 @@ def app_worker(
             )
         )
         provider.force_flush(120_000)
+        if logs is not None:
+            logs.force_flush(120_000)
         seconds = time.perf_counter() - started
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(f"{profile}.prof")
         dropped = int(getattr(real, "spans_dropped", 0))
         provider.shutdown()
+        if logs is not None:
+            dropped += logs_dropped()
+            logs.shutdown()
         results.put(WorkerResult(ledger, seconds, time.process_time() - cpu, dropped))
     except Exception as exc:
         results.put(WorkerResult(Ledger(), 0.0, 0.0, error=f"{type(exc).__name__}: {exc}"))
@@ -199,6 +270,7 @@ class AppProcesses:
         real_exporter: bool,
         count: int,
         profile: Path | None = None,
+        carrier: str = SPAN_EVENTS,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.go = context.Event()
@@ -218,6 +290,7 @@ class AppProcesses:
                     self.results,
                     self.steps,
                     None if profile is None else str(profile.with_name(f"{profile.stem}-{i}")),
+                    carrier,
                 ),
                 name=f"studyin-bench-app-{i}",
                 daemon=True,
@@ -282,6 +355,7 @@ async def run_traffic(
     real_exporter: bool,
     before_go: Callable[[], Awaitable[None]] | None = None,
     profile: Path | None = None,
+    carrier: str = SPAN_EVENTS,
 ) -> tuple[list[WorkerResult], float]:
     """Run the students in the app processes; returns their results and the seconds since the start."""
     apps = AppProcesses(
@@ -291,6 +365,7 @@ async def run_traffic(
         real_exporter=real_exporter,
         count=min(APP_PROCESSES, len(user_ids)),
         profile=profile,
+        carrier=carrier,
     )
     try:
         await apps.start()

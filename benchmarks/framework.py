@@ -36,6 +36,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "carriers",
     "exporter",
     "aggregator",
+    "aggregator_columnar",
     "scaling",
     "end_to_end",
     "api",

@@ -1,7 +1,8 @@
 """StudyIn instrumentation for OpenTelemetry.
 
 * :class:`StudyInTracker`: domain events (sessions, materials, gamification, AI coach, system
-  metrics) as span events, validated by the models in :mod:`.events`.
+  metrics), validated by the models in :mod:`.events`, carried as span events or log records
+  (:mod:`.carriers`).
 * :func:`instrument_app` and :class:`StudyInInstrumentor` (entry point ``studyin``): ASGI
   auto-instrumentation with user pseudonymization, explicit or zero-code; :func:`set_user`
   attributes the request being served from the app's own auth code; :class:`.distro.StudyInDistro`

@@ -56,10 +56,12 @@ Level = Literal["MODEL", "REVISION", "ADDITION"]
 
 
 class SchemaRefused(ValueError):
-    """A registration refused; ``reasons`` are ``(JSON pointer, reason)`` pairs."""
+    """A registration refused; ``reasons`` are ``(JSON pointer, reason)`` pairs, the pointers into
+    ``field``: the schema, or the registration's ``name`` or ``version`` (then the pointer is empty)."""
 
-    def __init__(self, reasons: list[tuple[str, str]]) -> None:
+    def __init__(self, reasons: list[tuple[str, str]], field: str = "schema") -> None:
         self.reasons = reasons
+        self.field = field
         super().__init__("; ".join(f"{pointer or '/'}: {reason}" for pointer, reason in reasons))
 
 
@@ -77,7 +79,9 @@ class EventError:
 def parse_version(version: str) -> tuple[int, int, int]:
     match = VERSION_PATTERN.match(version) if isinstance(version, str) else None
     if match is None:
-        raise SchemaRefused([("", "version must be SchemaVer MODEL-REVISION-ADDITION, e.g. 1-0-0")])
+        raise SchemaRefused(
+            [("", "version must be SchemaVer MODEL-REVISION-ADDITION, e.g. 1-0-0")], field="version"
+        )
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
@@ -236,12 +240,14 @@ def level_of(version: str, existing: Iterable[str]) -> tuple[Level, str | None]:
     model, revision, addition = parse_version(version)
     versions = sorted(parse_version(v) for v in existing)
     if (model, revision, addition) in versions:
-        raise SchemaRefused([("", f"version {version} is registered already (versions are immutable)")])
+        raise SchemaRefused(
+            [("", f"version {version} is registered already (versions are immutable)")], field="version"
+        )
     line = [v for v in versions if v[0] == model]
     latest_model = versions[-1][0] if versions else 0
     if not line:
         if (revision, addition) != (0, 0) or model != latest_model + 1:
-            raise SchemaRefused([("", f"the next MODEL version is {latest_model + 1}-0-0")])
+            raise SchemaRefused([("", f"the next MODEL version is {latest_model + 1}-0-0")], field="version")
         return "MODEL", None
     last = line[-1]
     previous = f"{last[0]}-{last[1]}-{last[2]}"
@@ -250,7 +256,8 @@ def level_of(version: str, existing: Iterable[str]) -> tuple[Level, str | None]:
     if (revision, addition) == (last[1] + 1, 0):
         return "REVISION", previous
     raise SchemaRefused(
-        [("", f"after {previous} come {last[0]}-{last[1]}-{last[2] + 1} or {last[0]}-{last[1] + 1}-0")]
+        [("", f"after {previous} come {last[0]}-{last[1]}-{last[2] + 1} or {last[0]}-{last[1] + 1}-0")],
+        field="version",
     )
 
 
@@ -262,7 +269,9 @@ def check_registration(
     ``existing`` maps the registered versions of ``name`` to their schemas.
     """
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise SchemaRefused([("", "name must be vendor-qualified, e.g. org.example/case_completed")])
+        raise SchemaRefused(
+            [("", "name must be vendor-qualified, e.g. org.example/case_completed")], field="name"
+        )
     level, previous = level_of(version, existing)
     reasons = check_subset(schema)
     if reasons:

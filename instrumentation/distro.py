@@ -13,7 +13,10 @@ defaults every signal to OTLP, which aborts start-up where no OTLP exporter is i
 * ``OTEL_METRICS_EXPORTER=none``: the request-duration histograms have no default destination
   (``prometheus`` serves them on port 9464, this package depends on its exporter; ``otlp`` needs an
   OTLP exporter installed);
-* ``OTEL_LOGS_EXPORTER=none``: this project exports no logs yet; the setting is stated here once.
+* ``OTEL_LOGS_EXPORTER=studyin_redis``: log records to the same bus, like the traces (the logs
+  exporter keeps only ``studyin.*`` events and drops the application's own log records). With it,
+  a tracker built without a carrier sends events that would wait in an open span as log records
+  at once (:func:`.carriers.default_carrier`); with ``none``, as span events.
 
 :class:`StudyInConfigurator` is the SDK's own configurator, as the stock distro's is. Which distro
 and configurator run when several packages provide one: ``OTEL_PYTHON_DISTRO`` and
@@ -35,7 +38,7 @@ DISTRO_NAME: Final = "studyin"
 DEFAULTS: Final[dict[str, str]] = {
     "OTEL_TRACES_EXPORTER": "studyin_redis",
     "OTEL_METRICS_EXPORTER": "none",
-    "OTEL_LOGS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "studyin_redis",
 }
 """What the distro sets when the variable is unset (documented in docs/instrumentation.md)."""
 

@@ -20,7 +20,6 @@ exposure event, which the aggregator ignores (the learner's first exposure count
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -31,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import semconv
+from .hmac_sha256 import HmacSha256
 from .sessions import current_session
+from .span_events import KnownClean
 
 if TYPE_CHECKING:
     from .carriers import EventCarrier
@@ -133,27 +134,17 @@ def decode_snapshot(payload: bytes) -> dict[str, ExperimentSpec]:
     return {spec.key: spec for spec in specs}
 
 
-class Assigner:
-    """Deterministic assignment under one key (see the module docstring)."""
+class Assigner(HmacSha256):
+    """Deterministic assignment under one key (see the module docstring); HMAC-SHA256 with the key's padded
+    hash states computed once (a third of ``hmac.digest``'s cost per call; a test checks it equals it)."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ()
 
     def __init__(self, key: str | bytes) -> None:
         raw = key.encode() if isinstance(key, str) else bytes(key)
         if len(raw) < 16:
             raise ValueError("assignment key: at least 16 bytes")
-        # HMAC-SHA256 (RFC 2104) with the padded key's two hash states computed once: a third of the cost
-        # of hmac.digest per call (a test checks it equals hmac.digest).
-        block = (hashlib.sha256(raw).digest() if len(raw) > 64 else raw).ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        super().__init__(raw)
 
     def variant(self, spec: ExperimentSpec, user_id: str) -> str:
         digest = self.digest(f"{spec.key}\x1f{spec.version}\x1f{user_id}".encode())
@@ -218,13 +209,15 @@ class ExperimentExposures:
         user_hash = self.user_hash(user_id)
         if user_hash is None:
             return chosen
-        attributes = {
-            semconv.EVENT_VERSION: 1,
-            _KEY_ATTR: experiment_key,
-            _VERSION_ATTR: spec.version,
-            _VARIANT_ATTR: chosen,
-            semconv.USER_HASH: user_hash,
-        }
+        attributes = KnownClean(
+            {  # values built here: the SDK need not check them again (span_events)
+                semconv.EVENT_VERSION: 1,
+                _KEY_ATTR: experiment_key,
+                _VERSION_ATTR: spec.version,
+                _VARIANT_ATTR: chosen,
+                semconv.USER_HASH: user_hash,
+            }
+        )
         self.carrier.record(_EXPOSURE_NAME, attributes, current_session(), lifecycle=False)
         exposed = self._exposed
         if len(exposed) >= self._remembered:

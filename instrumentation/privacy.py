@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -34,6 +33,7 @@ from opentelemetry.trace import Link, Status
 from . import semconv
 from .custom_schemas import RegistrySource, allow_custom, default_registry
 from .emails import scrub_emails
+from .hmac_sha256 import HmacSha256
 from .settings import ConfigurationError, PseudonymKeySettings
 
 _log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ must not recurse without bound (a self-containing list, or a hostile OTLP body).
 
 
 class Pseudonymizer:
-    """Keyed, rotatable pseudonyms for user identifiers."""
+    """Keyed, rotatable pseudonyms for user identifiers. A key rotation is a new pseudonymizer: the active
+    key is fixed for the life of one, so its cache of recent pseudonyms (in process memory) is that key's."""
 
     previous_key_id: str | None = None
     """A key rotation's transition only: the retired key of ``user.previous_hash`` (:meth:`link`)."""
@@ -60,11 +61,18 @@ class Pseudonymizer:
         if active_key_id not in keys:
             raise ConfigurationError(f"active key id {active_key_id!r} is not configured")
         self._keys = dict(keys)
-        self.active_key_id = active_key_id
+        self._hmacs = {kid: HmacSha256(bytes(key)) for kid, key in self._keys.items()}
+        self._active_key_id = active_key_id
+        self._active = self._hmacs[active_key_id]
+        self._prefix = f"{active_key_id}:"
         self.lrs = lrs
         """The LRS pseudonymizer (its own keys), when one is configured: gives ``user.lrs_hash``."""
-        # Ids repeat constantly (one user, many events): cache the HMAC per process.
+        # Ids repeat constantly (one user, many events): cache the HMAC per process (bounded, LRU).
         self.pseudonymize = lru_cache(maxsize=65536)(self._pseudonymize)
+
+    @property
+    def active_key_id(self) -> str:  # read-only: rotating keys is a new pseudonymizer
+        return self._active_key_id
 
     @classmethod
     def from_settings(cls, settings: PseudonymKeySettings) -> Pseudonymizer:
@@ -93,8 +101,7 @@ class Pseudonymizer:
         kid = self.previous_key_id
         if kid is None or user_id is None:
             return {}
-        digest = hmac.new(self._keys[kid], str(user_id).encode(), hashlib.sha256).hexdigest()
-        return {USER_PREVIOUS_HASH: f"{kid}:{digest[:_DIGEST_HEX_CHARS]}"}
+        return {USER_PREVIOUS_HASH: self._under(kid, str(user_id).encode())}
 
     def identity(self, user_id: str | int) -> dict[str, str]:
         """The identity attributes of ``user_id``: ``user.hash``, and ``user.lrs_hash`` with an LRS key."""
@@ -104,8 +111,10 @@ class Pseudonymizer:
         return out
 
     def _pseudonymize(self, user_id: str | int) -> str:
-        digest = hmac.new(self._keys[self.active_key_id], str(user_id).encode(), hashlib.sha256)
-        return f"{self.active_key_id}:{digest.hexdigest()[:_DIGEST_HEX_CHARS]}"
+        return self._prefix + self._active.hexdigest(str(user_id).encode())[:_DIGEST_HEX_CHARS]
+
+    def _under(self, key_id: str, raw: bytes) -> str:
+        return f"{key_id}:{self._hmacs[key_id].hexdigest(raw)[:_DIGEST_HEX_CHARS]}"
 
     def pseudonyms(self, user_id: str | int) -> list[str]:
         """The pseudonyms of ``user_id`` under every configured key (active key first).
@@ -113,19 +122,16 @@ class Pseudonymizer:
         Rows written before a key rotation carry the old key id; queries look for all of these.
         """
         raw = str(user_id).encode()
-        ordered = [self.active_key_id, *(k for k in self._keys if k != self.active_key_id)]
-        return [
-            f"{kid}:{hmac.new(self._keys[kid], raw, hashlib.sha256).hexdigest()[:_DIGEST_HEX_CHARS]}"
-            for kid in ordered
-        ]
+        active = self._active_key_id
+        return [self._under(kid, raw) for kid in [active, *(k for k in self._keys if k != active)]]
 
     def verify(self, pseudonym: str, user_id: str | int) -> bool:
         """True if ``pseudonym`` belongs to ``user_id`` under any configured key."""
         key_id, _, digest = pseudonym.partition(":")
-        key = self._keys.get(key_id)
-        if key is None:
+        keyed = self._hmacs.get(key_id)
+        if keyed is None:
             return False
-        expected = hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()[:_DIGEST_HEX_CHARS]
+        expected = keyed.hexdigest(str(user_id).encode())[:_DIGEST_HEX_CHARS]
         return hmac.compare_digest(expected, digest)
 
 

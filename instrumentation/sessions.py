@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span
 
 from . import events, semconv
 from .carriers import SESSION_SPAN_EVENT_CAP
-from .clock import stamp
+from .clock import SYSTEM_CLOCK
+from .span_events import KnownClean
 
 if TYPE_CHECKING:
     from .tracker import StudyInTracker
@@ -34,15 +36,30 @@ _END_ATTRIBUTES = tuple(
     semconv.FIELD_ATTRIBUTES[name]
     for name in ("duration_s", "xp_earned", "materials_touched", "end_reason")  # SessionEnd's order
 )
+_START_VERSION, _END_VERSION = events.SessionStart.version, events.SessionEnd.version
+_USER, _LRS_USER = semconv.USER_HASH, semconv.USER_LRS_HASH
+_REASON = events.SessionEndReason
+_COMPLETED, _ABANDONED, _TIMEOUT = _REASON.COMPLETED, _REASON.ABANDONED, _REASON.TIMEOUT
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_XP_EARNED = 10_000_000
 """``SessionEnd.xp_earned``'s bound (``events.Count``): above it, the event is validated (and refused)."""
 
 
+_V4_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)  # what UUID(int=..., version=4) clears
+_V4_BITS = (0x8000 << 48) | (4 << 76)  # and sets: the RFC 4122 variant, version 4
+_new_object = object.__new__
+_set_slot = object.__setattr__
+
+
 def new_session_id() -> uuid.UUID:
     """A random (version 4) UUID drawn as the SDK draws trace ids (``random``, reseeded after a fork):
-    ``uuid4()`` makes a system call per session; a session id must be unique, not secret."""
-    return uuid.UUID(int=random.getrandbits(128), version=4)
+    ``uuid4()`` makes a system call per session; a session id must be unique, not secret. Built as
+    ``UUID(int=random.getrandbits(128), version=4)`` builds it, without its argument checks (a third of
+    its cost; a test holds the two equal)."""
+    session_id = _new_object(uuid.UUID)
+    _set_slot(session_id, "int", (random.getrandbits(128) & _V4_MASK) | _V4_BITS)
+    _set_slot(session_id, "is_safe", uuid.SafeUUID.unknown)
+    return session_id
 
 
 @dataclass(frozen=True)
@@ -69,12 +86,14 @@ class LearningSession:
         "_last_activity",
         "_lock",
         "_materials",
+        "_monotonic",
         "_plain",
-        "_session_key",
         "_started",
         "_started_ns",
+        "_system",
         "_tracker",
         "_xp",
+        "key",
         "lrs_hash",
         "session_id",
         "span",
@@ -88,24 +107,41 @@ class LearningSession:
         session_id: uuid.UUID,
         user_hash: str,
         lrs_hash: str | None = None,
+        *,
+        session_key: str | None = None,
     ):
         self._tracker = tracker
         self.span = span
         self.session_id = session_id
         self.user_hash = user_hash
         self.lrs_hash = lrs_hash
-        self._clock = tracker.clock
-        self._started_ns = self._clock.time_ns()  # started_at, made into a datetime when asked for
-        self._session_key = str(session_id)
+        self._clock = clock = tracker.clock
+        self._system = system = clock is SYSTEM_CLOCK  # then the time module's own functions (no frame)
+        self._monotonic = time.monotonic if system else clock.monotonic
+        self._started_ns = time.time_ns() if system else clock.time_ns()  # started_at, made when asked for
+        self.key = session_key or str(session_id)
+        """The session id as ``studyin.session.id`` carries it (and the tracker's open sessions are keyed)."""
         # what the lifecycle events' fast paths need: nothing of the caller's left unvalidated
         self._plain = isinstance(session_id, uuid.UUID) and bool(user_hash)
-        self._started = self._last_activity = self._clock.monotonic()
+        self._started = self._last_activity = self._monotonic()
         self._ended = False
         self._xp = 0
         self._materials: dict[str, None] = {}
         self._lock = threading.Lock()
         self._events_on_span = 2  # room kept for session_start and session_end
         self._cv_token: Token[LearningSession | None] | None = None
+
+    @classmethod
+    def start(
+        cls, tracker: StudyInTracker, session_id: uuid.UUID, user_hash: str | None, lrs_hash: str | None
+    ) -> LearningSession:
+        """A session on a new span (``tracker.start_session``, once the user is pseudonymized)."""
+        key = str(session_id)
+        attributes = (
+            {_SESSION_ID: key} if user_hash is None else {_SESSION_ID: key, semconv.USER_HASH: user_hash}
+        )
+        span = tracker.carrier.start_session_span(attributes)
+        return cls(tracker, span, session_id, user_hash or "", lrs_hash, session_key=key)
 
     @property
     def ended(self) -> bool:
@@ -129,11 +165,11 @@ class LearningSession:
         return tuple(self._materials)
 
     def elapsed_s(self) -> float:
-        return self._clock.monotonic() - self._started
+        return self._monotonic() - self._started
 
     def idle_s(self) -> float:
         """Seconds since the last event of this session."""
-        return self._clock.monotonic() - self._last_activity
+        return self._monotonic() - self._last_activity
 
     def _claim_event_slot(self) -> bool:
         with self._lock:
@@ -144,7 +180,7 @@ class LearningSession:
 
     def _tally(self, event: events.DomainEvent) -> None:
         with self._lock:
-            self._last_activity = self._clock.monotonic()
+            self._last_activity = self._monotonic()
             material_id = getattr(event, "material_id", None)
             if material_id is not None and len(self._materials) < 200:
                 self._materials[material_id] = None
@@ -156,46 +192,39 @@ class LearningSession:
         unchecked (the id is a UUID, the user already pseudonymized), so the event is built
         without the model's validation: the hot path of ``tracker.session()``."""
         if material_id is None and self._plain:
-            self._last_activity = self._clock.monotonic()
-            attributes = {semconv.EVENT_VERSION: events.SessionStart.version, _SESSION_ID: self._session_key}
-            self._deliver(_SESSION_START, attributes, lifecycle=False)
+            self._last_activity = self._monotonic()
+            attributes = KnownClean(
+                {semconv.EVENT_VERSION: _START_VERSION, _SESSION_ID: self.key, _USER: self.user_hash}
+            )
+            if self.lrs_hash is not None:
+                attributes[_LRS_USER] = self.lrs_hash
+            self._tracker.carrier.record(_SESSION_START, attributes, self, lifecycle=False)
             return
         self._tracker.emit(
             events.SessionStart, session=self, session_id=self.session_id, material_id=material_id
         )
 
-    def _deliver(self, name: str, attributes: dict[str, Any], *, lifecycle: bool) -> None:
-        """What ``tracker.emit`` does once an event is valid: the user's pseudonyms, then the carrier."""
-        attributes[semconv.USER_HASH] = self.user_hash
-        if self.lrs_hash is not None:
-            attributes[semconv.USER_LRS_HASH] = self.lrs_hash
-        self._tracker.carrier.record(name, attributes, self, lifecycle=lifecycle)
-
-    def _end_is_valid(self, duration_s: float, reason: object) -> bool:
-        """Whether ``session_end`` from this session's tally (validated events) is valid as it is."""
-        return (
-            self._plain
-            and isinstance(reason, events.SessionEndReason)
-            and isinstance(duration_s, float)
-            and duration_s <= events.MAX_SECONDS
-            and self._xp <= MAX_XP_EARNED
-        )
-
     def _record_end(
         self, duration_s: float, reason: events.SessionEndReason, *, build_event: bool
     ) -> events.DomainEvent | None:
-        """``session_end`` as ``SessionEnd(...).attributes()`` gives it, without validating again; the
-        event object is built only for a caller that gets it back (:meth:`end`, not ``with``)."""
-        attributes: dict[str, Any] = {
-            semconv.EVENT_VERSION: events.SessionEnd.version,
-            _SESSION_ID: self._session_key,
-        }
+        """``session_end`` as ``SessionEnd(...).attributes()`` gives it (then the user's pseudonyms, as
+        ``tracker.emit`` adds them), without validating again; the event object is built only for a caller
+        that gets it back (:meth:`end`, not ``with``)."""
         duration, xp, materials, end_reason = _END_ATTRIBUTES
-        attributes[duration] = duration_s
-        attributes[xp] = self._xp
-        attributes[materials] = list(self._materials)
-        attributes[end_reason] = reason.value
-        self._deliver(_SESSION_END, attributes, lifecycle=True)
+        attributes = KnownClean(  # values of the tally (validated events): the SDK need not check them again
+            {
+                semconv.EVENT_VERSION: _END_VERSION,
+                _SESSION_ID: self.key,
+                duration: duration_s,
+                xp: self._xp,
+                materials: tuple(self._materials),  # as the SDK keeps a list
+                end_reason: reason._value_,  # .value is a Python property
+                _USER: self.user_hash,
+            }
+        )
+        if self.lrs_hash is not None:
+            attributes[_LRS_USER] = self.lrs_hash
+        self._tracker.carrier.record(_SESSION_END, attributes, self, lifecycle=True)
         if not build_event:
             return None
         return events.SessionEnd.model_construct(
@@ -233,14 +262,22 @@ class LearningSession:
                 return None
             self._ended = True
         reason = (
-            events.SessionEndReason(end_reason)
-            if isinstance(end_reason, str) and not isinstance(end_reason, events.SessionEndReason)
-            else end_reason
+            end_reason
+            if type(end_reason) is _REASON or not isinstance(end_reason, str)
+            else _REASON(end_reason)
         )
-        until = self._last_activity if reason is events.SessionEndReason.TIMEOUT else self._clock.monotonic()
+        until = self._last_activity if reason is _TIMEOUT else self._monotonic()
         duration_s = max(until - self._started, 0.0)
         try:
-            if xp_earned is None and materials_touched is None and self._end_is_valid(duration_s, reason):
+            if (  # session_end from this session's tally (validated events) is valid as it is
+                xp_earned is None
+                and materials_touched is None
+                and self._plain
+                and type(reason) is _REASON
+                and isinstance(duration_s, float)
+                and duration_s <= events.MAX_SECONDS
+                and self._xp <= MAX_XP_EARNED
+            ):
                 return self._record_end(duration_s, reason, build_event=build_event)
             return self._tracker.emit(
                 events.SessionEnd,
@@ -252,7 +289,7 @@ class LearningSession:
                 end_reason=reason,
             )
         finally:
-            self.span.end(end_time=stamp(self._clock))
+            self.span.end(end_time=None if self._system else self._clock.time_ns())  # clock.stamp's
             self._tracker._closed(self)
 
     def abandon(self) -> events.DomainEvent | None:
@@ -274,7 +311,7 @@ class LearningSession:
     ) -> None:
         try:
             if not self._ended:  # the with statement drops the event: none is built
-                reason = events.SessionEndReason.ABANDONED if exc_type else events.SessionEndReason.COMPLETED
+                reason = _ABANDONED if exc_type else _COMPLETED
                 self._end(None, None, reason, build_event=False)
         finally:
             if self._cv_token is not None:

@@ -1,10 +1,10 @@
 """The tracker API: how app code reports StudyIn domain events.
 
-Events are validated by their pydantic model (:mod:`.events`), then handed to a carrier. The
-carrier of today, :class:`SpanEventCarrier`, records them as OpenTelemetry span events: on the
-learning-session span when there is one, else on the current recording span (typically the
-HTTP server span), else on a short ``studyin.event`` span of their own. The event model knows
-nothing of spans, so a log-record carrier can replace this one (span events are deprecated).
+Events are validated by their pydantic model (:mod:`.events`), then handed to a carrier
+(:mod:`.carriers`). Without ``carrier=``, :func:`.carriers.default_carrier` chooses: the
+:class:`LogRecordCarrier` (span events on a short HTTP request span, log records wherever an
+event would wait) when a global SDK LoggerProvider exports log records, else the
+:class:`SpanEventCarrier` (span events only), with a warning. The event model knows neither.
 
 The user id is pseudonymized here, before anything is recorded. Nothing in this module does
 I/O: exporting happens later, off the hot path, in the span processor's worker. Every method is a
@@ -37,7 +37,7 @@ from opentelemetry.trace import TracerProvider
 from pydantic import ValidationError
 
 from . import events, semconv
-from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier
+from .carriers import SESSION_SPAN_EVENT_CAP, EventCarrier, SpanEventCarrier, default_carrier
 from .clock import SYSTEM_CLOCK, Clock, datetime_of, stamp
 from .custom_tracking import CustomEventsMixin
 from .experiments import ExperimentExposures
@@ -101,13 +101,13 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         clock: Clock | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(semconv.SCOPE_NAME, __version__, tracer_provider=tracer_provider)
-        self.carrier: EventCarrier = carrier or SpanEventCarrier(self._tracer, clock)
+        self.carrier: EventCarrier = carrier or default_carrier(self._tracer, clock)
         self.clock: Clock = clock or SYSTEM_CLOCK  # event and session times (a simulation's, or the system's)
         self._pseudonymizer = pseudonymizer
         self.lenient = lenient
         self.dropped_by_type: Counter[str] = Counter()
         self._drop_lock = threading.Lock()
-        self._open: dict[uuid.UUID, LearningSession] = {}
+        self._open: dict[str, LearningSession] = {}  # by session.key (a UUID's hash is Python code)
         self._open_lock = threading.Lock()
 
     @property
@@ -121,6 +121,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         return self._pseudonymizer
 
     def user_hash(self, user_id: UserId | None) -> str | None:
+        if type(user_id) is str and user_id:  # the common case first: one type test, the cached pseudonym
+            return (self._pseudonymizer or self.pseudonymizer).pseudonymize(user_id)
         if user_id is None:
             return None
         if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
@@ -129,7 +131,8 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
 
     def lrs_hash(self, user_id: UserId | None) -> str | None:
         """``user.lrs_hash`` of a user id :meth:`user_hash` accepted (``None`` without an LRS key)."""
-        return None if user_id is None else self.pseudonymizer.lrs_pseudonymize(str(user_id))
+        lrs = None if user_id is None else (self._pseudonymizer or self.pseudonymizer).lrs
+        return None if lrs is None else lrs.pseudonymize(str(user_id))
 
     # --- the one validation + recording path ------------------------------------------------
 
@@ -211,7 +214,6 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
         In lenient mode an invalid start still returns a session (so app code need not branch);
         its ``session_start`` is dropped and counted.
         """
-        session_id = session_id or new_session_id()
         rejected: EventRejected | None = None
         user_hash: str | None = None
         lrs_hash: str | None = None
@@ -222,13 +224,9 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
             rejected = EventRejected(events.SessionStart.event_type, f"user_id: {exc}")
         if rejected is not None:
             self._reject(rejected)
-        attributes: dict[str, Any] = {semconv.FIELD_ATTRIBUTES["session_id"]: str(session_id)}
-        if user_hash is not None:
-            attributes[semconv.USER_HASH] = user_hash
-        span = self.carrier.start_session_span(attributes)
-        session = LearningSession(self, span, session_id, user_hash or "", lrs_hash)
+        session = LearningSession.start(self, session_id or new_session_id(), user_hash, lrs_hash)
         with self._open_lock:
-            self._open[session_id] = session
+            self._open[session.key] = session
         if user_hash is not None:
             session.record_start(material_id)
         return session
@@ -237,12 +235,12 @@ class StudyInTracker(CustomEventsMixin, ExperimentExposures):  # .custom() and .
 
     def _closed(self, session: LearningSession) -> None:
         with self._open_lock:
-            self._open.pop(session.session_id, None)
+            self._open.pop(session.key, None)
 
     def open_session(self, session_id: uuid.UUID | str) -> LearningSession | None:
         """The running in-process session with this id (started by this tracker), if any."""
         try:
-            key = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+            key = str(session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id)))
         except ValueError:
             return None
         with self._open_lock:

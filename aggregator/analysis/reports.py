@@ -7,14 +7,16 @@ set, never a number (docs/analytics.md).
 from __future__ import annotations
 
 import math
+from datetime import date, datetime
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .definitions import FunnelDefinition, RetentionDefinition
 from .funnels import LearnerFunnel, learner_funnel
-from .periods import US, period_start, periods
+from .periods import US, period_number, period_start, periods
 from .retention import retention_counts
 from .store import I64, EventStore
 from .suppression import funnel_shown, retention_shown
@@ -57,9 +59,12 @@ class FunnelResult(_Out):
 class RetentionCell(_Out):
     period: int
     learners: int | None
+    """``None`` when suppressed, or when the period has not begun (``complete`` is then false)."""
     rate: float | None
     metric_per_learner: float | None
     suppressed: bool
+    complete: bool
+    """The period has ended: a cell of the current period counts what has happened so far."""
 
 
 class RetentionCohort(_Out):
@@ -182,16 +187,22 @@ def funnel_report(
     return FunnelResult(order=definition.order, min_group_size=k, groups=groups)
 
 
-def retention_report(store: EventStore, definition: RetentionDefinition, k: int) -> RetentionResult:
+def retention_report(
+    store: EventStore, definition: RetentionDefinition, k: int, today: date | None = None
+) -> RetentionResult:
+    """``today``: the local day in the definition's time zone (default: now), which says which periods
+    have ended and which have not begun (their cells are ``null``, not 0 %: no learner can have come back)."""
     counts = retention_counts(store, definition)
     shown = retention_shown(counts.sizes, counts.retained, k)
+    current = period_number(today or datetime.now(ZoneInfo(definition.timezone)).date(), definition.period)
     cohorts = []
     for c, number in enumerate(counts.cohort_periods):
         size = int(counts.sizes[c])
         cells = []
         for n in range(counts.retained.shape[1]):
             value = int(counts.retained[c, n])
-            ok = bool(shown[c, n])
+            begun = number + n <= current
+            ok = bool(shown[c, n]) and begun
             metric = None
             if ok and n > 0 and value > 0 and definition.metric is not None:
                 metric = float(counts.metric_sum[c, n] / value)
@@ -201,7 +212,8 @@ def retention_report(store: EventStore, definition: RetentionDefinition, k: int)
                     learners=value if ok else None,
                     rate=value / size if ok and size > 0 else None,
                     metric_per_learner=metric,
-                    suppressed=not ok,
+                    suppressed=begun and not ok,
+                    complete=number + n < current,
                 )
             )
         cohorts.append(

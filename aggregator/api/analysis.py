@@ -2,7 +2,8 @@
 
 The store (``aggregator/analysis/loader.py``) lives in this process: created empty with the
 app, loaded by a background task at start-up (:mod:`.saved_funnels`), refreshed on the
-commit-ordered watermark at most every ``analysis_refresh_s`` before a query. Every answer is
+commit-ordered watermark by that task at half ``analysis_refresh_s``, and by a query that finds it
+older than ``analysis_refresh_s``. Every answer is
 suppressed for small groups (``min_cohort_size``), and every read is audited with cohort scope,
 before the data leaves. Semantics and limits: docs/analytics.md; the routes: docs/api.md.
 """

@@ -31,7 +31,7 @@ from ...exporter.runtime.http_metrics import HTTPServerMetrics
 from ...exporter.runtime.selftelemetry import METRICS_PATH
 from ...instrumentation import semconv
 from ...instrumentation.privacy import Pseudonymizer
-from ...instrumentation.tracker import StudyInTracker
+from ...instrumentation.tracker import SpanEventCarrier, StudyInTracker
 from ..storage.db import create_pool
 from . import (
     analysis,
@@ -93,7 +93,9 @@ def _lifespan(settings: Settings, pseudonymizer: Pseudonymizer, telemetry: ApiTe
         provider.add_span_processor(processor)
         app.state.tracer_provider = provider
         app.state.tracer = provider.get_tracer(semconv.SCOPE_NAME)
-        app.state.tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer)
+        app.state.tracker = StudyInTracker(  # events arrive in requests: span events, never a log record
+            tracer_provider=provider, pseudonymizer=pseudonymizer, carrier=SpanEventCarrier.create(provider)
+        )
         app.state.custom_schemas = follow_custom_schemas(settings)  # custom events: the registry
         background = saved_funnels.start_background(app)  # loads the funnels' store, warms saved ones
         try:

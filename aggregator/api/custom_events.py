@@ -87,9 +87,7 @@ async def register_schema(request: Request, caller: Caller, db: Db, body: Regist
             )
         except SchemaRefused as exc:
             errors = [
-                FieldError(
-                    loc=["body", "schema", *[p for p in pointer.split("/")[1:]]], msg=reason, type="refused"
-                )
+                FieldError(loc=["body", exc.field, *pointer.split("/")[1:]], msg=reason, type="refused")
                 for pointer, reason in exc.reasons
             ]
             raise ApiProblem(422, "schema_refused", str(exc), extra={"errors": errors}) from None

@@ -21,7 +21,7 @@ from . import audit
 from .auth import ApiProblem
 from .deps import PREFIX, AppSettings, Caller, Db, require_staff_audited
 from .models import Problem
-from .problems import ERROR_RESPONSES, READ_RESPONSES
+from .problems import ERROR_RESPONSES, READ_RESPONSES, UNDECODABLE_BODY
 
 EXPERIMENTS_PATH = f"{PREFIX}/experiments"
 EXPERIMENT_PATH = f"{PREFIX}/experiments/{{key}}"
@@ -32,7 +32,7 @@ DAYS_PATH = f"{PREFIX}/experiments/{{key}}/analysis/days"
 Key = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The experiment's key")]
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
-    400: {"model": Problem, "description": "The body is not JSON"},
+    400: {"model": Problem, "description": UNDECODABLE_BODY},
     404: {"description": "No such experiment (or none running, for stop)"},
     409: {"description": "The change would alter a running version: start a new version"},
 }

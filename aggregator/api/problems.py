@@ -28,9 +28,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": Problem, "description": "Valid token without the right (code says why)"},
     422: {"model": Problem, "description": "Invalid parameters; errors[].loc is the field path"},
 }
+UNDECODABLE_BODY = "Body cannot be decoded (e.g. not UTF-8); JSON that does not parse is 422 json_invalid"
 BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
-    400: {"model": Problem, "description": "Body is not JSON"},
+    400: {"model": Problem, "description": UNDECODABLE_BODY},
 }
 READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,

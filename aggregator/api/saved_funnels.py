@@ -5,8 +5,9 @@
 one (the latest, or ``?version=``). Answers come from ``analysis/saved.py``'s cache, keyed by
 the version and the store's generation and recomputed by this module's background task right
 after the store changes, so a read does not run the engine (docs/analytics.md, "Saved funnels").
-The background task also loads the store at start-up and refreshes it every
-``analysis_refresh_s``.
+The background task also loads the store at start-up and refreshes it every half
+``analysis_refresh_s``, ahead of the queries' own limit (a refresh reads outside the store's lock,
+so queries go on meanwhile).
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ def _cache(app: FastAPI) -> saved.AnswerCache:
 
 
 async def warm(app: FastAPI) -> int:
-    """Refresh the store if stale; compute the latest saved versions not cached at its generation."""
+    """Refresh the store once half its staleness limit has passed (so a query seldom finds it stale
+    and reads PostgreSQL itself); compute the latest saved versions not cached at its generation."""
     store: AnalysisStore = app.state.analysis
     k, limit = app.state.settings.min_cohort_size, app.state.settings.analysis_breakdown_limit
     cache = _cache(app)
     async with app.state.pool.acquire() as conn:
-        await store.refresh(conn)
+        await store.refresh(conn, max_age_s=store.max_staleness_s / 2)
         funnels = await saved.latest(conn)
         generation = store.generation
         missing = [f for f in funnels if (f.name, f.version, generation, k, limit) not in cache.answers]
@@ -102,7 +104,7 @@ def _cancelling() -> bool:
 
 async def _background(app: FastAPI) -> None:
     store: AnalysisStore = app.state.analysis
-    interval = max(app.state.settings.analysis_refresh_s, MIN_WARM_INTERVAL_S)
+    interval = max(app.state.settings.analysis_refresh_s / 2, MIN_WARM_INTERVAL_S)
     loaded = False
     while not _cancelling():  # a cancel swallowed by a client still ends the loop
         try:

@@ -46,8 +46,8 @@ class ApiSettings(
         default=5.0,
         ge=0,
         le=3600,
-        description="Funnels and retention: the API's event-sequence store reads new events at most this "
-        "often (a query may see events stored up to this long ago)",
+        description="Funnels and retention: the API's event-sequence store reads new events when it is half "
+        "this old (a query may see events stored up to this long ago)",
     )
     api_max_body_bytes: int = Field(
         default=512 * 1024,

@@ -42,7 +42,11 @@ async def _with_conn(settings: Settings, work: Any, service: Any = "admin") -> A
 def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        example = "2026-12-03T10:00:00+00:00"
+        raise ValueError(f"--since: not an ISO 8601 time: {text!r} (e.g. {example})") from None
     if moment.tzinfo is None:
         raise ValueError("--since needs a time zone (e.g. 2026-12-03T10:00:00+00:00)")
     return moment
@@ -140,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``schemas`` and ``failed-events`` commands."""
     p = subparsers.add_parser(
         "schemas",
-        help="register, list, show and deprecate custom event schemas",
+        help="register, list, show, deprecate and publish custom event schemas",
         description=(
             "The custom event registry (docs/custom-events.md): JSON Schemas (draft 2020-12, a flat subset) "
             "under vendor-qualified names and SchemaVer versions, stored in PostgreSQL with their history "
@@ -155,11 +159,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     r.add_argument("--by", default="cli", help="who registers (recorded in the history; default cli)")
     actions.add_parser("list", help="every registered version (JSON)")
     s = actions.add_parser("show", help="one type's history with its schemas (JSON)")
-    s.add_argument("name")
-    s.add_argument("--version")
+    s.add_argument("name", help="vendor-qualified name, e.g. org.example/case_completed")
+    s.add_argument("--version", help="only this version (default: every version)")
     d = actions.add_parser("deprecate", help="mark a type (or one version) deprecated; events still validate")
-    d.add_argument("name")
-    d.add_argument("--version")
+    d.add_argument("name", help="vendor-qualified name, e.g. org.example/case_completed")
+    d.add_argument("--version", help="only this version (default: every version of the type)")
     actions.add_parser("publish", help="publish the registry to applications again")
     p.set_defaults(func=cmd_schemas)
 

@@ -31,7 +31,11 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     definition: ExperimentDefinition | None = None
     if args.action == "create":
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()  # noqa: SIM115, ASYNC230
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()  # noqa: SIM115, ASYNC230
+        except (OSError, UnicodeDecodeError) as exc:  # not "cannot reach PostgreSQL": nothing was tried yet
+            print(f"error: cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             definition = ExperimentDefinition.model_validate_json(text)
         except ValidationError as exc:
@@ -57,7 +61,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 changed = await store.stop(conn, args.key)
         except (store.ExperimentConflict, store.ExperimentNotFound) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            hint = ""
+            if isinstance(exc, store.ExperimentConflict) and definition is not None:
+                hint = " (--new-version stops it and starts the next version: a new randomisation)"
+            print(f"error: {exc}{hint}", file=sys.stderr)
             return EXIT_FAILURE
         await store.publish(conn, settings)
         _print(changed.as_json())
@@ -74,8 +81,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "experiments",
         help="define, list, show and stop A/B experiments (docs/experiments.md)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Experiment definitions (docs/experiments.md). create reads one definition (JSON) from a file or "
+            "'-' (stdin); while a version of the key runs, --new-version is needed to change it (the running "
+            "version is stopped). Every change publishes the running experiments to the apps (the "
+            "'experiments' snapshot on the bus's Redis). Invalid definitions are refused naming each field "
+            "(exit 2); output is JSON."
+        ),
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser(
@@ -88,7 +100,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--by", default="cli", help="who defines it, for the history (default 'cli')")
     actions.add_parser("list", help="the latest version of every experiment")
     show = actions.add_parser("show", help="every version of one experiment (its history)")
-    show.add_argument("key")
+    show.add_argument("key", help="the experiment's key, e.g. coach-prompt")
     stop = actions.add_parser("stop", help="stop the running version (apps stop assigning it)")
-    stop.add_argument("key")
+    stop.add_argument("key", help="the experiment's key, e.g. coach-prompt")
     p.set_defaults(func=cmd_experiments)

@@ -54,6 +54,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+GROUP_STATUS = ("group", "streams", "lag", "pending", "dead_letter_length", "redis", "postgres", "healthy")
+"""What ``aggregator --status`` prints: the consumer group's health and lag (docs/aggregator.md)."""
+
+
 def cmd_aggregator(args: argparse.Namespace) -> int:
     import json
 
@@ -70,6 +74,9 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     async def status() -> int:
         async with Aggregator(settings) as aggregator:
             info = await aggregator.status()
+        # The group's figures only: this probe's own counters (totals, uptime, last batch) are zeros that
+        # an operator would take for a running member's; those are on each member's /status.
+        info = {key: info[key] for key in GROUP_STATUS if key in info}  # lag etc. absent without Redis
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK if info["healthy"] else EXIT_FAILURE
 
@@ -141,6 +148,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..devtools.demo import run_demo
 
+    if args.screenshots is not None:
+        from ..devtools.screenshots import missing_browser
+
+        reason = missing_browser()
+        if reason is not None:  # before minutes of history, not after
+            _console.print(f"[red]error:[/] {escape(reason)}", highlight=False)
+            return EXIT_USAGE
+
     demo = run_demo(
         _settings(),
         students=args.students,
@@ -171,6 +186,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _whole_number(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]`` (``why`` says where a bound comes from)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}{why}, not {value}")
+        return value
+
+    return parse
+
+
 def _add_aggregator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "aggregator",
@@ -194,7 +224,8 @@ def _add_aggregator_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument(
         "--status",
         action="store_true",
-        help="print health and lag of the group as JSON and exit (1 if Redis or PostgreSQL is unreachable)",
+        help="print health and lag of the group as JSON and exit (1 if Redis or PostgreSQL is unreachable); "
+        "a running member's own counters are on its health port's /status",
     )
     p.add_argument(
         "--wait-for-services",
@@ -215,24 +246,41 @@ def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description=(
             "Start embedded Redis and PostgreSQL unless URLs are configured, migrate, play weeks of "
             "simulated study through an instrumented backend with a simulated clock, aggregate, and "
-            "print learners, cohort and API routes as the query API and the rollups give them. "
-            "Exits 1 if any printed number differs from the simulation's own count."
+            "print learners, the cohort, API routes, the pathways' funnels and the experiment as the "
+            "query API and the rollups give them. Exits 1 if any printed number differs from the "
+            "simulation's own count (then nothing is served). --serve then keeps the API, the dashboard "
+            "and live simulated study running and prints sign-in links; Ctrl-C stops everything it started."
         ),
     )
-    p.add_argument("--students", type=int, default=150, help="number of simulated learners (default 150)")
-    p.add_argument("--days", type=int, default=60, help="days of history, ending now (default 60)")
+    p.add_argument(
+        "--students",
+        type=_whole_number(1, 10_000),
+        default=150,
+        help="number of simulated learners, 1 to 10000 (default 150)",
+    )
+    p.add_argument(
+        "--days",
+        type=_whole_number(3, 90, " (raw events are kept 90 days)"),
+        default=60,
+        help="days of history, ending now, 3 to 90 (default 60)",
+    )
     p.add_argument(
         "--serve",
         action="store_true",
         help="then keep the API, the dashboard and live simulated traffic running until Ctrl-C",
     )
-    p.add_argument("--host", default="127.0.0.1", help="--serve: bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="--serve: port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="--serve, --screenshots: bind address (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="--serve, --screenshots: port (default 8000; 0: any free port)"
+    )
     p.add_argument(
         "--screenshots",
         type=Path,
         metavar="DIR",
-        help="then take the README's dashboard screenshots into DIR",
+        help="then take the README's dashboard screenshots into DIR with headless Chromium (the "
+        "system's chromium, or STUDYIN_DEMO_CHROMIUM; make system-deps installs it)",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -342,6 +390,8 @@ def _explain(
         url = redact_url(settings.redis_url) if settings else "<unknown>"
         return f"Redis at {url} refused a command to the URL's ACL user: {denied}"
     cause = _root_cause(exc)
+    if isinstance(cause, OSError) and cause.filename is not None:  # a file, not a server
+        return f"cannot use {cause.filename}: {cause.strerror or cause}"
     if isinstance(cause, redis.ConnectionError | redis.TimeoutError):
         url = redact_url(settings.redis_url) if settings else "<unknown>"
         return f"cannot reach Redis at {url}: {cause.__class__.__name__}"

@@ -119,7 +119,9 @@ def select_tables(names: Sequence[str] | None) -> list[Rebuild]:
             raise RebuildRefused(f"no rebuildable table {name!r}; rebuildable: {', '.join(REBUILDS)}")
         if REBUILDS[name] not in chosen:
             chosen.append(REBUILDS[name])
-    return [r for r in REBUILDS.values() if r in chosen]  # in the registry's order
+    tables = {r.table for r in chosen}
+    # In the registry's order, with the tables computed from a chosen one (kept in step with it).
+    return [r for r in REBUILDS.values() if r.table in tables or r.derived_from in tables]
 
 
 async def connect_rebuilder(settings: PostgresSettings) -> asyncpg.Connection:

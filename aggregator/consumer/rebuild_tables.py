@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from .counting import HOUR_EVENTS, HOUR_SESSIONS, HOUR_STUDY_SECONDS
-from .rollup_sql import AI, DAILY, HOURLY, STUDY_EPSILON_S, SUMMARY, SYSTEM, SYSTEM_HOURLY
+from .rollup_sql import AI, DAILY, DAILY_LEARNERS, HOURLY, STUDY_EPSILON_S, SUMMARY, SYSTEM, SYSTEM_HOURLY
 from .rollups import DAY_US, HOUR_US, Rollup
 from .sessions import Session, StudyDeltas
 
@@ -108,6 +108,8 @@ class Rebuild:
     columns: tuple[str, ...] = ()
     rows: Callable[[Recount], Sequence[Row]] | None = None
     insert_sql: str | None = None
+    derived_from: str | None = None
+    """A table this one is computed from (registered before it): rebuilding that one rebuilds this one too."""
 
     def __post_init__(self) -> None:
         if (self.rows is None) == (self.insert_sql is None):
@@ -138,6 +140,22 @@ def register(rebuild: Rebuild) -> Rebuild:
 
 
 register(Rebuild(DAILY.table, "day", "date", DAILY.columns, Recount.daily_rows))
+# Learners per day (0023) are the day's active per-learner rows, counted from those just rebuilt.
+register(
+    Rebuild(
+        DAILY_LEARNERS,
+        "day",
+        "date",
+        insert_sql=f"""
+        INSERT INTO {DAILY_LEARNERS} (day, learners)
+        SELECT day, count(*) FROM {DAILY.table}
+        WHERE day >= ($1::timestamptz AT TIME ZONE 'UTC')::date
+          AND day < ($2::timestamptz AT TIME ZONE 'UTC')::date
+          AND (events > 0 OR sessions > 0 OR study_seconds >= {STUDY_EPSILON_S})
+        GROUP BY day""",
+        derived_from=DAILY.table,
+    )
+)
 register(Rebuild(HOURLY.table, "hour", "timestamptz", HOURLY.columns, Recount.hourly_rows))
 register(Rebuild(AI.table, "day", "date", AI.columns, Recount.ai_rows))
 register(Rebuild(SYSTEM.table, "minute", "timestamptz", SYSTEM.columns, Recount.system_rows))
@@ -157,6 +175,7 @@ register(
                count_map_sum(errors_by_type), sum(latency_sum_ms), min(latency_min_ms), max(latency_max_ms),
                count_map_sum(latency_hist)
         FROM {SYSTEM.table} WHERE minute >= $1 AND minute < $2 GROUP BY 1, 2, 3""",
+        derived_from=SYSTEM.table,
     )
 )
 # Custom events (0012): one row per day and registered type, counted from their raw rows.

@@ -199,17 +199,37 @@ WHERE s.user_hash = t.user_hash AND s.session_id = t.session_id
 """
 """The merged sessions (locked by :data:`UPSERT_SESSIONS` in this transaction) written back."""
 
-UPSERT_DAILY = (
-    _insert(DAILY, "d")
-    + """
-    sessions = d.sessions + EXCLUDED.sessions,
-    study_seconds = d.study_seconds + EXCLUDED.study_seconds,
-    materials_viewed = d.materials_viewed + EXCLUDED.materials_viewed,
-    materials_completed = d.materials_completed + EXCLUDED.materials_completed,
-    xp = d.xp + EXCLUDED.xp,
-    events = d.events + EXCLUDED.events
-"""
+DAILY_LEARNERS = "daily_learners"
+"""Learners per UTC day (revision 0023): those with an event, a session start or study time in it."""
+
+UPSERT_DAILY = f"""
+WITH daily AS (
+    {_insert(DAILY, "d")}
+        sessions = d.sessions + EXCLUDED.sessions,
+        study_seconds = d.study_seconds + EXCLUDED.study_seconds,
+        materials_viewed = d.materials_viewed + EXCLUDED.materials_viewed,
+        materials_completed = d.materials_completed + EXCLUDED.materials_completed,
+        xp = d.xp + EXCLUDED.xp,
+        events = d.events + EXCLUDED.events
+    RETURNING user_hash, day, (xmax = 0) AS created, events, sessions, study_seconds
+), active AS (
+    -- As the hourly summary's active_users (UPSERT_HOURLY_AND_SUMMARY), per day: learners active
+    -- now less those that were before this batch's deltas.
+    SELECT d.day, sum(
+        (d.events > 0 OR d.sessions > 0 OR d.study_seconds >= {STUDY_EPSILON_S})::int
+        - (NOT d.created AND (d.events > t.events OR d.sessions > t.sessions
+                              OR d.study_seconds - t.study_seconds >= {STUDY_EPSILON_S}))::int
+    )::int AS learners
+    FROM daily AS d JOIN {DAILY.temp} AS t USING (user_hash, day)
+    GROUP BY d.day
 )
+INSERT INTO {DAILY_LEARNERS} AS l (day, learners)
+SELECT day, learners FROM active WHERE learners <> 0
+ORDER BY day
+ON CONFLICT (day) DO UPDATE SET learners = l.learners + EXCLUDED.learners
+"""
+"""The per-learner daily rows merged, and the day's learner count moved by the learners that became
+(or stopped being) active: only a learner's first event of a day touches the shared day row."""
 
 _STREAK_IS_NEWER = """EXCLUDED.streak_as_of IS NOT NULL AND (g.streak_as_of IS NULL
              OR (EXCLUDED.streak_as_of, EXCLUDED.streak_event_id) > (g.streak_as_of, g.streak_event_id))"""

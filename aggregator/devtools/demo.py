@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ...exporter import RedisStreamSpanExporter
-from ...instrumentation import StudyInTracker
+from ...instrumentation import SpanEventCarrier, StudyInTracker
 from ...instrumentation.clock import ManualClock
 from ...instrumentation.experiments import ExperimentSpec
 from ...instrumentation.privacy import Pseudonymizer
@@ -207,7 +207,10 @@ async def backfill(
     provider.add_span_processor(
         BatchSpanProcessor(exporter, max_queue_size=QUEUE_SIZE, schedule_delay_millis=100)
     )
-    tracker = StudyInTracker(tracer_provider=provider, pseudonymizer=pseudonymizer, clock=clock)
+    carrier = SpanEventCarrier.create(provider, clock)  # every event is in a request: span events
+    tracker = StudyInTracker(
+        tracer_provider=provider, pseudonymizer=pseudonymizer, clock=clock, carrier=carrier
+    )
     # The running experiment as the app would follow it; the assignment key is the seed's, so the
     # same seed gives the same split (demo only: a real key is a secret).
     tracker.use_experiments(lambda: {spec.key: spec}, assignment_key=f"studyin-demo-assignment-{seed}")
@@ -355,6 +358,8 @@ async def run_demo(
             f"aggregated in {report.seconds:.1f}s; every number above "
             f"{'matches' if ok else '[red]DOES NOT match[/]'} the simulation's own count."
         )
+        if not ok and (serve or screenshots is not None):
+            console.print("[red]not serving and no screenshots[/]: the numbers above differ from the truth")
         if ok and (serve or screenshots is not None):
             from .explore import explore
 

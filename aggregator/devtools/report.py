@@ -236,6 +236,11 @@ def _funnel_table(
         all_ok &= ok
         share = "–" if n is None or not want[0] else f"{100 * n / want[0]:.0f} %"
         table.add_row(label, "hidden" if n is None else f"{n:,}", f"{want[index]:,}", share, _mark(ok))
+    if any(n is None for n in got):
+        table.caption = (
+            f"hidden: fewer than k = {k} learners, or fewer than k dropping off since the step before "
+            "(the count would reveal them): docs/analytics.md#small-groups"
+        )
     console.print(table)
     return all_ok
 

@@ -36,6 +36,21 @@ def chromium() -> str:
     return os.environ.get("STUDYIN_DEMO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def missing_browser() -> str | None:
+    """Why the pictures cannot be taken (no Chromium, no Playwright), said before the history plays."""
+    path = chromium()
+    if not os.access(path, os.X_OK):
+        return (
+            f"--screenshots needs Chromium, and {path} is not an executable: install it (`make system-deps` "
+            "as root, or `apt-get install chromium`) or set STUDYIN_DEMO_CHROMIUM to its path"
+        )
+    try:
+        import playwright.async_api  # noqa: F401  (a development dependency)
+    except ImportError:
+        return "--screenshots needs Playwright's Python package: pip install -e '.[dev]' (make install)"
+    return None
+
+
 async def take_screenshots(base: str, tokens: dict[str, str], directory: Path) -> list[Path]:
     """One full-page picture per view (``tokens``: view -> bearer token) into ``directory``, and the
     staff page's analysis views."""

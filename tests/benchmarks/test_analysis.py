@@ -33,7 +33,8 @@ async def test_quick_analysis_bench_rows(settings: Settings) -> None:
 
 
 async def test_quick_analysis_http_bench_rows(settings: Settings) -> None:
-    """Saved and ad hoc analysis requests over HTTP on the api bench's data: every row has its target."""
+    """Saved and ad hoc analysis requests over HTTP on the api bench's data: every row has its target,
+    the 5-step funnel and retention their SQL baseline."""
     ctx = BenchContext(
         settings=runner.bench_settings(settings),
         quick=True,
@@ -48,7 +49,11 @@ async def test_quick_analysis_http_bench_rows(settings: Settings) -> None:
     saved = by_name["analysis http p95 GET saved-funnels/{name} (warm)"]
     assert saved.target == "<= 25 ms" and saved.value > 0 and saved.baseline is not None
     assert by_name["analysis http p95 POST funnels 20 steps, 30 days"].target == "<= 2x the 5-step p95"
-    assert by_name["analysis http p95 POST retention 12 weekly cohorts"].value > 0
+    for name in ("POST funnels 5 steps, 30 days", "POST retention 12 weekly cohorts"):
+        row = by_name[f"analysis http p95 {name}"]
+        assert row.value > 0 and row.baseline is not None and row.baseline > 0
+        assert row.target == "<= 500 ms and >= 3x faster than SQL"
+        assert row.baseline_name is not None and "SQL" in row.baseline_name
 
 
 def test_the_generated_paths_drop_off_at_every_step() -> None:

@@ -32,6 +32,11 @@ async def test_quick_run_returns_rows_with_exact_totals(settings: Settings) -> N
     assert main.unit == "events/s" and main.target is not None and main.met is not None
     assert by_name["end_to_end requests"].value > 0
     assert not any("bulk sync" in name for name in by_name)  # the full run only
+    row = by_name["end_to_end throughput, log records everywhere"]  # the same traffic, the same baseline
+    assert row.error is None and "all equal" in row.notes, row
+    assert row.value > 0 and row.baseline == main.baseline
+    assert by_name["end_to_end CPU per event, log records everywhere"].value > 0
+    assert "end_to_end throughput, log carrier" not in by_name  # the full run only
 
 
 async def test_bulk_sync_traffic_totals(settings: Settings) -> None:

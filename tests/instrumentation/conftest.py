@@ -13,6 +13,7 @@ from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConvent
 
 from studyin_analytics.instrumentation import (
     StudyInTracker,
+    carriers,
 )
 from studyin_analytics.instrumentation.attribution import resolve_user_id_hook
 from tests.support.log_carrier import Carried
@@ -99,3 +100,11 @@ def default_propagator() -> Iterator[None]:
     previous = propagate.get_global_textmap()
     yield
     propagate.set_global_textmap(previous)
+
+
+@pytest.fixture
+def unwarned() -> Iterator[None]:
+    """As if no tracker of this process had warned yet that it records span events (once per process)."""
+    carriers._span_events_warned.clear()
+    yield
+    carriers._span_events_warned.clear()

@@ -172,7 +172,7 @@ def test_the_distro_sets_only_what_is_unset(monkeypatch: pytest.MonkeyPatch) -> 
     StudyInDistro().configure()
     assert os.environ["OTEL_TRACES_EXPORTER"] == "studyin_redis"
     assert os.environ["OTEL_METRICS_EXPORTER"] == "prometheus"  # the user's choice wins
-    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "studyin_redis"  # like the traces
 
 
 def test_entry_points_name_the_distro_and_the_configurator() -> None:

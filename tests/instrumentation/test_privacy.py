@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,6 +35,30 @@ def test_pseudonyms_carry_key_id_and_verify_across_keys() -> None:
     assert rotated.verify(before, RAW_ID) and rotated.verify(after, RAW_ID)
     assert not rotated.verify(after, "someone-else")
     assert rotated.pseudonyms(RAW_ID) == [after, before]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    user_id=st.one_of(st.text(max_size=80), st.integers()),
+    key=st.binary(min_size=1, max_size=200),
+    other=st.binary(min_size=1, max_size=200),
+)
+def test_pseudonyms_are_the_hmac_of_the_id(user_id: str | int, key: bytes, other: bytes) -> None:
+    """The precomputed HMAC states give exactly HMAC-SHA256's pseudonyms, under every key, for any id."""
+
+    def expected(kid: str, secret: bytes) -> str:
+        return f"{kid}:{hmac.new(secret, str(user_id).encode(), hashlib.sha256).hexdigest()[:32]}"
+
+    pseudonymizer = Pseudonymizer({"k1": key, "k0": other}, "k1")
+    pseudonymizer.previous_key_id = "k0"
+    assert pseudonymizer.pseudonymize(str(user_id)) == expected("k1", key)
+    assert pseudonymizer.pseudonymize(str(user_id)) == expected("k1", key)  # the cached one
+    assert pseudonymizer.pseudonyms(user_id) == [expected("k1", key), expected("k0", other)]
+    assert pseudonymizer.link(user_id) == {semconv.USER_PREVIOUS_HASH: expected("k0", other)}
+    assert pseudonymizer.verify(expected("k0", other), user_id)
+    assert pseudonymizer.verify(expected("k1", key), user_id)
+    with pytest.raises(AttributeError):
+        pseudonymizer.active_key_id = "k0"  # type: ignore[misc]  # a rotation is a new pseudonymizer
 
 
 def test_guard_rules() -> None:

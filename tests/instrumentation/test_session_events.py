@@ -4,6 +4,9 @@ unchecked: they must be exactly what the validated path records and returns."""
 
 from __future__ import annotations
 
+import pickle
+import random
+import uuid
 from typing import Any
 
 import pytest
@@ -76,6 +79,20 @@ def test_xp_bound_is_the_models() -> None:
     SessionEnd(session_id=new_session_id(), duration_s=1.0, xp_earned=MAX_XP_EARNED)
     with pytest.raises(ValidationError):
         SessionEnd(session_id=new_session_id(), duration_s=1.0, xp_earned=MAX_XP_EARNED + 1)
+
+
+def test_session_ids_are_what_uuid_makes_of_the_same_bits() -> None:
+    state = random.getstate()
+    try:
+        random.seed(20261204)
+        fast = [new_session_id() for _ in range(500)]
+        random.seed(20261204)
+        made = [uuid.UUID(int=random.getrandbits(128), version=4) for _ in range(500)]
+    finally:
+        random.setstate(state)
+    assert fast == made
+    assert [(str(f), hash(f), f.is_safe) for f in fast] == [(str(m), hash(m), m.is_safe) for m in made]
+    assert pickle.loads(pickle.dumps(fast[0])) == made[0]
 
 
 def test_session_ids_are_version_4_and_distinct() -> None:

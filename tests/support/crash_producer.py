@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from studyin_analytics.exporter import RedisStreamSpanExporter
 from studyin_analytics.exporter.log_exporter import batch_log_processor
-from studyin_analytics.instrumentation import LogRecordCarrier, StudyInTracker
+from studyin_analytics.instrumentation import LogRecordCarrier, SpanEventCarrier, StudyInTracker
 
 SESSIONS = 4
 PAUSE_S = 0.01
@@ -31,7 +31,11 @@ def main(carrier_name: str, ledger_path: str) -> None:
     )
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(batch_log_processor())
-    carrier = LogRecordCarrier.create(tracer_provider, logger_provider) if carrier_name == "log" else None
+    carrier = (
+        LogRecordCarrier.create(tracer_provider, logger_provider)
+        if carrier_name == "log"
+        else SpanEventCarrier.create(tracer_provider)
+    )
     tracker = StudyInTracker(tracer_provider=tracer_provider, carrier=carrier)
     users = [f"crash-learner-{n}" for n in range(SESSIONS)]
     sessions = [tracker.start_session(user) for user in users]

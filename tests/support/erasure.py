@@ -89,7 +89,11 @@ def others_truth(wl: Workload, victim: str) -> Any:
     sessions = {k: v for k, v in wl.sessions.items() if v[0] != victim}
     others = truth_of(Workload(wl.entries, events, sessions))
     return dataclasses.replace(
-        others, summary=full.summary, system=full.system, api_durations=full.api_durations
+        others,
+        summary=full.summary,
+        daily_learners=full.daily_learners,
+        system=full.system,
+        api_durations=full.api_durations,
     )
 
 

@@ -67,7 +67,7 @@ function renderFunnel({ title, labels, result }) {
   el.dataset.learners = JSON.stringify(steps.map((s) => s.learners));
   el.dataset.suppressed = steps.filter((s) => s.suppressed).length;
   $("funnel-note").textContent = steps.map((s, i) => {
-    if (s.suppressed) return `${labels[i]}: hidden (fewer than ${result.min_group_size} learners)`;
+    if (s.suppressed) return `${labels[i]}: hidden (fewer than ${result.min_group_size} learners, or fewer than ${result.min_group_size} dropping off)`;
     const conv = s.conversion_from_start === null ? "" : ` (${(100 * s.conversion_from_start).toFixed(1)} %)`;
     return `${labels[i]}: ${s.learners}${conv}`;
   }).join(" · ");

@@ -23,7 +23,7 @@ from studyin_analytics.aggregator.analysis.definitions import (
     ReturnEvent,
 )
 from studyin_analytics.aggregator.analysis.funnels import learner_funnel
-from studyin_analytics.aggregator.analysis.loader import AnalysisStore
+from studyin_analytics.aggregator.analysis.loader import AnalysisStore, retention_cutoff_us
 from studyin_analytics.aggregator.analysis.retention import retention_counts
 from studyin_analytics.aggregator.cli.settings import Settings
 from studyin_analytics.aggregator.consumer.mapping import event_id
@@ -154,10 +154,11 @@ async def test_funnels_and_retention_through_the_aggregator_equal_the_brute_forc
 
 async def test_a_key_rotation_and_raw_retention_through_the_aggregator(migrated: Settings) -> None:
     """Learners whose later events carry a new pseudonym (linked by ``user.previous_hash``) and a store
-    that forgets rows older than 40 days: one learner stays one, cohorts start at the first activity."""
+    that forgets rows before the 40 days of raw retention (from midnight UTC, as the partitions are
+    dropped): one learner stays one, cohorts start at the first activity."""
     settings = migrated.with_overrides(batch_size=20)
     rng = random.Random(2)
-    cutoff_us = int((NOW - timedelta(days=40)).timestamp() * US)
+    cutoff_us = retention_cutoff_us(40, NOW.timestamp())
     hour = 3600 * US
     events = [e for e in _events() if abs(e.time_us - cutoff_us) > hour]  # none at the boundary
     moved, links = rotated(events, 2)

@@ -9,7 +9,7 @@ built from shuffled batches (arrival order must not matter).
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -236,13 +236,27 @@ def test_retention_equals_the_brute_force(seed: int, definition: RetentionDefini
     assert list(counts.sizes) == sizes
     assert counts.retained.tolist() == retained
     assert np.allclose(counts.metric_sum, np.array(metric), rtol=1e-9, atol=1e-6)
-    report = retention_report(store, definition, k=1)
+    report = retention_report(store, definition, k=1, today=date(2200, 1, 1))  # every period begun
     for c, cohort in enumerate(report.cohorts):
         for n, cell in enumerate(cohort.cells):
             assert cell.learners == retained[c][n]
             if n > 0 and definition.metric and retained[c][n]:
                 assert cell.metric_per_learner is not None
                 assert abs(cell.metric_per_learner - metric[c][n] / retained[c][n]) < 1e-6
+
+
+def test_periods_not_begun_are_null_not_zero() -> None:
+    """A period still to come is no one's return yet: null and not complete, never 0 % (nor suppressed)."""
+    events = learner_paths(3, learners=30)
+    store = build_store(events)
+    first = min(e.time_us for e in events)
+    start = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=first)).date()
+    definition = RetentionDefinition(start=start, cohorts=1, period="day", periods=5)
+    report = retention_report(store, definition, k=1, today=start + timedelta(days=1))
+    cells = report.cohorts[0].cells
+    assert [c.complete for c in cells] == [True] + [False] * 5  # periods 0..5
+    assert cells[1].learners is not None  # the current period: counted so far
+    assert all(c.learners is None and c.rate is None and not c.suppressed for c in cells[2:])
 
 
 def test_arrival_order_and_batching_do_not_matter() -> None:

@@ -27,7 +27,7 @@ DAYS = 6
 async def _write(settings_: Settings, learners: list[int], peaks: list[int]) -> None:
     conn = await connect(settings_)
     try:
-        await conn.execute("TRUNCATE daily_activity_summary, hourly_analytics_summary")
+        await conn.execute("TRUNCATE daily_activity_summary, daily_learners, hourly_analytics_summary")
         today = datetime.now(UTC).date()
         for back, (n, peak) in enumerate(zip(learners, peaks, strict=True)):
             day = today - timedelta(days=back)
@@ -36,6 +36,8 @@ async def _write(settings_: Settings, learners: list[int], peaks: list[int]) -> 
                 "VALUES ($1, $2, 1, 10, 1)",
                 [(f"t1:{u:032x}", day) for u in range(n)],
             )
+            # As the aggregator keeps it with those rows (exact against the truth: tests/support/workload).
+            await conn.execute("INSERT INTO daily_learners (day, learners) VALUES ($1, $2)", day, n)
             hour = datetime.combine(day, time(1), UTC)
             await conn.execute(
                 "INSERT INTO hourly_analytics_summary (hour, events, active_users, sessions, xp) "

@@ -41,6 +41,14 @@ async def test_staff_register_list_and_read_daily_counts(migrated: Settings) -> 
         assert refused.status_code == 422
         locs = {tuple(e["loc"]) for e in refused.json()["errors"]}
         assert ("body", "schema", "properties", "email") in locs
+        for field, body in (  # the registration's own fields are named, not the schema
+            ("version", {"name": CASE, "version": "1.0.1", "schema": case_schema()}),
+            ("version", {"name": CASE, "version": "1-0-0", "schema": case_schema()}),
+            ("name", {"name": "case_completed", "version": "1-0-0", "schema": case_schema()}),
+        ):
+            wrong = await api.client.post(PATH, json=body, headers=staff)
+            assert wrong.status_code == 422
+            assert [tuple(e["loc"]) for e in wrong.json()["errors"]] == [("body", field)], wrong.text
 
         listed = await api.client.get(PATH, params={"name": CASE}, headers=staff)
         assert [v["version"] for v in listed.json()] == ["1-0-0"] and listed.json()[0][

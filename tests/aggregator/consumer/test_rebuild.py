@@ -46,6 +46,7 @@ KEYS = {
     "hourly_analytics_summary": ("hour",),
     "system_metrics_hourly": ("hour", "route", "method"),
     "custom_event_daily": ("day", "event_type"),
+    "daily_learners": ("day",),
 }
 DAMAGE = (
     "UPDATE system_metrics_hourly SET requests = requests + 3",
@@ -54,6 +55,7 @@ DAMAGE = (
     "UPDATE ai_coach_metrics SET tokens_in = tokens_in * 2, models = '{}'",
     "UPDATE system_metrics SET requests = requests + 1, latency_hist = '{\"1\": 3}'",
     "UPDATE hourly_analytics_summary SET active_users = active_users + 2, events_by_type = '{}'",
+    "UPDATE daily_learners SET learners = learners + 2",
     "INSERT INTO daily_activity_summary (user_hash, day, events) VALUES ('t1:bogus', current_date, 3)",
 )
 """Wrong rows of every rebuildable table, as a buggy release or a hand edit would leave them."""

@@ -23,6 +23,7 @@ SYSTEM_WIDE = {
     "system_metrics": "per minute, route and method: no user",
     "system_metrics_hourly": "per hour, route and method (the minutes summed): no user",
     "hourly_analytics_summary": "per hour over all learners (the dashboard): no user",
+    "daily_learners": "learners per day over all learners (the cohort route, 0023): no user",
     "access_audit_log": "pseudonyms of actor and subject, append-only: stays on the coordinator",
     "alembic_version": "migration bookkeeping",
     "custom_event_schemas": "the custom event registry (a few rows per type): no user",

@@ -229,6 +229,7 @@ async def test_grants_are_exactly_the_documented_ones(migrated: Settings) -> Non
         "experiment_learners": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: set()},
         "experiment_variant_sums": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
         "experiment_variant_day_sums": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},
+        "daily_learners": {aggregator: {"SELECT", "INSERT", "UPDATE"}, api: {"SELECT"}},  # 0023
         "schema_variant": {aggregator: {"SELECT"}, api: {"SELECT"}},
     }
     if migrated.postgres_schema_variant == "citus":  # 0017_citus_variant

@@ -21,7 +21,8 @@ async def mismatches(conn: asyncpg.Connection, t: Truth) -> list[str]:
     """Every difference between the rollup tables and the truth (empty when exact)."""
     raw = await raw_count(conn)
     bad: list[str] = [] if raw == t.raw else [f"raw events {raw} != {t.raw}"]
-    for table in (_daily, _hourly, _gamification, _coach, _system_minutes, _summary, _sessions):
+    tables = (_daily, _daily_learners, _hourly, _gamification, _coach, _system_minutes, _summary, _sessions)
+    for table in tables:
         bad.extend(await table(conn, t))
     bad.extend(await hourly_route_mismatches(conn))
     return bad[:20]
@@ -49,6 +50,15 @@ async def _daily(conn: asyncpg.Connection, t: Truth) -> list[str]:
         if have[:1] + have[2:] != want[:1] + want[2:] or not _close(have[1], want[1]):
             bad.append(f"daily {key}: {have} != {want}")
     return bad
+
+
+async def _daily_learners(conn: asyncpg.Connection, t: Truth) -> list[str]:
+    """``daily_learners`` against the truth (days of 0 learners may be stored)."""
+    got = {r["day"]: r["learners"] for r in await conn.fetch("SELECT day, learners FROM daily_learners")}
+    got = {day: n for day, n in got.items() if n != 0}
+    if got == t.daily_learners:
+        return []
+    return [f"daily learners {sorted(got.items())} != {sorted(t.daily_learners.items())}"]
 
 
 async def _hourly(conn: asyncpg.Connection, t: Truth) -> list[str]:

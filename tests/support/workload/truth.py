@@ -42,6 +42,8 @@ class Truth:
     ai: dict[tuple[str, date], dict[str, Any]] = field(default_factory=dict)
     system: dict[tuple[datetime, str, str], dict[str, Any]] = field(default_factory=dict)
     summary: dict[datetime, dict[str, Any]] = field(default_factory=dict)
+    daily_learners: dict[date, int] = field(default_factory=dict)
+    """Learners per day (every stored daily row has an event: each counts), a cohort aggregate."""
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     api_durations: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
@@ -91,6 +93,8 @@ def truth_of(wl: Workload) -> Truth:
             _count_learner_event(c, wl, e, e.user, when)
     t = c.t
     t.daily = dict(c.daily)
+    for _user, day in t.daily:
+        t.daily_learners[day] = t.daily_learners.get(day, 0) + 1
     t.hourly = dict(c.hourly)
     t.gamification = c.game
     for _user, hour in t.hourly:
