@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Redis, PostgreSQL or a child process, so 3 workers fit a 2-core machine; TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 3
 
-.PHONY: demo test test-unit lint typecheck linktree bench bench-quick install system-deps clean
+.PHONY: demo test test-unit test-citus lint typecheck linktree bench bench-quick install system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The consumer's and the fault-injection tests again, on the Citus-ready schema variant (docs/scaling-postgres.md):
+# .ci/run calls it after `make test`, which runs everything on the plain schema. Same servers as `make test`.
+CITUS_TESTS ?= tests/aggregator/consumer tests/faults
+test-citus: $(STAMP) system-deps
+	STUDYIN_TEST_SCHEMA_VARIANT=citus $(BIN)/python -m pytest -m "not unit" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) $(CITUS_TESTS)
 
 # The server-free unit tests (marker `unit`, see tests/conftest.py): no Redis, no PostgreSQL, seconds.
 test-unit: $(STAMP)

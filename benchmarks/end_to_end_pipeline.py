@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from ..aggregator.cli.settings import Settings, require
 from ..aggregator.devtools.simulation import Ledger
 from ..aggregator.storage.db import connect
+from ..aggregator.storage.variant import LEARNERLESS_TABLE
 from ..exporter.bus import group_lag, stream_keys
 from ..instrumentation.privacy import Pseudonymizer
 from .end_to_end_apps import READY_TIMEOUT_S
@@ -209,7 +210,10 @@ async def check_totals(settings: Settings, ledger: Ledger) -> list[str]:
     pseudonymizer = Pseudonymizer.from_settings(settings)
     conn = await connect(settings)
     try:
-        rows = await conn.fetch("SELECT event_type, count(*) AS n FROM analytics_events GROUP BY 1")
+        raw = "analytics_events"
+        if await conn.fetchval("SELECT to_regclass($1)", LEARNERLESS_TABLE) is not None:  # citus variant
+            raw = f"(SELECT event_type FROM {raw} UNION ALL SELECT event_type FROM {LEARNERLESS_TABLE}) AS r"
+        rows = await conn.fetch(f"SELECT event_type, count(*) AS n FROM {raw} GROUP BY 1")
         got = {r["event_type"]: int(r["n"]) for r in rows}
         for event_type in sorted(set(got) | set(ledger.events)):
             want = ledger.events.get(event_type, 0)

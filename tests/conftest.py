@@ -9,7 +9,8 @@ nothing is skipped.
 ``STUDYIN_TEST_SCHEMA_VARIANT=citus`` runs every test on the Citus-ready schema variant (the
 ``settings`` of each test name it, so every migration and aggregator of the test uses it); the
 default is ``plain``. Tests that must cover the citus variant in every run ask for
-``citus_settings`` or ``citus_migrated``.
+``citus_settings`` or ``citus_migrated``; tests of what the citus variant refuses (``rollups
+rebuild``) are marked ``plain_variant`` and keep the plain schema whatever the variable says.
 
 Tests marked ``unit`` (``make test-unit``) are server-free: they may use ``offline_settings`` and
 ``test_id``, and one that asks for a server fixture (``server_urls``, ``settings``, ``migrated``...)
@@ -81,6 +82,14 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 FRESH_VENV_TIMEOUT_S = 1800
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "plain_variant: the test's settings name the plain schema variant whatever "
+        "STUDYIN_TEST_SCHEMA_VARIANT says (for what the citus variant refuses)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "new_user_venv" in getattr(item, "fixturenames", ()):
@@ -141,8 +150,9 @@ def offline_settings(test_id: str) -> Settings:
 
 
 @pytest.fixture
-def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
+def settings(server_urls: ServerUrls, test_id: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings isolated to this test: own schema, own key prefix; cleaned up afterwards."""
+    variant = "plain" if request.node.get_closest_marker("plain_variant") else SCHEMA_VARIANT
     value = Settings(
         redis_url=server_urls.redis_url,
         postgres_url=server_urls.postgres_url,
@@ -151,7 +161,7 @@ def settings(server_urls: ServerUrls, test_id: str) -> Iterator[Settings]:
         pseudonym_keys={"t1": TEST_PSEUDONYM_KEY},  # type: ignore[arg-type]
         jwt_secret=TEST_JWT_SECRET,  # type: ignore[arg-type]
         consumer_name=f"c-{test_id}",
-        postgres_schema_variant=SCHEMA_VARIANT,  # type: ignore[arg-type]
+        postgres_schema_variant=variant,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
     yield value

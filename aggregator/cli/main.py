@@ -45,14 +45,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     migrate(settings)
     _console.print(f"schema [bold]{escape(settings.postgres_schema)}[/] is up to date")
     if args.distribute:
-        from ..storage.citus import distribute
+        from ..storage.citus import distribute, login_roles
         from ..warehouse.settings import ExportSettings
 
-        roles = (
-            settings.postgres_aggregator_role,
-            settings.postgres_api_role,
-            ExportSettings().postgres_role,
-        )
+        roles = login_roles(settings, ExportSettings().postgres_role)
         for statement in asyncio.run(distribute(settings, roles)):
             _console.print(escape(statement), highlight=False)
     return EXIT_OK

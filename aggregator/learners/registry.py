@@ -43,6 +43,7 @@ LEARNER_TABLES: tuple[LearnerTable, ...] = (
 
 NOT_PER_LEARNER: dict[str, str] = {
     "analysis_events": "a view over analytics_events (its rows go with them)",
+    "analytics_system_events": "the citus variant's events without a learner (user_hash NULL, a CHECK)",
 }
 """Relations with a ``user_hash`` column that are not erased row by row, and why."""
 

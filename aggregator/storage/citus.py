@@ -7,11 +7,12 @@ per-learner table not distributed yet becomes a distributed table (the first alo
 ``colocate_with`` it: one learner's rows of every table on one shard); the system-wide tables
 and ``analytics_system_events`` stay local to the coordinator. Safe to run again.
 
-Citus connects to the workers as the current (``SET ROLE``) user, so the service roles get
-``LOGIN`` here (Citus 13 propagates ``ALTER ROLE`` to every node); each worker's ``pg_hba.conf``
-must let them in from the coordinator (an authentication method the coordinator can satisfy:
-``trust`` on a private network, or ``scram-sha-256`` with their passwords in the coordinator's
-``.pgpass``, see ``citus.node_conninfo``).
+Citus connects to the workers as the current (``SET ROLE``) user, so the service roles that
+touch distributed tables (:func:`login_roles`) get ``LOGIN`` here (Citus 13 propagates ``ALTER
+ROLE`` to every node); each worker's ``pg_hba.conf`` must let them in from the coordinator (an
+authentication method the coordinator can satisfy: ``trust`` on a private network, or
+``scram-sha-256`` with their passwords in the coordinator's ``.pgpass``, see
+``citus.node_conninfo``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ async def citus_version(conn: asyncpg.Connection) -> str | None:
     return None if value is None else str(value)
 
 
+def login_roles(settings: PostgresSettings, exporter_role: str) -> tuple[str, ...]:
+    """The roles that ``SET ROLE`` and then read or write distributed tables, so Citus logs in to
+    the workers as them: the aggregator's, the API's (rollups, the ``analysis_events`` view), the
+    erasure role's (``learner export|erase`` delete a learner's rows) and the warehouse exporter's
+    (``exporter_role``). Not the rebuild role: ``rollups rebuild`` refuses the citus variant."""
+    return (
+        settings.postgres_aggregator_role,
+        settings.postgres_api_role,
+        settings.postgres_erasure_role,
+        exporter_role,
+    )
+
+
 def distribute_statements(distributed: set[str]) -> list[str]:
     """The ``create_distributed_table`` calls still to issue, in co-location order."""
     first = DISTRIBUTED_TABLES[0]
@@ -49,21 +63,21 @@ def distribute_statements(distributed: set[str]) -> list[str]:
 async def distribute(settings: PostgresSettings, roles: tuple[str, ...]) -> list[str]:
     """Distribute the per-learner tables (see the module docstring); returns the statements run.
 
-    ``roles``: the service roles that get ``LOGIN`` (the aggregator's, the API's, the exporter's).
+    ``roles``: the service roles that get ``LOGIN`` (:func:`login_roles`). The variant is checked
+    before the extension, so both refusals can be met (and are tested) on plain PostgreSQL.
     """
     conn = await connect(settings)
     try:
-        version = await citus_version(conn)
-        if version is None:
-            raise CitusUnavailable(
-                f"database {await conn.fetchval('SELECT current_database()')!r} has no citus extension: "
-                "run `migrate --distribute` on a Citus coordinator (CREATE EXTENSION citus first)"
-            )
         recorded = await recorded_variant(conn)
         if recorded != "citus":
             raise VariantMismatch(
                 f"schema {settings.postgres_schema!r} was migrated as the {recorded!r} variant: "
                 "only the citus variant can be distributed (docs/scaling-postgres.md)"
+            )
+        if await citus_version(conn) is None:
+            raise CitusUnavailable(
+                f"database {await conn.fetchval('SELECT current_database()')!r} has no citus extension: "
+                "run `migrate --distribute` on a Citus coordinator (CREATE EXTENSION citus first)"
             )
         rows = await conn.fetch(
             "SELECT c.relname FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 from rich.progress import Progress
 
@@ -13,6 +14,7 @@ from studyin_analytics.benchmarks import runner
 from studyin_analytics.benchmarks.framework import REGISTRY, BenchContext
 
 
+@pytest.mark.plain_variant  # `rollups rebuild` refuses the citus variant
 async def test_quick_rebuild_bench_row(settings: Settings) -> None:
     ctx = BenchContext(
         settings=runner.bench_settings(settings),

@@ -66,6 +66,7 @@ def test_bad_usage_exits_2(argv: list[str]) -> None:
     assert exit_.value.code == 2
 
 
+@pytest.mark.plain_variant  # `rollups rebuild` refuses the citus variant
 async def test_a_run_prints_its_summary(
     migrated: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
