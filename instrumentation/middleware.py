@@ -29,6 +29,7 @@ from .privacy import Pseudonymizer
 from .propagation import extract_parent
 from .routes import RouteResolver
 from .settings import ConfigurationError, get_settings
+from .span_writes import write_clean
 
 __all__ = ["DEFAULT_AUTH_PATTERNS", "SCOPE_MARK", "StudyInASGIMiddleware"]
 
@@ -299,18 +300,13 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         span = request.span
         if span.is_recording():
             attributes, failed = self._response_attributes(status, route)
-            start = request.start_attributes
             pseudonym = (
                 None if request.anonymous or request.attributed else self._user_pseudonym(request.scope)
             )
-            if start is not None or pseudonym is not None:
-                attributes = {**start, **attributes} if start is not None else dict(attributes)
-                if pseudonym is not None:
-                    attributes[semconv.USER_HASH] = pseudonym
-                request.start_attributes = None
-            span.set_attributes(attributes)
-            if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
-                span.update_name(f"{request.span_method} {route}")
+            # unmatched: the name stays METHOD (HTTP conventions)
+            name = None if route == semconv.UNMATCHED_ROUTE else f"{request.span_method} {route}"
+            write_clean(span, request.start_attributes, attributes, pseudonym, name)
+            request.start_attributes = None
             if failed:
                 span.set_status(Status(StatusCode.ERROR))
         propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]
