@@ -219,11 +219,12 @@ def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
             events = [[clean_name(e.name), e.time_unix_nano, clean(e.attributes)] for e in span.events]
         else:  # an SDK ReadableSpan
             if type(span) is ReadableSpan:  # what the SDK hands exporters: its fields read directly
-                resource, context, parent, name = span._resource, span._context, span._parent, span._name
+                sdk: Any = span
+                resource, context, parent, name = sdk._resource, sdk._context, sdk._parent, sdk._name
                 # ``_value_``: an enum member's value, without the descriptor behind ``.value``
-                kind, start, end = span._kind._value_, span._start_time, span._end_time
-                status = span._status.status_code._value_
-                raw = span._attributes
+                kind, start, end = sdk._kind._value_, sdk._start_time, sdk._end_time
+                status = sdk._status.status_code._value_
+                raw = sdk._attributes
                 attributes = _plain(raw) if raw is not None else None
             else:  # a subclass, or an SDK Span
                 resource, context, parent, name = span.resource, span.context, span.parent, span.name

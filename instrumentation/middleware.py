@@ -11,14 +11,11 @@ from timeit import default_timer
 from typing import Any
 
 from opentelemetry import context, trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation._semconv import _report_new, _report_old
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_setter
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.instrumentation.utils import (
-    _SUPPRESS_HTTP_INSTRUMENTATION_KEY,
-    _SUPPRESS_INSTRUMENTATION_KEY,
-    _SUPPRESS_INSTRUMENTATION_KEY_PLAIN,
-)
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls
