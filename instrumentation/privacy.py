@@ -315,7 +315,7 @@ class PrivacyGuard:
                     scrubbed += 1
                 out[key] = typed
             elif action == _USER_HASH:
-                if _valid_pseudonym(value) if type(value) is str else is_pseudonym(value):
+                if _valid_pseudonym(value) if type(value) is str and len(value) < 50 else is_pseudonym(value):
                     out[key] = value
                 else:  # a raw id put in the wrong place
                     dropped += 1
@@ -418,7 +418,8 @@ def _typed(value: Any, action: int) -> Any:
     return value if all(a is b for a, b in zip(items, value, strict=True)) else items
 
 
-_valid_pseudonym = lru_cache(maxsize=65536)(is_pseudonym)  # pseudonyms repeat (users): one regex each
+# Pseudonyms repeat (users): one regex each; only values up to a pseudonym's 49 characters (bounded memory).
+_valid_pseudonym = lru_cache(maxsize=65536)(is_pseudonym)
 USER_HASH = semconv.USER_HASH
 USER_LRS_HASH = semconv.USER_LRS_HASH
 USER_PREVIOUS_HASH = semconv.USER_PREVIOUS_HASH
