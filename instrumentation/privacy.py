@@ -418,8 +418,7 @@ def _typed(value: Any, action: int) -> Any:
     return value if all(a is b for a, b in zip(items, value, strict=True)) else items
 
 
-# Pseudonyms repeat (users): one regex each; only values up to a pseudonym's 49 characters (bounded memory).
-_valid_pseudonym = lru_cache(maxsize=65536)(is_pseudonym)
+_valid_pseudonym = lru_cache(maxsize=65536)(is_pseudonym)  # values < 50 chars only (see clean): bounded
 USER_HASH = semconv.USER_HASH
 USER_LRS_HASH = semconv.USER_LRS_HASH
 USER_PREVIOUS_HASH = semconv.USER_PREVIOUS_HASH
