@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
+from opentelemetry.sdk.trace import ReadableSpan
 
 from ..instrumentation.privacy import PrivacyGuard
 
@@ -170,6 +171,20 @@ def _same(name: str) -> str:
     return name
 
 
+def _log_row(record: SpanRecord, index: int, clean: Any, clean_name: Any) -> list[Any]:
+    event = record.events[0]
+    origin: Any = record.log
+    return [
+        record.trace_id,
+        origin.trace_id,
+        origin.span_id,
+        clean_name(event.name),
+        event.time_unix_nano,
+        clean(event.attributes),
+        index,
+    ]
+
+
 def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
     """The one encoder of the layout: a batch of spans -> the ``d`` field of an entry.
 
@@ -194,34 +209,31 @@ def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
                 if index is None:
                     index = resource_index[id(resource)] = len(resources)
                     resources.append(clean(resource))
-                event = span.events[0]
-                logs.append(
-                    [
-                        span.trace_id,
-                        span.log.trace_id,
-                        span.log.span_id,
-                        clean_name(event.name),
-                        event.time_unix_nano,
-                        clean(event.attributes),
-                        index,
-                    ]
-                )
+                logs.append(_log_row(span, index, clean, clean_name))
                 continue
             resource_attributes: Any = resource
+            name = span.name
             trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
             kind, start, end, status = span.kind, span.start_unix_nano, span.end_unix_nano, span.status_code
             attributes: Any = span.attributes
             events = [[clean_name(e.name), e.time_unix_nano, clean(e.attributes)] for e in span.events]
         else:  # an SDK ReadableSpan
-            resource = span.resource
-            resource_attributes = _plain(resource.attributes)
-            context = span.context
-            parent = span.parent
+            if type(span) is ReadableSpan:  # what the SDK hands exporters: its fields read directly
+                sdk: Any = span
+                resource, context, parent, name = sdk._resource, sdk._context, sdk._parent, sdk._name
+                # ``_value_``: an enum member's value, without the descriptor behind ``.value``
+                kind, start, end = sdk._kind._value_, sdk._start_time, sdk._end_time
+                status = sdk._status.status_code._value_
+                raw = sdk._attributes
+                attributes = _plain(raw) if raw is not None else None
+            else:  # a subclass, or an SDK Span
+                resource, context, parent, name = span.resource, span.context, span.parent, span.name
+                kind, start, end = span.kind.value, span.start_time, span.end_time
+                status = span.status.status_code.value
+                attributes = _span_attributes(span)
+            resource_attributes = None  # read below, once per resource
             trace_id, span_id = context.trace_id.to_bytes(16, "big"), context.span_id.to_bytes(8, "big")
             parent_id = parent.span_id.to_bytes(8, "big") if parent is not None else None
-            kind, start, end = span.kind.value, span.start_time, span.end_time
-            status = span.status.status_code.value
-            attributes = _span_attributes(span)
             sdk_events = _span_events(span)
             events = (
                 [[clean_name(e.name), e.timestamp, clean(_plain(e.attributes))] for e in sdk_events]
@@ -231,14 +243,14 @@ def encode(spans: Iterable[Any], guard: PrivacyGuard | None = None) -> bytes:
         index = resource_index.get(id(resource))
         if index is None:
             index = resource_index[id(resource)] = len(resources)
-            resources.append(clean(resource_attributes))
+            resources.append(clean(_plain(resource.attributes) if resource_attributes is None else resource))
         # The span layout of the module docstring (decode_batch reads it back).
         append(
             [
                 trace_id,
                 span_id,
                 parent_id,
-                clean_name(span.name),
+                clean_name(name),
                 kind,
                 start,
                 end,

@@ -20,6 +20,7 @@ from opentelemetry.util.http import sanitize_method
 
 from . import semconv
 from .asgi_types import Scope
+from .span_writes import clean_once
 
 __all__ = ["ATTRIBUTE_CACHE_SIZE", "HttpAttributes", "sampler_reads_attributes"]
 
@@ -87,7 +88,8 @@ class HttpAttributes:
 
     def _start_attributes(self, scope: Scope, method: str) -> tuple[dict[str, Any], str]:
         """The span's attributes at start and its name before routing, cached per method, scheme and
-        version (the SDK copies the attributes: the cached dict is never changed)."""
+        version (the SDK copies the attributes: the cached dict is never changed), cleaned as the SDK
+        cleans them (:func:`~.span_writes.clean_once`)."""
         key = (method, scope.get("scheme"), scope.get("http_version"))
         cached = self._start_cache.get(key)
         if cached is None:
@@ -96,12 +98,14 @@ class HttpAttributes:
                 span_method = "HTTP"
             if len(self._start_cache) >= ATTRIBUTE_CACHE_SIZE:  # methods come from clients: bounded
                 self._start_cache.clear()
-            cached = self._start_cache[key] = (self._request_attributes(scope, method), span_method or "HTTP")
+            attributes = clean_once(self._request_attributes(scope, method))
+            cached = self._start_cache[key] = (attributes, span_method or "HTTP")
         return cached
 
     def _response_attributes(self, status: int, route: str) -> tuple[dict[str, Any], bool]:
         """The attributes the span gets when the response starts (route, status, ``error.type`` of a
-        5xx), and whether its status is an error; cached per status and route."""
+        5xx), and whether its status is an error; cached per status and route, cleaned as the SDK cleans
+        them (:func:`~.span_writes.clean_once`)."""
         key = (status, route)
         cached = self._response_cache.get(key)
         if cached is None:
@@ -115,7 +119,7 @@ class HttpAttributes:
                 attributes[semconv.ERROR_TYPE] = str(status)
             if len(self._response_cache) >= ATTRIBUTE_CACHE_SIZE:  # bounded: routes x statuses
                 self._response_cache.clear()
-            cached = self._response_cache[key] = (attributes, failed)
+            cached = self._response_cache[key] = (clean_once(attributes), failed)
         return cached
 
     def _metric_attributes(

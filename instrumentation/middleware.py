@@ -11,10 +11,11 @@ from timeit import default_timer
 from typing import Any
 
 from opentelemetry import context, trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation._semconv import _report_new, _report_old
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_setter
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.http import ExcludeList, get_excluded_urls, parse_excluded_urls
@@ -29,6 +30,7 @@ from .privacy import Pseudonymizer
 from .propagation import extract_parent
 from .routes import RouteResolver
 from .settings import ConfigurationError, get_settings
+from .span_writes import write_clean
 
 __all__ = ["DEFAULT_AUTH_PATTERNS", "SCOPE_MARK", "StudyInASGIMiddleware"]
 
@@ -163,7 +165,14 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
     # --- the request -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or SCOPE_MARK in scope or not is_http_instrumentation_enabled():
+        current = context.get_current()  # is_http_instrumentation_enabled's keys, read from one context
+        if (
+            scope["type"] != "http"
+            or SCOPE_MARK in scope
+            or current.get(_SUPPRESS_INSTRUMENTATION_KEY)
+            or current.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN)
+            or current.get(_SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+        ):
             if scope["type"] == "lifespan" and SCOPE_MARK not in scope:
                 scope[SCOPE_MARK] = True
                 await self.app(scope, receive, self._flushing_send(send))
@@ -185,7 +194,7 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         if self._metrics_only_all or (self._metrics_only is not None and self._metrics_only.search(path)):
             await self._metrics_only_request(start, method, path, scope, receive, send)
         else:
-            await self._traced_request(start, method, path, scope, receive, send)
+            await self._traced_request(start, method, path, scope, receive, send, current)
 
     def _flushing_send(self, send: Send) -> Send:
         """Flush spans and metrics when the server shuts the app down.
@@ -236,12 +245,18 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
             self._deferred.add(self._histograms, duration_s, new, old)
 
     async def _traced_request(
-        self, start: float, method: str, path: str, scope: Scope, receive: Receive, send: Send
+        self,
+        start: float,
+        method: str,
+        path: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        parent: context.Context,
     ) -> None:
         attributes, span_method = self._start_attributes(scope, method)
         # What the stock _start_internal_or_server_span does, with one context attach instead
         # of two (extracted parent, then the span) and a header scan that decodes only matches.
-        parent = context.get_current()
         if trace.get_current_span(parent) is trace.INVALID_SPAN:
             parent = extract_parent(scope, parent)
             kind = SpanKind.SERVER
@@ -299,18 +314,13 @@ class StudyInASGIMiddleware(HttpAttributes, OpenTelemetryMiddleware):
         span = request.span
         if span.is_recording():
             attributes, failed = self._response_attributes(status, route)
-            start = request.start_attributes
             pseudonym = (
                 None if request.anonymous or request.attributed else self._user_pseudonym(request.scope)
             )
-            if start is not None or pseudonym is not None:
-                attributes = {**start, **attributes} if start is not None else dict(attributes)
-                if pseudonym is not None:
-                    attributes[semconv.USER_HASH] = pseudonym
-                request.start_attributes = None
-            span.set_attributes(attributes)
-            if route != semconv.UNMATCHED_ROUTE:  # unmatched: the name stays METHOD (HTTP conventions)
-                span.update_name(f"{request.span_method} {route}")
+            # unmatched: the name stays METHOD (HTTP conventions)
+            name = None if route == semconv.UNMATCHED_ROUTE else f"{request.span_method} {route}"
+            write_clean(span, request.start_attributes, attributes, pseudonym, name)
+            request.start_attributes = None
             if failed:
                 span.set_status(Status(StatusCode.ERROR))
         propagator = get_global_response_propagator()  # type: ignore[no-untyped-call]

@@ -290,7 +290,7 @@ class PrivacyGuard:
                 action = _classify_key(key)
             if action <= _KEEP_URL:  # _KEEP or _KEEP_URL: the common case first
                 if type(value) is str:
-                    if action == _KEEP_URL:
+                    if action == _KEEP_URL and ("?" in value or "#" in value):
                         value = _strip_query(value)
                     if "@" in value or "%" in value:
                         cleaned = scrub_emails(value)
@@ -321,7 +321,7 @@ class PrivacyGuard:
                     scrubbed += 1
                 out[key] = typed
             elif action == _USER_HASH:
-                if is_pseudonym(value):
+                if _valid_pseudonym(value) if type(value) is str and len(value) < 50 else is_pseudonym(value):
                     out[key] = value
                 else:  # a raw id put in the wrong place
                     dropped += 1
@@ -424,6 +424,7 @@ def _typed(value: Any, action: int) -> Any:
     return value if all(a is b for a, b in zip(items, value, strict=True)) else items
 
 
+_valid_pseudonym = lru_cache(maxsize=65536)(is_pseudonym)  # values < 50 chars only (see clean): bounded
 USER_HASH = semconv.USER_HASH
 USER_LRS_HASH = semconv.USER_LRS_HASH
 USER_PREVIOUS_HASH = semconv.USER_PREVIOUS_HASH

@@ -74,7 +74,9 @@ def extract_parent(scope: Scope, parent: Context) -> Context:
         _Keys.propagator = propagator
     keys = _Keys.keys
     if keys is not None:
-        headers = scope.get("headers") or ()
-        if not any(name.lower() in keys for name, _value in headers):
+        for name, _value in scope.get("headers") or ():
+            if name.lower() in keys:
+                break
+        else:
             return parent
     return propagator.extract(scope, context=parent, getter=SCOPE_HEADERS)  # type: ignore[misc]  # Scope vs the getter's dict

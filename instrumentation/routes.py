@@ -81,8 +81,12 @@ class RouteResolver:
         """``entry_*``: ``root_path`` and ``path`` as the request entered the app (mounts change them)."""
         route = scope.get("route")
         if scope.get("root_path", "") == entry_root_path and not isinstance(route, Mount):
-            template = leaf_template(scope, route)
-            if template is not None:  # the common case: no mount, the router named the route
+            # the common case: no mount, the router named the route (read inline when FastAPI left
+            # no route context: this runs once per request)
+            template = (
+                getattr(route, "path_format", None) if "fastapi" not in scope else leaf_template(scope, route)
+            )
+            if type(template) is str and template:
                 return entry_root_path + template
         try:
             template = self._match_again(scope, route, entry_root_path, entry_path)
