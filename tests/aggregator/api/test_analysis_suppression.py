@@ -42,8 +42,9 @@ def _check_retention(body: object, k: int) -> None:
             continue
         assert not small(cohort.size, k)
         for cell in cohort.cells:
-            if cell.learners is None:
-                assert cell.suppressed and cell.rate is None and cell.metric_per_learner is None
+            if cell.learners is None:  # hidden, or a period not begun yet (nothing counted, nothing to hide)
+                assert cell.suppressed or not cell.complete
+                assert cell.rate is None and cell.metric_per_learner is None
             else:
                 assert not small(cell.learners, k) and not small(cohort.size - cell.learners, k)
 
