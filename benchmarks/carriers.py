@@ -24,13 +24,14 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from ..instrumentation import LogRecordCarrier, Pseudonymizer, StudyInTracker, semconv
+from .end_to_end_apps import NoOpLogExporter
 from .framework import BenchContext, Measurement, bench, median
 
 _USER = "bench-student-0002"
@@ -40,17 +41,6 @@ _PER_SPAN = 100  # events per enclosing span (the SDK keeps 128 per span)
 class _DiscardSpans(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
-
-
-class _DiscardLogs(LogRecordExporter):
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def _per_event(call: Callable[[], object], n: int, scope: Callable[[], AbstractContextManager[Any]]) -> float:
@@ -72,7 +62,7 @@ def _rows(ctx: BenchContext) -> list[Measurement]:
     tracer_provider.add_span_processor(SimpleSpanProcessor(_DiscardSpans()))
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(_DiscardLogs(), max_queue_size=1_000_000)
+        BatchLogRecordProcessor(NoOpLogExporter(), max_queue_size=1_000_000)
     )
     pseudonymizer = Pseudonymizer({"b1": b"bench-only-key-0123456789"}, "b1")
     spans = StudyInTracker(tracer_provider=tracer_provider, pseudonymizer=pseudonymizer)
