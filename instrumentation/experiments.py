@@ -180,7 +180,10 @@ class ExperimentExposures:
 
             secret = get_settings().experiment_assignment_key
             if secret is None:
-                raise ValueError("experiment_assignment_key: required to assign experiments")
+                raise ValueError(
+                    "experiment_assignment_key: required to assign experiments "
+                    "(set STUDYIN_ANALYTICS_EXPERIMENT_ASSIGNMENT_KEY)"
+                )
             assignment_key = secret.get_secret_value()
         self._assigner = Assigner(assignment_key)
         self._experiment_source = source
