@@ -89,15 +89,9 @@ def _read_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measurement:
     batches = _batches(spans, EXPORT_BATCH)
     row_blobs = [wire.encode(batch) for batch in batches]
     columnar_blobs = [wire_columnar.encode(batch) for batch in batches]
-    by_rows: list[float] = []
-    by_columns: list[float] = []
-    for _ in range(ctx.repeat_count):
-        seconds, events = _cpu(lambda: _row_path(row_blobs))
-        by_rows.append(seconds / events * 1e6)
-        seconds, found = _cpu(lambda: _columnar_reads(columnar_blobs, ENTRIES_PER_READ))
-        if found != events:
-            raise RuntimeError(f"the columnar path found {found} events, the row path {events}")
-        by_columns.append(seconds / events * 1e6)
+    by_rows, by_columns, events = _alternate(
+        ctx, lambda: _row_path(row_blobs), lambda: _columnar_reads(columnar_blobs, ENTRIES_PER_READ)
+    )
     return Measurement(
         f"columnar decode+map+count, entries of {EXPORT_BATCH} spans, group-bys per read of "
         f"{ENTRIES_PER_READ} entries (CPU per event)",
@@ -109,6 +103,25 @@ def _read_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measurement:
         samples=by_columns,
         headline=False,
     )
+
+
+def _alternate(
+    ctx: BenchContext, by_row: Callable[[], int], by_column: Callable[[], int], units: int | None = None
+) -> tuple[list[float], list[float], int]:
+    """CPU µs per unit of the row path and the columnar path, alternated over the repeats. ``units``:
+    the divisor (``None``: the events each call reports, which must agree), returned with the samples."""
+    rows: list[float] = []
+    columns: list[float] = []
+    count = units or 0
+    for _ in range(ctx.repeat_count):
+        seconds, found = _cpu(by_row)
+        count = units or found
+        rows.append(seconds / count * 1e6)
+        seconds, found = _cpu(by_column)
+        if units is None and found != count:
+            raise RuntimeError(f"the columnar path found {found} events, the row path {count}")
+        columns.append(seconds / count * 1e6)
+    return rows, columns, count
 
 
 def _cpu(function: Callable[[], int]) -> tuple[float, int]:
@@ -128,16 +141,10 @@ def _decode_rows(ctx: BenchContext, spans: Sequence[SpanRecord], size: int) -> M
     row_blobs = [wire.encode(batch) for batch in batches]
     columnar_blobs = [wire_columnar.encode(batch) for batch in batches]
     _columnar_path(columnar_blobs[:1])  # PyArrow loads its kernels on first use
-    by_rows: list[float] = []
-    by_columns: list[float] = []
     stages = [0.0, 0.0, 0.0]
-    for _ in range(ctx.repeat_count):
-        seconds, events = _cpu(lambda: _row_path(row_blobs))
-        by_rows.append(seconds / events * 1e6)
-        seconds, found = _cpu(lambda: _columnar_path(columnar_blobs, stages))
-        if found != events:
-            raise RuntimeError(f"the columnar path found {found} events, the row path {events}")
-        by_columns.append(seconds / events * 1e6)
+    by_rows, by_columns, events = _alternate(
+        ctx, lambda: _row_path(row_blobs), lambda: _columnar_path(columnar_blobs, stages)
+    )
     shares = ", ".join(
         f"{name} {total / ctx.repeat_count / events * 1e6:.2f}"
         for name, total in zip(("load", "events+ids", "group-bys"), stages, strict=True)
@@ -204,13 +211,12 @@ def _properties_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measureme
         for batch in batches
     ]
     events = sum(c.m for c in columns)
-    by_rows: list[float] = []
-    by_columns: list[float] = []
-    for _ in range(ctx.repeat_count):
-        seconds, _ = _cpu(lambda: sum(len([orjson.dumps(r.properties) for r in batch]) for batch in rows))
-        by_rows.append(seconds / events * 1e6)
-        seconds, _ = _cpu(lambda: sum(len(columnar.properties_json(c)) for c in columns))
-        by_columns.append(seconds / events * 1e6)
+    by_rows, by_columns, _ = _alternate(
+        ctx,
+        lambda: sum(len([orjson.dumps(r.properties) for r in batch]) for batch in rows),
+        lambda: sum(len(columnar.properties_json(c)) for c in columns),
+        events,
+    )
     return Measurement(
         "raw properties JSON from the columns, batches of 1,000 spans (CPU per span event)",
         median(by_columns),
@@ -225,13 +231,12 @@ def _properties_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measureme
 
 def _encode_row(ctx: BenchContext, spans: Sequence[SpanRecord]) -> Measurement:
     batches = _batches(spans, 512)  # the exporter's default batch
-    by_rows: list[float] = []
-    by_columns: list[float] = []
-    for _ in range(ctx.repeat_count):
-        seconds, _ = _cpu(lambda: sum(len(wire.encode(b)) for b in batches))
-        by_rows.append(seconds / len(spans) * 1e6)
-        seconds, _ = _cpu(lambda: sum(len(wire_columnar.encode(b)) for b in batches))
-        by_columns.append(seconds / len(spans) * 1e6)
+    by_rows, by_columns, _ = _alternate(
+        ctx,
+        lambda: sum(len(wire.encode(b)) for b in batches),
+        lambda: sum(len(wire_columnar.encode(b)) for b in batches),
+        len(spans),
+    )
     return Measurement(
         "columnar encode per span, batches of 512 (exporter side, CPU)",
         median(by_columns),
