@@ -11,7 +11,8 @@ TEST_WORKERS ?= 3
 
 .PHONY: demo test test-unit test-citus lint typecheck linktree bench bench-quick install system-deps clean
 
-$(STAMP): pyproject.toml
+# The compiled funnel kernel is built by the editable install: a change to its C source reinstalls.
+$(STAMP): pyproject.toml aggregator/analysis/funnel_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
@@ -72,4 +73,4 @@ bench-quick: $(STAMP)
 	$(BIN)/studyin-analytics bench --quick
 
 clean:
-	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info aggregator/analysis/*.so

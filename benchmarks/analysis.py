@@ -31,6 +31,7 @@ import asyncpg
 import numpy as np
 
 from ..aggregator.analysis.definitions import FunnelDefinition, FunnelStep, RetentionDefinition
+from ..aggregator.analysis.funnels import KERNEL, learner_funnel
 from ..aggregator.analysis.loader import AnalysisStore
 from ..aggregator.analysis.reports import funnel_report, retention_report
 from ..aggregator.storage.db import connect
@@ -44,6 +45,7 @@ QUERIES, QUICK_QUERIES = 20, 5
 SQL_TIMEOUT_S, QUICK_SQL_TIMEOUT_S = 90, 10
 SEED = 20261203
 TARGET_MS = 500.0
+COMPILED, FALLBACK = "20-step engine alone, compiled single pass", "20-step engine alone, numpy fallback"
 PATHWAY = ("session_start", "material_view", "material_progress", "material_complete", "xp_awarded")
 MATERIAL_TYPES = ("video", "quiz", "flashcards", "case")
 
@@ -240,6 +242,8 @@ async def _measure(
             lambda: _sql_ms(admin, RETENTION_SQL, datetime.combine(first_week, datetime.min.time())),
         ),
         ("5-step any-order funnel, 30 days", lambda: funnel_report(store, anyorder, k, limit), None),
+        (COMPILED, lambda: learner_funnel(store, twenty), None),
+        (FALLBACK, lambda: learner_funnel(store, twenty, kernel=None), None),
     ]
     values: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     baselines: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -263,6 +267,11 @@ async def _measure(
     for name, _, sql in cases:
         value = median(values[name])
         base = median(baselines[name]) if sql is not None else None
+        if name == FALLBACK:
+            continue
+        if name == COMPILED:
+            out.append(_engine_row(name, value, median(values[FALLBACK]), values[name]))
+            continue
         if name.startswith("20-step"):
             target, met = "<= 2x the 5-step p95", value <= 2 * five_p95
         elif name.startswith("5-step any"):
@@ -285,3 +294,18 @@ async def _measure(
             )
         )
     return out
+
+
+def _engine_row(name: str, value: float, fallback: float, samples: list[float]) -> Measurement:
+    """The compiled single pass against the numpy engine it replaces (funnels.py), same funnel and run."""
+    return Measurement(
+        name=f"analysis p95 {name}",
+        value=value,
+        unit="ms",
+        baseline=fallback,
+        baseline_name="the numpy engine (the fallback without a C compiler), same run",
+        headline=False,
+        samples=samples,
+        notes="learner_funnel only (no report)"
+        + ("" if KERNEL else "; the kernel is NOT built: both rows are numpy"),
+    )

@@ -17,20 +17,47 @@ learners leave cost little.
 Any order: each step event in the range starts a window (itself and the later rows within
 ``window_s``); a start followed by another event of the same step, with no other step event
 between, is dominated and dropped. Definitions: docs/analytics.md.
+
+Ordered and strict funnels normally run in the compiled single pass (``funnel_kernel.c``: one
+slot per step, O(rows of the funnel's matchers) whatever the number of steps); the dynamic
+programme above is the fallback when the extension was not built (no C compiler at install),
+and both are checked against the brute-force reference.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
-from .definitions import FunnelDefinition
+from .definitions import EventMatcher, FunnelDefinition
 from .periods import US
 from .store import I64, EventStore
 
 B = npt.NDArray[np.bool_]
+UNSET = np.iinfo(np.int64).min
+"""The kernel's "never reached"."""
+EXCLUDED_BIT = 32
+"""The kernel's bits: ``1 << k`` the row matches step k, ``1 << (32 + k)`` it is excluded before step k."""
+log = logging.getLogger(__name__)
+
+
+def _load_kernel() -> ModuleType | None:
+    try:
+        from . import _funnel_kernel
+    except ImportError:
+        log.warning(
+            "the compiled funnel kernel is not built (no C compiler at install?): ordered funnels use the "
+            "slower numpy engine; reinstall with gcc or cc available (docs/analytics.md)"
+        )
+        return None
+    return _funnel_kernel
+
+
+KERNEL = _load_kernel()
 
 
 @dataclass
@@ -248,8 +275,66 @@ def _any_order(store: EventStore, definition: FunnelDefinition) -> LearnerFunnel
     return LearnerFunnel(learners, entry_pos, reached, np.full((n, len(learners)), -1, np.int64))
 
 
-def learner_funnel(store: EventStore, definition: FunnelDefinition) -> LearnerFunnel:
-    """Which steps every entering learner reached, and when it first did."""
+KernelMatcher = tuple[int, int, tuple[tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]], ...]]
+
+
+def _kernel_matchers(store: EventStore, definition: FunnelDefinition) -> list[KernelMatcher]:
+    """Each distinct step or exclusion matcher as the kernel reads it: (event type code, bits,
+    ((property column, sorted accepted codes), ...)); matchers of types never stored are left out."""
+    bits: dict[EventMatcher, int] = {}
+    for k, step in enumerate(definition.steps):
+        key = EventMatcher(event=step.event, filters=step.filters)
+        bits[key] = bits.get(key, 0) | 1 << k
+    n = len(definition.steps)
+    for ex in definition.exclusions:
+        key = EventMatcher(event=ex.event, filters=ex.filters)
+        # from_step..to_step (1-based) covers the transitions into 0-based steps from_step..to_step-1
+        into = sum(1 << (EXCLUDED_BIT + k) for k in range(ex.from_step, min(ex.to_step, n)))
+        bits[key] = bits.get(key, 0) | into
+    out = []
+    for matcher, b in bits.items():
+        code = store.types.codes.get(matcher.event)
+        if code is None:
+            continue
+        filters = tuple(
+            (store.columns[f.property], np.sort(store.props[f.property].lookup(f.values)))
+            for f in matcher.filters
+        )
+        out.append((code, b, filters))
+    return out
+
+
+def _compiled(kernel: ModuleType, store: EventStore, definition: FunnelDefinition) -> LearnerFunnel:
+    """Any funnel in the compiled pass (``funnel_kernel.c``)."""
+    t0, t1 = _us(definition)
+    n, cap = len(definition.steps), max(store.learner_count, 1)
+    columns = (_kernel_matchers(store, definition), store.offsets, store.time, store.columns["etype"])
+    learners, entry_pos = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    if definition.order == "any":
+        best = np.empty(cap, np.int64)
+        count = kernel.any_order(*columns, n, definition.window_s * US, t0, t1, learners, entry_pos, best)
+        reached = np.arange(1, n + 1)[:, None] <= best[None, :count]
+        return LearnerFunnel(
+            learners[:count], entry_pos[:count], reached, np.full(reached.shape, -1, np.int64)
+        )
+    within = np.array([-1 if s.within_s is None else s.within_s * US for s in definition.steps], np.int64)
+    optional = sum(1 << k for k, s in enumerate(definition.steps) if s.optional)
+    first = np.empty(n * cap, np.int64)
+    strict = definition.order == "strict"
+    window = definition.window_s * US
+    count = kernel.ordered(*columns, within, optional, window, t0, t1, strict, learners, entry_pos, first)
+    first_us = first.reshape(n, cap)[:, :count]
+    reached = first_us != UNSET
+    return LearnerFunnel(learners[:count], entry_pos[:count], reached, np.where(reached, first_us, -1))
+
+
+def learner_funnel(
+    store: EventStore, definition: FunnelDefinition, kernel: ModuleType | None = KERNEL
+) -> LearnerFunnel:
+    """Which steps every entering learner reached, and when it first did (``kernel=None``: the
+    numpy engine, as without the compiled extension)."""
+    if kernel is not None:
+        return _compiled(kernel, store, definition)
     if definition.order == "any":
         return _any_order(store, definition)
     return _ordered(store, definition)

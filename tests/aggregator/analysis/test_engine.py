@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, date, datetime, timedelta
+from types import ModuleType
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from studyin_analytics.aggregator.analysis.definitions import (
     RetentionDefinition,
     ReturnEvent,
 )
-from studyin_analytics.aggregator.analysis.funnels import learner_funnel
+from studyin_analytics.aggregator.analysis.funnels import KERNEL, learner_funnel
 from studyin_analytics.aggregator.analysis.reports import funnel_report, retention_report
 from studyin_analytics.aggregator.analysis.retention import retention_counts
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
@@ -32,6 +33,7 @@ from tests.support.analysis.reference import (
     EPOCH,
     MATERIALS,
     Event,
+    LearnerTruth,
     funnel_truth,
     learner_paths,
     nearest_rank,
@@ -125,9 +127,22 @@ def funnels(draw: st.DrawFn) -> FunnelDefinition:
     )
 
 
+ENGINES = (("compiled", KERNEL), ("numpy", None))
+"""Both funnel engines: the compiled single pass and the numpy fallback (funnels.py)."""
+
+
 def _check_funnel(d: FunnelDefinition, events: list[Event], store: EventStore) -> None:
     truth = funnel_truth(d, events)
-    lf = learner_funnel(store, d)
+    assert KERNEL is not None, "the compiled funnel kernel is not built (see test_kernel.py)"
+    for _, kernel in ENGINES:
+        _check_learners(d, truth, store, kernel)
+    _check_report(d, truth, store)
+
+
+def _check_learners(
+    d: FunnelDefinition, truth: dict[str, LearnerTruth], store: EventStore, kernel: ModuleType | None
+) -> None:
+    lf = learner_funnel(store, d, kernel)
     names = [store.learners.values[c] for c in lf.learners]
     assert sorted(names) == sorted(truth), "entering learners"
     for j, name in enumerate(names):
@@ -136,6 +151,9 @@ def _check_funnel(d: FunnelDefinition, events: list[Event], store: EventStore) -
         if d.order != "any":
             got = [int(x) if x >= 0 else None for x in lf.first_us[:, j]]
             assert got == t.first_us, (name, d)
+
+
+def _check_report(d: FunnelDefinition, truth: dict[str, LearnerTruth], store: EventStore) -> None:
     # The report with k = 1 hides nothing: counts and nearest-rank times equal the truth.
     report = funnel_report(store, d, k=1, breakdown_limit=50)
     overall = report.groups[0]
@@ -313,5 +331,51 @@ def bounded_funnels(draw: st.DrawFn) -> FunnelDefinition:
 @SLOW
 @given(seed=st.integers(0, 10_000), definition=bounded_funnels())
 def test_exclusions_and_tight_windows_equal_the_brute_force(seed: int, definition: FunnelDefinition) -> None:
+    events = learner_paths(seed, learners=25)
+    _check_funnel(definition, events, build_store(events, seed))
+
+
+@st.composite
+def long_funnels(draw: st.DrawFn) -> FunnelDefinition:
+    """Up to 20 steps over the session's pathway again and again (the bench's shape: one event type
+    at several steps), with some optional steps, per-step windows and exclusions."""
+    pathway = ("session_start", "material_view", "material_progress", "material_complete", "session_end")
+    n = draw(st.integers(6, 20))
+    offset = draw(st.integers(0, 4))
+    optional_at = set(draw(st.lists(st.integers(1, n - 2), max_size=2)))
+    steps = [
+        FunnelStep(
+            event=pathway[(k + offset) % len(pathway)],
+            optional=k in optional_at,
+            within_s=draw(st.sampled_from((None, None, 60, 3 * 86_400))) if k else None,
+        )
+        for k in range(n)
+    ]
+    order = draw(st.sampled_from(("strict", "ordered")))
+    exclusions: tuple[Exclusion, ...] = ()
+    if order == "ordered" and draw(st.booleans()):
+        lo = draw(st.integers(1, n - 1))
+        exclusions = (
+            Exclusion(
+                event=draw(st.sampled_from(("ai_coach_interaction", "xp_awarded", "achievement_unlocked"))),
+                from_step=lo,
+                to_step=draw(st.integers(lo + 1, n)),
+            ),
+        )
+    start = EPOCH + timedelta(days=draw(st.integers(0, 10)))
+    return FunnelDefinition(
+        steps=tuple(steps),
+        order=order,
+        exclusions=exclusions,
+        window_s=draw(st.sampled_from((3600, 86_400, 14 * 86_400, 60 * 86_400))),
+        start=start,
+        end=start + timedelta(days=draw(st.integers(1, 40))),
+    )
+
+
+@SLOW
+@given(seed=st.integers(0, 10_000), definition=long_funnels())
+def test_long_funnels_equal_the_brute_force(seed: int, definition: FunnelDefinition) -> None:
+    """Where the single pass differs most from the step-by-step engine: many steps, chains that go on."""
     events = learner_paths(seed, learners=25)
     _check_funnel(definition, events, build_store(events, seed))
