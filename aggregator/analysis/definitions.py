@@ -154,11 +154,22 @@ class _Ranged(_Model):
 class FunnelDefinition(_Ranged):
     """A funnel: learners entering with step 1 in ``[start, end)``, then the later steps."""
 
-    steps: Annotated[tuple[FunnelStep, ...], Field(min_length=MIN_STEPS, max_length=MAX_STEPS)]
+    # The minimum is checked after the steps validate: pydantic's own `min_length` counts only the
+    # valid items, so one bad step of two also reported "at least 2 items" (a second, false reason).
+    steps: Annotated[
+        tuple[FunnelStep, ...], Field(max_length=MAX_STEPS, json_schema_extra={"minItems": MIN_STEPS})
+    ]
     order: Literal["strict", "ordered", "any"] = "ordered"
     window_s: Annotated[Int, Field(ge=1, le=MAX_WINDOW_S)] = DEFAULT_WINDOW_S
     exclusions: Annotated[tuple[Exclusion, ...], Field(max_length=MAX_EXCLUSIONS)] = ()
     breakdown: BreakdownProperty | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _enough_steps(cls, value: tuple[FunnelStep, ...]) -> tuple[FunnelStep, ...]:
+        if len(value) < MIN_STEPS:
+            raise ValueError(f"should have at least {MIN_STEPS} items, not {len(value)}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> FunnelDefinition:

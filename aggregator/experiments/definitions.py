@@ -18,7 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 
@@ -70,7 +73,20 @@ CustomMetric = Annotated[
     ),
 ]
 """``custom:`` + a custom event type (``custom:org.example/case_completed``): its events per learner."""
-MetricName = CatalogueMetric | CustomMetric
+
+
+def _one_reason(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """One error for an unknown metric, not one per member of the union (named by pydantic's labels)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        known = ", ".join(METRICS)
+        raise ValueError(
+            f"unknown metric (one of {known}, or {CUSTOM_METRIC_PREFIX}<registered custom event type>)"
+        ) from None
+
+
+MetricName = Annotated[CatalogueMetric | CustomMetric, WrapValidator(_one_reason)]
 
 
 def custom_event_type(metric: str) -> str | None:

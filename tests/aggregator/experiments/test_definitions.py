@@ -41,3 +41,13 @@ def test_malformed_custom_metrics_are_refused_naming_the_field(name: str) -> Non
     with pytest.raises(ValidationError) as refused:
         ExperimentDefinition.model_validate(definition("c", guardrail_metrics=[name]))
     assert all(e["loc"][:2] == ("guardrail_metrics", 0) for e in refused.value.errors())
+
+
+@pytest.mark.parametrize("name", ["revenue", 7, None, "custom:no-vendor"])
+def test_an_unknown_metric_is_one_error_with_one_reason(name: object) -> None:
+    """Not one error per member of the metric union, labelled with pydantic's internal type names."""
+    with pytest.raises(ValidationError) as caught:
+        ExperimentDefinition.model_validate(definition("c", primary_metric=name))
+    errors = caught.value.errors()
+    assert [e["loc"] for e in errors] == [("primary_metric",)], errors
+    assert "unknown metric" in errors[0]["msg"] and "custom:<" in errors[0]["msg"]
