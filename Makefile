@@ -12,7 +12,7 @@ TEST_WORKERS ?= 3
 .PHONY: demo test test-unit test-citus lint typecheck linktree bench bench-quick install system-deps clean
 
 # The compiled funnel kernel is built by the editable install: a change to its C source reinstalls.
-$(STAMP): pyproject.toml aggregator/analysis/funnel_kernel.c
+$(STAMP): pyproject.toml setup.py aggregator/analysis/funnel_kernel.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

@@ -44,6 +44,11 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
     }
     for part in ("instrumentation", "exporter", "aggregator"):
         assert f"studyin_analytics/{part}/__init__.py" in names
+    # The compiled funnel kernel (setup.py) is in the wheel, not only in an editable tree.
+    assert any(
+        n.startswith("studyin_analytics/aggregator/analysis/_funnel_kernel.") and n.endswith(".so")
+        for n in names
+    )
     assert "studyin_analytics/aggregator/storage/migrations/versions/0001_initial.py" in names
     for asset in ("dashboard.html", "dashboard.js", "dashboard.css", "vendor/uPlot.iife.min.js"):
         assert f"studyin_analytics/aggregator/api/static/{asset}" in names
@@ -71,7 +76,8 @@ def test_wheel_has_only_the_project_namespace(tmp_path: Path) -> None:
             "-I",
             "-c",
             "import studyin_analytics.instrumentation as i, studyin_analytics.exporter as e, "
-            "studyin_analytics.aggregator.cli.main as c; print(i.__file__)",
+            "studyin_analytics.aggregator.cli.main as c, "
+            "studyin_analytics.aggregator.analysis._funnel_kernel as k; print(i.__file__, k.__file__)",
         ],
         cwd=tmp_path,
         capture_output=True,
