@@ -55,6 +55,11 @@ typedef struct {
     Py_ssize_t learners, rows;
     Matcher matchers[MAX_MATCHERS];
     int nmatchers;
+    /* By event type code (0 .. ntypes-1): the bits of its matchers without filters, and whether
+       it has matchers with filters (checked one by one). One look-up a row instead of a loop. */
+    uint64_t *plain;
+    uint8_t *filtered;
+    int64_t ntypes;
 } Store;
 
 typedef struct {
@@ -85,11 +90,15 @@ static int in_sorted(const int32_t *a, Py_ssize_t n, int32_t x) {
 
 /* Which steps and exclusions row `row` matches. */
 static uint64_t row_bits(const Store *s, Py_ssize_t row) {
-    uint64_t bits = 0;
     int64_t type = s->etype[row];
+    if (type < 0 || type >= s->ntypes)
+        return 0;
+    uint64_t bits = s->plain[type];
+    if (!s->filtered[type])
+        return bits;
     for (int m = 0; m < s->nmatchers; m++) {
         const Matcher *mt = &s->matchers[m];
-        if (mt->type != type)
+        if (mt->type != type || mt->nfilters == 0)
             continue;
         int ok = 1;
         for (int f = 0; f < mt->nfilters && ok; f++)
@@ -98,6 +107,37 @@ static uint64_t row_bits(const Store *s, Py_ssize_t row) {
             bits |= mt->bits;
     }
     return bits;
+}
+
+/* The by-type tables of `s` (its matchers parsed); -1 and MemoryError when out of memory. */
+static int index_types(Store *s) {
+    s->ntypes = 0;
+    for (int m = 0; m < s->nmatchers; m++)
+        if (s->matchers[m].type >= s->ntypes && s->matchers[m].type <= INT16_MAX)
+            s->ntypes = s->matchers[m].type + 1;
+    s->plain = PyMem_RawCalloc((size_t)s->ntypes + 1, sizeof(uint64_t));
+    s->filtered = PyMem_RawCalloc((size_t)s->ntypes + 1, 1);
+    if (!s->plain || !s->filtered) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int m = 0; m < s->nmatchers; m++) {
+        const Matcher *mt = &s->matchers[m];
+        if (mt->type < 0 || mt->type >= s->ntypes)
+            continue; /* a code no row has (etype is 16-bit): never matches */
+        if (mt->nfilters)
+            s->filtered[mt->type] = 1;
+        else
+            s->plain[mt->type] |= mt->bits;
+    }
+    return 0;
+}
+
+static void free_store(Store *s) {
+    PyMem_RawFree(s->plain);
+    PyMem_RawFree(s->filtered);
+    s->plain = NULL;
+    s->filtered = NULL;
 }
 
 /* First row in [lo, hi) with time >= x. */
@@ -341,6 +381,8 @@ done:
 static int parse_store(Views *v, PyObject *matchers, PyObject *offsets, PyObject *time, PyObject *etype,
                        Store *s) {
     Py_ssize_t noffsets;
+    s->plain = NULL;
+    s->filtered = NULL;
     if (!(s->offsets = view(v, offsets, 8, -1, 0, "offsets", &noffsets)) ||
         !(s->time = view(v, time, 8, -1, 0, "time", &s->rows)) ||
         !(s->etype = view(v, etype, 2, s->rows, 0, "etype", NULL)))
@@ -355,7 +397,7 @@ static int parse_store(Views *v, PyObject *matchers, PyObject *offsets, PyObject
         PyErr_SetString(PyExc_ValueError, "offsets: needs at least one item");
         return -1;
     }
-    return parse_matchers(v, matchers, s);
+    return parse_matchers(v, matchers, s) < 0 ? -1 : index_types(s);
 }
 
 static int parse_out(Views *v, PyObject *learner, PyObject *entry, PyObject *value, int n, Out *out) {
@@ -367,7 +409,8 @@ static int parse_out(Views *v, PyObject *learner, PyObject *entry, PyObject *val
                : -1;
 }
 
-static PyObject *finish(Views *v, Py_ssize_t count) {
+static PyObject *finish(Views *v, Store *s, Py_ssize_t count) {
+    free_store(s);
     release(v);
     if (count < 0) {
         PyErr_SetString(PyExc_ValueError, "out_learner: fewer places than entering learners");
@@ -410,8 +453,9 @@ static PyObject *ordered(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     count = run_ordered(&s, &p, &out);
     Py_END_ALLOW_THREADS
-    return finish(&v, count);
+    return finish(&v, &s, count);
 error:
+    free_store(&s);
     release(&v);
     return NULL;
 }
@@ -456,8 +500,9 @@ static PyObject *any_order(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_RawFree(rows);
     PyMem_RawFree(steps);
-    return finish(&v, count);
+    return finish(&v, &s, count);
 error:
+    free_store(&s);
     release(&v);
     return NULL;
 }

@@ -83,10 +83,13 @@ class RetentionResult(_Out):
     cohorts: list[RetentionCohort]
 
 
-def quantile(values: list[int] | I64, q: float) -> int:
-    """Nearest-rank quantile: the value at rank ceil(q·n) of the sorted values (n >= 1)."""
-    ordered = np.sort(np.asarray(values))
-    return int(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
+def quantiles(values: list[int] | I64, qs: tuple[float, ...]) -> list[int]:
+    """Nearest-rank quantiles: the values at ranks ceil(q·n) of the sorted values (n >= 1). One
+    partial sort for all of them (``np.partition``, O(n)): a full sort per quantile was two thirds
+    of a 20-step report's time (10k learners: 40 sorts, ~14 ms)."""
+    ranks = [max(math.ceil(q * len(values)), 1) - 1 for q in qs]
+    ordered = np.partition(np.asarray(values), sorted(set(ranks)))
+    return [int(ordered[r]) for r in ranks]
 
 
 def _labels(store: EventStore, lf: LearnerFunnel, definition: FunnelDefinition, limit: int) -> list[str]:
@@ -134,6 +137,7 @@ def _group(
         prev_ok = bool(shown[prev]) and counts[prev] > 0
         durations = times[s] if definition.order != "any" else None
         timed = show and s > 0 and durations is not None and len(durations) > 0
+        median, p90 = quantiles(durations, (0.5, 0.9)) if timed and durations is not None else (None, None)
         steps.append(
             FunnelStepResult(
                 step=s + 1,
@@ -146,8 +150,8 @@ def _group(
                     float(counts[s] / counts[prev]) if s > 0 and show and prev_ok else None
                 ),
                 drop_off=int(counts[prev] - counts[s]) if s > 0 and show and shown[prev] else None,
-                median_s=quantile(durations, 0.5) / US if timed and durations is not None else None,
-                p90_s=quantile(durations, 0.9) / US if timed and durations is not None else None,
+                median_s=median / US if median is not None else None,
+                p90_s=p90 / US if p90 is not None else None,
             )
         )
         if not step.optional:
