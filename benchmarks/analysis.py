@@ -9,11 +9,11 @@ convert and drop-off differs per step. Rows go by ``COPY`` into ``analytics_even
 Measured (each a p95 over ``QUERIES`` runs per repeat, median over repeats): a 5-step ordered
 funnel over 30 days, a 20-step one (four sessions' pathway), a 12-week retention table (weekly
 first-time cohorts, any activity), and an any-order 5-step funnel; also the 20-step funnel's
-engine alone (``learner_funnel``), the compiled single pass against the numpy engine it falls back to. Baseline: the same question
-as straightforward SQL over the raw table (chained CTEs, one join per step; ``GROUP BY`` for
-retention), timed once in the same run (it takes seconds to minutes; cut at ``SQL_TIMEOUT_S``,
-which then makes the ratio a lower bound). The full run needs ``--timeout 1800`` (loading 10M
-events alone takes minutes). Also reported: the store's load
+engine alone (``learner_funnel``), the compiled single pass against the numpy engine it falls
+back to. Baseline: the same question as straightforward SQL over the raw table (chained CTEs,
+one join per step; ``GROUP BY`` for retention), timed once in the same run (it takes seconds to
+minutes; cut at ``SQL_TIMEOUT_S``, which then makes the ratio a lower bound). The full run needs
+``--timeout 1800`` (loading 10M events alone takes minutes). Also reported: the store's load
 time and size.
 
 Run alone: ``studyin-analytics bench --only analysis [--quick]``.
