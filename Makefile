@@ -11,8 +11,8 @@ TEST_WORKERS ?= 3
 
 .PHONY: demo test test-unit test-citus lint typecheck linktree bench bench-quick install system-deps clean
 
-# The compiled funnel kernel is built by the editable install: a change to its C source reinstalls.
-$(STAMP): pyproject.toml setup.py aggregator/analysis/funnel_kernel.c
+# The analysis engine's C kernels are built by the editable install: a change to their source reinstalls.
+$(STAMP): pyproject.toml setup.py $(wildcard aggregator/analysis/*_kernel.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

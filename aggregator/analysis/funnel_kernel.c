@@ -190,6 +190,26 @@ static void store_slot(Slot *slots, uint32_t *live, const Params *p, int k, int6
     }
 }
 
+/* A chain ends on step k at time t: the learner's first reach of k, when it is the first. */
+static inline void reach(int64_t *first, uint32_t *unreached, int k, int64_t t) {
+    if (first[k] == UNSET) {
+        first[k] = t;
+        *unreached &= ~(1u << k);
+    }
+}
+
+/* Whether the row starts a chain (step 1 inside [t0, t1)); the learner's first entering row. */
+static inline uint32_t enters(const Params *p, int64_t row, int64_t t, uint64_t bits, int64_t *entry,
+                              int64_t *first, uint32_t *unreached) {
+    if (!(bits & 1u) || t >= p->t1)
+        return 0;
+    if (*entry < 0) {
+        *entry = row;
+        reach(first, unreached, 0, t);
+    }
+    return 1u;
+}
+
 /* One row of the ordered pass: match on the slots as they were, clear excluded slots, store. */
 static void visit(Slot *slots, uint32_t *live, const Params *p, int64_t row, int64_t t, uint64_t bits,
                   int64_t *entry, int64_t *first, uint32_t *unreached) {
@@ -203,20 +223,10 @@ static void visit(Slot *slots, uint32_t *live, const Params *p, int64_t row, int
             continue;
         ended |= 1u << k;
         start[k] = s->start;
-        if (first[k] == UNSET) {
-            first[k] = t;
-            *unreached &= ~(1u << k);
-        }
+        reach(first, unreached, k, t);
     }
-    if ((bits & 1u) && t < p->t1) {
-        ended |= 1u;
-        start[0] = t;
-        if (*entry < 0) {
-            *entry = row;
-            first[0] = t;
-            *unreached &= ~1u;
-        }
-    }
+    ended |= enters(p, row, t, bits, entry, first, unreached);
+    start[0] = t;
     *live &= ~(uint32_t)(bits >> 32); /* exclusions: their slots are emptied */
     for (; ended; ended &= ended - 1) {
         int k = __builtin_ctz(ended);
@@ -237,20 +247,10 @@ static inline void visit_plain(Slot *slots, uint32_t *live, const Params *p, int
             continue;
         ended |= 1u << k;
         start[k] = slots[k].start;
-        if (first[k] == UNSET) {
-            first[k] = t;
-            *unreached &= ~(1u << k);
-        }
+        reach(first, unreached, k, t);
     }
-    if ((bits & 1u) && t < p->t1) {
-        ended |= 1u;
-        start[0] = t;
-        if (*entry < 0) {
-            *entry = row;
-            first[0] = t;
-            *unreached &= ~1u;
-        }
-    }
+    ended |= enters(p, row, t, bits, entry, first, unreached);
+    start[0] = t;
     ended &= ~(1u << (p->n - 1)); /* the last step continues into nothing */
     for (; ended; ended &= ended - 1) {
         int k = __builtin_ctz(ended) + 1;

@@ -26,13 +26,13 @@ and both are checked against the brute-force reference.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
 from .definitions import EventMatcher, FunnelDefinition
 from .periods import US
 from .store import I64, EventStore
@@ -42,22 +42,7 @@ UNSET = np.iinfo(np.int64).min
 """The kernel's "never reached"."""
 EXCLUDED_BIT = 32
 """The kernel's bits: ``1 << k`` the row matches step k, ``1 << (32 + k)`` it is excluded before step k."""
-log = logging.getLogger(__name__)
-
-
-def _load_kernel() -> ModuleType | None:
-    try:
-        from . import _funnel_kernel
-    except ImportError:
-        log.warning(
-            "the compiled funnel kernel is not built (no C compiler at install?): ordered funnels use the "
-            "slower numpy engine; reinstall with gcc or cc available (docs/analytics.md)"
-        )
-        return None
-    return _funnel_kernel
-
-
-KERNEL = _load_kernel()
+KERNEL = kernels.FUNNEL
 
 
 @dataclass

@@ -51,16 +51,25 @@ def _transitions(tz: str, first_hour: int, last_hour: int) -> tuple[tuple[int, .
     return tuple(starts), tuple(offsets)
 
 
+def offset_table(tz: str, first_us: int, last_us: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(instants in µs where ``tz``'s UTC offset changes, the first at -infinity; the offset in µs from
+    each on), exact for every time in ``[first_us, last_us]``."""
+    if tz == "UTC":
+        return np.array([-(1 << 62)], np.int64), np.zeros(1, np.int64)
+    first, last = first_us // US // HOUR_S - 1, last_us // US // HOUR_S + 1
+    # Hours are sampled per whole 1024-hour block so the cache serves neighbouring ranges.
+    starts, offsets = _transitions(tz, first - first % 1024, last - last % 1024 + 1024)
+    # starts[0] is -infinity: kept as such (in µs it would overflow; it once wrapped round to 0)
+    changes = np.asarray(starts[1:], dtype=np.int64) * US
+    return np.concatenate([[-(1 << 62)], changes]).astype(np.int64), np.asarray(offsets, np.int64) * US
+
+
 def local_us(times_us: npt.NDArray[np.int64], tz: str) -> npt.NDArray[np.int64]:
     """Wall-clock microseconds since 1970-01-01 in ``tz`` of UTC ``times_us``."""
     if tz == "UTC" or len(times_us) == 0:
         return times_us.astype(np.int64, copy=True)
-    first = int(times_us.min()) // US // HOUR_S - 1
-    last = int(times_us.max()) // US // HOUR_S + 1
-    # Hours are sampled per whole 1024-hour block so the cache serves neighbouring ranges.
-    starts, offsets = _transitions(tz, first - first % 1024, last - last % 1024 + 1024)
-    index = np.searchsorted(np.asarray(starts, dtype=np.int64) * US, times_us, side="right") - 1
-    return times_us + np.asarray(offsets, dtype=np.int64)[index] * US
+    starts, shift = offset_table(tz, int(times_us.min()), int(times_us.max()))
+    return times_us + shift[np.searchsorted(starts, times_us, side="right") - 1]
 
 
 def period_of_day(days: npt.NDArray[np.int64], period: Period) -> npt.NDArray[np.int64]:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from types import ModuleType
 
 import numpy as np
+import numpy.typing as npt
 
+from . import kernels
 from .definitions import RetentionDefinition
-from .periods import US, period_number, period_start, periods
+from .periods import US, offset_table, period_number, period_start, periods
 from .store import I64, NEVER, EventStore
 
 F = np.float64
+B = npt.NDArray[np.bool_]
 
 
 @dataclass
@@ -97,7 +101,36 @@ def _keys(
     return np.where((period >= 0) & (period < span), keys, -1), rows
 
 
-def retention_counts(store: EventStore, definition: RetentionDefinition) -> RetentionCounts:
+def _cells(store: EventStore, rows: I64, definition: RetentionDefinition, first: int, span: int) -> B:
+    """(learners x span) cells: learner l has one of ``rows`` in period ``first + p``."""
+    keys, _ = _keys(store, rows, definition, first, span)
+    cells = np.zeros(store.learner_count * span, bool)
+    cells[keys[keys >= 0]] = True
+    return cells
+
+
+def _activity_cells(
+    store: EventStore, definition: RetentionDefinition, first: int, span: int, kernel: ModuleType | None
+) -> B:
+    """``_cells`` of every row (any activity), in the compiled pass when it is built (200 ms of numpy
+    over 10M rows, ~25 ms compiled: retention_kernel.c)."""
+    if kernel is None or not len(store):
+        return _cells(store, np.arange(len(store), dtype=np.int64), definition, first, span)
+    firsts, lasts = store.offsets[:-1], store.offsets[1:] - 1
+    some = firsts <= lasts
+    lo, hi = int(store.time[firsts[some]].min()), int(store.time[lasts[some]].max())
+    starts, shift = offset_table(definition.timezone, lo, hi)
+    cells = np.zeros(store.learner_count * span, np.uint8)
+    kind = ("day", "week", "month").index(definition.period)
+    kernel.mark(store.offsets, store.time, starts, shift, kind, first, span, cells)
+    return cells.view(bool)
+
+
+def retention_counts(
+    store: EventStore, definition: RetentionDefinition, kernel: ModuleType | None = kernels.RETENTION
+) -> RetentionCounts:
+    """Cohort sizes, retained learners and metric sums (``kernel=None``: numpy only, as without the
+    compiled extension)."""
     tz, unit = definition.timezone, definition.period
     first = period_number(definition.start, unit)
     cohort_ids = list(range(first, first + definition.cohorts))
@@ -121,9 +154,10 @@ def retention_counts(store: EventStore, definition: RetentionDefinition) -> Rete
     cells = store.learner_count * span
     member = np.zeros(cells, bool)
     member[learners[in_range] * span + start_period[in_range]] = True
-    ret_keys, _ = _keys(store, _return_rows(store, definition), definition, first, span)
-    returned = np.zeros(cells, bool)
-    returned[ret_keys[ret_keys >= 0]] = True
+    if definition.return_event.kind == "any_activity":
+        returned = _activity_cells(store, definition, first, span, kernel)
+    else:
+        returned = _cells(store, _return_rows(store, definition), definition, first, span)
     value = np.zeros(cells, F)
     if definition.metric is not None:
         rows, values = _metric_rows(store, definition)

@@ -26,6 +26,7 @@ from studyin_analytics.aggregator.analysis.definitions import (
     ReturnEvent,
 )
 from studyin_analytics.aggregator.analysis.funnels import KERNEL, learner_funnel
+from studyin_analytics.aggregator.analysis.kernels import RETENTION as RETENTION_KERNEL
 from studyin_analytics.aggregator.analysis.reports import funnel_report, retention_report
 from studyin_analytics.aggregator.analysis.retention import retention_counts
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
@@ -250,10 +251,12 @@ def test_retention_equals_the_brute_force(seed: int, definition: RetentionDefini
     events = learner_paths(seed, learners=30)
     store = build_store(events, seed)
     sizes, retained, metric = retention_truth(definition, events)
-    counts = retention_counts(store, definition)
-    assert list(counts.sizes) == sizes
-    assert counts.retained.tolist() == retained
-    assert np.allclose(counts.metric_sum, np.array(metric), rtol=1e-9, atol=1e-6)
+    assert RETENTION_KERNEL is not None, "the compiled retention kernel is not built (see test_kernel.py)"
+    for kernel in (RETENTION_KERNEL, None):  # the compiled pass and the numpy fallback
+        counts = retention_counts(store, definition, kernel)
+        assert list(counts.sizes) == sizes
+        assert counts.retained.tolist() == retained
+        assert np.allclose(counts.metric_sum, np.array(metric), rtol=1e-9, atol=1e-6)
     report = retention_report(store, definition, k=1, today=date(2200, 1, 1))  # every period begun
     for c, cohort in enumerate(report.cohorts):
         for n, cell in enumerate(cohort.cells):

@@ -1,5 +1,5 @@
-"""The compiled funnel kernel (aggregator/analysis/funnel_kernel.c): built, safe, and equal to the
-numpy engine on event sequences nobody designed (server-free).
+"""The compiled kernels (aggregator/analysis/funnel_kernel.c, retention_kernel.c): built, safe, and
+equal to the numpy engine on inputs nobody designed (server-free).
 
 The brute-force comparisons of both engines live in test_engine.py; here the kernel meets random
 sequences (ties, bursts of one type, any order of steps) and arguments a caller could get wrong.
@@ -7,16 +7,23 @@ sequences (ties, bursts of one type, any order of steps) and arguments a caller 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studyin_analytics.aggregator.analysis import funnels
-from studyin_analytics.aggregator.analysis.definitions import Exclusion, FunnelDefinition, FunnelStep
+from studyin_analytics.aggregator.analysis import funnels, kernels, retention
+from studyin_analytics.aggregator.analysis.definitions import (
+    Exclusion,
+    FunnelDefinition,
+    FunnelStep,
+    RetentionDefinition,
+)
 from studyin_analytics.aggregator.analysis.funnels import learner_funnel
+from studyin_analytics.aggregator.analysis.periods import US, offset_table, period_number
 from studyin_analytics.aggregator.analysis.store import EventBatch, EventStore
 
 pytestmark = pytest.mark.unit
@@ -229,3 +236,120 @@ def test_a_row_ending_two_chains_keeps_the_latest_start() -> None:
     )
     for kernel in (funnels.KERNEL, None):
         assert learner_funnel(store, d, kernel).reached[:, 0].tolist() == [True, True, True, True]
+
+
+# --- the retention pass (retention_kernel.c) -------------------------------------------------------
+
+ZONES = ("UTC", "Europe/Berlin", "Asia/Kathmandu", "America/Havana", "Australia/Lord_Howe", "Pacific/Chatham")
+"""Whole-hour DST, a +05:45 zone, DST changes at midnight, a 30-minute DST shift, +12:45/+13:45."""
+
+
+def test_the_retention_kernel_is_built() -> None:
+    assert kernels.RETENTION is not None, (
+        "aggregator/analysis/_retention_kernel is missing: `pip install -e .` needs a C compiler"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    times=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 400 * 86_400 * US)), min_size=1, max_size=80),
+    zone=st.sampled_from(ZONES),
+    period=st.sampled_from(("day", "week", "month")),
+    offset=st.integers(-3, 3),
+)
+def test_the_retention_kernel_marks_the_cells_numpy_marks(
+    times: list[tuple[int, int]], zone: str, period: str, offset: int
+) -> None:
+    """Random instants over 400 days from 2026-03-01 (every DST change of a year, both ways)."""
+    start = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * US
+    store = EventStore()
+    store.merge(
+        EventBatch.of_rows(
+            [
+                {"user_hash": f"k1:{u:032x}", "time_us": start + t, "event_type": "session_start", "tie": i}
+                for i, (u, t) in enumerate(times)
+            ]
+        )
+    )
+    d = RetentionDefinition(
+        start=(datetime(2026, 3, 1) + timedelta(days=30 * offset + 60)).date(),
+        cohorts=6,
+        periods=6,
+        period=period,  # type: ignore[arg-type]
+        timezone=zone,
+    )
+    first = period_number(d.start, d.period)
+    span = d.cohorts + d.periods + 1
+    compiled = retention._activity_cells(store, d, first, span, kernels.RETENTION)
+    numpy_only = retention._activity_cells(store, d, first, span, None)
+    assert compiled.tolist() == numpy_only.tolist()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"offsets": np.array([0, 5], np.int64)},  # past the rows
+        {"starts": np.empty(0, np.int64), "shift": np.empty(0, np.int64)},  # no transition
+        {"shift": np.zeros(2, np.int64)},  # shift and starts of different lengths
+        {"cells": np.zeros(3, np.uint8)},  # not learners x span
+        {"kind": 3},
+        {"time": np.zeros(2, np.int32)},
+    ],
+)
+def test_the_retention_kernel_refuses_bad_arguments(change: dict[str, object]) -> None:
+    kernel = kernels.RETENTION
+    assert kernel is not None
+    args: dict[str, object] = {
+        "offsets": np.array([0, 2], np.int64),
+        "time": np.array([1, 2], np.int64),
+        "starts": np.array([-(1 << 62)], np.int64),
+        "shift": np.zeros(1, np.int64),
+        "kind": 0,
+        "first": 0,
+        "span": 2,
+        "cells": np.zeros(2, np.uint8),
+    }
+    args.update(change)
+    with pytest.raises((ValueError, TypeError)):
+        kernel.mark(*args.values())
+
+
+@pytest.mark.parametrize(
+    "zone", ["America/Santiago", "America/Havana", "Europe/Berlin", "Australia/Lord_Howe"]
+)
+def test_the_retention_kernel_is_exact_at_the_instant_of_an_offset_change(zone: str) -> None:
+    """Rows at each 2026 offset change of the zone and a microsecond either side, one learner per row
+    and one learner with them all: each marks the day zoneinfo gives (Santiago's April change at
+    local midnight moves the day back)."""
+    year = (
+        int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * US,
+        int(datetime(2027, 1, 1, tzinfo=UTC).timestamp()) * US,
+    )
+    starts, _ = offset_table(zone, *year)
+    instants = [int(s) + d for s in starts[1:] if year[0] <= s < year[1] for d in (-1, 0, 1)]
+    assert len(instants) >= 6, "the zone changes its offset twice in 2026"
+    store = EventStore()
+    store.merge(
+        EventBatch.of_rows(
+            [
+                {"user_hash": f"k1:{i:032x}", "time_us": t, "event_type": "session_start", "tie": i}
+                for i, t in enumerate(instants)
+            ]
+            + [
+                {"user_hash": "k1:all", "time_us": t, "event_type": "session_start", "tie": i}
+                for i, t in enumerate(instants)
+            ]
+        )
+    )
+    d = RetentionDefinition(start=date(2026, 1, 1), cohorts=90, periods=90, period="day", timezone=zone)
+    first = period_number(d.start, "day")
+    span = d.cohorts + d.periods + 1
+    cells = retention._activity_cells(store, d, first, span, kernels.RETENTION).reshape(-1, span)
+
+    def day(t: int) -> int:
+        return (datetime.fromtimestamp(t / US, UTC).astimezone(ZoneInfo(zone)).date() - d.start).days
+
+    for code, name in enumerate(store.learners.values):
+        times = instants if name == "k1:all" else [instants[int(name.removeprefix("k1:"), 16)]]
+        expected = sorted({day(t) for t in times if 0 <= day(t) < span})
+        assert np.flatnonzero(cells[code]).tolist() == expected, (zone, name)
