@@ -130,7 +130,8 @@ async def test_a_feed_ends_when_its_token_expires(migrated: Settings) -> None:
             assert response.status_code == 200
             seen = await asyncio.wait_for(_all(_events(response)), 15)
         assert seen[0][0] == "hello" and seen[-1] == ("end", {"reason": "token_expired"})
-        assert 2 <= time.monotonic() - started < 6
+        # Ends at the expiry (3 s), not at once, and not long after (10 s leaves room for a loaded CI host).
+        assert 2 <= time.monotonic() - started < 10
         again = await client.get(LIVE, headers=headers)
         assert again.status_code == 401  # within the 30 s clock-skew leeway too: the feed is over
         assert again.json()["code"] == "token_expired"

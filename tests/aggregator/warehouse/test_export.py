@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -174,8 +175,12 @@ def test_a_directory_that_refuses_writes_commits_nothing(warehouse: Warehouse, t
         _immutable(refusing, True)
         try:
             with pytest.raises(ExportWriteError) as failure:
-                for _ in range(50):  # until the new rows are below the watermark
+                # Until the new rows are below the watermark: a time budget, not a count of steps (50
+                # quick steps were not always enough while other tests' transactions held it back).
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
                     exporter.step()
+                    time.sleep(0.05)
         finally:
             _immutable(refusing, False)
         assert "nothing was committed" in str(failure.value) and "Operation not permitted" in str(
