@@ -126,15 +126,8 @@ def _activity_cells(
     return cells.view(bool)
 
 
-def retention_counts(
-    store: EventStore, definition: RetentionDefinition, kernel: ModuleType | None = kernels.RETENTION
-) -> RetentionCounts:
-    """Cohort sizes, retained learners and metric sums (``kernel=None``: numpy only, as without the
-    compiled extension)."""
-    tz, unit = definition.timezone, definition.period
-    first = period_number(definition.start, unit)
-    cohort_ids = list(range(first, first + definition.cohorts))
-    span = definition.cohorts + definition.periods + 1
+def _members(store: EventStore, definition: RetentionDefinition, first: int, span: int) -> B:
+    """(learners x span) cells: learner l is in cohort ``first + p`` (only p < cohorts are read)."""
     if definition.mode == "first_time" and definition.start_event is None:
         # First activity: the first row, or the first learning event ever when raw retention
         # dropped it (``analysis_learners``), over every pseudonym of the learner.
@@ -148,14 +141,32 @@ def retention_counts(
         else:
             starts = _near(store, _start_rows(store, definition), definition, first, span)
         learners, start_times = store.learner[starts].astype(np.int64), store.time[starts]
-    start_period = periods(start_times, unit, tz) - first
+    start_period = periods(start_times, definition.period, definition.timezone) - first
     in_range = (start_period >= 0) & (start_period < definition.cohorts)
-    # Dense (learner, period) tables: learners x (cohorts + periods + 1) cells, no sort needed.
-    cells = store.learner_count * span
-    member = np.zeros(cells, bool)
+    member = np.zeros(store.learner_count * span, bool)
     member[learners[in_range] * span + start_period[in_range]] = True
-    if definition.return_event.kind == "any_activity":
-        returned = _activity_cells(store, definition, first, span, kernel)
+    return member
+
+
+def retention_counts(
+    store: EventStore, definition: RetentionDefinition, kernel: ModuleType | None = kernels.RETENTION
+) -> RetentionCounts:
+    """Cohort sizes, retained learners and metric sums (``kernel=None``: numpy only, as without the
+    compiled extension)."""
+    first = period_number(definition.start, definition.period)
+    cohort_ids = list(range(first, first + definition.cohorts))
+    span = definition.cohorts + definition.periods + 1
+    cells = store.learner_count * span
+    any_start = definition.start_event is None and definition.mode == "recurring"
+    activity = (
+        _activity_cells(store, definition, first, span, kernel)
+        if any_start or definition.return_event.kind == "any_activity"
+        else None
+    )
+    # Dense (learner, period) tables: learners x (cohorts + periods + 1) cells, no sort needed.
+    member = activity if any_start and activity is not None else _members(store, definition, first, span)
+    if activity is not None and definition.return_event.kind == "any_activity":
+        returned = activity
     else:
         returned = _cells(store, _return_rows(store, definition), definition, first, span)
     value = np.zeros(cells, F)
