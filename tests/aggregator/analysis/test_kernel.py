@@ -353,3 +353,73 @@ def test_the_retention_kernel_is_exact_at_the_instant_of_an_offset_change(zone: 
         times = instants if name == "k1:all" else [instants[int(name.removeprefix("k1:"), 16)]]
         expected = sorted({day(t) for t in times if 0 <= day(t) < span})
         assert np.flatnonzero(cells[code]).tolist() == expected, (zone, name)
+
+
+@st.composite
+def raw_kernel_calls(draw: st.DrawFn) -> tuple[str, list[object]]:
+    """Arrays no store would hold (unsorted times, negative and unknown types, arbitrary bits and
+    codes) in calls the binding accepts: memory safety, not answers (also run under AddressSanitizer)."""
+    rows = draw(st.integers(0, 30))
+    cuts = sorted(draw(st.lists(st.integers(0, rows), max_size=6)))
+    offsets = np.array([0, *cuts, rows], np.int64)
+    time = np.array(draw(st.lists(st.integers(-(2**62), 2**62), min_size=rows, max_size=rows)), np.int64)
+    etype = np.array(draw(st.lists(st.integers(-(2**15), 2**15 - 1), min_size=rows, max_size=rows)), np.int16)
+    codes = st.integers(-(2**31), 2**31 - 1)
+    column = st.lists(codes, min_size=rows, max_size=rows).map(lambda c: np.array(c, np.int32))
+    allowed = st.lists(codes, max_size=4).map(lambda c: np.array(sorted(c), np.int32))
+    matcher = st.tuples(
+        st.integers(-5, 40), st.integers(0, 2**64 - 1), st.lists(st.tuples(column, allowed), max_size=4)
+    )
+    matchers = draw(st.lists(matcher, max_size=8))
+    n = draw(st.integers(1, 32))
+    cap = len(offsets) - 1
+    window, t0, t1 = (draw(st.integers(0, 2**62)) for _ in range(3))
+    if draw(st.booleans()):
+        within = np.array(draw(st.lists(st.integers(-5, 2**62), min_size=n, max_size=n)), np.int64)
+        out = [np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(n * cap, np.int64)]
+        optional = draw(st.integers(0, 2**32 - 1))
+        return "ordered", [
+            matchers,
+            offsets,
+            time,
+            etype,
+            within,
+            optional,
+            window,
+            t0,
+            t1,
+            draw(st.booleans()),
+            *out,
+        ]
+    out = [np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64)]
+    return "any_order", [matchers, offsets, time, etype, n, window, t0, t1, *out]
+
+
+@settings(max_examples=500, deadline=None)
+@given(call=raw_kernel_calls())
+def test_the_funnel_kernel_survives_arrays_no_store_holds(call: tuple[str, list[object]]) -> None:
+    name, args = call
+    count = getattr(funnels.KERNEL, name)(*args)
+    assert 0 <= count <= len(args[1]) - 1  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.integers(-(2**62), 2**62), max_size=30),
+    starts=st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=5),
+    kind=st.integers(0, 2),
+    first=st.integers(-(2**40), 2**40),
+    span=st.integers(0, 20),
+)
+def test_the_retention_kernel_survives_arrays_no_store_holds(
+    rows: list[int], starts: list[int], kind: int, first: int, span: int
+) -> None:
+    kernel = kernels.RETENTION
+    assert kernel is not None
+    offsets = np.array([0, len(rows) // 2, len(rows)], np.int64)
+    cells = np.zeros(2 * span, np.uint8)
+    shift = np.array([s % (86_400 * US) for s in starts], np.int64)
+    kernel.mark(
+        offsets, np.array(rows, np.int64), np.array(starts, np.int64), shift, kind, first, span, cells
+    )
+    assert set(cells.tolist()) <= {0, 1}
