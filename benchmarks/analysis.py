@@ -35,6 +35,7 @@ from ..aggregator.analysis.definitions import FunnelDefinition, FunnelStep, Rete
 from ..aggregator.analysis.funnels import KERNEL, learner_funnel
 from ..aggregator.analysis.loader import AnalysisStore
 from ..aggregator.analysis.reports import funnel_report, retention_report
+from ..aggregator.analysis.store import EventStore
 from ..aggregator.storage.db import connect
 from ..aggregator.storage.schema import ensure_partitions
 from .framework import BenchContext, Measurement, bench, median
@@ -213,10 +214,11 @@ async def analysis(ctx: BenchContext) -> list[Measurement]:
     return rows
 
 
-async def _measure(
-    ctx: BenchContext, admin: asyncpg.Connection, holder: AnalysisStore, k: int, limit: int
-) -> list[Measurement]:
-    store = holder.store
+Case = tuple[str, Callable[[], object], Callable[[], Awaitable[tuple[float, bool]]] | None]
+"""(name, the engine's run, its SQL baseline's run or None)."""
+
+
+def _cases(store: EventStore, admin: asyncpg.Connection, k: int, limit: int) -> list[Case]:
     now = datetime.now(UTC)
     month = now - timedelta(days=30)
     five = FunnelDefinition(steps=tuple(FunnelStep(event=e) for e in PATHWAY), start=month, end=now)
@@ -225,8 +227,7 @@ async def _measure(
     anyorder = five.model_copy(update={"order": "any"})
     first_week = (now - timedelta(weeks=12)).date()
     retention = RetentionDefinition(start=first_week, cohorts=12, periods=12, period="week")
-    count = ctx.scale(QUERIES, QUICK_QUERIES)
-    cases: list[tuple[str, Callable[[], object], Callable[[], Awaitable[tuple[float, bool]]] | None]] = [
+    return [
         (
             "5-step ordered funnel, 30 days",
             lambda: funnel_report(store, five, k, limit),
@@ -246,6 +247,14 @@ async def _measure(
         (COMPILED, lambda: learner_funnel(store, twenty), None),
         (FALLBACK, lambda: learner_funnel(store, twenty, kernel=None), None),
     ]
+
+
+async def _measure(
+    ctx: BenchContext, admin: asyncpg.Connection, holder: AnalysisStore, k: int, limit: int
+) -> list[Measurement]:
+    store = holder.store
+    count = ctx.scale(QUERIES, QUICK_QUERIES)
+    cases = _cases(store, admin, k, limit)
     values: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     baselines: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     finished: dict[str, bool] = {name: True for name, _, _ in cases}
