@@ -112,8 +112,8 @@ def _cells(store: EventStore, rows: I64, definition: RetentionDefinition, first:
 def _activity_cells(
     store: EventStore, definition: RetentionDefinition, first: int, span: int, kernel: ModuleType | None
 ) -> B:
-    """``_cells`` of every row (any activity), in the compiled pass when it is built (200 ms of numpy
-    over 10M rows, ~25 ms compiled: retention_kernel.c)."""
+    """``_cells`` of every row (any activity), in the compiled pass when it is built (retention_kernel.c;
+    a whole 12-week table over 10M rows: 203 ms with numpy here, 37 ms compiled)."""
     if kernel is None or not len(store):
         return _cells(store, np.arange(len(store), dtype=np.int64), definition, first, span)
     firsts, lasts = store.offsets[:-1], store.offsets[1:] - 1
